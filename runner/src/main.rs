@@ -1,0 +1,4 @@
+//! The `kiln` command line.
+fn main() -> anyhow::Result<()> {
+    Ok(())
+}
