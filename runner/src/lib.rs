@@ -3,4 +3,16 @@
 //! Issues flow through role plugins (WebAssembly components behind the
 //! `kiln:role` WIT contract), each run in its own hardened Docker sandbox,
 //! with every effect checked by the host before it reaches a forge.
+//!
+//! How a run flows through the modules: [`plugin`] loads and checks a role
+//! component and runs it in a fresh store; every call it makes lands in
+//! [`imports`], one module per WIT interface, which checks the capability
+//! and calls the module owning the concern ([`model`], [`forge`], the
+//! workspace); everything that happens is a [`session`] event.
 #![deny(missing_docs)]
+
+pub mod forge;
+pub mod imports;
+pub mod model;
+pub mod plugin;
+pub mod session;

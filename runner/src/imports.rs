@@ -1,0 +1,155 @@
+//! Host implementations of the `kiln:role` imports, one module per WIT
+//! interface. Each module converts the WIT types, checks the capability
+//! (and, as the gate lands, the policy) as its first step, calls the module
+//! that owns the concern (`model`, `forge`, the workspace), and converts the
+//! result back.
+//!
+//! Errors have two layers: `Ok(Err(role_error))` is an error the plugin may
+//! handle (denied, not found, budget exhausted); `Err(trap)` means the guest
+//! asked for too much or a host invariant broke, and the run ends.
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::forge::{ForgeSnapshot, Proposal};
+use crate::model::ModelProvider;
+use crate::plugin::capability::{Capability, CapabilitySet};
+use crate::plugin::limits::{Limiter, PluginLimits};
+use crate::plugin::wit::latest::kiln::role::types::RoleError;
+use crate::session::{Blame, Budget, EventKind, EventSink, Steering};
+
+pub mod forge;
+pub mod model;
+pub mod session;
+pub mod skills;
+pub mod types;
+pub mod workspace;
+
+/// What a run gets from the host: where its events go, who steers it, its
+/// budget, and the model, workspace, forge data and skills it may use.
+/// Everything is optional so a run can start with nothing attached; the
+/// imports then answer `unavailable` / `not-found` with a clear message.
+#[derive(Clone)]
+pub struct RunContext {
+    /// Where the run's events go.
+    pub events: Arc<dyn EventSink>,
+    /// Steering messages from operators.
+    pub steering: Steering,
+    /// Turn, token and cost limits.
+    pub budget: Budget,
+    /// The model provider, if one is configured.
+    pub model: Option<Arc<dyn ModelProvider>>,
+    /// The workspace directory on the host, if any.
+    pub workspace: Option<workspace::WorkspaceMount>,
+    /// Forge data the run may read.
+    pub forge: ForgeSnapshot,
+    /// The directory holding `<role>/SKILL.md` files, if any.
+    pub skills_dir: Option<Arc<cap_std::fs::Dir>>,
+}
+
+impl RunContext {
+    /// A context with nothing attached, sending events to `events`.
+    pub fn new(events: Arc<dyn EventSink>) -> Self {
+        RunContext {
+            events,
+            steering: Steering::new(),
+            budget: Budget::default(),
+            model: None,
+            workspace: None,
+            forge: ForgeSnapshot::default(),
+            skills_dir: None,
+        }
+    }
+}
+
+/// The data of one run's wasmtime `Store`: per-interface state plus what
+/// every import needs (capabilities, limits, the event log).
+pub struct RunState {
+    pub(crate) plugin: String,
+    pub(crate) role: String,
+    pub(crate) capabilities: CapabilitySet,
+    pub(crate) limits: PluginLimits,
+    pub(crate) limiter: Limiter,
+    pub(crate) started: Instant,
+    pub(crate) events: Arc<dyn EventSink>,
+    /// The plugin's panic message, if its panic hook sent one.
+    pub(crate) panic: Option<String>,
+    pub(crate) model: model::ModelCtx,
+    pub(crate) workspace: workspace::WorkspaceCtx,
+    pub(crate) forge: forge::ForgeCtx,
+    pub(crate) session: session::SessionCtx,
+    pub(crate) skills: skills::SkillsCtx,
+}
+
+impl RunState {
+    /// State for one run of `plugin` playing `role` with `capabilities`.
+    pub(crate) fn new(
+        plugin: &str,
+        role: &str,
+        capabilities: CapabilitySet,
+        limits: PluginLimits,
+        ctx: RunContext,
+    ) -> Self {
+        RunState {
+            plugin: plugin.to_string(),
+            role: role.to_string(),
+            capabilities,
+            limiter: Limiter::new(&limits),
+            limits,
+            started: Instant::now(),
+            events: ctx.events,
+            panic: None,
+            model: model::ModelCtx { provider: ctx.model, budget: ctx.budget },
+            workspace: workspace::WorkspaceCtx { mount: ctx.workspace },
+            forge: forge::ForgeCtx { snapshot: ctx.forge, proposals: Vec::new() },
+            session: session::SessionCtx { steering: ctx.steering },
+            skills: skills::SkillsCtx { dir: ctx.skills_dir },
+        }
+    }
+
+    /// The first check of every gated import: the plugin's manifest asked
+    /// for `cap` and its role grants it. `what` names the call for the
+    /// refusal message and the event log.
+    pub(crate) fn require(&self, cap: Capability, what: &str) -> Result<(), RoleError> {
+        if self.capabilities.contains(cap) {
+            return Ok(());
+        }
+        let msg = format!(
+            "{what}: capability {cap} is not granted to plugin {} (role {})",
+            self.plugin, self.role
+        );
+        self.events.record(EventKind::Denied { blame: Blame::Guest }, msg.clone());
+        Err(RoleError::NotPermitted(msg))
+    }
+
+    /// The proposals the plugin made during the run, in order.
+    pub fn proposals(&self) -> &[Proposal] {
+        &self.forge.proposals
+    }
+}
+
+/// A guest passed the host more than a limit allows; the run traps with
+/// this message (the plugin is at fault, and its instance is discarded).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct GuestLimitExceeded(pub String);
+
+/// Trap if `len` bytes of argument `what` exceed `max`.
+pub(crate) fn check_size(what: &str, len: usize, max: usize) -> wasmtime::Result<()> {
+    if len > max {
+        return Err(wasmtime::Error::new(GuestLimitExceeded(format!(
+            "{what} is {len} bytes, the limit is {max} bytes"
+        ))));
+    }
+    Ok(())
+}
+
+/// Link every `kiln:role@0.1.0` import into `linker`.
+pub fn add_to_linker(linker: &mut wasmtime::component::Linker<RunState>) -> wasmtime::Result<()> {
+    types::add_to_linker(linker)?;
+    model::add_to_linker(linker)?;
+    workspace::add_to_linker(linker)?;
+    forge::add_to_linker(linker)?;
+    session::add_to_linker(linker)?;
+    skills::add_to_linker(linker)?;
+    Ok(())
+}

@@ -1,0 +1,144 @@
+//! `kiln:role/model`: one model turn per call, through the host's provider.
+//!
+//! | WIT function | capability       | gate |
+//! |--------------|------------------|------|
+//! | `complete`   | `model.complete` | run budget (turns, tokens, cost) checked before and counted after |
+//!
+//! The provider call is awaited without holding any lock, so slow providers
+//! never stall other runs.
+use std::sync::Arc;
+
+use wasmtime::component::HasSelf;
+
+use super::RunState;
+use crate::model::{self as domain, ModelError, ModelProvider};
+use crate::plugin::capability::Capability;
+use crate::plugin::wit::latest::kiln::role::model::{self as wit, Completion, CompletionRequest};
+use crate::plugin::wit::latest::kiln::role::types::RoleError;
+use crate::session::{Budget, EventKind};
+
+/// Per-run state of the model interface.
+pub struct ModelCtx {
+    /// The provider, if configured.
+    pub provider: Option<Arc<dyn ModelProvider>>,
+    /// Limits and spending.
+    pub budget: Budget,
+}
+
+impl wit::Host for RunState {
+    async fn complete(&mut self, request: CompletionRequest) -> wasmtime::Result<Result<Completion, RoleError>> {
+        if let Err(e) = self.require(Capability::ModelComplete, "model.complete") {
+            return Ok(Err(e));
+        }
+        if let Some(why) = self.model.budget.exhausted() {
+            self.events.record(EventKind::ModelTurn, format!("refused: {why}"));
+            return Ok(Err(RoleError::BudgetExhausted(why)));
+        }
+        let Some(provider) = self.model.provider.clone() else {
+            return Ok(Err(RoleError::Unavailable(ModelError::NotConfigured.to_string())));
+        };
+        let answer = provider.complete(from_wit_request(request)).await;
+        let completion = match answer {
+            Ok(c) => c,
+            Err(e) => {
+                self.events.record(EventKind::ModelTurn, format!("{}: {e}", provider.name()));
+                return Ok(Err(RoleError::Unavailable(e.to_string())));
+            }
+        };
+        let b = &mut self.model.budget;
+        b.turns += 1;
+        b.tokens += completion.usage.input_tokens + completion.usage.output_tokens;
+        b.cost_micro_usd += completion.usage.cost_micro_usd;
+        self.events.record(
+            EventKind::ModelTurn,
+            format!(
+                "{} answered: {:?}, {} in / {} out tokens",
+                completion.model, completion.stop_reason, completion.usage.input_tokens, completion.usage.output_tokens
+            ),
+        );
+        Ok(Ok(to_wit_completion(completion)))
+    }
+}
+
+fn from_wit_request(r: CompletionRequest) -> domain::CompletionRequest {
+    domain::CompletionRequest {
+        system: r.system,
+        messages: r.messages.into_iter().map(from_wit_message).collect(),
+        tools: r
+            .tools
+            .into_iter()
+            .map(|t| domain::ToolSpec { name: t.name, description: t.description, parameters: t.parameters })
+            .collect(),
+        max_tokens: r.max_tokens,
+        temperature: r.temperature,
+    }
+}
+
+fn from_wit_message(m: wit::Message) -> domain::Message {
+    domain::Message {
+        role: match m.role {
+            wit::MessageRole::User => domain::Role::User,
+            wit::MessageRole::Assistant => domain::Role::Assistant,
+        },
+        content: m
+            .content
+            .into_iter()
+            .map(|p| match p {
+                wit::ContentPart::Text(text) => domain::ContentPart::Text { text },
+                wit::ContentPart::ToolCall(c) => {
+                    domain::ContentPart::ToolCall(domain::ToolCall { id: c.id, name: c.name, arguments: c.arguments })
+                }
+                wit::ContentPart::ToolResult(r) => domain::ContentPart::ToolResult(domain::ToolResult {
+                    call_id: r.call_id,
+                    content: r.content,
+                    is_error: r.is_error,
+                }),
+            })
+            .collect(),
+    }
+}
+
+fn to_wit_completion(c: domain::Completion) -> Completion {
+    Completion {
+        message: wit::Message {
+            role: match c.message.role {
+                domain::Role::User => wit::MessageRole::User,
+                domain::Role::Assistant => wit::MessageRole::Assistant,
+            },
+            content: c
+                .message
+                .content
+                .into_iter()
+                .map(|p| match p {
+                    domain::ContentPart::Text { text } => wit::ContentPart::Text(text),
+                    domain::ContentPart::ToolCall(t) => {
+                        wit::ContentPart::ToolCall(wit::ToolCall { id: t.id, name: t.name, arguments: t.arguments })
+                    }
+                    domain::ContentPart::ToolResult(r) => wit::ContentPart::ToolResult(wit::ToolResult {
+                        call_id: r.call_id,
+                        content: r.content,
+                        is_error: r.is_error,
+                    }),
+                })
+                .collect(),
+        },
+        stop_reason: match c.stop_reason {
+            domain::StopReason::EndTurn => wit::StopReason::EndTurn,
+            domain::StopReason::ToolUse => wit::StopReason::ToolUse,
+            domain::StopReason::MaxTokens => wit::StopReason::MaxTokens,
+            domain::StopReason::StopSequence => wit::StopReason::StopSequence,
+            domain::StopReason::Refusal => wit::StopReason::Refusal,
+        },
+        usage: wit::Usage {
+            input_tokens: c.usage.input_tokens,
+            output_tokens: c.usage.output_tokens,
+            cost_micro_usd: c.usage.cost_micro_usd,
+        },
+        model: c.model,
+    }
+}
+
+/// Link the `model` interface.
+pub fn add_to_linker(linker: &mut wasmtime::component::Linker<RunState>) -> wasmtime::Result<()> {
+    wit::add_to_linker::<RunState, HasSelf<RunState>>(linker, |s| s)
+}

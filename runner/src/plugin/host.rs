@@ -1,0 +1,282 @@
+//! The plugin host: one `Engine` and `Linker` for the process, one
+//! `InstancePre` per loaded plugin, one fresh `Store` per run.
+//!
+//! A run that traps, panics, runs out of fuel or memory, or overstays its
+//! wall-clock cap fails with a [`RunError`] that says which; its `Store` is
+//! dropped and nothing else is affected, so the next run starts clean.
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use wasmtime::component::Linker;
+use wasmtime::{Config, Engine, Store, Trap};
+
+use super::capability::{CapabilitySet, builtin_role_grants};
+use super::inspect::{self, LoadError, PluginInfo};
+use super::limits::PluginLimits;
+use super::wit::latest::{Role, RolePre};
+use super::{Outcome, Task};
+use crate::forge::Proposal;
+use crate::imports::{self, GuestLimitExceeded, RunContext, RunState};
+use crate::session::{Budget, EventKind};
+
+/// Why a run failed. Each variant names the plugin and says what happened
+/// in words an operator can act on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RunError {
+    /// The plugin used up its fuel (CPU) budget.
+    #[error("plugin {plugin} exceeded its CPU limit ({fuel} units of fuel) and was stopped")]
+    CpuLimit {
+        /// Plugin name.
+        plugin: String,
+        /// The fuel it had.
+        fuel: u64,
+    },
+    /// The plugin tried to grow its memory past the limit.
+    #[error("plugin {plugin} was stopped: {message}")]
+    MemoryLimit {
+        /// Plugin name.
+        plugin: String,
+        /// What it asked for.
+        message: String,
+    },
+    /// The run took longer than its wall-clock cap.
+    #[error("plugin {plugin} was stopped after its wall-clock limit of {limit:?}")]
+    WallClock {
+        /// Plugin name.
+        plugin: String,
+        /// The limit.
+        limit: std::time::Duration,
+    },
+    /// The plugin passed an import more than a limit allows.
+    #[error("plugin {plugin} was stopped: {message}")]
+    GuestLimit {
+        /// Plugin name.
+        plugin: String,
+        /// Which argument and which limit.
+        message: String,
+    },
+    /// The plugin panicked.
+    #[error("plugin {plugin} panicked: {message}")]
+    Panicked {
+        /// Plugin name.
+        plugin: String,
+        /// The panic message it reported.
+        message: String,
+    },
+    /// The plugin trapped for another reason.
+    #[error("plugin {plugin} trapped: {message}")]
+    Trapped {
+        /// Plugin name.
+        plugin: String,
+        /// The trap.
+        message: String,
+    },
+    /// The plugin returned an error from `run`.
+    #[error("plugin {plugin} failed: {message}")]
+    Role {
+        /// Plugin name.
+        plugin: String,
+        /// The error it returned.
+        message: String,
+    },
+    /// The plugin could not be instantiated.
+    #[error("plugin {plugin} could not be instantiated: {message}")]
+    Instantiate {
+        /// Plugin name.
+        plugin: String,
+        /// Why.
+        message: String,
+    },
+}
+
+/// What a run produced, successful or not.
+#[derive(Debug)]
+pub struct RunReport {
+    /// The outcome, or why the run failed.
+    pub result: Result<Outcome, RunError>,
+    /// The forge effects the plugin proposed, in order.
+    pub proposals: Vec<Proposal>,
+    /// The budget as spent.
+    pub budget: Budget,
+}
+
+/// A plugin compiled, checked and ready to instantiate.
+pub struct LoadedPlugin {
+    /// What the plugin is.
+    pub info: PluginInfo,
+    /// The capabilities it runs with.
+    pub capabilities: CapabilitySet,
+    pre: RolePre<RunState>,
+}
+
+impl LoadedPlugin {
+    /// The plugin's name (from its manifest).
+    pub fn name(&self) -> &str {
+        &self.info.manifest.name
+    }
+}
+
+/// Errors building the host itself.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot set up the plugin host: {0}")]
+pub struct HostSetupError(String);
+
+/// Compiles, checks, caches and runs role plugins.
+pub struct PluginHost {
+    engine: Engine,
+    linker: Linker<RunState>,
+    limits: PluginLimits,
+    role_grants: HashMap<String, CapabilitySet>,
+    plugins: RwLock<HashMap<String, Arc<LoadedPlugin>>>,
+}
+
+impl PluginHost {
+    /// A host applying `limits` to every run, with the built-in roles'
+    /// grants (triage, spec, implementation, review).
+    pub fn new(limits: PluginLimits) -> Result<Self, HostSetupError> {
+        let mut config = Config::new();
+        config.consume_fuel(true);
+        let engine = Engine::new(&config).map_err(|e| HostSetupError(format!("{e:#}")))?;
+        let mut linker = Linker::new(&engine);
+        imports::add_to_linker(&mut linker).map_err(|e| HostSetupError(format!("{e:#}")))?;
+        let role_grants = ["triage", "spec", "implementation", "review"]
+            .into_iter()
+            .filter_map(|r| builtin_role_grants(r).map(|g| (r.to_string(), g)))
+            .collect();
+        Ok(PluginHost { engine, linker, limits, role_grants, plugins: RwLock::new(HashMap::new()) })
+    }
+
+    /// Grant `capabilities` to a custom role (or replace a built-in role's grants).
+    pub fn grant_role(&mut self, role: &str, capabilities: CapabilitySet) {
+        self.role_grants.insert(role.to_string(), capabilities);
+    }
+
+    /// The limits every run gets.
+    pub fn limits(&self) -> &PluginLimits {
+        &self.limits
+    }
+
+    /// Describe a plugin and judge it, without loading it. The verdict is
+    /// the capability set it would run with, or why it is refused.
+    pub fn check(&self, bytes: &[u8]) -> Result<(PluginInfo, Result<CapabilitySet, LoadError>), LoadError> {
+        let (info, _) = inspect::inspect(&self.engine, bytes)?;
+        let verdict = inspect::verdict(&info, &self.role_grants);
+        Ok((info, verdict))
+    }
+
+    /// Compile, check and register a plugin under its manifest name,
+    /// replacing any plugin of that name.
+    pub fn load(&self, bytes: &[u8]) -> Result<Arc<LoadedPlugin>, LoadError> {
+        let (info, component) = inspect::inspect(&self.engine, bytes)?;
+        let capabilities = inspect::verdict(&info, &self.role_grants)?;
+        let bad_export = |reason: String| LoadError::BadExport {
+            plugin: info.manifest.name.clone(),
+            wit: info.manifest.wit.clone(),
+            reason,
+        };
+        let instance_pre = self.linker.instantiate_pre(&component).map_err(|e| bad_export(format!("{e:#}")))?;
+        let pre = RolePre::new(instance_pre).map_err(|e| bad_export(format!("{e:#}")))?;
+        let plugin = Arc::new(LoadedPlugin { info, capabilities, pre });
+        if let Ok(mut plugins) = self.plugins.write() {
+            plugins.insert(plugin.name().to_string(), plugin.clone());
+        }
+        Ok(plugin)
+    }
+
+    /// A loaded plugin by name.
+    pub fn plugin(&self, name: &str) -> Option<Arc<LoadedPlugin>> {
+        self.plugins.read().ok()?.get(name).cloned()
+    }
+
+    /// Run `plugin` once on `task` in a fresh store. Never panics and never
+    /// affects other runs, whatever the plugin does.
+    pub async fn run(&self, plugin: &LoadedPlugin, task: Task, ctx: RunContext) -> RunReport {
+        let name = plugin.name().to_string();
+        let events = ctx.events.clone();
+        events.record(EventKind::Started, format!("plugin {name} {} started", plugin.info.manifest.version));
+        let state = RunState::new(&name, &plugin.info.manifest.role, plugin.capabilities.clone(), self.limits.clone(), ctx);
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limiter);
+        let result = match self.prepare_store(&mut store) {
+            Ok(()) => {
+                let call = async {
+                    let instance: Role = plugin.pre.instantiate_async(&mut store).await.map_err(|e| (true, e))?;
+                    instance.call_run(&mut store, &task).await.map_err(|e| (false, e))
+                };
+                match tokio::time::timeout(self.limits.wall_clock, call).await {
+                    Err(_elapsed) => Err(RunError::WallClock { plugin: name.clone(), limit: self.limits.wall_clock }),
+                    Ok(Err((true, e))) => Err(RunError::Instantiate { plugin: name.clone(), message: format!("{e:#}") }),
+                    Ok(Err((false, e))) => Err(self.classify(&name, e, store.data())),
+                    Ok(Ok(Err(role_error))) => Err(RunError::Role { plugin: name.clone(), message: describe(&role_error) }),
+                    Ok(Ok(Ok(outcome))) => Ok(outcome),
+                }
+            }
+            Err(message) => Err(RunError::Instantiate { plugin: name.clone(), message }),
+        };
+        let message = match &result {
+            Ok(o) => format!("{:?}: {}", o.status, o.summary),
+            Err(e) => e.to_string(),
+        };
+        events.record(EventKind::Finished, message);
+        let state = store.into_data();
+        RunReport { result, proposals: state.forge.proposals, budget: state.model.budget }
+    }
+
+    /// Instantiate `plugin` in a fresh store and drop it without running
+    /// it: checks that it can start, and measures what every run pays.
+    pub async fn instantiate_probe(&self, plugin: &LoadedPlugin) -> Result<(), RunError> {
+        let ctx = RunContext::new(std::sync::Arc::new(crate::session::MemoryEvents::new()));
+        let state = RunState::new(plugin.name(), &plugin.info.manifest.role, plugin.capabilities.clone(), self.limits.clone(), ctx);
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limiter);
+        let instantiate = |message| RunError::Instantiate { plugin: plugin.name().to_string(), message };
+        self.prepare_store(&mut store).map_err(instantiate)?;
+        plugin.pre.instantiate_async(&mut store).await.map_err(|e| instantiate(format!("{e:#}")))?;
+        Ok(())
+    }
+
+    fn prepare_store(&self, store: &mut Store<RunState>) -> Result<(), String> {
+        store.set_fuel(self.limits.fuel).map_err(|e| format!("{e:#}"))?;
+        store.fuel_async_yield_interval(Some(self.limits.fuel_yield_interval)).map_err(|e| format!("{e:#}"))?;
+        Ok(())
+    }
+
+    /// Say which limit or failure stopped a trapped run.
+    fn classify(&self, plugin: &str, error: wasmtime::Error, state: &RunState) -> RunError {
+        let plugin = plugin.to_string();
+        if let Some(GuestLimitExceeded(message)) = error.downcast_ref::<GuestLimitExceeded>() {
+            return RunError::GuestLimit { plugin, message: message.clone() };
+        }
+        if let Some(message) = &state.limiter.hit {
+            return RunError::MemoryLimit { plugin, message: message.clone() };
+        }
+        if error.downcast_ref::<Trap>() == Some(&Trap::OutOfFuel) {
+            return RunError::CpuLimit { plugin, fuel: self.limits.fuel };
+        }
+        if let Some(message) = &state.panic {
+            return RunError::Panicked { plugin, message: message.clone() };
+        }
+        let message = match error.downcast_ref::<Trap>() {
+            Some(trap) => trap.to_string(),
+            None => format!("{error:#}"),
+        };
+        RunError::Trapped { plugin, message }
+    }
+}
+
+fn describe(e: &super::RoleError) -> String {
+    use super::RoleError::*;
+    match e {
+        Denied(m) => format!("denied: {m}"),
+        HeldForApproval(id) => format!("held for approval as effect {id}"),
+        NotFound(m) => format!("not found: {m}"),
+        InvalidArgument(m) => format!("invalid argument: {m}"),
+        BudgetExhausted(m) => format!("budget exhausted: {m}"),
+        LimitExceeded(m) => format!("limit exceeded: {m}"),
+        Timeout(m) => format!("timed out: {m}"),
+        Unavailable(m) => format!("unavailable: {m}"),
+        Cancelled => "cancelled".into(),
+        NotPermitted(m) => format!("not permitted: {m}"),
+        Internal(m) => format!("host error: {m}"),
+    }
+}

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Installs what building and testing Kiln needs on a fresh machine, and
+# nothing that is already there:
+#   - the Rust standard library for wasm32-unknown-unknown (role plugins are
+#     built for it): `rustup target add`, or, where rustup cannot reach its
+#     server, Debian's rust-web packages (the plugin build then uses them with
+#     -Zbuild-std; see plugins/build);
+#   - the sandbox's needs (scripts/setup-sandbox.sh, if present).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+has_wasm_std() {
+    local libdir
+    libdir=$(rustc --print target-libdir --target wasm32-unknown-unknown 2>/dev/null) || return 1
+    compgen -G "$libdir/libcore-*" >/dev/null
+}
+
+if has_wasm_std; then
+    echo "setup: wasm32-unknown-unknown standard library present"
+elif command -v rustup >/dev/null && timeout 180 rustup target add wasm32-unknown-unknown && has_wasm_std; then
+    echo "setup: installed wasm32-unknown-unknown with rustup"
+elif [ -x /usr/bin/cargo ] && [ -d /usr/lib/rust-web-src ] 2>/dev/null; then
+    echo "setup: using Debian's rust-web toolchain for plugins"
+else
+    echo "setup: rustup could not install wasm32-unknown-unknown; installing Debian's rust-web packages"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq rustc-web cargo-web rust-web-src rust-web-llvm lld-22
+fi
+
+if [ -x scripts/setup-sandbox.sh ]; then
+    scripts/setup-sandbox.sh
+fi
