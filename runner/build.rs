@@ -17,7 +17,10 @@ fn main() {
 
 fn run() -> Result<(), Box<dyn std::error::Error>> {
     let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?);
-    let root = manifest_dir.parent().ok_or("runner/ has no parent")?.to_path_buf();
+    let root = manifest_dir
+        .parent()
+        .ok_or("runner/ has no parent")?
+        .to_path_buf();
     for watched in ["wit", "plugins", "tests/plugins"] {
         println!("cargo:rerun-if-changed={}", root.join(watched).display());
     }
@@ -33,19 +36,35 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let roles = kiln_plugin_build::discover(&[root.join("plugins")])?;
     let tests = kiln_plugin_build::discover(&[root.join("tests/plugins")])?;
     let all: Vec<_> = roles.iter().chain(tests.iter()).cloned().collect();
-    let built = kiln_plugin_build::Builder::new(&root, &target_dir).build(&all, &out_dir.join("plugins"))?;
+    let built = kiln_plugin_build::Builder::new(&root, &target_dir)
+        .build(&all, &out_dir.join("plugins"))?;
 
     let mut code = String::new();
     code.push_str("/// Role plugins shipped inside the `kiln` binary: (name, component bytes).\n");
     code.push_str("pub const ROLE_PLUGINS: &[(&str, &[u8])] = &[\n");
-    for b in built.iter().filter(|b| roles.iter().any(|r| r.package == b.source.package)) {
-        writeln!(code, "    ({:?}, include_bytes!({:?})),", b.source.manifest.name, b.path)?;
+    for b in built
+        .iter()
+        .filter(|b| roles.iter().any(|r| r.package == b.source.package))
+    {
+        writeln!(
+            code,
+            "    ({:?}, include_bytes!({:?})),",
+            b.source.manifest.name, b.path
+        )?;
     }
     code.push_str("];\n\n");
     code.push_str("/// Test plugins built from `tests/plugins/`: (name, path of the component).\n");
     code.push_str("pub const TEST_PLUGINS: &[(&str, &str)] = &[\n");
-    for b in built.iter().filter(|b| tests.iter().any(|t| t.package == b.source.package)) {
-        writeln!(code, "    ({:?}, {:?}),", b.source.manifest.name, b.path.display().to_string())?;
+    for b in built
+        .iter()
+        .filter(|b| tests.iter().any(|t| t.package == b.source.package))
+    {
+        writeln!(
+            code,
+            "    ({:?}, {:?}),",
+            b.source.manifest.name,
+            b.path.display().to_string()
+        )?;
     }
     code.push_str("];\n");
     std::fs::write(out_dir.join("plugins.rs"), code)?;

@@ -9,23 +9,40 @@ use std::time::Duration;
 use kiln::forge::{ForgeSnapshot, Issue, Proposal};
 use kiln::imports::RunContext;
 use kiln::imports::workspace::WorkspaceMount;
-use kiln::model::{self, BoxFuture, Completion, CompletionRequest, ContentPart, ModelError, ModelProvider};
-use kiln::plugin::{LoadError, OutcomeStatus, PluginHost, PluginLimits, RunError, Task, Trigger, builtin};
+use kiln::model::{
+    self, BoxFuture, Completion, CompletionRequest, ContentPart, ModelError, ModelProvider,
+};
+use kiln::plugin::{
+    LoadError, OutcomeStatus, PluginHost, PluginLimits, RunError, Task, Trigger, builtin,
+};
 use kiln::session::{EventKind, MemoryEvents};
 
 /// Every test plugin, each with the test below that covers it. A plugin
 /// added to `tests/plugins/` without a test here fails
 /// `every_test_plugin_has_a_test`.
-const COVERED: &[&str] = &["agent", "huge-string", "loop", "oom", "panic", "ping", "undeclared-import"];
+const COVERED: &[&str] = &[
+    "agent",
+    "huge-string",
+    "loop",
+    "oom",
+    "panic",
+    "ping",
+    "undeclared-import",
+];
 
 fn bytes(name: &str) -> Vec<u8> {
-    let path = builtin::test_plugin_path(name).unwrap_or_else(|| panic!("test plugin {name} was not built"));
+    let path = builtin::test_plugin_path(name)
+        .unwrap_or_else(|| panic!("test plugin {name} was not built"));
     std::fs::read(path).unwrap_or_else(|e| panic!("reading {path}: {e}"))
 }
 
 /// Limits small enough that runaway plugins are stopped in well under a second.
 fn test_limits() -> PluginLimits {
-    PluginLimits { fuel: 500_000_000, memory_bytes: 128 << 20, ..PluginLimits::default() }
+    PluginLimits {
+        fuel: 500_000_000,
+        memory_bytes: 128 << 20,
+        ..PluginLimits::default()
+    }
 }
 
 fn host() -> PluginHost {
@@ -57,7 +74,9 @@ async fn assert_host_still_serves(host: &PluginHost) {
     let mut t = task("after");
     t.instructions = Some("3".into());
     let report = host.run(&ping, t, ctx().0).await;
-    let outcome = report.result.expect("a healthy run after a contained failure should succeed");
+    let outcome = report
+        .result
+        .expect("a healthy run after a contained failure should succeed");
     assert_eq!(outcome.summary, "3 calls, 0 turns seen");
 }
 
@@ -65,7 +84,10 @@ async fn assert_host_still_serves(host: &PluginHost) {
 fn every_test_plugin_has_a_test() {
     let built: BTreeSet<_> = builtin::TEST_PLUGINS.iter().map(|(n, _)| *n).collect();
     let covered: BTreeSet<_> = COVERED.iter().copied().collect();
-    assert_eq!(built, covered, "each plugin in tests/plugins/ needs a test in tests/plugin_host.rs (and vice versa)");
+    assert_eq!(
+        built, covered,
+        "each plugin in tests/plugins/ needs a test in tests/plugin_host.rs (and vice versa)"
+    );
 }
 
 #[test]
@@ -74,10 +96,19 @@ fn every_built_plugin_is_a_pure_component_importing_only_kiln_role() {
     let all = builtin::TEST_PLUGINS
         .iter()
         .map(|(n, _)| (n.to_string(), bytes(n)))
-        .chain(builtin::ROLE_PLUGINS.iter().map(|(n, b)| (n.to_string(), b.to_vec())));
+        .chain(
+            builtin::ROLE_PLUGINS
+                .iter()
+                .map(|(n, b)| (n.to_string(), b.to_vec())),
+        );
     for (name, bytes) in all {
-        let (info, _) = host.check(&bytes).unwrap_or_else(|e| panic!("{name} should parse: {e}"));
-        assert!(!info.imports.is_empty(), "{name} should import at least the session interface");
+        let (info, _) = host
+            .check(&bytes)
+            .unwrap_or_else(|e| panic!("{name} should parse: {e}"));
+        assert!(
+            !info.imports.is_empty(),
+            "{name} should import at least the session interface"
+        );
         for import in &info.imports {
             assert!(
                 import.name.starts_with("kiln:role/") && import.name.ends_with("@0.1.0"),
@@ -85,7 +116,11 @@ fn every_built_plugin_is_a_pure_component_importing_only_kiln_role() {
                 import.name
             );
         }
-        assert_eq!(info.exports, vec!["run".to_string()], "{name} should export only `run`");
+        assert_eq!(
+            info.exports,
+            vec!["run".to_string()],
+            "{name} should export only `run`"
+        );
     }
 }
 
@@ -98,7 +133,10 @@ async fn a_plugin_that_loops_forever_is_stopped_by_its_cpu_limit() {
         Err(RunError::CpuLimit { ref plugin, fuel }) => {
             assert_eq!((plugin.as_str(), fuel), ("loop", 500_000_000));
             let msg = report.result.unwrap_err().to_string();
-            assert_eq!(msg, "plugin loop exceeded its CPU limit (500000000 units of fuel) and was stopped");
+            assert_eq!(
+                msg,
+                "plugin loop exceeded its CPU limit (500000000 units of fuel) and was stopped"
+            );
         }
         other => panic!("an endless loop should hit the CPU limit, got: {other:?}"),
     }
@@ -113,7 +151,10 @@ async fn a_plugin_that_allocates_without_bound_is_stopped_by_its_memory_limit() 
     match &report.result {
         Err(RunError::MemoryLimit { plugin, message }) => {
             assert_eq!(plugin, "oom");
-            assert!(message.contains("the limit is 128 MiB"), "message should name the limit, got: {message}");
+            assert!(
+                message.contains("the limit is 128 MiB"),
+                "message should name the limit, got: {message}"
+            );
         }
         other => panic!("unbounded allocation should hit the memory limit, got: {other:?}"),
     }
@@ -137,40 +178,68 @@ async fn a_panicking_plugin_fails_its_run_with_the_panic_message() {
         other => panic!("a panic should be reported as such, got: {other:?}"),
     }
     let kinds: Vec<_> = events.snapshot().into_iter().map(|e| e.kind).collect();
-    assert!(kinds.contains(&EventKind::Panic), "the panic should be an event of the run, got: {kinds:?}");
-    assert_eq!(kinds.last(), Some(&EventKind::Finished), "the run should still be closed in its log");
+    assert!(
+        kinds.contains(&EventKind::Panic),
+        "the panic should be an event of the run, got: {kinds:?}"
+    );
+    assert_eq!(
+        kinds.last(),
+        Some(&EventKind::Finished),
+        "the run should still be closed in its log"
+    );
     assert_host_still_serves(&host).await;
 }
 
 #[tokio::test]
 async fn a_plugin_importing_an_undeclared_capability_is_refused_at_load() {
     let host = host();
-    let err = host.load(&bytes("undeclared-import")).err().expect("loading should be refused");
-    assert!(matches!(err, LoadError::UndeclaredImport { .. }), "got: {err:?}");
+    let err = host
+        .load(&bytes("undeclared-import"))
+        .err()
+        .expect("loading should be refused");
+    assert!(
+        matches!(err, LoadError::UndeclaredImport { .. }),
+        "got: {err:?}"
+    );
     assert_eq!(
         err.to_string(),
         "plugin undeclared-import imports `kiln:role/forge@0.1.0#propose-comment`, which needs capability \
          forge.comment, but its manifest does not declare it"
     );
-    assert!(host.plugin("undeclared-import").is_none(), "a refused plugin must not be registered");
+    assert!(
+        host.plugin("undeclared-import").is_none(),
+        "a refused plugin must not be registered"
+    );
     assert_host_still_serves(&host).await;
 }
 
 #[tokio::test]
 async fn a_plugin_sending_a_100_mb_string_is_stopped_with_the_limit_named() {
-    let host = host();
+    // Default memory (256 MiB), so the guest can build the string and the
+    // import's own size check is what stops it.
+    let host = PluginHost::new(PluginLimits {
+        memory_bytes: PluginLimits::default().memory_bytes,
+        ..test_limits()
+    })
+    .expect("plugin host");
     let plugin = host.load(&bytes("huge-string")).expect("huge-string loads");
     let (ctx, events) = ctx();
     let report = host.run(&plugin, task("r-huge"), ctx).await;
     match &report.result {
         Err(RunError::GuestLimit { plugin, message }) => {
             assert_eq!(plugin, "huge-string");
-            assert_eq!(message, "session.emit: event message is 100000000 bytes, the limit is 65536 bytes");
+            assert_eq!(
+                message,
+                "session.emit: event message is 100000000 bytes, the limit is 65536 bytes"
+            );
         }
         other => panic!("a 100 MB event should be refused, got: {other:?}"),
     }
     let logged: usize = events.snapshot().iter().map(|e| e.message.len()).sum();
-    assert!(logged < 10_000, "the 100 MB string must not reach the event log ({logged} bytes logged)");
+    assert!(
+        logged < 10_000,
+        "the 100 MB string must not reach the event log ({logged} bytes logged)"
+    );
     assert_host_still_serves(&host).await;
 }
 
@@ -180,29 +249,61 @@ fn manifests_asking_for_too_much_or_the_wrong_thing_are_refused() {
     let host = host();
     let base = bytes("ping");
     let manifest = |caps: &str, role: &str, wit: &str| {
-        format!("name = \"ping\"\nversion = \"0.1.0\"\nwit = \"{wit}\"\nrole = \"{role}\"\ncapabilities = [{caps}]\n")
+        format!(
+            "name = \"ping\"\nversion = \"0.1.0\"\nwit = \"{wit}\"\nrole = \"{role}\"\ncapabilities = [{caps}]\n"
+        )
     };
     let cases = [
         // triage may not review pull requests
-        (manifest("\"forge.review\"", "triage", "0.1.0"), "plugin ping asks for capability forge.review, which role triage does not grant"),
+        (
+            manifest("\"forge.review\"", "triage", "0.1.0"),
+            "plugin ping asks for capability forge.review, which role triage does not grant",
+        ),
         // no built-in role may write code and review it
-        (manifest("\"workspace.write\"", "review", "0.1.0"), "which role review does not grant"),
+        (
+            manifest("\"workspace.write\"", "review", "0.1.0"),
+            "which role review does not grant",
+        ),
         // there is no merge capability
-        (manifest("\"forge.merge\"", "triage", "0.1.0"), "unknown capability `forge.merge`"),
+        (
+            manifest("\"forge.merge\"", "triage", "0.1.0"),
+            "unknown capability `forge.merge`",
+        ),
         // roles must exist
-        (manifest("", "deployer", "0.1.0"), "plays role `deployer`, which is neither built in nor configured"),
+        (
+            manifest("", "deployer", "0.1.0"),
+            "plays role `deployer`, which is neither built in nor configured",
+        ),
         // a future contract version is not silently accepted
-        (manifest("", "triage", "9.0.0"), "targets kiln:role@9.0.0, this host supports 0.1.0"),
+        (
+            manifest("", "triage", "9.0.0"),
+            "targets kiln:role@9.0.0, this host supports 0.1.0",
+        ),
     ];
     for (text, expected) in cases {
         let component = with_manifest(&base, &text);
-        let err = host.load(&component).err().map(|e| e.to_string()).unwrap_or_default();
-        assert!(err.contains(expected), "manifest {text:?} should be refused with {expected:?}, got: {err:?}");
+        let err = host
+            .load(&component)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            err.contains(expected),
+            "manifest {text:?} should be refused with {expected:?}, got: {err:?}"
+        );
     }
     let no_manifest = strip_manifest(&base);
-    let err = host.load(&no_manifest).err().map(|e| e.to_string()).unwrap_or_default();
+    let err = host
+        .load(&no_manifest)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
     assert!(err.contains("has no `kiln:manifest` section"), "got: {err}");
-    let err = host.load(b"\0asm\x01\0\0\0").err().map(|e| e.to_string()).unwrap_or_default();
+    let err = host
+        .load(b"\0asm\x01\0\0\0")
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
     assert!(err.contains("core module, not a component"), "got: {err}");
 }
 
@@ -212,7 +313,8 @@ fn strip_manifest(component: &[u8]) -> Vec<u8> {
     let mut depth = 0;
     for payload in wasmparser::Parser::new(0).parse_all(component) {
         match payload.expect("valid component") {
-            wasmparser::Payload::ModuleSection { .. } | wasmparser::Payload::ComponentSection { .. } => depth += 1,
+            wasmparser::Payload::ModuleSection { .. }
+            | wasmparser::Payload::ComponentSection { .. } => depth += 1,
             wasmparser::Payload::End(_) => depth -= 1,
             wasmparser::Payload::CustomSection(c) if depth == 0 && c.name() == "kiln:manifest" => {
                 last_custom = Some(c.range())
@@ -251,11 +353,17 @@ impl ModelProvider for Replay {
     fn name(&self) -> String {
         "replay".into()
     }
-    fn complete(&self, _request: CompletionRequest) -> BoxFuture<'_, Result<Completion, ModelError>> {
+    fn complete(
+        &self,
+        _request: CompletionRequest,
+    ) -> BoxFuture<'_, Result<Completion, ModelError>> {
         Box::pin(async move {
             if let Some(gate) = &self.gate {
                 self.waiting.fetch_add(1, Ordering::SeqCst);
-                let _permit = gate.acquire().await.map_err(|e| ModelError::Unavailable(e.to_string()))?;
+                let _permit = gate
+                    .acquire()
+                    .await
+                    .map_err(|e| ModelError::Unavailable(e.to_string()))?;
                 self.waiting.fetch_sub(1, Ordering::SeqCst);
             }
             self.turns
@@ -271,10 +379,18 @@ fn tool_turn(id: &str, name: &str, args: &str) -> Completion {
     Completion {
         message: model::Message {
             role: model::Role::Assistant,
-            content: vec![ContentPart::ToolCall(model::ToolCall { id: id.into(), name: name.into(), arguments: args.into() })],
+            content: vec![ContentPart::ToolCall(model::ToolCall {
+                id: id.into(),
+                name: name.into(),
+                arguments: args.into(),
+            })],
         },
         stop_reason: model::StopReason::ToolUse,
-        usage: model::Usage { input_tokens: 100, output_tokens: 10, cost_micro_usd: 5 },
+        usage: model::Usage {
+            input_tokens: 100,
+            output_tokens: 10,
+            cost_micro_usd: 5,
+        },
         model: "replay".into(),
     }
 }
@@ -283,11 +399,18 @@ fn agent_script() -> VecDeque<Completion> {
     VecDeque::from(vec![
         tool_turn("c1", "list_dir", r#"{"path":""}"#),
         tool_turn("c2", "read_file", r#"{"path":"src/answer.txt"}"#),
-        tool_turn("c3", "answer", r#"{"text":"The answer is in src/answer.txt"}"#),
+        tool_turn(
+            "c3",
+            "answer",
+            r#"{"text":"The answer is in src/answer.txt"}"#,
+        ),
     ])
 }
 
-fn agent_ctx(provider: Arc<dyn ModelProvider>, workspace: &std::path::Path) -> (RunContext, MemoryEvents) {
+fn agent_ctx(
+    provider: Arc<dyn ModelProvider>,
+    workspace: &std::path::Path,
+) -> (RunContext, MemoryEvents) {
     let (mut ctx, events) = ctx();
     ctx.model = Some(provider);
     ctx.workspace = Some(WorkspaceMount::open(workspace, false).expect("workspace"));
@@ -321,19 +444,40 @@ async fn the_sdk_agent_loop_drives_tools_and_proposes_its_answer() {
     let host = host();
     let plugin = host.load(&bytes("agent")).expect("agent loads");
     let ws = sample_workspace();
-    let provider = Arc::new(Replay { turns: Mutex::new(agent_script()), gate: None, waiting: Arc::default() });
+    let provider = Arc::new(Replay {
+        turns: Mutex::new(agent_script()),
+        gate: None,
+        waiting: Arc::default(),
+    });
     let (ctx, events) = agent_ctx(provider, ws.path());
     let report = host.run(&plugin, task("r-agent"), ctx).await;
     let outcome = report.result.expect("the agent run should succeed");
     assert_eq!(outcome.status, OutcomeStatus::Completed);
-    assert_eq!(outcome.output.as_deref(), Some(r#"{"text":"The answer is in src/answer.txt"}"#));
+    assert_eq!(
+        outcome.output.as_deref(),
+        Some(r#"{"text":"The answer is in src/answer.txt"}"#)
+    );
     assert_eq!(
         report.proposals,
-        vec![Proposal::Comment { number: 7, body: "The answer is in src/answer.txt".into() }],
+        vec![Proposal::Comment {
+            number: 7,
+            body: "The answer is in src/answer.txt".into()
+        }],
         "the agent's answer should be proposed as a comment on the issue"
     );
-    assert_eq!((report.budget.turns, report.budget.tokens, report.budget.cost_micro_usd), (3, 330, 15));
-    let turns = events.snapshot().iter().filter(|e| e.kind == EventKind::ModelTurn).count();
+    assert_eq!(
+        (
+            report.budget.turns,
+            report.budget.tokens,
+            report.budget.cost_micro_usd
+        ),
+        (3, 330, 15)
+    );
+    let turns = events
+        .snapshot()
+        .iter()
+        .filter(|e| e.kind == EventKind::ModelTurn)
+        .count();
     assert_eq!(turns, 3, "each model turn should be an event");
 }
 
@@ -342,10 +486,20 @@ async fn without_a_provider_the_model_import_says_none_is_configured() {
     let host = host();
     let plugin = host.load(&bytes("agent")).expect("agent loads");
     let ws = sample_workspace();
-    let (mut ctx, _) = agent_ctx(Arc::new(Replay { turns: Mutex::default(), gate: None, waiting: Arc::default() }), ws.path());
+    let (mut ctx, _) = agent_ctx(
+        Arc::new(Replay {
+            turns: Mutex::default(),
+            gate: None,
+            waiting: Arc::default(),
+        }),
+        ws.path(),
+    );
     ctx.model = None;
     let report = host.run(&plugin, task("r-nomodel"), ctx).await;
-    let err = report.result.expect_err("no provider means no answer").to_string();
+    let err = report
+        .result
+        .expect_err("no provider means no answer")
+        .to_string();
     assert_eq!(
         err,
         "plugin agent failed: unavailable: no model provider is configured (set one in kiln.toml, or use the scripted provider)"
@@ -357,14 +511,30 @@ async fn a_run_over_its_turn_budget_stops_with_that_reason() {
     let host = host();
     let plugin = host.load(&bytes("agent")).expect("agent loads");
     let ws = sample_workspace();
-    let provider = Arc::new(Replay { turns: Mutex::new(agent_script()), gate: None, waiting: Arc::default() });
+    let provider = Arc::new(Replay {
+        turns: Mutex::new(agent_script()),
+        gate: None,
+        waiting: Arc::default(),
+    });
     let (mut ctx, _) = agent_ctx(provider, ws.path());
     ctx.budget.max_turns = Some(2);
     let report = host.run(&plugin, task("r-budget"), ctx).await;
-    let outcome = report.result.expect("the role handles budget exhaustion itself");
-    assert_eq!(outcome.status, OutcomeStatus::Blocked, "a run may never report success past its budget");
-    assert_eq!(outcome.summary, "budget exhausted: turn budget spent: 2 of 2 turns");
-    assert!(report.proposals.is_empty(), "nothing should be proposed once the budget is spent");
+    let outcome = report
+        .result
+        .expect("the role handles budget exhaustion itself");
+    assert_eq!(
+        outcome.status,
+        OutcomeStatus::Blocked,
+        "a run may never report success past its budget"
+    );
+    assert_eq!(
+        outcome.summary,
+        "budget exhausted: turn budget spent: 2 of 2 turns"
+    );
+    assert!(
+        report.proposals.is_empty(),
+        "nothing should be proposed once the budget is spent"
+    );
 }
 
 /// Twenty runs parked inside a slow import must not occupy the runtime's
@@ -372,7 +542,11 @@ async fn a_run_over_its_turn_budget_stops_with_that_reason() {
 /// twenty are waiting, and the twenty finish once released.
 #[test]
 fn twenty_runs_blocked_in_a_slow_import_leave_the_runner_responsive() {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
     rt.block_on(async {
         let host = Arc::new(host());
         let agent = host.load(&bytes("agent")).expect("agent loads");
@@ -381,10 +555,16 @@ fn twenty_runs_blocked_in_a_slow_import_leave_the_runner_responsive() {
         let ws = sample_workspace();
         let mut runs = Vec::new();
         for i in 0..20 {
-            let provider = Arc::new(Replay { turns: Mutex::new(agent_script()), gate: Some(gate.clone()), waiting: waiting.clone() });
+            let provider = Arc::new(Replay {
+                turns: Mutex::new(agent_script()),
+                gate: Some(gate.clone()),
+                waiting: waiting.clone(),
+            });
             let (ctx, _) = agent_ctx(provider, ws.path());
             let (host, agent) = (host.clone(), agent.clone());
-            runs.push(tokio::spawn(async move { host.run(&agent, task(&format!("r-{i}")), ctx).await }));
+            runs.push(tokio::spawn(async move {
+                host.run(&agent, task(&format!("r-{i}")), ctx).await
+            }));
         }
         // Bounded wait for all twenty to park in the model import; a hang here is a failure, not a timing claim.
         tokio::time::timeout(Duration::from_secs(60), async {
@@ -401,14 +581,29 @@ fn twenty_runs_blocked_in_a_slow_import_leave_the_runner_responsive() {
         let report = tokio::time::timeout(Duration::from_secs(60), host.run(&ping, t, ctx().0))
             .await
             .expect("a run must complete while 20 others wait in an import");
-        assert!(report.result.is_ok(), "the extra run should succeed: {:?}", report.result.err());
-        assert_eq!(waiting.load(Ordering::SeqCst), 20, "the 20 runs should still be parked in the import");
-        assert!(runs.iter().all(|r| !r.is_finished()), "no parked run should have finished yet");
+        assert!(
+            report.result.is_ok(),
+            "the extra run should succeed: {:?}",
+            report.result.err()
+        );
+        assert_eq!(
+            waiting.load(Ordering::SeqCst),
+            20,
+            "the 20 runs should still be parked in the import"
+        );
+        assert!(
+            runs.iter().all(|r| !r.is_finished()),
+            "no parked run should have finished yet"
+        );
 
         gate.add_permits(1000);
         for run in runs {
             let report = run.await.expect("run task");
-            assert!(report.result.is_ok(), "released runs should complete: {:?}", report.result.err());
+            assert!(
+                report.result.is_ok(),
+                "released runs should complete: {:?}",
+                report.result.err()
+            );
         }
     });
 }

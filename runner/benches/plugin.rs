@@ -44,7 +44,14 @@ fn median_per_call(samples: usize, batch: u32, mut f: impl FnMut()) -> Duration 
 /// What a native host would do instead of instantiating: build the run's state.
 #[inline(never)]
 fn native_setup(run: &str) -> (String, Budget, Vec<u8>) {
-    (run.to_string(), Budget { max_turns: Some(30), ..Budget::default() }, Vec::with_capacity(64))
+    (
+        run.to_string(),
+        Budget {
+            max_turns: Some(30),
+            ..Budget::default()
+        },
+        Vec::with_capacity(64),
+    )
 }
 
 /// The native counterpart of the `session.get-budget` import.
@@ -54,18 +61,25 @@ fn native_get_budget(b: &Budget) -> u64 {
 }
 
 fn main() {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     let host = PluginHost::new(PluginLimits::default()).expect("host");
     let path = builtin::test_plugin_path("ping").expect("ping plugin built");
-    let plugin = host.load(&std::fs::read(path).expect("read ping")).expect("load ping");
+    let plugin = host
+        .load(&std::fs::read(path).expect("read ping"))
+        .expect("load ping");
     let events = Arc::new(MemoryEvents::new());
 
     // Instantiate: fresh Store + instance from the cached InstancePre.
     for _ in 0..1_000 {
-        rt.block_on(host.instantiate_probe(&plugin)).expect("instantiate");
+        rt.block_on(host.instantiate_probe(&plugin))
+            .expect("instantiate");
     }
     let instantiate = median_per_call(21, 2_000, || {
-        rt.block_on(host.instantiate_probe(&plugin)).expect("instantiate");
+        rt.block_on(host.instantiate_probe(&plugin))
+            .expect("instantiate");
     });
     let native_instantiate = median_per_call(21, 200_000, || {
         black_box(native_setup(black_box("bench")));
@@ -97,13 +111,21 @@ fn main() {
         instantiate.as_secs_f64() * 1e6,
         native_instantiate.as_secs_f64() * 1e6,
         ratio(instantiate, native_instantiate),
-        if instantiate <= Duration::from_micros(10) { "met" } else { "MISSED" }
+        if instantiate <= Duration::from_micros(10) {
+            "met"
+        } else {
+            "MISSED"
+        }
     );
     println!(
         "  import round trip (session.get-budget):          {:>9.3} µs   native call:  {:>7.3} µs   ratio {:>8.1}x   target ≤ 2 µs: {}",
         round_trip.as_secs_f64() * 1e6,
         native_call.as_secs_f64() * 1e6,
         ratio(round_trip, native_call),
-        if round_trip <= Duration::from_micros(2) { "met" } else { "MISSED" }
+        if round_trip <= Duration::from_micros(2) {
+            "met"
+        } else {
+            "MISSED"
+        }
     );
 }

@@ -98,11 +98,23 @@ impl RunState {
             started: Instant::now(),
             events: ctx.events,
             panic: None,
-            model: model::ModelCtx { provider: ctx.model, budget: ctx.budget },
-            workspace: workspace::WorkspaceCtx { mount: ctx.workspace },
-            forge: forge::ForgeCtx { snapshot: ctx.forge, proposals: Vec::new() },
-            session: session::SessionCtx { steering: ctx.steering },
-            skills: skills::SkillsCtx { dir: ctx.skills_dir },
+            model: model::ModelCtx {
+                provider: ctx.model,
+                budget: ctx.budget,
+            },
+            workspace: workspace::WorkspaceCtx {
+                mount: ctx.workspace,
+            },
+            forge: forge::ForgeCtx {
+                snapshot: ctx.forge,
+                proposals: Vec::new(),
+            },
+            session: session::SessionCtx {
+                steering: ctx.steering,
+            },
+            skills: skills::SkillsCtx {
+                dir: ctx.skills_dir,
+            },
         }
     }
 
@@ -117,7 +129,12 @@ impl RunState {
             "{what}: capability {cap} is not granted to plugin {} (role {})",
             self.plugin, self.role
         );
-        self.events.record(EventKind::Denied { blame: Blame::Guest }, msg.clone());
+        self.events.record(
+            EventKind::Denied {
+                blame: Blame::Guest,
+            },
+            msg.clone(),
+        );
         Err(RoleError::NotPermitted(msg))
     }
 

@@ -157,12 +157,16 @@ pub trait ModelProvider: Send + Sync {
     /// A short name for events and logs (`anthropic:claude-...`, `scripted:demo.json`).
     fn name(&self) -> String;
     /// Produce one turn for `request`.
-    fn complete(&self, request: CompletionRequest) -> BoxFuture<'_, Result<Completion, ModelError>>;
+    fn complete(&self, request: CompletionRequest)
+    -> BoxFuture<'_, Result<Completion, ModelError>>;
 }
 
 impl Message {
     /// An assistant message with one text part.
     pub fn assistant_text(text: impl Into<String>) -> Self {
-        Message { role: Role::Assistant, content: vec![ContentPart::Text { text: text.into() }] }
+        Message {
+            role: Role::Assistant,
+            content: vec![ContentPart::Text { text: text.into() }],
+        }
     }
 }

@@ -147,9 +147,15 @@ impl Budget {
             return Some(format!("turn budget spent: {} of {max} turns", self.turns));
         }
         if let Some(max) = self.max_tokens.filter(|m| self.tokens >= *m) {
-            return Some(format!("token budget spent: {} of {max} tokens", self.tokens));
+            return Some(format!(
+                "token budget spent: {} of {max} tokens",
+                self.tokens
+            ));
         }
-        if let Some(max) = self.max_cost_micro_usd.filter(|m| self.cost_micro_usd >= *m) {
+        if let Some(max) = self
+            .max_cost_micro_usd
+            .filter(|m| self.cost_micro_usd >= *m)
+        {
             return Some(format!(
                 "cost budget spent: ${:.4} of ${:.4}",
                 self.cost_micro_usd as f64 / 1e6,
@@ -166,12 +172,26 @@ mod tests {
 
     #[test]
     fn budget_reports_the_first_limit_reached() {
-        let mut b = Budget { max_turns: Some(2), max_tokens: Some(100), ..Budget::default() };
-        assert_eq!(b.exhausted(), None, "a fresh budget should not be exhausted");
+        let mut b = Budget {
+            max_turns: Some(2),
+            max_tokens: Some(100),
+            ..Budget::default()
+        };
+        assert_eq!(
+            b.exhausted(),
+            None,
+            "a fresh budget should not be exhausted"
+        );
         b.tokens = 100;
-        assert_eq!(b.exhausted().as_deref(), Some("token budget spent: 100 of 100 tokens"));
+        assert_eq!(
+            b.exhausted().as_deref(),
+            Some("token budget spent: 100 of 100 tokens")
+        );
         b.turns = 2;
-        assert_eq!(b.exhausted().as_deref(), Some("turn budget spent: 2 of 2 turns"));
+        assert_eq!(
+            b.exhausted().as_deref(),
+            Some("turn budget spent: 2 of 2 turns")
+        );
     }
 
     #[test]

@@ -99,7 +99,9 @@ pub struct BuiltPlugin {
 
 /// Load the plugin crate in `dir` (which must hold `kiln-plugin.toml`).
 pub fn load_crate(dir: &Path) -> Result<PluginCrate, BuildError> {
-    let read = |p: PathBuf| std::fs::read_to_string(&p).map_err(|source| BuildError::Io { path: p, source });
+    let read = |p: PathBuf| {
+        std::fs::read_to_string(&p).map_err(|source| BuildError::Io { path: p, source })
+    };
     let manifest_text = read(dir.join(MANIFEST_FILE))?;
     let manifest = Manifest::parse(&manifest_text)?;
     let cargo_toml = read(dir.join("Cargo.toml"))?;
@@ -107,16 +109,27 @@ pub fn load_crate(dir: &Path) -> Result<PluginCrate, BuildError> {
         path: dir.join("Cargo.toml"),
         source: std::io::Error::other("no [package] name"),
     })?;
-    Ok(PluginCrate { dir: dir.to_path_buf(), package, manifest, manifest_text })
+    Ok(PluginCrate {
+        dir: dir.to_path_buf(),
+        package,
+        manifest,
+        manifest_text,
+    })
 }
 
 /// Every plugin crate directly under each of `parents`, sorted by package.
 pub fn discover(parents: &[PathBuf]) -> Result<Vec<PluginCrate>, BuildError> {
     let mut found = Vec::new();
     for parent in parents {
-        let entries = std::fs::read_dir(parent).map_err(|source| BuildError::Io { path: parent.clone(), source })?;
+        let entries = std::fs::read_dir(parent).map_err(|source| BuildError::Io {
+            path: parent.clone(),
+            source,
+        })?;
         for entry in entries {
-            let entry = entry.map_err(|source| BuildError::Io { path: parent.clone(), source })?;
+            let entry = entry.map_err(|source| BuildError::Io {
+                path: parent.clone(),
+                source,
+            })?;
             if entry.path().join(MANIFEST_FILE).is_file() {
                 found.push(load_crate(&entry.path())?);
             }
@@ -128,7 +141,11 @@ pub fn discover(parents: &[PathBuf]) -> Result<Vec<PluginCrate>, BuildError> {
 
 fn cargo_package_name(cargo_toml: &str) -> Option<String> {
     let value: toml::Table = cargo_toml.parse().ok()?;
-    value.get("package")?.get("name")?.as_str().map(String::from)
+    value
+        .get("package")?
+        .get("name")?
+        .as_str()
+        .map(String::from)
 }
 
 /// How to invoke cargo for the wasm target on this machine.
@@ -143,7 +160,9 @@ enum Toolchain {
 fn detect_toolchain() -> Result<Toolchain, BuildError> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let rustc = std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
-    if let Ok(out) = Command::new(&rustc).args(["--print", "target-libdir", "--target", WASM_TARGET]).output()
+    if let Ok(out) = Command::new(&rustc)
+        .args(["--print", "target-libdir", "--target", WASM_TARGET])
+        .output()
         && out.status.success()
     {
         let libdir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
@@ -159,7 +178,10 @@ fn detect_toolchain() -> Result<Toolchain, BuildError> {
 
 fn has_rlibs(dir: &Path) -> bool {
     std::fs::read_dir(dir)
-        .map(|rd| rd.flatten().any(|e| e.file_name().to_string_lossy().starts_with("libcore")))
+        .map(|rd| {
+            rd.flatten()
+                .any(|e| e.file_name().to_string_lossy().starts_with("libcore"))
+        })
         .unwrap_or(false)
 }
 
@@ -174,12 +196,19 @@ impl Builder {
     /// A builder for the workspace at `workspace_root`, compiling into
     /// `target_dir` (kept between builds so rebuilds are incremental).
     pub fn new(workspace_root: impl Into<PathBuf>, target_dir: impl Into<PathBuf>) -> Self {
-        Builder { workspace_root: workspace_root.into(), target_dir: target_dir.into() }
+        Builder {
+            workspace_root: workspace_root.into(),
+            target_dir: target_dir.into(),
+        }
     }
 
     /// Compile `crates` in one cargo invocation and write `<name>.wasm`
     /// components (named by manifest name) into `out_dir`.
-    pub fn build(&self, crates: &[PluginCrate], out_dir: &Path) -> Result<Vec<BuiltPlugin>, BuildError> {
+    pub fn build(
+        &self,
+        crates: &[PluginCrate],
+        out_dir: &Path,
+    ) -> Result<Vec<BuiltPlugin>, BuildError> {
         if crates.is_empty() {
             return Ok(Vec::new());
         }
@@ -190,8 +219,12 @@ impl Builder {
                 let mut c = Command::new("/usr/bin/cargo");
                 // Debian's rustc-web is a different compiler from the host's:
                 // keep rustup's shims and variables out of its way.
-                c.env("PATH", "/usr/bin:/bin").env("RUSTC", "/usr/bin/rustc").env("RUSTC_BOOTSTRAP", "1");
-                c.env_remove("RUSTUP_TOOLCHAIN").env_remove("RUSTUP_HOME").env_remove("CARGO_HOME");
+                c.env("PATH", "/usr/bin:/bin")
+                    .env("RUSTC", "/usr/bin/rustc")
+                    .env("RUSTC_BOOTSTRAP", "1");
+                c.env_remove("RUSTUP_TOOLCHAIN")
+                    .env_remove("RUSTUP_HOME")
+                    .env_remove("CARGO_HOME");
                 c
             }
         };
@@ -199,7 +232,13 @@ impl Builder {
             .arg("build")
             .arg("--manifest-path")
             .arg(self.workspace_root.join("Cargo.toml"))
-            .args(["--target", WASM_TARGET, "--profile", PLUGIN_PROFILE, "--target-dir"])
+            .args([
+                "--target",
+                WASM_TARGET,
+                "--profile",
+                PLUGIN_PROFILE,
+                "--target-dir",
+            ])
             .arg(&self.target_dir);
         for setting in PLUGIN_PROFILE_CONFIG {
             cmd.args(["--config", setting]);
@@ -223,23 +262,35 @@ impl Builder {
         ] {
             cmd.env_remove(var);
         }
-        let out = cmd.output().map_err(|source| BuildError::Io { path: "cargo".into(), source })?;
+        let out = cmd.output().map_err(|source| BuildError::Io {
+            path: "cargo".into(),
+            source,
+        })?;
         if !out.status.success() {
             return Err(BuildError::Cargo {
                 status: out.status.to_string(),
                 stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
             });
         }
-        std::fs::create_dir_all(out_dir).map_err(|source| BuildError::Io { path: out_dir.into(), source })?;
+        std::fs::create_dir_all(out_dir).map_err(|source| BuildError::Io {
+            path: out_dir.into(),
+            source,
+        })?;
         let wasm_dir = self.target_dir.join(WASM_TARGET).join(PLUGIN_PROFILE);
         let mut built = Vec::with_capacity(crates.len());
         for c in crates {
             let core_path = wasm_dir.join(format!("{}.wasm", c.package.replace('-', "_")));
-            let core = std::fs::read(&core_path).map_err(|source| BuildError::Io { path: core_path.clone(), source })?;
+            let core = std::fs::read(&core_path).map_err(|source| BuildError::Io {
+                path: core_path.clone(),
+                source,
+            })?;
             let component = componentize(&c.package, &core, &c.manifest_text)?;
             let path = out_dir.join(format!("{}.wasm", c.manifest.name));
             write_if_changed(&path, &component)?;
-            built.push(BuiltPlugin { source: c.clone(), path });
+            built.push(BuiltPlugin {
+                source: c.clone(),
+                path,
+            });
         }
         Ok(built)
     }
@@ -251,13 +302,23 @@ fn write_if_changed(path: &Path, bytes: &[u8]) -> Result<(), BuildError> {
     if std::fs::read(path).ok().as_deref() == Some(bytes) {
         return Ok(());
     }
-    std::fs::write(path, bytes).map_err(|source| BuildError::Io { path: path.into(), source })
+    std::fs::write(path, bytes).map_err(|source| BuildError::Io {
+        path: path.into(),
+        source,
+    })
 }
 
 /// Turn a core module built with `wit-bindgen` into a component and append
 /// `manifest_text` as the `kiln:manifest` custom section.
-pub fn componentize(package: &str, core: &[u8], manifest_text: &str) -> Result<Vec<u8>, BuildError> {
-    let err = |e: &dyn std::fmt::Display| BuildError::Componentize { package: package.into(), message: format!("{e:#}") };
+pub fn componentize(
+    package: &str,
+    core: &[u8],
+    manifest_text: &str,
+) -> Result<Vec<u8>, BuildError> {
+    let err = |e: &dyn std::fmt::Display| BuildError::Componentize {
+        package: package.into(),
+        message: format!("{e:#}"),
+    };
     let mut component = wit_component::ComponentEncoder::default()
         .module(core)
         .map_err(|e| err(&e))?
@@ -272,7 +333,10 @@ pub fn componentize(package: &str, core: &[u8], manifest_text: &str) -> Result<V
 /// section of a component, and the runtime ignores them.
 pub fn append_manifest(component: &mut Vec<u8>, manifest_text: &str) {
     use wasm_encoder::{ComponentSection, CustomSection, Encode};
-    let section = CustomSection { name: MANIFEST_SECTION.into(), data: manifest_text.as_bytes().into() };
+    let section = CustomSection {
+        name: MANIFEST_SECTION.into(),
+        data: manifest_text.as_bytes().into(),
+    };
     component.push(ComponentSection::id(&section));
     section.encode(component);
 }

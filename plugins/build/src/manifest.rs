@@ -49,21 +49,37 @@ pub enum ManifestError {
 impl Manifest {
     /// Parse and check a manifest's text.
     pub fn parse(text: &str) -> Result<Self, ManifestError> {
-        let m: Manifest = toml::from_str(text).map_err(|e| ManifestError::Toml(e.message().to_string()))?;
+        let m: Manifest =
+            toml::from_str(text).map_err(|e| ManifestError::Toml(e.message().to_string()))?;
         let name_ok = |s: &str| {
-            !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            !s.is_empty()
+                && s.len() <= 64
+                && s.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         };
         if !name_ok(&m.name) {
-            return Err(ManifestError::Field { field: "name", reason: format!("{:?} must be 1-64 of [a-z0-9-]", m.name) });
+            return Err(ManifestError::Field {
+                field: "name",
+                reason: format!("{:?} must be 1-64 of [a-z0-9-]", m.name),
+            });
         }
         if !name_ok(&m.role) {
-            return Err(ManifestError::Field { field: "role", reason: format!("{:?} must be 1-64 of [a-z0-9-]", m.role) });
+            return Err(ManifestError::Field {
+                field: "role",
+                reason: format!("{:?} must be 1-64 of [a-z0-9-]", m.role),
+            });
         }
         if !is_semver(&m.version) {
-            return Err(ManifestError::Field { field: "version", reason: format!("{:?} is not MAJOR.MINOR.PATCH", m.version) });
+            return Err(ManifestError::Field {
+                field: "version",
+                reason: format!("{:?} is not MAJOR.MINOR.PATCH", m.version),
+            });
         }
         if !is_semver(&m.wit) {
-            return Err(ManifestError::Field { field: "wit", reason: format!("{:?} is not MAJOR.MINOR.PATCH", m.wit) });
+            return Err(ManifestError::Field {
+                field: "wit",
+                reason: format!("{:?} is not MAJOR.MINOR.PATCH", m.wit),
+            });
         }
         Ok(m)
     }
@@ -72,7 +88,10 @@ impl Manifest {
 fn is_semver(s: &str) -> bool {
     let core = s.split(['-', '+']).next().unwrap_or("");
     let parts: Vec<_> = core.split('.').collect();
-    parts.len() == 3 && parts.iter().all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+    parts.len() == 3
+        && parts
+            .iter()
+            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
 }
 
 #[cfg(test)]
@@ -96,15 +115,32 @@ capabilities = ["model.complete", "forge.comment"]
     #[test]
     fn bad_manifests_are_rejected_with_the_field_named() {
         let cases = [
-            (GOOD.replace("name = \"triage\"", "name = \"Tri Age\""), "field `name`"),
-            (GOOD.replace("wit = \"0.1.0\"", "wit = \"latest\""), "field `wit`"),
-            (GOOD.replace("version = \"0.1.0\"", ""), "missing field `version`"),
-            (format!("{GOOD}\nnetwork = true\n"), "unknown field `network`"),
+            (
+                GOOD.replace("name = \"triage\"", "name = \"Tri Age\""),
+                "field `name`",
+            ),
+            (
+                GOOD.replace("wit = \"0.1.0\"", "wit = \"latest\""),
+                "field `wit`",
+            ),
+            (
+                GOOD.replace("version = \"0.1.0\"", ""),
+                "missing field `version`",
+            ),
+            (
+                format!("{GOOD}\nnetwork = true\n"),
+                "unknown field `network`",
+            ),
             ("not toml at all [".to_string(), "invalid kiln-plugin.toml"),
         ];
         for (text, expected) in cases {
-            let err = Manifest::parse(&text).expect_err("manifest should be rejected").to_string();
-            assert!(err.contains(expected), "expected error mentioning {expected:?}, got: {err}");
+            let err = Manifest::parse(&text)
+                .expect_err("manifest should be rejected")
+                .to_string();
+            assert!(
+                err.contains(expected),
+                "expected error mentioning {expected:?}, got: {err}"
+            );
         }
     }
 }

@@ -19,7 +19,9 @@
 //! }
 //! # Ok(()) }
 //! ```
-use crate::model::{self, CompletionRequest, ContentPart, Message, MessageRole, StopReason, ToolResult, ToolSpec};
+use crate::model::{
+    self, CompletionRequest, ContentPart, Message, MessageRole, StopReason, ToolResult, ToolSpec,
+};
 use crate::{RoleError, session};
 
 pub mod tools;
@@ -118,7 +120,9 @@ impl Agent {
             // trusted instruction, unlike anything read from the forge.
             while let Some(instruction) = session::next_instruction() {
                 session::note(&format!("steering received before turn {}", turn + 1));
-                self.messages.push(Message::user(format!("Instruction from the operator: {instruction}")));
+                self.messages.push(Message::user(format!(
+                    "Instruction from the operator: {instruction}"
+                )));
             }
             let request = CompletionRequest {
                 system: Some(self.system.clone()),
@@ -159,7 +163,10 @@ impl Agent {
                     is_error,
                 }));
             }
-            self.messages.push(Message { role: MessageRole::User, content: results });
+            self.messages.push(Message {
+                role: MessageRole::User,
+                content: results,
+            });
         }
         Ok(Finish::OutOfTurns(self.max_turns))
     }
@@ -170,13 +177,19 @@ impl Agent {
         let Some(tool) = self.tools.iter_mut().find(|t| t.spec().name == name) else {
             return Ok((format!("unknown tool `{name}`"), true));
         };
-        let args: serde_json::Value = match serde_json::from_str(if arguments.trim().is_empty() { "{}" } else { arguments }) {
+        let args: serde_json::Value = match serde_json::from_str(if arguments.trim().is_empty() {
+            "{}"
+        } else {
+            arguments
+        }) {
             Ok(v) => v,
             Err(e) => return Ok((format!("arguments are not valid JSON: {e}"), true)),
         };
         match tool.call(&args) {
             Ok(out) => Ok((out, false)),
-            Err(e @ (RoleError::BudgetExhausted(_) | RoleError::Cancelled | RoleError::Internal(_))) => Err(e),
+            Err(
+                e @ (RoleError::BudgetExhausted(_) | RoleError::Cancelled | RoleError::Internal(_)),
+            ) => Err(e),
             Err(e) => Ok((e.describe(), true)),
         }
     }
@@ -212,13 +225,19 @@ mod tests {
     fn truncate_keeps_short_text_and_cuts_long_text_on_a_char_boundary() {
         assert_eq!(truncate("short".into(), 10), "short");
         let cut = truncate("ééééé".into(), 3); // é is 2 bytes: cut must fall back to 2
-        assert!(cut.starts_with("é\n[... cut: 2 of 10 bytes shown]"), "got {cut:?}");
+        assert!(
+            cut.starts_with("é\n[... cut: 2 of 10 bytes shown]"),
+            "got {cut:?}"
+        );
     }
 
     #[test]
     fn string_arg_names_the_missing_argument() {
         let args = serde_json::json!({"path": 3});
         let err = string_arg(&args, "path").unwrap_err();
-        assert_eq!(err, RoleError::InvalidArgument("missing string argument `path`".into()));
+        assert_eq!(
+            err,
+            RoleError::InvalidArgument("missing string argument `path`".into())
+        );
     }
 }

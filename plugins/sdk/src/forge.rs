@@ -23,11 +23,18 @@ pub fn pull_request_diff(number: u64) -> Result<String, RoleError> {
 
 /// Propose a comment on an issue or pull request.
 pub fn comment(number: u64, body: &str) -> Result<ProposalReceipt, RoleError> {
-    raw::propose_comment(&CommentProposal { number, body: body.to_string() })
+    raw::propose_comment(&CommentProposal {
+        number,
+        body: body.to_string(),
+    })
 }
 
 /// Propose adding and removing labels.
-pub fn set_labels(number: u64, add: &[&str], remove: &[&str]) -> Result<ProposalReceipt, RoleError> {
+pub fn set_labels(
+    number: u64,
+    add: &[&str],
+    remove: &[&str],
+) -> Result<ProposalReceipt, RoleError> {
     raw::propose_labels(&LabelProposal {
         number,
         add: add.iter().map(|s| s.to_string()).collect(),

@@ -49,6 +49,7 @@ pub mod wit {
         pub_export_macro: true,
         export_macro_name: "export",
         default_bindings_module: "kiln_plugin_sdk::wit",
+        additional_derives: [PartialEq],
     });
 }
 
@@ -132,11 +133,19 @@ impl RoleError {
 impl Outcome {
     /// A completed outcome with a summary and no structured output.
     pub fn completed(summary: impl Into<String>) -> Self {
-        Outcome { status: OutcomeStatus::Completed, summary: summary.into(), output: None }
+        Outcome {
+            status: OutcomeStatus::Completed,
+            summary: summary.into(),
+            output: None,
+        }
     }
 
     /// A blocked outcome: the role needs a human; `reason` says what for.
     pub fn blocked(reason: impl Into<String>) -> Self {
-        Outcome { status: OutcomeStatus::Blocked, summary: reason.into(), output: None }
+        Outcome {
+            status: OutcomeStatus::Blocked,
+            summary: reason.into(),
+            output: None,
+        }
     }
 }

@@ -14,7 +14,10 @@ pub fn complete(request: &CompletionRequest) -> Result<Completion, RoleError> {
 impl Message {
     /// A user message with one text part.
     pub fn user(text: impl Into<String>) -> Self {
-        Message { role: MessageRole::User, content: vec![ContentPart::Text(text.into())] }
+        Message {
+            role: MessageRole::User,
+            content: vec![ContentPart::Text(text.into())],
+        }
     }
 
     /// The text parts of the message joined with newlines.

@@ -1,11 +1,14 @@
 //! The run's live session: events for the transcript, steering messages
 //! from people watching, and the remaining budget.
-pub use crate::wit::kiln::role::session::{Budget, Event, EventKind};
 use crate::wit::kiln::role::session as raw;
+pub use crate::wit::kiln::role::session::{Budget, Event, EventKind};
 
 /// Add an event to the run's transcript.
 pub fn emit(kind: EventKind, message: &str) {
-    raw::emit(&Event { kind, message: message.to_string() });
+    raw::emit(&Event {
+        kind,
+        message: message.to_string(),
+    });
 }
 
 /// Report what the role is doing now.

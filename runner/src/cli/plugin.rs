@@ -34,19 +34,28 @@ pub enum PluginCommand {
 pub fn run(cmd: PluginCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         PluginCommand::Check { file } => {
-            let bytes = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let bytes =
+                std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
             check(&file.display().to_string(), &bytes)
         }
         PluginCommand::Build { dir, output } => {
-            let dir = dir.canonicalize().with_context(|| format!("no such directory {}", dir.display()))?;
+            let dir = dir
+                .canonicalize()
+                .with_context(|| format!("no such directory {}", dir.display()))?;
             let krate = kiln_plugin_build::load_crate(&dir)?;
             let target = dir.join("target").join("kiln");
             let out_dir = target.join("out");
-            eprintln!("building {} for {} ...", krate.package, kiln_plugin_build::WASM_TARGET);
-            let built = kiln_plugin_build::Builder::new(&dir, &target).build(std::slice::from_ref(&krate), &out_dir)?;
+            eprintln!(
+                "building {} for {} ...",
+                krate.package,
+                kiln_plugin_build::WASM_TARGET
+            );
+            let built = kiln_plugin_build::Builder::new(&dir, &target)
+                .build(std::slice::from_ref(&krate), &out_dir)?;
             let mut path = built[0].path.clone();
             if let Some(output) = output {
-                std::fs::copy(&path, &output).with_context(|| format!("cannot write {}", output.display()))?;
+                std::fs::copy(&path, &output)
+                    .with_context(|| format!("cannot write {}", output.display()))?;
                 path = output;
             }
             println!("built {}", path.display());
@@ -76,22 +85,45 @@ fn check(label: &str, bytes: &[u8]) -> anyhow::Result<ExitCode> {
     };
     let m = &info.manifest;
     println!("{label}");
-    println!("plugin:       {} {} ({})", m.name, m.version, if m.description.is_empty() { "no description" } else { &m.description });
+    println!(
+        "plugin:       {} {} ({})",
+        m.name,
+        m.version,
+        if m.description.is_empty() {
+            "no description"
+        } else {
+            &m.description
+        }
+    );
     println!("role:         {}", m.role);
     println!("world:        kiln:role/role@{}", m.wit);
     println!("size:         {} bytes", info.size);
     println!("exports:      {}", info.exports.join(", "));
-    println!("capabilities: {}", if m.capabilities.is_empty() { "(none)".to_string() } else { m.capabilities.join(", ") });
+    println!(
+        "capabilities: {}",
+        if m.capabilities.is_empty() {
+            "(none)".to_string()
+        } else {
+            m.capabilities.join(", ")
+        }
+    );
     println!("imports:");
     for import in &info.imports {
         println!("  {}", import.name);
-        let interface = import.name.split('/').nth(1).and_then(|s| s.split('@').next()).unwrap_or("");
+        let interface = import
+            .name
+            .split('/')
+            .nth(1)
+            .and_then(|s| s.split('@').next())
+            .unwrap_or("");
         for f in &import.functions {
             let need = match Capability::for_import(interface, f) {
-                Ok(Some(cap)) if m.capabilities.iter().any(|c| c == cap.as_str()) => format!("needs {cap} (declared)"),
+                Ok(Some(cap)) if m.capabilities.iter().any(|c| c == cap.as_str()) => {
+                    format!("needs {cap} (declared)")
+                }
                 Ok(Some(cap)) => format!("needs {cap} (NOT DECLARED)"),
                 Ok(None) => "no capability needed".to_string(),
-                Err(()) => "not part of the contract".to_string(),
+                Err(_) => "not part of the contract".to_string(),
             };
             println!("    {f:<24} {need}");
         }
@@ -99,7 +131,14 @@ fn check(label: &str, bytes: &[u8]) -> anyhow::Result<ExitCode> {
     match verdict {
         Ok(caps) => {
             let caps: Vec<_> = caps.iter().map(|c| c.as_str()).collect();
-            println!("verdict:      OK: loads with {}", if caps.is_empty() { "no capabilities".to_string() } else { caps.join(", ") });
+            println!(
+                "verdict:      OK: loads with {}",
+                if caps.is_empty() {
+                    "no capabilities".to_string()
+                } else {
+                    caps.join(", ")
+                }
+            );
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {

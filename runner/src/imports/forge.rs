@@ -18,8 +18,8 @@ use super::RunState;
 use crate::forge::{self as domain, ForgeSnapshot, Proposal};
 use crate::plugin::capability::Capability;
 use crate::plugin::wit::latest::kiln::role::forge::{
-    self as wit, CommentProposal, DiffSide, Issue, LabelProposal, ProposalReceipt, ProposalState, PullRequest,
-    PullRequestProposal, ReviewProposal, ReviewVerdict, Severity,
+    self as wit, CommentProposal, DiffSide, Issue, LabelProposal, ProposalReceipt, ProposalState,
+    PullRequest, PullRequestProposal, ReviewProposal, ReviewVerdict, Severity,
 };
 use crate::plugin::wit::latest::kiln::role::types::{RoleError, Trust};
 use crate::session::EventKind;
@@ -33,18 +33,33 @@ pub struct ForgeCtx {
 }
 
 fn trust(trusted: bool) -> Trust {
-    if trusted { Trust::Trusted } else { Trust::Untrusted }
+    if trusted {
+        Trust::Trusted
+    } else {
+        Trust::Untrusted
+    }
 }
 
 fn to_wit_comments(comments: &[domain::Comment]) -> Vec<wit::Comment> {
     comments
         .iter()
-        .map(|c| wit::Comment { id: c.id, author: c.author.clone(), trust: trust(c.trusted), body: c.body.clone() })
+        .map(|c| wit::Comment {
+            id: c.id,
+            author: c.author.clone(),
+            trust: trust(c.trusted),
+            body: c.body.clone(),
+        })
         .collect()
 }
 
 impl RunState {
-    fn propose(&mut self, what: &str, cap: Capability, texts: &[(&str, usize)], proposal: Proposal) -> Result<ProposalReceipt, RoleError> {
+    fn propose(
+        &mut self,
+        what: &str,
+        cap: Capability,
+        texts: &[(&str, usize)],
+        proposal: Proposal,
+    ) -> Result<ProposalReceipt, RoleError> {
         self.require(cap, what)?;
         for (field, len) in texts {
             if *len > self.limits.max_forge_text_bytes {
@@ -55,9 +70,18 @@ impl RunState {
             }
         }
         let effect_id = format!("e{}", self.forge.proposals.len() + 1);
-        self.events.record(EventKind::Proposal { effect: effect_id.clone() }, format!("{what} recorded"));
+        self.events.record(
+            EventKind::Proposal {
+                effect: effect_id.clone(),
+            },
+            format!("{what} recorded"),
+        );
         self.forge.proposals.push(proposal);
-        Ok(ProposalReceipt { effect_id, state: ProposalState::Applied, url: None })
+        Ok(ProposalReceipt {
+            effect_id,
+            state: ProposalState::Applied,
+            url: None,
+        })
     }
 }
 
@@ -81,8 +105,14 @@ impl wit::Host for RunState {
         }))
     }
 
-    async fn get_pull_request(&mut self, number: u64) -> wasmtime::Result<Result<PullRequest, RoleError>> {
-        if let Err(e) = self.require(Capability::ForgeRead, &format!("forge.get-pull-request #{number}")) {
+    async fn get_pull_request(
+        &mut self,
+        number: u64,
+    ) -> wasmtime::Result<Result<PullRequest, RoleError>> {
+        if let Err(e) = self.require(
+            Capability::ForgeRead,
+            &format!("forge.get-pull-request #{number}"),
+        ) {
             return Ok(Err(e));
         }
         let Some(p) = self.forge.snapshot.pull_requests.get(&number) else {
@@ -102,8 +132,14 @@ impl wit::Host for RunState {
         }))
     }
 
-    async fn get_pull_request_diff(&mut self, number: u64) -> wasmtime::Result<Result<String, RoleError>> {
-        if let Err(e) = self.require(Capability::ForgeRead, &format!("forge.get-pull-request-diff #{number}")) {
+    async fn get_pull_request_diff(
+        &mut self,
+        number: u64,
+    ) -> wasmtime::Result<Result<String, RoleError>> {
+        if let Err(e) = self.require(
+            Capability::ForgeRead,
+            &format!("forge.get-pull-request-diff #{number}"),
+        ) {
             return Ok(Err(e));
         }
         Ok(self
@@ -115,34 +151,73 @@ impl wit::Host for RunState {
             .ok_or_else(|| RoleError::NotFound(format!("pull request #{number}"))))
     }
 
-    async fn propose_comment(&mut self, p: CommentProposal) -> wasmtime::Result<Result<ProposalReceipt, RoleError>> {
+    async fn propose_comment(
+        &mut self,
+        p: CommentProposal,
+    ) -> wasmtime::Result<Result<ProposalReceipt, RoleError>> {
         let what = format!("forge.comment on #{}", p.number);
         let len = p.body.len();
-        Ok(self.propose(&what, Capability::ForgeComment, &[("body", len)], Proposal::Comment { number: p.number, body: p.body }))
+        Ok(self.propose(
+            &what,
+            Capability::ForgeComment,
+            &[("body", len)],
+            Proposal::Comment {
+                number: p.number,
+                body: p.body,
+            },
+        ))
     }
 
-    async fn propose_labels(&mut self, p: LabelProposal) -> wasmtime::Result<Result<ProposalReceipt, RoleError>> {
-        let what = format!("forge.set-labels on #{} (+{:?} -{:?})", p.number, p.add, p.remove);
+    async fn propose_labels(
+        &mut self,
+        p: LabelProposal,
+    ) -> wasmtime::Result<Result<ProposalReceipt, RoleError>> {
+        let what = format!(
+            "forge.set-labels on #{} (+{:?} -{:?})",
+            p.number, p.add, p.remove
+        );
         Ok(self.propose(
             &what,
             Capability::ForgeSetLabels,
             &[],
-            Proposal::Labels { number: p.number, add: p.add, remove: p.remove },
+            Proposal::Labels {
+                number: p.number,
+                add: p.add,
+                remove: p.remove,
+            },
         ))
     }
 
-    async fn propose_pull_request(&mut self, p: PullRequestProposal) -> wasmtime::Result<Result<ProposalReceipt, RoleError>> {
-        let texts = [("title", p.title.len()), ("body", p.body.len()), ("commit message", p.commit_message.len())];
+    async fn propose_pull_request(
+        &mut self,
+        p: PullRequestProposal,
+    ) -> wasmtime::Result<Result<ProposalReceipt, RoleError>> {
+        let texts = [
+            ("title", p.title.len()),
+            ("body", p.body.len()),
+            ("commit message", p.commit_message.len()),
+        ];
         Ok(self.propose(
             "forge.propose-pull-request",
             Capability::ForgeProposePullRequest,
             &texts,
-            Proposal::PullRequest { title: p.title, body: p.body, commit_message: p.commit_message },
+            Proposal::PullRequest {
+                title: p.title,
+                body: p.body,
+                commit_message: p.commit_message,
+            },
         ))
     }
 
-    async fn propose_review(&mut self, p: ReviewProposal) -> wasmtime::Result<Result<ProposalReceipt, RoleError>> {
-        let total: usize = p.summary.len() + p.comments.iter().map(|c| c.body.len() + c.path.len()).sum::<usize>();
+    async fn propose_review(
+        &mut self,
+        p: ReviewProposal,
+    ) -> wasmtime::Result<Result<ProposalReceipt, RoleError>> {
+        let total: usize = p.summary.len()
+            + p.comments
+                .iter()
+                .map(|c| c.body.len() + c.path.len())
+                .sum::<usize>();
         let what = format!("forge.review on #{}", p.number);
         let comments = p
             .comments

@@ -26,22 +26,29 @@ pub struct ModelCtx {
 }
 
 impl wit::Host for RunState {
-    async fn complete(&mut self, request: CompletionRequest) -> wasmtime::Result<Result<Completion, RoleError>> {
+    async fn complete(
+        &mut self,
+        request: CompletionRequest,
+    ) -> wasmtime::Result<Result<Completion, RoleError>> {
         if let Err(e) = self.require(Capability::ModelComplete, "model.complete") {
             return Ok(Err(e));
         }
         if let Some(why) = self.model.budget.exhausted() {
-            self.events.record(EventKind::ModelTurn, format!("refused: {why}"));
+            self.events
+                .record(EventKind::ModelTurn, format!("refused: {why}"));
             return Ok(Err(RoleError::BudgetExhausted(why)));
         }
         let Some(provider) = self.model.provider.clone() else {
-            return Ok(Err(RoleError::Unavailable(ModelError::NotConfigured.to_string())));
+            return Ok(Err(RoleError::Unavailable(
+                ModelError::NotConfigured.to_string(),
+            )));
         };
         let answer = provider.complete(from_wit_request(request)).await;
         let completion = match answer {
             Ok(c) => c,
             Err(e) => {
-                self.events.record(EventKind::ModelTurn, format!("{}: {e}", provider.name()));
+                self.events
+                    .record(EventKind::ModelTurn, format!("{}: {e}", provider.name()));
                 return Ok(Err(RoleError::Unavailable(e.to_string())));
             }
         };
@@ -53,7 +60,10 @@ impl wit::Host for RunState {
             EventKind::ModelTurn,
             format!(
                 "{} answered: {:?}, {} in / {} out tokens",
-                completion.model, completion.stop_reason, completion.usage.input_tokens, completion.usage.output_tokens
+                completion.model,
+                completion.stop_reason,
+                completion.usage.input_tokens,
+                completion.usage.output_tokens
             ),
         );
         Ok(Ok(to_wit_completion(completion)))
@@ -67,7 +77,11 @@ fn from_wit_request(r: CompletionRequest) -> domain::CompletionRequest {
         tools: r
             .tools
             .into_iter()
-            .map(|t| domain::ToolSpec { name: t.name, description: t.description, parameters: t.parameters })
+            .map(|t| domain::ToolSpec {
+                name: t.name,
+                description: t.description,
+                parameters: t.parameters,
+            })
             .collect(),
         max_tokens: r.max_tokens,
         temperature: r.temperature,
@@ -85,14 +99,18 @@ fn from_wit_message(m: wit::Message) -> domain::Message {
             .into_iter()
             .map(|p| match p {
                 wit::ContentPart::Text(text) => domain::ContentPart::Text { text },
-                wit::ContentPart::ToolCall(c) => {
-                    domain::ContentPart::ToolCall(domain::ToolCall { id: c.id, name: c.name, arguments: c.arguments })
-                }
-                wit::ContentPart::ToolResult(r) => domain::ContentPart::ToolResult(domain::ToolResult {
-                    call_id: r.call_id,
-                    content: r.content,
-                    is_error: r.is_error,
+                wit::ContentPart::ToolCall(c) => domain::ContentPart::ToolCall(domain::ToolCall {
+                    id: c.id,
+                    name: c.name,
+                    arguments: c.arguments,
                 }),
+                wit::ContentPart::ToolResult(r) => {
+                    domain::ContentPart::ToolResult(domain::ToolResult {
+                        call_id: r.call_id,
+                        content: r.content,
+                        is_error: r.is_error,
+                    })
+                }
             })
             .collect(),
     }
@@ -111,14 +129,18 @@ fn to_wit_completion(c: domain::Completion) -> Completion {
                 .into_iter()
                 .map(|p| match p {
                     domain::ContentPart::Text { text } => wit::ContentPart::Text(text),
-                    domain::ContentPart::ToolCall(t) => {
-                        wit::ContentPart::ToolCall(wit::ToolCall { id: t.id, name: t.name, arguments: t.arguments })
-                    }
-                    domain::ContentPart::ToolResult(r) => wit::ContentPart::ToolResult(wit::ToolResult {
-                        call_id: r.call_id,
-                        content: r.content,
-                        is_error: r.is_error,
+                    domain::ContentPart::ToolCall(t) => wit::ContentPart::ToolCall(wit::ToolCall {
+                        id: t.id,
+                        name: t.name,
+                        arguments: t.arguments,
                     }),
+                    domain::ContentPart::ToolResult(r) => {
+                        wit::ContentPart::ToolResult(wit::ToolResult {
+                            call_id: r.call_id,
+                            content: r.content,
+                            is_error: r.is_error,
+                        })
+                    }
                 })
                 .collect(),
         },

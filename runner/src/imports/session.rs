@@ -20,7 +20,11 @@ pub struct SessionCtx {
 
 impl session::Host for RunState {
     async fn emit(&mut self, event: Event) -> wasmtime::Result<()> {
-        check_size("session.emit: event message", event.message.len(), self.limits.max_event_bytes)?;
+        check_size(
+            "session.emit: event message",
+            event.message.len(),
+            self.limits.max_event_bytes,
+        )?;
         let kind = match event.kind {
             WitKind::Progress => EventKind::Progress,
             WitKind::Note => EventKind::Note,
@@ -36,7 +40,10 @@ impl session::Host for RunState {
 
     async fn get_budget(&mut self) -> wasmtime::Result<Budget> {
         let b = &self.model.budget;
-        let left = self.limits.wall_clock.saturating_sub(self.started.elapsed());
+        let left = self
+            .limits
+            .wall_clock
+            .saturating_sub(self.started.elapsed());
         Ok(Budget {
             turns_used: b.turns,
             turns_max: b.max_turns,

@@ -21,7 +21,9 @@ impl skills::Host for RunState {
     async fn get(&mut self, name: String) -> wasmtime::Result<Result<Skill, RoleError>> {
         let valid = !name.is_empty()
             && name.len() <= 64
-            && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
         if !valid {
             return Ok(Err(RoleError::InvalidArgument(format!(
                 "skill name {:?} must be 1-64 of [a-z0-9-]",
@@ -29,15 +31,23 @@ impl skills::Host for RunState {
             ))));
         }
         let Some(dir) = &self.skills.dir else {
-            return Ok(Err(RoleError::NotFound(format!("skill {name}: this run has no skills directory"))));
+            return Ok(Err(RoleError::NotFound(format!(
+                "skill {name}: this run has no skills directory"
+            ))));
         };
         let path = format!("{name}/SKILL.md");
         match dir.read_to_string(&path) {
-            Ok(text) => Ok(Ok(Skill { name, text, overridden: false })),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                Ok(Err(RoleError::NotFound(format!("skill {name}: no {path} in the skills directory"))))
-            }
-            Err(e) => Ok(Err(RoleError::Internal(format!("skill {name}: reading {path}: {e}")))),
+            Ok(text) => Ok(Ok(Skill {
+                name,
+                text,
+                overridden: false,
+            })),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Err(RoleError::NotFound(
+                format!("skill {name}: no {path} in the skills directory"),
+            ))),
+            Err(e) => Ok(Err(RoleError::Internal(format!(
+                "skill {name}: reading {path}: {e}"
+            )))),
         }
     }
 }

@@ -18,7 +18,9 @@ use wasmtime::component::HasSelf;
 use super::{RunState, check_size};
 use crate::plugin::capability::Capability;
 use crate::plugin::wit::latest::kiln::role::types::RoleError;
-use crate::plugin::wit::latest::kiln::role::workspace::{self as wit, DirEntry, EntryKind, ExecOutput, ExecRequest};
+use crate::plugin::wit::latest::kiln::role::workspace::{
+    self as wit, DirEntry, EntryKind, ExecOutput, ExecRequest,
+};
 
 /// A workspace directory handed to a run.
 #[derive(Clone)]
@@ -33,7 +35,10 @@ impl WorkspaceMount {
     /// Open `path` as a workspace.
     pub fn open(path: &std::path::Path, writable: bool) -> std::io::Result<Self> {
         let dir = Dir::open_ambient_dir(path, cap_std::ambient_authority())?;
-        Ok(WorkspaceMount { dir: Arc::new(dir), writable })
+        Ok(WorkspaceMount {
+            dir: Arc::new(dir),
+            writable,
+        })
     }
 }
 
@@ -50,8 +55,12 @@ fn io_error(op: &str, path: &str, e: std::io::Error) -> RoleError {
         NotFound => RoleError::NotFound(format!("{op} {path}: no such file or directory")),
         // cap-std reports paths that escape the directory (via `..`, an
         // absolute path or a symlink) as PermissionDenied.
-        PermissionDenied => RoleError::Denied(format!("{op} {path}: path leads outside the workspace or is not accessible")),
-        InvalidInput | InvalidFilename => RoleError::InvalidArgument(format!("{op} {path}: {e}")),
+        PermissionDenied => RoleError::Denied(format!(
+            "{op} {path}: path leads outside the workspace or is not accessible"
+        )),
+        InvalidInput | InvalidFilename | NotADirectory | IsADirectory => {
+            RoleError::InvalidArgument(format!("{op} {path}: {e}"))
+        }
         _ => RoleError::Internal(format!("{op} {path}: {e}")),
     }
 }
@@ -68,7 +77,10 @@ impl RunState {
         self.require(Capability::WorkspaceWrite, &format!("{op} {path}"))?;
         let mount = self.workspace_dir(op)?;
         if !mount.writable {
-            return Err(RoleError::Denied(format!("{op} {path}: the workspace is read-only for role {}", self.role)));
+            return Err(RoleError::Denied(format!(
+                "{op} {path}: the workspace is read-only for role {}",
+                self.role
+            )));
         }
         Ok(mount)
     }
@@ -85,7 +97,9 @@ impl wit::Host for RunState {
         let result = (|| {
             self.require(Capability::WorkspaceRead, &format!("{op} {path}"))?;
             let dir = &self.workspace_dir(op)?.dir;
-            let meta = dir.metadata(relative(&path)).map_err(|e| io_error(op, &path, e))?;
+            let meta = dir
+                .metadata(relative(&path))
+                .map_err(|e| io_error(op, &path, e))?;
             if meta.len() > self.limits.max_file_bytes as u64 {
                 return Err(RoleError::LimitExceeded(format!(
                     "{op} {path}: file is {} bytes, the limit is {}",
@@ -93,21 +107,35 @@ impl wit::Host for RunState {
                     self.limits.max_file_bytes
                 )));
             }
-            dir.read(relative(&path)).map_err(|e| io_error(op, &path, e))
+            dir.read(relative(&path))
+                .map_err(|e| io_error(op, &path, e))
         })();
         Ok(result)
     }
 
-    async fn write_file(&mut self, path: String, contents: Vec<u8>) -> wasmtime::Result<Result<(), RoleError>> {
+    async fn write_file(
+        &mut self,
+        path: String,
+        contents: Vec<u8>,
+    ) -> wasmtime::Result<Result<(), RoleError>> {
         let op = "workspace.write-file";
-        check_size(&format!("{op} {path}: contents"), contents.len(), self.limits.max_file_bytes)?;
+        check_size(
+            &format!("{op} {path}: contents"),
+            contents.len(),
+            self.limits.max_file_bytes,
+        )?;
         let result = (|| {
             let dir = &self.writable_dir(op, &path)?.dir;
             let rel = relative(&path);
-            if let Some(parent) = std::path::Path::new(rel).parent().filter(|p| !p.as_os_str().is_empty()) {
-                dir.create_dir_all(parent).map_err(|e| io_error(op, &path, e))?;
+            if let Some(parent) = std::path::Path::new(rel)
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+            {
+                dir.create_dir_all(parent)
+                    .map_err(|e| io_error(op, &path, e))?;
             }
-            dir.write(rel, &contents).map_err(|e| io_error(op, &path, e))
+            dir.write(rel, &contents)
+                .map_err(|e| io_error(op, &path, e))
         })();
         Ok(result)
     }
@@ -116,17 +144,23 @@ impl wit::Host for RunState {
         let op = "workspace.remove-file";
         let result = (|| {
             let dir = &self.writable_dir(op, &path)?.dir;
-            dir.remove_file(relative(&path)).map_err(|e| io_error(op, &path, e))
+            dir.remove_file(relative(&path))
+                .map_err(|e| io_error(op, &path, e))
         })();
         Ok(result)
     }
 
-    async fn list_dir(&mut self, path: String) -> wasmtime::Result<Result<Vec<DirEntry>, RoleError>> {
+    async fn list_dir(
+        &mut self,
+        path: String,
+    ) -> wasmtime::Result<Result<Vec<DirEntry>, RoleError>> {
         let op = "workspace.list-dir";
         let result = (|| {
             self.require(Capability::WorkspaceRead, &format!("{op} {path}"))?;
             let dir = &self.workspace_dir(op)?.dir;
-            let sub = dir.open_dir(relative(&path)).map_err(|e| io_error(op, &path, e))?;
+            let sub = dir
+                .open_dir(relative(&path))
+                .map_err(|e| io_error(op, &path, e))?;
             let mut entries = Vec::new();
             for entry in sub.entries().map_err(|e| io_error(op, &path, e))? {
                 let entry = entry.map_err(|e| io_error(op, &path, e))?;
@@ -140,8 +174,16 @@ impl wit::Host for RunState {
                 } else {
                     EntryKind::Other
                 };
-                let size = if kind == EntryKind::File { entry.metadata().map(|m| m.len()).unwrap_or(0) } else { 0 };
-                entries.push(DirEntry { name: entry.file_name().to_string_lossy().into_owned(), kind, size });
+                let size = if kind == EntryKind::File {
+                    entry.metadata().map(|m| m.len()).unwrap_or(0)
+                } else {
+                    0
+                };
+                entries.push(DirEntry {
+                    name: entry.file_name().to_string_lossy().into_owned(),
+                    kind,
+                    size,
+                });
             }
             entries.sort_by(|a, b| a.name.cmp(&b.name));
             Ok(entries)
@@ -149,12 +191,20 @@ impl wit::Host for RunState {
         Ok(result)
     }
 
-    async fn exec(&mut self, request: ExecRequest) -> wasmtime::Result<Result<ExecOutput, RoleError>> {
+    async fn exec(
+        &mut self,
+        request: ExecRequest,
+    ) -> wasmtime::Result<Result<ExecOutput, RoleError>> {
         let argv0 = request.argv.first().cloned().unwrap_or_default();
-        if let Err(e) = self.require(Capability::WorkspaceExec, &format!("workspace.exec {argv0}")) {
+        if let Err(e) = self.require(
+            Capability::WorkspaceExec,
+            &format!("workspace.exec {argv0}"),
+        ) {
             return Ok(Err(e));
         }
-        Ok(Err(RoleError::Unavailable(format!("workspace.exec {argv0}: this run has no sandbox attached"))))
+        Ok(Err(RoleError::Unavailable(format!(
+            "workspace.exec {argv0}: this run has no sandbox attached"
+        ))))
     }
 
     async fn diff(&mut self) -> wasmtime::Result<Result<String, RoleError>> {
@@ -163,7 +213,9 @@ impl wit::Host for RunState {
         }
         // git must not run on the host over an untrusted checkout (its
         // config can name programs to execute); it runs in the sandbox.
-        Ok(Err(RoleError::Unavailable("workspace.diff: this run has no sandbox attached".into())))
+        Ok(Err(RoleError::Unavailable(
+            "workspace.diff: this run has no sandbox attached".into(),
+        )))
     }
 }
 
@@ -198,7 +250,8 @@ mod tests {
         let ws = root.path().join("ws");
         std::fs::create_dir(&ws).expect("ws");
         std::fs::write(ws.join("ok.txt"), "fine").expect("ok");
-        std::os::unix::fs::symlink(root.path().join("secret.txt"), ws.join("link-abs")).expect("symlink");
+        std::os::unix::fs::symlink(root.path().join("secret.txt"), ws.join("link-abs"))
+            .expect("symlink");
         std::os::unix::fs::symlink("../secret.txt", ws.join("link-rel")).expect("symlink");
         std::os::unix::fs::symlink(root.path(), ws.join("link-dir")).expect("symlink");
         std::os::unix::fs::symlink("/etc", ws.join("etc")).expect("symlink");
@@ -209,19 +262,27 @@ mod tests {
     async fn reads_that_try_to_leave_the_workspace_are_refused() {
         let (_root, ws) = hostile_workspace();
         let mut s = state(&ws, "implementation", true);
-        assert_eq!(s.read_file("ok.txt".into()).await.expect("no trap"), Ok(b"fine".to_vec()));
+        assert_eq!(
+            s.read_file("ok.txt".into()).await.expect("no trap"),
+            Ok(b"fine".to_vec())
+        );
         for path in [
-            "../secret.txt",     // parent directory
-            "/etc/passwd",       // absolute path
-            "link-abs",          // symlink to an absolute path outside
-            "link-rel",          // symlink to a relative path outside
+            "../secret.txt",       // parent directory
+            "/etc/passwd",         // absolute path
+            "link-abs",            // symlink to an absolute path outside
+            "link-rel",            // symlink to a relative path outside
             "link-dir/secret.txt", // through a symlinked directory
-            "etc/passwd",        // symlink to /etc
+            "etc/passwd",          // symlink to /etc
             "ok.txt/../../secret.txt",
         ] {
             let result = s.read_file(path.into()).await.expect("no trap");
             assert!(
-                matches!(result, Err(RoleError::Denied(_)) | Err(RoleError::NotFound(_)) | Err(RoleError::InvalidArgument(_))),
+                matches!(
+                    result,
+                    Err(RoleError::Denied(_))
+                        | Err(RoleError::NotFound(_))
+                        | Err(RoleError::InvalidArgument(_))
+                ),
                 "reading {path:?} should be refused, got: {result:?}"
             );
         }
@@ -231,14 +292,41 @@ mod tests {
     async fn writes_that_try_to_leave_the_workspace_are_refused_and_touch_nothing() {
         let (root, ws) = hostile_workspace();
         let mut s = state(&ws, "implementation", true);
-        for path in ["../secret.txt", "/tmp/kiln-escape", "link-abs", "link-rel", "link-dir/secret.txt", "etc/kiln-escape"] {
-            let result = s.write_file(path.into(), b"pwned".to_vec()).await.expect("no trap");
-            assert!(result.is_err(), "writing {path:?} should be refused, got: {result:?}");
+        for path in [
+            "../secret.txt",
+            "/tmp/kiln-escape",
+            "link-abs",
+            "link-rel",
+            "link-dir/secret.txt",
+            "etc/kiln-escape",
+        ] {
+            let result = s
+                .write_file(path.into(), b"pwned".to_vec())
+                .await
+                .expect("no trap");
+            assert!(
+                result.is_err(),
+                "writing {path:?} should be refused, got: {result:?}"
+            );
         }
-        assert_eq!(std::fs::read_to_string(root.path().join("secret.txt")).expect("read"), "TOP-SECRET");
-        assert!(!std::path::Path::new("/tmp/kiln-escape").exists() && !std::path::Path::new("/etc/kiln-escape").exists());
-        assert_eq!(s.write_file("new/dir/file.txt".into(), b"hi".to_vec()).await.expect("no trap"), Ok(()));
-        assert_eq!(std::fs::read_to_string(ws.join("new/dir/file.txt")).expect("read"), "hi");
+        assert_eq!(
+            std::fs::read_to_string(root.path().join("secret.txt")).expect("read"),
+            "TOP-SECRET"
+        );
+        assert!(
+            !std::path::Path::new("/tmp/kiln-escape").exists()
+                && !std::path::Path::new("/etc/kiln-escape").exists()
+        );
+        assert_eq!(
+            s.write_file("new/dir/file.txt".into(), b"hi".to_vec())
+                .await
+                .expect("no trap"),
+            Ok(())
+        );
+        assert_eq!(
+            std::fs::read_to_string(ws.join("new/dir/file.txt")).expect("read"),
+            "hi"
+        );
     }
 
     #[tokio::test]
@@ -246,12 +334,21 @@ mod tests {
         let (_root, ws) = hostile_workspace();
         // triage has no workspace.write capability at all
         let mut triage = state(&ws, "triage", false);
-        let result = triage.write_file("ok.txt".into(), b"x".to_vec()).await.expect("no trap");
-        assert!(matches!(result, Err(RoleError::NotPermitted(ref m)) if m.contains("workspace.write")), "got: {result:?}");
+        let result = triage
+            .write_file("ok.txt".into(), b"x".to_vec())
+            .await
+            .expect("no trap");
+        assert!(
+            matches!(result, Err(RoleError::NotPermitted(ref m)) if m.contains("workspace.write")),
+            "got: {result:?}"
+        );
         // an implementation run on a read-only mount is refused by the mount
         let mut ro = state(&ws, "implementation", false);
         let result = ro.remove_file("ok.txt".into()).await.expect("no trap");
-        assert!(matches!(result, Err(RoleError::Denied(ref m)) if m.contains("read-only")), "got: {result:?}");
+        assert!(
+            matches!(result, Err(RoleError::Denied(ref m)) if m.contains("read-only")),
+            "got: {result:?}"
+        );
         assert!(ws.join("ok.txt").exists());
     }
 
@@ -259,10 +356,24 @@ mod tests {
     async fn oversized_writes_trap_and_listing_shows_symlinks_without_following_them() {
         let (_root, ws) = hostile_workspace();
         let mut s = state(&ws, "implementation", true);
-        let err = s.write_file("big".into(), vec![0; (8 << 20) + 1]).await.expect_err("should trap");
-        assert!(err.to_string().contains("contents is 8388609 bytes, the limit is 8388608 bytes"), "got: {err}");
+        let err = s
+            .write_file("big".into(), vec![0; (8 << 20) + 1])
+            .await
+            .expect_err("should trap");
+        assert!(
+            err.to_string()
+                .contains("contents is 8388609 bytes, the limit is 8388608 bytes"),
+            "got: {err}"
+        );
         let entries = s.list_dir("".into()).await.expect("no trap").expect("list");
-        let link = entries.iter().find(|e| e.name == "link-dir").expect("link-dir listed");
-        assert_eq!(link.kind, EntryKind::Symlink, "symlinks must be reported, not followed");
+        let link = entries
+            .iter()
+            .find(|e| e.name == "link-dir")
+            .expect("link-dir listed");
+        assert_eq!(
+            link.kind,
+            EntryKind::Symlink,
+            "symlinks must be reported, not followed"
+        );
     }
 }

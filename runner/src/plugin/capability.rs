@@ -64,7 +64,10 @@ impl Capability {
     /// The capability needed to call `function` of the `kiln:role`
     /// interface `interface`: `Ok(None)` if none is needed, `Err` if the
     /// function is not part of the contract.
-    pub fn for_import(interface: &str, function: &str) -> Result<Option<Capability>, ()> {
+    pub fn for_import(
+        interface: &str,
+        function: &str,
+    ) -> Result<Option<Capability>, NotInContract> {
         use Capability::*;
         let cap = match (interface, function) {
             ("session", "emit" | "next-instruction" | "get-budget" | "report-panic") => None,
@@ -73,12 +76,14 @@ impl Capability {
             ("workspace", "read-file" | "list-dir" | "diff") => Some(WorkspaceRead),
             ("workspace", "write-file" | "remove-file") => Some(WorkspaceWrite),
             ("workspace", "exec") => Some(WorkspaceExec),
-            ("forge", "get-issue" | "get-pull-request" | "get-pull-request-diff") => Some(ForgeRead),
+            ("forge", "get-issue" | "get-pull-request" | "get-pull-request-diff") => {
+                Some(ForgeRead)
+            }
             ("forge", "propose-comment") => Some(ForgeComment),
             ("forge", "propose-labels") => Some(ForgeSetLabels),
             ("forge", "propose-pull-request") => Some(ForgeProposePullRequest),
             ("forge", "propose-review") => Some(ForgeReview),
-            _ => return Err(()),
+            _ => return Err(NotInContract),
         };
         Ok(cap)
     }
@@ -90,15 +95,25 @@ impl fmt::Display for Capability {
     }
 }
 
+/// An import function that is not part of the `kiln:role` contract.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("not a function of the kiln:role contract")]
+pub struct NotInContract;
+
 /// A capability name that Kiln does not know.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown capability `{0}` (known: model.complete, workspace.read, workspace.write, workspace.exec, forge.read, forge.comment, forge.set-labels, forge.propose-pull-request, forge.review)")]
+#[error(
+    "unknown capability `{0}` (known: model.complete, workspace.read, workspace.write, workspace.exec, forge.read, forge.comment, forge.set-labels, forge.propose-pull-request, forge.review)"
+)]
 pub struct UnknownCapability(pub String);
 
 impl FromStr for Capability {
     type Err = UnknownCapability;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Capability::ALL.into_iter().find(|c| c.as_str() == s).ok_or_else(|| UnknownCapability(s.to_string()))
+        Capability::ALL
+            .into_iter()
+            .find(|c| c.as_str() == s)
+            .ok_or_else(|| UnknownCapability(s.to_string()))
     }
 }
 
@@ -139,7 +154,14 @@ impl FromIterator<Capability> for CapabilitySet {
 pub fn builtin_role_grants(role: &str) -> Option<CapabilitySet> {
     use Capability::*;
     let caps: &[Capability] = match role {
-        "triage" => &[ModelComplete, WorkspaceRead, WorkspaceExec, ForgeRead, ForgeComment, ForgeSetLabels],
+        "triage" => &[
+            ModelComplete,
+            WorkspaceRead,
+            WorkspaceExec,
+            ForgeRead,
+            ForgeComment,
+            ForgeSetLabels,
+        ],
         "spec" | "implementation" => &[
             ModelComplete,
             WorkspaceRead,
@@ -149,7 +171,14 @@ pub fn builtin_role_grants(role: &str) -> Option<CapabilitySet> {
             ForgeComment,
             ForgeProposePullRequest,
         ],
-        "review" => &[ModelComplete, WorkspaceRead, WorkspaceExec, ForgeRead, ForgeComment, ForgeReview],
+        "review" => &[
+            ModelComplete,
+            WorkspaceRead,
+            WorkspaceExec,
+            ForgeRead,
+            ForgeComment,
+            ForgeReview,
+        ],
         _ => return None,
     };
     Some(caps.iter().copied().collect())
@@ -164,7 +193,10 @@ mod tests {
         for cap in Capability::ALL {
             assert_eq!(cap.as_str().parse::<Capability>(), Ok(cap));
         }
-        assert!("forge.merge".parse::<Capability>().is_err(), "there is no merge capability to ask for");
+        assert!(
+            "forge.merge".parse::<Capability>().is_err(),
+            "there is no merge capability to ask for"
+        );
     }
 
     #[test]
@@ -173,17 +205,23 @@ mod tests {
         for role in ["triage", "spec", "implementation", "review"] {
             let grants = builtin_role_grants(role).expect("built-in role");
             assert!(
-                !(grants.contains(Capability::ForgeReview) && grants.contains(Capability::WorkspaceWrite)),
+                !(grants.contains(Capability::ForgeReview)
+                    && grants.contains(Capability::WorkspaceWrite)),
                 "role {role} should not be granted both forge.review and workspace.write"
             );
         }
-        assert!(builtin_role_grants("triage").is_some_and(|g| !g.contains(Capability::WorkspaceWrite)));
+        assert!(
+            builtin_role_grants("triage").is_some_and(|g| !g.contains(Capability::WorkspaceWrite))
+        );
     }
 
     #[test]
     fn unknown_import_functions_are_not_part_of_the_contract() {
-        assert_eq!(Capability::for_import("forge", "merge"), Err(()));
-        assert_eq!(Capability::for_import("forge", "propose-comment"), Ok(Some(Capability::ForgeComment)));
+        assert_eq!(Capability::for_import("forge", "merge"), Err(NotInContract));
+        assert_eq!(
+            Capability::for_import("forge", "propose-comment"),
+            Ok(Some(Capability::ForgeComment))
+        );
         assert_eq!(Capability::for_import("session", "emit"), Ok(None));
     }
 }

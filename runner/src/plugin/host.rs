@@ -143,7 +143,13 @@ impl PluginHost {
             .into_iter()
             .filter_map(|r| builtin_role_grants(r).map(|g| (r.to_string(), g)))
             .collect();
-        Ok(PluginHost { engine, linker, limits, role_grants, plugins: RwLock::new(HashMap::new()) })
+        Ok(PluginHost {
+            engine,
+            linker,
+            limits,
+            role_grants,
+            plugins: RwLock::new(HashMap::new()),
+        })
     }
 
     /// Grant `capabilities` to a custom role (or replace a built-in role's grants).
@@ -158,7 +164,10 @@ impl PluginHost {
 
     /// Describe a plugin and judge it, without loading it. The verdict is
     /// the capability set it would run with, or why it is refused.
-    pub fn check(&self, bytes: &[u8]) -> Result<(PluginInfo, Result<CapabilitySet, LoadError>), LoadError> {
+    pub fn check(
+        &self,
+        bytes: &[u8],
+    ) -> Result<(PluginInfo, Result<CapabilitySet, LoadError>), LoadError> {
         let (info, _) = inspect::inspect(&self.engine, bytes)?;
         let verdict = inspect::verdict(&info, &self.role_grants);
         Ok((info, verdict))
@@ -174,9 +183,16 @@ impl PluginHost {
             wit: info.manifest.wit.clone(),
             reason,
         };
-        let instance_pre = self.linker.instantiate_pre(&component).map_err(|e| bad_export(format!("{e:#}")))?;
+        let instance_pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| bad_export(format!("{e:#}")))?;
         let pre = RolePre::new(instance_pre).map_err(|e| bad_export(format!("{e:#}")))?;
-        let plugin = Arc::new(LoadedPlugin { info, capabilities, pre });
+        let plugin = Arc::new(LoadedPlugin {
+            info,
+            capabilities,
+            pre,
+        });
         if let Ok(mut plugins) = self.plugins.write() {
             plugins.insert(plugin.name().to_string(), plugin.clone());
         }
@@ -193,25 +209,53 @@ impl PluginHost {
     pub async fn run(&self, plugin: &LoadedPlugin, task: Task, ctx: RunContext) -> RunReport {
         let name = plugin.name().to_string();
         let events = ctx.events.clone();
-        events.record(EventKind::Started, format!("plugin {name} {} started", plugin.info.manifest.version));
-        let state = RunState::new(&name, &plugin.info.manifest.role, plugin.capabilities.clone(), self.limits.clone(), ctx);
+        events.record(
+            EventKind::Started,
+            format!("plugin {name} {} started", plugin.info.manifest.version),
+        );
+        let state = RunState::new(
+            &name,
+            &plugin.info.manifest.role,
+            plugin.capabilities.clone(),
+            self.limits.clone(),
+            ctx,
+        );
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
         let result = match self.prepare_store(&mut store) {
             Ok(()) => {
                 let call = async {
-                    let instance: Role = plugin.pre.instantiate_async(&mut store).await.map_err(|e| (true, e))?;
-                    instance.call_run(&mut store, &task).await.map_err(|e| (false, e))
+                    let instance: Role = plugin
+                        .pre
+                        .instantiate_async(&mut store)
+                        .await
+                        .map_err(|e| (true, e))?;
+                    instance
+                        .call_run(&mut store, &task)
+                        .await
+                        .map_err(|e| (false, e))
                 };
                 match tokio::time::timeout(self.limits.wall_clock, call).await {
-                    Err(_elapsed) => Err(RunError::WallClock { plugin: name.clone(), limit: self.limits.wall_clock }),
-                    Ok(Err((true, e))) => Err(RunError::Instantiate { plugin: name.clone(), message: format!("{e:#}") }),
+                    Err(_elapsed) => Err(RunError::WallClock {
+                        plugin: name.clone(),
+                        limit: self.limits.wall_clock,
+                    }),
+                    Ok(Err((true, e))) => Err(RunError::Instantiate {
+                        plugin: name.clone(),
+                        message: format!("{e:#}"),
+                    }),
                     Ok(Err((false, e))) => Err(self.classify(&name, e, store.data())),
-                    Ok(Ok(Err(role_error))) => Err(RunError::Role { plugin: name.clone(), message: describe(&role_error) }),
+                    Ok(Ok(Err(role_error))) => Err(RunError::Role {
+                        plugin: name.clone(),
+                        message: describe(&role_error),
+                    }),
                     Ok(Ok(Ok(outcome))) => Ok(outcome),
                 }
             }
-            Err(message) => Err(RunError::Instantiate { plugin: name.clone(), message }),
+            Err(message) => Err(RunError::Instantiate {
+                plugin: name.clone(),
+                message,
+            }),
         };
         let message = match &result {
             Ok(o) => format!("{:?}: {}", o.status, o.summary),
@@ -219,25 +263,46 @@ impl PluginHost {
         };
         events.record(EventKind::Finished, message);
         let state = store.into_data();
-        RunReport { result, proposals: state.forge.proposals, budget: state.model.budget }
+        RunReport {
+            result,
+            proposals: state.forge.proposals,
+            budget: state.model.budget,
+        }
     }
 
     /// Instantiate `plugin` in a fresh store and drop it without running
     /// it: checks that it can start, and measures what every run pays.
     pub async fn instantiate_probe(&self, plugin: &LoadedPlugin) -> Result<(), RunError> {
         let ctx = RunContext::new(std::sync::Arc::new(crate::session::MemoryEvents::new()));
-        let state = RunState::new(plugin.name(), &plugin.info.manifest.role, plugin.capabilities.clone(), self.limits.clone(), ctx);
+        let state = RunState::new(
+            plugin.name(),
+            &plugin.info.manifest.role,
+            plugin.capabilities.clone(),
+            self.limits.clone(),
+            ctx,
+        );
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
-        let instantiate = |message| RunError::Instantiate { plugin: plugin.name().to_string(), message };
+        let instantiate = |message| RunError::Instantiate {
+            plugin: plugin.name().to_string(),
+            message,
+        };
         self.prepare_store(&mut store).map_err(instantiate)?;
-        plugin.pre.instantiate_async(&mut store).await.map_err(|e| instantiate(format!("{e:#}")))?;
+        plugin
+            .pre
+            .instantiate_async(&mut store)
+            .await
+            .map_err(|e| instantiate(format!("{e:#}")))?;
         Ok(())
     }
 
     fn prepare_store(&self, store: &mut Store<RunState>) -> Result<(), String> {
-        store.set_fuel(self.limits.fuel).map_err(|e| format!("{e:#}"))?;
-        store.fuel_async_yield_interval(Some(self.limits.fuel_yield_interval)).map_err(|e| format!("{e:#}"))?;
+        store
+            .set_fuel(self.limits.fuel)
+            .map_err(|e| format!("{e:#}"))?;
+        store
+            .fuel_async_yield_interval(Some(self.limits.fuel_yield_interval))
+            .map_err(|e| format!("{e:#}"))?;
         Ok(())
     }
 
@@ -245,16 +310,28 @@ impl PluginHost {
     fn classify(&self, plugin: &str, error: wasmtime::Error, state: &RunState) -> RunError {
         let plugin = plugin.to_string();
         if let Some(GuestLimitExceeded(message)) = error.downcast_ref::<GuestLimitExceeded>() {
-            return RunError::GuestLimit { plugin, message: message.clone() };
+            return RunError::GuestLimit {
+                plugin,
+                message: message.clone(),
+            };
         }
         if let Some(message) = &state.limiter.hit {
-            return RunError::MemoryLimit { plugin, message: message.clone() };
+            return RunError::MemoryLimit {
+                plugin,
+                message: message.clone(),
+            };
         }
         if error.downcast_ref::<Trap>() == Some(&Trap::OutOfFuel) {
-            return RunError::CpuLimit { plugin, fuel: self.limits.fuel };
+            return RunError::CpuLimit {
+                plugin,
+                fuel: self.limits.fuel,
+            };
         }
         if let Some(message) = &state.panic {
-            return RunError::Panicked { plugin, message: message.clone() };
+            return RunError::Panicked {
+                plugin,
+                message: message.clone(),
+            };
         }
         let message = match error.downcast_ref::<Trap>() {
             Some(trap) => trap.to_string(),

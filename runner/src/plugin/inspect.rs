@@ -54,7 +54,9 @@ pub enum LoadError {
     #[error("not a valid WebAssembly component: {0}")]
     Invalid(String),
     /// No `kiln:manifest` custom section.
-    #[error("component has no `{MANIFEST_SECTION}` section: build it with `kiln plugin build` so its kiln-plugin.toml is embedded")]
+    #[error(
+        "component has no `{MANIFEST_SECTION}` section: build it with `kiln plugin build` so its kiln-plugin.toml is embedded"
+    )]
     NoManifest,
     /// The manifest did not parse.
     #[error(transparent)]
@@ -70,7 +72,9 @@ pub enum LoadError {
         supported: String,
     },
     /// An import outside the `kiln:role` package (e.g. WASI).
-    #[error("plugin {plugin} imports `{import}`, which is not part of kiln:role@{wit}: plugins must be pure components (no WASI, no other interfaces)")]
+    #[error(
+        "plugin {plugin} imports `{import}`, which is not part of kiln:role@{wit}: plugins must be pure components (no WASI, no other interfaces)"
+    )]
     ForeignImport {
         /// Plugin name.
         plugin: String,
@@ -80,7 +84,9 @@ pub enum LoadError {
         wit: String,
     },
     /// An import function Kiln does not know.
-    #[error("plugin {plugin} imports `{import}#{function}`, which is not a function of kiln:role@{wit}")]
+    #[error(
+        "plugin {plugin} imports `{import}#{function}`, which is not a function of kiln:role@{wit}"
+    )]
     UnknownFunction {
         /// Plugin name.
         plugin: String,
@@ -92,7 +98,9 @@ pub enum LoadError {
         wit: String,
     },
     /// The component imports a function whose capability the manifest does not declare.
-    #[error("plugin {plugin} imports `{import}#{function}`, which needs capability {capability}, but its manifest does not declare it")]
+    #[error(
+        "plugin {plugin} imports `{import}#{function}`, which needs capability {capability}, but its manifest does not declare it"
+    )]
     UndeclaredImport {
         /// Plugin name.
         plugin: String,
@@ -112,7 +120,9 @@ pub enum LoadError {
         source: super::capability::UnknownCapability,
     },
     /// The manifest's role is not a built-in role and not configured.
-    #[error("plugin {plugin} plays role `{role}`, which is neither built in nor configured in kiln.toml")]
+    #[error(
+        "plugin {plugin} plays role `{role}`, which is neither built in nor configured in kiln.toml"
+    )]
     UnknownRole {
         /// Plugin name.
         plugin: String,
@@ -147,7 +157,8 @@ pub fn read_manifest(bytes: &[u8]) -> Result<Manifest, LoadError> {
     for payload in wasmparser::Parser::new(0).parse_all(bytes) {
         let payload = payload.map_err(|e| LoadError::Invalid(e.to_string()))?;
         match payload {
-            wasmparser::Payload::ModuleSection { .. } | wasmparser::Payload::ComponentSection { .. } => depth += 1,
+            wasmparser::Payload::ModuleSection { .. }
+            | wasmparser::Payload::ComponentSection { .. } => depth += 1,
             wasmparser::Payload::End(_) => depth = depth.saturating_sub(1),
             wasmparser::Payload::CustomSection(c) if depth == 0 && c.name() == MANIFEST_SECTION => {
                 let text = std::str::from_utf8(c.data())
@@ -166,10 +177,14 @@ pub fn inspect(engine: &Engine, bytes: &[u8]) -> Result<(PluginInfo, Component),
         return Err(LoadError::TooLarge { size: bytes.len() });
     }
     if !wasmparser::Parser::is_component(bytes) {
-        return Err(LoadError::Invalid("this is a core module, not a component (componentize it with `kiln plugin build`)".into()));
+        return Err(LoadError::Invalid(
+            "this is a core module, not a component (componentize it with `kiln plugin build`)"
+                .into(),
+        ));
     }
     let manifest = read_manifest(bytes)?;
-    let component = Component::new(engine, bytes).map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
+    let component =
+        Component::new(engine, bytes).map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
     let ty = component.component_type();
     let mut imports = Vec::new();
     for (name, item) in ty.imports(engine) {
@@ -181,15 +196,29 @@ pub fn inspect(engine: &Engine, bytes: &[u8]) -> Result<(PluginInfo, Component),
                 .collect(),
             _ => Vec::new(),
         };
-        imports.push(ImportInfo { name: name.to_string(), functions });
+        imports.push(ImportInfo {
+            name: name.to_string(),
+            functions,
+        });
     }
     let exports = ty.exports(engine).map(|(n, _)| n.to_string()).collect();
-    Ok((PluginInfo { manifest, imports, exports, size: bytes.len() }, component))
+    Ok((
+        PluginInfo {
+            manifest,
+            imports,
+            exports,
+            size: bytes.len(),
+        },
+        component,
+    ))
 }
 
 /// Judge a plugin: returns the capabilities it will run with (what its
 /// manifest asks for, all of which its role grants), or why it is refused.
-pub fn verdict(info: &PluginInfo, role_grants: &HashMap<String, CapabilitySet>) -> Result<CapabilitySet, LoadError> {
+pub fn verdict(
+    info: &PluginInfo,
+    role_grants: &HashMap<String, CapabilitySet>,
+) -> Result<CapabilitySet, LoadError> {
     let m = &info.manifest;
     let plugin = m.name.clone();
     if !wit::SUPPORTED_VERSIONS.contains(&m.wit.as_str()) {
@@ -199,8 +228,11 @@ pub fn verdict(info: &PluginInfo, role_grants: &HashMap<String, CapabilitySet>) 
             supported: wit::SUPPORTED_VERSIONS.join(", "),
         });
     }
-    let asked = CapabilitySet::parse(&m.capabilities)
-        .map_err(|source| LoadError::UnknownCapability { plugin: plugin.clone(), source })?;
+    let asked =
+        CapabilitySet::parse(&m.capabilities).map_err(|source| LoadError::UnknownCapability {
+            plugin: plugin.clone(),
+            source,
+        })?;
     let prefix = format!("{}/", wit::PACKAGE);
     let suffix = format!("@{}", m.wit);
     for import in &info.imports {
@@ -208,10 +240,14 @@ pub fn verdict(info: &PluginInfo, role_grants: &HashMap<String, CapabilitySet>) 
             .name
             .strip_prefix(&prefix)
             .and_then(|rest| rest.strip_suffix(&suffix))
-            .ok_or_else(|| LoadError::ForeignImport { plugin: plugin.clone(), import: import.name.clone(), wit: m.wit.clone() })?;
+            .ok_or_else(|| LoadError::ForeignImport {
+                plugin: plugin.clone(),
+                import: import.name.clone(),
+                wit: m.wit.clone(),
+            })?;
         for function in &import.functions {
             match Capability::for_import(interface, function) {
-                Err(()) => {
+                Err(_) => {
                     return Err(LoadError::UnknownFunction {
                         plugin,
                         import: import.name.clone(),
@@ -233,9 +269,16 @@ pub fn verdict(info: &PluginInfo, role_grants: &HashMap<String, CapabilitySet>) 
     }
     let grants = role_grants
         .get(&m.role)
-        .ok_or_else(|| LoadError::UnknownRole { plugin: plugin.clone(), role: m.role.clone() })?;
+        .ok_or_else(|| LoadError::UnknownRole {
+            plugin: plugin.clone(),
+            role: m.role.clone(),
+        })?;
     if let Some(cap) = asked.iter().find(|c| !grants.contains(*c)) {
-        return Err(LoadError::NotGranted { plugin, role: m.role.clone(), capability: cap });
+        return Err(LoadError::NotGranted {
+            plugin,
+            role: m.role.clone(),
+            capability: cap,
+        });
     }
     Ok(asked)
 }

@@ -61,12 +61,21 @@ pub struct Limiter {
 impl Limiter {
     /// A limiter for `limits`.
     pub fn new(limits: &PluginLimits) -> Self {
-        Limiter { memory_bytes: limits.memory_bytes, table_elements: limits.table_elements, hit: None }
+        Limiter {
+            memory_bytes: limits.memory_bytes,
+            table_elements: limits.table_elements,
+            hit: None,
+        }
     }
 }
 
 impl wasmtime::ResourceLimiter for Limiter {
-    fn memory_growing(&mut self, current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         if desired > self.memory_bytes {
             let msg = format!(
                 "memory limit: the plugin asked to grow its memory from {} MiB to {} MiB, the limit is {} MiB",
@@ -82,7 +91,12 @@ impl wasmtime::ResourceLimiter for Limiter {
         Ok(true)
     }
 
-    fn table_growing(&mut self, current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn table_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         if desired > self.table_elements {
             let msg = format!(
                 "table limit: the plugin asked to grow a table from {current} to {desired} elements, the limit is {}",

@@ -1,12 +1,16 @@
 //! Ready-made tools over the workspace import. Roles pick the ones they
 //! offer; the host's gate decides what each call may actually do.
 use super::{Tool, string_arg};
+use crate::RoleError;
 use crate::model::ToolSpec;
 use crate::workspace::{self, Command, EntryKind};
-use crate::RoleError;
 
 fn spec(name: &str, description: &str, parameters: &str) -> ToolSpec {
-    ToolSpec { name: name.into(), description: description.into(), parameters: parameters.into() }
+    ToolSpec {
+        name: name.into(),
+        description: description.into(),
+        parameters: parameters.into(),
+    }
 }
 
 /// `read_file {path}`: the text of a workspace file.
@@ -84,10 +88,16 @@ impl Tool for RunCommand {
         let argv: Vec<String> = args
             .get("argv")
             .and_then(|v| v.as_array())
-            .map(|a| a.iter().filter_map(|s| s.as_str().map(String::from)).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|s| s.as_str().map(String::from))
+                    .collect()
+            })
             .unwrap_or_default();
         if argv.is_empty() {
-            return Err(RoleError::InvalidArgument("`argv` must be a non-empty array of strings".into()));
+            return Err(RoleError::InvalidArgument(
+                "`argv` must be a non-empty array of strings".into(),
+            ));
         }
         let mut cmd = Command::from_argv(argv);
         if let Some(ms) = args.get("timeout_ms").and_then(|v| v.as_u64()) {
@@ -99,7 +109,10 @@ impl Tool for RunCommand {
             (Some(code), None) => format!("exit code {code}"),
             (None, None) => "no exit status".to_string(),
         };
-        Ok(format!("{status}\n--- stdout ---\n{}\n--- stderr ---\n{}", out.stdout, out.stderr))
+        Ok(format!(
+            "{status}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            out.stdout, out.stderr
+        ))
     }
 }
 
@@ -108,7 +121,11 @@ pub struct Diff;
 
 impl Tool for Diff {
     fn spec(&self) -> ToolSpec {
-        spec("workspace_diff", "Show the changes made in the checkout so far, as a unified diff.", r#"{"type":"object","properties":{}}"#)
+        spec(
+            "workspace_diff",
+            "Show the changes made in the checkout so far, as a unified diff.",
+            r#"{"type":"object","properties":{}}"#,
+        )
     }
     fn call(&mut self, _args: &serde_json::Value) -> Result<String, RoleError> {
         workspace::diff()

@@ -11,4 +11,5 @@ wasmtime::component::bindgen!({
     path: "../wit/kiln-role@0.1.0",
     imports: { default: async | trappable },
     exports: { default: async },
+    additional_derives: [PartialEq],
 });

@@ -8,26 +8,38 @@ struct Explorer;
 
 impl Role for Explorer {
     fn run(&mut self, task: Task) -> Result<Outcome, RoleError> {
-        let number = task.issue.ok_or_else(|| RoleError::InvalidArgument("this role needs an issue".into()))?;
+        let number = task
+            .issue
+            .ok_or_else(|| RoleError::InvalidArgument("this role needs an issue".into()))?;
         let issue = forge::issue(number)?;
         session::progress(&format!("exploring for issue #{number}"));
-        let mut agent = Agent::new("You answer questions about a repository. Use the tools, then call `answer`.")
-            .tool(tools::ReadFile)
-            .tool(tools::ListDir)
-            .finish_tool(
-                "answer",
-                "Give the final answer",
-                r#"{"type":"object","properties":{"text":{"type":"string"}},"required":["text"]}"#,
-            )
-            .max_turns(8);
+        let mut agent = Agent::new(
+            "You answer questions about a repository. Use the tools, then call `answer`.",
+        )
+        .tool(tools::ReadFile)
+        .tool(tools::ListDir)
+        .finish_tool(
+            "answer",
+            "Give the final answer",
+            r#"{"type":"object","properties":{"text":{"type":"string"}},"required":["text"]}"#,
+        )
+        .max_turns(8);
         let prompt = format!("Issue #{number}: {}\n\n{}", issue.title, issue.body);
         match agent.run(&prompt)? {
             Finish::Output(v) => {
-                let text = v.get("text").and_then(|t| t.as_str()).unwrap_or_default().to_string();
+                let text = v
+                    .get("text")
+                    .and_then(|t| t.as_str())
+                    .unwrap_or_default()
+                    .to_string();
                 let receipt = forge::comment(number, &text)?;
                 Ok(Outcome {
                     status: OutcomeStatus::Completed,
-                    summary: format!("answered in {} turns (effect {})", agent.messages().len() / 2, receipt.effect_id),
+                    summary: format!(
+                        "answered in {} turns (effect {})",
+                        agent.messages().len() / 2,
+                        receipt.effect_id
+                    ),
                     output: Some(v.to_string()),
                 })
             }

@@ -6,7 +6,13 @@ struct Ping;
 
 impl Role for Ping {
     fn run(&mut self, task: Task) -> Result<Outcome, RoleError> {
-        let n: u64 = task.instructions.as_deref().unwrap_or("1").trim().parse().unwrap_or(1);
+        let n: u64 = task
+            .instructions
+            .as_deref()
+            .unwrap_or("1")
+            .trim()
+            .parse()
+            .unwrap_or(1);
         let mut turns = 0u64;
         for _ in 0..n {
             turns += u64::from(session::budget().turns_used);
