@@ -76,7 +76,12 @@ struct Repo {
 }
 
 async fn repo() -> Repo {
-    let dirs = tempfile::tempdir().expect("tempdir");
+    repo_in(&std::env::temp_dir()).await
+}
+
+/// Like [`repo`], with every directory under `parent`.
+async fn repo_in(parent: &Path) -> Repo {
+    let dirs = tempfile::tempdir_in(parent).expect("tempdir");
     let src = dirs.path().join("src");
     std::fs::create_dir(&src).expect("mkdir");
     std::fs::write(src.join("README.md"), "hello from the test repo\n").expect("write");
@@ -106,7 +111,7 @@ async fn repo() -> Repo {
     let mirror = RepoMirror::sync(&dirs.path().join("mirrors"), &src.to_string_lossy())
         .await
         .expect("mirror should clone");
-    let workspace = Workspace::create(&mirror, "main", "kiln/test-run", None)
+    let workspace = Workspace::create(&mirror, "main", "kiln/test-run", Some(dirs.path()))
         .await
         .expect("workspace should check out");
     Repo {
@@ -767,18 +772,34 @@ async fn secrets_stay_in_scope_and_setup_secrets_die_with_setup() {
         .await
         .expect("agent phase should start");
 
-    let everywhere = "env; cat /proc/[0-9]*/environ 2>/dev/null | tr '\\0' '\\n'; \
-                      grep -rsl kiln- /tmp /home/agent /workspace /dev/shm 2>/dev/null; \
-                      cat /proc/[0-9]*/cmdline | tr '\\0' ' '";
-    let out = sh(&backend, &sandbox, everywhere).await.stdout_text();
+    // Environments of every process (the agent's own and anything left over).
+    let envs = "env; cat /proc/[0-9]*/environ 2>/dev/null | tr '\\0' '\\n'";
+    let out = sh(&backend, &sandbox, envs).await.stdout_text();
     assert!(
         !out.contains("kiln-setup-secret"),
-        "the setup secret should be gone in the agent phase, found in: {out}"
+        "the setup secret should be gone from every environment in the agent phase, found in: {out}"
     );
     assert!(
         !out.contains("kiln-review-secret"),
         "review's secret should never enter an implementation sandbox: {out}"
     );
+    // Files in every writable place. The patterns are split so this script's
+    // own command line does not contain them.
+    let files = "a=kiln-setup-; b=kiln-review-; s=secret; \
+                 grep -rlsF -e \"$a$s\" -e \"$b$s\" /tmp /home/agent /workspace /dev/shm; echo END";
+    let out = sh(&backend, &sandbox, files).await.stdout_text();
+    assert_eq!(
+        out.trim(),
+        "END",
+        "no file should hold the setup or the unscoped secret, found: {out}"
+    );
+    let out = sh(
+        &backend,
+        &sandbox,
+        "cat /proc/[0-9]*/cmdline | tr '\\0' ' '",
+    )
+    .await
+    .stdout_text();
     assert!(
         !out.contains("sleep 600"),
         "setup processes should not survive into the agent phase: {out}"
@@ -889,6 +910,8 @@ async fn host_file_access_refuses_symlink_escapes() {
 
 /// Environment variable that turns `child_holds_sandbox` into the helper process.
 const CHILD_ENV: &str = "KILN_TEST_CHILD_RUNNER";
+/// Directory the helper process keeps its repository and workspace in.
+const CHILD_DIR_ENV: &str = "KILN_TEST_CHILD_DIR";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_runner_leaves_a_container_that_startup_removes() {
@@ -899,6 +922,8 @@ async fn killed_runner_leaves_a_container_that_startup_removes() {
     cleanup.remove_orphans().await.expect("cleanup");
 
     let exe = std::env::current_exe().expect("test binary path");
+    // The child dies by SIGKILL and cannot clean up; its files live in ours.
+    let child_dir = tempfile::tempdir().expect("tempdir");
     let mut child = std::process::Command::new(exe)
         .args([
             "--exact",
@@ -908,8 +933,9 @@ async fn killed_runner_leaves_a_container_that_startup_removes() {
             "--test-threads=1",
         ])
         .env(CHILD_ENV, runner_id)
+        .env(CHILD_DIR_ENV, child_dir.path())
         .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
+        .stderr(std::fs::File::create(child_dir.path().join("stderr")).expect("stderr file"))
         .spawn()
         .expect("spawn the runner child");
     let stdout = child.stdout.take().expect("child stdout");
@@ -924,8 +950,11 @@ async fn killed_runner_leaves_a_container_that_startup_removes() {
         None
     })
     .await
-    .expect("reader")
-    .expect("the child should report its sandbox");
+    .expect("reader");
+    let Some(container) = container else {
+        let stderr = std::fs::read_to_string(child_dir.path().join("stderr")).unwrap_or_default();
+        panic!("the child runner should report its sandbox; its stderr:\n{stderr}");
+    };
     child.kill().expect("SIGKILL the child"); // Child::kill sends SIGKILL on Unix.
     let _ = child.wait();
 
@@ -958,9 +987,10 @@ async fn child_holds_sandbox() {
     let Ok(runner_id) = std::env::var(CHILD_ENV) else {
         return;
     };
+    let dir = std::env::var_os(CHILD_DIR_ENV).expect("the parent passes a directory");
     let (base, _) = images().await;
     let backend = DockerBackend::new(docker().await, runner_id).expect("runner id");
-    let repo = repo().await;
+    let repo = repo_in(Path::new(&dir)).await;
     let sandbox = backend
         .create(SandboxSpec::new(
             "killed",

@@ -252,7 +252,9 @@ impl SandboxSpec {
     }
 }
 
-/// A running sandbox, as handed out by a [`SandboxBackend`].
+/// A running sandbox, as handed out by a [`SandboxBackend`]. Pass it to
+/// [`SandboxBackend::destroy`] when the run ends: dropping it leaves the
+/// container for the next start-up's orphan cleanup.
 #[derive(Debug)]
 pub struct Sandbox {
     /// The run this sandbox belongs to.
