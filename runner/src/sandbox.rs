@@ -83,6 +83,20 @@ pub enum SandboxError {
         /// Files inside the container that hold them.
         paths: Vec<String>,
     },
+    /// The setup phase's egress proxy could not be set up.
+    #[error("egress proxy: {0}")]
+    Egress(String),
+    /// A check of the sandbox's isolation failed; the run must not continue.
+    #[error("run {run_id}: isolation check failed: {what}")]
+    Isolation {
+        /// The run.
+        run_id: String,
+        /// What was found.
+        what: String,
+    },
+    /// The engine answered in a way the runner cannot use.
+    #[error("unexpected engine response: {0}")]
+    Unexpected(String),
     /// Setup-phase processes survived the kill before the agent phase.
     #[error("run {run_id}: setup processes still alive after kill: {left}")]
     ProcessesSurvived {
@@ -313,7 +327,9 @@ pub trait SandboxBackend: Send + Sync {
     fn destroy(&self, sandbox: Sandbox) -> BoxFuture<'_, Result<(), SandboxError>>;
 
     /// Removes sandboxes left behind by an earlier process of this runner
-    /// (found by label); returns how many objects were removed.
+    /// (found by label); returns how many objects were removed. Call it once
+    /// at start-up, before creating sandboxes: it removes *every* container
+    /// and network labelled with this runner's id.
     fn remove_orphans(&self) -> BoxFuture<'_, Result<usize, SandboxError>>;
 }
 

@@ -431,7 +431,7 @@ impl DockerBackend {
             .await
             .map_err(SandboxError::engine("start exec"))?
         else {
-            return Err(SandboxError::Invalid("exec started detached".into()));
+            return Err(SandboxError::Unexpected("exec started detached".into()));
         };
         let cap = sandbox.spec.output_cap;
         let (mut stdout, mut stderr) = (CappedOutput::default(), CappedOutput::default());
@@ -566,11 +566,13 @@ impl DockerBackend {
             )
             .await?;
         if interfaces.trim() != "/sys/class/net/lo" {
-            return Err(SandboxError::Invalid(format!(
-                "run {}: network interfaces left after disconnect: {}",
-                sandbox.run_id,
-                interfaces.trim()
-            )));
+            return Err(SandboxError::Isolation {
+                run_id: sandbox.run_id.clone(),
+                what: format!(
+                    "network interfaces left after disconnect: {}",
+                    interfaces.trim()
+                ),
+            });
         }
         if let Some((secrets, paths)) = persisted {
             return Err(SandboxError::SecretPersisted {

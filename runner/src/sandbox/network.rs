@@ -18,8 +18,9 @@
 //! - The proxy is a container run from the locally built `proxy` image
 //!   (tinyproxy, built `FROM` the base image: no registry). It is attached to
 //!   both networks, runs as a non-root user with every capability dropped and
-//!   a read-only root, and admits only `CONNECT`/`GET` to host names that
-//!   match the allowlist exactly (403 otherwise, IP literals included).
+//!   a read-only root, and forwards requests (plain HTTP or `CONNECT`, any
+//!   port) only to host names that match the allowlist exactly; everything
+//!   else, IP literals included, gets 403.
 //! - A proxy on the host bound to the gateway address was rejected: it needs
 //!   the gateway address, which is exactly what exposes the host's other
 //!   services.
@@ -269,7 +270,7 @@ impl EgressRoute {
             .and_then(|e| e.ip_address)
             .filter(|ip| !ip.is_empty())
             .ok_or_else(|| {
-                SandboxError::Invalid("egress proxy has no address on the internal network".into())
+                SandboxError::Egress("the proxy has no address on the internal network".into())
             })?;
         wait_for_proxy(docker, &self.proxy_container).await
     }
@@ -305,8 +306,8 @@ async fn wait_for_proxy(docker: &Docker, container: &str) -> Result<(), SandboxE
             .map_err(SandboxError::engine("inspect egress proxy"))?;
         let state = inspect.state.unwrap_or_default();
         if state.running != Some(true) {
-            return Err(SandboxError::Invalid(format!(
-                "egress proxy exited (status {:?}); is the proxy image built?",
+            return Err(SandboxError::Egress(format!(
+                "the proxy exited (status {:?}); is the proxy image built?",
                 state.exit_code
             )));
         }
@@ -316,8 +317,8 @@ async fn wait_for_proxy(docker: &Docker, container: &str) -> Result<(), SandboxE
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
-    Err(SandboxError::Invalid(
-        "egress proxy did not start listening within 2s".into(),
+    Err(SandboxError::Egress(
+        "the proxy did not start listening within 2s".into(),
     ))
 }
 
@@ -351,7 +352,7 @@ pub(crate) fn is_not_found(e: &bollard::errors::Error) -> bool {
 fn write_config(policy: &EgressPolicy) -> Result<tempfile::TempDir, SandboxError> {
     use std::os::unix::fs::PermissionsExt as _;
     let io =
-        |e: std::io::Error| SandboxError::Invalid(format!("cannot write egress proxy config: {e}"));
+        |e: std::io::Error| SandboxError::Egress(format!("cannot write the proxy config: {e}"));
     let dir = tempfile::Builder::new()
         .prefix("kiln-proxy-")
         .tempdir()
