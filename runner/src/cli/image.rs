@@ -53,11 +53,16 @@ async fn build(args: BuildArgs) -> anyhow::Result<()> {
             names
         }
     };
-    let bar = ProgressBar::new_spinner();
-    bar.set_style(
+    let spinner_style =
         ProgressStyle::with_template("{spinner} {prefix:.bold} [{elapsed}] {wide_msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
-    );
+            .unwrap_or_else(|_| ProgressStyle::default_spinner());
+    let bytes_style = ProgressStyle::with_template(
+        "{prefix:.bold} [{elapsed}] [{bar:30}] {bytes}/{total_bytes} {msg}",
+    )
+    .unwrap_or_else(|_| ProgressStyle::default_bar())
+    .progress_chars("=> ");
+    let bar = ProgressBar::new_spinner();
+    bar.set_style(spinner_style.clone());
     bar.enable_steady_tick(Duration::from_millis(120));
     // Without a terminal the bar draws nothing, so milestones go to stderr as plain lines.
     let say = |line: String| {
@@ -74,14 +79,20 @@ async fn build(args: BuildArgs) -> anyhow::Result<()> {
             say(format!("{name}: building {tag}"));
         }
         ImageProgress::Line { line, .. } => bar.set_message(line),
-        ImageProgress::Uploaded { name, done, total } => {
-            say(format!(
-                "{name}: imported {} of {} MiB",
-                done >> 20,
-                total >> 20
-            ));
+        ImageProgress::Uploaded { done, total, .. } => {
+            // The root filesystem upload is the one step with a known size: show a real bar.
+            if bar.length() != Some(total) {
+                bar.set_length(total);
+                bar.set_style(bytes_style.clone());
+                bar.set_message("importing root filesystem");
+            }
+            bar.set_position(done);
         }
-        ImageProgress::Built { name, tag } => say(format!("{name}: built {tag}")),
+        ImageProgress::Built { name, tag } => {
+            bar.set_style(spinner_style.clone());
+            bar.unset_length();
+            say(format!("{name}: built {tag}"));
+        }
     };
     for name in names {
         let tag = builder

@@ -333,19 +333,21 @@ impl ImageBuilder {
             ])
             .build();
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(4);
+        // Bytes handed to the engine so far, for the progress bar.
+        let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counter = sent.clone();
         let reader = tokio::spawn(async move {
             let mut file = file;
-            let mut sent = 0u64;
             loop {
                 let mut buf = vec![0u8; 1 << 20];
                 match file.read(&mut buf).await {
                     Ok(0) => break,
                     Ok(n) => {
                         buf.truncate(n);
-                        sent += n as u64;
                         if tx.send(Ok(buf.into())).await.is_err() {
                             break;
                         }
+                        counter.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
                     }
                     Err(e) => {
                         let _ = tx.send(Err(e)).await;
@@ -353,31 +355,38 @@ impl ImageBuilder {
                     }
                 }
             }
-            sent
         });
         let body =
             bollard::body_try_stream(futures_util::stream::unfold(rx, |mut rx| async move {
                 rx.recv().await.map(|item| (item, rx))
             }));
+        let uploaded = |sent: &std::sync::atomic::AtomicU64| ImageProgress::Uploaded {
+            name: BASE.into(),
+            done: sent.load(std::sync::atomic::Ordering::Relaxed),
+            total,
+        };
         let mut stream = self.docker.create_image(Some(options), Some(body), None);
-        while let Some(item) = stream.next().await {
-            let info = item.map_err(|source| ImageError::Engine {
-                tag: tag.into(),
-                source,
-            })?;
-            if let Some(status) = info.status {
-                progress(ImageProgress::Line {
-                    name: BASE.into(),
-                    line: status,
-                });
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(200));
+        loop {
+            tokio::select! {
+                item = stream.next() => {
+                    let Some(item) = item else { break };
+                    let info = item.map_err(|source| ImageError::Engine {
+                        tag: tag.into(),
+                        source,
+                    })?;
+                    if let Some(status) = info.status {
+                        progress(ImageProgress::Line {
+                            name: BASE.into(),
+                            line: status,
+                        });
+                    }
+                }
+                _ = tick.tick() => progress(uploaded(&sent)),
             }
         }
-        let sent = reader.await.unwrap_or(0);
-        progress(ImageProgress::Uploaded {
-            name: BASE.into(),
-            done: sent,
-            total,
-        });
+        reader.abort();
+        progress(uploaded(&sent));
         Ok(())
     }
 
