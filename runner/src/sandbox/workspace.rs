@@ -312,6 +312,80 @@ fn is_root() -> bool {
 mod tests {
     use super::*;
 
+    fn git_sync(dir: &Path, args: &[&str]) {
+        let ok = std::process::Command::new("git")
+            .arg("-C")
+            .arg(dir)
+            .args(["-c", "user.name=t", "-c", "user.email=t@t"])
+            .args(args)
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(ok, "git {args:?} should succeed");
+    }
+
+    #[tokio::test]
+    async fn mirror_fetches_incrementally_and_workspaces_share_nothing() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let src = tmp.path().join("src");
+        std::fs::create_dir(&src).expect("mkdir");
+        git_sync(&src, &["init", "-q", "-b", "main"]);
+        std::fs::write(src.join("a"), "one\n").expect("write");
+        git_sync(&src, &["add", "a"]);
+        git_sync(&src, &["commit", "-q", "-m", "one"]);
+        let cache = tmp.path().join("mirrors");
+        let url = src.to_string_lossy().into_owned();
+        let mirror = RepoMirror::sync(&cache, &url)
+            .await
+            .expect("first sync clones");
+
+        std::fs::write(src.join("a"), "two\n").expect("write");
+        git_sync(&src, &["commit", "-q", "-am", "two"]);
+        let again = RepoMirror::sync(&cache, &url)
+            .await
+            .expect("second sync fetches");
+        assert_eq!(
+            again.path(),
+            mirror.path(),
+            "the same mirror should be reused"
+        );
+
+        let ws = Workspace::create(&again, "main", "kiln/t", Some(tmp.path()))
+            .await
+            .expect("checkout");
+        assert_eq!(
+            ws.read("a").expect("read"),
+            b"two\n",
+            "the fetched commit should be checked out"
+        );
+        assert_eq!(ws.branch(), "kiln/t");
+        // Hard links into the mirror would let a read-write sandbox rewrite it.
+        use std::os::unix::fs::MetadataExt as _;
+        let mut stack = vec![ws.path().join(".git/objects")];
+        while let Some(dir) = stack.pop() {
+            for entry in std::fs::read_dir(&dir).expect("list") {
+                let path = entry.expect("entry").path();
+                let meta = std::fs::symlink_metadata(&path).expect("stat");
+                if meta.is_dir() {
+                    stack.push(path);
+                } else {
+                    assert_eq!(
+                        meta.nlink(),
+                        1,
+                        "{} should not be hard-linked",
+                        path.display()
+                    );
+                }
+            }
+        }
+        let bad =
+            Workspace::create(&again, "--upload-pack=evil", "kiln/t2", Some(tmp.path())).await;
+        assert!(
+            bad.is_err(),
+            "an option-looking ref should be refused, got: {bad:?}"
+        );
+    }
+
     #[test]
     fn branch_names_are_checked() {
         for ok in ["kiln/run-1", "kiln/issue-3/impl", "kiln/a.b_c"] {
