@@ -566,7 +566,12 @@ async fn agent_phase_has_no_route_anywhere() {
     // A peer container listening on the default bridge; a control container proves it is reachable.
     let docker = backend.docker().clone();
     let (peer_ip, _peer_conf) = peer_listener(&docker, &backend).await;
-    let control = run_control(&docker, &base, &probe(&peer_ip, 3128)).await;
+    // The peer may take a moment to listen; the control retries inside one container.
+    let control_script = format!(
+        "for i in 1 2 3 4 5 6 7 8 9 10; do r=$({}); [ \"$r\" = CONNECTED ] && break; sleep 0.3; done; echo $r",
+        probe(&peer_ip, 3128)
+    );
+    let control = run_control(&docker, &base, &control_script).await;
     assert!(
         control.contains("CONNECTED"),
         "control: the peer should be reachable from a bridged container, got {control}"
