@@ -41,6 +41,7 @@ async fn main() -> anyhow::Result<()> {
             .ok()
             .and_then(|v| v.parse().ok())
             .unwrap_or(20)
+            .max(1)
     };
     let docker = bollard::Docker::connect_with_local_defaults()?
         .negotiate_version()
