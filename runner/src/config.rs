@@ -92,9 +92,11 @@ pub enum ConfigError {
     BadEgressHost(String),
 }
 
-/// The whole `kiln.toml`, restricted to the parts the runner core owns.
+/// `kiln.toml`: the sandbox and secrets sections. Other top-level sections
+/// (triggers, model, plugins, ...) are owned and checked by their modules,
+/// so unknown *sections* pass here; unknown keys *inside* `[sandbox]` and
+/// `[[secrets]]` are errors.
 #[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct KilnConfig {
     /// Sandbox limits and runtime.
     #[serde(default)]
@@ -530,6 +532,15 @@ mod tests {
         assert!(s.is_scoped_to(Role::Implementation, Phase::Setup));
         assert!(!s.is_scoped_to(Role::Implementation, Phase::Agent));
         assert!(!s.is_scoped_to(Role::Review, Phase::Setup));
+    }
+
+    #[test]
+    fn other_sections_are_left_to_their_owners() {
+        let c = KilnConfig::from_toml("[model]\nprovider = \"scripted\"\n[sandbox]\npids = 64\n");
+        assert!(
+            c.is_ok_and(|c| c.sandbox.pids == 64),
+            "a foreign section should not break parsing"
+        );
     }
 
     #[test]
