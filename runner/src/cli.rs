@@ -1,9 +1,11 @@
-//! Command-line interface: one module per command group.
+//! Command-line interface: one module per command group, so each group can
+//! grow (or be added) without touching the others.
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-pub mod plugin;
+mod image;
+mod plugin;
 
 /// Kiln: a self-hosted software factory runner. Issues flow through role
 /// plugins (triage, spec, implementation, review) that run as WebAssembly
@@ -20,11 +22,17 @@ enum Command {
     /// Build, check and list role plugins (WebAssembly components).
     #[command(subcommand)]
     Plugin(plugin::PluginCommand),
+    /// Build sandbox images from sandbox-images/ (no registry needed).
+    #[command(subcommand)]
+    Image(image::ImageCommand),
 }
 
-/// Run the parsed command; the exit code says whether it succeeded.
-pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    match cli.command {
-        Command::Plugin(cmd) => plugin::run(cmd),
+impl Cli {
+    /// Run the chosen command; the exit code says whether it succeeded.
+    pub async fn run(self) -> anyhow::Result<ExitCode> {
+        match self.command {
+            Command::Plugin(cmd) => plugin::run(cmd),
+            Command::Image(cmd) => cmd.run().await.map(|()| ExitCode::SUCCESS),
+        }
     }
 }

@@ -11,8 +11,10 @@
 //! workspace); everything that happens is a [`session`] event.
 #![deny(missing_docs)]
 
+pub mod config;
 pub mod forge;
 pub mod imports;
 pub mod model;
 pub mod plugin;
+pub mod sandbox;
 pub mod session;

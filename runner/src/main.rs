@@ -1,9 +1,10 @@
 //! The `kiln` command line.
 mod cli;
 
-use clap::Parser;
+use clap::Parser as _;
 
-fn main() -> std::process::ExitCode {
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("KILN_LOG")
@@ -11,8 +12,7 @@ fn main() -> std::process::ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let args = cli::Cli::parse();
-    match cli::run(args) {
+    match cli::Cli::parse().run().await {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");

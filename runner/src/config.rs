@@ -1,0 +1,578 @@
+//! The `kiln.toml` model: sandbox limits and runtime, egress allowlist, and
+//! secrets with their sources and scopes.
+//!
+//! This module owns parsing and *validation*: a config that would put a
+//! host-only secret (a model API key, the GitHub App key) into a sandbox is
+//! rejected here, before any run starts, with an error naming the secret.
+//!
+//! ```toml
+//! [sandbox]
+//! image = "base"            # a recipe under sandbox-images/
+//! runtime = "runsc"         # optional OCI runtime; Docker's default otherwise
+//! memory_mb = 2048
+//! pids = 512
+//! cpus = 2.0
+//! egress_allow = ["static.crates.io", "index.crates.io"]
+//!
+//! [[secrets]]
+//! name = "npm-token"
+//! source = { env = "KILN_NPM_TOKEN" }
+//! expose_as = "NPM_TOKEN"
+//! scope = { roles = ["implementation"], phase = "setup" }
+//!
+//! [[secrets]]
+//! name = "anthropic"
+//! kind = "model-api-key"    # host-only: a `scope` here is a config error
+//! source = { env = "ANTHROPIC_API_KEY" }
+//! ```
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Errors from reading or validating `kiln.toml`.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file that was being read.
+        path: PathBuf,
+        /// The underlying I/O error.
+        source: std::io::Error,
+    },
+    /// The TOML did not match the schema.
+    #[error("invalid kiln.toml: {0}")]
+    Parse(#[from] toml::de::Error),
+    /// A host-only secret was given a sandbox scope.
+    #[error(
+        "secret `{name}` is a {kind} and is host-only: it can never be scoped into a sandbox \
+         (remove its `scope`; the host uses it on the sandbox's behalf)"
+    )]
+    HostOnlySecretScoped {
+        /// The secret's `name`.
+        name: String,
+        /// Why it is host-only.
+        kind: SecretKind,
+    },
+    /// Two secrets share a name or an in-sandbox variable name.
+    #[error("duplicate secret {what} `{value}`")]
+    DuplicateSecret {
+        /// Which field collided (`name` or `expose_as`).
+        what: &'static str,
+        /// The colliding value.
+        value: String,
+    },
+    /// A secret's `expose_as` is not a usable environment variable name.
+    #[error(
+        "secret `{name}`: expose_as `{value}` must match [A-Z_][A-Z0-9_]* and not start with KILN_"
+    )]
+    BadExposeAs {
+        /// The secret's `name`.
+        name: String,
+        /// The rejected variable name.
+        value: String,
+    },
+    /// A sandbox limit is outside what the runner accepts.
+    #[error("[sandbox] {key} = {value} is out of range ({expected})")]
+    BadLimit {
+        /// The key in `[sandbox]`.
+        key: &'static str,
+        /// The rejected value, as written.
+        value: String,
+        /// What would have been accepted.
+        expected: &'static str,
+    },
+    /// An egress allowlist entry is not a plain host name.
+    #[error(
+        "[sandbox] egress_allow entry `{0}` must be a host name (letters, digits, '-', '.'), no scheme, port or wildcard"
+    )]
+    BadEgressHost(String),
+}
+
+/// `kiln.toml`: the sandbox and secrets sections. Other top-level sections
+/// (triggers, model, plugins, ...) are owned and checked by their modules,
+/// so unknown *sections* pass here; unknown keys *inside* `[sandbox]` and
+/// `[[secrets]]` are errors.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct KilnConfig {
+    /// Sandbox limits and runtime.
+    #[serde(default)]
+    pub sandbox: SandboxConfig,
+    /// Declared secrets.
+    #[serde(default)]
+    pub secrets: Vec<SecretConfig>,
+}
+
+impl KilnConfig {
+    /// Parses and validates a config from TOML text.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        let config: Self = toml::from_str(text)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_toml(&text)
+    }
+
+    /// Checks every rule the type system cannot express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.sandbox.validate()?;
+        let mut names = BTreeSet::new();
+        let mut vars = BTreeSet::new();
+        for secret in &self.secrets {
+            if !names.insert(secret.name.as_str()) {
+                return Err(ConfigError::DuplicateSecret {
+                    what: "name",
+                    value: secret.name.clone(),
+                });
+            }
+            if let Some(kind) = secret.host_only_kind()
+                && secret.scope.is_some()
+            {
+                return Err(ConfigError::HostOnlySecretScoped {
+                    name: secret.name.clone(),
+                    kind,
+                });
+            }
+            if secret.scope.is_some() {
+                let var = secret.container_var();
+                if !is_env_name(&var) || var.starts_with("KILN_") {
+                    return Err(ConfigError::BadExposeAs {
+                        name: secret.name.clone(),
+                        value: var,
+                    });
+                }
+                if !vars.insert(var.clone()) {
+                    return Err(ConfigError::DuplicateSecret {
+                        what: "expose_as",
+                        value: var,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn is_env_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_uppercase() || c == '_')
+        && chars.all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+}
+
+/// `[sandbox]`: limits and runtime for every run's container.
+///
+/// Defaults: image `base`, Docker's default OCI runtime, 2048 MiB memory
+/// (no swap), 512 processes, 2 CPUs, 10-minute command timeout, 1 MiB of
+/// captured output per stream, and an empty egress allowlist (the setup
+/// phase can reach nothing).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SandboxConfig {
+    /// Image recipe name under `sandbox-images/` (e.g. `base`).
+    pub image: String,
+    /// OCI runtime name (e.g. `runsc`); `None` keeps the engine's default.
+    pub runtime: Option<String>,
+    /// Memory limit in MiB; swap is disabled by setting swap = memory.
+    pub memory_mb: u64,
+    /// Maximum number of processes (and threads) in the container.
+    pub pids: i64,
+    /// CPU quota in CPUs (fractions allowed).
+    pub cpus: f64,
+    /// Default per-command timeout in seconds.
+    pub exec_timeout_secs: u64,
+    /// Bytes of stdout and of stderr kept per command; the rest is counted, not kept.
+    pub output_cap_bytes: usize,
+    /// Host names the setup phase may reach through the egress proxy.
+    pub egress_allow: Vec<String>,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        Self {
+            image: "base".into(),
+            runtime: None,
+            memory_mb: 2048,
+            pids: 512,
+            cpus: 2.0,
+            exec_timeout_secs: 600,
+            output_cap_bytes: 1 << 20,
+            egress_allow: Vec::new(),
+        }
+    }
+}
+
+impl SandboxConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        // Below ~16 MiB git itself cannot run; the upper bounds catch unit mistakes.
+        if !(16..=1 << 20).contains(&self.memory_mb) {
+            return Err(ConfigError::BadLimit {
+                key: "memory_mb",
+                value: self.memory_mb.to_string(),
+                expected: "16..=1048576",
+            });
+        }
+        if !(8..=1 << 20).contains(&self.pids) {
+            return Err(ConfigError::BadLimit {
+                key: "pids",
+                value: self.pids.to_string(),
+                expected: "8..=1048576",
+            });
+        }
+        if !(self.cpus.is_finite() && self.cpus >= 0.01 && self.cpus <= 1024.0) {
+            return Err(ConfigError::BadLimit {
+                key: "cpus",
+                value: self.cpus.to_string(),
+                expected: "0.01..=1024",
+            });
+        }
+        if self.exec_timeout_secs == 0 {
+            return Err(ConfigError::BadLimit {
+                key: "exec_timeout_secs",
+                value: "0".into(),
+                expected: ">= 1",
+            });
+        }
+        if let Some(runtime) = &self.runtime
+            && (runtime.is_empty()
+                || !runtime
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)))
+        {
+            return Err(ConfigError::BadLimit {
+                key: "runtime",
+                value: runtime.clone(),
+                expected: "a runtime name such as runc or runsc",
+            });
+        }
+        for host in &self.egress_allow {
+            if !is_host_name(host) {
+                return Err(ConfigError::BadEgressHost(host.clone()));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// True for a DNS host name: labels of `[A-Za-z0-9-]`, separated by dots.
+pub fn is_host_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        })
+}
+
+/// One `[[secrets]]` entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretConfig {
+    /// Unique name, used in logs and errors (never the value).
+    pub name: String,
+    /// What the secret is for; host-only kinds can never be scoped into a sandbox.
+    #[serde(default)]
+    pub kind: SecretKind,
+    /// Where the host reads the value from.
+    pub source: SecretSource,
+    /// The environment variable name inside the sandbox; defaults to the
+    /// upper-cased name with `-` turned into `_`.
+    pub expose_as: Option<String>,
+    /// Which sandboxes may receive it; `None` means host-only.
+    pub scope: Option<SecretScope>,
+}
+
+impl SecretConfig {
+    /// The kind that makes this secret host-only, if any: declared, or
+    /// recognised from a well-known host-only variable name so a missing
+    /// `kind` cannot smuggle a model key into a sandbox.
+    pub fn host_only_kind(&self) -> Option<SecretKind> {
+        if self.kind.is_host_only() {
+            return Some(self.kind);
+        }
+        let SecretSource::Env { env } = &self.source else {
+            return None;
+        };
+        const MODEL_KEYS: &[&str] = &["ANTHROPIC_API_KEY", "OPENAI_API_KEY"];
+        const GITHUB_KEYS: &[&str] = &["KILN_GITHUB_APP_KEY", "GITHUB_APP_PRIVATE_KEY"];
+        if MODEL_KEYS.contains(&env.as_str()) {
+            Some(SecretKind::ModelApiKey)
+        } else if GITHUB_KEYS.contains(&env.as_str()) {
+            Some(SecretKind::GithubAppKey)
+        } else {
+            None
+        }
+    }
+
+    /// The variable name the secret gets inside a sandbox.
+    pub fn container_var(&self) -> String {
+        self.expose_as
+            .clone()
+            .unwrap_or_else(|| self.name.to_ascii_uppercase().replace('-', "_"))
+    }
+
+    /// True if this secret may enter a sandbox of `role` during `phase`.
+    pub fn is_scoped_to(&self, role: Role, phase: Phase) -> bool {
+        self.host_only_kind().is_none()
+            && self
+                .scope
+                .as_ref()
+                .is_some_and(|s| s.phase == phase && s.roles.contains(&role))
+    }
+
+    /// Reads the secret's value from its source.
+    pub fn read_value(&self) -> Result<String, SecretReadError> {
+        match &self.source {
+            SecretSource::Env { env } => std::env::var(env).map_err(|_| SecretReadError {
+                name: self.name.clone(),
+                reason: format!("environment variable {env} is not set or not UTF-8"),
+            }),
+            SecretSource::File { file } => std::fs::read_to_string(file)
+                .map(|v| v.trim_end_matches(['\n', '\r']).to_owned())
+                .map_err(|e| SecretReadError {
+                    name: self.name.clone(),
+                    reason: format!("cannot read {}: {e}", file.display()),
+                }),
+        }
+    }
+}
+
+/// A secret's value could not be read from its source.
+#[derive(Debug, thiserror::Error)]
+#[error("secret `{name}`: {reason}")]
+pub struct SecretReadError {
+    /// The secret's `name`.
+    pub name: String,
+    /// What went wrong (never contains the value).
+    pub reason: String,
+}
+
+/// What a secret is for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SecretKind {
+    /// A credential the sandbox may receive if scoped (registry tokens and the like).
+    #[default]
+    Generic,
+    /// A model provider API key: host-only.
+    ModelApiKey,
+    /// The GitHub App private key: host-only.
+    GithubAppKey,
+}
+
+impl SecretKind {
+    /// True for kinds that must never enter a sandbox.
+    pub fn is_host_only(self) -> bool {
+        !matches!(self, SecretKind::Generic)
+    }
+}
+
+impl fmt::Display for SecretKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            SecretKind::Generic => "generic secret",
+            SecretKind::ModelApiKey => "model API key",
+            SecretKind::GithubAppKey => "GitHub App key",
+        })
+    }
+}
+
+/// Where a secret's value comes from.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged, deny_unknown_fields)]
+pub enum SecretSource {
+    /// A host environment variable.
+    Env {
+        /// The variable name.
+        env: String,
+    },
+    /// A host file (trailing newlines are trimmed).
+    File {
+        /// The file path.
+        file: PathBuf,
+    },
+}
+
+/// Which sandboxes a secret may enter.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretScope {
+    /// Roles whose sandboxes receive it.
+    pub roles: Vec<Role>,
+    /// The phase during which it is present.
+    pub phase: Phase,
+}
+
+/// An agent role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    /// Reads an issue and classifies it.
+    Triage,
+    /// Writes a spec.
+    Spec,
+    /// Writes code.
+    Implementation,
+    /// Reviews a pull request.
+    Review,
+}
+
+impl Role {
+    /// True if the role may change the workspace (mounted read-write).
+    pub fn writes_workspace(self) -> bool {
+        matches!(self, Role::Spec | Role::Implementation)
+    }
+
+    /// The role's name as written in `kiln.toml`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Triage => "triage",
+            Role::Spec => "spec",
+            Role::Implementation => "implementation",
+            Role::Review => "review",
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A sandbox phase.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Phase {
+    /// Setup commands: egress allowlist and setup-scoped secrets.
+    Setup,
+    /// The agent's own commands: no network, agent-scoped secrets only.
+    Agent,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_parse_from_an_empty_file() {
+        let c = KilnConfig::from_toml("").expect("empty config should be valid");
+        assert_eq!(c.sandbox.image, "base");
+        assert!(
+            c.sandbox.egress_allow.is_empty(),
+            "egress should default to nothing"
+        );
+        assert!(c.sandbox.runtime.is_none());
+    }
+
+    #[test]
+    fn a_scoped_model_key_is_rejected_by_kind() {
+        let err = KilnConfig::from_toml(
+            r#"
+            [[secrets]]
+            name = "anthropic"
+            kind = "model-api-key"
+            source = { env = "X" }
+            scope = { roles = ["implementation"], phase = "setup" }
+            "#,
+        )
+        .expect_err("a model key scoped into a sandbox should be rejected");
+        assert!(
+            err.to_string()
+                .contains("`anthropic` is a model API key and is host-only"),
+            "error should name the secret and why, got: {err}"
+        );
+    }
+
+    #[test]
+    fn a_scoped_well_known_key_is_rejected_without_kind() {
+        for var in ["ANTHROPIC_API_KEY", "OPENAI_API_KEY", "KILN_GITHUB_APP_KEY"] {
+            let text = format!(
+                "[[secrets]]\nname = \"k\"\nsource = {{ env = \"{var}\" }}\n\
+                 scope = {{ roles = [\"triage\"], phase = \"agent\" }}\n"
+            );
+            let result = KilnConfig::from_toml(&text);
+            assert!(
+                matches!(result, Err(ConfigError::HostOnlySecretScoped { .. })),
+                "{var} scoped into a sandbox should be rejected, got: {result:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_host_only_key_without_scope_is_fine() {
+        let c = KilnConfig::from_toml(
+            "[[secrets]]\nname = \"gh\"\nkind = \"github-app-key\"\nsource = { file = \"/k.pem\" }\n",
+        )
+        .expect("a host-only secret without scope is valid");
+        assert!(!c.secrets[0].is_scoped_to(Role::Implementation, Phase::Setup));
+    }
+
+    #[test]
+    fn scope_selects_role_and_phase() {
+        let c = KilnConfig::from_toml(
+            "[[secrets]]\nname = \"npm-token\"\nsource = { env = \"T\" }\n\
+             scope = { roles = [\"implementation\"], phase = \"setup\" }\n",
+        )
+        .expect("valid");
+        let s = &c.secrets[0];
+        assert_eq!(s.container_var(), "NPM_TOKEN");
+        assert!(s.is_scoped_to(Role::Implementation, Phase::Setup));
+        assert!(!s.is_scoped_to(Role::Implementation, Phase::Agent));
+        assert!(!s.is_scoped_to(Role::Review, Phase::Setup));
+    }
+
+    #[test]
+    fn other_sections_are_left_to_their_owners() {
+        let c = KilnConfig::from_toml("[model]\nprovider = \"scripted\"\n[sandbox]\npids = 64\n");
+        assert!(
+            c.is_ok_and(|c| c.sandbox.pids == 64),
+            "a foreign section should not break parsing"
+        );
+    }
+
+    #[test]
+    fn bad_values_are_rejected() {
+        for (text, what) in [
+            ("[sandbox]\nmemory_mb = 1\n", "tiny memory"),
+            ("[sandbox]\npids = 0\n", "zero pids"),
+            ("[sandbox]\ncpus = -1.0\n", "negative cpus"),
+            (
+                "[sandbox]\nruntime = \"runc --evil\"\n",
+                "runtime with spaces",
+            ),
+            (
+                "[sandbox]\negress_allow = [\"https://x.org\"]\n",
+                "URL in allowlist",
+            ),
+            (
+                "[sandbox]\negress_allow = [\"*.x.org\"]\n",
+                "wildcard in allowlist",
+            ),
+            ("[sandbox]\nunknown = 1\n", "unknown key"),
+            (
+                "[[secrets]]\nname = \"a\"\nsource = { env = \"A\" }\nexpose_as = \"KILN_X\"\n\
+                 scope = { roles = [\"spec\"], phase = \"agent\" }\n",
+                "KILN_ prefix",
+            ),
+        ] {
+            let result = KilnConfig::from_toml(text);
+            assert!(
+                result.is_err(),
+                "{what} should be rejected, got: {result:?}"
+            );
+        }
+    }
+}
