@@ -488,7 +488,7 @@ fn load_policies(
     }
     let mut set = PolicySet::new();
     let mut policies: Vec<&Policy> = parsed.policies().collect();
-    policies.sort_by(|a, b| a.id().to_string().cmp(&b.id().to_string()));
+    policies.sort_by_key(|p| p.id().to_string());
     for p in policies {
         let name = p
             .annotation("id")

@@ -832,7 +832,7 @@ mod tests {
                     "x={}",
                     String::from_utf8_lossy(&hex_lower(CANARY.as_bytes()))
                 ),
-                &"6b696c6e2d63616e617279"[..],
+                "6b696c6e2d63616e617279",
             ),
             ("base64 canary alone", b64(CANARY.as_bytes()), &b0[4..20]),
             (
