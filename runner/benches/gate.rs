@@ -83,13 +83,13 @@ when { context.program == "curl" };"#
         ],
     };
     let gate = Arc::new(Gate::new(&config)?);
-    let run = Arc::new(RunContext {
-        run_id: "run-42".into(),
-        role: Role::Triage,
-        repo: "acme/widgets".into(),
-        trust: Trust::Trusted,
-        branch: "kiln/42-triage".into(),
-    });
+    let run = Arc::new(RunContext::new(
+        "run-42",
+        Role::Triage,
+        "acme/widgets",
+        Trust::Trusted,
+        "kiln/42-triage",
+    ));
     // A typical triage comment: ~600 bytes of markdown, no secrets.
     let body = "Thanks for the report! I could reproduce this on `main` (a1b2c3d).\n\n\
         **Summary**: the parser drops the last line when the file has no trailing newline.\n\n\
@@ -115,6 +115,10 @@ when { context.program == "curl" };"#
     let mut gated = Vec::with_capacity(ROUNDS * PER_ROUND);
     let mut ungated = Vec::with_capacity(ROUNDS * PER_ROUND);
     let mut decide_only = Vec::with_capacity(ROUNDS * PER_ROUND);
+    let mut redact_only = Vec::with_capacity(ROUNDS * PER_ROUND);
+    let Effect::Comment { body, .. } = &request.effect else {
+        anyhow::bail!("bench request is a comment");
+    };
 
     for _ in 0..WARMUP {
         let (d, req) = gate.admit(black_box(request.clone()));
@@ -143,10 +147,16 @@ when { context.program == "curl" };"#
             black_box(gate.decide(black_box(&request)));
             decide_only.push(t.elapsed().as_nanos() as u64);
         }
+        for _ in 0..PER_ROUND {
+            let t = Instant::now();
+            black_box(gate.redactor().redact(black_box(body)));
+            redact_only.push(t.elapsed().as_nanos() as u64);
+        }
     }
     let g = stats(gated);
     let u = stats(ungated);
     let d = stats(decide_only);
+    let r = stats(redact_only);
     let n = ROUNDS * PER_ROUND;
     println!("policy gate: forge.comment by triage, ~600-byte body, {n} samples each");
     println!("{:<34} {:>10} {:>10} {:>10}", "", "p50", "p99", "p99.9");
@@ -170,6 +180,13 @@ when { context.program == "curl" };"#
         us(d.p50),
         us(d.p99),
         us(d.p999)
+    );
+    println!(
+        "{:<34} {:>10} {:>10} {:>10}",
+        "redaction only",
+        us(r.p50),
+        us(r.p99),
+        us(r.p999)
     );
     println!(
         "{:<34} {:>10} {:>10} {:>10}",

@@ -30,11 +30,11 @@
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use cedar_policy::{
-    Authorizer, Context, Decision as CedarDecision, Effect as CedarEffect, Entities, Entity,
-    EntityId, EntityTypeName, EntityUid, Policy, PolicyId, PolicySet, Request,
+    ActionConstraint, Authorizer, Context, Decision as CedarDecision, Effect as CedarEffect,
+    Entities, Entity, EntityId, EntityTypeName, EntityUid, Policy, PolicyId, PolicySet, Request,
     RestrictedExpression, Schema, ValidationMode, Validator,
 };
 use miette::Diagnostic;
@@ -116,19 +116,158 @@ impl Trust {
 }
 
 /// The run an effect belongs to: the Cedar principal.
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// Built once per run with [`RunContext::new`] and shared by all its requests
+/// (`Arc`). Fields are read-only because the run's Cedar entities are built
+/// here, once: a mutable role or branch could drift from what policies see.
 pub struct RunContext {
+    run_id: String,
+    role: Role,
+    repo: String,
+    trust: Trust,
+    branch: String,
+    /// The principal and repo entities; an error is kept and turned into a
+    /// fail-closed denial by the gate.
+    cedar: Result<RunEntities, String>,
+}
+
+struct RunEntities {
+    principal: EntityUid,
+    repo: EntityUid,
+    /// Repo and principal; each query clones it and adds its resource.
+    base: Entities,
+}
+
+impl RunContext {
+    /// A run: its id in the store, role, `owner/name` repository, trust of
+    /// the actor that triggered it, and its own branch (`kiln/...` for
+    /// writing roles; the workspace is checked out on it).
+    pub fn new(
+        run_id: impl Into<String>,
+        role: Role,
+        repo: impl Into<String>,
+        trust: Trust,
+        branch: impl Into<String>,
+    ) -> Self {
+        let (run_id, repo, branch) = (run_id.into(), repo.into(), branch.into());
+        let cedar = run_entities(&run_id, role, &repo, trust, &branch);
+        Self {
+            run_id,
+            role,
+            repo,
+            trust,
+            branch,
+            cedar,
+        }
+    }
+
     /// The run's id in the store.
-    pub run_id: String,
+    pub fn run_id(&self) -> &str {
+        &self.run_id
+    }
+
     /// The role it plays.
-    pub role: Role,
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
     /// `owner/name` of the repository.
-    pub repo: String,
+    pub fn repo(&self) -> &str {
+        &self.repo
+    }
+
     /// Trust of the actor that triggered it.
-    pub trust: Trust,
-    /// The run's own branch (`kiln/...` for writing roles); the workspace is
-    /// checked out on it.
-    pub branch: String,
+    pub fn trust(&self) -> Trust {
+        self.trust
+    }
+
+    /// The run's own branch.
+    pub fn branch(&self) -> &str {
+        &self.branch
+    }
+}
+
+impl fmt::Debug for RunContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RunContext")
+            .field("run_id", &self.run_id)
+            .field("role", &self.role)
+            .field("repo", &self.repo)
+            .field("trust", &self.trust)
+            .field("branch", &self.branch)
+            .finish()
+    }
+}
+
+impl PartialEq for RunContext {
+    fn eq(&self, other: &Self) -> bool {
+        (
+            &self.run_id,
+            self.role,
+            &self.repo,
+            self.trust,
+            &self.branch,
+        ) == (
+            &other.run_id,
+            other.role,
+            &other.repo,
+            other.trust,
+            &other.branch,
+        )
+    }
+}
+
+impl Eq for RunContext {}
+
+fn run_entities(
+    run_id: &str,
+    role: Role,
+    repo: &str,
+    trust: Trust,
+    branch: &str,
+) -> Result<RunEntities, String> {
+    let types = types()?;
+    let repo_uid = uid(&types.repo, repo);
+    let repo_entity = Entity::new(
+        repo_uid.clone(),
+        HashMap::from([(
+            "name".to_owned(),
+            RestrictedExpression::new_string(repo.to_owned()),
+        )]),
+        HashSet::new(),
+    )
+    .map_err(|e| e.to_string())?;
+    let principal = uid(&types.run, run_id);
+    let principal_entity = Entity::new(
+        principal.clone(),
+        HashMap::from([
+            (
+                "role".to_owned(),
+                RestrictedExpression::new_string(role.as_str().to_owned()),
+            ),
+            (
+                "repo".to_owned(),
+                RestrictedExpression::new_entity_uid(repo_uid.clone()),
+            ),
+            (
+                "trust".to_owned(),
+                RestrictedExpression::new_string(trust.as_str().to_owned()),
+            ),
+            (
+                "branch".to_owned(),
+                RestrictedExpression::new_string(branch.to_owned()),
+            ),
+        ]),
+        HashSet::new(),
+    )
+    .map_err(|e| e.to_string())?;
+    let base = Entities::from_entities([repo_entity, principal_entity], None)
+        .map_err(|e| e.to_string())?;
+    Ok(RunEntities {
+        principal,
+        repo: repo_uid,
+        base,
+    })
 }
 
 /// The verdict of a pull request review.
@@ -525,11 +664,32 @@ fn is_human_only_label(label: &str) -> bool {
     l.starts_with("ready-") || l == "plan-approved"
 }
 
-fn type_name(name: &str) -> Result<EntityTypeName, GateError> {
-    EntityTypeName::from_str(name).map_err(|e| GateError::Schema(format!("{name}: {e}")))
+fn type_name(name: &str) -> Result<EntityTypeName, String> {
+    EntityTypeName::from_str(name).map_err(|e| format!("{name}: {e}"))
+}
+
+fn uid(ty: &EntityTypeName, id: &str) -> EntityUid {
+    EntityUid::from_type_name_and_id(ty.clone(), EntityId::new(id))
+}
+
+static TYPES: LazyLock<Result<Types, String>> = LazyLock::new(|| {
+    Ok(Types {
+        action: type_name("Kiln::Action")?,
+        run: type_name("Kiln::Run")?,
+        repo: type_name("Kiln::Repo")?,
+        path: type_name("Kiln::Path")?,
+        branch: type_name("Kiln::Branch")?,
+        label: type_name("Kiln::Label")?,
+        issue: type_name("Kiln::Issue")?,
+    })
+});
+
+fn types() -> Result<&'static Types, String> {
+    TYPES.as_ref().map_err(Clone::clone)
 }
 
 struct Types {
+    action: EntityTypeName,
     run: EntityTypeName,
     repo: EntityTypeName,
     path: EntityTypeName,
@@ -538,14 +698,26 @@ struct Types {
     issue: EntityTypeName,
 }
 
-/// The policy gate; build once with [`Gate::new`], share as `Arc<Gate>`.
-pub struct Gate {
-    schema: Schema,
+/// The policies that can apply to one action, split at start-up: Cedar
+/// evaluates every policy of a set, so a decision only pays for the policies
+/// whose action scope matches.
+#[derive(Default)]
+struct ActionPolicies {
+    uid: Option<EntityUid>,
     grants: PolicySet,
     holds: PolicySet,
+}
+
+/// The policy gate; build once with [`Gate::new`], share as `Arc<Gate>`.
+pub struct Gate {
+    #[cfg_attr(
+        not(test),
+        expect(dead_code, reason = "requests are schema-checked in tests only")
+    )]
+    schema: Schema,
     authorizer: Authorizer,
-    types: Types,
-    actions: HashMap<&'static str, EntityUid>,
+    types: &'static Types,
+    actions: HashMap<&'static str, ActionPolicies>,
     allowlist: HashSet<String>,
     allow_workflow_changes: bool,
     redactor: Redactor,
@@ -554,8 +726,7 @@ pub struct Gate {
 impl fmt::Debug for Gate {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Gate")
-            .field("grants", &self.grants.num_of_policies())
-            .field("holds", &self.holds.num_of_policies())
+            .field("actions", &self.actions.keys().collect::<Vec<_>>())
             .field("allowlist", &self.allowlist)
             .field("allow_workflow_changes", &self.allow_workflow_changes)
             .finish_non_exhaustive()
@@ -595,17 +766,45 @@ impl Gate {
             })?,
             None => PolicySet::new(),
         };
-        let mut grants = PolicySet::new();
-        let mut holds = PolicySet::new();
+        let types = types().map_err(GateError::Schema)?;
+        let mut actions: HashMap<&'static str, ActionPolicies> = ACTIONS
+            .iter()
+            .map(|&a| {
+                let uid = uid(&types.action, a);
+                (
+                    a,
+                    ActionPolicies {
+                        uid: Some(uid),
+                        ..ActionPolicies::default()
+                    },
+                )
+            })
+            .collect();
+        let mut seen = HashSet::new();
         for p in defaults.policies().chain(repo.policies()) {
-            let target = if p.annotation("hold").is_some() {
-                &mut holds
-            } else {
-                &mut grants
-            };
-            target
-                .add(p.clone())
-                .map_err(|_| GateError::DuplicateId(p.id().to_string()))?;
+            if !seen.insert(p.id().clone()) {
+                return Err(GateError::DuplicateId(p.id().to_string()));
+            }
+            let scope = p.action_constraint();
+            for slot in actions.values_mut() {
+                let applies = match (&scope, &slot.uid) {
+                    (ActionConstraint::Any, _) | (_, None) => true,
+                    (ActionConstraint::Eq(a), Some(uid)) => a == uid,
+                    // The schema has no action groups, so `in` lists actions.
+                    (ActionConstraint::In(list), Some(uid)) => list.contains(uid),
+                };
+                if !applies {
+                    continue;
+                }
+                let target = if p.annotation("hold").is_some() {
+                    &mut slot.holds
+                } else {
+                    &mut slot.grants
+                };
+                target
+                    .add(p.clone())
+                    .map_err(|_| GateError::DuplicateId(p.id().to_string()))?;
+            }
         }
         let mut allowlist = HashSet::new();
         for label in &config.label_allowlist {
@@ -614,29 +813,10 @@ impl Gate {
             }
             allowlist.insert(label.trim().to_lowercase());
         }
-        let action_type = type_name("Kiln::Action")?;
-        let actions = ACTIONS
-            .iter()
-            .map(|&a| {
-                (
-                    a,
-                    EntityUid::from_type_name_and_id(action_type.clone(), EntityId::new(a)),
-                )
-            })
-            .collect();
         Ok(Self {
             schema,
-            grants,
-            holds,
             authorizer: Authorizer::new(),
-            types: Types {
-                run: type_name("Kiln::Run")?,
-                repo: type_name("Kiln::Repo")?,
-                path: type_name("Kiln::Path")?,
-                branch: type_name("Kiln::Branch")?,
-                label: type_name("Kiln::Label")?,
-                issue: type_name("Kiln::Issue")?,
-            },
+            types,
             actions,
             allowlist,
             allow_workflow_changes: config.allow_workflow_changes,
@@ -810,76 +990,55 @@ impl Gate {
         Ok(())
     }
 
-    fn uid(&self, ty: &EntityTypeName, id: &str) -> EntityUid {
-        EntityUid::from_type_name_and_id(ty.clone(), EntityId::new(id))
-    }
-
     /// Builds the Cedar queries for one request (one per label for
     /// set-labels) and combines their outcomes.
     fn cedar(&self, req: &EffectRequest) -> Result<Decision, String> {
         let run = &req.run;
-        let repo_uid = self.uid(&self.types.repo, &run.repo);
-        let repo = Entity::new(
-            repo_uid.clone(),
-            HashMap::from([(
-                "name".to_owned(),
-                RestrictedExpression::new_string(run.repo.clone()),
-            )]),
-            HashSet::new(),
-        )
-        .map_err(|e| e.to_string())?;
-        let principal_uid = self.uid(&self.types.run, &run.run_id);
-        let principal = Entity::new(
-            principal_uid.clone(),
-            HashMap::from([
-                (
-                    "role".to_owned(),
-                    RestrictedExpression::new_string(run.role.as_str().to_owned()),
-                ),
-                (
-                    "repo".to_owned(),
-                    RestrictedExpression::new_entity_uid(repo_uid.clone()),
-                ),
-                (
-                    "trust".to_owned(),
-                    RestrictedExpression::new_string(run.trust.as_str().to_owned()),
-                ),
-                (
-                    "branch".to_owned(),
-                    RestrictedExpression::new_string(run.branch.clone()),
-                ),
-            ]),
-            HashSet::new(),
-        )
-        .map_err(|e| e.to_string())?;
-        let action = self
+        let cached = run.cedar.as_ref().map_err(Clone::clone)?;
+        let repo_uid = &cached.repo;
+        let policies = self
             .actions
             .get(req.effect.action())
-            .cloned()
+            .ok_or_else(|| format!("no Cedar action for {}", req.effect.action()))?;
+        let action = policies
+            .uid
+            .clone()
             .ok_or_else(|| format!("no Cedar action for {}", req.effect.action()))?;
 
-        let queries = self.resources(req, &repo_uid)?;
+        let queries = self.resources(req, repo_uid)?;
         let mut allowed_by: Vec<String> = Vec::new();
         let mut held: Vec<String> = Vec::new();
         for (resource, context) in queries {
             let resource_uid = resource
                 .as_ref()
                 .map_or_else(|| repo_uid.clone(), Entity::uid);
-            let mut entities = vec![repo.clone(), principal.clone()];
-            entities.extend(resource);
-            let entities = Entities::from_entities(entities, None).map_err(|e| e.to_string())?;
+            let entities = match resource {
+                Some(r) => cached
+                    .base
+                    .clone()
+                    .add_entities([r], None)
+                    .map_err(|e| e.to_string())?,
+                None => cached.base.clone(),
+            };
             let context = Context::from_pairs(context).map_err(|e| e.to_string())?;
+            // Checking each request against the schema costs more than the
+            // decision itself; the tests check every request shape the host
+            // builds instead.
+            #[cfg(test)]
+            let schema = Some(&self.schema);
+            #[cfg(not(test))]
+            let schema = None;
             let request = Request::new(
-                principal_uid.clone(),
+                cached.principal.clone(),
                 action.clone(),
                 resource_uid,
                 context,
-                Some(&self.schema),
+                schema,
             )
             .map_err(|e| e.to_string())?;
             let response = self
                 .authorizer
-                .is_authorized(&request, &self.grants, &entities);
+                .is_authorized(&request, &policies.grants, &entities);
             let errors: Vec<String> = response
                 .diagnostics()
                 .errors()
@@ -921,19 +1080,19 @@ impl Gate {
                     allowed_by.push(id);
                 }
             }
-            if self.holds.is_empty() {
+            if policies.holds.is_empty() {
                 continue;
             }
             let hold = self
                 .authorizer
-                .is_authorized(&request, &self.holds, &entities);
+                .is_authorized(&request, &policies.holds, &entities);
             for e in hold.diagnostics().errors() {
                 // A hold policy that cannot be evaluated holds: failing closed.
                 held.push(format!("a hold policy failed to evaluate: {e}"));
             }
             if hold.decision() == CedarDecision::Allow {
                 for id in hold.diagnostics().reason() {
-                    let why = self.holds.annotation(id, "hold").unwrap_or_default();
+                    let why = policies.holds.annotation(id, "hold").unwrap_or_default();
                     let why = if why.is_empty() {
                         "held for approval"
                     } else {
@@ -967,7 +1126,7 @@ impl Gate {
         let s = |v: &str| RestrictedExpression::new_string(v.to_owned());
         let entity = |ty: &EntityTypeName, id: &str, attrs: Vec<(&str, RestrictedExpression)>| {
             Entity::new(
-                self.uid(ty, id),
+                uid(ty, id),
                 attrs.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
                 parents.clone(),
             )
@@ -1339,14 +1498,18 @@ mod tests {
         Gate::new(&config).unwrap_or_else(|e| panic!("test gate should build: {e}"))
     }
 
-    fn run(role: Role) -> Arc<RunContext> {
-        Arc::new(RunContext {
-            run_id: "run-1".into(),
+    fn run_with(role: Role, trust: Trust, branch: &str) -> Arc<RunContext> {
+        Arc::new(RunContext::new(
+            "run-1",
             role,
-            repo: "acme/widgets".into(),
-            trust: Trust::Trusted,
-            branch: "kiln/12-fix-typo".into(),
-        })
+            "acme/widgets",
+            trust,
+            branch,
+        ))
+    }
+
+    fn run(role: Role) -> Arc<RunContext> {
+        run_with(role, Trust::Trusted, "kiln/12-fix-typo")
     }
 
     fn req(role: Role, effect: Effect) -> EffectRequest {
@@ -1684,10 +1847,7 @@ mod tests {
             }
         }
         let run_on_main = EffectRequest {
-            run: Arc::new(RunContext {
-                branch: "main".into(),
-                ..(*run(Role::Implementation)).clone()
-            }),
+            run: run_with(Role::Implementation, Trust::Trusted, "main"),
             effect: write("src/lib.rs"),
         };
         let d = gate.decide(&run_on_main);
@@ -1730,10 +1890,7 @@ mod tests {
             let gate = gate_with(repo);
             for role in Role::ALL {
                 for trust in [Trust::Trusted, Trust::Untrusted] {
-                    let run = Arc::new(RunContext {
-                        trust,
-                        ..(*run(role)).clone()
-                    });
+                    let run = run_with(role, trust, "kiln/12-fix-typo");
                     for effect in [
                         labels(&["ready-to-implement"]),
                         Effect::Merge { number: 12 },
@@ -1758,10 +1915,7 @@ mod tests {
     fn hold_annotations_hold_but_never_grant() {
         let gate = gate_with(None);
         let untrusted = EffectRequest {
-            run: Arc::new(RunContext {
-                trust: Trust::Untrusted,
-                ..(*run(Role::Implementation)).clone()
-            }),
+            run: run_with(Role::Implementation, Trust::Untrusted, "kiln/12-fix-typo"),
             effect: pr("kiln/12-fix-typo", true),
         };
         let d = gate.decide(&untrusted);
@@ -1772,10 +1926,7 @@ mod tests {
             "a PR from a run started by an untrusted actor should be held, got: {d:?}"
         );
         let triage = EffectRequest {
-            run: Arc::new(RunContext {
-                trust: Trust::Untrusted,
-                ..(*run(Role::Triage)).clone()
-            }),
+            run: run_with(Role::Triage, Trust::Untrusted, "kiln/12-fix-typo"),
             effect: pr("kiln/12-fix-typo", true),
         };
         let d = gate.decide(&triage);

@@ -146,6 +146,9 @@ struct Span {
 }
 
 struct Inner {
+    /// One pass over the input that says whether any shape or secret can be
+    /// there: most text holds none, and this skips the per-shape searches.
+    any: Regex,
     /// Kind names: token shapes first, then one per configured secret.
     kinds: Vec<String>,
     shapes: Vec<TokenShape>,
@@ -356,25 +359,35 @@ impl Redactor {
         // Longest first, so a variant that contains another wins the alternation.
         lits.sort_by(|a, b| b.len().cmp(&a.len()).then(a.cmp(b)));
         let longest_literal = lits.first().map_or(0, |l| l.len());
+        let literal_pattern = lits
+            .iter()
+            .map(|l| escape_bytes(l))
+            .collect::<Vec<_>>()
+            .join("|");
+        let build = |pattern: &str| {
+            RegexBuilder::new(pattern)
+                .unicode(false)
+                .size_limit(64 << 20)
+                .build()
+                .map_err(|source| RedactorError::Matcher {
+                    count: lits.len(),
+                    source,
+                })
+        };
         let literals = if lits.is_empty() {
             None
         } else {
-            let pattern = lits
-                .iter()
-                .map(|l| escape_bytes(l))
-                .collect::<Vec<_>>()
-                .join("|");
-            Some(
-                RegexBuilder::new(&pattern)
-                    .unicode(false)
-                    .size_limit(64 << 20)
-                    .build()
-                    .map_err(|source| RedactorError::Matcher {
-                        count: lits.len(),
-                        source,
-                    })?,
-            )
+            Some(build(&literal_pattern)?)
         };
+        let mut any_pattern = shapes
+            .iter()
+            .map(|s| format!("(?:{})", s.regex.as_str()))
+            .collect::<Vec<_>>()
+            .join("|");
+        if !lits.is_empty() {
+            any_pattern.push_str(&format!("|(?:{literal_pattern})"));
+        }
+        let any = build(&any_pattern)?;
         let aws_anchor = shape(
             "aws-anchor",
             r"\b(?:AKIA|ASIA)[A-Z0-9]{16}\b|(?i:secret_?access_?key)",
@@ -391,6 +404,7 @@ impl Redactor {
         .regex;
         Ok(Self {
             inner: Arc::new(Inner {
+                any,
                 kinds,
                 shapes,
                 aws_anchor,
@@ -421,6 +435,9 @@ impl Redactor {
     fn spans(&self, data: &[u8]) -> Vec<Span> {
         let inner = &*self.inner;
         let mut spans = Vec::new();
+        if !inner.any.is_match(data) {
+            return spans;
+        }
         if let Some(lits) = &inner.literals {
             for m in lits.find_iter(data) {
                 if let Some(&kind) = inner.literal_kind.get(m.as_bytes()) {
