@@ -1,7 +1,7 @@
 //! The policy gate: every effect a role plugin proposes is decided here before
 //! it reaches a forge, the workspace or a model provider.
 //!
-//! It owns four things, one submodule each:
+//! It owns three things, one submodule each:
 //! - [`gate`]: the typed [`EffectRequest`], Cedar decisions ([`Decision`]:
 //!   allow, deny or hold for human approval) and the built-in invariants no
 //!   repo policy can lift;

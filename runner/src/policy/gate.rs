@@ -39,7 +39,7 @@ use cedar_policy::{
 };
 use miette::Diagnostic;
 
-use super::redact::{Redactor, RedactorError, SecretValue};
+use super::redact::{Redactor, RedactorError, SecretInCommit, SecretValue};
 
 /// The Cedar schema every policy is validated against.
 pub const SCHEMA: &str = include_str!("schema.cedarschema");
@@ -899,6 +899,16 @@ impl Gate {
         changed
     }
 
+    /// Refuses a commit whose files hold a secret (configured value or token
+    /// shape), naming the path and kind, never the value. The host calls it
+    /// before it commits and pushes a run's branch.
+    pub fn check_commit<'a>(
+        &self,
+        files: impl IntoIterator<Item = (&'a str, &'a [u8])>,
+    ) -> Result<(), SecretInCommit> {
+        self.redactor.refuse_commit(files)
+    }
+
     /// Decides an effect and, unless it is denied, redacts its outbound
     /// texts: what an import function calls before passing the effect on.
     pub fn admit(&self, mut req: EffectRequest) -> (Decision, EffectRequest) {
@@ -1555,6 +1565,30 @@ mod tests {
                 body: "nit".into(),
             }],
         }
+    }
+
+    // The plugin host shares one gate across tasks and one run across calls.
+    #[test]
+    fn gate_and_run_are_shareable() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<Gate>();
+        send_sync::<RunContext>();
+        send_sync::<EffectRequest>();
+    }
+
+    #[test]
+    fn commits_with_secrets_are_refused_by_path_and_kind() {
+        let gate = gate_with(None);
+        let files: [(&str, &[u8]); 2] = [
+            ("README.md", b"# widgets"),
+            (".env", b"TOKEN=kiln-canary-0b5e7d2a"),
+        ];
+        let err = gate.check_commit(files).err().map(|e| e.to_string());
+        assert_eq!(
+            err.as_deref(),
+            Some("commit refused: .env contains a secret (secret:CANARY)"),
+            "a commit carrying the canary should be refused by path and kind"
+        );
     }
 
     #[test]
