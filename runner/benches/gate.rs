@@ -4,7 +4,9 @@
 //! checks, invariants, Cedar, redaction of the outbound text) followed by the
 //! native call. The ungated path is the native call alone: handing the comment
 //! to an in-memory forge. Both run interleaved in the same process so machine
-//! noise hits both. Run with `cargo bench --bench gate`.
+//! noise hits both. A run keeps entity stores for the resources it touched,
+//! so the same comment on the run's issue is the warm path; comments on ever
+//! new issues are measured too (cold path). Run with `cargo bench --bench gate`.
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -116,6 +118,18 @@ when { context.program == "curl" };"#
     let mut ungated = Vec::with_capacity(ROUNDS * PER_ROUND);
     let mut decide_only = Vec::with_capacity(ROUNDS * PER_ROUND);
     let mut redact_only = Vec::with_capacity(ROUNDS * PER_ROUND);
+    let mut gated_cold = Vec::with_capacity(ROUNDS * PER_ROUND);
+    // Requests on 1000 different issues: the run's resource cache (16
+    // entries) never hits, so each decision builds its entity store.
+    let cold: Vec<EffectRequest> = (0..1000u64)
+        .map(|n| {
+            let mut r = request.clone();
+            if let Effect::Comment { number, .. } = &mut r.effect {
+                *number = 1000 + n;
+            }
+            r
+        })
+        .collect();
     let Effect::Comment { body, .. } = &request.effect else {
         anyhow::bail!("bench request is a comment");
     };
@@ -147,16 +161,38 @@ when { context.program == "curl" };"#
             black_box(gate.decide(black_box(&request)));
             decide_only.push(t.elapsed().as_nanos() as u64);
         }
+        for i in 0..PER_ROUND {
+            let req = cold[i % cold.len()].clone();
+            let t = Instant::now();
+            let (d, req) = gate.admit(black_box(req));
+            if d.is_allow() {
+                forge.comment(req.effect);
+            }
+            gated_cold.push(t.elapsed().as_nanos() as u64);
+        }
         for _ in 0..PER_ROUND {
             let t = Instant::now();
             black_box(gate.redactor().redact(black_box(body)));
             redact_only.push(t.elapsed().as_nanos() as u64);
         }
     }
+    // Per-round p99 of the overhead: on a shared machine a few rounds are hit
+    // by other processes; the median round shows the gate, the all-samples
+    // figure shows the machine. Both are printed.
+    let mut round_p99: Vec<u64> = (0..ROUNDS)
+        .map(|i| {
+            let range = i * PER_ROUND..(i + 1) * PER_ROUND;
+            let g = stats(gated[range.clone()].to_vec());
+            let u = stats(ungated[range].to_vec());
+            g.p99.saturating_sub(u.p99)
+        })
+        .collect();
+    round_p99.sort_unstable();
     let g = stats(gated);
     let u = stats(ungated);
     let d = stats(decide_only);
     let r = stats(redact_only);
+    let c = stats(gated_cold);
     let n = ROUNDS * PER_ROUND;
     println!("policy gate: forge.comment by triage, ~600-byte body, {n} samples each");
     println!("{:<34} {:>10} {:>10} {:>10}", "", "p50", "p99", "p99.9");
@@ -173,6 +209,13 @@ when { context.program == "curl" };"#
         us(g.p50),
         us(g.p99),
         us(g.p999)
+    );
+    println!(
+        "{:<34} {:>10} {:>10} {:>10}",
+        "gated, resource not cached",
+        us(c.p50),
+        us(c.p99),
+        us(c.p999)
     );
     println!(
         "{:<34} {:>10} {:>10} {:>10}",
@@ -196,15 +239,30 @@ when { context.program == "curl" };"#
         us(g.p999.saturating_sub(u.p999))
     );
     println!(
+        "{:<34} {:>10} {:>10} {:>10}",
+        "overhead, resource not cached",
+        us(c.p50.saturating_sub(u.p50)),
+        us(c.p99.saturating_sub(u.p99)),
+        us(c.p999.saturating_sub(u.p999))
+    );
+    println!(
         "ratio gated/ungated: p50 {:.1}x, p99 {:.1}x",
         g.p50 as f64 / u.p50.max(1) as f64,
         g.p99 as f64 / u.p99.max(1) as f64
     );
-    let target = 15_000;
-    let overhead = g.p99.saturating_sub(u.p99);
     println!(
-        "target: gate overhead <= 15 µs p99: {}",
-        if overhead <= target { "met" } else { "NOT met" }
+        "overhead p99 per round of {PER_ROUND}: best {}, median {}, worst {}",
+        us(round_p99.first().copied().unwrap_or_default()),
+        us(percentile(&round_p99, 0.5)),
+        us(round_p99.last().copied().unwrap_or_default())
+    );
+    let target = 15_000;
+    let verdict = |ns: u64| if ns <= target { "met" } else { "NOT met" };
+    println!(
+        "target gate overhead <= 15 µs p99: all samples {}, median round {}, resource not cached {}",
+        verdict(g.p99.saturating_sub(u.p99)),
+        verdict(percentile(&round_p99, 0.5)),
+        verdict(c.p99.saturating_sub(u.p99))
     );
     Ok(())
 }

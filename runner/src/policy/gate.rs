@@ -30,7 +30,7 @@
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::str::FromStr;
-use std::sync::{Arc, LazyLock};
+use std::sync::{Arc, LazyLock, Mutex};
 
 use cedar_policy::{
     ActionConstraint, Authorizer, Context, Decision as CedarDecision, Effect as CedarEffect,
@@ -129,7 +129,14 @@ pub struct RunContext {
     /// The principal and repo entities; an error is kept and turned into a
     /// fail-closed denial by the gate.
     cedar: Result<RunEntities, String>,
+    /// Entity stores with one resource added, for resources whose attributes
+    /// depend on their id alone (issue, path, branch): a run acts on the same
+    /// few again and again, and building a store is most of a decision's cost.
+    resource_cache: Mutex<Vec<(EntityUid, Entities)>>,
 }
+
+/// How many resource entity stores a run keeps.
+const RESOURCE_CACHE: usize = 16;
 
 struct RunEntities {
     principal: EntityUid,
@@ -158,7 +165,43 @@ impl RunContext {
             trust,
             branch,
             cedar,
+            resource_cache: Mutex::new(Vec::new()),
         }
+    }
+
+    /// The run's entity store with `resource` added, from the cache when its
+    /// attributes depend on its id alone. A poisoned lock only skips the cache.
+    fn entities_with(&self, run: &RunEntities, resource: Resource) -> Result<Entities, String> {
+        if resource.cacheable
+            && let Ok(cache) = self.resource_cache.lock()
+            && let Some((_, hit)) = cache.iter().find(|(uid, _)| *uid == resource.uid)
+        {
+            return Ok(hit.clone());
+        }
+        let entity = Entity::new(
+            resource.uid.clone(),
+            resource
+                .attrs
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v))
+                .collect(),
+            HashSet::from([run.repo.clone()]),
+        )
+        .map_err(|e| e.to_string())?;
+        let entities = run
+            .base
+            .clone()
+            .add_entities([entity], None)
+            .map_err(|e| e.to_string())?;
+        if resource.cacheable
+            && let Ok(mut cache) = self.resource_cache.lock()
+        {
+            if cache.len() >= RESOURCE_CACHE {
+                cache.remove(0);
+            }
+            cache.push((resource.uid, entities.clone()));
+        }
+        Ok(entities)
     }
 
     /// The run's id in the store.
@@ -1015,20 +1058,13 @@ impl Gate {
             .clone()
             .ok_or_else(|| format!("no Cedar action for {}", req.effect.action()))?;
 
-        let queries = self.resources(req, repo_uid)?;
+        let queries = self.resources(req)?;
         let mut allowed_by: Vec<String> = Vec::new();
         let mut held: Vec<String> = Vec::new();
         for (resource, context) in queries {
-            let resource_uid = resource
-                .as_ref()
-                .map_or_else(|| repo_uid.clone(), Entity::uid);
-            let entities = match resource {
-                Some(r) => cached
-                    .base
-                    .clone()
-                    .add_entities([r], None)
-                    .map_err(|e| e.to_string())?,
-                None => cached.base.clone(),
+            let (resource_uid, entities) = match resource {
+                Some(r) => (r.uid.clone(), run.entities_with(cached, r)?),
+                None => (repo_uid.clone(), cached.base.clone()),
             };
             let context = Context::from_pairs(context).map_err(|e| e.to_string())?;
             // Checking each request against the schema costs more than the
@@ -1131,17 +1167,16 @@ impl Gate {
     }
 
     /// The resource entity (None: the repo itself) and context of each query.
-    fn resources(&self, req: &EffectRequest, repo_uid: &EntityUid) -> Result<Vec<Query>, String> {
-        let parents = HashSet::from([repo_uid.clone()]);
+    fn resources(&self, req: &EffectRequest) -> Result<Vec<Query>, String> {
         let s = |v: &str| RestrictedExpression::new_string(v.to_owned());
-        let entity = |ty: &EntityTypeName, id: &str, attrs: Vec<(&str, RestrictedExpression)>| {
-            Entity::new(
-                uid(ty, id),
-                attrs.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
-                parents.clone(),
-            )
-            .map_err(|e| e.to_string())
-        };
+        let entity =
+            |ty: &EntityTypeName, id: &str, attrs: Vec<(&'static str, RestrictedExpression)>| {
+                Resource {
+                    uid: uid(ty, id),
+                    cacheable: true,
+                    attrs,
+                }
+            };
         let long = |n: u64| RestrictedExpression::new_long(i64::try_from(n).unwrap_or(i64::MAX));
         let issue = |n: u64| entity(&self.types.issue, &n.to_string(), vec![("number", long(n))]);
         let branch = |name: &str| {
@@ -1169,11 +1204,11 @@ impl Gate {
         };
         match &req.effect {
             Effect::WorkspaceRead { path } => one(
-                Some(entity(&self.types.path, path, vec![("path", s(path))])?),
+                Some(entity(&self.types.path, path, vec![("path", s(path))])),
                 vec![("branch", s(&run.branch))],
             ),
             Effect::WorkspaceWrite { path, content } => one(
-                Some(entity(&self.types.path, path, vec![("path", s(path))])?),
+                Some(entity(&self.types.path, path, vec![("path", s(path))])),
                 vec![
                     ("branch", s(&run.branch)),
                     ("size", long(content.len() as u64)),
@@ -1192,7 +1227,7 @@ impl Gate {
             ),
             Effect::ModelComplete { model } => one(None, vec![("model", s(model))]),
             Effect::Comment { number, body } => one(
-                Some(issue(*number)?),
+                Some(issue(*number)),
                 vec![("length", long(body.chars().count() as u64))],
             ),
             Effect::SetLabels { labels, .. } => {
@@ -1201,24 +1236,27 @@ impl Gate {
                     .iter()
                     .map(|label| {
                         let allowlisted = self.allowlist.contains(&label.trim().to_lowercase());
-                        Ok((
-                            Some(entity(
+                        // `allowlisted` comes from this gate's config, not
+                        // the id: never cached in the run.
+                        let resource = Resource {
+                            cacheable: false,
+                            ..entity(
                                 &self.types.label,
                                 label,
                                 vec![
                                     ("name", s(label)),
                                     ("allowlisted", RestrictedExpression::new_bool(allowlisted)),
                                 ],
-                            )?),
-                            vec![("labels".to_owned(), all())],
-                        ))
+                            )
+                        };
+                        Ok((Some(resource), vec![("labels".to_owned(), all())]))
                     })
                     .collect()
             }
             Effect::ProposePullRequest {
                 head, base, draft, ..
             } => one(
-                Some(branch(head)?),
+                Some(branch(head)),
                 vec![
                     ("base", s(base)),
                     ("draft", RestrictedExpression::new_bool(*draft)),
@@ -1234,7 +1272,7 @@ impl Gate {
                 comments,
                 ..
             } => one(
-                Some(issue(*number)?),
+                Some(issue(*number)),
                 vec![
                     ("event", s(event.as_str())),
                     ("line_comments", long(comments.len() as u64)),
@@ -1244,12 +1282,12 @@ impl Gate {
                     ),
                 ],
             ),
-            Effect::Merge { number } => one(Some(issue(*number)?), vec![]),
+            Effect::Merge { number } => one(Some(issue(*number)), vec![]),
             Effect::Push {
                 branch: name,
                 paths,
             } => one(
-                Some(branch(name)?),
+                Some(branch(name)),
                 vec![
                     (
                         "paths",
@@ -1269,8 +1307,17 @@ impl Gate {
     }
 }
 
-/// One Cedar query: the resource entity (None: the repo) and the context.
-type Query = (Option<Entity>, Vec<(String, RestrictedExpression)>);
+/// A query's resource, turned into an entity only when the run has no cached
+/// store for it.
+struct Resource {
+    uid: EntityUid,
+    /// Whether its attributes depend on its id alone.
+    cacheable: bool,
+    attrs: Vec<(&'static str, RestrictedExpression)>,
+}
+
+/// One Cedar query: the resource (None: the repo) and the context.
+type Query = (Option<Resource>, Vec<(String, RestrictedExpression)>);
 
 /// A refusal by a shape check or a built-in invariant.
 struct Violation {
@@ -1588,6 +1635,38 @@ mod tests {
             err.as_deref(),
             Some("commit refused: .env contains a secret (secret:CANARY)"),
             "a commit carrying the canary should be refused by path and kind"
+        );
+    }
+
+    // A run reuses entity stores for the resources it already touched; the
+    // decisions must be the same as with a fresh store.
+    #[test]
+    fn cached_resources_decide_like_fresh_ones() {
+        let gate = gate_with(None);
+        let spec = run(Role::Spec);
+        let decide = |path: &str| {
+            gate.decide(&EffectRequest {
+                run: spec.clone(),
+                effect: write(path),
+            })
+        };
+        for round in 0..3 {
+            for i in 0..(RESOURCE_CACHE + 4) {
+                let inside = decide(&format!("specs/{i}.md"));
+                let outside = decide(&format!("src/{i}.rs"));
+                assert!(
+                    inside.is_allow() && outside.is_deny(),
+                    "round {round}, file {i}: specs/ should be allowed and src/ denied for spec, got: {inside:?} / {outside:?}"
+                );
+            }
+        }
+        let again = gate.decide(&EffectRequest {
+            run: spec.clone(),
+            effect: labels(&["bug"]),
+        });
+        assert!(
+            again.is_deny(),
+            "spec may not label, cached or not, got: {again:?}"
         );
     }
 
