@@ -4,7 +4,10 @@
 //! tricks hide instructions from the humans who read them on the forge while
 //! a model still reads them, and both are removed here:
 //! - HTML comments (`<!-- ... -->`, also unterminated ones and the
-//!   `--!>` / `<!-->` forms browsers accept), which the forge does not render;
+//!   `--!>` / `<!-->` forms browsers accept), which the forge does not render.
+//!   They are removed inside code spans and blocks too, where the forge would
+//!   show them: a small loss, accepted so that no disagreement between this
+//!   code and a markdown renderer can hide text;
 //! - invisible and bidirectional control characters (zero-width characters,
 //!   BOM, bidi embeddings/overrides/isolates, Unicode tag characters,
 //!   variation selectors, other format and control characters), which hide
