@@ -16,5 +16,6 @@ pub mod forge;
 pub mod imports;
 pub mod model;
 pub mod plugin;
+pub mod policy;
 pub mod sandbox;
 pub mod session;

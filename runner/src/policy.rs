@@ -1,0 +1,28 @@
+//! The policy gate: every effect a role plugin proposes is decided here before
+//! it reaches a forge, the workspace or a model provider.
+//!
+//! It owns three things, one submodule each:
+//! - [`gate`]: the typed [`EffectRequest`], Cedar decisions ([`Decision`]:
+//!   allow, deny or hold for human approval) and the built-in invariants no
+//!   repo policy can lift;
+//! - [`redact`]: the [`Redactor`] that removes configured secret values and
+//!   token shapes from every outbound byte, and refuses commits carrying one;
+//! - [`sanitize`]: cleaning and tagging of untrusted forge text (issue and
+//!   comment bodies) before a plugin sees it.
+//!
+//! These types do not depend on the WIT contract; the plugin host converts its
+//! generated types into them.
+
+pub mod gate;
+pub mod redact;
+pub mod sanitize;
+
+pub use gate::{
+    Blame, Decision, Effect, EffectRequest, Gate, GateConfig, GateError, PolicyDiagnostic,
+    ReviewComment, ReviewEvent, Role, RunContext, Trust,
+};
+pub use redact::{
+    RedactingWriter, Redactor, RedactorError, SecretFinding, SecretInCommit, SecretValue,
+    StreamRedactor,
+};
+pub use sanitize::{Sanitized, TaggedText, sanitize};
