@@ -19,7 +19,7 @@ if has_wasm_std; then
     echo "setup: wasm32-unknown-unknown standard library present"
 elif command -v rustup >/dev/null && timeout 180 rustup target add wasm32-unknown-unknown && has_wasm_std; then
     echo "setup: installed wasm32-unknown-unknown with rustup"
-elif [ -x /usr/bin/cargo ] && [ -d /usr/lib/rust-web-src ] 2>/dev/null; then
+elif [ -x /usr/bin/cargo ] && dpkg -s rust-web-src >/dev/null 2>&1; then
     echo "setup: using Debian's rust-web toolchain for plugins"
 else
     echo "setup: rustup could not install wasm32-unknown-unknown; installing Debian's rust-web packages"

@@ -12,7 +12,7 @@
 //! memory_mb = 2048
 //! pids = 512
 //! cpus = 2.0
-//! egress_allow = ["static.crates.io", "index.crates.io"]
+//! egress_allow = ["packages.example.com", "mirror.example.org"]
 //!
 //! [[secrets]]
 //! name = "npm-token"
@@ -430,12 +430,15 @@ pub enum Role {
 }
 
 impl Role {
+    /// Every role, for tests and tooling.
+    pub const ALL: [Role; 4] = [Role::Triage, Role::Spec, Role::Implementation, Role::Review];
+
     /// True if the role may change the workspace (mounted read-write).
     pub fn writes_workspace(self) -> bool {
         matches!(self, Role::Spec | Role::Implementation)
     }
 
-    /// The role's name as written in `kiln.toml`.
+    /// The role's name as written in `kiln.toml` and in policies (`principal.role`).
     pub fn as_str(self) -> &'static str {
         match self {
             Role::Triage => "triage",

@@ -9,17 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 
-/// Who is at fault when something fails.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Blame {
-    /// The plugin did something wrong or asked for too much.
-    Guest,
-    /// The host failed.
-    Host,
-    /// The policy gate refused.
-    Policy,
-}
+pub use crate::policy::Blame;
 
 /// What an event is about.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

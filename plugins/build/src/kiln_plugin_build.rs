@@ -166,7 +166,7 @@ fn detect_toolchain() -> Result<Toolchain, BuildError> {
         && out.status.success()
     {
         let libdir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-        if libdir.join("..").join("lib").is_dir() && has_rlibs(&libdir) {
+        if has_rlibs(&libdir) {
             return Ok(Toolchain::Installed { cargo });
         }
     }

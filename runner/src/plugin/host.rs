@@ -213,16 +213,8 @@ impl PluginHost {
             EventKind::Started,
             format!("plugin {name} {} started", plugin.info.manifest.version),
         );
-        let state = RunState::new(
-            &name,
-            &plugin.info.manifest.role,
-            plugin.capabilities.clone(),
-            self.limits.clone(),
-            ctx,
-        );
-        let mut store = Store::new(&self.engine, state);
-        store.limiter(|s| &mut s.limiter);
-        let result = match self.prepare_store(&mut store) {
+        let (mut store, prepared) = self.new_store(plugin, ctx);
+        let result = match prepared {
             Ok(()) => {
                 let call = async {
                     let instance: Role = plugin
@@ -274,6 +266,27 @@ impl PluginHost {
     /// it: checks that it can start, and measures what every run pays.
     pub async fn instantiate_probe(&self, plugin: &LoadedPlugin) -> Result<(), RunError> {
         let ctx = RunContext::new(std::sync::Arc::new(crate::session::MemoryEvents::new()));
+        let (mut store, prepared) = self.new_store(plugin, ctx);
+        let instantiate = |message| RunError::Instantiate {
+            plugin: plugin.name().to_string(),
+            message,
+        };
+        prepared.map_err(instantiate)?;
+        plugin
+            .pre
+            .instantiate_async(&mut store)
+            .await
+            .map_err(|e| instantiate(format!("{e:#}")))?;
+        Ok(())
+    }
+
+    /// A fresh store for one run of `plugin`, with its limits applied; the
+    /// second value says whether the fuel settings could be applied.
+    fn new_store(
+        &self,
+        plugin: &LoadedPlugin,
+        ctx: RunContext,
+    ) -> (Store<RunState>, Result<(), String>) {
         let state = RunState::new(
             plugin.name(),
             &plugin.info.manifest.role,
@@ -283,17 +296,8 @@ impl PluginHost {
         );
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
-        let instantiate = |message| RunError::Instantiate {
-            plugin: plugin.name().to_string(),
-            message,
-        };
-        self.prepare_store(&mut store).map_err(instantiate)?;
-        plugin
-            .pre
-            .instantiate_async(&mut store)
-            .await
-            .map_err(|e| instantiate(format!("{e:#}")))?;
-        Ok(())
+        let prepared = self.prepare_store(&mut store);
+        (store, prepared)
     }
 
     fn prepare_store(&self, store: &mut Store<RunState>) -> Result<(), String> {

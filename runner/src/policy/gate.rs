@@ -62,39 +62,7 @@ pub const MAX_ARGS: usize = 4096;
 /// Most labels in one call.
 pub const MAX_LABELS: usize = 100;
 
-/// The role a run plays.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Role {
-    /// Labels and comments on new issues.
-    Triage,
-    /// Writes a spec under `specs/` and proposes it as a draft PR.
-    Spec,
-    /// Changes the code and proposes a draft PR.
-    Implementation,
-    /// Reviews a pull request with line comments and a summary.
-    Review,
-}
-
-impl Role {
-    /// The name used in policies (`principal.role`).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Triage => "triage",
-            Self::Spec => "spec",
-            Self::Implementation => "implementation",
-            Self::Review => "review",
-        }
-    }
-
-    /// Every role, for tests and tooling.
-    pub const ALL: [Role; 4] = [Self::Triage, Self::Spec, Self::Implementation, Self::Review];
-}
-
-impl fmt::Display for Role {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+pub use crate::config::Role;
 
 /// Trust of the actor whose input started the run (by author association).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -453,7 +421,8 @@ pub struct EffectRequest {
 }
 
 /// Who is at fault when an effect does not go through.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Blame {
     /// The plugin asked for something malformed or never allowed.
     Guest,

@@ -376,8 +376,11 @@ mod tests {
 
     #[test]
     fn filter_is_anchored_and_escaped() {
-        let p = EgressPolicy::new(vec!["static.crates.io".into(), "Example.COM".into()]);
-        assert_eq!(p.filter_file(), "^static\\.crates\\.io$\n^example\\.com$\n");
+        let p = EgressPolicy::new(vec!["static.packages.test".into(), "Example.COM".into()]);
+        assert_eq!(
+            p.filter_file(),
+            "^static\\.packages\\.test$\n^example\\.com$\n"
+        );
     }
 
     #[test]
