@@ -607,3 +607,57 @@ fn twenty_runs_blocked_in_a_slow_import_leave_the_runner_responsive() {
         }
     });
 }
+
+/// Runs beyond the host's instance pool fail to start with a clear error;
+/// the runs already going are unaffected.
+#[tokio::test]
+async fn a_run_beyond_the_concurrency_limit_fails_to_start_and_says_why() {
+    let host = Arc::new(
+        PluginHost::new(PluginLimits {
+            max_concurrent_runs: 1,
+            ..test_limits()
+        })
+        .expect("plugin host"),
+    );
+    let agent = host.load(&bytes("agent")).expect("agent loads");
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let waiting = Arc::new(AtomicUsize::new(0));
+    let ws = sample_workspace();
+    let provider = Arc::new(Replay {
+        turns: Mutex::new(agent_script()),
+        gate: Some(gate.clone()),
+        waiting: waiting.clone(),
+    });
+    let (ctx1, _) = agent_ctx(provider, ws.path());
+    let first = {
+        let (host, agent) = (host.clone(), agent.clone());
+        tokio::spawn(async move { host.run(&agent, task("r-first"), ctx1).await })
+    };
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while waiting.load(Ordering::SeqCst) < 1 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the first run should reach the model import");
+    let ping = host.load(&bytes("ping")).expect("ping loads");
+    let report = host.run(&ping, task("r-second"), ctx().0).await;
+    match &report.result {
+        Err(RunError::Instantiate { plugin, message }) => {
+            assert_eq!(plugin, "ping");
+            assert!(
+                message.contains("limit of 1"),
+                "the error should name the limit, got: {message}"
+            );
+        }
+        other => panic!("a run beyond the pool should fail to instantiate, got: {other:?}"),
+    }
+    gate.add_permits(10);
+    let first = first.await.expect("first run");
+    assert!(
+        first.result.is_ok(),
+        "the run already going should finish: {:?}",
+        first.result.err()
+    );
+    assert_host_still_serves(&host).await;
+}

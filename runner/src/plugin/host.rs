@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use wasmtime::component::Linker;
-use wasmtime::{Config, Engine, Store, Trap};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
 
 use super::capability::{CapabilitySet, builtin_role_grants};
 use super::inspect::{self, LoadError, PluginInfo};
@@ -136,6 +136,21 @@ impl PluginHost {
     pub fn new(limits: PluginLimits) -> Result<Self, HostSetupError> {
         let mut config = Config::new();
         config.consume_fuel(true);
+        // A component built by wit-component holds a few core instances
+        // (the module plus adapter shims) and tables; size the pool for that.
+        let runs = limits.max_concurrent_runs.max(1);
+        let mut pool = PoolingAllocationConfig::default();
+        pool.total_component_instances(runs)
+            .total_core_instances(runs * 8)
+            .max_core_instances_per_component(8)
+            .total_memories(runs)
+            .max_memories_per_component(1)
+            .total_tables(runs * 4)
+            .max_tables_per_component(4)
+            .total_stacks(runs)
+            .max_memory_size(limits.memory_bytes)
+            .table_elements(limits.table_elements);
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         let engine = Engine::new(&config).map_err(|e| HostSetupError(format!("{e:#}")))?;
         let mut linker = Linker::new(&engine);
         imports::add_to_linker(&mut linker).map_err(|e| HostSetupError(format!("{e:#}")))?;

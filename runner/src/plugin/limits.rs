@@ -10,7 +10,7 @@ use std::time::Duration;
 ///
 /// Defaults (see [`PluginLimits::default`]): 256 MiB of linear memory,
 /// 10 billion units of fuel (roughly 10 billion wasm instructions) of CPU,
-/// 30 minutes of wall-clock time, 64 KiB per event message.
+/// 30 minutes of wall-clock time, 64 KiB per event message, 64 runs at once.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PluginLimits {
     /// Largest total linear memory of the instance, in bytes.
@@ -31,6 +31,11 @@ pub struct PluginLimits {
     pub max_forge_text_bytes: usize,
     /// Largest file a plugin may read or write through `workspace`.
     pub max_file_bytes: usize,
+    /// Plugin instances alive at once in this host. Memories, tables and
+    /// stacks for this many are reserved up front (pooling allocator), which
+    /// is what makes a fresh instance per run cheap; a run beyond it fails
+    /// to instantiate with a clear error instead of exhausting the host.
+    pub max_concurrent_runs: u32,
 }
 
 impl Default for PluginLimits {
@@ -44,6 +49,7 @@ impl Default for PluginLimits {
             max_event_bytes: 64 << 10,
             max_forge_text_bytes: 64 << 10,
             max_file_bytes: 8 << 20,
+            max_concurrent_runs: 64,
         }
     }
 }
