@@ -349,6 +349,27 @@ struct Replay {
     waiting: Arc<AtomicUsize>,
 }
 
+/// A model that replays canned turns and keeps every request it was sent.
+struct Recording {
+    replay: Replay,
+    requests: Mutex<Vec<CompletionRequest>>,
+}
+
+impl ModelProvider for Recording {
+    fn name(&self) -> String {
+        "recording".into()
+    }
+    fn complete(
+        &self,
+        request: CompletionRequest,
+    ) -> BoxFuture<'_, Result<Completion, ModelError>> {
+        if let Ok(mut requests) = self.requests.lock() {
+            requests.push(request.clone());
+        }
+        self.replay.complete(request)
+    }
+}
+
 impl ModelProvider for Replay {
     fn name(&self) -> String {
         "replay".into()
@@ -660,4 +681,44 @@ async fn a_run_beyond_the_concurrency_limit_fails_to_start_and_says_why() {
         first.result.err()
     );
     assert_host_still_serves(&host).await;
+}
+
+#[tokio::test]
+async fn a_steering_message_reaches_the_model_before_the_next_turn() {
+    let host = host();
+    let plugin = host.load(&bytes("agent")).expect("agent loads");
+    let ws = sample_workspace();
+    let provider = Arc::new(Recording {
+        replay: Replay {
+            turns: Mutex::new(agent_script()),
+            gate: None,
+            waiting: Arc::default(),
+        },
+        requests: Mutex::default(),
+    });
+    let (ctx, events) = agent_ctx(provider.clone(), ws.path());
+    ctx.steering.send("look in src/ first");
+    let report = host.run(&plugin, task("r-steer"), ctx).await;
+    assert!(
+        report.result.is_ok(),
+        "the steered run should succeed: {:?}",
+        report.result.err()
+    );
+    let requests = provider.requests.lock().expect("requests");
+    let first = &requests[0];
+    let steering = first.messages.iter().flat_map(|m| &m.content).any(|p| {
+        matches!(p, ContentPart::Text { text } if text == "Instruction from the operator: look in src/ first")
+    });
+    assert!(
+        steering,
+        "the operator's message should be in the first model request: {:?}",
+        first.messages
+    );
+    assert!(
+        events
+            .snapshot()
+            .iter()
+            .any(|e| e.message == "steering received before turn 1"),
+        "the plugin should note that it was steered"
+    );
 }
