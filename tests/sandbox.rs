@@ -120,6 +120,18 @@ async fn repo_in(parent: &Path) -> Repo {
     }
 }
 
+/// A backend, a sample repository and a started sandbox for `run_id` in
+/// `role`: the setup most tests share. Keep the `Repo` alive for the test.
+async fn started(run_id: &str, role: Role) -> (DockerBackend, Repo, Sandbox) {
+    let backend = backend(run_id).await;
+    let repo = repo().await;
+    let sandbox = backend
+        .create(spec(run_id, role, &repo).await)
+        .await
+        .expect("sandbox should start");
+    (backend, repo, sandbox)
+}
+
 async fn spec(run_id: &str, role: Role, repo: &Repo) -> SandboxSpec {
     let (base, _) = images().await;
     SandboxSpec::new(run_id, role, base, repo.workspace.path())
@@ -186,12 +198,7 @@ async fn host_gateway() -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hardening_holds_in_a_triage_sandbox() {
-    let backend = backend("hardening").await;
-    let repo = repo().await;
-    let sandbox = backend
-        .create(spec("hardening", Role::Triage, &repo).await)
-        .await
-        .expect("sandbox should start");
+    let (backend, repo, sandbox) = started("hardening", Role::Triage).await;
 
     // Not root.
     let out = sh(&backend, &sandbox, "id -u").await;
@@ -307,12 +314,7 @@ async fn hardening_holds_in_a_triage_sandbox() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn implementation_can_write_the_workspace() {
-    let backend = backend("rw").await;
-    let repo = repo().await;
-    let sandbox = backend
-        .create(spec("rw", Role::Implementation, &repo).await)
-        .await
-        .expect("sandbox should start");
+    let (backend, repo, sandbox) = started("rw", Role::Implementation).await;
     let out = sh(
         &backend,
         &sandbox,
@@ -852,12 +854,7 @@ async fn secrets_stay_in_scope_and_setup_secrets_die_with_setup() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn host_file_access_refuses_symlink_escapes() {
-    let backend = backend("symlink").await;
-    let repo = repo().await;
-    let sandbox = backend
-        .create(spec("symlink", Role::Implementation, &repo).await)
-        .await
-        .expect("sandbox should start");
+    let (backend, repo, sandbox) = started("symlink", Role::Implementation).await;
     let out = sh(
         &backend,
         &sandbox,

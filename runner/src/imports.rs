@@ -120,8 +120,13 @@ impl RunState {
 
     /// The first check of every gated import: the plugin's manifest asked
     /// for `cap` and its role grants it. `what` names the call for the
-    /// refusal message and the event log.
-    pub(crate) fn require(&self, cap: Capability, what: &str) -> Result<(), RoleError> {
+    /// refusal message and the event log; it is only formatted on refusal,
+    /// so the allowed path (every import call) does not allocate.
+    pub(crate) fn require(
+        &self,
+        cap: Capability,
+        what: std::fmt::Arguments<'_>,
+    ) -> Result<(), RoleError> {
         if self.capabilities.contains(cap) {
             return Ok(());
         }

@@ -156,7 +156,12 @@ impl Agent {
                         ))),
                     };
                 }
-                let (content, is_error) = self.dispatch(&call.name, &call.arguments)?;
+                // `specs` lists the tools in order (the finish tool last), so
+                // its position is the tool's index: no spec rebuilt per call.
+                let tool = specs[..self.tools.len()]
+                    .iter()
+                    .position(|s| s.name == call.name);
+                let (content, is_error) = self.dispatch(tool, &call.name, &call.arguments)?;
                 results.push(ContentPart::ToolResult(ToolResult {
                     call_id: call.id,
                     content: truncate(content, MAX_TOOL_RESULT_BYTES),
@@ -173,8 +178,13 @@ impl Agent {
 
     /// Run one tool call; returns the text for the model and whether it is an
     /// error. Only errors the model cannot act on end the loop.
-    fn dispatch(&mut self, name: &str, arguments: &str) -> Result<(String, bool), RoleError> {
-        let Some(tool) = self.tools.iter_mut().find(|t| t.spec().name == name) else {
+    fn dispatch(
+        &mut self,
+        tool: Option<usize>,
+        name: &str,
+        arguments: &str,
+    ) -> Result<(String, bool), RoleError> {
+        let Some(tool) = tool.and_then(|i| self.tools.get_mut(i)) else {
             return Ok((format!("unknown tool `{name}`"), true));
         };
         let args: serde_json::Value = match serde_json::from_str(if arguments.trim().is_empty() {

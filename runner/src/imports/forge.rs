@@ -60,7 +60,7 @@ impl RunState {
         texts: &[(&str, usize)],
         proposal: Proposal,
     ) -> Result<ProposalReceipt, RoleError> {
-        self.require(cap, what)?;
+        self.require(cap, format_args!("{what}"))?;
         for (field, len) in texts {
             if *len > self.limits.max_forge_text_bytes {
                 return Err(RoleError::LimitExceeded(format!(
@@ -87,7 +87,10 @@ impl RunState {
 
 impl wit::Host for RunState {
     async fn get_issue(&mut self, number: u64) -> wasmtime::Result<Result<Issue, RoleError>> {
-        if let Err(e) = self.require(Capability::ForgeRead, &format!("forge.get-issue #{number}")) {
+        if let Err(e) = self.require(
+            Capability::ForgeRead,
+            format_args!("forge.get-issue #{number}"),
+        ) {
             return Ok(Err(e));
         }
         let Some(i) = self.forge.snapshot.issues.get(&number) else {
@@ -111,7 +114,7 @@ impl wit::Host for RunState {
     ) -> wasmtime::Result<Result<PullRequest, RoleError>> {
         if let Err(e) = self.require(
             Capability::ForgeRead,
-            &format!("forge.get-pull-request #{number}"),
+            format_args!("forge.get-pull-request #{number}"),
         ) {
             return Ok(Err(e));
         }
@@ -138,7 +141,7 @@ impl wit::Host for RunState {
     ) -> wasmtime::Result<Result<String, RoleError>> {
         if let Err(e) = self.require(
             Capability::ForgeRead,
-            &format!("forge.get-pull-request-diff #{number}"),
+            format_args!("forge.get-pull-request-diff #{number}"),
         ) {
             return Ok(Err(e));
         }

@@ -30,7 +30,7 @@ impl wit::Host for RunState {
         &mut self,
         request: CompletionRequest,
     ) -> wasmtime::Result<Result<Completion, RoleError>> {
-        if let Err(e) = self.require(Capability::ModelComplete, "model.complete") {
+        if let Err(e) = self.require(Capability::ModelComplete, format_args!("model.complete")) {
             return Ok(Err(e));
         }
         if let Some(why) = self.model.budget.exhausted() {

@@ -74,7 +74,7 @@ impl RunState {
     }
 
     fn writable_dir(&self, op: &str, path: &str) -> Result<&WorkspaceMount, RoleError> {
-        self.require(Capability::WorkspaceWrite, &format!("{op} {path}"))?;
+        self.require(Capability::WorkspaceWrite, format_args!("{op} {path}"))?;
         let mount = self.workspace_dir(op)?;
         if !mount.writable {
             return Err(RoleError::Denied(format!(
@@ -95,20 +95,24 @@ impl wit::Host for RunState {
     async fn read_file(&mut self, path: String) -> wasmtime::Result<Result<Vec<u8>, RoleError>> {
         let op = "workspace.read-file";
         let result = (|| {
-            self.require(Capability::WorkspaceRead, &format!("{op} {path}"))?;
+            self.require(Capability::WorkspaceRead, format_args!("{op} {path}"))?;
             let dir = &self.workspace_dir(op)?.dir;
-            let meta = dir
-                .metadata(relative(&path))
+            // One open: the size is checked on the handle that is read, and
+            // the read is bounded, so a file growing in between changes nothing.
+            let file = dir
+                .open(relative(&path))
                 .map_err(|e| io_error(op, &path, e))?;
-            if meta.len() > self.limits.max_file_bytes as u64 {
+            let len = file.metadata().map_err(|e| io_error(op, &path, e))?.len();
+            let max = self.limits.max_file_bytes as u64;
+            if len > max {
                 return Err(RoleError::LimitExceeded(format!(
-                    "{op} {path}: file is {} bytes, the limit is {}",
-                    meta.len(),
-                    self.limits.max_file_bytes
+                    "{op} {path}: file is {len} bytes, the limit is {max}"
                 )));
             }
-            dir.read(relative(&path))
-                .map_err(|e| io_error(op, &path, e))
+            let mut contents = Vec::with_capacity(len as usize);
+            std::io::Read::read_to_end(&mut std::io::Read::take(file, max), &mut contents)
+                .map_err(|e| io_error(op, &path, e))?;
+            Ok(contents)
         })();
         Ok(result)
     }
@@ -156,7 +160,7 @@ impl wit::Host for RunState {
     ) -> wasmtime::Result<Result<Vec<DirEntry>, RoleError>> {
         let op = "workspace.list-dir";
         let result = (|| {
-            self.require(Capability::WorkspaceRead, &format!("{op} {path}"))?;
+            self.require(Capability::WorkspaceRead, format_args!("{op} {path}"))?;
             let dir = &self.workspace_dir(op)?.dir;
             let sub = dir
                 .open_dir(relative(&path))
@@ -198,7 +202,7 @@ impl wit::Host for RunState {
         let argv0 = request.argv.first().cloned().unwrap_or_default();
         if let Err(e) = self.require(
             Capability::WorkspaceExec,
-            &format!("workspace.exec {argv0}"),
+            format_args!("workspace.exec {argv0}"),
         ) {
             return Ok(Err(e));
         }
@@ -208,7 +212,7 @@ impl wit::Host for RunState {
     }
 
     async fn diff(&mut self) -> wasmtime::Result<Result<String, RoleError>> {
-        if let Err(e) = self.require(Capability::WorkspaceRead, "workspace.diff") {
+        if let Err(e) = self.require(Capability::WorkspaceRead, format_args!("workspace.diff")) {
             return Ok(Err(e));
         }
         // git must not run on the host over an untrusted checkout (its
