@@ -1,14 +1,19 @@
-//! Forges (GitHub, Kiln's local forge): the host-side types of what a role
-//! reads from a forge and what it proposes to it.
+//! Forges (GitHub, Kiln's local forge): the [`Forge`] trait every backend
+//! implements with the same semantics, and the host-side types of what a
+//! role reads from a forge and what it proposes to it.
 //!
-//! Until a forge backend is attached, a run reads from a [`ForgeSnapshot`]
-//! prepared by the host and its proposals are recorded, not sent.
+//! A run reads from a [`ForgeSnapshot`] the host prepares before the run
+//! (so a plugin never waits on, or learns the shape of, the forge's API);
+//! its proposals pass the policy gate and only then become [`Forge`] calls
+//! made by the host with the host's credentials.
 use std::collections::HashMap;
+use std::fmt;
+use std::path::Path;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// A comment on an issue or pull request.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Comment {
     /// Forge id.
     pub id: u64,
@@ -21,7 +26,7 @@ pub struct Comment {
 }
 
 /// An issue.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Issue {
     /// Number.
     pub number: u64,
@@ -42,7 +47,7 @@ pub struct Issue {
 }
 
 /// A pull request.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PullRequest {
     /// The issue-like part (number, title, body, author, labels, comments).
     pub issue: Issue,
@@ -66,7 +71,7 @@ pub struct ForgeSnapshot {
 }
 
 /// A severity tag on a review comment.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum Severity {
     /// Must fix.
@@ -80,7 +85,7 @@ pub enum Severity {
 }
 
 /// A line comment in a review.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LineComment {
     /// File path.
     pub path: String,
@@ -95,7 +100,7 @@ pub struct LineComment {
 }
 
 /// An effect a role asked for.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum Proposal {
     /// Comment on an issue or pull request.
@@ -134,4 +139,225 @@ pub enum Proposal {
         /// Line comments.
         comments: Vec<LineComment>,
     },
+}
+
+/// A repository on a forge, `owner/name`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct RepoRef {
+    /// Owner (user or organisation; `local` on the local forge).
+    pub owner: String,
+    /// Repository name.
+    pub name: String,
+}
+
+impl RepoRef {
+    /// `owner/name` parsed, with a message naming what is wrong otherwise.
+    pub fn parse(s: &str) -> Result<Self, ForgeError> {
+        let valid = |p: &str| {
+            !p.is_empty()
+                && p != "."
+                && p != ".."
+                && p.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        };
+        match s.split_once('/') {
+            Some((o, n)) if valid(o) && valid(n) => Ok(RepoRef {
+                owner: o.to_string(),
+                name: n.to_string(),
+            }),
+            _ => Err(ForgeError::Invalid(format!(
+                "repository {s:?} is not OWNER/NAME (letters, digits, '-', '_', '.')"
+            ))),
+        }
+    }
+}
+
+impl fmt::Display for RepoRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.owner, self.name)
+    }
+}
+
+/// An actor's permission on a repository, as GitHub names the levels.
+/// Ordered: a higher level includes the lower ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Permission {
+    /// No access (or not a collaborator).
+    None,
+    /// Read.
+    Read,
+    /// Triage (labels, no push).
+    Triage,
+    /// Write (push).
+    Write,
+    /// Maintain.
+    Maintain,
+    /// Admin.
+    Admin,
+}
+
+impl Permission {
+    /// Whether this level may trigger runs: write, maintain or admin.
+    pub fn may_trigger(self) -> bool {
+        self >= Permission::Write
+    }
+}
+
+/// Which issues or pull requests to list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StateFilter {
+    /// Open ones only.
+    #[default]
+    Open,
+    /// Closed ones only.
+    Closed,
+    /// Both.
+    All,
+}
+
+/// A new issue (the local forge's `kiln issue new`; GitHub for tests).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewIssue {
+    /// Title.
+    pub title: String,
+    /// Body.
+    pub body: String,
+    /// Labels to apply at creation.
+    pub labels: Vec<String>,
+}
+
+/// A new pull request; Kiln only ever opens drafts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewPullRequest {
+    /// Title.
+    pub title: String,
+    /// Body.
+    pub body: String,
+    /// Branch with the changes (always `kiln/*` for Kiln's own PRs).
+    pub head: String,
+    /// Branch to merge into.
+    pub base: String,
+}
+
+/// A review as sent to the forge. There is no approve: Kiln never approves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewReview {
+    /// `true` requests changes, `false` is a neutral comment review.
+    pub request_changes: bool,
+    /// The summary body.
+    pub body: String,
+    /// Line comments, each on a line of the pull request's diff.
+    pub comments: Vec<LineComment>,
+}
+
+/// A review as read back from the forge.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Review {
+    /// Forge id.
+    pub id: u64,
+    /// Author login.
+    pub author: String,
+    /// `COMMENTED`, `CHANGES_REQUESTED`, `APPROVED` (never by Kiln), `DISMISSED`.
+    pub state: String,
+    /// Summary body.
+    pub body: String,
+    /// Line comments.
+    pub comments: Vec<LineComment>,
+}
+
+/// Why a forge call failed. Messages name the call and the forge's reason.
+#[derive(Debug, thiserror::Error)]
+pub enum ForgeError {
+    /// The issue, pull request, comment or repository does not exist.
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// The credentials were refused (401) or lack a permission (403).
+    #[error("refused by the forge: {0}")]
+    Unauthorized(String),
+    /// The forge rejected the request's content (GitHub's 422).
+    #[error("rejected by the forge: {0}")]
+    Rejected(String),
+    /// Rate limited, and retries with back-off did not get through.
+    #[error("rate limited: {0}")]
+    RateLimited(String),
+    /// The forge failed (5xx), and retries did not get through.
+    #[error("forge unavailable: {0}")]
+    Unavailable(String),
+    /// A malformed argument, refused before any request was made.
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    /// Git (push, fetch) failed.
+    #[error("git: {0}")]
+    Git(String),
+    /// The local forge's store failed.
+    #[error("local forge store: {0}")]
+    Store(String),
+}
+
+/// One forge repository, as the host uses it. GitHub and the local forge
+/// implement it with the same semantics (checked by one shared test suite,
+/// `tests/forge.rs`). The host makes these calls with its own credentials,
+/// after the policy gate; nothing here is reachable from a sandbox.
+#[async_trait::async_trait]
+pub trait Forge: Send + Sync {
+    /// Which repository this is.
+    fn repo(&self) -> &RepoRef;
+    /// The repository's default branch.
+    async fn default_branch(&self) -> Result<String, ForgeError>;
+    /// A URL `git fetch` can clone the repository from, and the HTTP
+    /// `Authorization` header value to send with it (host-side only).
+    async fn git_remote(&self) -> Result<GitRemote, ForgeError>;
+    /// Push `commit` of the local repository at `local` to `branch`.
+    /// Force-pushes: a run owns its `kiln/*` branch.
+    async fn push(&self, local: &Path, commit: &str, branch: &str) -> Result<(), ForgeError>;
+
+    /// One issue with its comments (trust left `false`: the caller decides).
+    async fn get_issue(&self, number: u64) -> Result<Issue, ForgeError>;
+    /// Issues (not pull requests), newest first.
+    async fn list_issues(&self, state: StateFilter) -> Result<Vec<Issue>, ForgeError>;
+    /// Open an issue; returns its number.
+    async fn create_issue(&self, issue: NewIssue) -> Result<u64, ForgeError>;
+    /// Comment on an issue or pull request; returns the comment id.
+    async fn comment(&self, number: u64, body: &str) -> Result<u64, ForgeError>;
+    /// Replace a comment's body (the per-run progress comment).
+    async fn edit_comment(&self, comment_id: u64, body: &str) -> Result<(), ForgeError>;
+    /// Add labels to an issue or pull request.
+    async fn add_labels(&self, number: u64, labels: &[String]) -> Result<(), ForgeError>;
+    /// Remove one label; removing an absent label is not an error.
+    async fn remove_label(&self, number: u64, label: &str) -> Result<(), ForgeError>;
+
+    /// One pull request with its comments and diff.
+    async fn get_pull_request(&self, number: u64) -> Result<PullRequest, ForgeError>;
+    /// Pull requests, newest first (diffs left empty).
+    async fn list_pull_requests(&self, state: StateFilter)
+    -> Result<Vec<PullRequest>, ForgeError>;
+    /// Open a draft pull request; returns its number.
+    async fn create_draft_pull_request(&self, pr: NewPullRequest) -> Result<u64, ForgeError>;
+    /// Post a review; returns its id.
+    async fn create_review(&self, number: u64, review: NewReview) -> Result<u64, ForgeError>;
+    /// Reviews on a pull request, oldest first.
+    async fn list_reviews(&self, number: u64) -> Result<Vec<Review>, ForgeError>;
+
+    /// `login`'s permission on the repository. Errors must not be read as a
+    /// permission: callers fail closed.
+    async fn permission(&self, login: &str) -> Result<Permission, ForgeError>;
+}
+
+/// Where and how the host fetches a repository.
+#[derive(Clone)]
+pub struct GitRemote {
+    /// `https://…` or a local path.
+    pub url: String,
+    /// `Authorization` header value for HTTP remotes; never logged.
+    pub authorization: Option<String>,
+}
+
+impl fmt::Debug for GitRemote {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GitRemote")
+            .field("url", &self.url)
+            .field("authorization", &self.authorization.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
