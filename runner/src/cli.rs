@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod image;
+mod local_forge;
 mod plugin;
 
 /// Kiln: a self-hosted software factory runner. Issues flow through role
@@ -15,6 +16,8 @@ mod plugin;
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    local: local_forge::LocalArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -25,6 +28,15 @@ enum Command {
     /// Build sandbox images from sandbox-images/ (no registry needed).
     #[command(subcommand)]
     Image(image::ImageCommand),
+    /// Repositories on the local forge (create one from a directory).
+    #[command(subcommand)]
+    Repo(local_forge::RepoCommand),
+    /// Issues on the local forge: open, list, show, label, comment, close.
+    #[command(subcommand)]
+    Issue(local_forge::IssueCommand),
+    /// Pull requests on the local forge: list, show (with reviews), diff.
+    #[command(subcommand)]
+    Pr(local_forge::PrCommand),
 }
 
 impl Cli {
@@ -33,6 +45,9 @@ impl Cli {
         match self.command {
             Command::Plugin(cmd) => plugin::run(cmd),
             Command::Image(cmd) => cmd.run().await.map(|()| ExitCode::SUCCESS),
+            Command::Repo(cmd) => local_forge::repo(cmd, &self.local).await,
+            Command::Issue(cmd) => local_forge::issue(cmd, &self.local).await,
+            Command::Pr(cmd) => local_forge::pr(cmd, &self.local).await,
         }
     }
 }

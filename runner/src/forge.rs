@@ -12,6 +12,9 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+pub mod diff;
+pub mod local;
+
 /// A comment on an issue or pull request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Comment {
@@ -359,5 +362,27 @@ impl fmt::Debug for GitRemote {
             .field("url", &self.url)
             .field("authorization", &self.authorization.as_ref().map(|_| "<redacted>"))
             .finish()
+    }
+}
+
+/// Refuse a branch Kiln may not push to: only `kiln/<name>` with a plain
+/// name (no `..`, no control characters, nothing git would reinterpret).
+/// Both forges call it before pushing; the policy gate checks it too.
+pub fn check_kiln_branch(branch: &str) -> Result<(), ForgeError> {
+    let rest = branch.strip_prefix("kiln/").unwrap_or("");
+    let plain = !rest.is_empty()
+        && rest.len() <= 200
+        && !rest.contains("..")
+        && !rest.ends_with('/')
+        && !rest.ends_with(".lock")
+        && rest
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'));
+    if plain {
+        Ok(())
+    } else {
+        Err(ForgeError::Invalid(format!(
+            "branch {branch:?}: Kiln only pushes to kiln/<name> branches"
+        )))
     }
 }
