@@ -144,6 +144,36 @@ pub enum Proposal {
     },
 }
 
+/// What became of a proposal after the gate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "kebab-case")]
+pub enum EffectState {
+    /// Allowed, and recorded only: the run has no forge attached.
+    Recorded,
+    /// Allowed and applied to the forge.
+    Applied {
+        /// Where it landed (`#12`, a URL), when the forge says.
+        url: Option<String>,
+    },
+    /// Held for a human to approve; the reason is the gate's.
+    Held {
+        /// Why it is held.
+        reason: String,
+    },
+}
+
+/// One proposal of a run that the gate let through (applied, recorded or
+/// held). Denied proposals are only in the event log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EffectRecord {
+    /// The effect id the plugin's receipt, the events and approvals use.
+    pub effect_id: String,
+    /// What was proposed, with its texts redacted.
+    pub proposal: Proposal,
+    /// What became of it.
+    pub state: EffectState,
+}
+
 /// A repository on a forge, `owner/name`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct RepoRef {
@@ -333,8 +363,7 @@ pub trait Forge: Send + Sync {
     /// One pull request with its comments and diff.
     async fn get_pull_request(&self, number: u64) -> Result<PullRequest, ForgeError>;
     /// Pull requests, newest first (diffs left empty).
-    async fn list_pull_requests(&self, state: StateFilter)
-    -> Result<Vec<PullRequest>, ForgeError>;
+    async fn list_pull_requests(&self, state: StateFilter) -> Result<Vec<PullRequest>, ForgeError>;
     /// Open a draft pull request; returns its number.
     async fn create_draft_pull_request(&self, pr: NewPullRequest) -> Result<u64, ForgeError>;
     /// Post a review; returns its id.
@@ -360,7 +389,10 @@ impl fmt::Debug for GitRemote {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("GitRemote")
             .field("url", &self.url)
-            .field("authorization", &self.authorization.as_ref().map(|_| "<redacted>"))
+            .field(
+                "authorization",
+                &self.authorization.as_ref().map(|_| "<redacted>"),
+            )
             .finish()
     }
 }

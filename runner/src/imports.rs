@@ -18,6 +18,7 @@ use crate::plugin::wit::latest::kiln::role::types::RoleError;
 use crate::session::{Blame, Budget, EventKind, EventSink, Steering};
 
 pub mod forge;
+pub mod gate;
 pub mod model;
 pub mod session;
 pub mod skills;
@@ -44,6 +45,16 @@ pub struct RunContext {
     pub forge: ForgeSnapshot,
     /// The directory holding `<role>/SKILL.md` files, if any.
     pub skills_dir: Option<Arc<cap_std::fs::Dir>>,
+    /// The run's binding to the policy gate; `None` runs under the default
+    /// policies as an untrusted run (there is no ungated run).
+    pub policy: Option<gate::PolicyBinding>,
+    /// The run's sandbox, where `workspace.exec` runs commands.
+    pub sandbox: Option<workspace::SandboxHandle>,
+    /// The shadow repository that diffs and commits the workspace.
+    pub publisher: Option<Arc<crate::publish::Publisher>>,
+    /// The forge that allowed proposals are applied to; without one they
+    /// are decided and recorded only.
+    pub forge_target: Option<forge::ForgeTarget>,
 }
 
 impl RunContext {
@@ -57,6 +68,10 @@ impl RunContext {
             workspace: None,
             forge: ForgeSnapshot::default(),
             skills_dir: None,
+            policy: None,
+            sandbox: None,
+            publisher: None,
+            forge_target: None,
         }
     }
 }
@@ -71,6 +86,8 @@ pub struct RunState {
     pub(crate) limiter: Limiter,
     pub(crate) started: Instant,
     pub(crate) events: Arc<dyn EventSink>,
+    /// The policy gate every effect passes (`None`: deny everything).
+    pub(crate) policy: Option<gate::PolicyBinding>,
     /// The plugin's panic message, if its panic hook sent one.
     pub(crate) panic: Option<String>,
     pub(crate) model: model::ModelCtx,
@@ -89,6 +106,14 @@ impl RunState {
         limits: PluginLimits,
         ctx: RunContext,
     ) -> Self {
+        let policy = ctx
+            .policy
+            .or_else(|| gate::PolicyBinding::untrusted_default(role));
+        // Every event is redacted at the source, before any sink sees it.
+        let events: Arc<dyn EventSink> = match &policy {
+            Some(b) => Arc::new(gate::RedactingEvents::new(ctx.events, b.gate.clone())),
+            None => ctx.events,
+        };
         RunState {
             plugin: plugin.to_string(),
             role: role.to_string(),
@@ -96,7 +121,8 @@ impl RunState {
             limiter: Limiter::new(&limits),
             limits,
             started: Instant::now(),
-            events: ctx.events,
+            events,
+            policy,
             panic: None,
             model: model::ModelCtx {
                 provider: ctx.model,
@@ -104,10 +130,15 @@ impl RunState {
             },
             workspace: workspace::WorkspaceCtx {
                 mount: ctx.workspace,
+                sandbox: ctx.sandbox,
+                publisher: ctx.publisher.clone(),
             },
             forge: forge::ForgeCtx {
                 snapshot: ctx.forge,
                 proposals: Vec::new(),
+                effects: Vec::new(),
+                target: ctx.forge_target,
+                publisher: ctx.publisher,
             },
             session: session::SessionCtx {
                 steering: ctx.steering,

@@ -17,5 +17,6 @@ pub mod imports;
 pub mod model;
 pub mod plugin;
 pub mod policy;
+pub mod publish;
 pub mod sandbox;
 pub mod session;

@@ -365,13 +365,13 @@ pub async fn pr(cmd: PrCommand, args: &LocalArgs) -> anyhow::Result<ExitCode> {
             )?;
             write_issue(&mut out, &p.issue)?;
             for r in forge.list_reviews(number).await? {
-                writeln!(out, "\n--- review by {} ({})\n{}", r.author, r.state, r.body)?;
+                writeln!(
+                    out,
+                    "\n--- review by {} ({})\n{}",
+                    r.author, r.state, r.body
+                )?;
                 for c in &r.comments {
-                    writeln!(
-                        out,
-                        "  {}:{} [{:?}] {}",
-                        c.path, c.line, c.severity, c.body
-                    )?;
+                    writeln!(out, "  {}:{} [{:?}] {}", c.path, c.line, c.severity, c.body)?;
                 }
             }
         }
@@ -405,7 +405,13 @@ fn write_issue(out: &mut impl std::io::Write, i: &kiln::forge::Issue) -> std::io
         writeln!(out, "\n{}", i.body.trim_end())?;
     }
     for c in &i.comments {
-        writeln!(out, "\n--- comment {} by {}\n{}", c.id, c.author, c.body.trim_end())?;
+        writeln!(
+            out,
+            "\n--- comment {} by {}\n{}",
+            c.id,
+            c.author,
+            c.body.trim_end()
+        )?;
     }
     Ok(())
 }

@@ -117,7 +117,10 @@ deleted file mode 100644
         assert!(c.contains("src/calc.py", 3, true), "added blank line 3");
         assert!(c.contains("src/calc.py", 2, false), "removed old line 2");
         assert!(c.contains("src/calc.py", 1, true), "context line, new side");
-        assert!(c.contains("src/calc.py", 4, false), "context, old numbering");
+        assert!(
+            c.contains("src/calc.py", 4, false),
+            "context, old numbering"
+        );
         assert!(c.contains("src/calc.py", 5, true), "context, new numbering");
     }
 

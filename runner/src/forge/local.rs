@@ -18,9 +18,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use super::diff::CommentableLines;
 use super::{
-    Comment, Forge, ForgeError, GitRemote, Issue, LineComment, NewIssue, NewPullRequest,
-    NewReview, Permission, PullRequest, RepoRef, Review, Severity, StateFilter,
-    check_kiln_branch,
+    Comment, Forge, ForgeError, GitRemote, Issue, LineComment, NewIssue, NewPullRequest, NewReview,
+    Permission, PullRequest, RepoRef, Review, Severity, StateFilter, check_kiln_branch,
 };
 
 const SCHEMA_VERSION: i64 = 1;
@@ -198,11 +197,14 @@ impl LocalForge {
             )));
         }
         if let Some(parent) = bare.parent() {
-            std::fs::create_dir_all(parent).map_err(|e| {
-                ForgeError::Git(format!("cannot create {}: {e}", parent.display()))
-            })?;
+            std::fs::create_dir_all(parent)
+                .map_err(|e| ForgeError::Git(format!("cannot create {}: {e}", parent.display())))?;
         }
-        git(None, &["init", "--quiet", "--bare", "-b", "main", path_str(&bare)?]).await?;
+        git(
+            None,
+            &["init", "--quiet", "--bare", "-b", "main", path_str(&bare)?],
+        )
+        .await?;
         if let Some(src) = source {
             import_tree(src, &bare).await?;
         }
@@ -295,7 +297,11 @@ impl LocalForge {
     async fn diff(&self, base: &str, head: &str) -> Result<String, ForgeError> {
         let bare = self.bare_repo();
         let range = format!("refs/heads/{base}...refs/heads/{head}");
-        git(Some(&bare), &["diff", "--no-color", "--no-ext-diff", &range]).await
+        git(
+            Some(&bare),
+            &["diff", "--no-color", "--no-ext-diff", &range],
+        )
+        .await
     }
 
     async fn branch_exists(&self, branch: &str) -> Result<bool, ForgeError> {
@@ -383,11 +389,18 @@ async fn import_tree(src: &Path, bare: &Path) -> Result<(), ForgeError> {
     let ws = path_str(w)?;
     git(None, &["init", "--quiet", "-b", "main", ws]).await?;
     copy_tree(src, w).map_err(|e| {
-        ForgeError::Git(format!("cannot copy {} into the import: {e}", src.display()))
+        ForgeError::Git(format!(
+            "cannot copy {} into the import: {e}",
+            src.display()
+        ))
     })?;
     git(Some(w), &["add", "-A"]).await?;
     git(Some(w), &["commit", "--quiet", "-m", "Initial import"]).await?;
-    git(Some(w), &["push", "--quiet", path_str(bare)?, "main:refs/heads/main"]).await?;
+    git(
+        Some(w),
+        &["push", "--quiet", path_str(bare)?, "main:refs/heads/main"],
+    )
+    .await?;
     Ok(())
 }
 
@@ -481,8 +494,9 @@ fn item_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ItemRow> {
 /// Attach labels and comments to a row.
 fn load_issue(c: &Connection, key: &str, row: &ItemRow) -> rusqlite::Result<Issue> {
     let n = row.number as i64;
-    let mut stmt =
-        c.prepare_cached("SELECT label FROM labels WHERE repo = ?1 AND number = ?2 ORDER BY rowid")?;
+    let mut stmt = c.prepare_cached(
+        "SELECT label FROM labels WHERE repo = ?1 AND number = ?2 ORDER BY rowid",
+    )?;
     let labels = stmt
         .query_map(params![key, n], |r| r.get(0))?
         .collect::<Result<Vec<String>, _>>()?;
@@ -741,10 +755,7 @@ impl Forge for LocalForge {
         })
     }
 
-    async fn list_pull_requests(
-        &self,
-        state: StateFilter,
-    ) -> Result<Vec<PullRequest>, ForgeError> {
+    async fn list_pull_requests(&self, state: StateFilter) -> Result<Vec<PullRequest>, ForgeError> {
         let key = self.key.clone();
         self.with_db(move |c| {
             let sql = format!(
@@ -971,8 +982,14 @@ mod tests {
             .await
             .expect("git show");
         assert_eq!(out, "hello\n");
-        assert_eq!(forge.permission("alice").await.ok(), Some(Permission::Admin));
-        assert_eq!(forge.permission("mallory").await.ok(), Some(Permission::None));
+        assert_eq!(
+            forge.permission("alice").await.ok(),
+            Some(Permission::Admin)
+        );
+        assert_eq!(
+            forge.permission("mallory").await.ok(),
+            Some(Permission::None)
+        );
     }
 
     #[tokio::test]
@@ -993,7 +1010,8 @@ mod tests {
     async fn a_newer_database_is_refused_with_the_versions() {
         let root = tempfile::tempdir().expect("tempdir");
         let conn = Connection::open(root.path().join("forge.sqlite")).expect("open");
-        conn.pragma_update(None, "user_version", 99).expect("pragma");
+        conn.pragma_update(None, "user_version", 99)
+            .expect("pragma");
         drop(conn);
         let err = list_repos(root.path()).expect_err("newer schema");
         assert!(err.to_string().contains("schema version 99"), "{err}");

@@ -94,8 +94,11 @@ pub enum RunError {
 pub struct RunReport {
     /// The outcome, or why the run failed.
     pub result: Result<Outcome, RunError>,
-    /// The forge effects the plugin proposed, in order.
+    /// The forge effects the plugin proposed and the gate did not deny, in order.
     pub proposals: Vec<Proposal>,
+    /// The same, with effect ids and what became of each (applied,
+    /// recorded, held for approval).
+    pub effects: Vec<crate::forge::EffectRecord>,
     /// The budget as spent.
     pub budget: Budget,
 }
@@ -268,11 +271,13 @@ impl PluginHost {
             Ok(o) => format!("{:?}: {}", o.status, o.summary),
             Err(e) => e.to_string(),
         };
-        events.record(EventKind::Finished, message);
         let state = store.into_data();
+        // Through the run's own (redacting) sink: the summary is plugin text.
+        state.events.record(EventKind::Finished, message);
         RunReport {
             result,
             proposals: state.forge.proposals,
+            effects: state.forge.effects,
             budget: state.model.budget,
         }
     }
