@@ -20,3 +20,4 @@ pub mod policy;
 pub mod publish;
 pub mod sandbox;
 pub mod session;
+pub mod worker;
