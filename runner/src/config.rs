@@ -104,6 +104,9 @@ pub struct KilnConfig {
     /// Declared secrets.
     #[serde(default)]
     pub secrets: Vec<SecretConfig>,
+    /// Repository additions to the default policies.
+    #[serde(default)]
+    pub policy: crate::policy::config::PolicyConfig,
 }
 
 impl KilnConfig {
