@@ -12,6 +12,7 @@
 #![deny(missing_docs)]
 
 pub mod config;
+pub mod control;
 pub mod forge;
 pub mod imports;
 pub mod model;
