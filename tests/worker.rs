@@ -17,7 +17,7 @@ use kiln::policy::{Gate, GateConfig, SecretValue, Trust};
 use kiln::sandbox::SandboxBackend;
 use kiln::sandbox::docker::DockerBackend;
 use kiln::session::{MemoryEvents, Steering};
-use kiln::worker::{RunEnd, RunRequest, RunTrigger, Services, execute};
+use kiln::worker::{Cancel, RunEnd, RunRequest, RunTrigger, Services, execute};
 
 #[path = "support/images.rs"]
 mod images;
@@ -106,6 +106,7 @@ async fn services(root: &Path, runner: &str, turns: Vec<Completion>) -> Services
         model: Some(Arc::new(Canned(Mutex::new(turns.into())))),
         budgets: HashMap::new(),
         mirrors: root.join("mirrors"),
+        runs_dir: Some(root.join("runs")),
     }
 }
 
@@ -153,6 +154,7 @@ async fn secrets_from_a_file_and_a_model_answer_never_reach_the_forge_or_the_log
         &req,
         Arc::new(events.clone()),
         Steering::new(),
+        Cancel::new(),
     )
     .await;
     assert_eq!(
@@ -190,6 +192,10 @@ async fn secrets_from_a_file_and_a_model_answer_never_reach_the_forge_or_the_log
         assert!(!log.contains(canary), "{canary} reached the event log");
     }
     assert!(
+        root.path().join("runs/r-canary/handback.bundle").is_file(),
+        "the run's branch is kept as a handback bundle"
+    );
+    assert!(
         log.contains("forge.comment") && log.contains("allow"),
         "the gate's decision is in the log:\n{log}"
     );
@@ -215,6 +221,7 @@ async fn a_run_on_a_missing_issue_fails_with_the_reason_and_leaves_no_sandbox() 
         &req,
         Arc::new(MemoryEvents::new()),
         Steering::new(),
+        Cancel::new(),
     )
     .await;
     assert_eq!(summary.state, RunEnd::Failed);

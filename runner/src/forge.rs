@@ -159,6 +159,10 @@ pub enum EffectState {
     Held {
         /// Why it is held.
         reason: String,
+        /// For a pull request: the commit made when it was proposed, so
+        /// the human approves exactly what was proposed.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        commit: Option<String>,
     },
 }
 

@@ -188,6 +188,24 @@ impl Publisher {
     }
 }
 
+impl Publisher {
+    /// Write the run's branch as a git bundle to `path` (for handback),
+    /// committing any work not yet committed first.
+    pub async fn bundle(&self, path: &Path, message: &str) -> Result<(), PublishError> {
+        match self.commit(message).await {
+            Ok(_) | Err(PublishError::NothingToCommit) => {}
+            Err(e) => return Err(e),
+        }
+        let target = path
+            .to_str()
+            .ok_or_else(|| PublishError::Io(format!("{} is not UTF-8", path.display())))?;
+        let r = format!("refs/heads/{}", self.branch);
+        self.git(&["bundle", "create", "--quiet", target, &r])
+            .await
+            .map(drop)
+    }
+}
+
 /// Host git with no system or global configuration, no hooks, no
 /// fsmonitor, and no prompts.
 fn git_command(git_dir: Option<&Path>, work_tree: Option<&Path>) -> tokio::process::Command {

@@ -90,6 +90,42 @@ pub struct Services {
     pub budgets: HashMap<Role, Budget>,
     /// Where repository mirrors are kept.
     pub mirrors: PathBuf,
+    /// Where each run's handback bundle is written (`<dir>/<run>/handback.bundle`);
+    /// `None` writes none.
+    pub runs_dir: Option<PathBuf>,
+}
+
+/// Tells a run to stop: the plugin is dropped mid-call (its store with
+/// it), the sandbox destroyed, and the run ends `cancelled`.
+#[derive(Debug, Clone, Default)]
+pub struct Cancel {
+    sent: Arc<tokio::sync::watch::Sender<Option<String>>>,
+}
+
+impl Cancel {
+    /// A signal not yet sent.
+    pub fn new() -> Self {
+        Cancel::default()
+    }
+
+    /// Stop the run, saying who asked.
+    pub fn cancel(&self, by: impl Into<String>) {
+        self.sent.send_replace(Some(by.into()));
+    }
+
+    /// Resolves with who cancelled, once someone does.
+    pub async fn cancelled(&self) -> String {
+        let mut rx = self.sent.subscribe();
+        loop {
+            if let Some(by) = rx.borrow_and_update().clone() {
+                return by;
+            }
+            if rx.changed().await.is_err() {
+                // The sender lives in `self`: it cannot be dropped while we wait.
+                std::future::pending::<()>().await;
+            }
+        }
+    }
 }
 
 /// How a run ended.
@@ -114,6 +150,8 @@ pub enum RunEnd {
     Failed,
     /// Some effects wait for an operator's approval.
     AwaitingApproval,
+    /// An operator cancelled it.
+    Cancelled,
 }
 
 impl RunEnd {
@@ -124,6 +162,7 @@ impl RunEnd {
             RunEnd::Blocked => "blocked",
             RunEnd::Failed => "failed",
             RunEnd::AwaitingApproval => "awaiting-approval",
+            RunEnd::Cancelled => "cancelled",
         }
     }
 }
@@ -186,6 +225,7 @@ pub async fn execute(
     req: &RunRequest,
     events: Arc<dyn EventSink>,
     steering: Steering,
+    cancel: Cancel,
 ) -> RunSummary {
     events.record(
         EventKind::Progress,
@@ -210,7 +250,16 @@ pub async fn execute(
         .await
         .map_err(|e| events.record(EventKind::Warning, format!("progress comment: {e}")))
         .ok();
-    let summary = match run_prepared(services, forge.clone(), req, events.clone(), steering).await {
+    let summary = match run_prepared(
+        services,
+        forge.clone(),
+        req,
+        events.clone(),
+        steering,
+        cancel,
+    )
+    .await
+    {
         Ok(s) => s,
         Err(e) => RunSummary {
             state: RunEnd::Failed,
@@ -263,6 +312,7 @@ async fn run_prepared(
     req: &RunRequest,
     events: Arc<dyn EventSink>,
     steering: Steering,
+    cancel: Cancel,
 ) -> Result<RunSummary, PrepareError> {
     let plugin = services
         .plugins
@@ -377,7 +427,7 @@ async fn run_prepared(
         repo: req.repo.to_string(),
         issue: (req.role != Role::Review).then_some(req.number),
         pull_request: (req.role == Role::Review).then_some(req.number),
-        branch,
+        branch: branch.clone(),
         base_branch,
         trigger: match &req.trigger {
             RunTrigger::Label(l) => Trigger::Label(l.clone()),
@@ -387,9 +437,42 @@ async fn run_prepared(
         },
         instructions: req.instructions.clone(),
     };
-    let report = services.host.run(&plugin, task, ctx).await;
+    let report = tokio::select! {
+        report = services.host.run(&plugin, task, ctx) => Some(report),
+        by = cancel.cancelled() => {
+            events.record(EventKind::Warning, format!("cancelled by {by}"));
+            None
+        }
+    };
     destroy(services, sandbox, &events).await;
+    if let Some(dir) = &services.runs_dir {
+        let bundle = dir.join(&req.run_id).join("handback.bundle");
+        let written = match std::fs::create_dir_all(dir.join(&req.run_id)) {
+            Ok(()) => publisher
+                .bundle(
+                    &bundle,
+                    &format!("Kiln run {}: work in progress", req.run_id),
+                )
+                .await
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        match written {
+            Ok(()) => events.record(
+                EventKind::Progress,
+                format!("handback bundle of {branch} written"),
+            ),
+            Err(e) => events.record(EventKind::Warning, format!("handback bundle: {e}")),
+        }
+    }
     drop(workspace);
+    let Some(report) = report else {
+        return Ok(RunSummary {
+            state: RunEnd::Cancelled,
+            reason: "cancelled by an operator".into(),
+            report: None,
+        });
+    };
     let held = report
         .effects
         .iter()

@@ -90,14 +90,30 @@ fn stricter(a: Decision, b: Decision) -> Decision {
     }
 }
 
-/// Apply an allowed (or approved) proposal to the forge. A pull request is
-/// committed from the workspace through the shadow repository, its files
-/// scanned for secrets once more (they may have changed since the
-/// decision), pushed to the run's branch with the host's credentials and
-/// opened as a draft. Returns where it landed.
+/// Where a pull request's commit comes from.
+pub enum CommitSource<'a> {
+    /// Commit the workspace now, through its shadow repository.
+    Workspace(&'a Publisher),
+    /// A commit made earlier (when a held pull request was proposed), in
+    /// the git repository at `git_dir` (e.g. a handback bundle's clone).
+    Frozen {
+        /// A repository holding the commit.
+        git_dir: &'a std::path::Path,
+        /// The commit.
+        commit: &'a str,
+    },
+    /// No workspace: a pull request cannot be opened.
+    None,
+}
+
+/// Apply an allowed (or approved) proposal to the forge. A pull request's
+/// files are scanned for secrets once more (they may have changed since
+/// the decision), committed (or the frozen commit taken), pushed to the
+/// run's branch with the host's credentials and opened as a draft. Returns
+/// where it landed.
 pub async fn apply(
     target: &ForgeTarget,
-    publisher: Option<&Publisher>,
+    source: CommitSource<'_>,
     gate: &Gate,
     proposal: &Proposal,
 ) -> Result<Option<String>, String> {
@@ -134,17 +150,26 @@ pub async fn apply(
             body,
             commit_message,
         } => {
-            let publisher =
-                publisher.ok_or("the run has no workspace to open a pull request from")?;
-            let files = publisher.changed_files().await.map_err(|e| e.to_string())?;
-            gate.check_commit(files.iter().map(|(p, b)| (p.as_str(), b.as_slice())))
-                .map_err(|e| e.to_string())?;
-            let commit = publisher
-                .commit(commit_message)
-                .await
-                .map_err(|e| e.to_string())?;
+            let (git_dir, commit) = match source {
+                CommitSource::Workspace(publisher) => {
+                    let files = publisher.changed_files().await.map_err(|e| e.to_string())?;
+                    gate.check_commit(files.iter().map(|(p, b)| (p.as_str(), b.as_slice())))
+                        .map_err(|e| e.to_string())?;
+                    let commit = publisher
+                        .commit(commit_message)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    (publisher.git_dir().to_path_buf(), commit)
+                }
+                CommitSource::Frozen { git_dir, commit } => {
+                    (git_dir.to_path_buf(), commit.to_string())
+                }
+                CommitSource::None => {
+                    return Err("the run has no workspace to open a pull request from".into());
+                }
+            };
             forge
-                .push(publisher.git_dir(), &commit, &target.head_branch)
+                .push(&git_dir, &commit, &target.head_branch)
                 .await
                 .map_err(|e| e.to_string())?;
             let n = forge
@@ -358,17 +383,33 @@ impl RunState {
         let proposal = self.redact_proposal(proposal);
         let effect_id = format!("e{}", self.forge.effects.len() + 1);
         let (state, receipt_state, url) = match decision {
-            Decision::Hold { reason } => (EffectState::Held { reason }, ProposalState::Held, None),
+            Decision::Hold { reason } => {
+                let commit = match (&proposal, &self.forge.publisher) {
+                    (Proposal::PullRequest { commit_message, .. }, Some(p)) => {
+                        match p.commit(commit_message).await {
+                            Ok(c) => Some(c),
+                            Err(e) => {
+                                return Err(RoleError::Unavailable(format!(
+                                    "{what}: held, but the workspace could not be committed: {e}"
+                                )));
+                            }
+                        }
+                    }
+                    _ => None,
+                };
+                (
+                    EffectState::Held { reason, commit },
+                    ProposalState::Held,
+                    None,
+                )
+            }
             _ => match (&self.forge.target, &self.policy) {
                 (Some(target), Some(binding)) => {
-                    match apply(
-                        target,
-                        self.forge.publisher.as_deref(),
-                        &binding.gate,
-                        &proposal,
-                    )
-                    .await
-                    {
+                    let source = match self.forge.publisher.as_deref() {
+                        Some(p) => CommitSource::Workspace(p),
+                        None => CommitSource::None,
+                    };
+                    match apply(target, source, &binding.gate, &proposal).await {
                         Ok(url) => (
                             EffectState::Applied { url: url.clone() },
                             ProposalState::Applied,
@@ -394,7 +435,7 @@ impl RunState {
                         .unwrap_or_default()
                 )
             }
-            EffectState::Held { reason } => format!("held for approval: {reason}"),
+            EffectState::Held { reason, .. } => format!("held for approval: {reason}"),
         };
         self.events.record(
             EventKind::Proposal {
