@@ -127,6 +127,7 @@ impl RunState {
             model: model::ModelCtx {
                 provider: ctx.model,
                 budget: ctx.budget,
+                refused: None,
             },
             workspace: workspace::WorkspaceCtx {
                 mount: ctx.workspace,

@@ -79,6 +79,17 @@ pub enum RunError {
         /// The error it returned.
         message: String,
     },
+    /// The plugin reported success after the host refused it a model turn
+    /// for budget: work cut short by the budget is not a success.
+    #[error("plugin {plugin} ran out of budget ({message}) but reported {claimed}")]
+    BudgetExhausted {
+        /// Plugin name.
+        plugin: String,
+        /// Which budget was spent.
+        message: String,
+        /// What the plugin claimed (`completed: <summary>`).
+        claimed: String,
+    },
     /// The plugin could not be instantiated.
     #[error("plugin {plugin} could not be instantiated: {message}")]
     Instantiate {
@@ -259,7 +270,9 @@ impl PluginHost {
                         plugin: name.clone(),
                         message: describe(&role_error),
                     }),
-                    Ok(Ok(Ok(outcome))) => Ok(outcome),
+                    Ok(Ok(Ok(outcome))) => {
+                        over_budget(&name, outcome, store.data().model.refused.as_deref())
+                    }
                 }
             }
             Err(message) => Err(RunError::Instantiate {
@@ -362,6 +375,25 @@ impl PluginHost {
             None => format!("{error:#}"),
         };
         RunError::Trapped { plugin, message }
+    }
+}
+
+/// A plugin's outcome, unless it claims success after a model turn was
+/// refused for budget: only `blocked` is an honest answer then.
+fn over_budget(plugin: &str, outcome: Outcome, refused: Option<&str>) -> Result<Outcome, RunError> {
+    match refused {
+        Some(why) if outcome.status != super::OutcomeStatus::Blocked => {
+            Err(RunError::BudgetExhausted {
+                plugin: plugin.to_string(),
+                message: why.to_string(),
+                claimed: format!(
+                    "{}: {}",
+                    format!("{:?}", outcome.status).to_lowercase(),
+                    outcome.summary
+                ),
+            })
+        }
+        _ => Ok(outcome),
     }
 }
 
