@@ -330,7 +330,8 @@ pub trait Forge: Send + Sync {
     /// One pull request with its comments and diff.
     async fn get_pull_request(&self, number: u64) -> Result<PullRequest, ForgeError>;
     /// Pull requests, newest first (diffs left empty).
-    async fn list_pull_requests(&self, state: StateFilter) -> Result<Vec<PullRequest>, ForgeError>;
+    async fn list_pull_requests(&self, state: StateFilter)
+    -> Result<Vec<PullRequest>, ForgeError>;
     /// Open a draft pull request; returns its number.
     async fn create_draft_pull_request(&self, pr: NewPullRequest) -> Result<u64, ForgeError>;
     /// Post a review; returns its id.
@@ -356,10 +357,7 @@ impl fmt::Debug for GitRemote {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("GitRemote")
             .field("url", &self.url)
-            .field(
-                "authorization",
-                &self.authorization.as_ref().map(|_| "<redacted>"),
-            )
+            .field("authorization", &self.authorization.as_ref().map(|_| "<redacted>"))
             .finish()
     }
 }
