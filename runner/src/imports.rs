@@ -43,8 +43,10 @@ pub struct RunContext {
     pub workspace: Option<workspace::WorkspaceMount>,
     /// Forge data the run may read.
     pub forge: ForgeSnapshot,
-    /// The directory holding `<role>/SKILL.md` files, if any.
-    pub skills_dir: Option<Arc<cap_std::fs::Dir>>,
+    /// The repository's skill overrides (`.kiln/skills/`, holding
+    /// `<role>.md`), opened from the base checkout, never from a directory
+    /// the run can write. Core skills are built in; this only adapts them.
+    pub skill_overrides: Option<Arc<cap_std::fs::Dir>>,
     /// The run's binding to the policy gate; `None` runs under the default
     /// policies as an untrusted run (there is no ungated run).
     pub policy: Option<gate::PolicyBinding>,
@@ -67,7 +69,7 @@ impl RunContext {
             model: None,
             workspace: None,
             forge: ForgeSnapshot::default(),
-            skills_dir: None,
+            skill_overrides: None,
             policy: None,
             sandbox: None,
             publisher: None,
@@ -145,7 +147,7 @@ impl RunState {
                 steering: ctx.steering,
             },
             skills: skills::SkillsCtx {
-                dir: ctx.skills_dir,
+                overrides: ctx.skill_overrides,
             },
         }
     }

@@ -22,4 +22,5 @@ pub mod policy;
 pub mod publish;
 pub mod sandbox;
 pub mod session;
+pub mod skills;
 pub mod worker;
