@@ -7,6 +7,9 @@
 //! provider's file format; `workspace.exec` answers `unavailable` in this
 //! harness (no sandbox attached), which the implementation role must report
 //! as "not verified".
+use kiln::config::Role as KilnRole;
+use kiln::imports::gate::PolicyBinding;
+use kiln::policy::{Gate, GateConfig, Trust};
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -205,6 +208,28 @@ async fn run_role(
     let plugin = host.load(bytes).expect("the role plugin loads");
     let events = MemoryEvents::new();
     let mut ctx = RunContext::new(Arc::new(events.clone()));
+    // A maintainer started the run; the repository allows its own label set.
+    let mut labels = kiln::policy::config::PolicyConfig::default().labels;
+    labels.push("kind/bug".into());
+    let gate = Gate::new(&GateConfig {
+        label_allowlist: labels,
+        ..GateConfig::default()
+    })
+    .expect("gate");
+    let role_name = KilnRole::ALL
+        .into_iter()
+        .find(|r| r.as_str() == role)
+        .expect("a built-in role");
+    ctx.policy = Some(PolicyBinding {
+        gate: Arc::new(gate),
+        run: Arc::new(kiln::policy::RunContext::new(
+            task.run_id.clone(),
+            role_name,
+            task.repo.clone(),
+            Trust::Trusted,
+            task.branch.clone(),
+        )),
+    });
     ctx.model = Some(model);
     ctx.workspace = Some(WorkspaceMount::open(workspace, writable).expect("workspace"));
     ctx.forge = forge;

@@ -45,11 +45,15 @@ impl PolicyBinding {
     }
 }
 
-/// The gate with Kiln's embedded policies and no configured secrets (token
-/// shapes are still redacted), built once per process.
+/// The gate with Kiln's embedded policies, the default `[policy]` section
+/// and no configured secrets (token shapes are still redacted), built once
+/// per process.
 pub fn default_gate() -> Option<Arc<Gate>> {
     static GATE: OnceLock<Option<Arc<Gate>>> = OnceLock::new();
-    GATE.get_or_init(|| match Gate::new(&GateConfig::default()) {
+    let config = || -> Result<GateConfig, String> {
+        crate::policy::config::PolicyConfig::default().gate_config(Vec::new())
+    };
+    GATE.get_or_init(|| match config().and_then(|c| Gate::new(&c).map_err(|e| e.to_string())) {
         Ok(g) => Some(Arc::new(g)),
         Err(e) => {
             tracing::error!("the default policy gate cannot be built: {e}");
