@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 mod image;
 mod local_forge;
 mod plugin;
+mod run;
 
 /// Kiln: a self-hosted software factory runner. Issues flow through role
 /// plugins (triage, spec, implementation, review) that run as WebAssembly
@@ -28,6 +29,11 @@ enum Command {
     /// Build sandbox images from sandbox-images/ (no registry needed).
     #[command(subcommand)]
     Image(image::ImageCommand),
+    /// Run one role once on an issue (or, for review, a pull request) of the local forge.
+    Run(run::RunArgs),
+    /// Build what is missing, create a sample repository on the local forge and
+    /// drive it through triage → spec → implementation → review.
+    Demo(run::RunnerArgs),
     /// Repositories on the local forge (create one from a directory).
     #[command(subcommand)]
     Repo(local_forge::RepoCommand),
@@ -45,6 +51,8 @@ impl Cli {
         match self.command {
             Command::Plugin(cmd) => plugin::run(cmd),
             Command::Image(cmd) => cmd.run().await.map(|()| ExitCode::SUCCESS),
+            Command::Run(args) => run::run(args, &self.local).await,
+            Command::Demo(args) => run::demo(args, &self.local).await,
             Command::Repo(cmd) => local_forge::repo(cmd, &self.local).await,
             Command::Issue(cmd) => local_forge::issue(cmd, &self.local).await,
             Command::Pr(cmd) => local_forge::pr(cmd, &self.local).await,

@@ -60,10 +60,12 @@ pub struct RunRequest {
 
 impl RunRequest {
     /// The branch the run works on: `kiln/<role>-issue-N`, or for a review
-    /// (which writes nothing) `kiln/review-pr-N`.
+    /// (which writes nothing) `kiln/review-pr-N`; implementation uses
+    /// `kiln/implement-issue-N`.
     pub fn branch(&self) -> String {
         match self.role {
             Role::Review => format!("kiln/review-pr-{}", self.number),
+            Role::Implementation => format!("kiln/implement-issue-{}", self.number),
             r => format!("kiln/{}-issue-{}", r.as_str(), self.number),
         }
     }
@@ -227,6 +229,11 @@ pub async fn execute(
     steering: Steering,
     cancel: Cancel,
 ) -> RunSummary {
+    // The worker's own events quote plugin summaries and forge errors.
+    let events: Arc<dyn EventSink> = Arc::new(crate::imports::gate::RedactingEvents::new(
+        events,
+        services.gate.clone(),
+    ));
     events.record(
         EventKind::Progress,
         format!(

@@ -213,6 +213,11 @@ pub enum PrCommand {
         /// Pull request number.
         number: u64,
     },
+    /// Merge a pull request into its base (a human's action; agents never merge).
+    Merge {
+        /// Pull request number.
+        number: u64,
+    },
 }
 
 /// Open, closed or all.
@@ -378,6 +383,10 @@ pub async fn pr(cmd: PrCommand, args: &LocalArgs) -> anyhow::Result<ExitCode> {
         PrCommand::Diff { number } => {
             let p = forge.get_pull_request(number).await?;
             write!(out, "{}", p.diff)?;
+        }
+        PrCommand::Merge { number } => {
+            let sha = forge.merge(number).await?;
+            writeln!(out, "merged #{number} as {}", &sha[..sha.len().min(12)])?;
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -940,6 +940,61 @@ impl Forge for LocalForge {
 }
 
 impl LocalForge {
+    /// Merge a pull request into its base with a merge commit, and close it.
+    /// A human's action (`kiln pr merge`): it is not part of the [`Forge`]
+    /// trait, so no run can reach it.
+    pub async fn merge(&self, number: u64) -> Result<String, ForgeError> {
+        let pr = self.get_pull_request(number).await?;
+        if !pr.issue.open {
+            return Err(ForgeError::Rejected(format!(
+                "pull request #{number} is already closed"
+            )));
+        }
+        let bare = self.bare_repo();
+        let work = tempfile::tempdir().map_err(|e| ForgeError::Git(e.to_string()))?;
+        let w = work.path().join("merge");
+        let ws = path_str(&w)?;
+        git(
+            None,
+            &[
+                "clone",
+                "--quiet",
+                "--template=",
+                "-b",
+                &pr.base_branch,
+                path_str(&bare)?,
+                ws,
+            ],
+        )
+        .await?;
+        let head = format!("origin/{}", pr.head_branch);
+        let message = format!(
+            "Merge pull request #{number} from {}\n\n{}",
+            pr.head_branch, pr.issue.title
+        );
+        git(
+            Some(&w),
+            &[
+                "merge",
+                "--quiet",
+                "--no-ff",
+                "--no-edit",
+                "-m",
+                &message,
+                &head,
+            ],
+        )
+        .await?;
+        let spec = format!("HEAD:refs/heads/{}", pr.base_branch);
+        git(Some(&w), &["push", "--quiet", "origin", &spec]).await?;
+        let sha = git(Some(&w), &["rev-parse", "HEAD"])
+            .await?
+            .trim()
+            .to_string();
+        self.close(number).await?;
+        Ok(sha)
+    }
+
     /// Close an issue or pull request (the CLI's `kiln issue close`).
     pub async fn close(&self, number: u64) -> Result<(), ForgeError> {
         self.require_item(number).await?;

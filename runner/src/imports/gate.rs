@@ -53,13 +53,15 @@ pub fn default_gate() -> Option<Arc<Gate>> {
     let config = || -> Result<GateConfig, String> {
         crate::policy::config::PolicyConfig::default().gate_config(Vec::new())
     };
-    GATE.get_or_init(|| match config().and_then(|c| Gate::new(&c).map_err(|e| e.to_string())) {
-        Ok(g) => Some(Arc::new(g)),
-        Err(e) => {
-            tracing::error!("the default policy gate cannot be built: {e}");
-            None
-        }
-    })
+    GATE.get_or_init(
+        || match config().and_then(|c| Gate::new(&c).map_err(|e| e.to_string())) {
+            Ok(g) => Some(Arc::new(g)),
+            Err(e) => {
+                tracing::error!("the default policy gate cannot be built: {e}");
+                None
+            }
+        },
+    )
     .clone()
 }
 
