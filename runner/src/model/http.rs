@@ -22,7 +22,8 @@ const MAX_BODY_BYTES: usize = 16 << 20;
 /// How much of an error body is kept when it is not the usual JSON shape.
 const MAX_ERROR_TEXT: usize = 500;
 
-/// A model provider's API key. Its `Debug` and `Display` never show it.
+/// A model provider's API key. Its `Debug` never shows it, and it has no
+/// `Display` and no accessor outside this module.
 #[derive(Clone, PartialEq, Eq)]
 pub struct ApiKey(String);
 

@@ -388,7 +388,11 @@ fn over_budget(plugin: &str, outcome: Outcome, refused: Option<&str>) -> Result<
                 message: why.to_string(),
                 claimed: format!(
                     "{}: {}",
-                    format!("{:?}", outcome.status).to_lowercase(),
+                    match outcome.status {
+                        super::OutcomeStatus::Completed => "completed",
+                        super::OutcomeStatus::Blocked => "blocked",
+                        super::OutcomeStatus::Skipped => "skipped",
+                    },
                     outcome.summary
                 ),
             })
