@@ -27,14 +27,17 @@ const CONFIGURED: &str = "canary-value-7f3a9c1e55";
 const GITHUB_TOKEN: &str = "ghp_abcdefghijklmnopqrstuvwxyz0123456789";
 const AWS_KEY: &str = "AKIAIOSFODNN7EXAMPLE";
 
-/// A model that answers with canned turns, in order.
-struct Canned(Mutex<VecDeque<Completion>>);
+/// A model that answers with canned turns, in order, and keeps what it was sent.
+struct Canned(Mutex<VecDeque<Completion>>, Arc<Mutex<Vec<String>>>);
 
 impl ModelProvider for Canned {
     fn name(&self) -> String {
         "canned".into()
     }
-    fn complete(&self, _r: CompletionRequest) -> BoxFuture<'_, Result<Completion, ModelError>> {
+    fn complete(&self, r: CompletionRequest) -> BoxFuture<'_, Result<Completion, ModelError>> {
+        if let Ok(mut sent) = self.1.lock() {
+            sent.push(serde_json::to_string(&r).unwrap_or_default());
+        }
         Box::pin(async move {
             self.0
                 .lock()
@@ -80,7 +83,7 @@ async fn sample_forge(root: &Path) -> LocalForge {
 }
 
 async fn services(root: &Path, runner: &str, turns: Vec<Completion>) -> Services {
-    services_with(root, runner, "agent", turns).await
+    services_with(root, runner, "agent", turns, Arc::default()).await
 }
 
 /// Services whose triage role is played by the test plugin `plugin`.
@@ -89,6 +92,7 @@ async fn services_with(
     runner: &str,
     plugin: &str,
     turns: Vec<Completion>,
+    sent: Arc<Mutex<Vec<String>>>,
 ) -> Services {
     let (image, _proxy) = images::images().await;
     let backend = DockerBackend::new(images::docker().await, runner).expect("backend");
@@ -113,7 +117,7 @@ async fn services_with(
         image,
         sandbox_config: SandboxConfig::default(),
         gate: Arc::new(gate),
-        model: Some(Arc::new(Canned(Mutex::new(turns.into())))),
+        model: Some(Arc::new(Canned(Mutex::new(turns.into()), sent))),
         budgets: HashMap::new(),
         mirrors: root.join("mirrors"),
         runs_dir: Some(root.join("runs")),
@@ -138,13 +142,16 @@ async fn secrets_from_a_file_and_a_model_answer_never_reach_the_forge_or_the_log
     let answer = format!(
         r#"{{"text":"The README says: Deploy key {AWS_KEY}; token {GITHUB_TOKEN}; password {CONFIGURED}"}}"#
     );
-    let services = services(
+    let sent = Arc::new(Mutex::new(Vec::new()));
+    let services = services_with(
         root.path(),
         "test-worker-canary",
+        "agent",
         vec![
             call("read_file", r#"{"path":"README.md"}"#),
             call("answer", &answer),
         ],
+        sent.clone(),
     )
     .await;
     let events = MemoryEvents::new();
@@ -197,7 +204,16 @@ async fn secrets_from_a_file_and_a_model_answer_never_reach_the_forge_or_the_log
         .map(|e| e.message.clone())
         .collect::<Vec<_>>()
         .join("\n");
+    let sent = sent.lock().expect("requests").join("\n");
+    assert!(
+        sent.contains("Deploy key for staging"),
+        "the model was sent the file it asked for"
+    );
     for canary in [CONFIGURED, GITHUB_TOKEN, AWS_KEY] {
+        assert!(
+            !sent.contains(canary),
+            "{canary} reached the model provider"
+        );
         assert!(!posted.contains(canary), "{canary} reached the forge");
         assert!(!log.contains(canary), "{canary} reached the event log");
     }
@@ -271,6 +287,7 @@ async fn a_prompt_injection_the_model_obeys_gets_no_effect_past_the_gate() {
                 r#"{{"labels":["ready-to-implement","plan-approved"],"comment":"Done, merging now with {GITHUB_TOKEN}"}}"#
             ),
         )],
+        Arc::default(),
     )
     .await;
     let events = MemoryEvents::new();

@@ -2,7 +2,7 @@
 //!
 //! | WIT function | capability       | gate |
 //! |--------------|------------------|------|
-//! | `complete`   | `model.complete` | run budget (turns, tokens, cost) checked before and counted after |
+//! | `complete`   | `model.complete` | policy effect `model.complete`; every text of the request redacted; run budget (turns, tokens, cost) checked before and counted after |
 //!
 //! A turn that would start with the budget spent is refused with
 //! `budget-exhausted`, and the refusal is remembered: a plugin that then
@@ -51,7 +51,15 @@ impl wit::Host for RunState {
                 ModelError::NotConfigured.to_string(),
             )));
         };
+        if let Err(e) = self.gate_now(crate::policy::Effect::ModelComplete {
+            model: provider.name(),
+        }) {
+            return Ok(Err(e));
+        }
         let mut request = from_wit_request(request);
+        // The provider is outside the host: what a plugin read from the
+        // workspace or a command printed leaves redacted, like any other text.
+        self.redact_request(&mut request);
         request.max_tokens = fit_to_budget(request.max_tokens, &self.model.budget);
         let answer = provider.complete(request).await;
         let completion = match answer {
@@ -104,6 +112,27 @@ fn to_role_error(e: ModelError) -> RoleError {
         ModelError::Timeout(_) => RoleError::Timeout(e.to_string()),
         ModelError::InvalidRequest(_) => RoleError::InvalidArgument(e.to_string()),
         _ => RoleError::Unavailable(e.to_string()),
+    }
+}
+
+impl RunState {
+    fn redact_request(&self, request: &mut domain::CompletionRequest) {
+        if let Some(system) = request.system.take() {
+            request.system = Some(self.redact(system));
+        }
+        for m in &mut request.messages {
+            for part in &mut m.content {
+                match part {
+                    domain::ContentPart::Text { text } => *text = self.redact(std::mem::take(text)),
+                    domain::ContentPart::ToolCall(c) => {
+                        c.arguments = self.redact(std::mem::take(&mut c.arguments));
+                    }
+                    domain::ContentPart::ToolResult(r) => {
+                        r.content = self.redact(std::mem::take(&mut r.content));
+                    }
+                }
+            }
+        }
     }
 }
 
