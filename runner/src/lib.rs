@@ -19,3 +19,4 @@ pub mod plugin;
 pub mod policy;
 pub mod sandbox;
 pub mod session;
+pub mod store;
