@@ -513,7 +513,7 @@ impl SqliteStore {
 
     /// The database's schema version (always [`super::SCHEMA_VERSION`] once open).
     pub async fn schema_version(&self) -> Result<i64, StoreError> {
-        self.read(|conn| schema::version(conn)).await
+        self.read(schema::version).await
     }
 
     /// Runs `f` in the writer's transaction under a savepoint; answers once committed.
