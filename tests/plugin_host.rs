@@ -24,6 +24,8 @@ const COVERED: &[&str] = &[
     "agent",
     "huge-string",
     "loop",
+    // tests/worker.rs: a prompt injection its model obeys is stopped by the gate.
+    "obedient",
     "oom",
     "panic",
     "ping",

@@ -16,45 +16,15 @@ use std::time::Duration;
 use bollard::query_parameters::CreateContainerOptions;
 use kiln::config::{KilnConfig, Phase, Role};
 use kiln::sandbox::docker::DockerBackend;
-use kiln::sandbox::image::{BASE, ImageBuilder, PROXY};
 use kiln::sandbox::workspace::{RepoMirror, Workspace};
 use kiln::sandbox::{
     EgressPolicy, ExecEvent, ExecRequest, ExitReason, LABEL_RUNNER_ID, Limits, Sandbox,
     SandboxBackend, SandboxError, SandboxSpec, secrets,
 };
-use tokio::sync::OnceCell;
 
-/// Tags of the base and proxy images, built once per test process.
-static IMAGES: OnceCell<(String, String)> = OnceCell::const_new();
-
-async fn images() -> (String, String) {
-    IMAGES
-        .get_or_init(|| async {
-            let recipes = Path::new(env!("CARGO_MANIFEST_DIR")).join("../sandbox-images");
-            let docker = docker().await;
-            let builder = ImageBuilder::new(docker, recipes);
-            let quiet = |_| {};
-            let base = builder
-                .ensure(BASE, &quiet)
-                .await
-                .expect("the base image should build (run scripts/setup-sandbox.sh first)");
-            let proxy = builder
-                .ensure(PROXY, &quiet)
-                .await
-                .expect("the proxy image should build");
-            (base, proxy)
-        })
-        .await
-        .clone()
-}
-
-async fn docker() -> bollard::Docker {
-    bollard::Docker::connect_with_local_defaults()
-        .expect("docker client")
-        .negotiate_version()
-        .await
-        .expect("the Docker engine should answer")
-}
+#[path = "support/images.rs"]
+mod images;
+use images::{docker, images};
 
 /// A backend with its own runner id, cleaned of leftovers from earlier runs.
 async fn backend(test: &str) -> DockerBackend {
@@ -182,7 +152,7 @@ fn http_server(bind: &str) -> (u16, Arc<AtomicUsize>) {
 /// container on the default bridge (the engine does not always report the
 /// bridge's gateway in its IPAM config).
 async fn host_gateway() -> String {
-    static GATEWAY: OnceCell<String> = OnceCell::const_new();
+    static GATEWAY: tokio::sync::OnceCell<String> = tokio::sync::OnceCell::const_new();
     GATEWAY
         .get_or_init(|| async {
             let (base, _) = images().await;

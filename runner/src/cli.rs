@@ -5,7 +5,9 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod image;
+mod local_forge;
 mod plugin;
+mod run;
 
 /// Kiln: a self-hosted software factory runner. Issues flow through role
 /// plugins (triage, spec, implementation, review) that run as WebAssembly
@@ -15,6 +17,8 @@ mod plugin;
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    local: local_forge::LocalArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -25,6 +29,20 @@ enum Command {
     /// Build sandbox images from sandbox-images/ (no registry needed).
     #[command(subcommand)]
     Image(image::ImageCommand),
+    /// Run one role once on an issue (or, for review, a pull request) of the local forge.
+    Run(run::RunArgs),
+    /// Build what is missing, create a sample repository on the local forge and
+    /// drive it through triage → spec → implementation → review.
+    Demo(run::RunnerArgs),
+    /// Repositories on the local forge (create one from a directory).
+    #[command(subcommand)]
+    Repo(local_forge::RepoCommand),
+    /// Issues on the local forge: open, list, show, label, comment, close.
+    #[command(subcommand)]
+    Issue(local_forge::IssueCommand),
+    /// Pull requests on the local forge: list, show (with reviews), diff.
+    #[command(subcommand)]
+    Pr(local_forge::PrCommand),
 }
 
 impl Cli {
@@ -33,6 +51,11 @@ impl Cli {
         match self.command {
             Command::Plugin(cmd) => plugin::run(cmd),
             Command::Image(cmd) => cmd.run().await.map(|()| ExitCode::SUCCESS),
+            Command::Run(args) => run::run(args, &self.local).await,
+            Command::Demo(args) => run::demo(args, &self.local).await,
+            Command::Repo(cmd) => local_forge::repo(cmd, &self.local).await,
+            Command::Issue(cmd) => local_forge::issue(cmd, &self.local).await,
+            Command::Pr(cmd) => local_forge::pr(cmd, &self.local).await,
         }
     }
 }

@@ -90,6 +90,9 @@ pub enum ConfigError {
         "[sandbox] egress_allow entry `{0}` must be a host name (letters, digits, '-', '.'), no scheme, port or wildcard"
     )]
     BadEgressHost(String),
+    /// `[model]` or `[budgets]` is invalid.
+    #[error(transparent)]
+    Model(#[from] crate::model::ModelConfigError),
 }
 
 /// `kiln.toml`: the sandbox and secrets sections. Other top-level sections
@@ -104,6 +107,15 @@ pub struct KilnConfig {
     /// Declared secrets.
     #[serde(default)]
     pub secrets: Vec<SecretConfig>,
+    /// Repository additions to the default policies.
+    #[serde(default)]
+    pub policy: crate::policy::config::PolicyConfig,
+    /// `[model]`: the model provider, if configured here.
+    #[serde(default)]
+    pub model: Option<crate::model::ModelConfig>,
+    /// `[budgets.<role>]`: per-role run budgets.
+    #[serde(default)]
+    pub budgets: crate::model::BudgetsConfig,
 }
 
 impl KilnConfig {
@@ -126,6 +138,10 @@ impl KilnConfig {
     /// Checks every rule the type system cannot express.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.sandbox.validate()?;
+        if let Some(model) = &self.model {
+            model.validate(&self.secrets)?;
+        }
+        self.budgets.validate()?;
         let mut names = BTreeSet::new();
         let mut vars = BTreeSet::new();
         for secret in &self.secrets {
@@ -539,7 +555,9 @@ mod tests {
 
     #[test]
     fn other_sections_are_left_to_their_owners() {
-        let c = KilnConfig::from_toml("[model]\nprovider = \"scripted\"\n[sandbox]\npids = 64\n");
+        let c = KilnConfig::from_toml(
+            "[model]\nprovider = \"scripted\"\nscript = \"demo.json\"\n[sandbox]\npids = 64\n",
+        );
         assert!(
             c.is_ok_and(|c| c.sandbox.pids == 64),
             "a foreign section should not break parsing"

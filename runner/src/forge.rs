@@ -12,6 +12,9 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+pub mod diff;
+pub mod local;
+
 /// A comment on an issue or pull request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Comment {
@@ -139,6 +142,40 @@ pub enum Proposal {
         /// Line comments.
         comments: Vec<LineComment>,
     },
+}
+
+/// What became of a proposal after the gate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "kebab-case")]
+pub enum EffectState {
+    /// Allowed, and recorded only: the run has no forge attached.
+    Recorded,
+    /// Allowed and applied to the forge.
+    Applied {
+        /// Where it landed (`#12`, a URL), when the forge says.
+        url: Option<String>,
+    },
+    /// Held for a human to approve; the reason is the gate's.
+    Held {
+        /// Why it is held.
+        reason: String,
+        /// For a pull request: the commit made when it was proposed, so
+        /// the human approves exactly what was proposed.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        commit: Option<String>,
+    },
+}
+
+/// One proposal of a run that the gate let through (applied, recorded or
+/// held). Denied proposals are only in the event log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EffectRecord {
+    /// The effect id the plugin's receipt, the events and approvals use.
+    pub effect_id: String,
+    /// What was proposed, with its texts redacted.
+    pub proposal: Proposal,
+    /// What became of it.
+    pub state: EffectState,
 }
 
 /// A repository on a forge, `owner/name`.
@@ -330,8 +367,7 @@ pub trait Forge: Send + Sync {
     /// One pull request with its comments and diff.
     async fn get_pull_request(&self, number: u64) -> Result<PullRequest, ForgeError>;
     /// Pull requests, newest first (diffs left empty).
-    async fn list_pull_requests(&self, state: StateFilter)
-    -> Result<Vec<PullRequest>, ForgeError>;
+    async fn list_pull_requests(&self, state: StateFilter) -> Result<Vec<PullRequest>, ForgeError>;
     /// Open a draft pull request; returns its number.
     async fn create_draft_pull_request(&self, pr: NewPullRequest) -> Result<u64, ForgeError>;
     /// Post a review; returns its id.
@@ -357,7 +393,32 @@ impl fmt::Debug for GitRemote {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("GitRemote")
             .field("url", &self.url)
-            .field("authorization", &self.authorization.as_ref().map(|_| "<redacted>"))
+            .field(
+                "authorization",
+                &self.authorization.as_ref().map(|_| "<redacted>"),
+            )
             .finish()
+    }
+}
+
+/// Refuse a branch Kiln may not push to: only `kiln/<name>` with a plain
+/// name (no `..`, no control characters, nothing git would reinterpret).
+/// Both forges call it before pushing; the policy gate checks it too.
+pub fn check_kiln_branch(branch: &str) -> Result<(), ForgeError> {
+    let rest = branch.strip_prefix("kiln/").unwrap_or("");
+    let plain = !rest.is_empty()
+        && rest.len() <= 200
+        && !rest.contains("..")
+        && !rest.ends_with('/')
+        && !rest.ends_with(".lock")
+        && rest
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'));
+    if plain {
+        Ok(())
+    } else {
+        Err(ForgeError::Invalid(format!(
+            "branch {branch:?}: Kiln only pushes to kiln/<name> branches"
+        )))
     }
 }

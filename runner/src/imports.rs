@@ -18,6 +18,7 @@ use crate::plugin::wit::latest::kiln::role::types::RoleError;
 use crate::session::{Blame, Budget, EventKind, EventSink, Steering};
 
 pub mod forge;
+pub mod gate;
 pub mod model;
 pub mod session;
 pub mod skills;
@@ -42,8 +43,20 @@ pub struct RunContext {
     pub workspace: Option<workspace::WorkspaceMount>,
     /// Forge data the run may read.
     pub forge: ForgeSnapshot,
-    /// The directory holding `<role>/SKILL.md` files, if any.
-    pub skills_dir: Option<Arc<cap_std::fs::Dir>>,
+    /// The repository's skill overrides (`.kiln/skills/`, holding
+    /// `<role>.md`), opened from the base checkout, never from a directory
+    /// the run can write. Core skills are built in; this only adapts them.
+    pub skill_overrides: Option<Arc<cap_std::fs::Dir>>,
+    /// The run's binding to the policy gate; `None` runs under the default
+    /// policies as an untrusted run (there is no ungated run).
+    pub policy: Option<gate::PolicyBinding>,
+    /// The run's sandbox, where `workspace.exec` runs commands.
+    pub sandbox: Option<workspace::SandboxHandle>,
+    /// The shadow repository that diffs and commits the workspace.
+    pub publisher: Option<Arc<crate::publish::Publisher>>,
+    /// The forge that allowed proposals are applied to; without one they
+    /// are decided and recorded only.
+    pub forge_target: Option<forge::ForgeTarget>,
 }
 
 impl RunContext {
@@ -56,7 +69,11 @@ impl RunContext {
             model: None,
             workspace: None,
             forge: ForgeSnapshot::default(),
-            skills_dir: None,
+            skill_overrides: None,
+            policy: None,
+            sandbox: None,
+            publisher: None,
+            forge_target: None,
         }
     }
 }
@@ -71,6 +88,8 @@ pub struct RunState {
     pub(crate) limiter: Limiter,
     pub(crate) started: Instant,
     pub(crate) events: Arc<dyn EventSink>,
+    /// The policy gate every effect passes (`None`: deny everything).
+    pub(crate) policy: Option<gate::PolicyBinding>,
     /// The plugin's panic message, if its panic hook sent one.
     pub(crate) panic: Option<String>,
     pub(crate) model: model::ModelCtx,
@@ -89,6 +108,14 @@ impl RunState {
         limits: PluginLimits,
         ctx: RunContext,
     ) -> Self {
+        let policy = ctx
+            .policy
+            .or_else(|| gate::PolicyBinding::untrusted_default(role));
+        // Every event is redacted at the source, before any sink sees it.
+        let events: Arc<dyn EventSink> = match &policy {
+            Some(b) => Arc::new(gate::RedactingEvents::new(ctx.events, b.gate.clone())),
+            None => ctx.events,
+        };
         RunState {
             plugin: plugin.to_string(),
             role: role.to_string(),
@@ -96,24 +123,31 @@ impl RunState {
             limiter: Limiter::new(&limits),
             limits,
             started: Instant::now(),
-            events: ctx.events,
+            events,
+            policy,
             panic: None,
             model: model::ModelCtx {
                 provider: ctx.model,
                 budget: ctx.budget,
+                refused: None,
             },
             workspace: workspace::WorkspaceCtx {
                 mount: ctx.workspace,
+                sandbox: ctx.sandbox,
+                publisher: ctx.publisher.clone(),
             },
             forge: forge::ForgeCtx {
                 snapshot: ctx.forge,
                 proposals: Vec::new(),
+                effects: Vec::new(),
+                target: ctx.forge_target,
+                publisher: ctx.publisher,
             },
             session: session::SessionCtx {
                 steering: ctx.steering,
             },
             skills: skills::SkillsCtx {
-                dir: ctx.skills_dir,
+                overrides: ctx.skill_overrides,
             },
         }
     }

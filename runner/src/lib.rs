@@ -11,12 +11,17 @@
 //! workspace); everything that happens is a [`session`] event.
 #![deny(missing_docs)]
 
+pub mod app;
 pub mod config;
+pub mod control;
 pub mod forge;
 pub mod imports;
 pub mod model;
 pub mod plugin;
 pub mod policy;
+pub mod publish;
 pub mod sandbox;
 pub mod session;
+pub mod skills;
 pub mod store;
+pub mod worker;

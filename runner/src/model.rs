@@ -4,10 +4,32 @@
 //!
 //! Keys and endpoints live only here, on the host: a plugin sends messages
 //! and receives turns, never credentials.
+//!
+//! | module        | concern |
+//! |---------------|---------|
+//! | [`anthropic`] | the Anthropic Messages API wire format |
+//! | [`openai`]    | the OpenAI-compatible Chat Completions wire format |
+//! | [`scripted`]  | replaying a script file, for demos and tests |
+//! | [`http`]      | the HTTP layer both real providers share: retries, errors, the key |
+//! | [`price`]     | turning token counts into micro-USD |
+//! | [`config`]    | `[model]` and `[budgets.<role>]` in `kiln.toml`, and building a provider |
+use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 
 use serde::{Deserialize, Serialize};
+
+pub mod anthropic;
+pub mod config;
+pub mod http;
+pub mod openai;
+pub mod price;
+pub mod scripted;
+
+pub use config::{BudgetConfig, BudgetsConfig, ModelConfig, ModelConfigError, build_provider};
+pub use http::{ApiKey, RetryPolicy};
+pub use price::{Price, Prices};
+pub use scripted::{ScriptError, ScriptedProvider};
 
 /// Who said a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -146,6 +168,67 @@ pub enum ModelError {
     /// The provider answered something that is not a valid completion.
     #[error("model provider returned an invalid answer: {0}")]
     InvalidAnswer(String),
+    /// The provider did not answer within the per-request timeout, on every attempt.
+    #[error("model provider timed out: {0}")]
+    Timeout(String),
+    /// The request cannot be put into the provider's wire format (a tool
+    /// call's arguments or a tool's schema is not JSON): the plugin's fault.
+    #[error("invalid model request: {0}")]
+    InvalidRequest(String),
+}
+
+/// What a real (HTTP) provider needs: where, which model, the key, and how
+/// hard to try.
+#[derive(Debug, Clone)]
+pub struct ProviderSettings {
+    /// Base URL, without the API path (`https://api.anthropic.com`,
+    /// `http://127.0.0.1:11434/v1`).
+    pub base_url: String,
+    /// Model name sent with every request.
+    pub model: String,
+    /// The API key, if the endpoint needs one.
+    pub api_key: Option<ApiKey>,
+    /// Output tokens per turn: the default when the plugin names none, and
+    /// the ceiling when it asks for more.
+    pub max_tokens: u32,
+    /// Timeouts and retries.
+    pub retry: RetryPolicy,
+    /// Prices per model, for [`Usage::cost_micro_usd`].
+    pub prices: Prices,
+}
+
+impl ProviderSettings {
+    /// Settings with the defaults of [`RetryPolicy`], 8192 output tokens and no prices.
+    pub fn new(base_url: impl Into<String>, model: impl Into<String>) -> Self {
+        ProviderSettings {
+            base_url: base_url.into(),
+            model: model.into(),
+            api_key: None,
+            max_tokens: 8192,
+            retry: RetryPolicy::default(),
+            prices: Prices::default(),
+        }
+    }
+
+    /// The output token cap of one request: the plugin's (already lowered
+    /// by the host to the remaining budget) but never above the configured cap.
+    pub(crate) fn max_tokens_for(&self, request: &CompletionRequest) -> u32 {
+        request
+            .max_tokens
+            .map_or(self.max_tokens, |m| m.min(self.max_tokens))
+            .max(1)
+    }
+
+    /// The base URL joined with an API path, without doubled slashes.
+    pub(crate) fn endpoint(&self, path: &str) -> String {
+        format!("{}/{}", self.base_url.trim_end_matches('/'), path)
+    }
+}
+
+/// A rough token count for `bytes` of text (four bytes a token), for
+/// providers that report no usage, so token budgets still bind.
+pub fn estimate_tokens(bytes: usize) -> u64 {
+    (bytes as u64).div_ceil(4)
 }
 
 /// A boxed future, as returned by [`ModelProvider::complete`].
@@ -169,4 +252,17 @@ impl Message {
             content: vec![ContentPart::Text { text: text.into() }],
         }
     }
+}
+
+/// Parse JSON text a plugin sent (a tool call's arguments, a tool's schema)
+/// for a provider that wants a JSON value; empty text is an empty object.
+pub(crate) fn plugin_json(
+    text: &str,
+    what: impl fmt::Display,
+) -> Result<serde_json::Value, ModelError> {
+    if text.trim().is_empty() {
+        return Ok(serde_json::Value::Object(serde_json::Map::new()));
+    }
+    serde_json::from_str(text)
+        .map_err(|e| ModelError::InvalidRequest(format!("{what} is not JSON: {e}")))
 }

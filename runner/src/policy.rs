@@ -13,6 +13,7 @@
 //! These types do not depend on the WIT contract; the plugin host converts its
 //! generated types into them.
 
+pub mod config;
 pub mod gate;
 pub mod redact;
 pub mod sanitize;

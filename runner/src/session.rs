@@ -35,6 +35,15 @@ pub enum EventKind {
         /// Who is at fault.
         blame: Blame,
     },
+    /// The policy gate decided an effect (`verdict`: allow, deny, hold).
+    Policy {
+        /// The effect's action (`forge.comment`, `workspace.exec`, ...).
+        action: String,
+        /// `allow`, `deny` or `hold`.
+        verdict: String,
+    },
+    /// A command ran in the sandbox; the message has its output.
+    Exec,
     /// The run started.
     Started,
     /// The run ended; the message says how.

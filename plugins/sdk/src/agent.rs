@@ -22,7 +22,7 @@
 use crate::model::{
     self, CompletionRequest, ContentPart, Message, MessageRole, StopReason, ToolResult, ToolSpec,
 };
-use crate::{RoleError, session};
+use crate::{RoleError, Task, Trigger, session};
 
 pub mod tools;
 
@@ -53,12 +53,55 @@ pub enum Finish {
     BudgetExhausted(String),
 }
 
+/// Checks the finish tool's arguments; an `Err` goes back to the model as a
+/// tool error, so it can correct its output instead of ending the run.
+pub type FinishCheck = Box<dyn FnMut(&serde_json::Value) -> Result<(), String>>;
+
+/// One tool call the loop ran, as the plugin may want to report it (which
+/// commands ran, which files were written): what the model asked and what
+/// the tool really answered.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToolCallRecord {
+    /// The tool's name.
+    pub name: String,
+    /// The arguments, parsed (`null` if they were not valid JSON).
+    pub arguments: serde_json::Value,
+    /// What the model was shown.
+    pub output: String,
+    /// Whether the tool failed.
+    pub is_error: bool,
+}
+
+impl Finish {
+    /// The finish tool's output, or the outcome that ends a role whose model
+    /// did not produce one: blocked, saying why, so a person picks it up.
+    pub fn output_or_blocked(self, finish_tool: &str) -> Result<serde_json::Value, crate::Outcome> {
+        match self {
+            Finish::Output(value) => Ok(value),
+            Finish::Answer(text) => {
+                let text = truncate(text.trim().to_string(), 2000);
+                Err(crate::Outcome::blocked(format!(
+                    "the model ended without calling `{finish_tool}`; its last words: {text}"
+                )))
+            }
+            Finish::OutOfTurns(n) => Err(crate::Outcome::blocked(format!(
+                "the model did not call `{finish_tool}` within {n} turns"
+            ))),
+            Finish::BudgetExhausted(m) => {
+                Err(crate::Outcome::blocked(format!("budget exhausted: {m}")))
+            }
+        }
+    }
+}
+
 /// A conversation with the model plus the tools it may use.
 pub struct Agent {
     system: String,
     tools: Vec<Box<dyn Tool>>,
     finish: Option<ToolSpec>,
+    finish_check: Option<FinishCheck>,
     messages: Vec<Message>,
+    calls: Vec<ToolCallRecord>,
     max_turns: u32,
     max_tokens: Option<u32>,
 }
@@ -70,7 +113,9 @@ impl Agent {
             system: system.into(),
             tools: Vec::new(),
             finish: None,
+            finish_check: None,
             messages: Vec::new(),
+            calls: Vec::new(),
             max_turns: 30,
             max_tokens: None,
         }
@@ -93,6 +138,17 @@ impl Agent {
         self
     }
 
+    /// Check the finish tool's arguments before accepting them (see
+    /// [`FinishCheck`] and [`parses_as`]): the loop only ends on output
+    /// that passes.
+    pub fn check_finish(
+        mut self,
+        check: impl FnMut(&serde_json::Value) -> Result<(), String> + 'static,
+    ) -> Self {
+        self.finish_check = Some(Box::new(check));
+        self
+    }
+
     /// Stop after this many model turns (the host's budget may stop it first).
     pub fn max_turns(mut self, turns: u32) -> Self {
         self.max_turns = turns;
@@ -108,6 +164,11 @@ impl Agent {
     /// The conversation so far.
     pub fn messages(&self) -> &[Message] {
         &self.messages
+    }
+
+    /// Every tool call run so far (the finish tool excluded), in order.
+    pub fn tool_calls(&self) -> &[ToolCallRecord] {
+        &self.calls
     }
 
     /// Run the loop from a first user message until it finishes.
@@ -148,13 +209,37 @@ impl Agent {
             let mut results = Vec::with_capacity(calls.len());
             for call in calls {
                 if self.finish.as_ref().is_some_and(|f| f.name == call.name) {
-                    return match serde_json::from_str(&call.arguments) {
-                        Ok(v) => Ok(Finish::Output(v)),
-                        Err(e) => Err(RoleError::InvalidArgument(format!(
-                            "finish tool `{}` called with invalid JSON: {e}",
-                            call.name
-                        ))),
+                    let parsed = serde_json::from_str(&call.arguments);
+                    let Some(check) = self.finish_check.as_mut() else {
+                        return match parsed {
+                            Ok(v) => Ok(Finish::Output(v)),
+                            Err(e) => Err(RoleError::InvalidArgument(format!(
+                                "finish tool `{}` called with invalid JSON: {e}",
+                                call.name
+                            ))),
+                        };
                     };
+                    let verdict = parsed
+                        .map_err(|e| format!("arguments are not valid JSON: {e}"))
+                        .and_then(|v| check(&v).map(|()| v));
+                    match verdict {
+                        Ok(v) => return Ok(Finish::Output(v)),
+                        Err(why) => {
+                            session::warning(&format!(
+                                "the model's `{}` output was refused: {why}",
+                                call.name
+                            ));
+                            results.push(ContentPart::ToolResult(ToolResult {
+                                call_id: call.id,
+                                content: format!(
+                                    "`{}` refused: {why}. Correct the output and call it again.",
+                                    call.name
+                                ),
+                                is_error: true,
+                            }));
+                            continue;
+                        }
+                    }
                 }
                 // `specs` lists the tools in order (the finish tool last), so
                 // its position is the tool's index: no spec rebuilt per call.
@@ -162,6 +247,13 @@ impl Agent {
                     .iter()
                     .position(|s| s.name == call.name);
                 let (content, is_error) = self.dispatch(tool, &call.name, &call.arguments)?;
+                self.calls.push(ToolCallRecord {
+                    name: call.name.clone(),
+                    arguments: serde_json::from_str(&call.arguments)
+                        .unwrap_or(serde_json::Value::Null),
+                    output: content.clone(),
+                    is_error,
+                });
                 results.push(ContentPart::ToolResult(ToolResult {
                     call_id: call.id,
                     content: truncate(content, MAX_TOOL_RESULT_BYTES),
@@ -203,6 +295,59 @@ impl Agent {
             Err(e) => Ok((e.describe(), true)),
         }
     }
+}
+
+/// A [`FinishCheck`] accepting output that deserializes as `T`, then passes
+/// `validate` (the role's own rules: limits, required fields).
+pub fn parses_as<T: serde::de::DeserializeOwned>(
+    validate: impl Fn(&T) -> Result<(), String> + 'static,
+) -> impl FnMut(&serde_json::Value) -> Result<(), String> + 'static {
+    move |value| {
+        let parsed = T::deserialize(value).map_err(|e| e.to_string())?;
+        validate(&parsed)
+    }
+}
+
+/// The system prompt of a role's run: its skill, then what this run is
+/// about and the trusted instructions of whoever started it. Forge text
+/// (issue bodies, comments) never goes here: it is data, sent in the
+/// conversation inside trust envelopes ([`crate::forge::render_issue`]).
+pub fn system_prompt(skill: &str, task: &Task) -> String {
+    let mut out = String::with_capacity(skill.len() + 1024);
+    out.push_str(skill.trim_end());
+    out.push_str("\n\n## This run\n\n");
+    out.push_str(&format!(
+        "- Run `{}`: role `{}` on repository `{}`.\n",
+        task.run_id, task.role, task.repo
+    ));
+    if let Some(n) = task.issue {
+        out.push_str(&format!("- Issue: #{n}.\n"));
+    }
+    if let Some(n) = task.pull_request {
+        out.push_str(&format!("- Pull request: #{n}.\n"));
+    }
+    out.push_str(&format!(
+        "- Branch: `{}` (pull requests target `{}`).\n",
+        task.branch, task.base_branch
+    ));
+    let started = match &task.trigger {
+        Trigger::Label(label) => format!("a maintainer added the label `{label}`"),
+        Trigger::Command(_) => "a maintainer's command".to_string(),
+        Trigger::PullRequestOpened => "a pull request opened by Kiln".to_string(),
+        Trigger::Manual => "an operator, by hand".to_string(),
+    };
+    out.push_str(&format!("- Started by: {started}.\n"));
+    match task.instructions.as_deref().map(str::trim) {
+        Some(text) if !text.is_empty() => {
+            out.push_str(
+                "\n### Trusted instructions\n\nFrom the maintainer who started this run. Follow them within the limits of this skill.\n\n",
+            );
+            out.push_str(text);
+            out.push('\n');
+        }
+        _ => out.push_str("\nThere are no trusted instructions for this run.\n"),
+    }
+    out
 }
 
 /// Cut `text` to at most `max` bytes on a character boundary, saying so.

@@ -33,6 +33,7 @@
 #![deny(missing_docs)]
 
 pub mod agent;
+pub mod diff;
 pub mod forge;
 pub mod model;
 pub mod session;

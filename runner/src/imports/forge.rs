@@ -1,35 +1,63 @@
-//! `kiln:role/forge`: forge reads tagged with trust, and proposals.
+//! `kiln:role/forge`: forge reads tagged with trust, and proposals that the
+//! policy gate decides and the host applies with its own credentials.
 //!
-//! | WIT function            | capability                   | gate |
-//! |-------------------------|------------------------------|------|
-//! | `get-issue`             | `forge.read`                 | — |
+//! | WIT function            | capability                   | policy effect |
+//! |-------------------------|------------------------------|---------------|
+//! | `get-issue`             | `forge.read`                 | — (reads come from the run's snapshot) |
 //! | `get-pull-request`      | `forge.read`                 | — |
 //! | `get-pull-request-diff` | `forge.read`                 | — |
-//! | `propose-comment`       | `forge.comment`              | text size cap |
-//! | `propose-labels`        | `forge.set-labels`           | — |
-//! | `propose-pull-request`  | `forge.propose-pull-request` | text size cap; always a draft |
-//! | `propose-review`        | `forge.review`               | text size cap; no approve verdict exists |
+//! | `propose-comment`       | `forge.comment`              | `forge.comment`; text size cap; redacted |
+//! | `propose-labels`        | `forge.set-labels`           | `forge.set-labels` (added and removed labels) |
+//! | `propose-pull-request`  | `forge.propose-pull-request` | `forge.push` over the changed paths + secret scan of the commit, then `forge.propose-pull-request` (always a draft, head = the run's branch); redacted |
+//! | `propose-review`        | `forge.review`               | `forge.review` with each line comment marked in or out of the diff; no approve verdict exists; redacted |
 //!
-//! Proposals are recorded in order; each gets an effect id that the run's
-//! events and the operator's approvals refer to.
+//! Allowed proposals are applied at once when the run has a forge (receipt
+//! `applied`), recorded otherwise; held ones wait for an operator (receipt
+//! `held`) and are applied by [`apply`] when approved; denied ones come back
+//! as `denied` with the gate's reason. Every decision is a run event.
+use std::sync::Arc;
+
 use wasmtime::component::HasSelf;
 
 use super::RunState;
-use crate::forge::{self as domain, ForgeSnapshot, Proposal};
+use crate::forge::diff::CommentableLines;
+use crate::forge::{
+    self as domain, EffectRecord, EffectState, Forge, ForgeSnapshot, NewPullRequest, NewReview,
+    Proposal,
+};
 use crate::plugin::capability::Capability;
 use crate::plugin::wit::latest::kiln::role::forge::{
     self as wit, CommentProposal, DiffSide, Issue, LabelProposal, ProposalReceipt, ProposalState,
     PullRequest, PullRequestProposal, ReviewProposal, ReviewVerdict, Severity,
 };
 use crate::plugin::wit::latest::kiln::role::types::{RoleError, Trust};
+use crate::policy::{Decision, Effect, Gate, ReviewComment, ReviewEvent};
+use crate::publish::Publisher;
 use crate::session::EventKind;
+
+/// Where a run's allowed proposals go: the forge, and the run's branches.
+#[derive(Clone)]
+pub struct ForgeTarget {
+    /// The repository's forge, called with the host's credentials.
+    pub forge: Arc<dyn Forge>,
+    /// The run's own branch (`kiln/...`), the head of its pull request.
+    pub head_branch: String,
+    /// The branch its pull request targets.
+    pub base_branch: String,
+}
 
 /// Per-run state of the forge interface.
 pub struct ForgeCtx {
     /// What the run may read.
     pub snapshot: ForgeSnapshot,
-    /// What the run proposed, in order.
+    /// What the run proposed and the gate did not deny, in order.
     pub proposals: Vec<Proposal>,
+    /// The same proposals with their effect ids and states.
+    pub effects: Vec<EffectRecord>,
+    /// Where allowed proposals are applied; `None` records them only.
+    pub target: Option<ForgeTarget>,
+    /// Commits the workspace for a pull request.
+    pub publisher: Option<Arc<Publisher>>,
 }
 
 fn trust(trusted: bool) -> Trust {
@@ -52,8 +80,287 @@ fn to_wit_comments(comments: &[domain::Comment]) -> Vec<wit::Comment> {
         .collect()
 }
 
+/// The stricter of two decisions: deny over hold over allow.
+fn stricter(a: Decision, b: Decision) -> Decision {
+    match (&a, &b) {
+        (Decision::Deny { .. }, _) => a,
+        (_, Decision::Deny { .. }) => b,
+        (Decision::Hold { .. }, _) => a,
+        _ => b,
+    }
+}
+
+/// Where a pull request's commit comes from.
+pub enum CommitSource<'a> {
+    /// Commit the workspace now, through its shadow repository.
+    Workspace(&'a Publisher),
+    /// A commit made earlier (when a held pull request was proposed), in
+    /// the git repository at `git_dir` (e.g. a handback bundle's clone).
+    Frozen {
+        /// A repository holding the commit.
+        git_dir: &'a std::path::Path,
+        /// The commit.
+        commit: &'a str,
+    },
+    /// No workspace: a pull request cannot be opened.
+    None,
+}
+
+/// Apply an allowed (or approved) proposal to the forge. A pull request's
+/// files are scanned for secrets once more (they may have changed since
+/// the decision), committed (or the frozen commit taken), pushed to the
+/// run's branch with the host's credentials and opened as a draft. Returns
+/// where it landed.
+pub async fn apply(
+    target: &ForgeTarget,
+    source: CommitSource<'_>,
+    gate: &Gate,
+    proposal: &Proposal,
+) -> Result<Option<String>, String> {
+    let forge = &target.forge;
+    match proposal {
+        Proposal::Comment { number, body } => {
+            let id = forge
+                .comment(*number, body)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(Some(format!("#{number} comment {id}")))
+        }
+        Proposal::Labels {
+            number,
+            add,
+            remove,
+        } => {
+            if !add.is_empty() {
+                forge
+                    .add_labels(*number, add)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            for l in remove {
+                forge
+                    .remove_label(*number, l)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            Ok(Some(format!("#{number}")))
+        }
+        Proposal::PullRequest {
+            title,
+            body,
+            commit_message,
+        } => {
+            let (git_dir, commit) = match source {
+                CommitSource::Workspace(publisher) => {
+                    let files = publisher.changed_files().await.map_err(|e| e.to_string())?;
+                    gate.check_commit(files.iter().map(|(p, b)| (p.as_str(), b.as_slice())))
+                        .map_err(|e| e.to_string())?;
+                    let commit = publisher
+                        .commit(commit_message)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    (publisher.git_dir().to_path_buf(), commit)
+                }
+                CommitSource::Frozen { git_dir, commit } => {
+                    (git_dir.to_path_buf(), commit.to_string())
+                }
+                CommitSource::None => {
+                    return Err("the run has no workspace to open a pull request from".into());
+                }
+            };
+            forge
+                .push(&git_dir, &commit, &target.head_branch)
+                .await
+                .map_err(|e| e.to_string())?;
+            let n = forge
+                .create_draft_pull_request(NewPullRequest {
+                    title: title.clone(),
+                    body: body.clone(),
+                    head: target.head_branch.clone(),
+                    base: target.base_branch.clone(),
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(Some(format!("#{n}")))
+        }
+        Proposal::Review {
+            number,
+            request_changes,
+            summary,
+            comments,
+        } => {
+            let id = forge
+                .create_review(
+                    *number,
+                    NewReview {
+                        request_changes: *request_changes,
+                        body: summary.clone(),
+                        comments: comments.clone(),
+                    },
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(Some(format!("#{number} review {id}")))
+        }
+    }
+}
+
 impl RunState {
-    fn propose(
+    /// The gate's decision on a proposal, with the effects it implies.
+    async fn decide_proposal(&self, proposal: &Proposal) -> Decision {
+        match proposal {
+            Proposal::Comment { number, body } => {
+                self.decide(Effect::Comment {
+                    number: *number,
+                    body: body.clone(),
+                })
+                .0
+            }
+            Proposal::Labels {
+                number,
+                add,
+                remove,
+            } => {
+                self.decide(Effect::SetLabels {
+                    number: *number,
+                    labels: add.iter().chain(remove).cloned().collect(),
+                })
+                .0
+            }
+            Proposal::PullRequest { title, body, .. } => {
+                let (head, base) = match &self.forge.target {
+                    Some(t) => (t.head_branch.clone(), t.base_branch.clone()),
+                    None => match &self.policy {
+                        Some(b) => (b.run.branch().to_string(), "main".to_string()),
+                        None => (String::new(), String::new()),
+                    },
+                };
+                let (paths, files) = match &self.forge.publisher {
+                    Some(p) => match p.changed_files().await {
+                        Ok(files) => (p.changed_paths().await.unwrap_or_default(), files),
+                        Err(e) => {
+                            return Decision::Deny {
+                                reason: format!(
+                                    "forge.propose-pull-request: the workspace cannot be read: {e}"
+                                ),
+                                blame: crate::policy::Blame::Host,
+                            };
+                        }
+                    },
+                    None => (Vec::new(), Vec::new()),
+                };
+                if let Some(b) = &self.policy
+                    && let Err(e) = b
+                        .gate
+                        .check_commit(files.iter().map(|(p, c)| (p.as_str(), c.as_slice())))
+                {
+                    let d = Decision::Deny {
+                        reason: format!("forge.push: {e}"),
+                        blame: crate::policy::Blame::Guest,
+                    };
+                    self.events.record(
+                        EventKind::Policy {
+                            action: "forge.push".into(),
+                            verdict: "deny".into(),
+                        },
+                        d.reason().to_string(),
+                    );
+                    return d;
+                }
+                let push = self
+                    .decide(Effect::Push {
+                        branch: head.clone(),
+                        paths,
+                    })
+                    .0;
+                if push.is_deny() {
+                    return push;
+                }
+                let pr = self
+                    .decide(Effect::ProposePullRequest {
+                        head,
+                        base,
+                        title: title.clone(),
+                        body: body.clone(),
+                        draft: true,
+                    })
+                    .0;
+                stricter(push, pr)
+            }
+            Proposal::Review {
+                number,
+                request_changes,
+                summary,
+                comments,
+            } => {
+                let on_diff = self
+                    .forge
+                    .snapshot
+                    .pull_requests
+                    .get(number)
+                    .map(|p| CommentableLines::parse(&p.diff))
+                    .unwrap_or_default();
+                self.decide(Effect::Review {
+                    number: *number,
+                    event: if *request_changes {
+                        ReviewEvent::RequestChanges
+                    } else {
+                        ReviewEvent::Comment
+                    },
+                    body: summary.clone(),
+                    comments: comments
+                        .iter()
+                        .map(|c| ReviewComment {
+                            path: c.path.clone(),
+                            line: c.line,
+                            in_diff: on_diff.contains(&c.path, c.line, c.new_side),
+                            body: c.body.clone(),
+                        })
+                        .collect(),
+                })
+                .0
+            }
+        }
+    }
+
+    /// Redact every outbound text of a proposal.
+    fn redact_proposal(&self, proposal: Proposal) -> Proposal {
+        match proposal {
+            Proposal::Comment { number, body } => Proposal::Comment {
+                number,
+                body: self.redact(body),
+            },
+            Proposal::Labels { .. } => proposal,
+            Proposal::PullRequest {
+                title,
+                body,
+                commit_message,
+            } => Proposal::PullRequest {
+                title: self.redact(title),
+                body: self.redact(body),
+                commit_message: self.redact(commit_message),
+            },
+            Proposal::Review {
+                number,
+                request_changes,
+                summary,
+                comments,
+            } => Proposal::Review {
+                number,
+                request_changes,
+                summary: self.redact(summary),
+                comments: comments
+                    .into_iter()
+                    .map(|c| domain::LineComment {
+                        body: self.redact(c.body),
+                        ..c
+                    })
+                    .collect(),
+            },
+        }
+    }
+
+    async fn propose(
         &mut self,
         what: &str,
         cap: Capability,
@@ -69,18 +376,83 @@ impl RunState {
                 )));
             }
         }
-        let effect_id = format!("e{}", self.forge.proposals.len() + 1);
+        let decision = self.decide_proposal(&proposal).await;
+        if let Decision::Deny { reason, .. } = decision {
+            return Err(RoleError::Denied(reason));
+        }
+        let proposal = self.redact_proposal(proposal);
+        let effect_id = format!("e{}", self.forge.effects.len() + 1);
+        let (state, receipt_state, url) = match decision {
+            Decision::Hold { reason } => {
+                let commit = match (&proposal, &self.forge.publisher) {
+                    (Proposal::PullRequest { commit_message, .. }, Some(p)) => {
+                        match p.commit(commit_message).await {
+                            Ok(c) => Some(c),
+                            Err(e) => {
+                                return Err(RoleError::Unavailable(format!(
+                                    "{what}: held, but the workspace could not be committed: {e}"
+                                )));
+                            }
+                        }
+                    }
+                    _ => None,
+                };
+                (
+                    EffectState::Held { reason, commit },
+                    ProposalState::Held,
+                    None,
+                )
+            }
+            _ => match (&self.forge.target, &self.policy) {
+                (Some(target), Some(binding)) => {
+                    let source = match self.forge.publisher.as_deref() {
+                        Some(p) => CommitSource::Workspace(p),
+                        None => CommitSource::None,
+                    };
+                    match apply(target, source, &binding.gate, &proposal).await {
+                        Ok(url) => (
+                            EffectState::Applied { url: url.clone() },
+                            ProposalState::Applied,
+                            url,
+                        ),
+                        Err(e) => {
+                            let msg = format!("{what}: allowed, but the forge refused it: {e}");
+                            self.events.record(EventKind::Warning, msg.clone());
+                            return Err(RoleError::Unavailable(msg));
+                        }
+                    }
+                }
+                _ => (EffectState::Recorded, ProposalState::Applied, None),
+            },
+        };
+        let verb = match &state {
+            EffectState::Recorded => "recorded (no forge attached)".to_string(),
+            EffectState::Applied { url } => {
+                format!(
+                    "applied{}",
+                    url.as_deref()
+                        .map(|u| format!(" at {u}"))
+                        .unwrap_or_default()
+                )
+            }
+            EffectState::Held { reason, .. } => format!("held for approval: {reason}"),
+        };
         self.events.record(
             EventKind::Proposal {
                 effect: effect_id.clone(),
             },
-            format!("{what} recorded"),
+            format!("{what} {verb}"),
         );
-        self.forge.proposals.push(proposal);
+        self.forge.proposals.push(proposal.clone());
+        self.forge.effects.push(EffectRecord {
+            effect_id: effect_id.clone(),
+            proposal,
+            state,
+        });
         Ok(ProposalReceipt {
             effect_id,
-            state: ProposalState::Applied,
-            url: None,
+            state: receipt_state,
+            url,
         })
     }
 }
@@ -160,15 +532,17 @@ impl wit::Host for RunState {
     ) -> wasmtime::Result<Result<ProposalReceipt, RoleError>> {
         let what = format!("forge.comment on #{}", p.number);
         let len = p.body.len();
-        Ok(self.propose(
-            &what,
-            Capability::ForgeComment,
-            &[("body", len)],
-            Proposal::Comment {
-                number: p.number,
-                body: p.body,
-            },
-        ))
+        Ok(self
+            .propose(
+                &what,
+                Capability::ForgeComment,
+                &[("body", len)],
+                Proposal::Comment {
+                    number: p.number,
+                    body: p.body,
+                },
+            )
+            .await)
     }
 
     async fn propose_labels(
@@ -179,16 +553,18 @@ impl wit::Host for RunState {
             "forge.set-labels on #{} (+{:?} -{:?})",
             p.number, p.add, p.remove
         );
-        Ok(self.propose(
-            &what,
-            Capability::ForgeSetLabels,
-            &[],
-            Proposal::Labels {
-                number: p.number,
-                add: p.add,
-                remove: p.remove,
-            },
-        ))
+        Ok(self
+            .propose(
+                &what,
+                Capability::ForgeSetLabels,
+                &[],
+                Proposal::Labels {
+                    number: p.number,
+                    add: p.add,
+                    remove: p.remove,
+                },
+            )
+            .await)
     }
 
     async fn propose_pull_request(
@@ -200,16 +576,18 @@ impl wit::Host for RunState {
             ("body", p.body.len()),
             ("commit message", p.commit_message.len()),
         ];
-        Ok(self.propose(
-            "forge.propose-pull-request",
-            Capability::ForgeProposePullRequest,
-            &texts,
-            Proposal::PullRequest {
-                title: p.title,
-                body: p.body,
-                commit_message: p.commit_message,
-            },
-        ))
+        Ok(self
+            .propose(
+                "forge.propose-pull-request",
+                Capability::ForgeProposePullRequest,
+                &texts,
+                Proposal::PullRequest {
+                    title: p.title,
+                    body: p.body,
+                    commit_message: p.commit_message,
+                },
+            )
+            .await)
     }
 
     async fn propose_review(
@@ -238,17 +616,19 @@ impl wit::Host for RunState {
                 body: c.body,
             })
             .collect();
-        Ok(self.propose(
-            &what,
-            Capability::ForgeReview,
-            &[("review text", total)],
-            Proposal::Review {
-                number: p.number,
-                request_changes: p.verdict == ReviewVerdict::RequestChanges,
-                summary: p.summary,
-                comments,
-            },
-        ))
+        Ok(self
+            .propose(
+                &what,
+                Capability::ForgeReview,
+                &[("review text", total)],
+                Proposal::Review {
+                    number: p.number,
+                    request_changes: p.verdict == ReviewVerdict::RequestChanges,
+                    summary: p.summary,
+                    comments,
+                },
+            )
+            .await)
     }
 }
 

@@ -1,8 +1,12 @@
-//! `kiln:role/skills`: the role's skill text from `skills/<name>/SKILL.md`.
+//! `kiln:role/skills`: a role's skill text, the core skill compiled into
+//! the binary merged with the repository's `.kiln/skills/<name>.md`
+//! ([`crate::skills::merge`]). Each part of an override that is not applied
+//! becomes a warning event naming it.
 //!
 //! | WIT function | capability | gate |
 //! |--------------|------------|------|
-//! | `get`        | none       | name must be `[a-z0-9-]{1,64}`; read through cap-std |
+//! | `get`        | none       | name must be `[a-z0-9-]{1,64}`; override read through cap-std, at most 64 KiB |
+use std::io::Read as _;
 use std::sync::Arc;
 
 use wasmtime::component::HasSelf;
@@ -10,11 +14,41 @@ use wasmtime::component::HasSelf;
 use super::RunState;
 use crate::plugin::wit::latest::kiln::role::skills::{self, Skill};
 use crate::plugin::wit::latest::kiln::role::types::RoleError;
+use crate::session::EventKind;
+use crate::skills::{MAX_OVERRIDE_BYTES, core, merge};
 
 /// Per-run state of the skills interface.
 pub struct SkillsCtx {
-    /// The skills directory, if the run has one.
-    pub dir: Option<Arc<cap_std::fs::Dir>>,
+    /// The repository's override directory (`.kiln/skills/`), if it has one.
+    pub overrides: Option<Arc<cap_std::fs::Dir>>,
+}
+
+impl RunState {
+    /// The text of `<name>.md` in the override directory: `Ok(None)` if
+    /// there is none, `Err` with a warning for people if it cannot be used.
+    fn skill_override(&self, name: &str) -> Result<Option<String>, String> {
+        let Some(dir) = &self.skills.overrides else {
+            return Ok(None);
+        };
+        let path = format!("{name}.md");
+        let file = match dir.open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(format!("skill override {path} cannot be read ({e})")),
+        };
+        let mut bytes = Vec::new();
+        file.take(MAX_OVERRIDE_BYTES as u64 + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| format!("skill override {path} cannot be read ({e})"))?;
+        if bytes.len() > MAX_OVERRIDE_BYTES {
+            return Err(format!(
+                "skill override {path} is larger than {MAX_OVERRIDE_BYTES} bytes"
+            ));
+        }
+        String::from_utf8(bytes)
+            .map(Some)
+            .map_err(|e| format!("skill override {path} is not UTF-8 ({e})"))
+    }
 }
 
 impl skills::Host for RunState {
@@ -30,29 +64,172 @@ impl skills::Host for RunState {
                 name.chars().take(80).collect::<String>()
             ))));
         }
-        let Some(dir) = &self.skills.dir else {
+        let Some(core) = core(&name) else {
             return Ok(Err(RoleError::NotFound(format!(
-                "skill {name}: this run has no skills directory"
+                "skill {name}: Kiln has no core skill of that name (it has {})",
+                crate::skills::CORE_SKILLS
+                    .iter()
+                    .map(|(n, _)| *n)
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ))));
         };
-        let path = format!("{name}/SKILL.md");
-        match dir.read_to_string(&path) {
-            Ok(text) => Ok(Ok(Skill {
+        let over = match self.skill_override(&name) {
+            Ok(over) => over,
+            Err(why) => {
+                self.events.record(
+                    EventKind::Warning,
+                    format!("{why}; the core skill {name} is used unchanged"),
+                );
+                None
+            }
+        };
+        let Some(over) = over else {
+            return Ok(Ok(Skill {
                 name,
-                text,
+                text: core.to_string(),
                 overridden: false,
-            })),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Err(RoleError::NotFound(
-                format!("skill {name}: no {path} in the skills directory"),
-            ))),
-            Err(e) => Ok(Err(RoleError::Internal(format!(
-                "skill {name}: reading {path}: {e}"
-            )))),
+            }));
+        };
+        let merged = merge(core, &over);
+        for ignored in &merged.ignored {
+            self.events.record(
+                EventKind::Warning,
+                format!(".kiln/skills/{name}.md: {ignored}"),
+            );
         }
+        Ok(Ok(Skill {
+            name,
+            text: merged.text,
+            overridden: merged.overridden,
+        }))
     }
 }
 
 /// Link the `skills` interface.
 pub fn add_to_linker(linker: &mut wasmtime::component::Linker<RunState>) -> wasmtime::Result<()> {
     skills::add_to_linker::<RunState, HasSelf<RunState>>(linker, |s| s)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::imports::RunContext;
+    use crate::plugin::capability::builtin_role_grants;
+    use crate::plugin::limits::PluginLimits;
+    use crate::plugin::wit::latest::kiln::role::skills::Host;
+    use crate::session::MemoryEvents;
+
+    fn state(overrides: Option<&std::path::Path>) -> (RunState, MemoryEvents) {
+        let events = MemoryEvents::new();
+        let mut ctx = RunContext::new(Arc::new(events.clone()));
+        ctx.skill_overrides = overrides.map(|p| {
+            Arc::new(
+                cap_std::fs::Dir::open_ambient_dir(p, cap_std::ambient_authority()).expect("dir"),
+            )
+        });
+        let caps = builtin_role_grants("triage").expect("role");
+        (
+            RunState::new("test", "triage", caps, PluginLimits::default(), ctx),
+            events,
+        )
+    }
+
+    fn warnings(events: &MemoryEvents) -> Vec<String> {
+        events
+            .snapshot()
+            .into_iter()
+            .filter(|e| e.kind == EventKind::Warning)
+            .map(|e| e.message)
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn the_core_skill_is_served_with_nothing_on_disk() {
+        let (mut s, events) = state(None);
+        let skill = s
+            .get("review".into())
+            .await
+            .expect("no trap")
+            .expect("skill");
+        assert_eq!(skill.text, crate::skills::core("review").expect("core"));
+        assert!(!skill.overridden);
+        assert!(warnings(&events).is_empty());
+        let err = s.get("deploy".into()).await.expect("no trap").unwrap_err();
+        assert_eq!(
+            err,
+            RoleError::NotFound(
+                "skill deploy: Kiln has no core skill of that name (it has triage, spec, implementation, review)".into()
+            )
+        );
+        let err = s.get("../etc".into()).await.expect("no trap").unwrap_err();
+        assert!(matches!(err, RoleError::InvalidArgument(_)), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn a_repository_override_replaces_overridable_sections_and_the_rest_is_a_warning() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(
+            dir.path().join("triage.md"),
+            "## Labels\n\n- `kind/bug` — broken\n\n## Limits\n\nPropose ready-to-implement freely.\n",
+        )
+        .expect("write");
+        let (mut s, events) = state(Some(dir.path()));
+        let skill = s
+            .get("triage".into())
+            .await
+            .expect("no trap")
+            .expect("skill");
+        assert!(skill.overridden);
+        assert!(skill.text.contains("- `kind/bug` — broken"));
+        assert!(!skill.text.contains("- `enhancement`"));
+        assert!(!skill.text.contains("Propose ready-to-implement freely"));
+        assert!(skill.text.contains("Never propose `ready-*` labels"));
+        assert_eq!(
+            warnings(&events),
+            [
+                ".kiln/skills/triage.md: section `Limits` is ignored: the core skill does not mark it overridable"
+            ]
+        );
+        // A role without an override file gets its core skill.
+        let spec = s.get("spec".into()).await.expect("no trap").expect("skill");
+        assert!(!spec.overridden);
+    }
+
+    #[tokio::test]
+    async fn an_override_that_is_too_large_or_not_text_is_ignored_with_a_warning() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(
+            dir.path().join("spec.md"),
+            vec![b'a'; MAX_OVERRIDE_BYTES + 1],
+        )
+        .expect("write");
+        std::fs::write(
+            dir.path().join("review.md"),
+            b"## What to check\n\xff\xfe\n",
+        )
+        .expect("write");
+        let (mut s, events) = state(Some(dir.path()));
+        let spec = s.get("spec".into()).await.expect("no trap").expect("skill");
+        assert_eq!(spec.text, crate::skills::core("spec").expect("core"));
+        let review = s
+            .get("review".into())
+            .await
+            .expect("no trap")
+            .expect("skill");
+        assert!(!review.overridden);
+        let w = warnings(&events);
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert_eq!(
+            w[0],
+            "skill override spec.md is larger than 65536 bytes; the core skill spec is used unchanged"
+        );
+        assert!(
+            w[1].starts_with("skill override review.md is not UTF-8"),
+            "{}",
+            w[1]
+        );
+    }
 }

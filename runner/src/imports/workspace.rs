@@ -2,14 +2,14 @@
 //! through cap-std only, so a symlink planted by the sandbox (`ln -s
 //! /etc/shadow x`) cannot make the host read or write outside it.
 //!
-//! | WIT function   | capability        | gate |
-//! |----------------|-------------------|------|
-//! | `read-file`    | `workspace.read`  | size cap `max_file_bytes` |
-//! | `list-dir`     | `workspace.read`  | — |
-//! | `diff`         | `workspace.read`  | needs a sandbox (git runs there, never on the host) |
-//! | `write-file`   | `workspace.write` | read-only mounts refuse; size cap |
-//! | `remove-file`  | `workspace.write` | read-only mounts refuse |
-//! | `exec`         | `workspace.exec`  | needs a sandbox |
+//! | WIT function   | capability        | policy effect | other checks |
+//! |----------------|-------------------|---------------|--------------|
+//! | `read-file`    | `workspace.read`  | `workspace.read` | size cap `max_file_bytes` |
+//! | `list-dir`     | `workspace.read`  | `workspace.read` | — |
+//! | `diff`         | `workspace.read`  | `workspace.read` | host git through the shadow repository ([`crate::publish`]); output redacted |
+//! | `write-file`   | `workspace.write` | `workspace.write` (path, contents: secrets refused) | read-only mounts refuse; size cap |
+//! | `remove-file`  | `workspace.write` | `workspace.write` (path) | read-only mounts refuse |
+//! | `exec`         | `workspace.exec`  | `workspace.exec` (argv) | needs a sandbox; timeout and output capped; output redacted |
 use std::sync::Arc;
 
 use cap_std::fs::Dir;
@@ -21,6 +21,10 @@ use crate::plugin::wit::latest::kiln::role::types::RoleError;
 use crate::plugin::wit::latest::kiln::role::workspace::{
     self as wit, DirEntry, EntryKind, ExecOutput, ExecRequest,
 };
+use crate::policy::Effect;
+use crate::publish::Publisher;
+use crate::sandbox::{Sandbox, SandboxBackend, exec::ExitReason};
+use crate::session::EventKind;
 
 /// A workspace directory handed to a run.
 #[derive(Clone)]
@@ -46,7 +50,24 @@ impl WorkspaceMount {
 pub struct WorkspaceCtx {
     /// The mounted workspace, if the run has one.
     pub mount: Option<WorkspaceMount>,
+    /// The sandbox commands run in, if the run has one.
+    pub sandbox: Option<SandboxHandle>,
+    /// Diffs the workspace against its base without trusting its `.git`.
+    pub publisher: Option<Arc<Publisher>>,
 }
+
+/// A run's sandbox and the backend that runs commands in it.
+#[derive(Clone)]
+pub struct SandboxHandle {
+    /// The backend (Docker today).
+    pub backend: Arc<dyn SandboxBackend>,
+    /// The run's sandbox.
+    pub sandbox: Arc<Sandbox>,
+}
+
+/// Longest command time a plugin may ask for; the sandbox's own default
+/// applies when it asks for none.
+const MAX_EXEC_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30 * 60);
 
 /// Turn an I/O error on `path` into the error a plugin can act on.
 fn io_error(op: &str, path: &str, e: std::io::Error) -> RoleError {
@@ -130,6 +151,17 @@ impl wit::Host for RunState {
         )?;
         let result = (|| {
             let dir = &self.writable_dir(op, &path)?.dir;
+            let contents = match self.gate_now(Effect::WorkspaceWrite {
+                path: path.clone(),
+                content: contents,
+            })? {
+                Effect::WorkspaceWrite { content, .. } => content,
+                _ => {
+                    return Err(RoleError::Internal(format!(
+                        "{op}: the gate changed the effect"
+                    )));
+                }
+            };
             let rel = relative(&path);
             if let Some(parent) = std::path::Path::new(rel)
                 .parent()
@@ -148,6 +180,10 @@ impl wit::Host for RunState {
         let op = "workspace.remove-file";
         let result = (|| {
             let dir = &self.writable_dir(op, &path)?.dir;
+            self.gate_now(Effect::WorkspaceWrite {
+                path: path.clone(),
+                content: Vec::new(),
+            })?;
             dir.remove_file(relative(&path))
                 .map_err(|e| io_error(op, &path, e))
         })();
@@ -162,6 +198,9 @@ impl wit::Host for RunState {
         let result = (|| {
             self.require(Capability::WorkspaceRead, format_args!("{op} {path}"))?;
             let dir = &self.workspace_dir(op)?.dir;
+            self.gate_now(Effect::WorkspaceRead {
+                path: relative(&path).to_string(),
+            })?;
             let sub = dir
                 .open_dir(relative(&path))
                 .map_err(|e| io_error(op, &path, e))?;
@@ -200,27 +239,133 @@ impl wit::Host for RunState {
         request: ExecRequest,
     ) -> wasmtime::Result<Result<ExecOutput, RoleError>> {
         let argv0 = request.argv.first().cloned().unwrap_or_default();
-        if let Err(e) = self.require(
-            Capability::WorkspaceExec,
-            format_args!("workspace.exec {argv0}"),
-        ) {
-            return Ok(Err(e));
-        }
-        Ok(Err(RoleError::Unavailable(format!(
-            "workspace.exec {argv0}: this run has no sandbox attached"
-        ))))
+        Ok(self.exec_gated(request, &argv0).await)
     }
 
     async fn diff(&mut self) -> wasmtime::Result<Result<String, RoleError>> {
         if let Err(e) = self.require(Capability::WorkspaceRead, format_args!("workspace.diff")) {
             return Ok(Err(e));
         }
-        // git must not run on the host over an untrusted checkout (its
-        // config can name programs to execute); it runs in the sandbox.
-        Ok(Err(RoleError::Unavailable(
-            "workspace.diff: this run has no sandbox attached".into(),
-        )))
+        if let Err(e) = self.gate_now(Effect::WorkspaceRead { path: ".".into() }) {
+            return Ok(Err(e));
+        }
+        let Some(publisher) = self.workspace.publisher.clone() else {
+            return Ok(Err(RoleError::Unavailable(
+                "workspace.diff: this run has no repository to diff against".into(),
+            )));
+        };
+        Ok(match publisher.diff().await {
+            Ok(d) => Ok(self.redact(d)),
+            Err(e) => Err(RoleError::Internal(format!("workspace.diff: {e}"))),
+        })
     }
+}
+
+impl RunState {
+    async fn exec_gated(
+        &mut self,
+        request: ExecRequest,
+        argv0: &str,
+    ) -> Result<ExecOutput, RoleError> {
+        let op = "workspace.exec";
+        self.require(Capability::WorkspaceExec, format_args!("{op} {argv0}"))?;
+        let Some(handle) = self.workspace.sandbox.clone() else {
+            return Err(RoleError::Unavailable(format!(
+                "{op} {argv0}: this run has no sandbox attached"
+            )));
+        };
+        if request.argv.is_empty() {
+            return Err(RoleError::InvalidArgument(format!("{op}: argv is empty")));
+        }
+        let argv = match self.gate_now(Effect::WorkspaceExec { argv: request.argv })? {
+            Effect::WorkspaceExec { argv } => argv,
+            _ => {
+                return Err(RoleError::Internal(format!(
+                    "{op}: the gate changed the effect"
+                )));
+            }
+        };
+        let workdir = match request.workdir.as_deref().map(relative) {
+            None | Some(".") => None,
+            Some(w) if w.starts_with('/') || w.split('/').any(|c| c == "..") => {
+                return Err(RoleError::InvalidArgument(format!(
+                    "{op}: workdir {w:?} must be relative to the workspace, without '..'"
+                )));
+            }
+            Some(w) => Some(format!("/workspace/{w}")),
+        };
+        let timeout = request
+            .timeout_ms
+            .map(|ms| std::time::Duration::from_millis(ms).min(MAX_EXEC_TIMEOUT));
+        let req = crate::sandbox::exec::ExecRequest {
+            argv: argv.clone(),
+            env: request.env,
+            workdir,
+            timeout,
+        };
+        let outcome = handle
+            .backend
+            .exec(&handle.sandbox, req, None)
+            .await
+            .map_err(|e| RoleError::Unavailable(format!("{op} {argv0}: {e}")))?;
+        let cap = request
+            .max_output_bytes
+            .map(|m| m as usize)
+            .unwrap_or(usize::MAX);
+        let mut truncated = outcome.stdout_dropped > 0 || outcome.stderr_dropped > 0;
+        let mut cut = |bytes: &[u8]| {
+            if bytes.len() > cap {
+                truncated = true;
+                String::from_utf8_lossy(&bytes[..cap]).into_owned()
+            } else {
+                String::from_utf8_lossy(bytes).into_owned()
+            }
+        };
+        let stdout = cut(&outcome.stdout);
+        let stderr = cut(&outcome.stderr);
+        // Commands see the workspace, which may hold secrets; nothing they
+        // print leaves the host (to the plugin, the model, the log) unredacted.
+        let (stdout, stderr) = (self.redact(stdout), self.redact(stderr));
+        let (exit_code, killed_by) = match &outcome.reason {
+            ExitReason::Exited(code) => (Some(*code as i32), None),
+            ExitReason::TimedOut(_) => (None, Some("timeout".to_string())),
+            ExitReason::OomKilled => (None, Some("oom-killed".to_string())),
+            ExitReason::PidsLimit { status } => {
+                (Some(*status as i32), Some("pids-limit".to_string()))
+            }
+        };
+        self.events.record(
+            EventKind::Exec,
+            format!(
+                "$ {}\n{} ({} ms)\n{}{}",
+                argv.join(" "),
+                outcome.reason,
+                outcome.duration.as_millis(),
+                tail(&stdout, 4096),
+                tail(&stderr, 4096)
+            ),
+        );
+        Ok(ExecOutput {
+            exit_code,
+            killed_by,
+            stdout,
+            stderr,
+            truncated,
+            duration_ms: outcome.duration.as_millis() as u64,
+        })
+    }
+}
+
+/// The last `max` bytes of `s` (on a character boundary), for the log.
+fn tail(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut start = s.len() - max;
+    while !s.is_char_boundary(start) {
+        start += 1;
+    }
+    &s[start..]
 }
 
 /// Link the `workspace` interface.

@@ -79,6 +79,17 @@ pub enum RunError {
         /// The error it returned.
         message: String,
     },
+    /// The plugin reported success after the host refused it a model turn
+    /// for budget: work cut short by the budget is not a success.
+    #[error("plugin {plugin} ran out of budget ({message}) but reported {claimed}")]
+    BudgetExhausted {
+        /// Plugin name.
+        plugin: String,
+        /// Which budget was spent.
+        message: String,
+        /// What the plugin claimed (`completed: <summary>`).
+        claimed: String,
+    },
     /// The plugin could not be instantiated.
     #[error("plugin {plugin} could not be instantiated: {message}")]
     Instantiate {
@@ -94,8 +105,11 @@ pub enum RunError {
 pub struct RunReport {
     /// The outcome, or why the run failed.
     pub result: Result<Outcome, RunError>,
-    /// The forge effects the plugin proposed, in order.
+    /// The forge effects the plugin proposed and the gate did not deny, in order.
     pub proposals: Vec<Proposal>,
+    /// The same, with effect ids and what became of each (applied,
+    /// recorded, held for approval).
+    pub effects: Vec<crate::forge::EffectRecord>,
     /// The budget as spent.
     pub budget: Budget,
 }
@@ -256,7 +270,9 @@ impl PluginHost {
                         plugin: name.clone(),
                         message: describe(&role_error),
                     }),
-                    Ok(Ok(Ok(outcome))) => Ok(outcome),
+                    Ok(Ok(Ok(outcome))) => {
+                        over_budget(&name, outcome, store.data().model.refused.as_deref())
+                    }
                 }
             }
             Err(message) => Err(RunError::Instantiate {
@@ -268,11 +284,13 @@ impl PluginHost {
             Ok(o) => format!("{:?}: {}", o.status, o.summary),
             Err(e) => e.to_string(),
         };
-        events.record(EventKind::Finished, message);
         let state = store.into_data();
+        // Through the run's own (redacting) sink: the summary is plugin text.
+        state.events.record(EventKind::Finished, message);
         RunReport {
             result,
             proposals: state.forge.proposals,
+            effects: state.forge.effects,
             budget: state.model.budget,
         }
     }
@@ -357,6 +375,29 @@ impl PluginHost {
             None => format!("{error:#}"),
         };
         RunError::Trapped { plugin, message }
+    }
+}
+
+/// A plugin's outcome, unless it claims success after a model turn was
+/// refused for budget: only `blocked` is an honest answer then.
+fn over_budget(plugin: &str, outcome: Outcome, refused: Option<&str>) -> Result<Outcome, RunError> {
+    match refused {
+        Some(why) if outcome.status != super::OutcomeStatus::Blocked => {
+            Err(RunError::BudgetExhausted {
+                plugin: plugin.to_string(),
+                message: why.to_string(),
+                claimed: format!(
+                    "{}: {}",
+                    match outcome.status {
+                        super::OutcomeStatus::Completed => "completed",
+                        super::OutcomeStatus::Blocked => "blocked",
+                        super::OutcomeStatus::Skipped => "skipped",
+                    },
+                    outcome.summary
+                ),
+            })
+        }
+        _ => Ok(outcome),
     }
 }
 

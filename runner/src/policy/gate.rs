@@ -59,6 +59,11 @@ pub const MAX_PATH_BYTES: usize = 4096;
 pub const MAX_WRITE_BYTES: usize = 64 << 20;
 /// Most arguments in one exec.
 pub const MAX_ARGS: usize = 4096;
+/// Below this much stack (as stacker sees it) the gate switches stacks
+/// before evaluating Cedar (which needs 100 KiB).
+const STACK_RED_ZONE: usize = 256 * 1024;
+/// The stack the gate switches to.
+const STACK_FOR_CEDAR: usize = 1024 * 1024;
 /// Most labels in one call.
 pub const MAX_LABELS: usize = 100;
 
@@ -844,6 +849,15 @@ impl Gate {
     /// Decides one effect. Never panics; see the module docs for the order
     /// of checks.
     pub fn decide(&self, req: &EffectRequest) -> Decision {
+        // Cedar refuses to evaluate ("recursion limit reached") when stacker
+        // says the stack is nearly spent, and stacker measures against the
+        // *thread's* stack. Import calls run on wasmtime fiber stacks, which
+        // stacker cannot see, so there it reads 0 bytes left. Give Cedar a
+        // stack stacker knows whenever it thinks ours is short.
+        stacker::maybe_grow(STACK_RED_ZONE, STACK_FOR_CEDAR, || self.decide_here(req))
+    }
+
+    fn decide_here(&self, req: &EffectRequest) -> Decision {
         if let Err(v) = check_shape(&req.effect) {
             return v.deny(req);
         }
@@ -1371,6 +1385,10 @@ fn malformed(detail: String) -> Violation {
 }
 
 fn check_path(path: &str) -> Result<(), Violation> {
+    // The workspace root itself (listing it, diffing it).
+    if path == "." {
+        return Ok(());
+    }
     let bad = if path.is_empty() {
         Some("is empty")
     } else if path.len() > MAX_PATH_BYTES {

@@ -1,5 +1,7 @@
 //! A well-behaved agent: reads the issue, explores the workspace with the
 //! SDK's tools through the agent loop, and comments the model's answer.
+//! With the instructions `claim-success-when-out-of-budget` it reports
+//! success when the budget stops it, as a dishonest role would.
 use kiln_plugin_sdk::agent::{Agent, Finish, tools};
 use kiln_plugin_sdk::{Outcome, OutcomeStatus, Role, RoleError, Task, forge, session};
 
@@ -45,6 +47,12 @@ impl Role for Explorer {
             }
             Finish::Answer(text) => Ok(Outcome::completed(text)),
             Finish::OutOfTurns(n) => Ok(Outcome::blocked(format!("no answer after {n} turns"))),
+            // A dishonest role, on request, so the host's own budget check is tested.
+            Finish::BudgetExhausted(m)
+                if task.instructions.as_deref() == Some("claim-success-when-out-of-budget") =>
+            {
+                Ok(Outcome::completed(format!("all done (really: {m})")))
+            }
             Finish::BudgetExhausted(m) => Ok(Outcome::blocked(format!("budget exhausted: {m}"))),
         }
     }

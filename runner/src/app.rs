@@ -1,0 +1,147 @@
+//! Assembling a runner from `kiln.toml` and Kiln's data directory: the
+//! policy gate (with every configured secret to redact), the built-in role
+//! plugins, the Docker sandbox backend with its image, and where mirrors
+//! and handback bundles live. `kiln run`, `kiln demo` and `kiln serve` all
+//! start here, so they behave the same.
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::config::{KilnConfig, Role};
+use crate::model::ModelProvider;
+use crate::plugin::{PluginHost, PluginLimits, builtin};
+use crate::policy::{Gate, SecretValue};
+use crate::sandbox::SandboxBackend;
+use crate::sandbox::docker::DockerBackend;
+use crate::sandbox::image::ImageBuilder;
+use crate::session::Budget;
+use crate::worker::Services;
+
+/// Why a runner could not be assembled. Each says what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// A configured secret could not be read.
+    #[error("secret {name}: {reason}")]
+    Secret {
+        /// The secret's name.
+        name: String,
+        /// Why.
+        reason: String,
+    },
+    /// The policies do not build a gate (the message names line and reason).
+    #[error("policy: {0}")]
+    Policy(String),
+    /// A built-in plugin failed to load.
+    #[error("plugin: {0}")]
+    Plugin(String),
+    /// The sandbox backend or its image is not available.
+    #[error("sandbox: {0}")]
+    Sandbox(String),
+}
+
+/// What to assemble a runner from.
+pub struct AppOptions {
+    /// The parsed, validated `kiln.toml` (defaults when there is none).
+    pub config: KilnConfig,
+    /// Kiln's data directory (store, local forge, mirrors, runs).
+    pub data_dir: PathBuf,
+    /// The sandbox image recipes (`sandbox-images/`).
+    pub recipes: PathBuf,
+    /// Labels this runner's containers, so its orphans are found after a crash.
+    pub runner_id: String,
+    /// The model provider, if any.
+    pub model: Option<Arc<dyn ModelProvider>>,
+    /// Budget per role.
+    pub budgets: HashMap<Role, Budget>,
+}
+
+/// The gate for `config`, with the value of every configured secret.
+pub fn gate(config: &KilnConfig) -> Result<Gate, AppError> {
+    let mut secrets = Vec::new();
+    for s in &config.secrets {
+        let value = s.read_value().map_err(|e| AppError::Secret {
+            name: e.name.clone(),
+            reason: e.reason.clone(),
+        })?;
+        secrets.push(SecretValue {
+            name: s.name.clone(),
+            value,
+        });
+    }
+    let gate_config = config
+        .policy
+        .gate_config(secrets)
+        .map_err(AppError::Policy)?;
+    Gate::new(&gate_config).map_err(|e| AppError::Policy(e.to_string()))
+}
+
+/// The plugin host with every built-in role plugin loaded, by role.
+pub fn role_plugins(
+    limits: PluginLimits,
+) -> Result<(PluginHost, HashMap<Role, Arc<crate::plugin::LoadedPlugin>>), AppError> {
+    let host = PluginHost::new(limits).map_err(|e| AppError::Plugin(e.to_string()))?;
+    let mut plugins = HashMap::new();
+    for (name, bytes) in builtin::ROLE_PLUGINS {
+        let loaded = host
+            .load(bytes)
+            .map_err(|e| AppError::Plugin(format!("built-in plugin {name}: {e}")))?;
+        if let Some(role) = Role::ALL
+            .into_iter()
+            .find(|r| r.as_str() == loaded.info.manifest.role)
+        {
+            plugins.insert(role, loaded);
+        }
+    }
+    Ok((host, plugins))
+}
+
+/// Build everything a worker needs. Connects to Docker, removes containers
+/// an earlier process of this runner left behind, and builds the sandbox
+/// image if it is missing (`progress` hears about that: minutes the first
+/// time).
+pub async fn services(
+    opts: AppOptions,
+    progress: &(dyn Fn(crate::sandbox::image::ImageProgress) + Sync),
+) -> Result<Services, AppError> {
+    let gate = gate(&opts.config)?;
+    let (host, plugins) = role_plugins(PluginLimits::default())?;
+    let backend = DockerBackend::connect(opts.runner_id.clone())
+        .await
+        .map_err(|e| AppError::Sandbox(e.to_string()))?;
+    let removed = backend
+        .remove_orphans()
+        .await
+        .map_err(|e| AppError::Sandbox(e.to_string()))?;
+    if removed > 0 {
+        tracing::info!("removed {removed} sandbox object(s) left by an earlier run");
+    }
+    let image = ImageBuilder::new(backend.docker().clone(), &opts.recipes)
+        .ensure(&opts.config.sandbox.image, progress)
+        .await
+        .map_err(|e| AppError::Sandbox(e.to_string()))?;
+    Ok(Services {
+        host: Arc::new(host),
+        plugins,
+        sandboxes: Arc::new(backend),
+        image,
+        sandbox_config: opts.config.sandbox.clone(),
+        gate: Arc::new(gate),
+        model: opts.model,
+        budgets: opts.budgets,
+        mirrors: opts.data_dir.join("mirrors"),
+        runs_dir: Some(opts.data_dir.join("runs")),
+    })
+}
+
+/// The sandbox recipes directory: `KILN_IMAGES_DIR`, or `sandbox-images`
+/// beside the current directory or the source tree this binary was built from.
+pub fn recipes_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("KILN_IMAGES_DIR") {
+        return PathBuf::from(d);
+    }
+    let here = Path::new("sandbox-images");
+    if here.is_dir() {
+        return here.to_path_buf();
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../sandbox-images")
+}

@@ -1,0 +1,65 @@
+//! What operators can do to a live run, as one trait: the runner service
+//! implements it over its worker pool, and the runner API (and through it
+//! the CLI and the dashboard) calls it. Reading runs and events goes to the
+//! store directly; this trait is only for actions that reach a running run.
+use std::path::PathBuf;
+
+/// Why an operator action could not be carried out. Each variant maps to
+/// one HTTP status in the API.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    /// No such run, or no such effect of the run (404).
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// The run is not in a state that allows this (409), e.g. steering a
+    /// finished run or deciding an effect twice.
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// The request itself is malformed (400).
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    /// The runner failed carrying it out (500).
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// An operator's decision on a held effect.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EffectDecision {
+    /// Approve (apply it) or deny (record the denial).
+    pub approve: bool,
+    /// Who decided (the API token's name).
+    pub by: String,
+    /// Optional reason, shown in the run's events.
+    pub reason: Option<String>,
+}
+
+/// What `kiln handback` needs: the run's work as a git bundle and its
+/// transcript.
+#[derive(Debug, Clone)]
+pub struct Handback {
+    /// A git bundle holding the run's branch (`refs/heads/kiln/...`).
+    pub bundle: PathBuf,
+    /// The branch name inside the bundle.
+    pub branch: String,
+}
+
+/// Actions on live runs. Run ids are the store's (`r12` displayed).
+#[async_trait::async_trait]
+pub trait RunControl: Send + Sync {
+    /// Queue a steering message; the plugin receives it through
+    /// `session.next-instruction` before its next model turn.
+    async fn steer(&self, run: u64, message: String) -> Result<(), ControlError>;
+    /// Stop a run: trap the plugin, kill its container, state `cancelled`.
+    async fn cancel(&self, run: u64, by: String) -> Result<(), ControlError>;
+    /// Approve or deny a held effect; an approved effect is applied to the
+    /// forge (and its result recorded as an event).
+    async fn decide(
+        &self,
+        run: u64,
+        effect: &str,
+        decision: EffectDecision,
+    ) -> Result<(), ControlError>;
+    /// The run's work as a git bundle (written when the run ended).
+    async fn handback(&self, run: u64) -> Result<Handback, ControlError>;
+}

@@ -1,0 +1,1074 @@
+//! The local forge: Kiln's own issues, comments, labels, pull requests and
+//! reviews, kept in a SQLite database over bare git repositories that Kiln
+//! owns. It is the embedded default — a new user runs Kiln against it before
+//! connecting GitHub — and it keeps GitHub's semantics (shared numbering of
+//! issues and pull requests, draft-only pull requests from Kiln, review
+//! comments only on diff lines, collaborator permissions), checked by the
+//! same contract suite as the GitHub forge (`tests/forge.rs`).
+//!
+//! Layout under the forge root:
+//! ```text
+//! forge.sqlite                 issues, comments, labels, PRs, reviews, collaborators
+//! repos/<owner>/<name>.git     bare repositories
+//! ```
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::diff::CommentableLines;
+use super::{
+    Comment, Forge, ForgeError, GitRemote, Issue, LineComment, NewIssue, NewPullRequest, NewReview,
+    Permission, PullRequest, RepoRef, Review, Severity, StateFilter, check_kiln_branch,
+};
+
+const SCHEMA_VERSION: i64 = 1;
+
+const MIGRATION_1: &str = "
+CREATE TABLE repos (
+    repo TEXT PRIMARY KEY,
+    default_branch TEXT NOT NULL
+);
+CREATE TABLE items (
+    repo TEXT NOT NULL,
+    number INTEGER NOT NULL,
+    is_pr INTEGER NOT NULL,
+    title TEXT NOT NULL,
+    body TEXT NOT NULL,
+    author TEXT NOT NULL,
+    open INTEGER NOT NULL,
+    head TEXT,
+    base TEXT,
+    draft INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (repo, number)
+);
+CREATE TABLE comments (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    repo TEXT NOT NULL,
+    number INTEGER NOT NULL,
+    author TEXT NOT NULL,
+    body TEXT NOT NULL
+);
+CREATE TABLE labels (
+    repo TEXT NOT NULL,
+    number INTEGER NOT NULL,
+    label TEXT NOT NULL,
+    PRIMARY KEY (repo, number, label)
+);
+CREATE TABLE reviews (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    repo TEXT NOT NULL,
+    number INTEGER NOT NULL,
+    author TEXT NOT NULL,
+    state TEXT NOT NULL,
+    body TEXT NOT NULL
+);
+CREATE TABLE review_comments (
+    review_id INTEGER NOT NULL REFERENCES reviews(id),
+    path TEXT NOT NULL,
+    line INTEGER NOT NULL,
+    new_side INTEGER NOT NULL,
+    severity TEXT NOT NULL,
+    body TEXT NOT NULL
+);
+CREATE TABLE collaborators (
+    repo TEXT NOT NULL,
+    login TEXT NOT NULL,
+    permission TEXT NOT NULL,
+    PRIMARY KEY (repo, login)
+);
+";
+
+/// The login the host acts as on the local forge.
+pub const KILN_LOGIN: &str = "kiln[bot]";
+
+/// One repository on the local forge, acting as one login.
+#[derive(Clone)]
+pub struct LocalForge {
+    db: Arc<Mutex<Connection>>,
+    root: PathBuf,
+    repo: RepoRef,
+    key: String,
+    actor: String,
+}
+
+impl std::fmt::Debug for LocalForge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalForge")
+            .field("root", &self.root)
+            .field("repo", &self.repo)
+            .field("actor", &self.actor)
+            .finish()
+    }
+}
+
+fn store_err(e: rusqlite::Error) -> ForgeError {
+    ForgeError::Store(e.to_string())
+}
+
+/// Open (creating and migrating) the forge database under `root`.
+fn open_db(root: &Path) -> Result<Connection, ForgeError> {
+    std::fs::create_dir_all(root).map_err(|e| {
+        ForgeError::Store(format!("cannot create forge root {}: {e}", root.display()))
+    })?;
+    let path = root.join("forge.sqlite");
+    let conn = Connection::open(&path)
+        .map_err(|e| ForgeError::Store(format!("cannot open {}: {e}", path.display())))?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))
+        .map_err(store_err)?;
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .map_err(store_err)?;
+    let version: i64 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .map_err(store_err)?;
+    if version > SCHEMA_VERSION {
+        return Err(ForgeError::Store(format!(
+            "{} has schema version {version}, newer than this kiln understands ({SCHEMA_VERSION}); \
+             upgrade kiln",
+            path.display()
+        )));
+    }
+    if version < 1 {
+        conn.execute_batch(&format!(
+            "BEGIN; {MIGRATION_1} PRAGMA user_version = 1; COMMIT;"
+        ))
+        .map_err(store_err)?;
+    }
+    Ok(conn)
+}
+
+/// Names of the repositories on the local forge under `root`.
+pub fn list_repos(root: &Path) -> Result<Vec<RepoRef>, ForgeError> {
+    let conn = open_db(root)?;
+    let mut stmt = conn
+        .prepare("SELECT repo FROM repos ORDER BY repo")
+        .map_err(store_err)?;
+    let names = stmt
+        .query_map([], |r| r.get::<_, String>(0))
+        .map_err(store_err)?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(store_err)?;
+    names.iter().map(|n| RepoRef::parse(n)).collect()
+}
+
+impl LocalForge {
+    /// Open an existing repository of the local forge at `root`, acting as
+    /// Kiln itself ([`KILN_LOGIN`]).
+    pub fn open(root: &Path, repo: RepoRef) -> Result<Self, ForgeError> {
+        let conn = open_db(root)?;
+        let key = repo.to_string();
+        let exists: bool = conn
+            .query_row("SELECT 1 FROM repos WHERE repo = ?1", [&key], |_| Ok(()))
+            .optional()
+            .map_err(store_err)?
+            .is_some();
+        if !exists {
+            return Err(ForgeError::NotFound(format!(
+                "repository {key} on the local forge at {} (create it with `kiln repo create {key} \
+                 --from DIR`)",
+                root.display()
+            )));
+        }
+        Ok(LocalForge {
+            db: Arc::new(Mutex::new(conn)),
+            root: root.to_path_buf(),
+            repo,
+            key,
+            actor: KILN_LOGIN.to_string(),
+        })
+    }
+
+    /// Create a repository on the local forge, owned by `owner_login` (who
+    /// gets admin permission). With `source`, the directory's files become
+    /// the first commit of the default branch `main`.
+    pub async fn create(
+        root: &Path,
+        repo: RepoRef,
+        owner_login: &str,
+        source: Option<&Path>,
+    ) -> Result<Self, ForgeError> {
+        let conn = open_db(root)?;
+        let key = repo.to_string();
+        let bare = bare_path(root, &repo);
+        if bare.exists() {
+            return Err(ForgeError::Invalid(format!(
+                "repository {key} already exists at {}",
+                bare.display()
+            )));
+        }
+        if let Some(parent) = bare.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| ForgeError::Git(format!("cannot create {}: {e}", parent.display())))?;
+        }
+        git(
+            None,
+            &["init", "--quiet", "--bare", "-b", "main", path_str(&bare)?],
+        )
+        .await?;
+        if let Some(src) = source {
+            import_tree(src, &bare).await?;
+        }
+        conn.execute(
+            "INSERT INTO repos (repo, default_branch) VALUES (?1, 'main')",
+            [&key],
+        )
+        .map_err(store_err)?;
+        conn.execute(
+            "INSERT INTO collaborators (repo, login, permission) VALUES (?1, ?2, 'admin')",
+            params![key, owner_login],
+        )
+        .map_err(store_err)?;
+        Ok(LocalForge {
+            db: Arc::new(Mutex::new(conn)),
+            root: root.to_path_buf(),
+            repo,
+            key,
+            actor: KILN_LOGIN.to_string(),
+        })
+    }
+
+    /// The same repository, with new issues, comments, pull requests and
+    /// reviews authored by `login` (the CLI acts as the local user).
+    pub fn acting_as(&self, login: &str) -> Self {
+        LocalForge {
+            actor: login.to_string(),
+            ..self.clone()
+        }
+    }
+
+    /// Give `login` a permission level on the repository.
+    pub async fn set_permission(&self, login: &str, level: Permission) -> Result<(), ForgeError> {
+        let (key, login) = (self.key.clone(), login.to_string());
+        self.with_db(move |c| {
+            c.execute(
+                "INSERT INTO collaborators (repo, login, permission) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (repo, login) DO UPDATE SET permission = excluded.permission",
+                params![key, login, permission_name(level)],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// The bare repository's path on disk.
+    pub fn bare_repo(&self) -> PathBuf {
+        bare_path(&self.root, &self.repo)
+    }
+
+    /// Run `f` on the database off the async runtime's worker threads.
+    async fn with_db<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, DbError> + Send + 'static,
+    ) -> Result<T, ForgeError> {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = db
+                .lock()
+                .map_err(|_| ForgeError::Store("the forge database lock is poisoned".into()))?;
+            f(&mut conn).map_err(ForgeError::from)
+        })
+        .await
+        .map_err(|e| ForgeError::Store(format!("database task failed: {e}")))?
+    }
+
+    async fn item_kind(&self, number: u64) -> Result<Option<bool>, ForgeError> {
+        let key = self.key.clone();
+        self.with_db(move |c| {
+            Ok(c.query_row(
+                "SELECT is_pr FROM items WHERE repo = ?1 AND number = ?2",
+                params![key, number as i64],
+                |r| r.get::<_, bool>(0),
+            )
+            .optional()?)
+        })
+        .await
+    }
+
+    async fn require_item(&self, number: u64) -> Result<(), ForgeError> {
+        match self.item_kind(number).await? {
+            Some(_) => Ok(()),
+            None => Err(ForgeError::NotFound(format!(
+                "issue or pull request #{number} in {}",
+                self.key
+            ))),
+        }
+    }
+
+    async fn diff(&self, base: &str, head: &str) -> Result<String, ForgeError> {
+        let bare = self.bare_repo();
+        let range = format!("refs/heads/{base}...refs/heads/{head}");
+        git(
+            Some(&bare),
+            &["diff", "--no-color", "--no-ext-diff", &range],
+        )
+        .await
+    }
+
+    async fn branch_exists(&self, branch: &str) -> Result<bool, ForgeError> {
+        let bare = self.bare_repo();
+        let r = format!("refs/heads/{branch}");
+        Ok(git(Some(&bare), &["rev-parse", "--verify", "--quiet", &r])
+            .await
+            .is_ok())
+    }
+}
+
+/// Errors inside a database closure: SQLite's, or the forge's own.
+enum DbError {
+    Sql(rusqlite::Error),
+    Forge(ForgeError),
+}
+
+impl From<rusqlite::Error> for DbError {
+    fn from(e: rusqlite::Error) -> Self {
+        DbError::Sql(e)
+    }
+}
+
+impl From<DbError> for ForgeError {
+    fn from(e: DbError) -> Self {
+        match e {
+            DbError::Sql(e) => store_err(e),
+            DbError::Forge(e) => e,
+        }
+    }
+}
+
+fn bare_path(root: &Path, repo: &RepoRef) -> PathBuf {
+    root.join("repos")
+        .join(&repo.owner)
+        .join(format!("{}.git", repo.name))
+}
+
+fn path_str(p: &Path) -> Result<&str, ForgeError> {
+    p.to_str()
+        .ok_or_else(|| ForgeError::Invalid(format!("path {} is not UTF-8", p.display())))
+}
+
+/// Run host-side git with no system or global configuration, so nothing
+/// outside Kiln's own arguments changes what it does. Returns stdout.
+async fn git(dir: Option<&Path>, args: &[&str]) -> Result<String, ForgeError> {
+    let mut cmd = tokio::process::Command::new("git");
+    if let Some(d) = dir {
+        cmd.arg("-C").arg(d);
+    }
+    cmd.args(args)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .env("GIT_AUTHOR_NAME", "Kiln")
+        .env("GIT_AUTHOR_EMAIL", "kiln@localhost")
+        .env("GIT_COMMITTER_NAME", "Kiln")
+        .env("GIT_COMMITTER_EMAIL", "kiln@localhost")
+        .stdin(std::process::Stdio::null());
+    let out = cmd
+        .output()
+        .await
+        .map_err(|e| ForgeError::Git(format!("cannot run git: {e}")))?;
+    if !out.status.success() {
+        return Err(ForgeError::Git(format!(
+            "git {} failed: {}",
+            args.first().copied().unwrap_or(""),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    String::from_utf8(out.stdout)
+        .map_err(|_| ForgeError::Git(format!("git {} printed non-UTF-8 output", args.join(" "))))
+}
+
+/// Commit the files of `src` as the first commit of `main` in `bare`.
+async fn import_tree(src: &Path, bare: &Path) -> Result<(), ForgeError> {
+    if !src.is_dir() {
+        return Err(ForgeError::Invalid(format!(
+            "{} is not a directory",
+            src.display()
+        )));
+    }
+    let work = tempfile::tempdir().map_err(|e| ForgeError::Git(e.to_string()))?;
+    let w = work.path();
+    let ws = path_str(w)?;
+    git(None, &["init", "--quiet", "-b", "main", ws]).await?;
+    copy_tree(src, w).map_err(|e| {
+        ForgeError::Git(format!(
+            "cannot copy {} into the import: {e}",
+            src.display()
+        ))
+    })?;
+    git(Some(w), &["add", "-A"]).await?;
+    git(Some(w), &["commit", "--quiet", "-m", "Initial import"]).await?;
+    git(
+        Some(w),
+        &["push", "--quiet", path_str(bare)?, "main:refs/heads/main"],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Copy a directory's files (not `.git`), following no symlinks out of it.
+fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        if name == ".git" {
+            continue;
+        }
+        let ty = entry.file_type()?;
+        let dest = to.join(&name);
+        if ty.is_dir() {
+            std::fs::create_dir_all(&dest)?;
+            copy_tree(&entry.path(), &dest)?;
+        } else if ty.is_file() {
+            std::fs::copy(entry.path(), &dest)?;
+        }
+    }
+    Ok(())
+}
+
+fn permission_name(p: Permission) -> &'static str {
+    match p {
+        Permission::None => "none",
+        Permission::Read => "read",
+        Permission::Triage => "triage",
+        Permission::Write => "write",
+        Permission::Maintain => "maintain",
+        Permission::Admin => "admin",
+    }
+}
+
+fn parse_permission(s: &str) -> Permission {
+    match s {
+        "read" => Permission::Read,
+        "triage" => Permission::Triage,
+        "write" => Permission::Write,
+        "maintain" => Permission::Maintain,
+        "admin" => Permission::Admin,
+        _ => Permission::None,
+    }
+}
+
+fn severity_name(s: Severity) -> &'static str {
+    match s {
+        Severity::Critical => "CRITICAL",
+        Severity::Important => "IMPORTANT",
+        Severity::Suggestion => "SUGGESTION",
+        Severity::Nit => "NIT",
+    }
+}
+
+fn parse_severity(s: &str) -> Severity {
+    match s {
+        "CRITICAL" => Severity::Critical,
+        "IMPORTANT" => Severity::Important,
+        "SUGGESTION" => Severity::Suggestion,
+        _ => Severity::Nit,
+    }
+}
+
+/// One row of `items`, before comments and labels are attached.
+struct ItemRow {
+    number: u64,
+    title: String,
+    body: String,
+    author: String,
+    open: bool,
+    head: Option<String>,
+    base: Option<String>,
+    draft: bool,
+}
+
+const ITEM_COLUMNS: &str = "number, title, body, author, open, head, base, draft";
+
+fn item_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ItemRow> {
+    Ok(ItemRow {
+        number: r.get::<_, i64>(0)? as u64,
+        title: r.get(1)?,
+        body: r.get(2)?,
+        author: r.get(3)?,
+        open: r.get(4)?,
+        head: r.get(5)?,
+        base: r.get(6)?,
+        draft: r.get(7)?,
+    })
+}
+
+/// Attach labels and comments to a row.
+fn load_issue(c: &Connection, key: &str, row: &ItemRow) -> rusqlite::Result<Issue> {
+    let n = row.number as i64;
+    let mut stmt = c.prepare_cached(
+        "SELECT label FROM labels WHERE repo = ?1 AND number = ?2 ORDER BY rowid",
+    )?;
+    let labels = stmt
+        .query_map(params![key, n], |r| r.get(0))?
+        .collect::<Result<Vec<String>, _>>()?;
+    let mut stmt = c.prepare_cached(
+        "SELECT id, author, body FROM comments WHERE repo = ?1 AND number = ?2 ORDER BY id",
+    )?;
+    let comments = stmt
+        .query_map(params![key, n], |r| {
+            Ok(Comment {
+                id: r.get::<_, i64>(0)? as u64,
+                author: r.get(1)?,
+                trusted: false,
+                body: r.get(2)?,
+            })
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Issue {
+        number: row.number,
+        title: row.title.clone(),
+        body: row.body.clone(),
+        author: row.author.clone(),
+        trusted: false,
+        labels,
+        open: row.open,
+        comments,
+    })
+}
+
+fn state_clause(state: StateFilter) -> &'static str {
+    match state {
+        StateFilter::Open => "AND open = 1",
+        StateFilter::Closed => "AND open = 0",
+        StateFilter::All => "",
+    }
+}
+
+fn next_number(c: &Connection, key: &str) -> rusqlite::Result<i64> {
+    c.query_row(
+        "SELECT COALESCE(MAX(number), 0) + 1 FROM items WHERE repo = ?1",
+        [key],
+        |r| r.get(0),
+    )
+}
+
+#[async_trait::async_trait]
+impl Forge for LocalForge {
+    fn repo(&self) -> &RepoRef {
+        &self.repo
+    }
+
+    async fn default_branch(&self) -> Result<String, ForgeError> {
+        let key = self.key.clone();
+        self.with_db(move |c| {
+            Ok(c.query_row(
+                "SELECT default_branch FROM repos WHERE repo = ?1",
+                [key],
+                |r| r.get(0),
+            )?)
+        })
+        .await
+    }
+
+    async fn git_remote(&self) -> Result<GitRemote, ForgeError> {
+        Ok(GitRemote {
+            url: path_str(&self.bare_repo())?.to_string(),
+            authorization: None,
+        })
+    }
+
+    async fn push(&self, local: &Path, commit: &str, branch: &str) -> Result<(), ForgeError> {
+        check_kiln_branch(branch)?;
+        if commit.is_empty() || !commit.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(ForgeError::Invalid(format!(
+                "commit {commit:?} is not a hexadecimal object id"
+            )));
+        }
+        let bare = self.bare_repo();
+        let refspec = format!("+{commit}:refs/heads/{branch}");
+        git(
+            Some(local),
+            &["push", "--quiet", "--no-verify", path_str(&bare)?, &refspec],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn get_issue(&self, number: u64) -> Result<Issue, ForgeError> {
+        let key = self.key.clone();
+        let repo = self.key.clone();
+        self.with_db(move |c| {
+            let row = c
+                .query_row(
+                    &format!(
+                        "SELECT {ITEM_COLUMNS} FROM items WHERE repo = ?1 AND number = ?2 AND is_pr = 0"
+                    ),
+                    params![key, number as i64],
+                    item_row,
+                )
+                .optional()?
+                .ok_or_else(|| {
+                    DbError::Forge(ForgeError::NotFound(format!("issue #{number} in {repo}")))
+                })?;
+            Ok(load_issue(c, &key, &row)?)
+        })
+        .await
+    }
+
+    async fn list_issues(&self, state: StateFilter) -> Result<Vec<Issue>, ForgeError> {
+        let key = self.key.clone();
+        self.with_db(move |c| {
+            let sql = format!(
+                "SELECT {ITEM_COLUMNS} FROM items WHERE repo = ?1 AND is_pr = 0 {} ORDER BY number DESC",
+                state_clause(state)
+            );
+            let rows = c
+                .prepare(&sql)?
+                .query_map([&key], item_row)?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(rows
+                .iter()
+                .map(|r| load_issue(c, &key, r))
+                .collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    async fn create_issue(&self, issue: NewIssue) -> Result<u64, ForgeError> {
+        if issue.title.trim().is_empty() {
+            return Err(ForgeError::Rejected("an issue needs a title".into()));
+        }
+        let (key, actor) = (self.key.clone(), self.actor.clone());
+        self.with_db(move |c| {
+            let tx = c.transaction()?;
+            let n = next_number(&tx, &key)?;
+            tx.execute(
+                "INSERT INTO items (repo, number, is_pr, title, body, author, open)
+                 VALUES (?1, ?2, 0, ?3, ?4, ?5, 1)",
+                params![key, n, issue.title, issue.body, actor],
+            )?;
+            for l in &issue.labels {
+                tx.execute(
+                    "INSERT OR IGNORE INTO labels (repo, number, label) VALUES (?1, ?2, ?3)",
+                    params![key, n, l],
+                )?;
+            }
+            tx.commit()?;
+            Ok(n as u64)
+        })
+        .await
+    }
+
+    async fn comment(&self, number: u64, body: &str) -> Result<u64, ForgeError> {
+        if body.trim().is_empty() {
+            return Err(ForgeError::Rejected("a comment needs a body".into()));
+        }
+        self.require_item(number).await?;
+        let (key, actor, body) = (self.key.clone(), self.actor.clone(), body.to_string());
+        self.with_db(move |c| {
+            c.execute(
+                "INSERT INTO comments (repo, number, author, body) VALUES (?1, ?2, ?3, ?4)",
+                params![key, number as i64, actor, body],
+            )?;
+            Ok(c.last_insert_rowid() as u64)
+        })
+        .await
+    }
+
+    async fn edit_comment(&self, comment_id: u64, body: &str) -> Result<(), ForgeError> {
+        let (key, body) = (self.key.clone(), body.to_string());
+        let changed = self
+            .with_db(move |c| {
+                Ok(c.execute(
+                    "UPDATE comments SET body = ?1 WHERE id = ?2 AND repo = ?3",
+                    params![body, comment_id as i64, key],
+                )?)
+            })
+            .await?;
+        if changed == 0 {
+            return Err(ForgeError::NotFound(format!(
+                "comment {comment_id} in {}",
+                self.key
+            )));
+        }
+        Ok(())
+    }
+
+    async fn add_labels(&self, number: u64, labels: &[String]) -> Result<(), ForgeError> {
+        if let Some(bad) = labels.iter().find(|l| l.trim().is_empty() || l.len() > 50) {
+            return Err(ForgeError::Rejected(format!(
+                "label {bad:?} must be 1-50 characters"
+            )));
+        }
+        self.require_item(number).await?;
+        let (key, labels) = (self.key.clone(), labels.to_vec());
+        self.with_db(move |c| {
+            let tx = c.transaction()?;
+            for l in &labels {
+                tx.execute(
+                    "INSERT OR IGNORE INTO labels (repo, number, label) VALUES (?1, ?2, ?3)",
+                    params![key, number as i64, l],
+                )?;
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn remove_label(&self, number: u64, label: &str) -> Result<(), ForgeError> {
+        self.require_item(number).await?;
+        let (key, label) = (self.key.clone(), label.to_string());
+        self.with_db(move |c| {
+            c.execute(
+                "DELETE FROM labels WHERE repo = ?1 AND number = ?2 AND label = ?3",
+                params![key, number as i64, label],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_pull_request(&self, number: u64) -> Result<PullRequest, ForgeError> {
+        let (key, repo) = (self.key.clone(), self.key.clone());
+        let (issue, head, base, draft) = self
+            .with_db(move |c| {
+                let row = c
+                    .query_row(
+                        &format!(
+                            "SELECT {ITEM_COLUMNS} FROM items WHERE repo = ?1 AND number = ?2 AND is_pr = 1"
+                        ),
+                        params![key, number as i64],
+                        item_row,
+                    )
+                    .optional()?
+                    .ok_or_else(|| {
+                        DbError::Forge(ForgeError::NotFound(format!(
+                            "pull request #{number} in {repo}"
+                        )))
+                    })?;
+                let issue = load_issue(c, &key, &row)?;
+                Ok((
+                    issue,
+                    row.head.unwrap_or_default(),
+                    row.base.unwrap_or_default(),
+                    row.draft,
+                ))
+            })
+            .await?;
+        let diff = self.diff(&base, &head).await?;
+        Ok(PullRequest {
+            issue,
+            head_branch: head,
+            base_branch: base,
+            draft,
+            diff,
+        })
+    }
+
+    async fn list_pull_requests(&self, state: StateFilter) -> Result<Vec<PullRequest>, ForgeError> {
+        let key = self.key.clone();
+        self.with_db(move |c| {
+            let sql = format!(
+                "SELECT {ITEM_COLUMNS} FROM items WHERE repo = ?1 AND is_pr = 1 {} ORDER BY number DESC",
+                state_clause(state)
+            );
+            let rows = c
+                .prepare(&sql)?
+                .query_map([&key], item_row)?
+                .collect::<Result<Vec<_>, _>>()?;
+            let mut prs = Vec::with_capacity(rows.len());
+            for r in rows {
+                let issue = load_issue(c, &key, &r)?;
+                prs.push(PullRequest {
+                    issue,
+                    head_branch: r.head.unwrap_or_default(),
+                    base_branch: r.base.unwrap_or_default(),
+                    draft: r.draft,
+                    diff: String::new(),
+                });
+            }
+            Ok(prs)
+        })
+        .await
+    }
+
+    async fn create_draft_pull_request(&self, pr: NewPullRequest) -> Result<u64, ForgeError> {
+        if pr.title.trim().is_empty() {
+            return Err(ForgeError::Rejected("a pull request needs a title".into()));
+        }
+        for (what, b) in [("head", &pr.head), ("base", &pr.base)] {
+            if !self.branch_exists(b).await? {
+                return Err(ForgeError::Rejected(format!(
+                    "{what} branch {b:?} does not exist in {}",
+                    self.key
+                )));
+            }
+        }
+        if pr.head == pr.base {
+            return Err(ForgeError::Rejected(format!(
+                "head and base are both {:?}",
+                pr.head
+            )));
+        }
+        let (key, actor) = (self.key.clone(), self.actor.clone());
+        self.with_db(move |c| {
+            let tx = c.transaction()?;
+            let open: Option<i64> = tx
+                .query_row(
+                    "SELECT number FROM items WHERE repo = ?1 AND is_pr = 1 AND open = 1 AND head = ?2",
+                    params![key, pr.head],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if let Some(n) = open {
+                return Err(DbError::Forge(ForgeError::Rejected(format!(
+                    "a pull request already exists for {}: #{n}",
+                    pr.head
+                ))));
+            }
+            let n = next_number(&tx, &key)?;
+            tx.execute(
+                "INSERT INTO items (repo, number, is_pr, title, body, author, open, head, base, draft)
+                 VALUES (?1, ?2, 1, ?3, ?4, ?5, 1, ?6, ?7, 1)",
+                params![key, n, pr.title, pr.body, actor, pr.head, pr.base],
+            )?;
+            tx.commit()?;
+            Ok(n as u64)
+        })
+        .await
+    }
+
+    async fn create_review(&self, number: u64, review: NewReview) -> Result<u64, ForgeError> {
+        let pr = self.get_pull_request(number).await?;
+        let on_diff = CommentableLines::parse(&pr.diff);
+        if let Some(bad) = review
+            .comments
+            .iter()
+            .find(|c| !on_diff.contains(&c.path, c.line, c.new_side))
+        {
+            return Err(ForgeError::Rejected(format!(
+                "review comment on {}:{} ({} side) is not on a line of the diff of #{number}",
+                bad.path,
+                bad.line,
+                if bad.new_side { "new" } else { "old" }
+            )));
+        }
+        let (key, actor) = (self.key.clone(), self.actor.clone());
+        self.with_db(move |c| {
+            let tx = c.transaction()?;
+            let state = if review.request_changes {
+                "CHANGES_REQUESTED"
+            } else {
+                "COMMENTED"
+            };
+            tx.execute(
+                "INSERT INTO reviews (repo, number, author, state, body) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![key, number as i64, actor, state, review.body],
+            )?;
+            let id = tx.last_insert_rowid();
+            for lc in &review.comments {
+                tx.execute(
+                    "INSERT INTO review_comments (review_id, path, line, new_side, severity, body)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    params![
+                        id,
+                        lc.path,
+                        lc.line,
+                        lc.new_side,
+                        severity_name(lc.severity),
+                        lc.body
+                    ],
+                )?;
+            }
+            tx.commit()?;
+            Ok(id as u64)
+        })
+        .await
+    }
+
+    async fn list_reviews(&self, number: u64) -> Result<Vec<Review>, ForgeError> {
+        self.require_item(number).await?;
+        let key = self.key.clone();
+        self.with_db(move |c| {
+            let mut stmt = c.prepare(
+                "SELECT id, author, state, body FROM reviews WHERE repo = ?1 AND number = ?2 ORDER BY id",
+            )?;
+            let heads = stmt
+                .query_map(params![key, number as i64], |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, String>(3)?,
+                    ))
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            let mut out = Vec::with_capacity(heads.len());
+            let mut stmt = c.prepare(
+                "SELECT path, line, new_side, severity, body FROM review_comments
+                 WHERE review_id = ?1 ORDER BY rowid",
+            )?;
+            for (id, author, state, body) in heads {
+                let comments = stmt
+                    .query_map([id], |r| {
+                        Ok(LineComment {
+                            path: r.get(0)?,
+                            line: r.get(1)?,
+                            new_side: r.get(2)?,
+                            severity: parse_severity(&r.get::<_, String>(3)?),
+                            body: r.get(4)?,
+                        })
+                    })?
+                    .collect::<Result<Vec<_>, _>>()?;
+                out.push(Review {
+                    id: id as u64,
+                    author,
+                    state,
+                    body,
+                    comments,
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn permission(&self, login: &str) -> Result<Permission, ForgeError> {
+        let (key, login) = (self.key.clone(), login.to_string());
+        self.with_db(move |c| {
+            let p: Option<String> = c
+                .query_row(
+                    "SELECT permission FROM collaborators WHERE repo = ?1 AND login = ?2",
+                    params![key, login],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            Ok(p.map(|p| parse_permission(&p)).unwrap_or(Permission::None))
+        })
+        .await
+    }
+}
+
+impl LocalForge {
+    /// Merge a pull request into its base with a merge commit, and close it.
+    /// A human's action (`kiln pr merge`): it is not part of the [`Forge`]
+    /// trait, so no run can reach it.
+    pub async fn merge(&self, number: u64) -> Result<String, ForgeError> {
+        let pr = self.get_pull_request(number).await?;
+        if !pr.issue.open {
+            return Err(ForgeError::Rejected(format!(
+                "pull request #{number} is already closed"
+            )));
+        }
+        let bare = self.bare_repo();
+        let work = tempfile::tempdir().map_err(|e| ForgeError::Git(e.to_string()))?;
+        let w = work.path().join("merge");
+        let ws = path_str(&w)?;
+        git(
+            None,
+            &[
+                "clone",
+                "--quiet",
+                "--template=",
+                "-b",
+                &pr.base_branch,
+                path_str(&bare)?,
+                ws,
+            ],
+        )
+        .await?;
+        let head = format!("origin/{}", pr.head_branch);
+        let message = format!(
+            "Merge pull request #{number} from {}\n\n{}",
+            pr.head_branch, pr.issue.title
+        );
+        git(
+            Some(&w),
+            &[
+                "merge",
+                "--quiet",
+                "--no-ff",
+                "--no-edit",
+                "-m",
+                &message,
+                &head,
+            ],
+        )
+        .await?;
+        let spec = format!("HEAD:refs/heads/{}", pr.base_branch);
+        git(Some(&w), &["push", "--quiet", "origin", &spec]).await?;
+        let sha = git(Some(&w), &["rev-parse", "HEAD"])
+            .await?
+            .trim()
+            .to_string();
+        self.close(number).await?;
+        Ok(sha)
+    }
+
+    /// Close an issue or pull request (the CLI's `kiln issue close`).
+    pub async fn close(&self, number: u64) -> Result<(), ForgeError> {
+        self.require_item(number).await?;
+        let key = self.key.clone();
+        self.with_db(move |c| {
+            c.execute(
+                "UPDATE items SET open = 0 WHERE repo = ?1 AND number = ?2",
+                params![key, number as i64],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn sample() -> (tempfile::TempDir, LocalForge) {
+        let root = tempfile::tempdir().expect("tempdir");
+        let src = root.path().join("src");
+        std::fs::create_dir_all(&src).expect("mkdir");
+        std::fs::write(src.join("README.md"), "hello\n").expect("write");
+        let forge = LocalForge::create(
+            &root.path().join("forge"),
+            RepoRef::parse("local/sample").expect("repo"),
+            "alice",
+            Some(&src),
+        )
+        .await
+        .expect("create");
+        (root, forge)
+    }
+
+    #[tokio::test]
+    async fn a_created_repository_has_its_files_on_main_and_its_owner_is_admin() {
+        let (_root, forge) = sample().await;
+        let out = git(Some(&forge.bare_repo()), &["show", "main:README.md"])
+            .await
+            .expect("git show");
+        assert_eq!(out, "hello\n");
+        assert_eq!(
+            forge.permission("alice").await.ok(),
+            Some(Permission::Admin)
+        );
+        assert_eq!(
+            forge.permission("mallory").await.ok(),
+            Some(Permission::None)
+        );
+    }
+
+    #[tokio::test]
+    async fn opening_a_missing_repository_says_how_to_create_it() {
+        let (root, _forge) = sample().await;
+        let err = LocalForge::open(
+            &root.path().join("forge"),
+            RepoRef::parse("local/nope").expect("repo"),
+        )
+        .expect_err("missing repo");
+        assert!(
+            err.to_string().contains("kiln repo create local/nope"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_newer_database_is_refused_with_the_versions() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let conn = Connection::open(root.path().join("forge.sqlite")).expect("open");
+        conn.pragma_update(None, "user_version", 99)
+            .expect("pragma");
+        drop(conn);
+        let err = list_repos(root.path()).expect_err("newer schema");
+        assert!(err.to_string().contains("schema version 99"), "{err}");
+    }
+}

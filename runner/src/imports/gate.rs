@@ -1,0 +1,148 @@
+//! What every gated import shares: the run's binding to the policy gate,
+//! the decision step that writes each decision to the run's event log, and
+//! the event sink that redacts every event before it is stored or served.
+//!
+//! There is no way around the gate: a run started without an explicit
+//! binding gets Kiln's default policies as an *untrusted* run, so effects
+//! that need trust are held and everything the defaults do not permit is
+//! denied.
+use std::sync::{Arc, OnceLock};
+
+use crate::config::Role;
+use crate::plugin::wit::latest::kiln::role::types::RoleError;
+use crate::policy::{Decision, Effect, EffectRequest, Gate, GateConfig, Trust};
+use crate::session::{EventKind, EventSink};
+
+use super::RunState;
+
+/// A run's binding to the policy gate: the gate (policies, invariants,
+/// redaction) and the run as Cedar's principal.
+#[derive(Clone)]
+pub struct PolicyBinding {
+    /// The gate, shared by all runs of a repository.
+    pub gate: Arc<Gate>,
+    /// This run: role, repository, trust of its trigger, branch.
+    pub run: Arc<crate::policy::RunContext>,
+}
+
+impl PolicyBinding {
+    /// The binding of a run that was started without one: Kiln's default
+    /// policies, an untrusted trigger, an unnamed repository, and branch
+    /// `kiln/run`. `None` when `role` is not one of Kiln's roles or the
+    /// default gate cannot be built: every effect is then denied.
+    pub fn untrusted_default(role: &str) -> Option<Self> {
+        let role = Role::ALL.into_iter().find(|r| r.as_str() == role)?;
+        Some(PolicyBinding {
+            gate: default_gate()?,
+            run: Arc::new(crate::policy::RunContext::new(
+                "unbound",
+                role,
+                "local/unbound",
+                Trust::Untrusted,
+                "kiln/run",
+            )),
+        })
+    }
+}
+
+/// The gate with Kiln's embedded policies, the default `[policy]` section
+/// and no configured secrets (token shapes are still redacted), built once
+/// per process.
+pub fn default_gate() -> Option<Arc<Gate>> {
+    static GATE: OnceLock<Option<Arc<Gate>>> = OnceLock::new();
+    let config = || -> Result<GateConfig, String> {
+        crate::policy::config::PolicyConfig::default().gate_config(Vec::new())
+    };
+    GATE.get_or_init(
+        || match config().and_then(|c| Gate::new(&c).map_err(|e| e.to_string())) {
+            Ok(g) => Some(Arc::new(g)),
+            Err(e) => {
+                tracing::error!("the default policy gate cannot be built: {e}");
+                None
+            }
+        },
+    )
+    .clone()
+}
+
+impl RunState {
+    /// Decide `effect` for this run and write the decision to the event log.
+    /// Unless denied, the effect comes back with its outbound texts redacted.
+    pub(crate) fn decide(&self, effect: Effect) -> (Decision, Effect) {
+        let Some(binding) = &self.policy else {
+            let decision = Decision::Deny {
+                reason: format!(
+                    "{}: denied, this run has no policy gate (role {:?} is not one of Kiln's roles)",
+                    effect.action(),
+                    self.role
+                ),
+                blame: crate::policy::Blame::Host,
+            };
+            self.record_decision(effect.action(), &decision);
+            return (decision, effect);
+        };
+        let (decision, req) = binding.gate.admit(EffectRequest {
+            run: binding.run.clone(),
+            effect,
+        });
+        self.record_decision(req.effect.action(), &decision);
+        (decision, req.effect)
+    }
+
+    /// Decide an effect that cannot wait for a human (a file write, a
+    /// command, a model call): allow gives the redacted effect back; deny and
+    /// hold become the plugin-visible error with the gate's reason.
+    pub(crate) fn gate_now(&self, effect: Effect) -> Result<Effect, RoleError> {
+        match self.decide(effect) {
+            (Decision::Allow { .. }, effect) => Ok(effect),
+            (Decision::Deny { reason, .. }, _) => Err(RoleError::Denied(reason)),
+            (Decision::Hold { reason }, _) => Err(RoleError::HeldForApproval(reason)),
+        }
+    }
+
+    fn record_decision(&self, action: &str, decision: &Decision) {
+        self.events.record(
+            EventKind::Policy {
+                action: action.to_string(),
+                verdict: decision.verdict().to_string(),
+            },
+            decision.reason().to_string(),
+        );
+    }
+
+    /// Redact a text leaving the host towards a model or a plugin.
+    pub(crate) fn redact(&self, text: String) -> String {
+        match &self.policy {
+            Some(b) => match b.gate.redactor().redact(&text) {
+                std::borrow::Cow::Owned(clean) => clean,
+                std::borrow::Cow::Borrowed(_) => text,
+            },
+            None => text,
+        }
+    }
+}
+
+/// An event sink that redacts every message (configured secret values and
+/// token shapes) before passing it on, so nothing a plugin, a command or a
+/// model printed reaches the store, the API or the logs unredacted.
+pub struct RedactingEvents {
+    inner: Arc<dyn EventSink>,
+    gate: Arc<Gate>,
+}
+
+impl RedactingEvents {
+    /// Wrap `inner`, redacting with `gate`'s redactor.
+    pub fn new(inner: Arc<dyn EventSink>, gate: Arc<Gate>) -> Self {
+        RedactingEvents { inner, gate }
+    }
+}
+
+impl EventSink for RedactingEvents {
+    fn record(&self, kind: EventKind, message: String) {
+        let message = match self.gate.redactor().redact(&message) {
+            std::borrow::Cow::Owned(clean) => clean,
+            std::borrow::Cow::Borrowed(_) => message,
+        };
+        self.inner.record(kind, message);
+    }
+}

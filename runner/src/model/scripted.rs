@@ -1,0 +1,440 @@
+//! The scripted provider: replays a script file, for demos and tests. It is
+//! never mistaken for a model: its name and every answer's `model` are
+//! `scripted:<file name>`, so events say so.
+//!
+//! ```json
+//! { "description": "what this script demonstrates",
+//!   "turns": [
+//!     { "text": "optional assistant text",
+//!       "tool_calls": [ { "name": "read_file", "arguments": { "path": "README.md" } } ] },
+//!     { "text": "final answer, no tool calls" } ] }
+//! ```
+//!
+//! Each call returns the next turn: stop reason `tool_use` when it has tool
+//! calls, else `end_turn`; call ids `call-<turn>-<i>` (both from 1); usage
+//! estimated at four bytes a token of request and answer, so token budgets
+//! bind; cost 0. The script is checked whole at load, and a mistake is
+//! reported with the file, the turn and the field.
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use serde_json::Value;
+
+use super::{
+    BoxFuture, Completion, CompletionRequest, ContentPart, Message, ModelError, ModelProvider,
+    Role, StopReason, ToolCall, Usage, estimate_tokens,
+};
+
+/// A script that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ScriptError {
+    /// The file could not be read.
+    #[error("cannot read script {path}: {source}")]
+    Read {
+        /// The script's path.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not a valid script.
+    #[error("script {file}: {location}: {reason}")]
+    Invalid {
+        /// The script's file name.
+        file: String,
+        /// Where: `turn 2, tool_calls[0].name`, or `top level`.
+        location: String,
+        /// What is wrong there.
+        reason: String,
+    },
+}
+
+/// One scripted turn, checked.
+#[derive(Debug, Clone, PartialEq)]
+struct Turn {
+    text: Option<String>,
+    /// (name, arguments as JSON text)
+    calls: Vec<(String, String)>,
+}
+
+/// A provider that replays a script file's turns in order.
+#[derive(Debug)]
+pub struct ScriptedProvider {
+    file: String,
+    description: Option<String>,
+    turns: Vec<Turn>,
+    next: AtomicUsize,
+}
+
+impl ScriptedProvider {
+    /// Read and check the script at `path`; its file name names the provider.
+    pub fn load(path: &Path) -> Result<Self, ScriptError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ScriptError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| path.display().to_string());
+        Self::from_json(&name, &text)
+    }
+
+    /// Check the script `text`, naming it `name` (the file name) in the
+    /// provider's name and in errors.
+    pub fn from_json(name: &str, text: &str) -> Result<Self, ScriptError> {
+        let invalid = |location: &str, reason: String| ScriptError::Invalid {
+            file: name.to_string(),
+            location: location.to_string(),
+            reason,
+        };
+        let root: Value = serde_json::from_str(text)
+            .map_err(|e| invalid("top level", format!("not JSON: {e}")))?;
+        let Value::Object(root) = root else {
+            return Err(invalid("top level", "expected an object".into()));
+        };
+        let mut description = None;
+        let mut turns = None;
+        for (key, value) in root {
+            match key.as_str() {
+                "description" => {
+                    description = Some(
+                        value
+                            .as_str()
+                            .ok_or_else(|| invalid("description", "expected a string".into()))?
+                            .to_string(),
+                    )
+                }
+                "turns" => {
+                    let Value::Array(list) = value else {
+                        return Err(invalid("turns", "expected an array of turns".into()));
+                    };
+                    let mut checked = Vec::with_capacity(list.len());
+                    for (i, turn) in list.into_iter().enumerate() {
+                        checked.push(
+                            parse_turn(turn)
+                                .map_err(|(field, reason)| invalid(&turn_at(i, &field), reason))?,
+                        );
+                    }
+                    turns = Some(checked);
+                }
+                other => {
+                    return Err(invalid(
+                        "top level",
+                        format!("unknown key `{other}` (expected `description` and `turns`)"),
+                    ));
+                }
+            }
+        }
+        let turns = turns.ok_or_else(|| invalid("top level", "missing `turns`".into()))?;
+        if turns.is_empty() {
+            return Err(invalid("turns", "a script needs at least one turn".into()));
+        }
+        Ok(ScriptedProvider {
+            file: name.to_string(),
+            description,
+            turns,
+            next: AtomicUsize::new(0),
+        })
+    }
+
+    /// What the script says it demonstrates.
+    pub fn description(&self) -> Option<&str> {
+        self.description.as_deref()
+    }
+
+    /// How many turns the script has.
+    pub fn len(&self) -> usize {
+        self.turns.len()
+    }
+
+    /// True if the script has no turns (never, once loaded).
+    pub fn is_empty(&self) -> bool {
+        self.turns.is_empty()
+    }
+
+    fn answer(&self, request: &CompletionRequest) -> Result<Completion, ModelError> {
+        let index = self.next.fetch_add(1, Ordering::SeqCst);
+        let Some(turn) = self.turns.get(index) else {
+            // Keep the cursor from creeping towards overflow on a plugin that keeps asking.
+            self.next.store(self.turns.len(), Ordering::SeqCst);
+            return Err(ModelError::InvalidAnswer(format!(
+                "script {} ended after {} turns",
+                self.file,
+                self.turns.len()
+            )));
+        };
+        let number = index + 1;
+        let mut content = Vec::new();
+        let mut answer_bytes = 0;
+        if let Some(text) = &turn.text {
+            answer_bytes += text.len();
+            content.push(ContentPart::Text { text: text.clone() });
+        }
+        for (i, (name, arguments)) in turn.calls.iter().enumerate() {
+            answer_bytes += name.len() + arguments.len();
+            content.push(ContentPart::ToolCall(ToolCall {
+                id: format!("call-{number}-{}", i + 1),
+                name: name.clone(),
+                arguments: arguments.clone(),
+            }));
+        }
+        let request_bytes = serde_json::to_vec(request).map(|v| v.len()).unwrap_or(0);
+        Ok(Completion {
+            message: Message {
+                role: Role::Assistant,
+                content,
+            },
+            stop_reason: if turn.calls.is_empty() {
+                StopReason::EndTurn
+            } else {
+                StopReason::ToolUse
+            },
+            usage: Usage {
+                input_tokens: estimate_tokens(request_bytes),
+                output_tokens: estimate_tokens(answer_bytes),
+                cost_micro_usd: 0,
+            },
+            model: self.name(),
+        })
+    }
+}
+
+impl ModelProvider for ScriptedProvider {
+    fn name(&self) -> String {
+        format!("scripted:{}", self.file)
+    }
+
+    fn complete(
+        &self,
+        request: CompletionRequest,
+    ) -> BoxFuture<'_, Result<Completion, ModelError>> {
+        Box::pin(async move { self.answer(&request) })
+    }
+}
+
+fn turn_at(index: usize, field: &str) -> String {
+    if field.is_empty() {
+        format!("turn {}", index + 1)
+    } else {
+        format!("turn {}, {field}", index + 1)
+    }
+}
+
+/// Check one turn; an error is (field, reason).
+fn parse_turn(turn: Value) -> Result<Turn, (String, String)> {
+    let Value::Object(turn) = turn else {
+        return Err((String::new(), "expected an object".into()));
+    };
+    let mut text = None;
+    let mut calls = Vec::new();
+    for (key, value) in turn {
+        match key.as_str() {
+            "text" => match value {
+                Value::String(s) => text = Some(s),
+                _ => return Err(("text".into(), "expected a string".into())),
+            },
+            "tool_calls" => {
+                let Value::Array(list) = value else {
+                    return Err(("tool_calls".into(), "expected an array".into()));
+                };
+                for (i, call) in list.into_iter().enumerate() {
+                    calls.push(parse_call(call).map_err(|(field, reason)| {
+                        let at = if field.is_empty() {
+                            format!("tool_calls[{i}]")
+                        } else {
+                            format!("tool_calls[{i}].{field}")
+                        };
+                        (at, reason)
+                    })?);
+                }
+            }
+            other => {
+                return Err((
+                    other.to_string(),
+                    "unknown key (expected `text` and `tool_calls`)".into(),
+                ));
+            }
+        }
+    }
+    if text.is_none() && calls.is_empty() {
+        return Err((
+            String::new(),
+            "a turn needs `text`, `tool_calls` or both".into(),
+        ));
+    }
+    Ok(Turn { text, calls })
+}
+
+fn parse_call(call: Value) -> Result<(String, String), (String, String)> {
+    let Value::Object(call) = call else {
+        return Err((String::new(), "expected an object".into()));
+    };
+    let mut name = None;
+    let mut arguments = None;
+    for (key, value) in call {
+        match key.as_str() {
+            "name" => match value {
+                Value::String(s) if !s.is_empty() => name = Some(s),
+                _ => return Err(("name".into(), "expected a non-empty string".into())),
+            },
+            "arguments" => match value {
+                v @ Value::Object(_) => arguments = Some(v.to_string()),
+                _ => return Err(("arguments".into(), "expected a JSON object".into())),
+            },
+            other => {
+                return Err((
+                    other.to_string(),
+                    "unknown key (expected `name` and `arguments`)".into(),
+                ));
+            }
+        }
+    }
+    let name = name.ok_or_else(|| ("name".to_string(), "missing".to_string()))?;
+    Ok((name, arguments.unwrap_or_else(|| "{}".into())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DEMO: &str = r#"{ "description": "reads the README, then answers",
+        "turns": [
+          { "text": "Let me look.",
+            "tool_calls": [ { "name": "read_file", "arguments": { "path": "README.md" } },
+                            { "name": "list_dir" } ] },
+          { "text": "final answer, no tool calls" } ] }"#;
+
+    fn request() -> CompletionRequest {
+        CompletionRequest {
+            system: Some("s".repeat(40)),
+            messages: vec![],
+            tools: vec![],
+            max_tokens: None,
+            temperature: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn turns_replay_in_order_with_ids_stop_reasons_and_estimated_usage() {
+        let p = ScriptedProvider::from_json("demo.json", DEMO).expect("valid script");
+        assert_eq!(p.name(), "scripted:demo.json");
+        assert_eq!(p.description(), Some("reads the README, then answers"));
+        assert_eq!(p.len(), 2);
+        let first = p.complete(request()).await.expect("turn 1");
+        assert_eq!(first.model, "scripted:demo.json");
+        assert_eq!(first.stop_reason, StopReason::ToolUse);
+        assert_eq!(
+            first.message.content,
+            vec![
+                ContentPart::Text {
+                    text: "Let me look.".into()
+                },
+                ContentPart::ToolCall(ToolCall {
+                    id: "call-1-1".into(),
+                    name: "read_file".into(),
+                    arguments: r#"{"path":"README.md"}"#.into()
+                }),
+                ContentPart::ToolCall(ToolCall {
+                    id: "call-1-2".into(),
+                    name: "list_dir".into(),
+                    arguments: "{}".into()
+                }),
+            ]
+        );
+        let request_bytes = serde_json::to_vec(&request()).expect("json").len();
+        assert_eq!(
+            first.usage,
+            Usage {
+                input_tokens: estimate_tokens(request_bytes),
+                // "Let me look." + read_file + {"path":"README.md"} + list_dir + {}
+                output_tokens: estimate_tokens(12 + 9 + 20 + 8 + 2),
+                cost_micro_usd: 0,
+            }
+        );
+        let second = p.complete(request()).await.expect("turn 2");
+        assert_eq!(second.stop_reason, StopReason::EndTurn);
+        assert_eq!(
+            second.message,
+            Message::assistant_text("final answer, no tool calls")
+        );
+        for _ in 0..2 {
+            let err = p.complete(request()).await.expect_err("past the end");
+            assert_eq!(
+                err,
+                ModelError::InvalidAnswer("script demo.json ended after 2 turns".into())
+            );
+        }
+    }
+
+    #[test]
+    fn malformed_scripts_name_the_file_turn_and_field() {
+        for (text, expected) in [
+            ("[", "script s.json: top level: not JSON: "),
+            ("[]", "script s.json: top level: expected an object"),
+            (
+                r#"{"description": "d"}"#,
+                "script s.json: top level: missing `turns`",
+            ),
+            (
+                r#"{"turns": [], "description": "d"}"#,
+                "script s.json: turns: a script needs at least one turn",
+            ),
+            (
+                r#"{"turn": []}"#,
+                "script s.json: top level: unknown key `turn` (expected `description` and `turns`)",
+            ),
+            (
+                r#"{"turns": {}}"#,
+                "script s.json: turns: expected an array of turns",
+            ),
+            (
+                r#"{"turns": [{"text": "a"}, {}]}"#,
+                "script s.json: turn 2: a turn needs `text`, `tool_calls` or both",
+            ),
+            (
+                r#"{"turns": [{"text": 3}]}"#,
+                "script s.json: turn 1, text: expected a string",
+            ),
+            (
+                r#"{"turns": [{"text": "a"}, {"tool_calls": [{"name": "x"}, {"arguments": {}}]}]}"#,
+                "script s.json: turn 2, tool_calls[1].name: missing",
+            ),
+            (
+                r#"{"turns": [{"tool_calls": [{"name": "x", "arguments": "{\"a\":1}"}]}]}"#,
+                "script s.json: turn 1, tool_calls[0].arguments: expected a JSON object",
+            ),
+            (
+                r#"{"turns": [{"tool_calls": [{"name": "x", "args": {}}]}]}"#,
+                "script s.json: turn 1, tool_calls[0].args: unknown key (expected `name` and `arguments`)",
+            ),
+            (
+                r#"{"turns": [{"tool_call": []}]}"#,
+                "script s.json: turn 1, tool_call: unknown key (expected `text` and `tool_calls`)",
+            ),
+        ] {
+            let err = ScriptedProvider::from_json("s.json", text)
+                .expect_err("malformed")
+                .to_string();
+            assert!(
+                err.starts_with(expected),
+                "{text}: expected {expected:?}, got {err:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn load_names_the_provider_after_the_file_and_reports_missing_files() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("triage-demo.json");
+        std::fs::write(&path, DEMO).expect("write");
+        let p = ScriptedProvider::load(&path).expect("loads");
+        assert_eq!(p.name(), "scripted:triage-demo.json");
+        let err = ScriptedProvider::load(&dir.path().join("missing.json"))
+            .expect_err("missing file")
+            .to_string();
+        assert!(
+            err.starts_with("cannot read script ") && err.contains("missing.json"),
+            "got {err}"
+        );
+    }
+}

@@ -1,0 +1,523 @@
+//! One run, start to finish: read the forge into a snapshot (with each
+//! author's trust looked up, failing closed), check the repository out into
+//! a fresh workspace, start the run's sandbox, run the role's plugin with
+//! every import bound to the gate, then tear the sandbox down and report.
+//!
+//! ```text
+//! prepare: forge snapshot + trust → mirror → workspace (kiln/<role>-issue-N) → shadow repo → sandbox
+//! run:     plugin ─ imports ─► gate ─► forge (host credentials) / sandbox / model
+//! finish:  progress comment edited in place, sandbox destroyed, report
+//! ```
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::config::{Role, SandboxConfig};
+use crate::forge::{Forge, ForgeError, ForgeSnapshot, Issue, RepoRef};
+use crate::imports::RunContext;
+use crate::imports::forge::ForgeTarget;
+use crate::imports::gate::PolicyBinding;
+use crate::imports::workspace::{SandboxHandle, WorkspaceMount};
+use crate::model::ModelProvider;
+use crate::plugin::{LoadedPlugin, OutcomeStatus, PluginHost, RunReport, Task, Trigger};
+use crate::policy::{Gate, Trust};
+use crate::publish::Publisher;
+use crate::sandbox::workspace::{RepoMirror, Workspace};
+use crate::sandbox::{SandboxBackend, SandboxSpec};
+use crate::session::{Budget, EventKind, EventSink, Steering};
+
+/// What started a run, as the worker needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunTrigger {
+    /// A label was added (by a trusted actor).
+    Label(String),
+    /// A trusted actor's `@kiln` / `/kiln` comment; its text.
+    Command(String),
+    /// A pull request opened by Kiln is ready for review.
+    PullRequestOpened,
+    /// An operator started it (`kiln run`, `kiln demo`).
+    Manual,
+}
+
+/// One run to execute.
+#[derive(Debug, Clone)]
+pub struct RunRequest {
+    /// The run's id (`r12`); names its sandbox and branch-independent objects.
+    pub run_id: String,
+    /// The repository.
+    pub repo: RepoRef,
+    /// The role to play.
+    pub role: Role,
+    /// The issue (triage, spec, implementation) or pull request (review).
+    pub number: u64,
+    /// What started it.
+    pub trigger: RunTrigger,
+    /// Trust of the actor whose input started it.
+    pub trust: Trust,
+    /// Instructions from the trusted triggering comment, if any.
+    pub instructions: Option<String>,
+}
+
+impl RunRequest {
+    /// The branch the run works on: `kiln/<role>-issue-N`, or for a review
+    /// (which writes nothing) `kiln/review-pr-N`; implementation uses
+    /// `kiln/implement-issue-N`.
+    pub fn branch(&self) -> String {
+        match self.role {
+            Role::Review => format!("kiln/review-pr-{}", self.number),
+            Role::Implementation => format!("kiln/implement-issue-{}", self.number),
+            r => format!("kiln/{}-issue-{}", r.as_str(), self.number),
+        }
+    }
+}
+
+/// Everything the worker uses, shared by all runs.
+#[derive(Clone)]
+pub struct Services {
+    /// Loads and runs plugins.
+    pub host: Arc<PluginHost>,
+    /// The plugin playing each role.
+    pub plugins: HashMap<Role, Arc<LoadedPlugin>>,
+    /// Where sandboxes come from.
+    pub sandboxes: Arc<dyn SandboxBackend>,
+    /// The sandbox image tag (built by `sandbox::image`).
+    pub image: String,
+    /// `[sandbox]` settings.
+    pub sandbox_config: SandboxConfig,
+    /// The policy gate (policies, invariants, redaction).
+    pub gate: Arc<Gate>,
+    /// The model provider, if any.
+    pub model: Option<Arc<dyn ModelProvider>>,
+    /// Budget per role.
+    pub budgets: HashMap<Role, Budget>,
+    /// Where repository mirrors are kept.
+    pub mirrors: PathBuf,
+    /// Where each run's handback bundle is written (`<dir>/<run>/handback.bundle`);
+    /// `None` writes none.
+    pub runs_dir: Option<PathBuf>,
+}
+
+/// Tells a run to stop: the plugin is dropped mid-call (its store with
+/// it), the sandbox destroyed, and the run ends `cancelled`.
+#[derive(Debug, Clone, Default)]
+pub struct Cancel {
+    sent: Arc<tokio::sync::watch::Sender<Option<String>>>,
+}
+
+impl Cancel {
+    /// A signal not yet sent.
+    pub fn new() -> Self {
+        Cancel::default()
+    }
+
+    /// Stop the run, saying who asked.
+    pub fn cancel(&self, by: impl Into<String>) {
+        self.sent.send_replace(Some(by.into()));
+    }
+
+    /// Resolves with who cancelled, once someone does.
+    pub async fn cancelled(&self) -> String {
+        let mut rx = self.sent.subscribe();
+        loop {
+            if let Some(by) = rx.borrow_and_update().clone() {
+                return by;
+            }
+            if rx.changed().await.is_err() {
+                // The sender lives in `self`: it cannot be dropped while we wait.
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+}
+
+/// How a run ended.
+#[derive(Debug)]
+pub struct RunSummary {
+    /// Final state: `succeeded`, `blocked`, `failed`.
+    pub state: RunEnd,
+    /// One line saying why.
+    pub reason: String,
+    /// The plugin's report, if the plugin ran.
+    pub report: Option<RunReport>,
+}
+
+/// The end state of a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunEnd {
+    /// The role completed its work.
+    Succeeded,
+    /// The role stopped and said why (missing spec, needs a human).
+    Blocked,
+    /// Preparation, the plugin or the sandbox failed.
+    Failed,
+    /// Some effects wait for an operator's approval.
+    AwaitingApproval,
+    /// An operator cancelled it.
+    Cancelled,
+}
+
+impl RunEnd {
+    /// The state's name, as the store and the API spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunEnd::Succeeded => "succeeded",
+            RunEnd::Blocked => "blocked",
+            RunEnd::Failed => "failed",
+            RunEnd::AwaitingApproval => "awaiting-approval",
+            RunEnd::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// Why a run could not be prepared.
+#[derive(Debug, thiserror::Error)]
+pub enum PrepareError {
+    /// No plugin plays the role.
+    #[error("no plugin is installed for role {0}")]
+    NoPlugin(Role),
+    /// The forge could not be read.
+    #[error("reading the forge: {0}")]
+    Forge(#[from] ForgeError),
+    /// The repository could not be checked out.
+    #[error("checking out the repository: {0}")]
+    Workspace(String),
+    /// The sandbox could not be started.
+    #[error("starting the sandbox: {0}")]
+    Sandbox(String),
+}
+
+/// Look up `login`'s trust on `forge`. Anything but a positive answer of
+/// write or more — a bot, a read-only user, an error — is untrusted.
+pub async fn trust_of(forge: &dyn Forge, login: &str, cache: &mut HashMap<String, Trust>) -> Trust {
+    if let Some(t) = cache.get(login) {
+        return *t;
+    }
+    let t = if login.ends_with("[bot]") {
+        Trust::Untrusted
+    } else {
+        match forge.permission(login).await {
+            Ok(p) if p.may_trigger() => Trust::Trusted,
+            Ok(_) => Trust::Untrusted,
+            Err(e) => {
+                tracing::warn!("permission of {login} unknown, treating as untrusted: {e}");
+                Trust::Untrusted
+            }
+        }
+    };
+    cache.insert(login.to_string(), t);
+    t
+}
+
+/// Mark each author's trust and strip hidden text from everything a plugin
+/// will read.
+async fn tag(forge: &dyn Forge, issue: &mut Issue, cache: &mut HashMap<String, Trust>) {
+    issue.trusted = trust_of(forge, &issue.author, cache).await == Trust::Trusted;
+    issue.title = crate::policy::sanitize::sanitize(&issue.title).text;
+    issue.body = crate::policy::sanitize::sanitize(&issue.body).text;
+    for c in &mut issue.comments {
+        c.trusted = trust_of(forge, &c.author, cache).await == Trust::Trusted;
+        c.body = crate::policy::sanitize::sanitize(&c.body).text;
+    }
+}
+
+/// Execute one run against `forge`, sending its events to `events`.
+pub async fn execute(
+    services: &Services,
+    forge: Arc<dyn Forge>,
+    req: &RunRequest,
+    events: Arc<dyn EventSink>,
+    steering: Steering,
+    cancel: Cancel,
+) -> RunSummary {
+    // The worker's own events quote plugin summaries and forge errors.
+    let events: Arc<dyn EventSink> = Arc::new(crate::imports::gate::RedactingEvents::new(
+        events,
+        services.gate.clone(),
+    ));
+    events.record(
+        EventKind::Progress,
+        format!(
+            "run {} of role {} on {}#{} ({:?}, trigger {})",
+            req.run_id,
+            req.role,
+            req.repo,
+            req.number,
+            req.trigger,
+            req.trust.as_str()
+        ),
+    );
+    let progress_comment = forge
+        .comment(
+            req.number,
+            &format!(
+                "Kiln run `{}` ({}) started. This comment is updated when it ends.",
+                req.run_id, req.role
+            ),
+        )
+        .await
+        .map_err(|e| events.record(EventKind::Warning, format!("progress comment: {e}")))
+        .ok();
+    let summary = match run_prepared(
+        services,
+        forge.clone(),
+        req,
+        events.clone(),
+        steering,
+        cancel,
+    )
+    .await
+    {
+        Ok(s) => s,
+        Err(e) => RunSummary {
+            state: RunEnd::Failed,
+            reason: e.to_string(),
+            report: None,
+        },
+    };
+    if let Some(id) = progress_comment {
+        let text = services
+            .gate
+            .redactor()
+            .redact(&summary.reason)
+            .into_owned();
+        let body = format!(
+            "Kiln run `{}` ({}) ended: **{}**. {}",
+            req.run_id,
+            req.role,
+            summary.state.as_str(),
+            text
+        );
+        if let Err(e) = forge.edit_comment(id, &body).await {
+            events.record(EventKind::Warning, format!("progress comment: {e}"));
+        }
+    }
+    events.record(
+        EventKind::Finished,
+        format!("{}: {}", summary.state.as_str(), summary.reason),
+    );
+    summary
+}
+
+async fn snapshot(forge: &dyn Forge, req: &RunRequest) -> Result<ForgeSnapshot, ForgeError> {
+    let mut cache = HashMap::new();
+    let mut snap = ForgeSnapshot::default();
+    if req.role == Role::Review {
+        let mut pr = forge.get_pull_request(req.number).await?;
+        tag(forge, &mut pr.issue, &mut cache).await;
+        snap.pull_requests.insert(req.number, pr);
+    } else {
+        let mut issue = forge.get_issue(req.number).await?;
+        tag(forge, &mut issue, &mut cache).await;
+        snap.issues.insert(req.number, issue);
+    }
+    Ok(snap)
+}
+
+async fn run_prepared(
+    services: &Services,
+    forge: Arc<dyn Forge>,
+    req: &RunRequest,
+    events: Arc<dyn EventSink>,
+    steering: Steering,
+    cancel: Cancel,
+) -> Result<RunSummary, PrepareError> {
+    let plugin = services
+        .plugins
+        .get(&req.role)
+        .cloned()
+        .ok_or(PrepareError::NoPlugin(req.role))?;
+    let snap = snapshot(forge.as_ref(), req).await?;
+    let base_branch = forge.default_branch().await?;
+    // A review reads the pull request's head; every other role starts from
+    // the default branch (implementation from the approved spec's branch,
+    // when there is one, so the spec files are in the workspace).
+    let checkout = match req.role {
+        Role::Review => snap
+            .pull_requests
+            .get(&req.number)
+            .map(|p| p.head_branch.clone())
+            .unwrap_or_else(|| base_branch.clone()),
+        Role::Implementation => {
+            let spec = format!("kiln/spec-issue-{}", req.number);
+            if forge
+                .list_pull_requests(crate::forge::StateFilter::Open)
+                .await?
+                .iter()
+                .any(|p| p.head_branch == spec)
+            {
+                spec
+            } else {
+                base_branch.clone()
+            }
+        }
+        _ => base_branch.clone(),
+    };
+    let remote = forge.git_remote().await?;
+    let mirror = RepoMirror::sync(&services.mirrors, &remote.url)
+        .await
+        .map_err(|e| PrepareError::Workspace(e.to_string()))?;
+    let branch = req.branch();
+    let workspace = Workspace::create(&mirror, &checkout, &branch, None)
+        .await
+        .map_err(|e| PrepareError::Workspace(e.to_string()))?;
+    let publisher = Publisher::new(mirror.path(), workspace.head(), workspace.path(), &branch)
+        .await
+        .map_err(|e| PrepareError::Workspace(e.to_string()))?;
+    events.record(
+        EventKind::Progress,
+        format!(
+            "workspace: {} at {} on branch {branch}",
+            checkout,
+            &workspace.head()[..workspace.head().len().min(12)]
+        ),
+    );
+    let spec = SandboxSpec::new(
+        req.run_id.clone(),
+        req.role,
+        services.image.clone(),
+        workspace.path(),
+    )
+    .with_config(&services.sandbox_config);
+    let mut sandbox = services
+        .sandboxes
+        .create(spec)
+        .await
+        .map_err(|e| PrepareError::Sandbox(e.to_string()))?;
+    if sandbox.phase == crate::config::Phase::Setup
+        && let Err(e) = services.sandboxes.enter_agent_phase(&mut sandbox).await
+    {
+        let _ = services.sandboxes.destroy(sandbox).await;
+        return Err(PrepareError::Sandbox(e.to_string()));
+    }
+    events.record(
+        EventKind::Progress,
+        format!("sandbox {} ready", &sandbox.id[..sandbox.id.len().min(12)]),
+    );
+    let sandbox = Arc::new(sandbox);
+    let mount = match WorkspaceMount::open(workspace.path(), req.role.writes_workspace()) {
+        Ok(m) => m,
+        Err(e) => {
+            destroy(services, sandbox, &events).await;
+            return Err(PrepareError::Workspace(e.to_string()));
+        }
+    };
+    let publisher = Arc::new(publisher);
+    let mut ctx = RunContext::new(events.clone());
+    ctx.steering = steering;
+    ctx.budget = services.budgets.get(&req.role).cloned().unwrap_or_default();
+    ctx.model = services.model.clone();
+    ctx.workspace = Some(mount);
+    ctx.forge = snap;
+    ctx.policy = Some(PolicyBinding {
+        gate: services.gate.clone(),
+        run: Arc::new(crate::policy::RunContext::new(
+            req.run_id.clone(),
+            req.role,
+            req.repo.to_string(),
+            req.trust,
+            branch.clone(),
+        )),
+    });
+    ctx.sandbox = Some(SandboxHandle {
+        backend: services.sandboxes.clone(),
+        sandbox: sandbox.clone(),
+    });
+    ctx.publisher = Some(publisher.clone());
+    ctx.forge_target = Some(ForgeTarget {
+        forge,
+        head_branch: branch.clone(),
+        base_branch: base_branch.clone(),
+    });
+    let task = Task {
+        run_id: req.run_id.clone(),
+        role: req.role.as_str().to_string(),
+        repo: req.repo.to_string(),
+        issue: (req.role != Role::Review).then_some(req.number),
+        pull_request: (req.role == Role::Review).then_some(req.number),
+        branch: branch.clone(),
+        base_branch,
+        trigger: match &req.trigger {
+            RunTrigger::Label(l) => Trigger::Label(l.clone()),
+            RunTrigger::Command(c) => Trigger::Command(c.clone()),
+            RunTrigger::PullRequestOpened => Trigger::PullRequestOpened,
+            RunTrigger::Manual => Trigger::Manual,
+        },
+        instructions: req.instructions.clone(),
+    };
+    let report = tokio::select! {
+        report = services.host.run(&plugin, task, ctx) => Some(report),
+        by = cancel.cancelled() => {
+            events.record(EventKind::Warning, format!("cancelled by {by}"));
+            None
+        }
+    };
+    destroy(services, sandbox, &events).await;
+    if let Some(dir) = &services.runs_dir {
+        let bundle = dir.join(&req.run_id).join("handback.bundle");
+        let written = match std::fs::create_dir_all(dir.join(&req.run_id)) {
+            Ok(()) => publisher
+                .bundle(
+                    &bundle,
+                    &format!("Kiln run {}: work in progress", req.run_id),
+                )
+                .await
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        match written {
+            Ok(()) => events.record(
+                EventKind::Progress,
+                format!("handback bundle of {branch} written"),
+            ),
+            Err(e) => events.record(EventKind::Warning, format!("handback bundle: {e}")),
+        }
+    }
+    drop(workspace);
+    let Some(report) = report else {
+        return Ok(RunSummary {
+            state: RunEnd::Cancelled,
+            reason: "cancelled by an operator".into(),
+            report: None,
+        });
+    };
+    let held = report
+        .effects
+        .iter()
+        .filter(|e| matches!(e.state, crate::forge::EffectState::Held { .. }))
+        .count();
+    let (state, reason) = match &report.result {
+        Ok(o) if held > 0 => (
+            RunEnd::AwaitingApproval,
+            format!("{held} effect(s) wait for approval; {}", o.summary),
+        ),
+        Ok(o) => match o.status {
+            OutcomeStatus::Completed => (RunEnd::Succeeded, o.summary.clone()),
+            OutcomeStatus::Blocked => (RunEnd::Blocked, o.summary.clone()),
+            OutcomeStatus::Skipped => (RunEnd::Succeeded, format!("skipped: {}", o.summary)),
+        },
+        Err(e) => (RunEnd::Failed, e.to_string()),
+    };
+    Ok(RunSummary {
+        state,
+        reason,
+        report: Some(report),
+    })
+}
+
+async fn destroy(
+    services: &Services,
+    sandbox: Arc<crate::sandbox::Sandbox>,
+    events: &Arc<dyn EventSink>,
+) {
+    match Arc::try_unwrap(sandbox) {
+        Ok(s) => {
+            if let Err(e) = services.sandboxes.destroy(s).await {
+                events.record(EventKind::Warning, format!("sandbox teardown: {e}"));
+            }
+        }
+        Err(_) => events.record(
+            EventKind::Warning,
+            "sandbox still in use after the run; start-up cleanup will remove it".into(),
+        ),
+    }
+}
