@@ -23,4 +23,5 @@ pub mod publish;
 pub mod sandbox;
 pub mod session;
 pub mod skills;
+pub mod store;
 pub mod worker;

@@ -1,0 +1,799 @@
+//! The run store: runs and their state machine, the append-only event log
+//! with live fan-out, webhook deliveries (replay protection), effects held
+//! for approval, and API tokens.
+//!
+//! Everything goes through the object-safe [`RunStore`] trait so the API,
+//! intake and the worker hold an `Arc<dyn RunStore>` and a Postgres store can
+//! come later. [`SqliteStore`] is the embedded implementation: one writer
+//! thread that commits whatever is queued in one transaction (group commit),
+//! and a small pool of read connections used from `spawn_blocking`, so no
+//! tokio worker thread ever waits on SQLite.
+//!
+//! A run moves through [`RunState`]s; [`RunState::may_become`] is the one
+//! place the legal transitions are written down:
+//! ```text
+//! queued ─► preparing ─► running ⇄ awaiting-approval
+//!   │           │           │            │
+//!   └───────────┴───────────┴────────────┴─► succeeded* | failed | cancelled | blocked
+//! ```
+//! (*`succeeded` only from `running`.) A terminal state is final; only
+//! [`RunStore::recover_after_restart`] puts an interrupted run back in the
+//! queue.
+
+mod codec;
+mod fanout;
+mod schema;
+mod sink;
+mod sqlite;
+
+use std::fmt;
+use std::str::FromStr;
+
+use futures_util::stream::BoxStream;
+use serde::{Deserialize, Serialize};
+
+use crate::config::Role;
+use crate::forge::RepoRef;
+use crate::policy::Trust;
+use crate::session::EventKind;
+
+pub use schema::SCHEMA_VERSION;
+pub use sink::StoreEvents;
+pub use sqlite::{SqliteOptions, SqliteStore, Synchronous};
+
+/// A run's id; shown as `r12`, parsed from `r12` or `12`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct RunId(pub u64);
+
+impl fmt::Display for RunId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "r{}", self.0)
+    }
+}
+
+impl FromStr for RunId {
+    type Err = StoreError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let digits = s.strip_prefix('r').unwrap_or(s);
+        match digits.parse::<u64>() {
+            Ok(n) if n > 0 && digits.bytes().all(|b| b.is_ascii_digit()) => Ok(RunId(n)),
+            _ => Err(StoreError::Invalid(format!(
+                "run id {s:?} is not r<number> (e.g. r12)"
+            ))),
+        }
+    }
+}
+
+/// Where a run is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RunState {
+    /// Waiting for a worker.
+    Queued,
+    /// Claimed: workspace and container being prepared.
+    Preparing,
+    /// The role plugin is running.
+    Running,
+    /// Stopped until a held effect is approved or denied.
+    AwaitingApproval,
+    /// Finished and its effects went through.
+    Succeeded,
+    /// Ended by an error (the reason says which).
+    Failed,
+    /// Stopped by an operator.
+    Cancelled,
+    /// Refused before or while running (policy, budget, re-run cap); the reason says why.
+    Blocked,
+}
+
+impl RunState {
+    /// Every state, in life order.
+    pub const ALL: [RunState; 8] = [
+        RunState::Queued,
+        RunState::Preparing,
+        RunState::Running,
+        RunState::AwaitingApproval,
+        RunState::Succeeded,
+        RunState::Failed,
+        RunState::Cancelled,
+        RunState::Blocked,
+    ];
+
+    /// The name stored and shown (`awaiting-approval`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunState::Queued => "queued",
+            RunState::Preparing => "preparing",
+            RunState::Running => "running",
+            RunState::AwaitingApproval => "awaiting-approval",
+            RunState::Succeeded => "succeeded",
+            RunState::Failed => "failed",
+            RunState::Cancelled => "cancelled",
+            RunState::Blocked => "blocked",
+        }
+    }
+
+    /// True once the run can no longer change.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            RunState::Succeeded | RunState::Failed | RunState::Cancelled | RunState::Blocked
+        )
+    }
+
+    /// True while a runner process owns the run (what a restart interrupts).
+    pub fn is_active(self) -> bool {
+        matches!(
+            self,
+            RunState::Preparing | RunState::Running | RunState::AwaitingApproval
+        )
+    }
+
+    /// Whether `self → to` is a legal transition.
+    pub fn may_become(self, to: RunState) -> bool {
+        use RunState::*;
+        match (self, to) {
+            (Queued, Preparing) => true,
+            (Preparing, Running) => true,
+            (Running, AwaitingApproval) | (AwaitingApproval, Running) => true,
+            (Running, Succeeded) => true,
+            (from, Failed | Cancelled | Blocked) => !from.is_terminal(),
+            _ => false,
+        }
+    }
+
+    /// Whether a transition into this state must say why.
+    pub fn needs_reason(self) -> bool {
+        matches!(self, RunState::Failed | RunState::Blocked)
+    }
+}
+
+impl fmt::Display for RunState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for RunState {
+    type Err = StoreError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        RunState::ALL
+            .into_iter()
+            .find(|st| st.as_str() == s)
+            .ok_or_else(|| StoreError::Invalid(format!("unknown run state {s:?}")))
+    }
+}
+
+/// What started a run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum TriggerKind {
+    /// An issue was opened.
+    IssueOpened,
+    /// A label was added to an issue or pull request.
+    Label {
+        /// The label.
+        label: String,
+    },
+    /// `plan-approved` was added to the spec pull request of the run's issue.
+    PlanApproved {
+        /// The spec pull request.
+        pull_request: u64,
+    },
+    /// Kiln opened (or reopened) a pull request on one of its branches.
+    PullRequestOpened,
+    /// A trusted actor asked for the run in a comment (`@kiln …`, `/kiln …`).
+    Comment {
+        /// The comment's forge id.
+        comment_id: u64,
+    },
+    /// An operator started it through the API or CLI.
+    Manual,
+}
+
+/// Who and what started a run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Trigger {
+    /// What happened.
+    #[serde(flatten)]
+    pub kind: TriggerKind,
+    /// The forge login that caused it.
+    pub actor: String,
+    /// The actor's trust at trigger time.
+    #[serde(with = "codec::trust")]
+    pub actor_trust: Trust,
+    /// The webhook delivery id, when it came from one.
+    pub delivery: Option<String>,
+    /// Sanitized instructions from the triggering comment of a trusted actor.
+    pub instructions: Option<String>,
+}
+
+/// A run to queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewRun {
+    /// Repository.
+    pub repo: RepoRef,
+    /// Role to run.
+    pub role: Role,
+    /// Issue or pull request number.
+    pub number: u64,
+    /// What started it.
+    pub trigger: Trigger,
+}
+
+/// A run as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Run {
+    /// Id.
+    pub id: RunId,
+    /// Repository.
+    pub repo: RepoRef,
+    /// Role.
+    #[serde(with = "codec::role")]
+    pub role: Role,
+    /// Issue or pull request number.
+    pub number: u64,
+    /// What started it.
+    pub trigger: Trigger,
+    /// Current state.
+    pub state: RunState,
+    /// Why it is in this state (set by the last transition that gave one).
+    pub reason: Option<String>,
+    /// How many times a worker has claimed it.
+    pub attempts: u32,
+    /// Creation time, milliseconds since the Unix epoch.
+    pub created_ms: i64,
+    /// Last change, milliseconds since the Unix epoch.
+    pub updated_ms: i64,
+    /// The sandbox container, while one exists.
+    pub container_id: Option<String>,
+    /// The run's `kiln/*` branch, once chosen.
+    pub branch: Option<String>,
+}
+
+/// Which runs [`RunStore::list_runs`] returns, newest first.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunFilter {
+    /// Only this repository.
+    pub repo: Option<RepoRef>,
+    /// Only this issue or pull request number.
+    pub number: Option<u64>,
+    /// Only this role.
+    pub role: Option<Role>,
+    /// Only these states (empty: any).
+    pub states: Vec<RunState>,
+    /// Only runs older than this id (paging).
+    pub before: Option<RunId>,
+    /// At most this many (default 100, at most 1000).
+    pub limit: Option<usize>,
+}
+
+/// What [`RunStore::recover_after_restart`] does with interrupted runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecoveryPolicy {
+    /// Put interrupted runs back in the queue instead of failing them.
+    pub requeue: bool,
+    /// Fail instead of re-queueing once a run has been claimed this often.
+    pub max_attempts: u32,
+}
+
+impl Default for RecoveryPolicy {
+    /// Fail interrupted runs (nothing re-queued): a half-done run may have
+    /// made effects, so running it again is an operator's decision.
+    fn default() -> Self {
+        RecoveryPolicy {
+            requeue: false,
+            max_attempts: 3,
+        }
+    }
+}
+
+/// One run a restart interrupted, and what became of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recovered {
+    /// The run.
+    pub id: RunId,
+    /// The state it was left in.
+    pub was: RunState,
+    /// `Queued` or `Failed`.
+    pub now: RunState,
+}
+
+/// One committed event of a run's log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredEvent {
+    /// The run.
+    pub run: RunId,
+    /// Position in the run's log, from 1, without gaps.
+    pub seq: u64,
+    /// When it was recorded, milliseconds since the Unix epoch.
+    pub at_ms: i64,
+    /// The [`EventKind`] as JSON (`{"type":"denied","blame":"guest"}`).
+    pub kind: serde_json::Value,
+    /// Text for people.
+    pub message: String,
+}
+
+/// A run's events: the backlog, then live events, each exactly once in `seq` order.
+pub type EventStream = BoxStream<'static, Result<StoredEvent, StoreError>>;
+
+/// Whether a webhook delivery id was seen before.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeliveryRecord {
+    /// First time: process it.
+    New,
+    /// Seen before: a replay (or GitHub's redelivery), do not process it again.
+    Duplicate {
+        /// When it was first received, milliseconds since the Unix epoch.
+        first_seen_ms: i64,
+        /// What became of it.
+        status: DeliveryStatus,
+    },
+}
+
+/// What became of a webhook delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DeliveryStatus {
+    /// Accepted, not processed yet.
+    Received,
+    /// Processed; runs were queued.
+    Queued,
+    /// Processed; nothing to do (the reason says why).
+    Ignored,
+    /// Refused (untrusted actor, re-run cap); the reason says why.
+    Refused,
+    /// Processing failed.
+    Failed,
+}
+
+impl DeliveryStatus {
+    /// Every status.
+    pub const ALL: [DeliveryStatus; 5] = [
+        DeliveryStatus::Received,
+        DeliveryStatus::Queued,
+        DeliveryStatus::Ignored,
+        DeliveryStatus::Refused,
+        DeliveryStatus::Failed,
+    ];
+
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryStatus::Received => "received",
+            DeliveryStatus::Queued => "queued",
+            DeliveryStatus::Ignored => "ignored",
+            DeliveryStatus::Refused => "refused",
+            DeliveryStatus::Failed => "failed",
+        }
+    }
+}
+
+impl FromStr for DeliveryStatus {
+    type Err = StoreError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        DeliveryStatus::ALL
+            .into_iter()
+            .find(|st| st.as_str() == s)
+            .ok_or_else(|| StoreError::Invalid(format!("unknown delivery status {s:?}")))
+    }
+}
+
+/// A webhook delivery as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delivery {
+    /// GitHub's `X-GitHub-Delivery`.
+    pub id: String,
+    /// GitHub's `X-GitHub-Event`.
+    pub event: String,
+    /// SHA-256 of the body, hex.
+    pub body_sha256: String,
+    /// What became of it.
+    pub status: DeliveryStatus,
+    /// Why, for ignored, refused and failed deliveries.
+    pub reason: Option<String>,
+    /// When it arrived, milliseconds since the Unix epoch.
+    pub received_ms: i64,
+    /// When processing finished.
+    pub finished_ms: Option<i64>,
+}
+
+/// The state of a held effect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ApprovalState {
+    /// Waiting for a human.
+    Pending,
+    /// Approved: the effect may go through.
+    Approved,
+    /// Denied: the effect is dropped.
+    Denied,
+}
+
+impl ApprovalState {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApprovalState::Pending => "pending",
+            ApprovalState::Approved => "approved",
+            ApprovalState::Denied => "denied",
+        }
+    }
+}
+
+impl FromStr for ApprovalState {
+    type Err = StoreError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        [
+            ApprovalState::Pending,
+            ApprovalState::Approved,
+            ApprovalState::Denied,
+        ]
+        .into_iter()
+        .find(|st| st.as_str() == s)
+        .ok_or_else(|| StoreError::Invalid(format!("unknown approval state {s:?}")))
+    }
+}
+
+impl fmt::Display for ApprovalState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A human's decision on a held effect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    /// Let it through.
+    Approve,
+    /// Drop it.
+    Deny,
+}
+
+/// An effect held for approval.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Approval {
+    /// The run that proposed it.
+    pub run: RunId,
+    /// The effect id the run gave it.
+    pub effect_id: String,
+    /// The proposal, as JSON.
+    pub proposal: serde_json::Value,
+    /// Pending, approved or denied.
+    pub state: ApprovalState,
+    /// Who decided.
+    pub decided_by: Option<String>,
+    /// Why they decided so.
+    pub reason: Option<String>,
+    /// When it was held, milliseconds since the Unix epoch.
+    pub created_ms: i64,
+    /// When it was decided.
+    pub decided_ms: Option<i64>,
+}
+
+/// What an API token may do; ordered, a higher scope includes the lower ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenScope {
+    /// Read runs and events.
+    Viewer,
+    /// Also steer, approve, deny, cancel.
+    Operator,
+    /// Also manage tokens.
+    Admin,
+}
+
+impl TokenScope {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenScope::Viewer => "viewer",
+            TokenScope::Operator => "operator",
+            TokenScope::Admin => "admin",
+        }
+    }
+}
+
+impl FromStr for TokenScope {
+    type Err = StoreError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        [TokenScope::Viewer, TokenScope::Operator, TokenScope::Admin]
+            .into_iter()
+            .find(|st| st.as_str() == s)
+            .ok_or_else(|| {
+                StoreError::Invalid(format!(
+                    "unknown token scope {s:?} (viewer, operator or admin)"
+                ))
+            })
+    }
+}
+
+/// An API token as stored (the plaintext is never stored).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiToken {
+    /// Id.
+    pub id: u64,
+    /// A name for people.
+    pub name: String,
+    /// What it may do.
+    pub scope: TokenScope,
+    /// SHA-256 of the plaintext, hex.
+    pub sha256: String,
+    /// Creation time, milliseconds since the Unix epoch.
+    pub created_ms: i64,
+    /// Revocation time, once revoked.
+    pub revoked_ms: Option<i64>,
+}
+
+/// A token just created: the only time its plaintext exists.
+#[derive(Clone, PartialEq, Eq)]
+pub struct NewToken {
+    /// The stored record.
+    pub token: ApiToken,
+    /// The plaintext (`kiln_…`), to hand to the user once.
+    pub plaintext: String,
+}
+
+impl fmt::Debug for NewToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NewToken")
+            .field("token", &self.token)
+            .field("plaintext", &"<redacted>")
+            .finish()
+    }
+}
+
+/// Why a store call failed. Cloneable: one commit failure answers every
+/// call that was batched into it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// The database file is from a newer Kiln.
+    #[error(
+        "database {path} has schema version {found}, newer than this kiln supports ({supported}); \
+         use a newer kiln or restore a backup"
+    )]
+    SchemaTooNew {
+        /// The database file.
+        path: String,
+        /// Its `user_version`.
+        found: i64,
+        /// The newest version this binary knows.
+        supported: i64,
+    },
+    /// The run does not exist.
+    #[error("no run {0}")]
+    NoSuchRun(RunId),
+    /// A transition the state machine does not allow, or whose `from` is stale.
+    #[error("run {run}: cannot go from {from} to {to}: {why}")]
+    IllegalTransition {
+        /// The run.
+        run: RunId,
+        /// The state the caller expected to leave.
+        from: RunState,
+        /// The state asked for.
+        to: RunState,
+        /// Why not.
+        why: String,
+    },
+    /// No such held effect.
+    #[error("run {run} has no held effect {effect:?}")]
+    NoSuchEffect {
+        /// The run.
+        run: RunId,
+        /// The effect id.
+        effect: String,
+    },
+    /// The effect was held already (effect ids are unique per run).
+    #[error("run {run}: effect {effect:?} is already held")]
+    EffectAlreadyHeld {
+        /// The run.
+        run: RunId,
+        /// The effect id.
+        effect: String,
+    },
+    /// The effect was decided already; a decision is final.
+    #[error("run {run}: effect {effect:?} was already {state} by {by}")]
+    AlreadyDecided {
+        /// The run.
+        run: RunId,
+        /// The effect id.
+        effect: String,
+        /// The earlier decision.
+        state: ApprovalState,
+        /// Who made it.
+        by: String,
+    },
+    /// No such delivery or token.
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// A malformed argument or a malformed stored value.
+    #[error("invalid: {0}")]
+    Invalid(String),
+    /// SQLite failed (I/O, corruption, constraint).
+    #[error("database: {0}")]
+    Database(String),
+    /// The store was closed (its writer is gone).
+    #[error("the store is closed")]
+    Closed,
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Database(e.to_string())
+    }
+}
+
+/// Kiln's persistent state. Object-safe: hold it as `Arc<dyn RunStore>`.
+#[async_trait::async_trait]
+pub trait RunStore: Send + Sync {
+    /// Queue a run; returns its id.
+    async fn enqueue_run(&self, run: NewRun) -> Result<RunId, StoreError>;
+    /// Atomically take the oldest queued run (it becomes `preparing`, its
+    /// `attempts` grows by one). Two workers never get the same run.
+    async fn claim_next_run(&self) -> Result<Option<Run>, StoreError>;
+    /// One run.
+    async fn get_run(&self, id: RunId) -> Result<Run, StoreError>;
+    /// Runs matching `filter`, newest first.
+    async fn list_runs(&self, filter: RunFilter) -> Result<Vec<Run>, StoreError>;
+    /// How many runs of `role` exist for this issue or pull request (the re-run cap).
+    async fn count_runs(&self, repo: &RepoRef, number: u64, role: Role) -> Result<u64, StoreError>;
+    /// Move a run from `from` to `to`. Fails if the run is not in `from`,
+    /// the transition is illegal, or `to` needs a reason and none is given.
+    async fn transition(
+        &self,
+        id: RunId,
+        from: RunState,
+        to: RunState,
+        reason: Option<String>,
+    ) -> Result<Run, StoreError>;
+    /// Record (or clear) the run's sandbox container.
+    async fn set_container(
+        &self,
+        id: RunId,
+        container_id: Option<String>,
+    ) -> Result<(), StoreError>;
+    /// Record the run's branch.
+    async fn set_branch(&self, id: RunId, branch: String) -> Result<(), StoreError>;
+    /// At startup: runs left active by a dead runner are failed with reason
+    /// "runner restarted", or re-queued if `policy` says so and attempts remain.
+    /// Each gets an event saying what happened.
+    async fn recover_after_restart(
+        &self,
+        policy: RecoveryPolicy,
+    ) -> Result<Vec<Recovered>, StoreError>;
+
+    /// Append an event to a run's log; returns its `seq` once committed.
+    async fn append_event(
+        &self,
+        run: RunId,
+        kind: &EventKind,
+        message: &str,
+    ) -> Result<u64, StoreError>;
+    /// Committed events with `seq > after_seq`, at most `limit`, in order.
+    async fn events_after(
+        &self,
+        run: RunId,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError>;
+    /// The run's events after `after_seq` (0: all), then live ones as they
+    /// are committed: no gap, no duplicate. The stream does not end by itself.
+    async fn subscribe(&self, run: RunId, after_seq: u64) -> Result<EventStream, StoreError>;
+    /// A non-blocking [`crate::session::EventSink`] writing to this run's log.
+    fn event_sink(&self, run: RunId) -> StoreEvents;
+    /// Wait until everything handed to the store before this call is committed.
+    async fn flush(&self) -> Result<(), StoreError>;
+
+    /// Note a webhook delivery; `Duplicate` if its id was seen before.
+    async fn record_delivery(
+        &self,
+        id: &str,
+        event: &str,
+        body_sha256: &str,
+    ) -> Result<DeliveryRecord, StoreError>;
+    /// Record what became of a delivery.
+    async fn finish_delivery(
+        &self,
+        id: &str,
+        status: DeliveryStatus,
+        reason: Option<String>,
+    ) -> Result<(), StoreError>;
+    /// One delivery.
+    async fn get_delivery(&self, id: &str) -> Result<Delivery, StoreError>;
+
+    /// Hold an effect for a human's decision.
+    async fn hold_effect(
+        &self,
+        run: RunId,
+        effect_id: &str,
+        proposal: serde_json::Value,
+    ) -> Result<Approval, StoreError>;
+    /// Decide a pending effect; a second decision is an error.
+    async fn decide_effect(
+        &self,
+        run: RunId,
+        effect_id: &str,
+        verdict: Verdict,
+        decided_by: &str,
+        reason: Option<String>,
+    ) -> Result<Approval, StoreError>;
+    /// One held effect, whatever its state.
+    async fn get_effect(&self, run: RunId, effect_id: &str) -> Result<Approval, StoreError>;
+    /// The run's effects still waiting for a decision, oldest first.
+    async fn pending_effects(&self, run: RunId) -> Result<Vec<Approval>, StoreError>;
+    /// Wait until the effect is decided; returns the decided approval.
+    async fn wait_for_decision(&self, run: RunId, effect_id: &str) -> Result<Approval, StoreError>;
+
+    /// Create an API token; the plaintext is returned this once.
+    async fn create_token(&self, name: &str, scope: TokenScope) -> Result<NewToken, StoreError>;
+    /// The token whose plaintext hashes to `sha256` (hex), revoked or not.
+    async fn token_by_hash(&self, sha256: &str) -> Result<Option<ApiToken>, StoreError>;
+    /// Every token, revoked ones included.
+    async fn list_tokens(&self) -> Result<Vec<ApiToken>, StoreError>;
+    /// Revoke a token; revoking twice is not an error.
+    async fn revoke_token(&self, id: u64) -> Result<ApiToken, StoreError>;
+}
+
+/// The SHA-256 of a token's plaintext, hex: what [`RunStore::token_by_hash`] takes.
+pub fn token_hash(plaintext: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(plaintext.as_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_ids_print_and_parse() {
+        assert_eq!(RunId(12).to_string(), "r12");
+        assert_eq!("r12".parse::<RunId>(), Ok(RunId(12)));
+        assert_eq!("12".parse::<RunId>(), Ok(RunId(12)));
+        for bad in ["", "r", "r0", "r-1", "r+1", "x12", "r12x", "r 1"] {
+            assert!(bad.parse::<RunId>().is_err(), "{bad:?} should not parse");
+        }
+    }
+
+    #[test]
+    fn transitions_follow_the_state_machine() {
+        use RunState::*;
+        let legal = [
+            (Queued, Preparing),
+            (Preparing, Running),
+            (Running, AwaitingApproval),
+            (AwaitingApproval, Running),
+            (Running, Succeeded),
+            (Queued, Cancelled),
+            (Preparing, Failed),
+            (AwaitingApproval, Blocked),
+        ];
+        for (a, b) in legal {
+            assert!(a.may_become(b), "{a} -> {b} should be legal");
+        }
+        let illegal = [
+            (Queued, Running),
+            (Queued, Succeeded),
+            (Preparing, Succeeded),
+            (AwaitingApproval, Succeeded),
+            (Succeeded, Failed),
+            (Failed, Queued),
+            (Cancelled, Running),
+            (Blocked, Cancelled),
+            (Running, Queued),
+            (Running, Running),
+        ];
+        for (a, b) in illegal {
+            assert!(!a.may_become(b), "{a} -> {b} should be illegal");
+        }
+        for st in RunState::ALL {
+            assert_eq!(st.as_str().parse::<RunState>(), Ok(st));
+        }
+    }
+}

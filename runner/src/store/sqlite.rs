@@ -1,0 +1,1165 @@
+//! [`SqliteStore`]: the embedded [`RunStore`] on one SQLite file.
+//!
+//! - One writer thread owns the only write connection. Calls hand it a job
+//!   over a channel; it runs every job waiting in the channel inside one
+//!   `BEGIN IMMEDIATE … COMMIT` (group commit), then answers each caller and
+//!   publishes the committed events. One fsync covers a whole batch, which
+//!   is what makes thousands of events per second cheap.
+//! - Each job except an event append runs under its own savepoint, so one
+//!   job's error (an illegal transition) never undoes its batch neighbours.
+//! - Reads use a small pool of read-only connections on `spawn_blocking`
+//!   threads; WAL lets them run beside the writer.
+//! - `synchronous = FULL` by default: a commit the store has acknowledged
+//!   (a delivery marked seen, an approval, a run queued) survives power loss,
+//!   not just a crash of the process. Group commit pays one fsync per batch,
+//!   not per call. [`Synchronous::Normal`] trades that for latency.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures_util::FutureExt;
+use rusqlite::types::Value;
+use rusqlite::{Connection, OpenFlags, Row, params};
+use tokio::sync::{oneshot, watch};
+
+use super::codec;
+use super::fanout::{self, Backlog, Hub};
+use super::schema;
+use super::sink::{EventQueue, StoreEvents};
+use super::{
+    ApiToken, Approval, ApprovalState, Delivery, DeliveryRecord, DeliveryStatus, EventStream,
+    NewRun, NewToken, Recovered, RecoveryPolicy, RepoRef, Role, Run, RunFilter, RunId, RunState,
+    RunStore, StoreError, StoredEvent, TokenScope, Trigger, Verdict,
+};
+use crate::session::EventKind;
+
+/// How hard SQLite works to make a commit durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Synchronous {
+    /// fsync the WAL on every commit: survives power loss. The default.
+    #[default]
+    Full,
+    /// fsync only at checkpoints: survives a crash of the process, and may
+    /// lose the last commits on power loss.
+    Normal,
+}
+
+/// Tuning for [`SqliteStore::open`].
+#[derive(Debug, Clone)]
+pub struct SqliteOptions {
+    /// Durability of commits (default [`Synchronous::Full`]).
+    pub synchronous: Synchronous,
+    /// Idle read connections kept (default 8).
+    pub read_pool: usize,
+    /// Most jobs committed in one transaction (default 4096).
+    pub max_batch: usize,
+    /// How long to wait for another process's lock (default 5 s).
+    pub busy_timeout: Duration,
+}
+
+impl Default for SqliteOptions {
+    fn default() -> Self {
+        SqliteOptions {
+            synchronous: Synchronous::Full,
+            read_pool: 8,
+            max_batch: 4096,
+            busy_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+const RUN_COLUMNS: &str = "id, repo_owner, repo_name, role, number, trigger, state, reason, \
+                           attempts, created_ms, updated_ms, container_id, branch";
+const APPROVAL_COLUMNS: &str =
+    "run_id, effect_id, proposal, state, decided_by, reason, created_ms, decided_ms";
+const TOKEN_COLUMNS: &str = "id, name, scope, sha256, created_ms, revoked_ms";
+const DELIVERY_COLUMNS: &str = "id, event, body_sha256, status, reason, received_ms, finished_ms";
+
+/// What the writer thread keeps between jobs.
+#[derive(Default)]
+struct WriterState {
+    /// Next `seq` per run, so appends need no `MAX(seq)` query.
+    next_seq: HashMap<RunId, u64>,
+    /// Events appended in the open transaction, published after commit.
+    appended: Vec<StoredEvent>,
+}
+
+/// What a job is given: the open transaction, or the reason there is none.
+enum Ctx<'a> {
+    Ready(&'a Connection, &'a mut WriterState),
+    Failed(&'a StoreError),
+}
+
+/// Runs after the batch's commit (with its error, if it failed).
+type Completion = Box<dyn FnOnce(Option<&StoreError>) + Send>;
+type Job = Box<dyn for<'a> FnOnce(Ctx<'a>) -> Option<Completion> + Send>;
+
+/// The writer's inbox; also the queue behind every [`StoreEvents`].
+struct Writer {
+    jobs: mpsc::Sender<Job>,
+}
+
+impl Writer {
+    fn send(&self, job: Job) -> Result<(), StoreError> {
+        self.jobs.send(job).map_err(|_| StoreError::Closed)
+    }
+}
+
+impl EventQueue for Writer {
+    fn enqueue(&self, run: RunId, kind: serde_json::Value, message: String) {
+        let job: Job = Box::new(move |ctx| match ctx {
+            Ctx::Ready(conn, st) => match append(conn, st, run, &kind, message) {
+                Ok(_) => Some(Box::new(move |commit: Option<&StoreError>| {
+                    if let Some(e) = commit {
+                        tracing::error!(%run, error = %e, "run event lost: commit failed");
+                    }
+                })),
+                Err(e) => {
+                    tracing::error!(%run, error = %e, "run event not stored");
+                    None
+                }
+            },
+            Ctx::Failed(e) => {
+                tracing::error!(%run, error = %e, "run event lost: no transaction");
+                None
+            }
+        });
+        if self.send(job).is_err() {
+            tracing::error!(%run, "run event lost: the store is closed");
+        }
+    }
+}
+
+struct Inner {
+    path: PathBuf,
+    writer: Arc<Writer>,
+    readers: Mutex<Vec<Connection>>,
+    read_pool: usize,
+    busy_timeout: Duration,
+    hub: Arc<Hub>,
+    /// Bumped after every committed decision; waiters re-check on change.
+    decisions: watch::Sender<u64>,
+}
+
+/// The SQLite [`RunStore`]. Cheap to clone; the writer thread ends when the
+/// last clone and the last [`StoreEvents`] are dropped, after committing
+/// what was queued.
+#[derive(Clone)]
+pub struct SqliteStore {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.inner.path)
+            .finish()
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+fn to_i64(what: &str, n: u64) -> Result<i64, StoreError> {
+    i64::try_from(n).map_err(|_| StoreError::Invalid(format!("{what} {n} is too large")))
+}
+
+fn to_u64(what: &str, n: i64) -> Result<u64, StoreError> {
+    u64::try_from(n).map_err(|_| StoreError::Invalid(format!("stored {what} {n} is negative")))
+}
+
+fn json<T: serde::de::DeserializeOwned>(what: &str, text: &str) -> Result<T, StoreError> {
+    serde_json::from_str(text)
+        .map_err(|e| StoreError::Invalid(format!("stored {what} is malformed: {e}")))
+}
+
+fn open_writer(path: &Path, options: &SqliteOptions) -> Result<Connection, StoreError> {
+    let mut conn = Connection::open(path)
+        .map_err(|e| StoreError::Database(format!("cannot open {}: {e}", path.display())))?;
+    conn.busy_timeout(options.busy_timeout)?;
+    let mode: String = conn.pragma_update_and_check(None, "journal_mode", "wal", |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::Database(format!(
+            "{}: cannot switch to WAL (journal mode is {mode})",
+            path.display()
+        )));
+    }
+    let sync = match options.synchronous {
+        Synchronous::Full => "FULL",
+        Synchronous::Normal => "NORMAL",
+    };
+    conn.pragma_update(None, "synchronous", sync)?;
+    conn.pragma_update(None, "foreign_keys", true)?;
+    schema::migrate(&mut conn, &path.display().to_string())?;
+    Ok(conn)
+}
+
+fn writer_loop(conn: Connection, jobs: mpsc::Receiver<Job>, hub: Arc<Hub>, max_batch: usize) {
+    let mut state = WriterState::default();
+    while let Ok(first) = jobs.recv() {
+        let mut batch = vec![first];
+        while batch.len() < max_batch {
+            match jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+            let e = StoreError::from(e);
+            tracing::error!(error = %e, "store: cannot begin a transaction");
+            for job in batch {
+                if let Some(done) = job(Ctx::Failed(&e)) {
+                    done(Some(&e));
+                }
+            }
+            continue;
+        }
+        let done: Vec<Completion> = batch
+            .into_iter()
+            .filter_map(|job| job(Ctx::Ready(&conn, &mut state)))
+            .collect();
+        let commit = conn.execute_batch("COMMIT").map_err(StoreError::from).err();
+        if let Some(e) = &commit {
+            tracing::error!(error = %e, "store: commit failed; the batch is rolled back");
+            let _ = conn.execute_batch("ROLLBACK");
+            state.next_seq.clear();
+            state.appended.clear();
+        }
+        hub.publish(state.appended.drain(..));
+        for d in done {
+            d(commit.as_ref());
+        }
+    }
+}
+
+/// Runs `f` under a savepoint, undoing its writes (and its appended events)
+/// if it fails.
+fn in_savepoint<T>(
+    conn: &Connection,
+    st: &mut WriterState,
+    f: impl FnOnce(&Connection, &mut WriterState) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    conn.execute_batch("SAVEPOINT job")?;
+    let mark = st.appended.len();
+    let result = f(conn, st);
+    if result.is_err() {
+        conn.execute_batch("ROLLBACK TO job")?;
+        for undone in st.appended.drain(mark..) {
+            st.next_seq.remove(&undone.run);
+        }
+    }
+    conn.execute_batch("RELEASE job")?;
+    result
+}
+
+/// Appends one event inside the writer's transaction.
+fn append(
+    conn: &Connection,
+    st: &mut WriterState,
+    run: RunId,
+    kind: &serde_json::Value,
+    message: String,
+) -> Result<u64, StoreError> {
+    let seq = match st.next_seq.get(&run) {
+        Some(seq) => *seq,
+        None => {
+            let max: i64 = conn
+                .prepare_cached("SELECT COALESCE(MAX(seq), 0) FROM events WHERE run_id = ?1")?
+                .query_row([to_i64("run id", run.0)?], |r| r.get(0))?;
+            to_u64("seq", max)? + 1
+        }
+    };
+    let at_ms = now_ms();
+    let inserted = conn
+        .prepare_cached(
+            "INSERT INTO events (run_id, seq, at_ms, kind, message) VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?
+        .execute(params![
+            to_i64("run id", run.0)?,
+            to_i64("seq", seq)?,
+            at_ms,
+            kind.to_string(),
+            message
+        ]);
+    match inserted {
+        Ok(_) => {}
+        Err(rusqlite::Error::SqliteFailure(e, _))
+            if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+        {
+            return Err(StoreError::NoSuchRun(run));
+        }
+        Err(e) => return Err(e.into()),
+    }
+    st.next_seq.insert(run, seq + 1);
+    st.appended.push(StoredEvent {
+        run,
+        seq,
+        at_ms,
+        kind: kind.clone(),
+        message,
+    });
+    Ok(seq)
+}
+
+fn run_from_row(row: &Row<'_>) -> Result<Run, StoreError> {
+    let role: String = row.get(3)?;
+    let state: String = row.get(6)?;
+    let trigger: String = row.get(5)?;
+    Ok(Run {
+        id: RunId(to_u64("run id", row.get(0)?)?),
+        repo: RepoRef {
+            owner: row.get(1)?,
+            name: row.get(2)?,
+        },
+        role: codec::role::parse(&role)
+            .ok_or_else(|| StoreError::Invalid(format!("stored role {role:?} is unknown")))?,
+        number: to_u64("number", row.get(4)?)?,
+        trigger: json::<Trigger>("trigger", &trigger)?,
+        state: state.parse()?,
+        reason: row.get(7)?,
+        attempts: u32::try_from(row.get::<_, i64>(8)?)
+            .map_err(|_| StoreError::Invalid("stored attempts out of range".into()))?,
+        created_ms: row.get(9)?,
+        updated_ms: row.get(10)?,
+        container_id: row.get(11)?,
+        branch: row.get(12)?,
+    })
+}
+
+fn approval_from_row(row: &Row<'_>) -> Result<Approval, StoreError> {
+    let proposal: String = row.get(2)?;
+    let state: String = row.get(3)?;
+    Ok(Approval {
+        run: RunId(to_u64("run id", row.get(0)?)?),
+        effect_id: row.get(1)?,
+        proposal: json("proposal", &proposal)?,
+        state: state.parse()?,
+        decided_by: row.get(4)?,
+        reason: row.get(5)?,
+        created_ms: row.get(6)?,
+        decided_ms: row.get(7)?,
+    })
+}
+
+fn token_from_row(row: &Row<'_>) -> Result<ApiToken, StoreError> {
+    let scope: String = row.get(2)?;
+    Ok(ApiToken {
+        id: to_u64("token id", row.get(0)?)?,
+        name: row.get(1)?,
+        scope: scope.parse()?,
+        sha256: row.get(3)?,
+        created_ms: row.get(4)?,
+        revoked_ms: row.get(5)?,
+    })
+}
+
+fn delivery_from_row(row: &Row<'_>) -> Result<Delivery, StoreError> {
+    let status: String = row.get(3)?;
+    Ok(Delivery {
+        id: row.get(0)?,
+        event: row.get(1)?,
+        body_sha256: row.get(2)?,
+        status: status.parse()?,
+        reason: row.get(4)?,
+        received_ms: row.get(5)?,
+        finished_ms: row.get(6)?,
+    })
+}
+
+/// Collects every row of `sql` through `f`.
+fn query_all<T>(
+    conn: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+    f: impl Fn(&Row<'_>) -> Result<T, StoreError>,
+) -> Result<Vec<T>, StoreError> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    let mut rows = stmt.query(params)?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        out.push(f(row)?);
+    }
+    Ok(out)
+}
+
+/// The first row of `sql` through `f`, if any.
+fn query_one<T>(
+    conn: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+    f: impl Fn(&Row<'_>) -> Result<T, StoreError>,
+) -> Result<Option<T>, StoreError> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    let mut rows = stmt.query(params)?;
+    match rows.next()? {
+        Some(row) => Ok(Some(f(row)?)),
+        None => Ok(None),
+    }
+}
+
+fn get_run(conn: &Connection, id: RunId) -> Result<Run, StoreError> {
+    query_one(
+        conn,
+        &format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = ?1"),
+        [to_i64("run id", id.0)?],
+        run_from_row,
+    )?
+    .ok_or(StoreError::NoSuchRun(id))
+}
+
+fn get_effect(conn: &Connection, run: RunId, effect: &str) -> Result<Approval, StoreError> {
+    query_one(
+        conn,
+        &format!("SELECT {APPROVAL_COLUMNS} FROM approvals WHERE run_id = ?1 AND effect_id = ?2"),
+        params![to_i64("run id", run.0)?, effect],
+        approval_from_row,
+    )?
+    .ok_or_else(|| StoreError::NoSuchEffect {
+        run,
+        effect: effect.to_string(),
+    })
+}
+
+fn events_after(
+    conn: &Connection,
+    run: RunId,
+    after: u64,
+    limit: usize,
+) -> Result<Vec<StoredEvent>, StoreError> {
+    query_all(
+        conn,
+        "SELECT seq, at_ms, kind, message FROM events \
+         WHERE run_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+        params![
+            to_i64("run id", run.0)?,
+            to_i64("seq", after)?,
+            i64::try_from(limit).unwrap_or(i64::MAX)
+        ],
+        |row| {
+            let kind: String = row.get(2)?;
+            Ok(StoredEvent {
+                run,
+                seq: to_u64("seq", row.get(0)?)?,
+                at_ms: row.get(1)?,
+                kind: json("event kind", &kind)?,
+                message: row.get(3)?,
+            })
+        },
+    )
+}
+
+/// A delivery id as GitHub sends them (a GUID); anything else is refused
+/// before it reaches the database or a log line.
+fn check_delivery_id(id: &str) -> Result<(), StoreError> {
+    let ok = !id.is_empty()
+        && id.len() <= 128
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::Invalid(
+            "delivery id must be 1-128 letters, digits, '-', '_' or '.'".into(),
+        ))
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating and migrating if needed) the store at `path`.
+    /// Refuses a database whose schema is newer than this binary's.
+    pub async fn open(path: impl AsRef<Path>, options: SqliteOptions) -> Result<Self, StoreError> {
+        let path = path.as_ref().to_path_buf();
+        tokio::task::spawn_blocking(move || Self::open_blocking(&path, options))
+            .await
+            .map_err(|e| StoreError::Database(format!("open task failed: {e}")))?
+    }
+
+    /// [`SqliteStore::open`] for callers outside an async runtime (blocks).
+    pub fn open_blocking(path: &Path, options: SqliteOptions) -> Result<Self, StoreError> {
+        let conn = open_writer(path, &options)?;
+        let hub = Arc::new(Hub::default());
+        let (tx, rx) = mpsc::channel::<Job>();
+        let writer_hub = hub.clone();
+        let max_batch = options.max_batch.max(1);
+        std::thread::Builder::new()
+            .name("kiln-store-writer".into())
+            .spawn(move || writer_loop(conn, rx, writer_hub, max_batch))
+            .map_err(|e| StoreError::Database(format!("cannot start the writer thread: {e}")))?;
+        Ok(SqliteStore {
+            inner: Arc::new(Inner {
+                path: path.to_path_buf(),
+                writer: Arc::new(Writer { jobs: tx }),
+                readers: Mutex::new(Vec::new()),
+                read_pool: options.read_pool,
+                busy_timeout: options.busy_timeout,
+                hub,
+                decisions: watch::Sender::new(0),
+            }),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// The database's schema version (always [`super::SCHEMA_VERSION`] once open).
+    pub async fn schema_version(&self) -> Result<i64, StoreError> {
+        self.read(schema::version).await
+    }
+
+    /// Runs `f` in the writer's transaction under a savepoint; answers once committed.
+    async fn write<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection, &mut WriterState) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        let job: Job = Box::new(move |ctx| match ctx {
+            Ctx::Ready(conn, st) => {
+                let result = in_savepoint(conn, st, f);
+                Some(Box::new(move |commit: Option<&StoreError>| {
+                    let _ = tx.send(match commit {
+                        Some(e) => Err(e.clone()),
+                        None => result,
+                    });
+                }))
+            }
+            Ctx::Failed(e) => {
+                let _ = tx.send(Err(e.clone()));
+                None
+            }
+        });
+        self.inner.writer.send(job)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Runs `f` on a pooled read connection, off the async threads.
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = inner.take_reader()?;
+            let result = f(&conn);
+            inner.put_reader(conn);
+            result
+        })
+        .await
+        .map_err(|e| StoreError::Database(format!("read task failed: {e}")))?
+    }
+}
+
+impl Inner {
+    fn take_reader(&self) -> Result<Connection, StoreError> {
+        if let Some(conn) = self.readers.lock().unwrap_or_else(|p| p.into_inner()).pop() {
+            return Ok(conn);
+        }
+        let conn = Connection::open_with_flags(
+            &self.path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_timeout(self.busy_timeout)?;
+        Ok(conn)
+    }
+
+    fn put_reader(&self, conn: Connection) {
+        let mut pool = self.readers.lock().unwrap_or_else(|p| p.into_inner());
+        if pool.len() < self.read_pool {
+            pool.push(conn);
+        }
+    }
+}
+
+fn require_reason(to: RunState, reason: &Option<String>) -> Result<(), StoreError> {
+    if to.needs_reason() && reason.as_deref().is_none_or(|r| r.trim().is_empty()) {
+        return Err(StoreError::Invalid(format!(
+            "a transition to {to} must give a reason"
+        )));
+    }
+    Ok(())
+}
+
+#[async_trait::async_trait]
+impl RunStore for SqliteStore {
+    async fn enqueue_run(&self, run: NewRun) -> Result<RunId, StoreError> {
+        if run.number == 0 {
+            return Err(StoreError::Invalid("issue or pull request number 0".into()));
+        }
+        let number = to_i64("number", run.number)?;
+        let trigger = serde_json::to_string(&run.trigger)
+            .map_err(|e| StoreError::Invalid(format!("trigger: {e}")))?;
+        self.write(move |conn, _| {
+            let now = now_ms();
+            let id: i64 = conn
+                .prepare_cached(
+                    "INSERT INTO runs (repo_owner, repo_name, role, number, trigger, state, \
+                     attempts, created_ms, updated_ms) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, 'queued', 0, ?6, ?6) RETURNING id",
+                )?
+                .query_row(
+                    params![
+                        run.repo.owner,
+                        run.repo.name,
+                        run.role.as_str(),
+                        number,
+                        trigger,
+                        now
+                    ],
+                    |r| r.get(0),
+                )?;
+            Ok(RunId(to_u64("run id", id)?))
+        })
+        .await
+    }
+
+    async fn claim_next_run(&self) -> Result<Option<Run>, StoreError> {
+        self.write(|conn, _| {
+            // One statement: the pick and the claim cannot be split by another writer,
+            // even one in another process.
+            query_one(
+                conn,
+                &format!(
+                    "UPDATE runs SET state = 'preparing', attempts = attempts + 1, \
+                     reason = NULL, updated_ms = ?1 \
+                     WHERE id = (SELECT id FROM runs WHERE state = 'queued' ORDER BY id LIMIT 1) \
+                     RETURNING {RUN_COLUMNS}"
+                ),
+                [now_ms()],
+                run_from_row,
+            )
+        })
+        .await
+    }
+
+    async fn get_run(&self, id: RunId) -> Result<Run, StoreError> {
+        self.read(move |conn| get_run(conn, id)).await
+    }
+
+    async fn list_runs(&self, filter: RunFilter) -> Result<Vec<Run>, StoreError> {
+        let mut clauses = Vec::new();
+        let mut args: Vec<Value> = Vec::new();
+        if let Some(repo) = &filter.repo {
+            args.push(Value::Text(repo.owner.clone()));
+            clauses.push(format!("repo_owner = ?{}", args.len()));
+            args.push(Value::Text(repo.name.clone()));
+            clauses.push(format!("repo_name = ?{}", args.len()));
+        }
+        if let Some(number) = filter.number {
+            args.push(Value::Integer(to_i64("number", number)?));
+            clauses.push(format!("number = ?{}", args.len()));
+        }
+        if let Some(role) = filter.role {
+            args.push(Value::Text(role.as_str().into()));
+            clauses.push(format!("role = ?{}", args.len()));
+        }
+        if !filter.states.is_empty() {
+            let mut marks = Vec::new();
+            for st in &filter.states {
+                args.push(Value::Text(st.as_str().into()));
+                marks.push(format!("?{}", args.len()));
+            }
+            clauses.push(format!("state IN ({})", marks.join(", ")));
+        }
+        if let Some(before) = filter.before {
+            args.push(Value::Integer(to_i64("run id", before.0)?));
+            clauses.push(format!("id < ?{}", args.len()));
+        }
+        let limit = filter.limit.unwrap_or(100).min(1000);
+        args.push(Value::Integer(i64::try_from(limit).unwrap_or(1000)));
+        let limit_mark = args.len();
+        let wher = if clauses.is_empty() {
+            String::new()
+        } else {
+            format!("WHERE {}", clauses.join(" AND "))
+        };
+        let sql =
+            format!("SELECT {RUN_COLUMNS} FROM runs {wher} ORDER BY id DESC LIMIT ?{limit_mark}");
+        self.read(move |conn| {
+            query_all(
+                conn,
+                &sql,
+                rusqlite::params_from_iter(args.iter()),
+                run_from_row,
+            )
+        })
+        .await
+    }
+
+    async fn count_runs(&self, repo: &RepoRef, number: u64, role: Role) -> Result<u64, StoreError> {
+        let repo = repo.clone();
+        let number = to_i64("number", number)?;
+        self.read(move |conn| {
+            let n: i64 = conn
+                .prepare_cached(
+                    "SELECT COUNT(*) FROM runs WHERE repo_owner = ?1 AND repo_name = ?2 \
+                     AND number = ?3 AND role = ?4",
+                )?
+                .query_row(params![repo.owner, repo.name, number, role.as_str()], |r| {
+                    r.get(0)
+                })?;
+            to_u64("count", n)
+        })
+        .await
+    }
+
+    async fn transition(
+        &self,
+        id: RunId,
+        from: RunState,
+        to: RunState,
+        reason: Option<String>,
+    ) -> Result<Run, StoreError> {
+        require_reason(to, &reason)?;
+        if !from.may_become(to) {
+            return Err(StoreError::IllegalTransition {
+                run: id,
+                from,
+                to,
+                why: "the state machine does not allow it".into(),
+            });
+        }
+        self.write(move |conn, _| {
+            let run = get_run(conn, id)?;
+            if run.state != from {
+                return Err(StoreError::IllegalTransition {
+                    run: id,
+                    from,
+                    to,
+                    why: format!("the run is {}", run.state),
+                });
+            }
+            query_one(
+                conn,
+                &format!(
+                    "UPDATE runs SET state = ?1, reason = ?2, updated_ms = ?3 \
+                     WHERE id = ?4 AND state = ?5 RETURNING {RUN_COLUMNS}"
+                ),
+                params![
+                    to.as_str(),
+                    reason,
+                    now_ms(),
+                    to_i64("run id", id.0)?,
+                    from.as_str()
+                ],
+                run_from_row,
+            )?
+            .ok_or(StoreError::NoSuchRun(id))
+        })
+        .await
+    }
+
+    async fn set_container(
+        &self,
+        id: RunId,
+        container_id: Option<String>,
+    ) -> Result<(), StoreError> {
+        self.write(move |conn, _| {
+            let n = conn
+                .prepare_cached("UPDATE runs SET container_id = ?1, updated_ms = ?2 WHERE id = ?3")?
+                .execute(params![container_id, now_ms(), to_i64("run id", id.0)?])?;
+            if n == 0 {
+                return Err(StoreError::NoSuchRun(id));
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn set_branch(&self, id: RunId, branch: String) -> Result<(), StoreError> {
+        self.write(move |conn, _| {
+            let n = conn
+                .prepare_cached("UPDATE runs SET branch = ?1, updated_ms = ?2 WHERE id = ?3")?
+                .execute(params![branch, now_ms(), to_i64("run id", id.0)?])?;
+            if n == 0 {
+                return Err(StoreError::NoSuchRun(id));
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn recover_after_restart(
+        &self,
+        policy: RecoveryPolicy,
+    ) -> Result<Vec<Recovered>, StoreError> {
+        self.write(move |conn, st| {
+            let left: Vec<(RunId, RunState, u32)> = query_all(
+                conn,
+                "SELECT id, state, attempts FROM runs \
+                 WHERE state IN ('preparing', 'running', 'awaiting-approval') ORDER BY id",
+                [],
+                |row| {
+                    let state: String = row.get(1)?;
+                    Ok((
+                        RunId(to_u64("run id", row.get(0)?)?),
+                        state.parse()?,
+                        u32::try_from(row.get::<_, i64>(2)?).unwrap_or(u32::MAX),
+                    ))
+                },
+            )?;
+            let warning = serde_json::to_value(EventKind::Warning)
+                .map_err(|e| StoreError::Invalid(e.to_string()))?;
+            let mut out = Vec::with_capacity(left.len());
+            for (id, was, attempts) in left {
+                let requeue = policy.requeue && attempts < policy.max_attempts;
+                let (now, reason) = if requeue {
+                    (
+                        RunState::Queued,
+                        format!(
+                            "runner restarted while {was}; re-queued (attempt {} of {})",
+                            attempts + 1,
+                            policy.max_attempts
+                        ),
+                    )
+                } else {
+                    (RunState::Failed, "runner restarted".to_string())
+                };
+                conn.prepare_cached(
+                    "UPDATE runs SET state = ?1, reason = ?2, updated_ms = ?3 WHERE id = ?4",
+                )?
+                .execute(params![
+                    now.as_str(),
+                    reason,
+                    now_ms(),
+                    to_i64("run id", id.0)?
+                ])?;
+                let message = if requeue {
+                    reason
+                } else {
+                    format!("runner restarted while {was}; the run failed")
+                };
+                append(conn, st, id, &warning, message)?;
+                out.push(Recovered { id, was, now });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn append_event(
+        &self,
+        run: RunId,
+        kind: &EventKind,
+        message: &str,
+    ) -> Result<u64, StoreError> {
+        let kind = serde_json::to_value(kind)
+            .map_err(|e| StoreError::Invalid(format!("event kind: {e}")))?;
+        let message = message.to_string();
+        let (tx, rx) = oneshot::channel();
+        // No savepoint: one INSERT either happens or not.
+        let job: Job = Box::new(move |ctx| match ctx {
+            Ctx::Ready(conn, st) => {
+                let result = append(conn, st, run, &kind, message);
+                Some(Box::new(move |commit: Option<&StoreError>| {
+                    let _ = tx.send(match commit {
+                        Some(e) => Err(e.clone()),
+                        None => result,
+                    });
+                }))
+            }
+            Ctx::Failed(e) => {
+                let _ = tx.send(Err(e.clone()));
+                None
+            }
+        });
+        self.inner.writer.send(job)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    async fn events_after(
+        &self,
+        run: RunId,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        self.read(move |conn| events_after(conn, run, after_seq, limit))
+            .await
+    }
+
+    async fn subscribe(&self, run: RunId, after_seq: u64) -> Result<EventStream, StoreError> {
+        self.get_run(run).await?;
+        let live = self.inner.hub.subscribe(run);
+        let store = self.clone();
+        let backlog: Backlog = Arc::new(move |run, after, limit| {
+            let store = store.clone();
+            async move { store.events_after(run, after, limit).await }.boxed()
+        });
+        Ok(fanout::subscription(run, after_seq, live, backlog))
+    }
+
+    fn event_sink(&self, run: RunId) -> StoreEvents {
+        StoreEvents::new(run, self.inner.writer.clone())
+    }
+
+    async fn flush(&self) -> Result<(), StoreError> {
+        self.write(|_, _| Ok(())).await
+    }
+
+    async fn record_delivery(
+        &self,
+        id: &str,
+        event: &str,
+        body_sha256: &str,
+    ) -> Result<DeliveryRecord, StoreError> {
+        check_delivery_id(id)?;
+        let (id, event, sha) = (id.to_string(), event.to_string(), body_sha256.to_string());
+        self.write(move |conn, _| {
+            let now = now_ms();
+            let inserted = conn
+                .prepare_cached(
+                    "INSERT INTO deliveries (id, event, body_sha256, status, received_ms) \
+                     VALUES (?1, ?2, ?3, 'received', ?4) ON CONFLICT (id) DO NOTHING",
+                )?
+                .execute(params![id, event, sha, now])?;
+            if inserted == 1 {
+                return Ok(DeliveryRecord::New);
+            }
+            let (first_seen_ms, status): (i64, String) = conn
+                .prepare_cached("SELECT received_ms, status FROM deliveries WHERE id = ?1")?
+                .query_row([&id], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            Ok(DeliveryRecord::Duplicate {
+                first_seen_ms,
+                status: status.parse()?,
+            })
+        })
+        .await
+    }
+
+    async fn finish_delivery(
+        &self,
+        id: &str,
+        status: DeliveryStatus,
+        reason: Option<String>,
+    ) -> Result<(), StoreError> {
+        check_delivery_id(id)?;
+        let id = id.to_string();
+        self.write(move |conn, _| {
+            let n = conn
+                .prepare_cached(
+                    "UPDATE deliveries SET status = ?1, reason = ?2, finished_ms = ?3 WHERE id = ?4",
+                )?
+                .execute(params![status.as_str(), reason, now_ms(), id])?;
+            if n == 0 {
+                return Err(StoreError::NotFound(format!("delivery {id}")));
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_delivery(&self, id: &str) -> Result<Delivery, StoreError> {
+        check_delivery_id(id)?;
+        let id = id.to_string();
+        self.read(move |conn| {
+            query_one(
+                conn,
+                &format!("SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE id = ?1"),
+                [&id],
+                delivery_from_row,
+            )?
+            .ok_or_else(|| StoreError::NotFound(format!("delivery {id}")))
+        })
+        .await
+    }
+
+    async fn hold_effect(
+        &self,
+        run: RunId,
+        effect_id: &str,
+        proposal: serde_json::Value,
+    ) -> Result<Approval, StoreError> {
+        if effect_id.is_empty() || effect_id.len() > 200 {
+            return Err(StoreError::Invalid("effect id must be 1-200 bytes".into()));
+        }
+        let effect = effect_id.to_string();
+        self.write(move |conn, _| {
+            get_run(conn, run)?;
+            if get_effect(conn, run, &effect).is_ok() {
+                return Err(StoreError::EffectAlreadyHeld { run, effect });
+            }
+            conn.prepare_cached(
+                "INSERT INTO approvals (run_id, effect_id, proposal, state, created_ms) \
+                 VALUES (?1, ?2, ?3, 'pending', ?4)",
+            )?
+            .execute(params![
+                to_i64("run id", run.0)?,
+                effect,
+                proposal.to_string(),
+                now_ms()
+            ])?;
+            get_effect(conn, run, &effect)
+        })
+        .await
+    }
+
+    async fn decide_effect(
+        &self,
+        run: RunId,
+        effect_id: &str,
+        verdict: Verdict,
+        decided_by: &str,
+        reason: Option<String>,
+    ) -> Result<Approval, StoreError> {
+        if decided_by.trim().is_empty() {
+            return Err(StoreError::Invalid(
+                "a decision must name who made it".into(),
+            ));
+        }
+        let (effect, by) = (effect_id.to_string(), decided_by.to_string());
+        let state = match verdict {
+            Verdict::Approve => ApprovalState::Approved,
+            Verdict::Deny => ApprovalState::Denied,
+        };
+        let decided = self
+            .write(move |conn, _| {
+                let held = get_effect(conn, run, &effect)?;
+                if held.state != ApprovalState::Pending {
+                    return Err(StoreError::AlreadyDecided {
+                        run,
+                        effect,
+                        state: held.state,
+                        by: held.decided_by.unwrap_or_default(),
+                    });
+                }
+                conn.prepare_cached(
+                    "UPDATE approvals SET state = ?1, decided_by = ?2, reason = ?3, decided_ms = ?4 \
+                     WHERE run_id = ?5 AND effect_id = ?6 AND state = 'pending'",
+                )?
+                .execute(params![
+                    state.as_str(),
+                    by,
+                    reason,
+                    now_ms(),
+                    to_i64("run id", run.0)?,
+                    effect
+                ])?;
+                get_effect(conn, run, &effect)
+            })
+            .await?;
+        self.inner.decisions.send_modify(|n| *n = n.wrapping_add(1));
+        Ok(decided)
+    }
+
+    async fn get_effect(&self, run: RunId, effect_id: &str) -> Result<Approval, StoreError> {
+        let effect = effect_id.to_string();
+        self.read(move |conn| get_effect(conn, run, &effect)).await
+    }
+
+    async fn pending_effects(&self, run: RunId) -> Result<Vec<Approval>, StoreError> {
+        self.read(move |conn| {
+            query_all(
+                conn,
+                &format!(
+                    "SELECT {APPROVAL_COLUMNS} FROM approvals \
+                     WHERE run_id = ?1 AND state = 'pending' ORDER BY created_ms, effect_id"
+                ),
+                [to_i64("run id", run.0)?],
+                approval_from_row,
+            )
+        })
+        .await
+    }
+
+    async fn wait_for_decision(&self, run: RunId, effect_id: &str) -> Result<Approval, StoreError> {
+        // Subscribe before looking, so a decision between the look and the
+        // wait still wakes us.
+        let mut changed = self.inner.decisions.subscribe();
+        loop {
+            let held = self.get_effect(run, effect_id).await?;
+            if held.state != ApprovalState::Pending {
+                return Ok(held);
+            }
+            changed.changed().await.map_err(|_| StoreError::Closed)?;
+        }
+    }
+
+    async fn create_token(&self, name: &str, scope: TokenScope) -> Result<NewToken, StoreError> {
+        let name = name.trim().to_string();
+        if name.is_empty() || name.len() > 100 || name.chars().any(char::is_control) {
+            return Err(StoreError::Invalid(
+                "token name must be 1-100 printable characters".into(),
+            ));
+        }
+        use base64::Engine as _;
+        let secret: [u8; 32] = rand::random();
+        let plaintext = format!(
+            "kiln_{}",
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret)
+        );
+        let sha = super::token_hash(&plaintext);
+        let token = self
+            .write(move |conn, _| {
+                query_one(
+                    conn,
+                    &format!(
+                        "INSERT INTO api_tokens (name, scope, sha256, created_ms) \
+                         VALUES (?1, ?2, ?3, ?4) RETURNING {TOKEN_COLUMNS}"
+                    ),
+                    params![name, scope.as_str(), sha, now_ms()],
+                    token_from_row,
+                )?
+                .ok_or_else(|| StoreError::Database("token insert returned nothing".into()))
+            })
+            .await?;
+        Ok(NewToken { token, plaintext })
+    }
+
+    async fn token_by_hash(&self, sha256: &str) -> Result<Option<ApiToken>, StoreError> {
+        if sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(StoreError::Invalid(
+                "token hash must be 64 hex digits".into(),
+            ));
+        }
+        let sha = sha256.to_ascii_lowercase();
+        self.read(move |conn| {
+            query_one(
+                conn,
+                &format!("SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE sha256 = ?1"),
+                [&sha],
+                token_from_row,
+            )
+        })
+        .await
+    }
+
+    async fn list_tokens(&self) -> Result<Vec<ApiToken>, StoreError> {
+        self.read(|conn| {
+            query_all(
+                conn,
+                &format!("SELECT {TOKEN_COLUMNS} FROM api_tokens ORDER BY id"),
+                [],
+                token_from_row,
+            )
+        })
+        .await
+    }
+
+    async fn revoke_token(&self, id: u64) -> Result<ApiToken, StoreError> {
+        let sql_id = to_i64("token id", id)?;
+        self.write(move |conn, _| {
+            query_one(
+                conn,
+                &format!(
+                    "UPDATE api_tokens SET revoked_ms = COALESCE(revoked_ms, ?1) WHERE id = ?2 \
+                     RETURNING {TOKEN_COLUMNS}"
+                ),
+                params![now_ms(), sql_id],
+                token_from_row,
+            )?
+            .ok_or_else(|| StoreError::NotFound(format!("token {id}")))
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests;

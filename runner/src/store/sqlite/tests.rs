@@ -1,0 +1,787 @@
+//! Unit tests of the SQLite store against real database files in temp dirs.
+
+use futures_util::StreamExt;
+use std::collections::{BTreeMap, HashSet};
+
+use super::*;
+use crate::policy::Trust;
+use crate::session::EventSink;
+use crate::store::{SCHEMA_VERSION, TriggerKind};
+
+async fn store() -> (tempfile::TempDir, SqliteStore) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = SqliteStore::open(dir.path().join("kiln.db"), SqliteOptions::default())
+        .await
+        .expect("open store");
+    (dir, store)
+}
+
+fn repo() -> RepoRef {
+    RepoRef::parse("octo/widgets").expect("repo")
+}
+
+fn new_run(number: u64, role: Role) -> NewRun {
+    NewRun {
+        repo: repo(),
+        role,
+        number,
+        trigger: Trigger {
+            kind: TriggerKind::Label {
+                label: "ready-to-spec".into(),
+            },
+            actor: "alice".into(),
+            actor_trust: Trust::Trusted,
+            delivery: Some("d-1".into()),
+            instructions: None,
+        },
+    }
+}
+
+#[tokio::test]
+async fn migrates_an_empty_database_and_refuses_a_newer_one() {
+    let (dir, store) = store().await;
+    assert_eq!(store.schema_version().await, Ok(SCHEMA_VERSION));
+    let id = store
+        .enqueue_run(new_run(1, Role::Spec))
+        .await
+        .expect("enqueue");
+    drop(store);
+
+    // Reopening a current database changes nothing.
+    let path = dir.path().join("kiln.db");
+    let store = SqliteStore::open(&path, SqliteOptions::default())
+        .await
+        .expect("reopen");
+    assert_eq!(store.get_run(id).await.map(|r| r.number), Ok(1));
+    drop(store);
+
+    let conn = Connection::open(&path).expect("raw open");
+    conn.pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+        .expect("bump version");
+    drop(conn);
+    let err = SqliteStore::open(&path, SqliteOptions::default())
+        .await
+        .expect_err("a newer schema should be refused");
+    assert!(
+        matches!(err, StoreError::SchemaTooNew { found, supported, .. }
+            if found == SCHEMA_VERSION + 1 && supported == SCHEMA_VERSION),
+        "got {err:?}"
+    );
+    assert!(
+        err.to_string().contains("newer than this kiln supports"),
+        "the message should say what is wrong: {err}"
+    );
+}
+
+#[tokio::test]
+async fn upgrades_an_old_database_step_by_step_keeping_its_rows() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("kiln.db");
+    let mut conn = Connection::open(&path).expect("raw open");
+    schema::migrate_to(&mut conn, "test", 1).expect("version 1");
+    conn.execute(
+        "INSERT INTO runs (repo_owner, repo_name, role, number, trigger, state, created_ms, updated_ms) \
+         VALUES ('octo', 'widgets', 'triage', 7, ?1, 'queued', 1, 1)",
+        [serde_json::to_string(&new_run(7, Role::Triage).trigger).expect("json")],
+    )
+    .expect("insert a v1 row");
+    assert_eq!(schema::version(&conn), Ok(1));
+    drop(conn);
+    let store = SqliteStore::open(&path, SqliteOptions::default())
+        .await
+        .expect("upgrade");
+    assert_eq!(store.schema_version().await, Ok(SCHEMA_VERSION));
+    let run = store.get_run(RunId(1)).await.expect("the v1 run survives");
+    assert_eq!((run.number, run.role), (7, Role::Triage));
+    assert_eq!(
+        store.append_event(run.id, &EventKind::Note, "x").await,
+        Ok(1)
+    );
+}
+
+#[tokio::test]
+async fn transitions_are_enforced() {
+    let (_dir, store) = store().await;
+    let id = store
+        .enqueue_run(new_run(3, Role::Implementation))
+        .await
+        .expect("enqueue");
+    assert_eq!(id, RunId(1));
+    let run = store.get_run(id).await.expect("get");
+    assert_eq!((run.state, run.attempts), (RunState::Queued, 0));
+    assert_eq!(run.trigger, new_run(3, Role::Implementation).trigger);
+
+    // Skipping preparing is illegal.
+    let err = store
+        .transition(id, RunState::Queued, RunState::Running, None)
+        .await
+        .expect_err("queued -> running should be refused");
+    assert!(
+        matches!(err, StoreError::IllegalTransition { .. }),
+        "got {err:?}"
+    );
+
+    let claimed = store.claim_next_run().await.expect("claim").expect("a run");
+    assert_eq!(
+        (claimed.id, claimed.state, claimed.attempts),
+        (id, RunState::Preparing, 1)
+    );
+
+    // A stale `from` is refused and names the actual state.
+    let err = store
+        .transition(id, RunState::Queued, RunState::Cancelled, None)
+        .await
+        .expect_err("stale from should be refused");
+    assert!(
+        err.to_string().contains("the run is preparing"),
+        "got {err}"
+    );
+
+    let run = store
+        .transition(id, RunState::Preparing, RunState::Running, None)
+        .await
+        .expect("preparing -> running");
+    assert_eq!(run.state, RunState::Running);
+
+    // Blocked and failed need a reason.
+    for to in [RunState::Blocked, RunState::Failed] {
+        for reason in [None, Some("  ".to_string())] {
+            let err = store
+                .transition(id, RunState::Running, to, reason)
+                .await
+                .expect_err("a reasonless block or failure should be refused");
+            assert!(err.to_string().contains("must give a reason"), "got {err}");
+        }
+    }
+    let run = store
+        .transition(
+            id,
+            RunState::Running,
+            RunState::Blocked,
+            Some("re-run cap".into()),
+        )
+        .await
+        .expect("running -> blocked");
+    assert_eq!(
+        (run.state, run.reason.as_deref()),
+        (RunState::Blocked, Some("re-run cap"))
+    );
+
+    // Terminal is final.
+    for to in RunState::ALL {
+        let err = store
+            .transition(id, RunState::Blocked, to, Some("r".into()))
+            .await
+            .expect_err("a terminal run should never move");
+        assert!(
+            matches!(err, StoreError::IllegalTransition { .. }),
+            "got {err:?}"
+        );
+    }
+    let err = store
+        .transition(RunId(99), RunState::Queued, RunState::Preparing, None)
+        .await
+        .expect_err("unknown run");
+    assert_eq!(err, StoreError::NoSuchRun(RunId(99)));
+
+    store
+        .set_container(id, Some("c0ffee".into()))
+        .await
+        .expect("container");
+    store
+        .set_branch(id, "kiln/issue-3".into())
+        .await
+        .expect("branch");
+    let run = store.get_run(id).await.expect("get");
+    assert_eq!(run.container_id.as_deref(), Some("c0ffee"));
+    assert_eq!(run.branch.as_deref(), Some("kiln/issue-3"));
+    assert_eq!(
+        store.set_branch(RunId(42), "x".into()).await,
+        Err(StoreError::NoSuchRun(RunId(42)))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_claimers_never_share_a_run() {
+    let (_dir, store) = store().await;
+    const RUNS: u64 = 200;
+    for n in 1..=RUNS {
+        store
+            .enqueue_run(new_run(n, Role::Triage))
+            .await
+            .expect("enqueue");
+    }
+    let mut workers = Vec::new();
+    for _ in 0..8 {
+        let store = store.clone();
+        workers.push(tokio::spawn(async move {
+            let mut mine = Vec::new();
+            while let Some(run) = store.claim_next_run().await.expect("claim") {
+                mine.push(run.id);
+            }
+            mine
+        }));
+    }
+    let mut seen = HashSet::new();
+    for w in workers {
+        for id in w.await.expect("worker") {
+            assert!(seen.insert(id), "run {id} was claimed twice");
+        }
+    }
+    assert_eq!(seen.len() as u64, RUNS, "every run should be claimed once");
+    assert_eq!(store.claim_next_run().await, Ok(None));
+}
+
+async fn events_of(store: &SqliteStore, run: RunId) -> Vec<StoredEvent> {
+    store
+        .events_after(run, 0, usize::MAX)
+        .await
+        .expect("events")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_appenders_get_gapless_ordered_seqs() {
+    let (_dir, store) = store().await;
+    let a = store
+        .enqueue_run(new_run(1, Role::Spec))
+        .await
+        .expect("run a");
+    let b = store
+        .enqueue_run(new_run(2, Role::Spec))
+        .await
+        .expect("run b");
+    const PER: usize = 300;
+    let mut tasks = Vec::new();
+    for writer in 0..4 {
+        for run in [a, b] {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                let sink = store.event_sink(run);
+                for i in 0..PER {
+                    let msg = format!("w{writer}:{i}");
+                    if i % 2 == 0 {
+                        sink.record(EventKind::Progress, msg);
+                    } else {
+                        store
+                            .append_event(run, &EventKind::Note, &msg)
+                            .await
+                            .expect("append");
+                    }
+                }
+            }));
+        }
+    }
+    for t in tasks {
+        t.await.expect("appender");
+    }
+    store.flush().await.expect("flush");
+    for run in [a, b] {
+        let events = store.events_after(run, 0, 100_000).await.expect("events");
+        let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
+        assert_eq!(
+            seqs,
+            (1..=(4 * PER) as u64).collect::<Vec<_>>(),
+            "seqs of {run}"
+        );
+        // Each appender's events keep its own order.
+        let mut last: BTreeMap<String, usize> = BTreeMap::new();
+        for e in &events {
+            let (w, i) = e.message.split_once(':').expect("w:i");
+            let i: usize = i.parse().expect("i");
+            if let Some(prev) = last.insert(w.to_string(), i) {
+                assert!(
+                    prev < i,
+                    "{w} appended {prev} before {i} but they are out of order"
+                );
+            }
+        }
+    }
+    let page = store.events_after(a, 10, 5).await.expect("page");
+    assert_eq!(
+        page.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        vec![11, 12, 13, 14, 15]
+    );
+    for e in &events_of(&store, a).await {
+        let note = e
+            .message
+            .split_once(':')
+            .and_then(|(_, i)| i.parse::<usize>().ok())
+            .map(|i| i % 2 == 1);
+        let want = if note == Some(true) {
+            "note"
+        } else {
+            "progress"
+        };
+        assert_eq!(
+            e.kind,
+            serde_json::json!({"type": want}),
+            "kind of {}",
+            e.message
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn subscribers_see_every_event_once_while_appending() {
+    let (_dir, store) = store().await;
+    let run = store
+        .enqueue_run(new_run(1, Role::Spec))
+        .await
+        .expect("run");
+    const N: u64 = 10_000;
+    let sink = store.event_sink(run);
+    // A few events before anyone watches: the backlog.
+    for i in 0..100 {
+        sink.record(EventKind::Progress, format!("{i}"));
+    }
+    let early = store.subscribe(run, 0).await.expect("subscribe early");
+    let appender = {
+        let sink = sink.clone();
+        let store = store.clone();
+        tokio::spawn(async move {
+            for i in 100..N {
+                sink.record(EventKind::Progress, format!("{i}"));
+                if i == N / 2 {
+                    // Let watchers join while the log grows.
+                    store.flush().await.expect("flush");
+                }
+            }
+        })
+    };
+    let mid = store.subscribe(run, 0).await.expect("subscribe mid");
+    // A watcher that does not read while everything is appended falls
+    // behind the channel and must catch up from the database.
+    let lagging = store.subscribe(run, 0).await.expect("subscribe lagging");
+    let collect = |s: EventStream| {
+        tokio::spawn(async move {
+            s.take(N as usize)
+                .map(|e| e.expect("event").seq)
+                .collect::<Vec<u64>>()
+                .await
+        })
+    };
+    let early = collect(early);
+    let mid = collect(mid);
+    appender.await.expect("appender");
+    store.flush().await.expect("flush");
+    let late = collect(store.subscribe(run, 0).await.expect("subscribe late"));
+    let from_half = store
+        .subscribe(run, N / 2)
+        .await
+        .expect("subscribe from half");
+    let lagging = collect(lagging);
+    let want: Vec<u64> = (1..=N).collect();
+    for (name, got) in [
+        ("early", early.await.expect("early")),
+        ("mid", mid.await.expect("mid")),
+        ("late", late.await.expect("late")),
+        ("lagging", lagging.await.expect("lagging")),
+    ] {
+        assert_eq!(got.len(), want.len(), "{name} watcher count");
+        assert!(
+            got == want,
+            "{name} watcher saw a gap, a duplicate or disorder"
+        );
+    }
+    let half: Vec<u64> = from_half
+        .take((N / 2) as usize)
+        .map(|e| e.expect("e").seq)
+        .collect()
+        .await;
+    assert_eq!(half, ((N / 2 + 1)..=N).collect::<Vec<_>>());
+    assert_eq!(
+        store.subscribe(RunId(77), 0).await.err(),
+        Some(StoreError::NoSuchRun(RunId(77)))
+    );
+}
+
+#[tokio::test]
+async fn events_for_a_missing_run_are_refused_not_panicked_on() {
+    let (_dir, store) = store().await;
+    assert_eq!(
+        store.append_event(RunId(5), &EventKind::Note, "x").await,
+        Err(StoreError::NoSuchRun(RunId(5)))
+    );
+    store
+        .event_sink(RunId(5))
+        .record(EventKind::Note, "lost".into());
+    // The failed append must not poison its batch neighbours.
+    let run = store
+        .enqueue_run(new_run(1, Role::Spec))
+        .await
+        .expect("run");
+    let (bad, good) = tokio::join!(
+        store.append_event(RunId(5), &EventKind::Note, "x"),
+        store.append_event(run, &EventKind::Note, "y")
+    );
+    assert!(bad.is_err());
+    assert_eq!(good, Ok(1));
+    store.flush().await.expect("flush");
+    assert_eq!(store.events_after(RunId(5), 0, 10).await, Ok(vec![]));
+}
+
+#[tokio::test]
+async fn deliveries_are_deduplicated() {
+    let (_dir, store) = store().await;
+    let id = "72d3162e-cc78-11e3-81ab-4c9367dc0958";
+    assert_eq!(
+        store.record_delivery(id, "issues", "ab").await,
+        Ok(DeliveryRecord::New)
+    );
+    let again = store
+        .record_delivery(id, "issues", "ab")
+        .await
+        .expect("again");
+    assert!(
+        matches!(
+            again,
+            DeliveryRecord::Duplicate {
+                status: DeliveryStatus::Received,
+                ..
+            }
+        ),
+        "got {again:?}"
+    );
+    store
+        .finish_delivery(id, DeliveryStatus::Ignored, Some("no trigger".into()))
+        .await
+        .expect("finish");
+    let again = store
+        .record_delivery(id, "push", "cd")
+        .await
+        .expect("replay");
+    assert!(
+        matches!(
+            again,
+            DeliveryRecord::Duplicate {
+                status: DeliveryStatus::Ignored,
+                ..
+            }
+        ),
+        "got {again:?}"
+    );
+    let d = store.get_delivery(id).await.expect("get");
+    assert_eq!(
+        (d.event.as_str(), d.body_sha256.as_str()),
+        ("issues", "ab"),
+        "first write wins"
+    );
+    assert_eq!(d.reason.as_deref(), Some("no trigger"));
+    for bad in ["", "a b", "x'; DROP TABLE runs; --", &"a".repeat(129)] {
+        assert!(
+            matches!(
+                store.record_delivery(bad, "issues", "ab").await,
+                Err(StoreError::Invalid(_))
+            ),
+            "{bad:?} should be refused"
+        );
+    }
+    assert!(matches!(
+        store
+            .finish_delivery("unknown", DeliveryStatus::Queued, None)
+            .await,
+        Err(StoreError::NotFound(_))
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_effects_are_decided_once_and_wake_the_run() {
+    let (_dir, store) = store().await;
+    let run = store
+        .enqueue_run(new_run(1, Role::Implementation))
+        .await
+        .expect("run");
+    let proposal = serde_json::json!({"kind": "comment", "number": 1, "body": "hi"});
+    let held = store
+        .hold_effect(run, "e1", proposal.clone())
+        .await
+        .expect("hold");
+    assert_eq!(
+        (held.state, &held.proposal),
+        (ApprovalState::Pending, &proposal)
+    );
+    store
+        .hold_effect(run, "e2", serde_json::json!({}))
+        .await
+        .expect("hold e2");
+    assert_eq!(
+        store.hold_effect(run, "e1", serde_json::json!({})).await,
+        Err(StoreError::EffectAlreadyHeld {
+            run,
+            effect: "e1".into()
+        })
+    );
+    assert_eq!(
+        store
+            .hold_effect(RunId(9), "e1", serde_json::json!({}))
+            .await,
+        Err(StoreError::NoSuchRun(RunId(9)))
+    );
+    let pending: Vec<String> = store
+        .pending_effects(run)
+        .await
+        .expect("pending")
+        .into_iter()
+        .map(|a| a.effect_id)
+        .collect();
+    assert_eq!(pending, vec!["e1", "e2"]);
+
+    let waiter = {
+        let store = store.clone();
+        tokio::spawn(async move { store.wait_for_decision(run, "e1").await })
+    };
+    let decided = store
+        .decide_effect(run, "e1", Verdict::Approve, "alice", Some("fine".into()))
+        .await
+        .expect("decide");
+    assert_eq!(decided.state, ApprovalState::Approved);
+    let woke = waiter.await.expect("waiter").expect("decision");
+    assert_eq!(
+        (woke.state, woke.decided_by.as_deref()),
+        (ApprovalState::Approved, Some("alice"))
+    );
+
+    let err = store
+        .decide_effect(run, "e1", Verdict::Deny, "mallory", None)
+        .await
+        .expect_err("a second decision should be refused");
+    assert!(
+        err.to_string().contains("already approved by alice"),
+        "the error should name the first decision: {err}"
+    );
+    assert_eq!(
+        store.get_effect(run, "e1").await.map(|a| a.state),
+        Ok(ApprovalState::Approved)
+    );
+    assert!(matches!(
+        store
+            .decide_effect(run, "nope", Verdict::Deny, "bob", None)
+            .await,
+        Err(StoreError::NoSuchEffect { .. })
+    ));
+    assert!(matches!(
+        store
+            .decide_effect(run, "e2", Verdict::Deny, " ", None)
+            .await,
+        Err(StoreError::Invalid(_))
+    ));
+    // A decision already made is returned at once.
+    store
+        .decide_effect(run, "e2", Verdict::Deny, "bob", None)
+        .await
+        .expect("deny");
+    assert_eq!(
+        store.wait_for_decision(run, "e2").await.map(|a| a.state),
+        Ok(ApprovalState::Denied)
+    );
+    assert_eq!(store.pending_effects(run).await, Ok(vec![]));
+}
+
+#[tokio::test]
+async fn tokens_are_stored_as_hashes_and_revocable() {
+    let (_dir, store) = store().await;
+    let new = store
+        .create_token("ci", TokenScope::Operator)
+        .await
+        .expect("create");
+    assert!(new.plaintext.starts_with("kiln_") && new.plaintext.len() > 40);
+    assert!(
+        !format!("{new:?}").contains(&new.plaintext),
+        "Debug must not show the plaintext"
+    );
+    let other = store
+        .create_token("viewer", TokenScope::Viewer)
+        .await
+        .expect("create");
+    assert_ne!(new.plaintext, other.plaintext);
+
+    let found = store
+        .token_by_hash(&crate::store::token_hash(&new.plaintext))
+        .await
+        .expect("lookup")
+        .expect("found");
+    assert_eq!(
+        (found.name.as_str(), found.scope, found.revoked_ms),
+        ("ci", TokenScope::Operator, None)
+    );
+    assert_eq!(
+        store
+            .token_by_hash(&crate::store::token_hash("kiln_guess"))
+            .await,
+        Ok(None)
+    );
+    assert!(matches!(
+        store.token_by_hash("zz").await,
+        Err(StoreError::Invalid(_))
+    ));
+
+    let revoked = store.revoke_token(found.id).await.expect("revoke");
+    let at = revoked.revoked_ms.expect("revoked");
+    assert_eq!(
+        store.revoke_token(found.id).await.map(|t| t.revoked_ms),
+        Ok(Some(at))
+    );
+    assert!(matches!(
+        store.revoke_token(999).await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert_eq!(store.list_tokens().await.map(|t| t.len()), Ok(2));
+    assert!(TokenScope::Admin > TokenScope::Operator && TokenScope::Operator > TokenScope::Viewer);
+    assert!(matches!(
+        store.create_token(" ", TokenScope::Admin).await,
+        Err(StoreError::Invalid(_))
+    ));
+}
+
+#[tokio::test]
+async fn restart_recovery_fails_or_requeues_interrupted_runs() {
+    let (_dir, store) = store().await;
+    let mut ids = Vec::new();
+    for n in 1..=5 {
+        ids.push(
+            store
+                .enqueue_run(new_run(n, Role::Implementation))
+                .await
+                .expect("run"),
+        );
+    }
+    // r1 preparing, r2 running, r3 awaiting approval, r4 succeeded, r5 queued.
+    for _ in 0..4 {
+        store.claim_next_run().await.expect("claim");
+    }
+    for id in &ids[1..4] {
+        store
+            .transition(*id, RunState::Preparing, RunState::Running, None)
+            .await
+            .expect("run");
+    }
+    store
+        .transition(ids[2], RunState::Running, RunState::AwaitingApproval, None)
+        .await
+        .expect("await");
+    store
+        .transition(ids[3], RunState::Running, RunState::Succeeded, None)
+        .await
+        .expect("done");
+
+    let recovered = store
+        .recover_after_restart(RecoveryPolicy {
+            requeue: true,
+            max_attempts: 2,
+        })
+        .await
+        .expect("recover");
+    assert_eq!(
+        recovered,
+        vec![
+            Recovered {
+                id: ids[0],
+                was: RunState::Preparing,
+                now: RunState::Queued
+            },
+            Recovered {
+                id: ids[1],
+                was: RunState::Running,
+                now: RunState::Queued
+            },
+            Recovered {
+                id: ids[2],
+                was: RunState::AwaitingApproval,
+                now: RunState::Queued
+            },
+        ]
+    );
+    let ev = store.events_after(ids[1], 0, 10).await.expect("events");
+    assert_eq!(ev.len(), 1);
+    assert!(
+        ev[0]
+            .message
+            .contains("runner restarted while running; re-queued"),
+        "{}",
+        ev[0].message
+    );
+
+    // Claimed a second time, interrupted again: attempts are used up, it fails.
+    let again = store
+        .claim_next_run()
+        .await
+        .expect("claim")
+        .expect("r1 again");
+    assert_eq!((again.id, again.attempts), (ids[0], 2));
+    let recovered = store
+        .recover_after_restart(RecoveryPolicy {
+            requeue: true,
+            max_attempts: 2,
+        })
+        .await
+        .expect("recover");
+    assert_eq!(
+        recovered,
+        vec![Recovered {
+            id: ids[0],
+            was: RunState::Preparing,
+            now: RunState::Failed
+        }]
+    );
+    let run = store.get_run(ids[0]).await.expect("get");
+    assert_eq!(
+        (run.state, run.reason.as_deref()),
+        (RunState::Failed, Some("runner restarted"))
+    );
+    assert_eq!(
+        store.get_run(ids[3]).await.map(|r| r.state),
+        Ok(RunState::Succeeded)
+    );
+    assert_eq!(
+        store.recover_after_restart(RecoveryPolicy::default()).await,
+        Ok(vec![])
+    );
+}
+
+#[tokio::test]
+async fn runs_are_listed_and_counted_by_target() {
+    let (_dir, store) = store().await;
+    for (n, role) in [
+        (1, Role::Spec),
+        (1, Role::Spec),
+        (1, Role::Implementation),
+        (2, Role::Spec),
+    ] {
+        store.enqueue_run(new_run(n, role)).await.expect("run");
+    }
+    let mut other = new_run(1, Role::Spec);
+    other.repo = RepoRef::parse("octo/other").expect("repo");
+    store.enqueue_run(other).await.expect("other repo");
+    assert_eq!(store.count_runs(&repo(), 1, Role::Spec).await, Ok(2));
+    assert_eq!(store.count_runs(&repo(), 1, Role::Review).await, Ok(0));
+
+    let all = store.list_runs(RunFilter::default()).await.expect("list");
+    assert_eq!(
+        all.iter().map(|r| r.id.0).collect::<Vec<_>>(),
+        vec![5, 4, 3, 2, 1]
+    );
+    let spec_on_1 = store
+        .list_runs(RunFilter {
+            repo: Some(repo()),
+            number: Some(1),
+            role: Some(Role::Spec),
+            ..RunFilter::default()
+        })
+        .await
+        .expect("list");
+    assert_eq!(
+        spec_on_1.iter().map(|r| r.id.0).collect::<Vec<_>>(),
+        vec![2, 1]
+    );
+    store.claim_next_run().await.expect("claim");
+    let page = store
+        .list_runs(RunFilter {
+            states: vec![RunState::Queued],
+            before: Some(RunId(5)),
+            limit: Some(2),
+            ..RunFilter::default()
+        })
+        .await
+        .expect("list");
+    assert_eq!(page.iter().map(|r| r.id.0).collect::<Vec<_>>(), vec![4, 3]);
+}
