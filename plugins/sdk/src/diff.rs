@@ -74,7 +74,8 @@ impl DiffLines {
                 });
                 continue;
             }
-            let Some(((mut left, mut left_left), (mut right, mut right_left))) = hunk_header(line)
+            let Some(((mut old_line, mut old_left), (mut new_line, mut new_left))) =
+                hunk_header(line)
             else {
                 continue;
             };
@@ -83,30 +84,26 @@ impl DiffLines {
             };
             // The header's counts say where the hunk ends, so a removed
             // line that reads `--- x` is not taken for a file header.
-            while left_left > 0 || right_left > 0 {
+            // Numbers come from untrusted text: they saturate, never overflow.
+            while old_left > 0 || new_left > 0 {
                 let Some(body) = lines.next() else { break };
-                match body.as_bytes().first() {
-                    Some(b'+') if right_left > 0 => {
-                        file.right.insert(right);
-                        right += 1;
-                        right_left -= 1;
-                    }
-                    Some(b'-') if left_left > 0 => {
-                        file.left.insert(left);
-                        left += 1;
-                        left_left -= 1;
-                    }
+                let (old, new) = match body.as_bytes().first() {
+                    Some(b'+') if new_left > 0 => (false, true),
+                    Some(b'-') if old_left > 0 => (true, false),
                     // Context; an empty line is context whose space was lost.
-                    Some(b' ') | None if left_left > 0 && right_left > 0 => {
-                        file.left.insert(left);
-                        file.right.insert(right);
-                        left += 1;
-                        right += 1;
-                        left_left -= 1;
-                        right_left -= 1;
-                    }
-                    Some(b'\\') => {} // "\ No newline at end of file"
+                    Some(b' ') | None if old_left > 0 && new_left > 0 => (true, true),
+                    Some(b'\\') => continue, // "\ No newline at end of file"
                     _ => break,
+                };
+                if old {
+                    file.left.insert(old_line);
+                    old_line = old_line.saturating_add(1);
+                    old_left -= 1;
+                }
+                if new {
+                    file.right.insert(new_line);
+                    new_line = new_line.saturating_add(1);
+                    new_left -= 1;
                 }
             }
         }
@@ -228,5 +225,8 @@ deleted file mode 100644
         let d = DiffLines::parse("@@ -x +y @@\n+++\n@@ -1 +1 @@\n");
         assert!(!d.contains("", DiffSide::Right, 1));
         assert_eq!(DiffLines::parse(""), DiffLines::default());
+        // Line numbers at the top of the range saturate instead of overflowing.
+        let d = DiffLines::parse("--- a/x\n+++ b/x\n@@ -4294967295,2 +4294967295,2 @@\n a\n b\n");
+        assert!(d.contains("x", DiffSide::Right, u32::MAX));
     }
 }

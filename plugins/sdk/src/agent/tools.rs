@@ -340,6 +340,22 @@ pub fn written_files(calls: &[ToolCallRecord]) -> Vec<String> {
     paths
 }
 
+/// `workspace_diff {}`: the changes made so far, as a unified diff.
+pub struct Diff;
+
+impl Tool for Diff {
+    fn spec(&self) -> ToolSpec {
+        spec(
+            "workspace_diff",
+            "Show the changes made in the checkout so far, as a unified diff.",
+            r#"{"type":"object","properties":{}}"#,
+        )
+    }
+    fn call(&mut self, _args: &serde_json::Value) -> Result<String, RoleError> {
+        workspace::diff()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -434,21 +450,5 @@ mod tests {
                 .expect_err(path);
             assert!(matches!(err, RoleError::Denied(_)), "{path}: {err:?}");
         }
-    }
-}
-
-/// `workspace_diff {}`: the changes made so far, as a unified diff.
-pub struct Diff;
-
-impl Tool for Diff {
-    fn spec(&self) -> ToolSpec {
-        spec(
-            "workspace_diff",
-            "Show the changes made in the checkout so far, as a unified diff.",
-            r#"{"type":"object","properties":{}}"#,
-        )
-    }
-    fn call(&mut self, _args: &serde_json::Value) -> Result<String, RoleError> {
-        workspace::diff()
     }
 }
