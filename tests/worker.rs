@@ -398,3 +398,183 @@ async fn the_demo_drives_an_issue_to_a_reviewed_draft_pull_request() {
     assert_ne!(reviews[0].state, "APPROVED", "Kiln never approves");
     assert!(!reviews[0].comments.is_empty(), "line comments on the diff");
 }
+
+/// The demo's sample repository, as `kiln demo` creates it.
+async fn demo_forge(root: &Path) -> LocalForge {
+    let src = root.join("sample");
+    std::fs::create_dir_all(src.join("tests")).expect("mkdir");
+    let demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("demo/sample-repo");
+    for f in ["README.md", "slugify.sh", "tests/run.sh"] {
+        std::fs::copy(demo.join(f), src.join(f)).expect("copy sample");
+    }
+    LocalForge::create(
+        &root.join("forge"),
+        RepoRef::parse("local/slugify").expect("repo"),
+        "alice",
+        Some(&src),
+    )
+    .await
+    .expect("create the sample repository")
+}
+
+#[tokio::test]
+async fn a_pull_request_from_an_untrusted_trigger_waits_for_approval_and_lands_when_approved() {
+    use kiln::control::{EffectDecision, RunControl};
+    use kiln::store::{
+        NewRun, RecoveryPolicy, RunState, RunStore, SqliteOptions, SqliteStore, Trigger,
+        TriggerKind,
+    };
+
+    let root = tempfile::tempdir().expect("tempdir");
+    let forge = demo_forge(root.path()).await;
+    let issue_text = include_str!("../runner/demo/issue.md");
+    let number = forge
+        .acting_as("reporter")
+        .create_issue(NewIssue {
+            title: "slugify leaves runs of dashes".into(),
+            body: issue_text.into(),
+            labels: vec![],
+        })
+        .await
+        .expect("issue");
+    let store: Arc<dyn RunStore> = Arc::new(
+        SqliteStore::open(root.path().join("kiln.sqlite"), SqliteOptions::default())
+            .await
+            .expect("store"),
+    );
+    let (image, _) = images::images().await;
+    let backend = DockerBackend::new(images::docker().await, "test-service-held").expect("backend");
+    backend.remove_orphans().await.expect("cleanup");
+    let (host, plugins) = kiln::app::role_plugins(PluginLimits::default()).expect("plugins");
+    let script = include_str!("../runner/demo/spec.json");
+    let services = Services {
+        host: Arc::new(host),
+        plugins,
+        sandboxes: Arc::new(backend),
+        image,
+        sandbox_config: SandboxConfig::default(),
+        gate: Arc::new(kiln::app::gate(&Default::default()).expect("gate")),
+        model: Some(Arc::new(
+            kiln::model::ScriptedProvider::from_json("spec.json", script).expect("script"),
+        )),
+        budgets: HashMap::new(),
+        mirrors: root.path().join("mirrors"),
+        runs_dir: Some(root.path().join("runs")),
+    };
+    let forge: Arc<dyn Forge> = Arc::new(forge);
+    let served = forge.clone();
+    let runner = kiln::service::Runner::new(
+        store.clone(),
+        services,
+        Arc::new(move |_repo: &RepoRef| Some(served.clone())),
+    );
+    let id = store
+        .enqueue_run(NewRun {
+            repo: forge.repo().clone(),
+            role: Role::Spec,
+            number,
+            // A stranger's `/kiln spec` must not open a pull request unreviewed.
+            trigger: Trigger {
+                kind: TriggerKind::Manual,
+                actor: "reporter".into(),
+                actor_trust: Trust::Untrusted,
+                delivery: None,
+                instructions: None,
+            },
+        })
+        .await
+        .expect("enqueue");
+    let workers = runner
+        .start(1, RecoveryPolicy::default())
+        .await
+        .expect("start");
+    runner.notify_queued();
+    let run = wait_for(&*store, id, |s| {
+        s.is_terminal() || s == RunState::AwaitingApproval
+    })
+    .await;
+    assert_eq!(run.state, RunState::AwaitingApproval, "{:?}", run.reason);
+    let prs = forge
+        .list_pull_requests(kiln::forge::StateFilter::All)
+        .await
+        .expect("prs");
+    assert!(prs.is_empty(), "nothing reaches the forge before approval");
+    let pending = store.pending_effects(id).await.expect("pending");
+    assert_eq!(pending.len(), 1, "the pull request is held");
+
+    runner
+        .decide(
+            id.0,
+            &pending[0].effect_id,
+            EffectDecision {
+                approve: true,
+                by: "alice".into(),
+                reason: None,
+            },
+        )
+        .await
+        .expect("approve");
+    let prs = forge
+        .list_pull_requests(kiln::forge::StateFilter::All)
+        .await
+        .expect("prs");
+    assert_eq!(prs.len(), 1, "the approved pull request is opened");
+    assert!(prs[0].draft && prs[0].head_branch == "kiln/spec-issue-1");
+    let pr = forge
+        .get_pull_request(prs[0].issue.number)
+        .await
+        .expect("pr");
+    assert!(
+        pr.diff.contains("specs/issue-1/PRODUCT.md"),
+        "the frozen commit was pushed: {}",
+        pr.diff
+    );
+    let run = store.get_run(id).await.expect("run");
+    assert_eq!(run.state, RunState::Succeeded);
+    let again = runner
+        .decide(
+            id.0,
+            &pending[0].effect_id,
+            EffectDecision {
+                approve: false,
+                by: "bob".into(),
+                reason: None,
+            },
+        )
+        .await;
+    assert!(
+        matches!(again, Err(kiln::control::ControlError::Conflict(_))),
+        "a second decision is refused: {again:?}"
+    );
+    let log: Vec<String> = store
+        .events_after(id, 0, 1000)
+        .await
+        .expect("events")
+        .into_iter()
+        .map(|e| e.message)
+        .collect();
+    let log = log.join("\n");
+    assert!(
+        log.contains("held for approval") && log.contains("approved by alice"),
+        "{log}"
+    );
+    for w in workers {
+        w.abort();
+    }
+}
+
+/// Wait (bounded) until the run's state satisfies `done`.
+async fn wait_for(
+    store: &dyn kiln::store::RunStore,
+    id: kiln::store::RunId,
+    done: impl Fn(kiln::store::RunState) -> bool,
+) -> kiln::store::Run {
+    for _ in 0..600 {
+        let run = store.get_run(id).await.expect("run");
+        if done(run.state) {
+            return run;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    panic!("run {id} did not reach the expected state in 120 s");
+}

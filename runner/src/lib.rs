@@ -21,6 +21,7 @@ pub mod plugin;
 pub mod policy;
 pub mod publish;
 pub mod sandbox;
+pub mod service;
 pub mod session;
 pub mod skills;
 pub mod store;

@@ -138,7 +138,8 @@ impl RunState {
             (Queued, Preparing) => true,
             (Preparing, Running) => true,
             (Running, AwaitingApproval) | (AwaitingApproval, Running) => true,
-            (Running, Succeeded) => true,
+            // A run whose plugin finished ends once its held effects are decided.
+            (Running | AwaitingApproval, Succeeded) => true,
             (from, Failed | Cancelled | Blocked) => !from.is_terminal(),
             _ => false,
         }
@@ -773,6 +774,7 @@ mod tests {
             (Queued, Cancelled),
             (Preparing, Failed),
             (AwaitingApproval, Blocked),
+            (AwaitingApproval, Succeeded),
         ];
         for (a, b) in legal {
             assert!(a.may_become(b), "{a} -> {b} should be legal");
@@ -781,7 +783,6 @@ mod tests {
             (Queued, Running),
             (Queued, Succeeded),
             (Preparing, Succeeded),
-            (AwaitingApproval, Succeeded),
             (Succeeded, Failed),
             (Failed, Queued),
             (Cancelled, Running),

@@ -1,0 +1,399 @@
+//! The runner as a service: a pool of workers claims queued runs from the
+//! store, executes each through [`crate::worker`] with its events persisted
+//! as they happen, records held effects as approvals, and carries out what
+//! operators ask through [`RunControl`] (steer, cancel, approve or deny a
+//! held effect, hand back the work).
+//!
+//! At start-up, runs a dead runner left in `preparing` / `running` /
+//! `awaiting-approval` are failed with "runner restarted" (and re-queued
+//! when configured) before any worker starts; the sandbox backend removes
+//! their containers by label.
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::control::{ControlError, EffectDecision, Handback, RunControl};
+use crate::forge::{EffectRecord, EffectState, Forge, Proposal, RepoRef};
+use crate::imports::forge::{CommitSource, ForgeTarget, apply};
+use crate::session::{EventKind, EventSink, Steering};
+use crate::store::{
+    ApprovalState, RecoveryPolicy, Run, RunId, RunState, RunStore, StoreError, TriggerKind, Verdict,
+};
+use crate::worker::{Cancel, RunEnd, RunRequest, RunTrigger, Services, execute};
+
+/// Finds the forge of a repository (`None`: Kiln does not serve it).
+pub type ForgeResolver = Arc<dyn Fn(&RepoRef) -> Option<Arc<dyn Forge>> + Send + Sync>;
+
+/// A run in progress: how to reach it.
+struct Live {
+    steering: Steering,
+    cancel: Cancel,
+}
+
+/// The runner service.
+pub struct Runner {
+    store: Arc<dyn RunStore>,
+    services: Services,
+    forges: ForgeResolver,
+    live: Mutex<HashMap<u64, Live>>,
+    wake: tokio::sync::Notify,
+    runs_dir: PathBuf,
+}
+
+impl Runner {
+    /// A runner over `store`, executing with `services` on the forges
+    /// `forges` finds. Bundles are read from `services.runs_dir`.
+    pub fn new(store: Arc<dyn RunStore>, services: Services, forges: ForgeResolver) -> Arc<Self> {
+        let runs_dir = services
+            .runs_dir
+            .clone()
+            .unwrap_or_else(|| std::env::temp_dir().join("kiln-runs"));
+        Arc::new(Runner {
+            store,
+            services,
+            forges,
+            live: Mutex::new(HashMap::new()),
+            wake: tokio::sync::Notify::new(),
+            runs_dir,
+        })
+    }
+
+    /// Recover from a previous process, then start `workers` worker loops.
+    pub async fn start(
+        self: &Arc<Self>,
+        workers: usize,
+        recovery: RecoveryPolicy,
+    ) -> Result<Vec<tokio::task::JoinHandle<()>>, StoreError> {
+        for r in self.store.recover_after_restart(recovery).await? {
+            tracing::warn!(
+                "run {} was {:?} when the runner stopped; now {:?}",
+                r.id,
+                r.was,
+                r.now
+            );
+        }
+        Ok((0..workers.max(1))
+            .map(|_| {
+                let me = self.clone();
+                tokio::spawn(async move { me.work().await })
+            })
+            .collect())
+    }
+
+    /// Tell idle workers a run was queued.
+    pub fn notify_queued(&self) {
+        self.wake.notify_waiters();
+    }
+
+    async fn work(self: Arc<Self>) {
+        loop {
+            match self.store.claim_next_run().await {
+                Ok(Some(run)) => self.run(run).await,
+                Ok(None) => {
+                    // Woken by an enqueue, or poll: another process may enqueue.
+                    let _ = tokio::time::timeout(Duration::from_millis(500), self.wake.notified())
+                        .await;
+                }
+                Err(StoreError::Closed) => return,
+                Err(e) => {
+                    tracing::error!("claiming a run: {e}");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    }
+
+    async fn finish(&self, id: RunId, from: RunState, to: RunState, reason: String) {
+        if let Err(e) = self.store.transition(id, from, to, Some(reason)).await {
+            tracing::error!("run {id}: {from:?} → {to:?}: {e}");
+        }
+    }
+
+    async fn run(&self, run: Run) {
+        let id = run.id;
+        let events: Arc<dyn EventSink> = Arc::new(self.store.event_sink(id));
+        let Some(forge) = (self.forges)(&run.repo) else {
+            let why = format!("no forge is configured for {}", run.repo);
+            events.record(EventKind::Warning, why.clone());
+            self.finish(id, RunState::Preparing, RunState::Failed, why)
+                .await;
+            return;
+        };
+        if let Err(e) = self
+            .store
+            .transition(id, RunState::Preparing, RunState::Running, None)
+            .await
+        {
+            tracing::error!("run {id}: cannot start: {e}");
+            return;
+        }
+        let req = RunRequest {
+            run_id: id.to_string(),
+            repo: run.repo.clone(),
+            role: run.role,
+            number: run.number,
+            trigger: match &run.trigger.kind {
+                TriggerKind::Label { label } => RunTrigger::Label(label.clone()),
+                TriggerKind::PlanApproved { .. } => RunTrigger::Label("plan-approved".into()),
+                TriggerKind::PullRequestOpened => RunTrigger::PullRequestOpened,
+                TriggerKind::Comment { .. } => {
+                    RunTrigger::Command(run.trigger.instructions.clone().unwrap_or_default())
+                }
+                TriggerKind::IssueOpened | TriggerKind::Manual => RunTrigger::Manual,
+            },
+            trust: run.trigger.actor_trust,
+            instructions: run.trigger.instructions.clone(),
+        };
+        let _ = self.store.set_branch(id, req.branch()).await;
+        let live = Live {
+            steering: Steering::new(),
+            cancel: Cancel::new(),
+        };
+        let (steering, cancel) = (live.steering.clone(), live.cancel.clone());
+        if let Ok(mut l) = self.live.lock() {
+            l.insert(id.0, live);
+        }
+        let summary = execute(
+            &self.services,
+            forge,
+            &req,
+            events.clone(),
+            steering,
+            cancel,
+        )
+        .await;
+        if let Ok(mut l) = self.live.lock() {
+            l.remove(&id.0);
+        }
+        if let Some(report) = &summary.report {
+            for e in &report.effects {
+                if matches!(e.state, EffectState::Held { .. }) {
+                    let value = serde_json::to_value(e).unwrap_or_default();
+                    if let Err(err) = self.store.hold_effect(id, &e.effect_id, value).await {
+                        events.record(
+                            EventKind::Warning,
+                            format!("effect {} could not be held: {err}", e.effect_id),
+                        );
+                    }
+                }
+            }
+        }
+        let to = match summary.state {
+            RunEnd::Succeeded => RunState::Succeeded,
+            RunEnd::Blocked => RunState::Blocked,
+            RunEnd::Failed => RunState::Failed,
+            RunEnd::AwaitingApproval => RunState::AwaitingApproval,
+            RunEnd::Cancelled => RunState::Cancelled,
+        };
+        // Events first, so a watcher that sees the final state has the log.
+        let _ = self.store.flush().await;
+        self.finish(id, RunState::Running, to, summary.reason).await;
+    }
+
+    async fn get(&self, run: u64) -> Result<Run, ControlError> {
+        self.store.get_run(RunId(run)).await.map_err(|e| match e {
+            StoreError::NoSuchRun(_) => ControlError::NotFound(format!("run r{run}")),
+            other => ControlError::Internal(other.to_string()),
+        })
+    }
+
+    /// Apply an approved held effect to the forge.
+    async fn apply_held(&self, run: &Run, record: &EffectRecord) -> Result<Option<String>, String> {
+        let forge = (self.forges)(&run.repo).ok_or("no forge is configured")?;
+        let target = ForgeTarget {
+            forge: forge.clone(),
+            head_branch: run.branch.clone().unwrap_or_default(),
+            base_branch: forge.default_branch().await.map_err(|e| e.to_string())?,
+        };
+        let clone;
+        let source = match (&record.proposal, &record.state) {
+            (
+                Proposal::PullRequest { .. },
+                EffectState::Held {
+                    commit: Some(c), ..
+                },
+            ) => {
+                // The commit frozen at proposal time lives in the run's bundle.
+                let bundle = self
+                    .runs_dir
+                    .join(run.id.to_string())
+                    .join("handback.bundle");
+                clone = tempfile::tempdir().map_err(|e| e.to_string())?;
+                let dir = clone.path().join("held.git");
+                let ok = tokio::process::Command::new("git")
+                    .args(["clone", "--quiet", "--bare", "--template="])
+                    .arg(&bundle)
+                    .arg(&dir)
+                    .env("GIT_CONFIG_NOSYSTEM", "1")
+                    .env("GIT_CONFIG_GLOBAL", "/dev/null")
+                    .status()
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .success();
+                if !ok {
+                    return Err(format!("cannot read the run's bundle {}", bundle.display()));
+                }
+                return apply(
+                    &target,
+                    CommitSource::Frozen {
+                        git_dir: &dir,
+                        commit: c,
+                    },
+                    &self.services.gate,
+                    &record.proposal,
+                )
+                .await;
+            }
+            _ => CommitSource::None,
+        };
+        apply(&target, source, &self.services.gate, &record.proposal).await
+    }
+}
+
+#[async_trait::async_trait]
+impl RunControl for Runner {
+    async fn steer(&self, run: u64, message: String) -> Result<(), ControlError> {
+        if message.trim().is_empty() {
+            return Err(ControlError::Invalid("the message is empty".into()));
+        }
+        let r = self.get(run).await?;
+        let steering = self
+            .live
+            .lock()
+            .ok()
+            .and_then(|l| l.get(&run).map(|x| x.steering.clone()));
+        let Some(steering) = steering else {
+            return Err(ControlError::Conflict(format!(
+                "run r{run} is {:?}, not running: there is no one to steer",
+                r.state
+            )));
+        };
+        self.store
+            .append_event(r.id, &EventKind::Note, &format!("operator: {message}"))
+            .await
+            .map_err(|e| ControlError::Internal(e.to_string()))?;
+        steering.send(message);
+        Ok(())
+    }
+
+    async fn cancel(&self, run: u64, by: String) -> Result<(), ControlError> {
+        let r = self.get(run).await?;
+        let live = self
+            .live
+            .lock()
+            .ok()
+            .and_then(|l| l.get(&run).map(|x| x.cancel.clone()));
+        if let Some(c) = live {
+            c.cancel(by);
+            return Ok(());
+        }
+        if r.state.is_terminal() {
+            return Err(ControlError::Conflict(format!(
+                "run r{run} already ended ({:?})",
+                r.state
+            )));
+        }
+        self.store
+            .transition(
+                r.id,
+                r.state,
+                RunState::Cancelled,
+                Some(format!("cancelled by {by}")),
+            )
+            .await
+            .map(drop)
+            .map_err(|e| ControlError::Conflict(e.to_string()))
+    }
+
+    async fn decide(
+        &self,
+        run: u64,
+        effect: &str,
+        decision: EffectDecision,
+    ) -> Result<(), ControlError> {
+        let r = self.get(run).await?;
+        let verdict = if decision.approve {
+            Verdict::Approve
+        } else {
+            Verdict::Deny
+        };
+        let approval = self
+            .store
+            .decide_effect(r.id, effect, verdict, &decision.by, decision.reason.clone())
+            .await
+            .map_err(|e| match e {
+                StoreError::NoSuchEffect { .. } => {
+                    ControlError::NotFound(format!("effect {effect} of run r{run}"))
+                }
+                StoreError::AlreadyDecided { .. } => ControlError::Conflict(e.to_string()),
+                other => ControlError::Internal(other.to_string()),
+            })?;
+        let note = match approval.state {
+            ApprovalState::Approved => {
+                let record: EffectRecord = serde_json::from_value(approval.proposal.clone())
+                    .map_err(|e| ControlError::Internal(format!("held effect {effect}: {e}")))?;
+                match self.apply_held(&r, &record).await {
+                    Ok(url) => format!(
+                        "{effect} approved by {} and applied{}",
+                        decision.by,
+                        url.map(|u| format!(" at {u}")).unwrap_or_default()
+                    ),
+                    Err(e) => format!(
+                        "{effect} approved by {} but the forge refused it: {e}",
+                        decision.by
+                    ),
+                }
+            }
+            _ => format!(
+                "{effect} denied by {}{}",
+                decision.by,
+                decision
+                    .reason
+                    .map(|r| format!(": {r}"))
+                    .unwrap_or_default()
+            ),
+        };
+        self.store
+            .append_event(
+                r.id,
+                &EventKind::Proposal {
+                    effect: effect.to_string(),
+                },
+                &note,
+            )
+            .await
+            .map_err(|e| ControlError::Internal(e.to_string()))?;
+        let pending = self
+            .store
+            .pending_effects(r.id)
+            .await
+            .map_err(|e| ControlError::Internal(e.to_string()))?;
+        if pending.is_empty() && r.state == RunState::AwaitingApproval {
+            let _ = self
+                .store
+                .transition(
+                    r.id,
+                    RunState::AwaitingApproval,
+                    RunState::Succeeded,
+                    Some("every held effect was decided".into()),
+                )
+                .await;
+        }
+        Ok(())
+    }
+
+    async fn handback(&self, run: u64) -> Result<Handback, ControlError> {
+        let r = self.get(run).await?;
+        let bundle = self.runs_dir.join(r.id.to_string()).join("handback.bundle");
+        if !bundle.is_file() {
+            return Err(ControlError::Conflict(format!(
+                "run r{run} has no handback bundle yet (it is written when the run ends)"
+            )));
+        }
+        Ok(Handback {
+            bundle,
+            branch: r.branch.unwrap_or_default(),
+        })
+    }
+}
