@@ -90,6 +90,9 @@ pub enum ConfigError {
         "[sandbox] egress_allow entry `{0}` must be a host name (letters, digits, '-', '.'), no scheme, port or wildcard"
     )]
     BadEgressHost(String),
+    /// The `[github]` section cannot work.
+    #[error(transparent)]
+    GitHub(#[from] crate::forge::github::GitHubConfigError),
 }
 
 /// `kiln.toml`: the sandbox and secrets sections. Other top-level sections
@@ -104,6 +107,9 @@ pub struct KilnConfig {
     /// Declared secrets.
     #[serde(default)]
     pub secrets: Vec<SecretConfig>,
+    /// The GitHub forge (`[github]`), if configured.
+    #[serde(default)]
+    pub github: Option<crate::forge::github::GitHubConfig>,
 }
 
 impl KilnConfig {
@@ -126,6 +132,9 @@ impl KilnConfig {
     /// Checks every rule the type system cannot express.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.sandbox.validate()?;
+        if let Some(github) = &self.github {
+            github.validate(&self.secrets)?;
+        }
         let mut names = BTreeSet::new();
         let mut vars = BTreeSet::new();
         for secret in &self.secrets {
@@ -370,6 +379,8 @@ pub enum SecretKind {
     ModelApiKey,
     /// The GitHub App private key: host-only.
     GithubAppKey,
+    /// A GitHub token (fine-grained): host-only.
+    GithubToken,
 }
 
 impl SecretKind {
@@ -385,6 +396,7 @@ impl fmt::Display for SecretKind {
             SecretKind::Generic => "generic secret",
             SecretKind::ModelApiKey => "model API key",
             SecretKind::GithubAppKey => "GitHub App key",
+            SecretKind::GithubToken => "GitHub token",
         })
     }
 }

@@ -12,6 +12,8 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+pub mod github;
+
 /// A comment on an issue or pull request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Comment {
@@ -330,8 +332,7 @@ pub trait Forge: Send + Sync {
     /// One pull request with its comments and diff.
     async fn get_pull_request(&self, number: u64) -> Result<PullRequest, ForgeError>;
     /// Pull requests, newest first (diffs left empty).
-    async fn list_pull_requests(&self, state: StateFilter)
-    -> Result<Vec<PullRequest>, ForgeError>;
+    async fn list_pull_requests(&self, state: StateFilter) -> Result<Vec<PullRequest>, ForgeError>;
     /// Open a draft pull request; returns its number.
     async fn create_draft_pull_request(&self, pr: NewPullRequest) -> Result<u64, ForgeError>;
     /// Post a review; returns its id.
@@ -357,7 +358,10 @@ impl fmt::Debug for GitRemote {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("GitRemote")
             .field("url", &self.url)
-            .field("authorization", &self.authorization.as_ref().map(|_| "<redacted>"))
+            .field(
+                "authorization",
+                &self.authorization.as_ref().map(|_| "<redacted>"),
+            )
             .finish()
     }
 }
