@@ -59,12 +59,13 @@ impl Templates {
             label: labels[1]["response"][0].clone(),
             pull: fixture("webhooks/pull_request/opened.payload.json")["pull_request"].clone(),
             comment: fixture("webhooks/issue_comment/created.payload.json")["comment"].clone(),
-            review: fixture("webhooks/pull_request_review/submitted.with-organization.payload.json")
-                ["review"]
+            review: fixture(
+                "webhooks/pull_request_review/submitted.with-organization.payload.json",
+            )["review"]
                 .clone(),
-            review_comment: fixture("webhooks/pull_request_review_comment/created.payload.json")
-                ["comment"]
-                .clone(),
+            review_comment:
+                fixture("webhooks/pull_request_review_comment/created.payload.json")["comment"]
+                    .clone(),
             repository: fixture("webhooks/issues/opened.payload.json")["repository"].clone(),
             validation_failed: fixture("rest/errors/normalized-fixture.json")[0]["response"]
                 .clone(),
@@ -266,7 +267,10 @@ impl GitHubApi {
         let root = tempfile::tempdir().expect("tempdir");
         let bare = root.path().join(format!("{owner}/{name}.git"));
         std::fs::create_dir_all(&bare).expect("mkdir");
-        git(&bare, &["init", "--quiet", "--bare", "--initial-branch=main"]);
+        git(
+            &bare,
+            &["init", "--quiet", "--bare", "--initial-branch=main"],
+        );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -560,7 +564,9 @@ async fn handle(
         return r;
     }
     let mut st = shared.state.lock().unwrap_or_else(|e| e.into_inner());
-    repo_route(&shared, &mut st, &method, &path, &query, &headers, json_body)
+    repo_route(
+        &shared, &mut st, &method, &path, &query, &headers, json_body,
+    )
 }
 
 fn check_jwt(shared: &Shared, authorization: Option<&str>) -> Result<(), Response> {
@@ -571,7 +577,9 @@ fn check_jwt(shared: &Shared, authorization: Option<&str>) -> Result<(), Respons
     let key = DecodingKey::from_rsa_pem(shared.app.public_pem.as_bytes())
         .map_err(|_| message(500, "test server: bad public key"))?;
     let mut validation = Validation::new(Algorithm::RS256);
-    validation.set_required_spec_claims(&["exp", "iat", "iss"]);
+    // `iss` is the App id as a number, which the library's string check
+    // would reject; it and `iat` are checked below.
+    validation.set_required_spec_claims(&["exp"]);
     let claims = decode::<Value>(jwt, &key, &validation)
         .map_err(|_| message(401, "A JSON web token could not be decoded"))?
         .claims;
@@ -595,8 +603,7 @@ fn check_token(shared: &Shared, authorization: Option<&str>) -> Result<(), Respo
     });
     let st = shared.state.lock().unwrap_or_else(|e| e.into_inner());
     let valid = token.is_some_and(|t| {
-        st.tokens.get(t).is_some_and(|exp| *exp > now())
-            || st.personal_token.as_deref() == Some(t)
+        st.tokens.get(t).is_some_and(|exp| *exp > now()) || st.personal_token.as_deref() == Some(t)
     });
     if valid {
         Ok(())
@@ -754,7 +761,8 @@ fn issue_json(t: &Templates, item: &Item) -> Value {
             .collect(),
     );
     if item.pull.is_some() {
-        v["pull_request"] = json!({"url": "", "html_url": "", "diff_url": "", "patch_url": "", "merged_at": null});
+        v["pull_request"] =
+            json!({"url": "", "html_url": "", "diff_url": "", "patch_url": "", "merged_at": null});
     }
     v
 }
@@ -838,7 +846,7 @@ fn repo_route(
     };
     let m = method.as_str();
     let num = |s: &str| s.parse::<u64>().ok();
-    let mut new_id = |st: &mut ServerState| {
+    let new_id = |st: &mut ServerState| {
         st.next_id += 1;
         st.next_id
     };
@@ -876,7 +884,11 @@ fn repo_route(
                 .as_ref()
                 .and_then(|b| b.get("labels"))
                 .and_then(Value::as_array)
-                .map(|a| a.iter().filter_map(|l| l.as_str().map(String::from)).collect())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|l| l.as_str().map(String::from))
+                        .collect()
+                })
                 .unwrap_or_default();
             let number = st.items.keys().last().copied().unwrap_or(0) + 1;
             let item = Item {
@@ -990,7 +1002,10 @@ fn repo_route(
                 str_field(&body, "head"),
                 str_field(&body, "base"),
             ) else {
-                return message(422, "Invalid request.\n\n\"title\", \"head\" and \"base\" are required.");
+                return message(
+                    422,
+                    "Invalid request.\n\n\"title\", \"head\" and \"base\" are required.",
+                );
             };
             if rev(shared, head).is_none() {
                 return validation_failed(t, "PullRequest", "head", "invalid");
@@ -999,7 +1014,10 @@ fn repo_route(
                 return validation_failed(t, "PullRequest", "base", "invalid");
             }
             let duplicate = st.items.values().any(|i| {
-                i.open && i.pull.as_ref().is_some_and(|p| p.head == head && p.base == base)
+                i.open
+                    && i.pull
+                        .as_ref()
+                        .is_some_and(|p| p.head == head && p.base == base)
             });
             if duplicate {
                 let mut v = t.validation_failed.clone();
@@ -1031,7 +1049,9 @@ fn repo_route(
             json_response(201, v)
         }
         ("GET", ["pulls", n]) => {
-            let Some(item) = num(n).and_then(|n| st.items.get(&n)).filter(|i| i.pull.is_some())
+            let Some(item) = num(n)
+                .and_then(|n| st.items.get(&n))
+                .filter(|i| i.pull.is_some())
             else {
                 return message(404, "Not Found");
             };
@@ -1045,7 +1065,10 @@ fn repo_route(
                 let diff = git_diff(shared, pull, false);
                 return (
                     StatusCode::OK,
-                    [(header::CONTENT_TYPE, "application/vnd.github.v3.diff; charset=utf-8")],
+                    [(
+                        header::CONTENT_TYPE,
+                        "application/vnd.github.v3.diff; charset=utf-8",
+                    )],
                     diff,
                 )
                     .into_response();
@@ -1103,7 +1126,12 @@ fn repo_route(
                     c.get("line").and_then(Value::as_u64),
                     c.get("body").and_then(Value::as_str),
                 ) else {
-                    return validation_failed(t, "PullRequestReviewComment", "line", "missing_field");
+                    return validation_failed(
+                        t,
+                        "PullRequestReviewComment",
+                        "line",
+                        "missing_field",
+                    );
                 };
                 let side = c.get("side").and_then(Value::as_str).unwrap_or("RIGHT");
                 if !changed.contains(p) || !matches!(side, "LEFT" | "RIGHT") || line == 0 {
@@ -1263,7 +1291,10 @@ async fn git_http(
         .env("CONTENT_TYPE", header(header::CONTENT_TYPE))
         .env("CONTENT_LENGTH", body.len().to_string())
         .env("HTTP_CONTENT_ENCODING", header(header::CONTENT_ENCODING))
-        .env("GIT_PROTOCOL", header(header::HeaderName::from_static("git-protocol")))
+        .env(
+            "GIT_PROTOCOL",
+            header(header::HeaderName::from_static("git-protocol")),
+        )
         .env("REMOTE_USER", "x-access-token")
         .env("REMOTE_ADDR", "127.0.0.1")
         .stdin(std::process::Stdio::piped())
