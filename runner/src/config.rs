@@ -93,6 +93,9 @@ pub enum ConfigError {
     /// `[model]` or `[budgets]` is invalid.
     #[error(transparent)]
     Model(#[from] crate::model::ModelConfigError),
+    /// The `[github]` section cannot work.
+    #[error(transparent)]
+    GitHub(#[from] crate::forge::github::GitHubConfigError),
 }
 
 /// `kiln.toml`: the sandbox and secrets sections. Other top-level sections
@@ -116,6 +119,9 @@ pub struct KilnConfig {
     /// `[budgets.<role>]`: per-role run budgets.
     #[serde(default)]
     pub budgets: crate::model::BudgetsConfig,
+    /// The GitHub forge (`[github]`), if configured.
+    #[serde(default)]
+    pub github: Option<crate::forge::github::GitHubConfig>,
 }
 
 impl KilnConfig {
@@ -142,6 +148,9 @@ impl KilnConfig {
             model.validate(&self.secrets)?;
         }
         self.budgets.validate()?;
+        if let Some(github) = &self.github {
+            github.validate(&self.secrets)?;
+        }
         let mut names = BTreeSet::new();
         let mut vars = BTreeSet::new();
         for secret in &self.secrets {
@@ -386,6 +395,8 @@ pub enum SecretKind {
     ModelApiKey,
     /// The GitHub App private key: host-only.
     GithubAppKey,
+    /// A GitHub token (fine-grained): host-only.
+    GithubToken,
 }
 
 impl SecretKind {
@@ -401,6 +412,7 @@ impl fmt::Display for SecretKind {
             SecretKind::Generic => "generic secret",
             SecretKind::ModelApiKey => "model API key",
             SecretKind::GithubAppKey => "GitHub App key",
+            SecretKind::GithubToken => "GitHub token",
         })
     }
 }

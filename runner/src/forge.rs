@@ -13,6 +13,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 pub mod diff;
+pub mod github;
 pub mod local;
 
 /// A comment on an issue or pull request.

@@ -1,0 +1,770 @@
+//! The GitHub forge: [`Forge`] over GitHub's REST API (octocrab's transport)
+//! and `git` over HTTPS for pushes.
+//!
+//! One [`GitHub`] client holds the credentials and the installation-token
+//! cache and is shared by every repository's [`GitHubForge`]:
+//!
+//! ```no_run
+//! # async fn f(config: &kiln::config::KilnConfig) -> Result<(), kiln::forge::ForgeError> {
+//! use kiln::forge::{Forge, RepoRef, github::GitHub};
+//! let github = GitHub::from_config(config.github.as_ref().expect("[github]"), &config.secrets)?;
+//! let forge = github.forge(RepoRef::parse("octo/repo")?);
+//! let branch = forge.default_branch().await?;
+//! # Ok(()) }
+//! ```
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::Method;
+use octocrab::secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::{
+    Comment, Forge, ForgeError, GitRemote, Issue, LineComment, NewIssue, NewPullRequest, NewReview,
+    Permission, PullRequest, RepoRef, Review, Severity, StateFilter,
+};
+use crate::config::SecretConfig;
+
+mod auth;
+mod config;
+mod http;
+mod push;
+
+pub use auth::Credentials;
+pub use config::{DEFAULT_API_URL, GitHubConfig, GitHubConfigError};
+pub use http::RetryPolicy;
+pub use push::{BRANCH_PREFIX, check_branch};
+
+use http::{ACCEPT_DIFF, ACCEPT_JSON, Api, Request};
+
+/// Tuning for a [`GitHub`] client; `Default` is production's.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Retries and rate-limit waits.
+    pub retry: RetryPolicy,
+    /// How long before expiry an installation token is replaced.
+    pub token_refresh_margin: Duration,
+    /// Base URL repositories are fetched from as `{git_url}/{owner}/{name}.git`;
+    /// `None` uses the `clone_url` GitHub reports.
+    pub git_url: Option<String>,
+    /// The `git` program pushes run.
+    pub git: PathBuf,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            retry: RetryPolicy::default(),
+            token_refresh_margin: Duration::from_secs(300),
+            git_url: None,
+            git: PathBuf::from("git"),
+        }
+    }
+}
+
+impl Options {
+    /// The options `[github]` sets.
+    pub fn from_config(config: &GitHubConfig) -> Self {
+        Self {
+            retry: RetryPolicy {
+                max_attempts: config.max_attempts.max(1),
+                backoff: Duration::from_millis(config.backoff_ms),
+                max_rate_limit_wait: Duration::from_secs(config.max_rate_limit_wait_secs),
+            },
+            token_refresh_margin: Duration::from_secs(config.token_refresh_margin_secs),
+            git_url: config.git_url.clone(),
+            ..Self::default()
+        }
+    }
+}
+
+/// A GitHub API client with its credentials; hands out one [`GitHubForge`] per repository.
+pub struct GitHub {
+    api: Api,
+    auth: auth::Authenticator,
+    git_url: Option<String>,
+    git: PathBuf,
+}
+
+impl std::fmt::Debug for GitHub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GitHub")
+            .field("api", &self.api.base())
+            .field("credentials", &"<redacted>")
+            .finish()
+    }
+}
+
+impl GitHub {
+    /// A client for the API at `api_url` authenticating with `credentials`.
+    pub fn new(
+        api_url: &str,
+        credentials: Credentials,
+        options: Options,
+    ) -> Result<Arc<Self>, ForgeError> {
+        Ok(Arc::new(Self {
+            api: Api::new(api_url, options.retry)?,
+            auth: auth::Authenticator::new(credentials, options.token_refresh_margin),
+            git_url: options.git_url.map(|u| u.trim_end_matches('/').to_string()),
+            git: options.git,
+        }))
+    }
+
+    /// The client `[github]` describes, its secrets read from their sources.
+    pub fn from_config(
+        config: &GitHubConfig,
+        secrets: &[SecretConfig],
+    ) -> Result<Arc<Self>, ForgeError> {
+        config
+            .validate(secrets)
+            .map_err(|e| ForgeError::Invalid(e.to_string()))?;
+        let credentials = Credentials::from_config(config, secrets)?;
+        Self::new(&config.api_url, credentials, Options::from_config(config))
+    }
+
+    /// The forge for one repository.
+    pub fn forge(self: &Arc<Self>, repo: RepoRef) -> GitHubForge {
+        GitHubForge {
+            github: Arc::clone(self),
+            repo,
+        }
+    }
+}
+
+/// One GitHub repository as a [`Forge`].
+#[derive(Debug, Clone)]
+pub struct GitHubForge {
+    github: Arc<GitHub>,
+    repo: RepoRef,
+}
+
+impl GitHubForge {
+    /// Sends `req` with the repository's token. If GitHub refuses a
+    /// renewable token (revoked, installation changed), drops it and tries
+    /// once more with a fresh one.
+    async fn send_req(&self, req: &Request<'_>) -> Result<http::Reply, ForgeError> {
+        let token = self.installation_token().await?;
+        match self.github.api.send(req, &auth::bearer(&token)).await {
+            Err(e) if self.renewed(&e).await => {
+                let token = self.installation_token().await?;
+                self.github.api.send(req, &auth::bearer(&token)).await
+            }
+            other => other,
+        }
+    }
+
+    async fn send(
+        &self,
+        call: &str,
+        method: Method,
+        path: String,
+        body: Option<serde_json::Value>,
+    ) -> Result<http::Reply, ForgeError> {
+        self.send_req(&Request {
+            call,
+            method,
+            target: path,
+            body,
+            accept: ACCEPT_JSON,
+        })
+        .await
+    }
+
+    async fn get_all<T: serde::de::DeserializeOwned>(
+        &self,
+        call: &str,
+        path: String,
+    ) -> Result<Vec<T>, ForgeError> {
+        let token = self.installation_token().await?;
+        let api = &self.github.api;
+        match api.get_all(call, path.clone(), &auth::bearer(&token)).await {
+            Err(e) if self.renewed(&e).await => {
+                let token = self.installation_token().await?;
+                api.get_all(call, path, &auth::bearer(&token)).await
+            }
+            other => other,
+        }
+    }
+
+    /// True (and the cached token dropped) when `e` is GitHub refusing a
+    /// token that can be renewed.
+    async fn renewed(&self, e: &ForgeError) -> bool {
+        let refused = matches!(e, ForgeError::Unauthorized(m) if http::is_401(m));
+        if refused && self.github.auth.renewable() {
+            tracing::warn!(repo = %self.repo, "token refused, renewing");
+            self.github.auth.invalidate(&self.repo).await;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// `/repos/{owner}/{name}`.
+    fn base(&self) -> String {
+        format!("/repos/{}/{}", seg(&self.repo.owner), seg(&self.repo.name))
+    }
+
+    async fn comments(&self, number: u64) -> Result<Vec<Comment>, ForgeError> {
+        let call = format!("list comments on #{number} in {}", self.repo);
+        let path = format!("{}/issues/{number}/comments?per_page=100", self.base());
+        let wire: Vec<WireComment> = self.get_all(&call, path).await?;
+        Ok(wire.into_iter().map(WireComment::into_comment).collect())
+    }
+
+    async fn repository(&self) -> Result<WireRepo, ForgeError> {
+        let call = format!("get repository {}", self.repo);
+        self.send(&call, Method::GET, self.base(), None)
+            .await?
+            .json(&call)
+    }
+
+    async fn installation_token(&self) -> Result<SecretString, ForgeError> {
+        self.github.auth.token(&self.github.api, &self.repo).await
+    }
+}
+
+#[async_trait::async_trait]
+impl Forge for GitHubForge {
+    fn repo(&self) -> &RepoRef {
+        &self.repo
+    }
+
+    async fn default_branch(&self) -> Result<String, ForgeError> {
+        Ok(self.repository().await?.default_branch)
+    }
+
+    async fn git_remote(&self) -> Result<GitRemote, ForgeError> {
+        let url = match &self.github.git_url {
+            Some(base) => format!("{base}/{}/{}.git", self.repo.owner, self.repo.name),
+            None => self.repository().await?.clone_url,
+        };
+        let token = self.installation_token().await?;
+        Ok(GitRemote {
+            url,
+            authorization: Some(auth::git_basic(&token)),
+        })
+    }
+
+    async fn push(&self, local: &Path, commit: &str, branch: &str) -> Result<(), ForgeError> {
+        // Refused before any request: the policy gate checks this too.
+        push::check_branch(branch)?;
+        push::check_commit(commit)?;
+        let remote = self.git_remote().await?;
+        let token = self.installation_token().await?;
+        let header = remote.authorization.clone().unwrap_or_default();
+        push::push(
+            &self.github.git,
+            local,
+            &remote.url,
+            remote.authorization.as_deref(),
+            commit,
+            branch,
+            &[token.expose_secret(), header.as_str()],
+        )
+        .await
+    }
+
+    async fn get_issue(&self, number: u64) -> Result<Issue, ForgeError> {
+        let call = format!("get issue #{number} in {}", self.repo);
+        let path = format!("{}/issues/{number}", self.base());
+        let wire: WireIssue = self
+            .send(&call, Method::GET, path, None)
+            .await?
+            .json(&call)?;
+        if wire.pull_request.is_some() {
+            return Err(ForgeError::NotFound(format!(
+                "{call}: #{number} is a pull request, not an issue"
+            )));
+        }
+        let mut issue = wire.into_issue();
+        issue.comments = self.comments(number).await?;
+        Ok(issue)
+    }
+
+    async fn list_issues(&self, state: StateFilter) -> Result<Vec<Issue>, ForgeError> {
+        let call = format!("list issues in {}", self.repo);
+        let path = format!(
+            "{}/issues?state={}&sort=created&direction=desc&per_page=100",
+            self.base(),
+            state_param(state)
+        );
+        let wire: Vec<WireIssue> = self.get_all(&call, path).await?;
+        // GitHub's issue list includes pull requests; they are not issues here.
+        Ok(wire
+            .into_iter()
+            .filter(|i| i.pull_request.is_none())
+            .map(WireIssue::into_issue)
+            .collect())
+    }
+
+    async fn create_issue(&self, issue: NewIssue) -> Result<u64, ForgeError> {
+        check_labels(&issue.labels)?;
+        let call = format!("create an issue in {}", self.repo);
+        let body = json!({"title": issue.title, "body": issue.body, "labels": issue.labels});
+        let path = format!("{}/issues", self.base());
+        let created: Numbered = self
+            .send(&call, Method::POST, path, Some(body))
+            .await?
+            .json(&call)?;
+        Ok(created.number)
+    }
+
+    async fn comment(&self, number: u64, body: &str) -> Result<u64, ForgeError> {
+        let call = format!("comment on #{number} in {}", self.repo);
+        let path = format!("{}/issues/{number}/comments", self.base());
+        let created: Identified = self
+            .send(&call, Method::POST, path, Some(json!({"body": body})))
+            .await?
+            .json(&call)?;
+        Ok(created.id)
+    }
+
+    async fn edit_comment(&self, comment_id: u64, body: &str) -> Result<(), ForgeError> {
+        let call = format!("edit comment {comment_id} in {}", self.repo);
+        let path = format!("{}/issues/comments/{comment_id}", self.base());
+        self.send(&call, Method::PATCH, path, Some(json!({"body": body})))
+            .await?;
+        Ok(())
+    }
+
+    async fn add_labels(&self, number: u64, labels: &[String]) -> Result<(), ForgeError> {
+        check_labels(labels)?;
+        if labels.is_empty() {
+            return Ok(());
+        }
+        let call = format!("add labels to #{number} in {}", self.repo);
+        let path = format!("{}/issues/{number}/labels", self.base());
+        self.send(&call, Method::POST, path, Some(json!({"labels": labels})))
+            .await?;
+        Ok(())
+    }
+
+    async fn remove_label(&self, number: u64, label: &str) -> Result<(), ForgeError> {
+        check_labels(std::slice::from_ref(&label.to_string()))?;
+        let call = format!("remove label {label:?} from #{number} in {}", self.repo);
+        let path = format!("{}/issues/{number}/labels/{}", self.base(), seg(label));
+        match self.send(&call, Method::DELETE, path, None).await {
+            Ok(_) => Ok(()),
+            // GitHub's 404 for a label the issue does not carry; a missing
+            // issue is still an error.
+            Err(ForgeError::NotFound(m)) if m.contains("Label does not exist") => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn get_pull_request(&self, number: u64) -> Result<PullRequest, ForgeError> {
+        let call = format!("get pull request #{number} in {}", self.repo);
+        let path = format!("{}/pulls/{number}", self.base());
+        let wire: WirePull = self
+            .send(&call, Method::GET, path.clone(), None)
+            .await?
+            .json(&call)?;
+        let diff_call = format!("get the diff of pull request #{number} in {}", self.repo);
+        let req = Request {
+            call: &diff_call,
+            method: Method::GET,
+            target: path,
+            body: None,
+            accept: ACCEPT_DIFF,
+        };
+        let diff = self.send_req(&req).await?;
+        let mut pr = wire.into_pull_request();
+        pr.diff = String::from_utf8_lossy(&diff.body).into_owned();
+        pr.issue.comments = self.comments(number).await?;
+        Ok(pr)
+    }
+
+    async fn list_pull_requests(&self, state: StateFilter) -> Result<Vec<PullRequest>, ForgeError> {
+        let call = format!("list pull requests in {}", self.repo);
+        let path = format!(
+            "{}/pulls?state={}&sort=created&direction=desc&per_page=100",
+            self.base(),
+            state_param(state)
+        );
+        let wire: Vec<WirePull> = self.get_all(&call, path).await?;
+        Ok(wire.into_iter().map(WirePull::into_pull_request).collect())
+    }
+
+    async fn create_draft_pull_request(&self, pr: NewPullRequest) -> Result<u64, ForgeError> {
+        if pr.head.is_empty() || pr.base.is_empty() {
+            return Err(ForgeError::Invalid(
+                "a pull request needs a head and a base branch".into(),
+            ));
+        }
+        let call = format!(
+            "open a draft pull request {} -> {} in {}",
+            pr.head, pr.base, self.repo
+        );
+        // Always a draft: Kiln's pull requests wait for a human.
+        let body = json!({
+            "title": pr.title, "body": pr.body, "head": pr.head, "base": pr.base, "draft": true,
+        });
+        let path = format!("{}/pulls", self.base());
+        let created: Numbered = self
+            .send(&call, Method::POST, path, Some(body))
+            .await?
+            .json(&call)?;
+        Ok(created.number)
+    }
+
+    async fn create_review(&self, number: u64, review: NewReview) -> Result<u64, ForgeError> {
+        let mut comments = Vec::with_capacity(review.comments.len());
+        for c in &review.comments {
+            if c.path.is_empty() || c.line == 0 {
+                return Err(ForgeError::Invalid(format!(
+                    "a review line comment needs a path and a line >= 1 (got {:?}:{})",
+                    c.path, c.line
+                )));
+            }
+            comments.push(json!({
+                "path": c.path,
+                "line": c.line,
+                "side": if c.new_side { "RIGHT" } else { "LEFT" },
+                "body": format!("{} {}", severity_tag(c.severity), c.body),
+            }));
+        }
+        // Never APPROVE: the type has no way to ask for it, and the event is
+        // chosen here, not taken from the caller.
+        let event = if review.request_changes {
+            "REQUEST_CHANGES"
+        } else {
+            "COMMENT"
+        };
+        let call = format!("review pull request #{number} in {}", self.repo);
+        let path = format!("{}/pulls/{number}/reviews", self.base());
+        let body = json!({"body": review.body, "event": event, "comments": comments});
+        let created: Identified = self
+            .send(&call, Method::POST, path, Some(body))
+            .await?
+            .json(&call)?;
+        Ok(created.id)
+    }
+
+    async fn list_reviews(&self, number: u64) -> Result<Vec<Review>, ForgeError> {
+        let call = format!("list reviews on #{number} in {}", self.repo);
+        let path = format!("{}/pulls/{number}/reviews?per_page=100", self.base());
+        let reviews: Vec<WireReview> = self.get_all(&call, path).await?;
+        // One listing of the pull request's line comments, grouped by review,
+        // instead of one request per review.
+        let call = format!("list review comments on #{number} in {}", self.repo);
+        let path = format!("{}/pulls/{number}/comments?per_page=100", self.base());
+        let line_comments: Vec<WireReviewComment> = self.get_all(&call, path).await?;
+        Ok(reviews
+            .into_iter()
+            .map(|r| Review {
+                id: r.id,
+                author: login(r.user),
+                state: r.state,
+                body: r.body.unwrap_or_default(),
+                comments: line_comments
+                    .iter()
+                    .filter(|c| c.pull_request_review_id == Some(r.id))
+                    .filter_map(WireReviewComment::to_line_comment)
+                    .collect(),
+            })
+            .collect())
+    }
+
+    async fn permission(&self, login: &str) -> Result<Permission, ForgeError> {
+        let valid = !login.is_empty()
+            && login.len() <= 100
+            && login
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '[' | ']'));
+        if !valid {
+            return Err(ForgeError::Invalid(format!(
+                "{login:?} is not a GitHub login"
+            )));
+        }
+        let call = format!("get {login}'s permission on {}", self.repo);
+        let path = format!("{}/collaborators/{}/permission", self.base(), seg(login));
+        let wire: WirePermission = match self.send(&call, Method::GET, path, None).await {
+            Ok(reply) => reply.json(&call)?,
+            // Not a collaborator (or no such user): no permission.
+            Err(ForgeError::NotFound(_)) => return Ok(Permission::None),
+            Err(e) => return Err(e),
+        };
+        Ok(wire.permission())
+    }
+}
+
+fn state_param(state: StateFilter) -> &'static str {
+    match state {
+        StateFilter::Open => "open",
+        StateFilter::Closed => "closed",
+        StateFilter::All => "all",
+    }
+}
+
+fn check_labels(labels: &[String]) -> Result<(), ForgeError> {
+    match labels
+        .iter()
+        .find(|l| l.trim().is_empty() || l.len() > 100 || l.contains(','))
+    {
+        Some(bad) => Err(ForgeError::Invalid(format!(
+            "label {bad:?} is empty, longer than 100 characters or contains ','"
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// Percent-encodes one URL path segment.
+fn seg(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+const SEVERITY_TAGS: [(Severity, &str); 4] = [
+    (Severity::Critical, "**CRITICAL**"),
+    (Severity::Important, "**IMPORTANT**"),
+    (Severity::Suggestion, "**SUGGESTION**"),
+    (Severity::Nit, "**NIT**"),
+];
+
+fn severity_tag(severity: Severity) -> &'static str {
+    SEVERITY_TAGS
+        .iter()
+        .find(|(s, _)| *s == severity)
+        .map(|(_, t)| *t)
+        .unwrap_or("**SUGGESTION**")
+}
+
+/// The severity tag at the start of a body and the rest; an untagged
+/// comment (a human's) reads as a suggestion.
+fn split_severity(body: &str) -> (Severity, String) {
+    for (severity, tag) in SEVERITY_TAGS {
+        if let Some(rest) = body.strip_prefix(tag) {
+            return (severity, rest.strip_prefix(' ').unwrap_or(rest).to_string());
+        }
+    }
+    (Severity::Suggestion, body.to_string())
+}
+
+// The fields Kiln reads from GitHub's objects; everything else is ignored.
+
+#[derive(Deserialize)]
+struct User {
+    login: String,
+}
+
+fn login(user: Option<User>) -> String {
+    // GitHub reports deleted accounts as `ghost` (or null in some payloads).
+    user.map(|u| u.login).unwrap_or_else(|| "ghost".into())
+}
+
+#[derive(Deserialize)]
+struct Label {
+    name: String,
+}
+
+#[derive(Deserialize)]
+struct Numbered {
+    number: u64,
+}
+
+#[derive(Deserialize)]
+struct Identified {
+    id: u64,
+}
+
+#[derive(Deserialize)]
+struct WireRepo {
+    default_branch: String,
+    clone_url: String,
+}
+
+#[derive(Deserialize)]
+struct WireIssue {
+    number: u64,
+    title: String,
+    body: Option<String>,
+    user: Option<User>,
+    #[serde(default)]
+    labels: Vec<Label>,
+    state: String,
+    pull_request: Option<serde_json::Value>,
+}
+
+impl WireIssue {
+    fn into_issue(self) -> Issue {
+        Issue {
+            number: self.number,
+            title: self.title,
+            body: self.body.unwrap_or_default(),
+            author: login(self.user),
+            trusted: false,
+            labels: self.labels.into_iter().map(|l| l.name).collect(),
+            open: self.state == "open",
+            comments: Vec::new(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct WireComment {
+    id: u64,
+    body: Option<String>,
+    user: Option<User>,
+}
+
+impl WireComment {
+    fn into_comment(self) -> Comment {
+        Comment {
+            id: self.id,
+            author: login(self.user),
+            trusted: false,
+            body: self.body.unwrap_or_default(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct Branch {
+    #[serde(rename = "ref")]
+    name: String,
+}
+
+#[derive(Deserialize)]
+struct WirePull {
+    number: u64,
+    title: String,
+    body: Option<String>,
+    user: Option<User>,
+    #[serde(default)]
+    labels: Vec<Label>,
+    state: String,
+    #[serde(default)]
+    draft: bool,
+    head: Branch,
+    base: Branch,
+}
+
+impl WirePull {
+    fn into_pull_request(self) -> PullRequest {
+        PullRequest {
+            issue: Issue {
+                number: self.number,
+                title: self.title,
+                body: self.body.unwrap_or_default(),
+                author: login(self.user),
+                trusted: false,
+                labels: self.labels.into_iter().map(|l| l.name).collect(),
+                open: self.state == "open",
+                comments: Vec::new(),
+            },
+            head_branch: self.head.name,
+            base_branch: self.base.name,
+            draft: self.draft,
+            diff: String::new(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct WireReview {
+    id: u64,
+    user: Option<User>,
+    state: String,
+    body: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct WireReviewComment {
+    pull_request_review_id: Option<u64>,
+    path: String,
+    line: Option<u32>,
+    original_line: Option<u32>,
+    side: Option<String>,
+    body: String,
+}
+
+impl WireReviewComment {
+    fn to_line_comment(&self) -> Option<LineComment> {
+        // An outdated comment has no current line; its original one stands.
+        let line = self.line.or(self.original_line)?;
+        let (severity, body) = split_severity(&self.body);
+        Some(LineComment {
+            path: self.path.clone(),
+            line,
+            new_side: self.side.as_deref() != Some("LEFT"),
+            severity,
+            body,
+        })
+    }
+}
+
+#[derive(Deserialize)]
+struct WirePermission {
+    permission: String,
+    role_name: Option<String>,
+}
+
+impl WirePermission {
+    /// `role_name` is the precise level (maintain, triage); `permission`
+    /// folds those into write and read and is the fallback for custom roles.
+    fn permission(&self) -> Permission {
+        let parse = |s: &str| match s {
+            "admin" => Some(Permission::Admin),
+            "maintain" => Some(Permission::Maintain),
+            "write" | "push" => Some(Permission::Write),
+            "triage" => Some(Permission::Triage),
+            "read" | "pull" => Some(Permission::Read),
+            "none" => Some(Permission::None),
+            _ => None,
+        };
+        self.role_name
+            .as_deref()
+            .and_then(parse)
+            .or_else(|| parse(&self.permission))
+            .unwrap_or(Permission::None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn severity_tags_round_trip_and_untagged_reads_as_suggestion() {
+        for (severity, _) in SEVERITY_TAGS {
+            let body = format!("{} fix this", severity_tag(severity));
+            assert_eq!(split_severity(&body), (severity, "fix this".to_string()));
+        }
+        assert_eq!(
+            split_severity("looks odd"),
+            (Severity::Suggestion, "looks odd".to_string())
+        );
+    }
+
+    #[test]
+    fn path_segments_are_encoded() {
+        assert_eq!(seg("good first issue"), "good%20first%20issue");
+        assert_eq!(seg("a/b?c#d"), "a%2Fb%3Fc%23d");
+        assert_eq!(seg("kiln[bot]"), "kiln%5Bbot%5D");
+        assert_eq!(seg("ünï"), "%C3%BCn%C3%AF");
+    }
+
+    #[test]
+    fn role_name_is_preferred_over_the_folded_permission() {
+        let p = |permission: &str, role: Option<&str>| {
+            WirePermission {
+                permission: permission.into(),
+                role_name: role.map(Into::into),
+            }
+            .permission()
+        };
+        assert_eq!(p("write", Some("maintain")), Permission::Maintain);
+        assert_eq!(p("read", Some("triage")), Permission::Triage);
+        assert_eq!(p("write", Some("custom-deployer")), Permission::Write);
+        assert_eq!(p("weird", None), Permission::None);
+    }
+}

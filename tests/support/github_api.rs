@@ -1,0 +1,1344 @@
+//! A GitHub REST API test server on loopback: in-memory issues, comments,
+//! labels, pull requests, reviews and collaborators, a real bare git
+//! repository served over smart HTTP by `git http-backend`, and GitHub App
+//! authentication with a JWT checked against the App's public key.
+//!
+//! Answers are GitHub's recorded objects (read at test time from
+//! `shared/fixtures/github`) with the fields that matter changed. Every
+//! request is checked as GitHub would (method, path, auth scheme and value,
+//! JSON body) and recorded; faults (429, 502, 500 forever, 422, 401) can be
+//! injected per method and path.
+#![allow(dead_code, reason = "each test binary uses a different part")]
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use serde_json::{Value, json};
+
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/fixtures/github");
+/// The installation id the server reports for its repository.
+pub const INSTALLATION_ID: u64 = 4242;
+/// The login writes are attributed to when the App acts.
+pub const BOT_LOGIN: &str = "kiln-test[bot]";
+/// The repository id used in `Link` URLs (`/repositories/{id}/...`), as GitHub does.
+const REPO_ID: u64 = 1000;
+
+fn fixture(path: &str) -> Value {
+    let full = format!("{FIXTURES}/{path}");
+    let text = std::fs::read_to_string(&full).unwrap_or_else(|e| panic!("fixture {full}: {e}"));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("fixture {full}: {e}"))
+}
+
+/// GitHub's recorded objects, one per kind, used as templates.
+struct Templates {
+    issue: Value,
+    label: Value,
+    pull: Value,
+    comment: Value,
+    review: Value,
+    review_comment: Value,
+    repository: Value,
+    validation_failed: Value,
+}
+
+impl Templates {
+    fn load() -> Self {
+        let labels = fixture("rest/add-labels-to-issue/normalized-fixture.json");
+        Self {
+            issue: labels[0]["response"].clone(),
+            label: labels[1]["response"][0].clone(),
+            pull: fixture("webhooks/pull_request/opened.payload.json")["pull_request"].clone(),
+            comment: fixture("webhooks/issue_comment/created.payload.json")["comment"].clone(),
+            review: fixture(
+                "webhooks/pull_request_review/submitted.with-organization.payload.json",
+            )["review"]
+                .clone(),
+            review_comment:
+                fixture("webhooks/pull_request_review_comment/created.payload.json")["comment"]
+                    .clone(),
+            repository: fixture("webhooks/issues/opened.payload.json")["repository"].clone(),
+            validation_failed: fixture("rest/errors/normalized-fixture.json")[0]["response"]
+                .clone(),
+        }
+    }
+}
+
+/// The App's RSA key pair, generated for this test run with `openssl`.
+pub struct AppKey {
+    /// The App id.
+    pub app_id: u64,
+    /// PKCS#1 PEM private key, as GitHub hands it out.
+    pub private_pem: String,
+    /// SPKI PEM public key.
+    pub public_pem: String,
+}
+
+impl AppKey {
+    /// A fresh 2048-bit key.
+    pub fn generate(app_id: u64) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = dir.path().join("app.pem");
+        let ok = Command::new("openssl")
+            .args(["genrsa", "-traditional", "-out"])
+            .arg(&key)
+            .arg("2048")
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("run openssl")
+            .success();
+        assert!(ok, "openssl genrsa failed");
+        let public = Command::new("openssl")
+            .args(["rsa", "-pubout", "-in"])
+            .arg(&key)
+            .stderr(std::process::Stdio::null())
+            .output()
+            .expect("run openssl");
+        assert!(public.status.success(), "openssl rsa -pubout failed");
+        Self {
+            app_id,
+            private_pem: std::fs::read_to_string(&key).expect("read key"),
+            public_pem: String::from_utf8(public.stdout).expect("utf-8 pem"),
+        }
+    }
+}
+
+/// One request as the server saw it.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    /// Method.
+    pub method: Method,
+    /// Path and query.
+    pub path: String,
+    /// `Authorization` header, if any.
+    pub authorization: Option<String>,
+    /// `Accept` header, if any.
+    pub accept: Option<String>,
+    /// JSON body, if any.
+    pub body: Option<Value>,
+}
+
+/// A canned answer replacing the real one.
+#[derive(Debug, Clone)]
+pub struct Fault {
+    method: Method,
+    path: String,
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Value,
+    /// `None` = forever.
+    remaining: Option<usize>,
+}
+
+impl Fault {
+    /// Answer `method path` (path without query) with `status`.
+    pub fn new(method: Method, path: &str, status: u16) -> Self {
+        Self {
+            method,
+            path: path.to_string(),
+            status,
+            headers: Vec::new(),
+            body: json!({"message": "injected fault"}),
+            remaining: Some(1),
+        }
+    }
+    /// Adds a response header.
+    pub fn header(mut self, name: &str, value: &str) -> Self {
+        self.headers.push((name.to_string(), value.to_string()));
+        self
+    }
+    /// Sets the JSON body.
+    pub fn body(mut self, body: Value) -> Self {
+        self.body = body;
+        self
+    }
+    /// Applies `n` times (default once).
+    pub fn times(mut self, n: usize) -> Self {
+        self.remaining = Some(n);
+        self
+    }
+    /// Applies to every matching request.
+    pub fn forever(mut self) -> Self {
+        self.remaining = None;
+        self
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Item {
+    number: u64,
+    title: String,
+    body: Option<String>,
+    author: String,
+    labels: Vec<String>,
+    open: bool,
+    pull: Option<Pull>,
+}
+
+#[derive(Debug, Clone)]
+struct Pull {
+    head: String,
+    base: String,
+    draft: bool,
+}
+
+#[derive(Debug, Clone)]
+struct StoredComment {
+    id: u64,
+    number: u64,
+    author: String,
+    body: String,
+}
+
+#[derive(Debug, Clone)]
+struct StoredReview {
+    id: u64,
+    number: u64,
+    author: String,
+    state: String,
+    body: String,
+}
+
+#[derive(Debug, Clone)]
+struct StoredReviewComment {
+    id: u64,
+    review_id: u64,
+    number: u64,
+    author: String,
+    path: String,
+    line: u64,
+    side: String,
+    body: String,
+}
+
+struct ServerState {
+    requests: Vec<Recorded>,
+    faults: Vec<Fault>,
+    items: BTreeMap<u64, Item>,
+    comments: Vec<StoredComment>,
+    reviews: Vec<StoredReview>,
+    review_comments: Vec<StoredReviewComment>,
+    collaborators: HashMap<String, &'static str>,
+    /// Issued installation tokens and their expiry (Unix seconds).
+    tokens: HashMap<String, u64>,
+    /// A fine-grained token the server accepts, if any.
+    personal_token: Option<String>,
+    /// Lifetime of the next installation tokens, in seconds.
+    token_lifetime: u64,
+    next_id: u64,
+}
+
+struct Shared {
+    owner: String,
+    name: String,
+    addr: SocketAddr,
+    app: AppKey,
+    bare: PathBuf,
+    templates: Templates,
+    state: Mutex<ServerState>,
+}
+
+/// The running server. Dropping it stops serving.
+pub struct GitHubApi {
+    shared: Arc<Shared>,
+    _root: tempfile::TempDir,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for GitHubApi {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl GitHubApi {
+    /// Serves repository `owner/name` (default branch `main`, one commit
+    /// with `README.md`) for an App with a freshly generated key.
+    pub async fn start(owner: &str, name: &str) -> Self {
+        let root = tempfile::tempdir().expect("tempdir");
+        let bare = root.path().join(format!("{owner}/{name}.git"));
+        std::fs::create_dir_all(&bare).expect("mkdir");
+        git(
+            &bare,
+            &["init", "--quiet", "--bare", "--initial-branch=main"],
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let shared = Arc::new(Shared {
+            owner: owner.into(),
+            name: name.into(),
+            addr,
+            app: AppKey::generate(77),
+            bare,
+            templates: Templates::load(),
+            state: Mutex::new(ServerState {
+                requests: Vec::new(),
+                faults: Vec::new(),
+                items: BTreeMap::new(),
+                comments: Vec::new(),
+                reviews: Vec::new(),
+                review_comments: Vec::new(),
+                collaborators: HashMap::new(),
+                tokens: HashMap::new(),
+                personal_token: None,
+                token_lifetime: 3600,
+                next_id: 5000,
+            }),
+        });
+        let app = Router::new()
+            .fallback(handle)
+            .layer(DefaultBodyLimit::max(64 << 20))
+            .with_state(Arc::clone(&shared));
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Self {
+            shared,
+            _root: root,
+            task,
+        }
+    }
+
+    /// `http://127.0.0.1:PORT`, the API base URL.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.shared.addr)
+    }
+
+    /// The App's key pair.
+    pub fn app(&self) -> &AppKey {
+        &self.shared.app
+    }
+
+    /// The bare repository behind the git endpoint.
+    pub fn bare_repo(&self) -> &Path {
+        &self.shared.bare
+    }
+
+    /// Every request so far, in order.
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.lock().requests.clone()
+    }
+
+    /// Requests whose path (without query) is `path`.
+    pub fn requests_to(&self, method: Method, path: &str) -> Vec<Recorded> {
+        self.requests()
+            .into_iter()
+            .filter(|r| r.method == method && r.path.split('?').next() == Some(path))
+            .collect()
+    }
+
+    /// Injects a fault.
+    pub fn inject(&self, fault: Fault) {
+        self.lock().faults.push(fault);
+    }
+
+    /// Installation tokens issued from now on live `secs` seconds.
+    pub fn set_token_lifetime(&self, secs: u64) {
+        self.lock().token_lifetime = secs;
+    }
+
+    /// Accept `token` as a fine-grained token.
+    pub fn accept_personal_token(&self, token: &str) {
+        self.lock().personal_token = Some(token.to_string());
+    }
+
+    /// Revoke every installation token issued so far.
+    pub fn revoke_tokens(&self) {
+        self.lock().tokens.clear();
+    }
+
+    /// Every installation token issued and not revoked.
+    pub fn issued_tokens(&self) -> Vec<String> {
+        self.lock().tokens.keys().cloned().collect()
+    }
+
+    /// Installation tokens issued so far (valid or not).
+    pub fn issued_token_count(&self) -> usize {
+        self.requests()
+            .iter()
+            .filter(|r| r.path.ends_with("/access_tokens"))
+            .count()
+    }
+
+    /// Gives `login` a repository role (`read`, `triage`, `write`, `maintain`, `admin`).
+    pub fn grant(&self, login: &str, role: &'static str) {
+        self.lock().collaborators.insert(login.to_string(), role);
+    }
+
+    /// Adds `n` issues titled `seeded {i}` authored by `octocat`.
+    pub fn seed_issues(&self, n: usize) {
+        let mut st = self.lock();
+        for i in 0..n {
+            let number = st.items.len() as u64 + 1;
+            st.items.insert(
+                number,
+                Item {
+                    number,
+                    title: format!("seeded {i}"),
+                    body: None,
+                    author: "octocat".into(),
+                    labels: Vec::new(),
+                    open: true,
+                    pull: None,
+                },
+            );
+        }
+    }
+
+    /// The commit `refs/heads/{branch}` points to, if the branch exists.
+    pub fn branch_head(&self, branch: &str) -> Option<String> {
+        let out = Command::new("git")
+            .arg("--git-dir")
+            .arg(&self.shared.bare)
+            .args(["rev-parse", "--verify", "--quiet"])
+            .arg(format!("refs/heads/{branch}"))
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ServerState> {
+        self.shared.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Runs git in `dir`, panicking with its output on failure (test setup only).
+pub fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .current_dir(dir)
+        .args(args)
+        .env("GIT_AUTHOR_NAME", "Test")
+        .env("GIT_AUTHOR_EMAIL", "test@example.invalid")
+        .env("GIT_COMMITTER_NAME", "Test")
+        .env("GIT_COMMITTER_EMAIL", "test@example.invalid")
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .output()
+        .expect("run git");
+    assert!(
+        out.status.success(),
+        "git {args:?} in {}: {}",
+        dir.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// `YYYY-MM-DDTHH:MM:SSZ` of Unix seconds (civil-from-days).
+fn iso(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
+fn json_response(status: u16, body: Value) -> Response {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut r = (status, axum::Json(body)).into_response();
+    r.headers_mut().insert(
+        "x-ratelimit-remaining",
+        axum::http::HeaderValue::from_static("4999"),
+    );
+    r
+}
+
+fn message(status: u16, message: &str) -> Response {
+    json_response(
+        status,
+        json!({"message": message, "documentation_url": "https://docs.github.com/rest"}),
+    )
+}
+
+fn validation_failed(t: &Templates, resource: &str, field: &str, code: &str) -> Response {
+    let mut body = t.validation_failed.clone();
+    body["errors"] = json!([{"resource": resource, "field": field, "code": code}]);
+    json_response(422, body)
+}
+
+async fn handle(
+    State(shared): State<Arc<Shared>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let path = uri.path().to_string();
+    let query = uri.query().unwrap_or("").to_string();
+    let header_str = |h: header::HeaderName| {
+        headers
+            .get(h)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let authorization = header_str(header::AUTHORIZATION);
+    let is_git = path.starts_with("/git/");
+    let json_body: Option<Value> = if body.is_empty() || is_git {
+        None
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(v) => Some(v),
+            Err(_) => return message(400, "Problems parsing JSON"),
+        }
+    };
+    {
+        let mut st = shared.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.requests.push(Recorded {
+            method: method.clone(),
+            path: if query.is_empty() {
+                path.clone()
+            } else {
+                format!("{path}?{query}")
+            },
+            authorization: authorization.clone(),
+            accept: header_str(header::ACCEPT),
+            body: json_body.clone(),
+        });
+        if let Some(i) = st
+            .faults
+            .iter()
+            .position(|f| f.method == method && f.path == path)
+        {
+            let fault = st.faults[i].clone();
+            match st.faults[i].remaining {
+                Some(1) => {
+                    st.faults.remove(i);
+                }
+                Some(n) => st.faults[i].remaining = Some(n - 1),
+                None => {}
+            }
+            let mut r = json_response(fault.status, fault.body);
+            for (k, v) in fault.headers {
+                if let (Ok(k), Ok(v)) = (
+                    header::HeaderName::from_bytes(k.as_bytes()),
+                    axum::http::HeaderValue::from_str(&v),
+                ) {
+                    r.headers_mut().insert(k, v);
+                }
+            }
+            return r;
+        }
+    }
+    if is_git {
+        return git_http(&shared, &method, &path, &query, &headers, body).await;
+    }
+    if path.starts_with("/app/") || path.ends_with("/installation") {
+        if let Err(r) = check_jwt(&shared, authorization.as_deref()) {
+            return r;
+        }
+        return app_route(&shared, &method, &path);
+    }
+    if let Err(r) = check_token(&shared, authorization.as_deref()) {
+        return r;
+    }
+    let mut st = shared.state.lock().unwrap_or_else(|e| e.into_inner());
+    repo_route(
+        &shared, &mut st, &method, &path, &query, &headers, json_body,
+    )
+}
+
+fn check_jwt(shared: &Shared, authorization: Option<&str>) -> Result<(), Response> {
+    use octocrab::jsonwebtoken::{Algorithm, DecodingKey, Validation, decode};
+    let Some(jwt) = authorization.and_then(|a| a.strip_prefix("Bearer ")) else {
+        return Err(message(401, "A JSON web token could not be decoded"));
+    };
+    let key = DecodingKey::from_rsa_pem(shared.app.public_pem.as_bytes())
+        .map_err(|_| message(500, "test server: bad public key"))?;
+    let mut validation = Validation::new(Algorithm::RS256);
+    // `iss` is the App id as a number, which the library's string check
+    // would reject; it and `iat` are checked below.
+    validation.set_required_spec_claims(&["exp"]);
+    let claims = decode::<Value>(jwt, &key, &validation)
+        .map_err(|_| message(401, "A JSON web token could not be decoded"))?
+        .claims;
+    let iss_ok = claims["iss"] == json!(shared.app.app_id)
+        || claims["iss"] == json!(shared.app.app_id.to_string());
+    let (iat, exp) = (claims["iat"].as_u64(), claims["exp"].as_u64());
+    let window_ok = matches!((iat, exp), (Some(i), Some(e)) if e > i && e - i <= 600 && i <= now());
+    if !iss_ok || !window_ok {
+        return Err(message(
+            401,
+            "'Expiration time' claim ('exp') is too far in the future",
+        ));
+    }
+    Ok(())
+}
+
+fn check_token(shared: &Shared, authorization: Option<&str>) -> Result<(), Response> {
+    let token = authorization.and_then(|a| {
+        a.strip_prefix("Bearer ")
+            .or_else(|| a.strip_prefix("token "))
+    });
+    let st = shared.state.lock().unwrap_or_else(|e| e.into_inner());
+    let valid = token.is_some_and(|t| {
+        st.tokens.get(t).is_some_and(|exp| *exp > now()) || st.personal_token.as_deref() == Some(t)
+    });
+    if valid {
+        Ok(())
+    } else {
+        Err(message(401, "Bad credentials"))
+    }
+}
+
+fn app_route(shared: &Shared, method: &Method, path: &str) -> Response {
+    let repo_installation = format!("/repos/{}/{}/installation", shared.owner, shared.name);
+    let tokens = format!("/app/installations/{INSTALLATION_ID}/access_tokens");
+    if *method == Method::GET && path == repo_installation {
+        // No recorded fixture exists for this endpoint; GitHub's documented shape.
+        return json_response(
+            200,
+            json!({
+                "id": INSTALLATION_ID,
+                "account": {"login": shared.owner, "id": 1, "type": "Organization"},
+                "app_id": shared.app.app_id,
+                "app_slug": "kiln-test",
+                "target_type": "Organization",
+                "repository_selection": "selected",
+                "permissions": {"issues": "write", "pull_requests": "write", "contents": "write"},
+                "events": ["issues", "issue_comment", "pull_request"],
+            }),
+        );
+    }
+    if *method == Method::POST && path == tokens {
+        let mut st = shared.state.lock().unwrap_or_else(|e| e.into_inner());
+        let token = format!("ghs_{}", rand_token());
+        let expires = now() + st.token_lifetime;
+        st.tokens.insert(token.clone(), expires);
+        return json_response(
+            201,
+            json!({
+                "token": token,
+                "expires_at": iso(expires),
+                "permissions": {"issues": "write", "pull_requests": "write", "contents": "write"},
+                "repository_selection": "selected",
+            }),
+        );
+    }
+    message(404, "Not Found")
+}
+
+fn rand_token() -> String {
+    (0..36)
+        .map(|_| {
+            let n = rand::random_range(0..36u32);
+            char::from_digit(n, 36).unwrap_or('0')
+        })
+        .collect()
+}
+
+fn query_param<'a>(query: &'a str, key: &str) -> Option<&'a str> {
+    query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+}
+
+fn decode_segment(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        if bytes[i] == b'%'
+            && let Some(b) = hex
+        {
+            out.push(b);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A page of `items` with GitHub's `Link` header (`/repositories/{id}/...` URLs).
+fn paginate(shared: &Shared, rest: &str, query: &str, items: Vec<Value>) -> Response {
+    let per_page: usize = query_param(query, "per_page")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(30)
+        .clamp(1, 100);
+    let page: usize = query_param(query, "page")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1)
+        .max(1);
+    let pages = items.len().div_ceil(per_page).max(1);
+    let slice: Vec<Value> = items
+        .into_iter()
+        .skip((page - 1) * per_page)
+        .take(per_page)
+        .collect();
+    let mut r = json_response(200, Value::Array(slice));
+    let other: Vec<&str> = query
+        .split('&')
+        .filter(|kv| !kv.starts_with("page=") && !kv.is_empty())
+        .collect();
+    let link = |p: usize, rel: &str| {
+        let mut q = other.clone();
+        let page = format!("page={p}");
+        q.push(&page);
+        format!(
+            "<http://{}/repositories/{REPO_ID}/{rest}?{}>; rel=\"{rel}\"",
+            shared.addr,
+            q.join("&")
+        )
+    };
+    let mut links = Vec::new();
+    if page > 1 {
+        links.push(link(page - 1, "prev"));
+    }
+    if page < pages {
+        links.push(link(page + 1, "next"));
+        links.push(link(pages, "last"));
+    }
+    if page > 1 {
+        links.push(link(1, "first"));
+    }
+    if !links.is_empty()
+        && let Ok(v) = axum::http::HeaderValue::from_str(&links.join(", "))
+    {
+        r.headers_mut().insert(header::LINK, v);
+    }
+    r
+}
+
+fn user(template: &Value, login: &str) -> Value {
+    let mut u = template.clone();
+    u["login"] = json!(login);
+    u
+}
+
+fn issue_json(t: &Templates, item: &Item) -> Value {
+    let mut v = t.issue.clone();
+    v["number"] = json!(item.number);
+    v["id"] = json!(10_000 + item.number);
+    v["title"] = json!(item.title);
+    v["body"] = json!(item.body);
+    v["user"] = user(&t.issue["user"], &item.author);
+    v["state"] = json!(if item.open { "open" } else { "closed" });
+    v["labels"] = Value::Array(
+        item.labels
+            .iter()
+            .map(|l| {
+                let mut lv = t.label.clone();
+                lv["name"] = json!(l);
+                lv
+            })
+            .collect(),
+    );
+    if item.pull.is_some() {
+        v["pull_request"] =
+            json!({"url": "", "html_url": "", "diff_url": "", "patch_url": "", "merged_at": null});
+    }
+    v
+}
+
+fn pull_json(shared: &Shared, item: &Item) -> Value {
+    let t = &shared.templates;
+    let Some(pull) = &item.pull else {
+        return Value::Null;
+    };
+    let mut v = t.pull.clone();
+    v["number"] = json!(item.number);
+    v["id"] = json!(20_000 + item.number);
+    v["title"] = json!(item.title);
+    v["body"] = json!(item.body);
+    v["user"] = user(&t.pull["user"], &item.author);
+    v["state"] = json!(if item.open { "open" } else { "closed" });
+    v["draft"] = json!(pull.draft);
+    v["labels"] = issue_json(t, item)["labels"].clone();
+    for (side, branch) in [("head", &pull.head), ("base", &pull.base)] {
+        v[side]["ref"] = json!(branch);
+        v[side]["sha"] = json!(rev(shared, branch).unwrap_or_default());
+    }
+    v
+}
+
+fn rev(shared: &Shared, branch: &str) -> Option<String> {
+    let out = Command::new("git")
+        .arg("--git-dir")
+        .arg(&shared.bare)
+        .args(["rev-parse", "--verify", "--quiet"])
+        .arg(format!("refs/heads/{branch}"))
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+fn git_diff(shared: &Shared, pull: &Pull, name_only: bool) -> String {
+    let range = format!("refs/heads/{}...refs/heads/{}", pull.base, pull.head);
+    let mut cmd = Command::new("git");
+    cmd.arg("--git-dir").arg(&shared.bare).arg("diff");
+    if name_only {
+        cmd.arg("--name-only");
+    }
+    let out = cmd.arg(range).output();
+    out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
+}
+
+fn str_field<'a>(body: &'a Option<Value>, key: &str) -> Option<&'a str> {
+    body.as_ref()?.get(key)?.as_str()
+}
+
+#[allow(clippy::too_many_lines, reason = "one match over GitHub's routes")]
+fn repo_route(
+    shared: &Shared,
+    st: &mut ServerState,
+    method: &Method,
+    path: &str,
+    query: &str,
+    headers: &HeaderMap,
+    body: Option<Value>,
+) -> Response {
+    let t = &shared.templates;
+    let prefix = format!("/repos/{}/{}", shared.owner, shared.name);
+    let alias = format!("/repositories/{REPO_ID}");
+    let rest = if path == prefix {
+        ""
+    } else if let Some(r) = path.strip_prefix(&format!("{prefix}/")) {
+        r
+    } else if let Some(r) = path.strip_prefix(&format!("{alias}/")) {
+        r
+    } else {
+        return message(404, "Not Found");
+    };
+    let parts: Vec<&str> = if rest.is_empty() {
+        Vec::new()
+    } else {
+        rest.split('/').collect()
+    };
+    let m = method.as_str();
+    let num = |s: &str| s.parse::<u64>().ok();
+    let new_id = |st: &mut ServerState| {
+        st.next_id += 1;
+        st.next_id
+    };
+    match (m, parts.as_slice()) {
+        ("GET", []) => {
+            let mut v = t.repository.clone();
+            v["name"] = json!(shared.name);
+            v["full_name"] = json!(format!("{}/{}", shared.owner, shared.name));
+            v["owner"]["login"] = json!(shared.owner);
+            v["default_branch"] = json!("main");
+            v["clone_url"] = json!(format!(
+                "http://{}/git/{}/{}.git",
+                shared.addr, shared.owner, shared.name
+            ));
+            json_response(200, v)
+        }
+        ("GET", ["issues"]) => {
+            let state = query_param(query, "state").unwrap_or("open");
+            let mut items: Vec<&Item> = st
+                .items
+                .values()
+                .filter(|i| state == "all" || (state == "open") == i.open)
+                .collect();
+            if query_param(query, "direction") != Some("asc") {
+                items.reverse();
+            }
+            let items = items.into_iter().map(|i| issue_json(t, i)).collect();
+            paginate(shared, "issues", query, items)
+        }
+        ("POST", ["issues"]) => {
+            let Some(title) = str_field(&body, "title") else {
+                return message(422, "Invalid request.\n\n\"title\" wasn't supplied.");
+            };
+            let labels: Vec<String> = body
+                .as_ref()
+                .and_then(|b| b.get("labels"))
+                .and_then(Value::as_array)
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|l| l.as_str().map(String::from))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let number = st.items.keys().last().copied().unwrap_or(0) + 1;
+            let item = Item {
+                number,
+                title: title.to_string(),
+                body: str_field(&body, "body").map(String::from),
+                author: BOT_LOGIN.into(),
+                labels,
+                open: true,
+                pull: None,
+            };
+            let v = issue_json(t, &item);
+            st.items.insert(number, item);
+            json_response(201, v)
+        }
+        ("GET", ["issues", n]) => match num(n).and_then(|n| st.items.get(&n)) {
+            Some(item) => json_response(200, issue_json(t, item)),
+            None => message(404, "Not Found"),
+        },
+        ("GET", ["issues", n, "comments"]) => {
+            let Some(n) = num(n).filter(|n| st.items.contains_key(n)) else {
+                return message(404, "Not Found");
+            };
+            let items = st
+                .comments
+                .iter()
+                .filter(|c| c.number == n)
+                .map(|c| comment_json(t, c))
+                .collect();
+            paginate(shared, &format!("issues/{n}/comments"), query, items)
+        }
+        ("POST", ["issues", n, "comments"]) => {
+            let Some(n) = num(n).filter(|n| st.items.contains_key(n)) else {
+                return message(404, "Not Found");
+            };
+            let Some(text) = str_field(&body, "body") else {
+                return message(422, "Invalid request.\n\n\"body\" wasn't supplied.");
+            };
+            let c = StoredComment {
+                id: new_id(st),
+                number: n,
+                author: BOT_LOGIN.into(),
+                body: text.to_string(),
+            };
+            let v = comment_json(t, &c);
+            st.comments.push(c);
+            json_response(201, v)
+        }
+        ("PATCH", ["issues", "comments", id]) => {
+            let Some(text) = str_field(&body, "body").map(String::from) else {
+                return message(422, "Invalid request.\n\n\"body\" wasn't supplied.");
+            };
+            match st.comments.iter_mut().find(|c| Some(c.id) == num(id)) {
+                Some(c) => {
+                    c.body = text;
+                    let c = c.clone();
+                    json_response(200, comment_json(t, &c))
+                }
+                None => message(404, "Not Found"),
+            }
+        }
+        ("POST", ["issues", n, "labels"]) => {
+            let Some(item) = num(n).and_then(|n| st.items.get_mut(&n)) else {
+                return message(404, "Not Found");
+            };
+            let Some(labels) = body
+                .as_ref()
+                .and_then(|b| b.get("labels"))
+                .and_then(Value::as_array)
+            else {
+                return message(422, "Invalid request.\n\n\"labels\" wasn't supplied.");
+            };
+            for l in labels.iter().filter_map(Value::as_str) {
+                if !item.labels.iter().any(|x| x == l) {
+                    item.labels.push(l.to_string());
+                }
+            }
+            let item = item.clone();
+            json_response(200, issue_json(t, &item)["labels"].clone())
+        }
+        ("DELETE", ["issues", n, "labels", name]) => {
+            let Some(item) = num(n).and_then(|n| st.items.get_mut(&n)) else {
+                return message(404, "Not Found");
+            };
+            let name = decode_segment(name);
+            let before = item.labels.len();
+            item.labels.retain(|l| *l != name);
+            if item.labels.len() == before {
+                return message(404, "Label does not exist");
+            }
+            let item = item.clone();
+            json_response(200, issue_json(t, &item)["labels"].clone())
+        }
+        ("GET", ["pulls"]) => {
+            let state = query_param(query, "state").unwrap_or("open");
+            let mut items: Vec<&Item> = st
+                .items
+                .values()
+                .filter(|i| i.pull.is_some())
+                .filter(|i| state == "all" || (state == "open") == i.open)
+                .collect();
+            if query_param(query, "direction") != Some("asc") {
+                items.reverse();
+            }
+            let items = items.into_iter().map(|i| pull_json(shared, i)).collect();
+            paginate(shared, "pulls", query, items)
+        }
+        ("POST", ["pulls"]) => {
+            let (Some(title), Some(head), Some(base)) = (
+                str_field(&body, "title"),
+                str_field(&body, "head"),
+                str_field(&body, "base"),
+            ) else {
+                return message(
+                    422,
+                    "Invalid request.\n\n\"title\", \"head\" and \"base\" are required.",
+                );
+            };
+            if rev(shared, head).is_none() {
+                return validation_failed(t, "PullRequest", "head", "invalid");
+            }
+            if rev(shared, base).is_none() {
+                return validation_failed(t, "PullRequest", "base", "invalid");
+            }
+            let duplicate = st.items.values().any(|i| {
+                i.open
+                    && i.pull
+                        .as_ref()
+                        .is_some_and(|p| p.head == head && p.base == base)
+            });
+            if duplicate {
+                let mut v = t.validation_failed.clone();
+                v["errors"] = json!([{"resource": "PullRequest", "code": "custom",
+                    "message": format!("A pull request already exists for {}:{head}.", shared.owner)}]);
+                return json_response(422, v);
+            }
+            let number = st.items.keys().last().copied().unwrap_or(0) + 1;
+            let draft = body
+                .as_ref()
+                .and_then(|b| b.get("draft"))
+                .and_then(Value::as_bool)
+                .unwrap_or(false);
+            let item = Item {
+                number,
+                title: title.to_string(),
+                body: str_field(&body, "body").map(String::from),
+                author: BOT_LOGIN.into(),
+                labels: Vec::new(),
+                open: true,
+                pull: Some(Pull {
+                    head: head.to_string(),
+                    base: base.to_string(),
+                    draft,
+                }),
+            };
+            let v = pull_json(shared, &item);
+            st.items.insert(number, item);
+            json_response(201, v)
+        }
+        ("GET", ["pulls", n]) => {
+            let Some(item) = num(n)
+                .and_then(|n| st.items.get(&n))
+                .filter(|i| i.pull.is_some())
+            else {
+                return message(404, "Not Found");
+            };
+            let accept = headers
+                .get(header::ACCEPT)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            if accept == "application/vnd.github.v3.diff"
+                && let Some(pull) = &item.pull
+            {
+                let diff = git_diff(shared, pull, false);
+                return (
+                    StatusCode::OK,
+                    [(
+                        header::CONTENT_TYPE,
+                        "application/vnd.github.v3.diff; charset=utf-8",
+                    )],
+                    diff,
+                )
+                    .into_response();
+            }
+            json_response(200, pull_json(shared, item))
+        }
+        ("GET", ["pulls", n, "reviews"]) => {
+            let Some(n) = num(n).filter(|n| st.items.get(n).is_some_and(|i| i.pull.is_some()))
+            else {
+                return message(404, "Not Found");
+            };
+            let items = st
+                .reviews
+                .iter()
+                .filter(|r| r.number == n)
+                .map(|r| review_json(t, r))
+                .collect();
+            paginate(shared, &format!("pulls/{n}/reviews"), query, items)
+        }
+        ("POST", ["pulls", n, "reviews"]) => {
+            let Some(item) = num(n).and_then(|n| st.items.get(&n)).cloned() else {
+                return message(404, "Not Found");
+            };
+            let Some(pull) = &item.pull else {
+                return message(404, "Not Found");
+            };
+            let event = str_field(&body, "event").unwrap_or("PENDING");
+            let state = match event {
+                "APPROVE" => "APPROVED",
+                "REQUEST_CHANGES" => "CHANGES_REQUESTED",
+                "COMMENT" => "COMMENTED",
+                _ => return validation_failed(t, "PullRequestReview", "event", "invalid"),
+            };
+            let text = str_field(&body, "body").unwrap_or("");
+            if text.is_empty() && event != "APPROVE" {
+                let mut v = t.validation_failed.clone();
+                v["errors"] = json!([format!("Body is required when event is {event}")]);
+                return json_response(422, v);
+            }
+            let changed: HashSet<String> = git_diff(shared, pull, true)
+                .lines()
+                .map(String::from)
+                .collect();
+            let comments = body
+                .as_ref()
+                .and_then(|b| b.get("comments"))
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            let review_id = new_id(st);
+            let mut stored = Vec::new();
+            for c in &comments {
+                let (Some(p), Some(line), Some(b)) = (
+                    c.get("path").and_then(Value::as_str),
+                    c.get("line").and_then(Value::as_u64),
+                    c.get("body").and_then(Value::as_str),
+                ) else {
+                    return validation_failed(
+                        t,
+                        "PullRequestReviewComment",
+                        "line",
+                        "missing_field",
+                    );
+                };
+                let side = c.get("side").and_then(Value::as_str).unwrap_or("RIGHT");
+                if !changed.contains(p) || !matches!(side, "LEFT" | "RIGHT") || line == 0 {
+                    let mut v = t.validation_failed.clone();
+                    v["message"] = json!("Unprocessable Entity");
+                    v["errors"] = json!(["Path could not be resolved"]);
+                    return json_response(422, v);
+                }
+                stored.push(StoredReviewComment {
+                    id: new_id(st),
+                    review_id,
+                    number: item.number,
+                    author: BOT_LOGIN.into(),
+                    path: p.into(),
+                    line,
+                    side: side.into(),
+                    body: b.into(),
+                });
+            }
+            let review = StoredReview {
+                id: review_id,
+                number: item.number,
+                author: BOT_LOGIN.into(),
+                state: state.into(),
+                body: text.into(),
+            };
+            let v = review_json(t, &review);
+            st.reviews.push(review);
+            st.review_comments.extend(stored);
+            json_response(200, v)
+        }
+        ("GET", ["pulls", n, "comments"]) => {
+            let Some(n) = num(n).filter(|n| st.items.get(n).is_some_and(|i| i.pull.is_some()))
+            else {
+                return message(404, "Not Found");
+            };
+            let items = st
+                .review_comments
+                .iter()
+                .filter(|c| c.number == n)
+                .map(|c| review_comment_json(t, c))
+                .collect();
+            paginate(shared, &format!("pulls/{n}/comments"), query, items)
+        }
+        ("GET", ["collaborators", login, "permission"]) => {
+            let login = decode_segment(login);
+            match st.collaborators.get(&login) {
+                Some(role) => {
+                    // No recorded fixture; GitHub's documented shape, where
+                    // `permission` folds maintain into write and triage into read.
+                    let folded = match *role {
+                        "maintain" => "write",
+                        "triage" => "read",
+                        r => r,
+                    };
+                    json_response(
+                        200,
+                        json!({
+                            "permission": folded,
+                            "role_name": role,
+                            "user": user(&t.issue["user"], &login),
+                        }),
+                    )
+                }
+                None => message(404, &format!("{login} is not a user")),
+            }
+        }
+        _ => message(404, "Not Found"),
+    }
+}
+
+fn comment_json(t: &Templates, c: &StoredComment) -> Value {
+    let mut v = t.comment.clone();
+    v["id"] = json!(c.id);
+    v["body"] = json!(c.body);
+    v["user"] = user(&t.comment["user"], &c.author);
+    v
+}
+
+fn review_json(t: &Templates, r: &StoredReview) -> Value {
+    let mut v = t.review.clone();
+    v["id"] = json!(r.id);
+    v["body"] = json!(r.body);
+    v["state"] = json!(r.state);
+    v["user"] = user(&t.review["user"], &r.author);
+    v
+}
+
+fn review_comment_json(t: &Templates, c: &StoredReviewComment) -> Value {
+    let mut v = t.review_comment.clone();
+    v["id"] = json!(c.id);
+    v["pull_request_review_id"] = json!(c.review_id);
+    v["path"] = json!(c.path);
+    v["line"] = json!(c.line);
+    v["original_line"] = json!(c.line);
+    v["side"] = json!(c.side);
+    v["body"] = json!(c.body);
+    v["user"] = user(&t.review_comment["user"], &c.author);
+    v
+}
+
+/// Smart HTTP through `git http-backend` (CGI), after checking the
+/// `Authorization` header git sends is `Basic x-access-token:<live token>`.
+async fn git_http(
+    shared: &Shared,
+    method: &Method,
+    path: &str,
+    query: &str,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Response {
+    let authorized = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Basic "))
+        .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+        .and_then(|b| String::from_utf8(b).ok())
+        .and_then(|pair| pair.strip_prefix("x-access-token:").map(String::from))
+        .is_some_and(|token| {
+            let st = shared.state.lock().unwrap_or_else(|e| e.into_inner());
+            st.tokens.get(&token).is_some_and(|exp| *exp > now())
+                || st.personal_token.as_deref() == Some(token.as_str())
+        });
+    if !authorized {
+        return (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Basic realm=\"GitHub\"")],
+            "",
+        )
+            .into_response();
+    }
+    let root = shared
+        .bare
+        .parent()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let exec_path = Command::new("git")
+        .arg("--exec-path")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    let header = |h: header::HeaderName| {
+        headers
+            .get(h)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string()
+    };
+    let mut cmd = tokio::process::Command::new(format!("{exec_path}/git-http-backend"));
+    cmd.env_clear()
+        .env("GIT_PROJECT_ROOT", &root)
+        .env("GIT_HTTP_EXPORT_ALL", "1")
+        .env("PATH_INFO", path.trim_start_matches("/git"))
+        .env("QUERY_STRING", query)
+        .env("REQUEST_METHOD", method.as_str())
+        .env("CONTENT_TYPE", header(header::CONTENT_TYPE))
+        .env("CONTENT_LENGTH", body.len().to_string())
+        .env("HTTP_CONTENT_ENCODING", header(header::CONTENT_ENCODING))
+        .env(
+            "GIT_PROTOCOL",
+            header(header::HeaderName::from_static("git-protocol")),
+        )
+        .env("REMOTE_USER", "x-access-token")
+        .env("REMOTE_ADDR", "127.0.0.1")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null());
+    let Ok(mut child) = cmd.spawn() else {
+        return message(500, "test server: cannot run git http-backend");
+    };
+    if let Some(mut stdin) = child.stdin.take() {
+        tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            let _ = stdin.write_all(&body).await;
+        });
+    }
+    let Ok(out) = child.wait_with_output().await else {
+        return message(500, "test server: git http-backend failed");
+    };
+    cgi_response(&out.stdout)
+}
+
+fn cgi_response(out: &[u8]) -> Response {
+    let split = out
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|i| (i, 4))
+        .or_else(|| out.windows(2).position(|w| w == b"\n\n").map(|i| (i, 2)));
+    let Some((end, sep)) = split else {
+        return message(500, "test server: malformed CGI output");
+    };
+    let head = String::from_utf8_lossy(&out[..end]);
+    let mut builder = Response::builder().status(200);
+    for line in head.lines() {
+        let Some((k, v)) = line.split_once(':') else {
+            continue;
+        };
+        let v = v.trim();
+        if k.eq_ignore_ascii_case("status") {
+            let code = v.split_whitespace().next().and_then(|c| c.parse().ok());
+            builder = builder.status(code.unwrap_or(500));
+        } else {
+            builder = builder.header(k.trim(), v);
+        }
+    }
+    builder
+        .body(axum::body::Body::from(out[end + sep..].to_vec()))
+        .unwrap_or_else(|_| message(500, "test server: bad CGI headers"))
+}
