@@ -1038,3 +1038,74 @@ impl std::io::Write for LogSink {
         Ok(())
     }
 }
+
+/// The local forge under a temporary root, and a clone of its repository.
+struct LocalEnv {
+    _root: tempfile::TempDir,
+    forge: kiln::forge::local::LocalForge,
+    work: tempfile::TempDir,
+}
+
+#[async_trait::async_trait]
+impl ContractEnv for LocalEnv {
+    async fn grant(&self, login: &str, permission: Permission) {
+        self.forge
+            .set_permission(login, permission)
+            .await
+            .expect("grant");
+    }
+
+    fn work_repo(&self) -> &Path {
+        self.work.path()
+    }
+
+    async fn branch_head(&self, branch: &str) -> Option<String> {
+        let out = std::process::Command::new("git")
+            .arg("-C")
+            .arg(self.forge.bare_repo())
+            .args([
+                "rev-parse",
+                "--verify",
+                "--quiet",
+                &format!("refs/heads/{branch}"),
+            ])
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+}
+
+#[tokio::test]
+async fn the_contract_holds_for_the_local_forge() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let src = root.path().join("src");
+    std::fs::create_dir_all(&src).expect("mkdir");
+    std::fs::write(src.join("README.md"), "hello\n").expect("write");
+    let forge = kiln::forge::local::LocalForge::create(
+        &root.path().join("forge"),
+        kiln::forge::RepoRef::parse("local/contract").expect("repo"),
+        "owner",
+        Some(&src),
+    )
+    .await
+    .expect("create");
+    let work = tempfile::tempdir().expect("tempdir");
+    let bare = forge.bare_repo();
+    let status = std::process::Command::new("git")
+        .args(["clone", "--quiet"])
+        .arg(&bare)
+        .arg(work.path())
+        .status()
+        .expect("clone");
+    assert!(status.success());
+    git(work.path(), &["config", "user.name", "t"]);
+    git(work.path(), &["config", "user.email", "t@t"]);
+    let env = LocalEnv {
+        _root: root,
+        forge: forge.clone(),
+        work,
+    };
+    contract(&forge, &env).await;
+}
