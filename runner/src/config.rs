@@ -116,6 +116,9 @@ pub struct KilnConfig {
     /// `[budgets.<role>]`: per-role run budgets.
     #[serde(default)]
     pub budgets: crate::model::BudgetsConfig,
+    /// `[intake]` and `[[triggers]]`: webhook limits and routing rules.
+    #[serde(flatten)]
+    pub intake: crate::intake::IntakeConfig,
 }
 
 impl KilnConfig {
