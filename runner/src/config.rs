@@ -122,6 +122,9 @@ pub struct KilnConfig {
     /// The GitHub forge (`[github]`), if configured.
     #[serde(default)]
     pub github: Option<crate::forge::github::GitHubConfig>,
+    /// `[intake]` and `[[triggers]]`: webhook limits and routing rules.
+    #[serde(flatten)]
+    pub intake: crate::intake::IntakeConfig,
 }
 
 impl KilnConfig {

@@ -16,6 +16,7 @@ pub mod config;
 pub mod control;
 pub mod forge;
 pub mod imports;
+pub mod intake;
 pub mod model;
 pub mod plugin;
 pub mod policy;
