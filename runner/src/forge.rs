@@ -179,6 +179,11 @@ pub struct EffectRecord {
     pub state: EffectState,
 }
 
+/// Finds the forge of a repository (`None`: Kiln does not serve it). The
+/// intake checks trust through it and the runner service runs through it.
+pub type ForgeResolver =
+    std::sync::Arc<dyn Fn(&RepoRef) -> Option<std::sync::Arc<dyn Forge>> + Send + Sync>;
+
 /// A repository on a forge, `owner/name`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct RepoRef {

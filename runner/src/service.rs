@@ -14,16 +14,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::control::{ControlError, EffectDecision, Handback, RunControl};
-use crate::forge::{EffectRecord, EffectState, Forge, Proposal, RepoRef};
+pub use crate::forge::ForgeResolver;
+use crate::forge::{EffectRecord, EffectState, Proposal};
 use crate::imports::forge::{CommitSource, ForgeTarget, apply};
 use crate::session::{EventKind, EventSink, Steering};
 use crate::store::{
     ApprovalState, RecoveryPolicy, Run, RunId, RunState, RunStore, StoreError, TriggerKind, Verdict,
 };
 use crate::worker::{Cancel, RunEnd, RunRequest, RunTrigger, Services, execute};
-
-/// Finds the forge of a repository (`None`: Kiln does not serve it).
-pub type ForgeResolver = Arc<dyn Fn(&RepoRef) -> Option<Arc<dyn Forge>> + Send + Sync>;
 
 /// A run in progress: how to reach it.
 struct Live {

@@ -2,14 +2,10 @@
 //! closed: no forge for the repository, a failed lookup, or anything below
 //! write permission means no run.
 
-use std::sync::Arc;
-
-use crate::forge::{Forge, Permission, RepoRef};
+pub use crate::forge::ForgeResolver;
+use crate::forge::{Permission, RepoRef};
 
 use super::route::Dispatch;
-
-/// Finds the forge of a repository (`None`: Kiln does not serve it).
-pub type ForgeResolver = Arc<dyn Fn(&RepoRef) -> Option<Arc<dyn Forge>> + Send + Sync>;
 
 /// Why a dispatch was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -1,0 +1,146 @@
+//! `kiln serve`: the runner as a service — the store, a worker pool that
+//! executes queued runs, the webhook intake (when a webhook secret is
+//! configured), and the runner API with its dashboard, on one address.
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Args;
+use kiln::app::{self, AppOptions};
+use kiln::config::Role;
+use kiln::forge::github::GitHub;
+use kiln::forge::local::LocalForge;
+use kiln::forge::{Forge, ForgeResolver, RepoRef};
+use kiln::model::{ModelConfig, ScriptedProvider, build_provider};
+use kiln::service::Runner;
+use kiln::store::{RecoveryPolicy, RunStore, SqliteOptions, SqliteStore};
+
+use super::local_forge::LocalArgs;
+use super::run::load_config;
+
+/// `kiln serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Where to listen.
+    #[arg(long, default_value = "127.0.0.1:8080", env = "KILN_LISTEN")]
+    pub listen: SocketAddr,
+    /// Runs executed at once.
+    #[arg(long, default_value_t = 2)]
+    pub workers: usize,
+    /// Re-queue runs a crashed runner left behind (otherwise they fail with
+    /// "runner restarted").
+    #[arg(long)]
+    pub requeue: bool,
+    /// The config file (default: ./kiln.toml if it exists).
+    #[arg(long, short = 'c', env = "KILN_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Replay this model script for every run instead of calling a model.
+    #[arg(long)]
+    pub script: Option<PathBuf>,
+}
+
+/// Run the service until interrupted.
+pub async fn serve(args: ServeArgs, local: &LocalArgs) -> anyhow::Result<ExitCode> {
+    let mut config = load_config(args.config.as_deref())?;
+    let data_dir = local.data_dir()?;
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("cannot create {}", data_dir.display()))?;
+    let model = match (&args.script, &config.model) {
+        (Some(s), _) => Some(Arc::new(ScriptedProvider::load(s)?) as _),
+        (None, Some(m)) => Some(build_provider(m, &config.secrets)?),
+        (None, None) => match ModelConfig::from_env() {
+            Some((m, secrets)) => {
+                config.secrets.extend(secrets);
+                Some(build_provider(&m, &config.secrets)?)
+            }
+            None => {
+                eprintln!("kiln serve: no model configured; runs will fail until one is");
+                None
+            }
+        },
+    };
+    let store: Arc<dyn RunStore> = Arc::new(
+        SqliteStore::open(data_dir.join("kiln.sqlite"), SqliteOptions::default())
+            .await
+            .context("opening the store")?,
+    );
+    let budgets = Role::ALL
+        .into_iter()
+        .map(|r| (r, config.budgets.budget_for(r.as_str())))
+        .collect();
+    let progress = |p: kiln::sandbox::image::ImageProgress| eprintln!("image: {p:?}");
+    let services = app::services(
+        AppOptions {
+            config: config.clone(),
+            data_dir: data_dir.clone(),
+            recipes: app::recipes_dir(),
+            runner_id: "serve".into(),
+            model,
+            budgets,
+        },
+        &progress,
+    )
+    .await?;
+    let gate = services.gate.clone();
+    let github = match &config.github {
+        Some(g) => Some(GitHub::from_config(g, &config.secrets)?),
+        None => None,
+    };
+    let forge_root = local.forge_root()?;
+    // `local/*` repositories live on the local forge; everything else on GitHub.
+    let forges: ForgeResolver = Arc::new(move |repo: &RepoRef| -> Option<Arc<dyn Forge>> {
+        if repo.owner == "local" {
+            LocalForge::open(&forge_root, repo.clone())
+                .ok()
+                .map(|f| Arc::new(f) as Arc<dyn Forge>)
+        } else {
+            github
+                .as_ref()
+                .map(|g| Arc::new(g.forge(repo.clone())) as Arc<dyn Forge>)
+        }
+    });
+    let runner = Runner::new(store.clone(), services, forges.clone());
+    runner
+        .start(
+            args.workers,
+            RecoveryPolicy {
+                requeue: args.requeue,
+                ..RecoveryPolicy::default()
+            },
+        )
+        .await?;
+    let mut extra = axum::Router::new();
+    if let Some(name) = &config.intake.intake.webhook_secret {
+        let secret = config
+            .secrets
+            .iter()
+            .find(|s| &s.name == name)
+            .with_context(|| format!("[intake] webhook_secret names no [[secrets]] entry {name}"))?
+            .read_value()?;
+        let intake = kiln::intake::Intake::start(store.clone(), forges, &config.intake, secret)?;
+        extra = extra.merge(kiln::intake::router(intake));
+    }
+    let state = kiln::api::ApiState {
+        store,
+        control: runner.clone(),
+        redactor: Arc::new(gate.redactor().clone()),
+        extra,
+    };
+    let app = kiln::api::router(state);
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    eprintln!(
+        "kiln serve: listening on http://{} (dashboard at /, API at /runs, OpenAPI at /openapi.json); data in {}",
+        listener.local_addr()?,
+        data_dir.display()
+    );
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await?;
+    Ok(ExitCode::SUCCESS)
+}
