@@ -1,0 +1,126 @@
+//! Runner overhead of one triage run: everything except model time (forge
+//! snapshot with trust look-ups, mirror and workspace, sandbox, plugin
+//! instantiation, gate, forge effects, progress comment, teardown and
+//! handback bundle), with the scripted provider answering instantly. The
+//! baseline, measured in the same run and interleaved, is a raw
+//! `docker run --rm IMAGE true` of the same image. Run with:
+//!
+//! ```text
+//! cargo bench -p kiln --bench run            # KILN_BENCH_ITERS=10 by default
+//! ```
+use std::collections::HashMap;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kiln::app::{self, AppOptions};
+use kiln::config::{KilnConfig, Role};
+use kiln::forge::local::LocalForge;
+use kiln::forge::{Forge, NewIssue, RepoRef};
+use kiln::model::ScriptedProvider;
+use kiln::policy::Trust;
+use kiln::session::{MemoryEvents, Steering};
+use kiln::worker::{Cancel, RunEnd, RunRequest, RunTrigger, execute};
+
+const SCRIPT: &str = include_str!("../demo/triage.json");
+
+fn median(v: &mut [Duration]) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let quick = !std::env::args().any(|a| a == "--bench");
+    let iters: usize = if quick {
+        1
+    } else {
+        std::env::var("KILN_BENCH_ITERS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(10)
+            .max(1)
+    };
+    let dir = tempfile::tempdir()?;
+    let src = dir.path().join("sample");
+    let demo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("demo/sample-repo");
+    std::fs::create_dir_all(src.join("tests"))?;
+    for f in ["README.md", "slugify.sh", "tests/run.sh"] {
+        std::fs::copy(demo.join(f), src.join(f))?;
+    }
+    let forge = LocalForge::create(
+        &dir.path().join("forge"),
+        RepoRef::parse("local/bench")?,
+        "alice",
+        Some(&src),
+    )
+    .await?;
+    let forge: Arc<dyn Forge> = Arc::new(forge);
+    let mut services = app::services(
+        AppOptions {
+            config: KilnConfig::default(),
+            data_dir: dir.path().to_path_buf(),
+            recipes: app::recipes_dir(),
+            runner_id: "bench-run".into(),
+            model: None,
+            budgets: HashMap::new(),
+        },
+        &|_| {},
+    )
+    .await?;
+    let image = services.image.clone();
+    let (mut runs, mut raws) = (Vec::new(), Vec::new());
+    for i in 0..iters {
+        let number = forge
+            .create_issue(NewIssue {
+                title: "slugify leaves runs of dashes".into(),
+                body: include_str!("../demo/issue.md").into(),
+                labels: vec![],
+            })
+            .await?;
+        services.model = Some(Arc::new(ScriptedProvider::from_json("triage.json", SCRIPT)?));
+        let req = RunRequest {
+            run_id: format!("bench-{i}"),
+            repo: forge.repo().clone(),
+            role: Role::Triage,
+            number,
+            trigger: RunTrigger::Manual,
+            trust: Trust::Trusted,
+            instructions: None,
+        };
+        let t = Instant::now();
+        let s = execute(
+            &services,
+            forge.clone(),
+            &req,
+            Arc::new(MemoryEvents::new()),
+            Steering::new(),
+            Cancel::new(),
+        )
+        .await;
+        runs.push(t.elapsed());
+        anyhow::ensure!(s.state == RunEnd::Succeeded, "run failed: {}", s.reason);
+
+        let t = Instant::now();
+        let ok = Command::new("docker")
+            .args(["run", "--rm", "--network", "none", &image, "true"])
+            .status()?
+            .success();
+        raws.push(t.elapsed());
+        anyhow::ensure!(ok, "docker run failed");
+    }
+    let (run, raw) = (median(&mut runs), median(&mut raws));
+    println!(
+        "triage run (scripted model) median {:.0} ms; raw `docker run --rm` median {:.0} ms; \
+         runner overhead beyond the raw container {:.0} ms (target < 2000 ms); ratio {:.2}x ({iters} iterations)",
+        ms(run),
+        ms(raw),
+        ms(run.saturating_sub(raw)),
+        run.as_secs_f64() / raw.as_secs_f64()
+    );
+    Ok(())
+}
