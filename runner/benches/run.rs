@@ -82,7 +82,10 @@ async fn main() -> anyhow::Result<()> {
                 labels: vec![],
             })
             .await?;
-        services.model = Some(Arc::new(ScriptedProvider::from_json("triage.json", SCRIPT)?));
+        services.model = Some(Arc::new(ScriptedProvider::from_json(
+            "triage.json",
+            SCRIPT,
+        )?));
         let req = RunRequest {
             run_id: format!("bench-{i}"),
             repo: forge.repo().clone(),
