@@ -7,7 +7,9 @@ use clap::{Parser, Subcommand};
 mod image;
 mod local_forge;
 mod plugin;
+mod remote;
 mod run;
+mod token;
 
 /// Kiln: a self-hosted software factory runner. Issues flow through role
 /// plugins (triage, spec, implementation, review) that run as WebAssembly
@@ -43,6 +45,11 @@ enum Command {
     /// Pull requests on the local forge: list, show (with reviews), diff.
     #[command(subcommand)]
     Pr(local_forge::PrCommand),
+    #[command(flatten)]
+    Remote(remote::RemoteCommand),
+    /// API tokens in the local store: create, list, revoke.
+    #[command(subcommand)]
+    Token(token::TokenCommand),
 }
 
 impl Cli {
@@ -56,6 +63,8 @@ impl Cli {
             Command::Repo(cmd) => local_forge::repo(cmd, &self.local).await,
             Command::Issue(cmd) => local_forge::issue(cmd, &self.local).await,
             Command::Pr(cmd) => local_forge::pr(cmd, &self.local).await,
+            Command::Remote(cmd) => remote::run(cmd, &self.local).await,
+            Command::Token(cmd) => token::run(cmd, &self.local).await,
         }
     }
 }
