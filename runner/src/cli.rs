@@ -7,7 +7,10 @@ use clap::{Parser, Subcommand};
 mod image;
 mod local_forge;
 mod plugin;
+mod remote;
 mod run;
+mod serve;
+mod token;
 
 /// Kiln: a self-hosted software factory runner. Issues flow through role
 /// plugins (triage, spec, implementation, review) that run as WebAssembly
@@ -34,6 +37,8 @@ enum Command {
     /// Build what is missing, create a sample repository on the local forge and
     /// drive it through triage → spec → implementation → review.
     Demo(run::RunnerArgs),
+    /// Run the service: store, worker pool, webhook intake, runner API and dashboard.
+    Serve(serve::ServeArgs),
     /// Repositories on the local forge (create one from a directory).
     #[command(subcommand)]
     Repo(local_forge::RepoCommand),
@@ -43,6 +48,11 @@ enum Command {
     /// Pull requests on the local forge: list, show (with reviews), diff.
     #[command(subcommand)]
     Pr(local_forge::PrCommand),
+    #[command(flatten)]
+    Remote(remote::RemoteCommand),
+    /// API tokens in the local store: create, list, revoke.
+    #[command(subcommand)]
+    Token(token::TokenCommand),
 }
 
 impl Cli {
@@ -52,10 +62,13 @@ impl Cli {
             Command::Plugin(cmd) => plugin::run(cmd),
             Command::Image(cmd) => cmd.run().await.map(|()| ExitCode::SUCCESS),
             Command::Run(args) => run::run(args, &self.local).await,
+            Command::Serve(args) => serve::serve(args, &self.local).await,
             Command::Demo(args) => run::demo(args, &self.local).await,
             Command::Repo(cmd) => local_forge::repo(cmd, &self.local).await,
             Command::Issue(cmd) => local_forge::issue(cmd, &self.local).await,
             Command::Pr(cmd) => local_forge::pr(cmd, &self.local).await,
+            Command::Remote(cmd) => remote::run(cmd, &self.local).await,
+            Command::Token(cmd) => token::run(cmd, &self.local).await,
         }
     }
 }

@@ -11,6 +11,7 @@
 //! workspace); everything that happens is a [`session`] event.
 #![deny(missing_docs)]
 
+pub mod api;
 pub mod app;
 pub mod config;
 pub mod control;

@@ -1,0 +1,513 @@
+//! The dashboard: server-rendered HTML from the same service, no front-end
+//! build. Pages: `/ui/login`, `/ui/runs` (live status: the page re-reads
+//! `/runs`), `/ui/runs/{id}` (the live transcript over SSE, held effects
+//! with approve / deny, cancel, a steering box).
+//!
+//! Event text is untrusted (model and plugin output): the server escapes
+//! every piece it writes into HTML, and the inline script only ever sets
+//! `textContent`. Each page also carries a Content-Security-Policy that
+//! runs only the page's own script (a per-response nonce), so markup that
+//! slipped through could still not execute.
+//!
+//! The token lives in an `HttpOnly`, `SameSite=Strict` cookie set by the
+//! login form (never in a URL); the page's `fetch` calls carry the CSRF
+//! header that cookie-authenticated actions need (see [`super::auth`]).
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+
+use super::ApiState;
+use super::auth::{self, COOKIE, Caller};
+use super::error::ApiError;
+use super::events::{all_events, redact_json};
+use super::params;
+use crate::store::{Approval, Run, RunFilter, StoredEvent};
+
+/// The dashboard's routes.
+pub fn routes() -> Router<ApiState> {
+    Router::new()
+        .route("/", get(|| async { Redirect::to("/ui/runs") }))
+        .route("/ui/login", get(login_form).post(login))
+        .route("/ui/logout", post(logout))
+        .route("/ui/runs", get(runs_page))
+        .route("/ui/runs/{id}", get(run_page))
+}
+
+/// Escapes text for HTML element content and quoted attribute values.
+pub fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:1.5rem;max-width:70rem;color:#222}\
+table{border-collapse:collapse;width:100%}td,th{border-bottom:1px solid #ddd;padding:.3rem .5rem;text-align:left}\
+.state{font-weight:600}.ev{border-left:3px solid #bbb;margin:.4rem 0;padding:.2rem .6rem;list-style:none}\
+.ev .seq{color:#888;margin-right:.5rem}.ev .type{font-weight:600;margin-right:.5rem}.ev .extra{color:#555}\
+.ev pre{white-space:pre-wrap;margin:.2rem 0;font-size:.9rem}.ev-denied,.ev-panic,.ev-warning{border-color:#c33}\
+.ev-proposal{border-color:#c90}.ev-model-turn{border-color:#36c}#events{padding:0}\
+.approval{border:1px solid #c90;padding:.5rem;margin:.5rem 0;list-style:none}#approvals{padding:0}\
+button{margin-right:.4rem}#status{color:#555;min-height:1.2rem}textarea{width:100%}";
+
+/// A full page with a per-response script nonce in its CSP.
+fn page(title: &str, body: &str, script: Option<&str>) -> Response {
+    let nonce = hex::encode(rand::random::<[u8; 16]>());
+    let script = script
+        .map(|s| format!("<script nonce=\"{nonce}\">{s}</script>"))
+        .unwrap_or_default();
+    let html = format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta name=\"viewport\" content=\"width=device-width\"><title>{} — Kiln</title>\
+         <style>{STYLE}</style></head>{body}{script}</html>",
+        escape(title)
+    );
+    let csp = format!(
+        "default-src 'none'; script-src 'nonce-{nonce}'; style-src 'unsafe-inline'; \
+         connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
+    );
+    let mut response = ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], html).into_response();
+    let h = response.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&csp) {
+        h.insert(header::CONTENT_SECURITY_POLICY, v);
+    }
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+fn with_status(status: StatusCode, mut response: Response) -> Response {
+    *response.status_mut() = status;
+    response
+}
+
+fn error_page(e: ApiError) -> Response {
+    let status = e.status();
+    let message = match &e {
+        ApiError::Internal(_) => "internal error".to_owned(),
+        other => other.to_string(),
+    };
+    if let ApiError::Internal(detail) = &e {
+        tracing::error!(error = %detail, "dashboard request failed");
+    }
+    with_status(
+        status,
+        page(
+            "Error",
+            &format!(
+                "<body><h1>{}</h1><p id=\"error\">{}</p><p><a href=\"/ui/runs\">Runs</a></p></body>",
+                status.as_u16(),
+                escape(&message)
+            ),
+            None,
+        ),
+    )
+}
+
+/// The caller, or the response to give instead (the login form when there
+/// is no live token).
+async fn caller(state: &ApiState, headers: &HeaderMap) -> Result<Caller, Response> {
+    match auth::authenticate(state, &Method::GET, headers).await {
+        Ok(c) => Ok(c),
+        Err(ApiError::Unauthorized(_)) => Err(Redirect::to("/ui/login").into_response()),
+        Err(e) => Err(error_page(e)),
+    }
+}
+
+fn login_page(error: Option<&str>) -> Response {
+    let error = error
+        .map(|e| format!("<p id=\"error\" role=\"alert\">{}</p>", escape(e)))
+        .unwrap_or_default();
+    page(
+        "Log in",
+        &format!(
+            "<body><h1>Kiln</h1>{error}<form method=\"post\" action=\"/ui/login\">\
+             <label>API token <input type=\"password\" name=\"token\" autocomplete=\"off\" required></label> \
+             <button type=\"submit\">Log in</button></form>\
+             <p>Create a token with <code>kiln token create NAME --scope viewer</code>.</p></body>"
+        ),
+        None,
+    )
+}
+
+async fn login_form() -> Response {
+    login_page(None)
+}
+
+async fn login(State(state): State<ApiState>, body: Result<Bytes, BytesRejection>) -> Response {
+    let bytes = match body {
+        Ok(b) => b,
+        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return ApiError::TooLarge("login form too large".into()).into_response();
+        }
+        Err(e) => return with_status(StatusCode::BAD_REQUEST, login_page(Some(&e.to_string()))),
+    };
+    let token = url::form_urlencoded::parse(&bytes)
+        .find(|(k, _)| k == "token")
+        .map(|(_, v)| v.trim().to_owned());
+    let Some(token) = token.filter(|t| !t.is_empty()) else {
+        return with_status(
+            StatusCode::BAD_REQUEST,
+            login_page(Some("the form needs a token field")),
+        );
+    };
+    match auth::lookup(&state, &token, true).await {
+        Ok(_) => {
+            let cookie = format!("{COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/");
+            match HeaderValue::from_str(&cookie) {
+                Ok(v) => {
+                    let mut r = Redirect::to("/ui/runs").into_response();
+                    r.headers_mut().insert(header::SET_COOKIE, v);
+                    r
+                }
+                Err(_) => with_status(
+                    StatusCode::UNAUTHORIZED,
+                    login_page(Some("not a Kiln API token")),
+                ),
+            }
+        }
+        Err(ApiError::Unauthorized(m)) => {
+            with_status(StatusCode::UNAUTHORIZED, login_page(Some(&m)))
+        }
+        Err(e) => error_page(e),
+    }
+}
+
+async fn logout() -> Response {
+    let mut r = Redirect::to("/ui/login").into_response();
+    r.headers_mut().insert(
+        header::SET_COOKIE,
+        HeaderValue::from_static("kiln_token=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0"),
+    );
+    r
+}
+
+fn nav(caller: &Caller) -> String {
+    format!(
+        "<p><a href=\"/ui/runs\">Runs</a> · signed in as <b>{}</b> ({}) \
+         <form method=\"post\" action=\"/ui/logout\" style=\"display:inline\">\
+         <button type=\"submit\">Log out</button></form></p>",
+        escape(&caller.name),
+        caller.scope.as_str()
+    )
+}
+
+fn run_row(run: &Run) -> String {
+    format!(
+        "<tr data-run=\"{id}\"><td><a href=\"/ui/runs/{id}\">r{id}</a></td><td>{repo}#{number}</td>\
+         <td>{role}</td><td class=\"state\">{state}</td><td>{reason}</td></tr>",
+        id = run.id.0,
+        repo = escape(&run.repo.to_string()),
+        number = run.number,
+        role = run.role.as_str(),
+        state = run.state.as_str(),
+        reason = escape(run.reason.as_deref().unwrap_or("")),
+    )
+}
+
+const RUNS_SCRIPT: &str = r#"
+const tbody = document.getElementById('runs');
+function cell(text) { const td = document.createElement('td'); td.textContent = text; return td; }
+async function refresh() {
+  try {
+    const r = await fetch('/runs?limit=200', { credentials: 'same-origin' });
+    if (!r.ok) return;
+    const body = await r.json();
+    const rows = body.runs.map(run => {
+      const tr = document.createElement('tr');
+      tr.dataset.run = String(run.id);
+      const a = document.createElement('a');
+      a.href = '/ui/runs/' + encodeURIComponent(String(run.id));
+      a.textContent = 'r' + run.id;
+      const first = document.createElement('td'); first.appendChild(a); tr.appendChild(first);
+      tr.appendChild(cell(run.repo.owner + '/' + run.repo.name + '#' + run.number));
+      tr.appendChild(cell(run.role));
+      const st = cell(run.state); st.className = 'state'; tr.appendChild(st);
+      tr.appendChild(cell(run.reason || ''));
+      return tr;
+    });
+    tbody.replaceChildren(...rows);
+  } catch (e) { /* the next refresh tries again */ }
+}
+setInterval(refresh, 2000);
+"#;
+
+async fn runs_page(State(state): State<ApiState>, headers: HeaderMap) -> Response {
+    let caller = match caller(&state, &headers).await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let runs = match state
+        .store
+        .list_runs(RunFilter {
+            limit: Some(200),
+            ..RunFilter::default()
+        })
+        .await
+    {
+        Ok(runs) => runs,
+        Err(e) => return error_page(e.into()),
+    };
+    let runs: Vec<Run> = runs.into_iter().map(|r| redacted_run(&state, r)).collect();
+    let rows: String = runs.iter().map(run_row).collect();
+    page(
+        "Runs",
+        &format!(
+            "<body><h1>Runs</h1>{}<table><thead><tr><th>run</th><th>issue</th><th>role</th>\
+             <th>state</th><th>reason</th></tr></thead><tbody id=\"runs\">{rows}</tbody></table></body>",
+            nav(&caller)
+        ),
+        Some(RUNS_SCRIPT),
+    )
+}
+
+fn redacted_run(state: &ApiState, run: Run) -> Run {
+    let Ok(mut v) = serde_json::to_value(&run) else {
+        return run;
+    };
+    redact_json(&state.redactor, &mut v);
+    serde_json::from_value(v).unwrap_or(run)
+}
+
+fn event_item(e: &StoredEvent) -> String {
+    let kind = e
+        .kind
+        .get("type")
+        .and_then(|t| t.as_str())
+        .unwrap_or("event");
+    let class: String = kind
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+        .collect();
+    let extra: Vec<String> = e
+        .kind
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(k, _)| k.as_str() != "type")
+        .map(|(k, v)| match v.as_str() {
+            Some(s) => format!("{k}: {s}"),
+            None => format!("{k}: {v}"),
+        })
+        .collect();
+    let extra = if extra.is_empty() {
+        String::new()
+    } else {
+        format!("<span class=\"extra\">{}</span>", escape(&extra.join(", ")))
+    };
+    format!(
+        "<li class=\"ev ev-{class}\" data-seq=\"{seq}\"><span class=\"seq\">#{seq}</span>\
+         <span class=\"type\">{kind}</span>{extra}<pre class=\"msg\">{msg}</pre></li>",
+        seq = e.seq,
+        kind = escape(kind),
+        msg = escape(&e.message),
+    )
+}
+
+fn approval_item(a: &Approval) -> String {
+    let proposal = serde_json::to_string_pretty(&a.proposal).unwrap_or_default();
+    format!(
+        "<li class=\"approval\" data-effect=\"{id}\"><code>{id}</code><pre class=\"proposal\">{p}</pre>\
+         <input class=\"reason\" placeholder=\"reason (optional)\"> \
+         <button class=\"approve\" data-approve=\"true\">Approve</button>\
+         <button class=\"deny\" data-approve=\"false\">Deny</button></li>",
+        id = escape(&a.effect_id),
+        p = escape(&proposal),
+    )
+}
+
+const RUN_SCRIPT: &str = r#"
+const RUN = document.body.dataset.run;
+let last = Number(document.body.dataset.last);
+const events = document.getElementById('events');
+const approvals = document.getElementById('approvals');
+const statusLine = document.getElementById('status');
+function el(tag, cls, text) {
+  const e = document.createElement(tag);
+  if (cls) e.className = cls;
+  if (text !== undefined) e.textContent = text;
+  return e;
+}
+function say(text) { statusLine.textContent = text; }
+function setState(state, reason) {
+  document.getElementById('state').textContent = state;
+  document.getElementById('reason').textContent = reason || '';
+}
+function renderEvent(ev) {
+  const type = String((ev.kind && ev.kind.type) || 'event');
+  const li = el('li', 'ev ev-' + type.replace(/[^A-Za-z0-9-]/g, ''));
+  li.dataset.seq = String(ev.seq);
+  li.appendChild(el('span', 'seq', '#' + ev.seq));
+  li.appendChild(el('span', 'type', type));
+  const extra = Object.entries(ev.kind || {}).filter(([k]) => k !== 'type')
+    .map(([k, v]) => k + ': ' + (typeof v === 'string' ? v : JSON.stringify(v))).join(', ');
+  if (extra) li.appendChild(el('span', 'extra', extra));
+  li.appendChild(el('pre', 'msg', String(ev.message)));
+  events.appendChild(li);
+}
+function renderApprovals(list) {
+  approvals.replaceChildren(...list.map(ap => {
+    const li = el('li', 'approval');
+    li.dataset.effect = ap.effect_id;
+    li.appendChild(el('code', null, ap.effect_id));
+    li.appendChild(el('pre', 'proposal', JSON.stringify(ap.proposal, null, 2)));
+    const reason = el('input', 'reason'); reason.placeholder = 'reason (optional)';
+    li.appendChild(reason);
+    const ok = el('button', 'approve', 'Approve'); ok.dataset.approve = 'true'; li.appendChild(ok);
+    const no = el('button', 'deny', 'Deny'); no.dataset.approve = 'false'; li.appendChild(no);
+    return li;
+  }));
+}
+let refreshing = null;
+async function refresh() {
+  try {
+    const r = await fetch('/runs/' + RUN, { credentials: 'same-origin' });
+    if (r.ok) { const run = await r.json(); setState(run.state, run.reason); }
+    const a = await fetch('/runs/' + RUN + '/approvals', { credentials: 'same-origin' });
+    if (a.ok) renderApprovals((await a.json()).approvals);
+  } catch (e) { say('refresh failed: ' + e); }
+}
+function scheduleRefresh() {
+  if (refreshing) return;
+  refreshing = setTimeout(() => { refreshing = null; refresh(); }, 300);
+}
+async function act(path, body, done) {
+  try {
+    const r = await fetch(path, {
+      method: 'POST', credentials: 'same-origin',
+      headers: { 'content-type': 'application/json', 'x-kiln-csrf': '1' },
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+    const answer = await r.json().catch(() => ({}));
+    say(r.ok ? done : ('refused (' + r.status + '): ' + (answer.message || '')));
+  } catch (e) { say('request failed: ' + e); }
+  refresh();
+}
+approvals.addEventListener('click', (ev) => {
+  const button = ev.target.closest('button[data-approve]');
+  if (!button) return;
+  const li = button.closest('li[data-effect]');
+  const effect = li.dataset.effect;
+  const approve = button.dataset.approve === 'true';
+  const reason = li.querySelector('input.reason').value.trim();
+  act('/runs/' + RUN + '/approvals/' + encodeURIComponent(effect),
+      { approve, reason: reason || null }, (approve ? 'approved ' : 'denied ') + effect);
+});
+document.getElementById('cancel').addEventListener('click', () => {
+  if (confirm('Cancel this run?')) act('/runs/' + RUN + '/cancel', undefined, 'cancelling');
+});
+document.getElementById('steer').addEventListener('submit', (ev) => {
+  ev.preventDefault();
+  const box = document.getElementById('message');
+  const message = box.value;
+  if (!message.trim()) return;
+  act('/runs/' + RUN + '/messages', { message }, 'message sent');
+  box.value = '';
+});
+const source = new EventSource('/runs/' + RUN + '/events?after=' + last);
+source.onmessage = (m) => {
+  const ev = JSON.parse(m.data);
+  if (ev.seq <= last) return;
+  last = ev.seq;
+  renderEvent(ev);
+  scheduleRefresh();
+};
+source.addEventListener('end', (m) => {
+  const d = JSON.parse(m.data);
+  setState(d.state, d.reason);
+  source.close();
+  document.body.dataset.ended = 'true';
+  refresh();
+});
+source.addEventListener('stream-error', (m) => { say('stream: ' + JSON.parse(m.data).message); });
+source.onopen = () => { document.body.dataset.live = 'true'; };
+"#;
+
+async fn run_page(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    let caller = match caller(&state, &headers).await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let id = match params::run_id(&id) {
+        Ok(id) => id,
+        Err(e) => return error_page(e),
+    };
+    let loaded = async {
+        let run = state.store.get_run(id).await?;
+        let pending = state.store.pending_effects(id).await?;
+        let events = all_events(&state, id).await?;
+        Ok::<_, ApiError>((run, pending, events))
+    };
+    let (run, pending, events) = match loaded.await {
+        Ok(x) => x,
+        Err(e) => return error_page(e),
+    };
+    let run = redacted_run(&state, run);
+    let pending: Vec<Approval> = pending
+        .into_iter()
+        .map(|a| {
+            let mut v = serde_json::to_value(&a).unwrap_or_default();
+            redact_json(&state.redactor, &mut v);
+            serde_json::from_value(v).unwrap_or(a)
+        })
+        .collect();
+    let last = events.last().map(|e| e.seq).unwrap_or(0);
+    let items: String = events.iter().map(event_item).collect();
+    let held: String = pending.iter().map(approval_item).collect();
+    let body = format!(
+        "<body data-run=\"{rid}\" data-last=\"{last}\"><h1>Run r{rid}</h1>{nav}\
+         <p>{repo}#{number} · {role} · state <span id=\"state\" class=\"state\">{st}</span> \
+         <span id=\"reason\">{reason}</span></p>\
+         <p><button id=\"cancel\">Cancel run</button> <span id=\"status\" role=\"status\"></span></p>\
+         <h2>Held effects</h2><ul id=\"approvals\">{held}</ul>\
+         <h2>Steer</h2><form id=\"steer\"><textarea id=\"message\" rows=\"3\" \
+         placeholder=\"a message the agent reads before its next model turn\"></textarea>\
+         <button type=\"submit\">Send</button></form>\
+         <h2>Transcript</h2><ol id=\"events\">{items}</ol></body>",
+        rid = run.id.0,
+        nav = nav(&caller),
+        repo = escape(&run.repo.to_string()),
+        number = run.number,
+        role = run.role.as_str(),
+        st = run.state.as_str(),
+        reason = escape(run.reason.as_deref().unwrap_or("")),
+    );
+    page(&format!("Run r{}", run.id.0), &body, Some(RUN_SCRIPT))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn markup_in_text_is_escaped() {
+        assert_eq!(
+            escape("<script>alert('x')</script> & \"q\""),
+            "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; &amp; &quot;q&quot;"
+        );
+    }
+}

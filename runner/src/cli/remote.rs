@@ -1,0 +1,411 @@
+//! `kiln runs|watch|steer|approve|deny|cancel|handback`: a runner's runs
+//! over its API (`--url` / `KILN_URL`, `--token` / `KILN_TOKEN`).
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+use futures_util::StreamExt as _;
+use kiln::api::client::{Client, ClientError, FeedItem};
+use kiln::store::{RunId, RunState, StoredEvent};
+
+use super::local_forge::LocalArgs;
+
+/// Where the runner API is and how to authenticate.
+#[derive(Debug, Args)]
+pub struct ApiArgs {
+    /// The runner API's base URL.
+    #[arg(long, env = "KILN_URL", default_value = "http://127.0.0.1:7878")]
+    pub url: String,
+    /// An API token (kiln_…); `kiln token create` makes one.
+    #[arg(long, env = "KILN_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+}
+
+impl ApiArgs {
+    fn client(&self) -> anyhow::Result<Client> {
+        Ok(Client::new(&self.url, self.token.clone())?)
+    }
+}
+
+/// Commands that talk to a runner's API.
+#[derive(Debug, Subcommand)]
+pub enum RemoteCommand {
+    /// List runs, newest first (filter with --repo, --state, --role).
+    Runs {
+        /// Only runs in these states (queued, running, awaiting-approval, …).
+        #[arg(long, value_delimiter = ',')]
+        state: Vec<String>,
+        /// Only runs of this role.
+        #[arg(long)]
+        role: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Follow a run's events live until it ends (exit 0 if it succeeded, 1 otherwise).
+    Watch {
+        /// The run (r12 or 12).
+        run: String,
+        /// Start after this event seq (default: from the first event).
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Send a steering message; the agent reads it before its next model turn.
+    Steer {
+        /// The run.
+        run: String,
+        /// The message.
+        message: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Approve an effect the policy gate held (list them with `kiln approve RUN`).
+    Approve(DecideArgs),
+    /// Deny an effect the policy gate held.
+    Deny(DecideArgs),
+    /// Cancel a run: its plugin stops, its container is killed.
+    Cancel {
+        /// The run.
+        run: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Fetch a run's work into this git checkout as branch kiln/run-<id>, and
+    /// its transcript to .kiln/runs/<id>.md.
+    Handback {
+        /// The run.
+        run: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+}
+
+/// Arguments of `kiln approve` / `kiln deny`.
+#[derive(Debug, Args)]
+pub struct DecideArgs {
+    /// The run.
+    run: String,
+    /// The held effect's id; without it, the run's held effects are listed.
+    effect: Option<String>,
+    /// Why (shown in the run's events).
+    #[arg(long)]
+    reason: Option<String>,
+    #[command(flatten)]
+    api: ApiArgs,
+}
+
+fn run_id(raw: &str) -> anyhow::Result<u64> {
+    Ok(raw.parse::<RunId>()?.0)
+}
+
+/// Runs a remote command.
+pub async fn run(cmd: RemoteCommand, local: &LocalArgs) -> anyhow::Result<ExitCode> {
+    match cmd {
+        RemoteCommand::Runs {
+            state,
+            role,
+            limit,
+            api,
+        } => runs(&api, local, &state, role.as_deref(), limit).await,
+        RemoteCommand::Watch { run, after, api } => watch(&api, run_id(&run)?, after).await,
+        RemoteCommand::Steer { run, message, api } => {
+            let id = run_id(&run)?;
+            api.client()?.steer(id, &message).await?;
+            eprintln!("queued for r{id}: the agent reads it before its next model turn");
+            Ok(ExitCode::SUCCESS)
+        }
+        RemoteCommand::Approve(args) => decide(args, true).await,
+        RemoteCommand::Deny(args) => decide(args, false).await,
+        RemoteCommand::Cancel { run, api } => {
+            let id = run_id(&run)?;
+            api.client()?.cancel(id).await?;
+            eprintln!("cancelling r{id}");
+            Ok(ExitCode::SUCCESS)
+        }
+        RemoteCommand::Handback { run, api } => handback(&api, run_id(&run)?).await,
+    }
+}
+
+async fn runs(
+    api: &ApiArgs,
+    local: &LocalArgs,
+    states: &[String],
+    role: Option<&str>,
+    limit: u32,
+) -> anyhow::Result<ExitCode> {
+    let mut query = url::form_urlencoded::Serializer::new(String::new());
+    query.append_pair("limit", &limit.to_string());
+    if let Some(repo) = &local.repo {
+        query.append_pair("repo", repo);
+    }
+    if let Some(role) = role {
+        query.append_pair("role", role);
+    }
+    for s in states {
+        query.append_pair("state", s);
+    }
+    let runs = api.client()?.runs(&query.finish()).await?;
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "{:<7} {:<18} {:<30} {:<15} REASON",
+        "RUN", "STATE", "ISSUE", "ROLE"
+    )?;
+    for r in runs {
+        writeln!(
+            out,
+            "{:<7} {:<18} {:<30} {:<15} {}",
+            r.id.to_string(),
+            r.state.as_str(),
+            terminal_safe(&format!("{}#{}", r.repo, r.number)),
+            r.role.as_str(),
+            terminal_safe(r.reason.as_deref().unwrap_or("")).replace('\n', " "),
+        )?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Event text is untrusted: control characters (terminal escape
+/// sequences) are shown as `\u{…}` instead of being sent to the terminal.
+pub fn terminal_safe(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() && c != '\n' && c != '\t' {
+            out.push_str(&c.escape_unicode().to_string());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// `HH:MM:SS` (UTC) of a millisecond timestamp.
+fn clock(ms: i64) -> String {
+    let secs = ms.div_euclid(1000).rem_euclid(86_400);
+    format!("{:02}:{:02}:{:02}", secs / 3600, secs / 60 % 60, secs % 60)
+}
+
+/// One event as `kiln watch` prints it.
+pub fn render_event(e: &StoredEvent) -> String {
+    let kind = e
+        .kind
+        .get("type")
+        .and_then(|t| t.as_str())
+        .unwrap_or("event");
+    let extra: Vec<String> = e
+        .kind
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(k, _)| k.as_str() != "type")
+        .map(|(k, v)| match v.as_str() {
+            Some(s) => format!("{k}={s}"),
+            None => format!("{k}={v}"),
+        })
+        .collect();
+    let extra = if extra.is_empty() {
+        String::new()
+    } else {
+        format!(" [{}]", extra.join(" "))
+    };
+    let message = terminal_safe(&e.message).replace('\n', "\n        ");
+    format!(
+        "{} #{:<4} {}{}: {}",
+        clock(e.at_ms),
+        e.seq,
+        terminal_safe(kind),
+        terminal_safe(&extra),
+        message
+    )
+}
+
+/// How often `kiln watch` reconnects in a row before giving up.
+const MAX_RECONNECTS: u32 = 30;
+
+async fn watch(api: &ApiArgs, id: u64, after: u64) -> anyhow::Result<ExitCode> {
+    let client = api.client()?;
+    let mut last = after;
+    let mut failures = 0u32;
+    loop {
+        let mut feed = match client.feed(id, Some(last)).await {
+            Ok(f) => f,
+            Err(e @ ClientError::Api { .. }) => return Err(e.into()),
+            Err(e) => {
+                failures += 1;
+                if failures > MAX_RECONNECTS {
+                    return Err(e.into());
+                }
+                eprintln!("watch: {e}; reconnecting");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        while let Some(item) = feed.next().await {
+            match item {
+                Ok(FeedItem::Event(e)) => {
+                    failures = 0;
+                    last = e.seq;
+                    println!("{}", render_event(&e));
+                }
+                Ok(FeedItem::End(v)) => {
+                    let state = v["state"].as_str().unwrap_or("unknown");
+                    let reason = v["reason"]
+                        .as_str()
+                        .map(|r| format!(": {}", terminal_safe(r)));
+                    println!("run r{id} ended: {state}{}", reason.unwrap_or_default());
+                    let ok = state.parse::<RunState>().ok() == Some(RunState::Succeeded);
+                    return Ok(if ok {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::FAILURE
+                    });
+                }
+                Ok(FeedItem::StreamError(m)) => {
+                    eprintln!("watch: server: {m}; resuming after #{last}");
+                    break;
+                }
+                Err(e) => {
+                    eprintln!("watch: {e}; resuming after #{last}");
+                    break;
+                }
+            }
+        }
+        // The stream closed without `end` (server restart, network): resume.
+        failures += 1;
+        if failures > MAX_RECONNECTS {
+            bail!("the event stream of r{id} keeps closing; gave up after {MAX_RECONNECTS} tries");
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+async fn decide(args: DecideArgs, approve: bool) -> anyhow::Result<ExitCode> {
+    let id = run_id(&args.run)?;
+    let client = args.api.client()?;
+    let Some(effect) = args.effect else {
+        let pending = client.approvals(id).await?;
+        if pending.is_empty() {
+            println!("r{id} has no held effects");
+        }
+        for a in pending {
+            println!(
+                "{}  {}",
+                terminal_safe(&a.effect_id),
+                terminal_safe(&a.proposal.to_string())
+            );
+        }
+        return Ok(ExitCode::SUCCESS);
+    };
+    client
+        .decide(id, &effect, approve, args.reason.as_deref())
+        .await?;
+    eprintln!(
+        "{} {effect} of r{id}",
+        if approve { "approved" } else { "denied" }
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn git(dir: &Path, args: &[&str]) -> anyhow::Result<String> {
+    let out = std::process::Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .output()
+        .with_context(|| format!("cannot run git {}", args.join(" ")))?;
+    if !out.status.success() {
+        bail!(
+            "git {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// A branch name from the server, used in a refspec: plain characters only.
+fn safe_branch(branch: &str) -> anyhow::Result<&str> {
+    let ok = !branch.is_empty()
+        && !branch.starts_with('-')
+        && !branch.contains("..")
+        && branch
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'-' | b'_' | b'.'));
+    if ok {
+        Ok(branch)
+    } else {
+        bail!("the runner named the run's branch {branch:?}, which is not a plain branch name")
+    }
+}
+
+async fn handback(api: &ApiArgs, id: u64) -> anyhow::Result<ExitCode> {
+    let cwd = std::env::current_dir().context("cannot read the current directory")?;
+    let top = PathBuf::from(
+        git(&cwd, &["rev-parse", "--show-toplevel"])
+            .context("kiln handback must run inside a git checkout")?,
+    );
+    let client = api.client()?;
+    let (bundle, branch) = client.handback(id).await?;
+    let branch = safe_branch(&branch)?;
+    let transcript_md = client.transcript(id, "md").await?;
+    let transcript_jsonl = client.transcript(id, "jsonl").await?;
+
+    let dir = tempfile::tempdir().context("cannot create a temporary directory")?;
+    let file = dir.path().join(format!("run-{id}.bundle"));
+    std::fs::write(&file, &bundle).with_context(|| format!("cannot write {}", file.display()))?;
+    let file_s = file.to_string_lossy().into_owned();
+    git(&top, &["bundle", "verify", "--quiet", &file_s])
+        .context("the run's bundle does not apply to this repository")?;
+    let local = format!("kiln/run-{id}");
+    // Not forced: an existing kiln/run-<id> with local commits is never overwritten.
+    git(
+        &top,
+        &[
+            "fetch",
+            "--no-tags",
+            &file_s,
+            &format!("refs/heads/{branch}:refs/heads/{local}"),
+        ],
+    )?;
+    let runs_dir = top.join(".kiln").join("runs");
+    std::fs::create_dir_all(&runs_dir)
+        .with_context(|| format!("cannot create {}", runs_dir.display()))?;
+    let md = runs_dir.join(format!("{id}.md"));
+    std::fs::write(&md, transcript_md).with_context(|| format!("cannot write {}", md.display()))?;
+    let jsonl = runs_dir.join(format!("{id}.jsonl"));
+    std::fs::write(&jsonl, transcript_jsonl)
+        .with_context(|| format!("cannot write {}", jsonl.display()))?;
+    println!("branch {local} (from the run's {branch})");
+    println!("transcript {}", md.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn terminal_escapes_in_event_text_are_shown_not_obeyed() {
+        let shown = terminal_safe("ok\x1b[2J\x07done\nnext");
+        assert!(
+            !shown.contains('\x1b') && !shown.contains('\x07'),
+            "escape and bell should be neutralised, got {shown:?}"
+        );
+        assert!(shown.contains("\\u{1b}") && shown.contains("\nnext"));
+    }
+
+    #[test]
+    fn branch_names_from_the_server_must_be_plain() {
+        assert!(safe_branch("kiln/issue-12").is_ok());
+        for bad in ["", "-x", "a..b", "a:b", "a b", "+refs/heads/x"] {
+            assert!(safe_branch(bad).is_err(), "{bad:?} should be refused");
+        }
+    }
+}

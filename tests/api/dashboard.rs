@@ -1,0 +1,283 @@
+//! The dashboard in a real headless Chromium (Debian's `chromium`, installed
+//! by `scripts/setup-browser.sh`), driven over the DevTools protocol: log in
+//! through the form, open a live run, see an event appended after load
+//! appear (as text, not markup), click Approve on a held effect and see the
+//! decision reach the run control.
+use std::io::{BufRead as _, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use futures_util::{SinkExt as _, StreamExt as _};
+use kiln::session::EventKind;
+use kiln::store::{RunState, RunStore as _};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+
+use super::support::{Call, Server};
+
+/// Only a guard against a hung browser; no assertion depends on timing.
+const HANG_GUARD: Duration = Duration::from_secs(120);
+
+struct Browser {
+    child: Child,
+    _profile: tempfile::TempDir,
+    port: u16,
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn launch() -> Browser {
+    let setup = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/setup-browser.sh");
+    let status = Command::new(setup).status().expect("setup-browser.sh runs");
+    assert!(
+        status.success(),
+        "scripts/setup-browser.sh should install chromium"
+    );
+    let profile = tempfile::tempdir().expect("profile dir");
+    let mut child = Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--no-first-run",
+            "--remote-debugging-address=127.0.0.1",
+            "--remote-debugging-port=0",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg("about:blank")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("chromium starts");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut lines = BufReader::new(stderr).lines();
+    let port = loop {
+        let line = lines
+            .next()
+            .expect("chromium should print its DevTools address")
+            .expect("stderr line");
+        if let Some(rest) = line.split("ws://127.0.0.1:").nth(1) {
+            break rest
+                .split('/')
+                .next()
+                .and_then(|p| p.parse::<u16>().ok())
+                .expect("port");
+        }
+    };
+    // Keep draining stderr so chromium never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    Browser {
+        child,
+        _profile: profile,
+        port,
+    }
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+struct Page {
+    ws: Ws,
+    next_id: u64,
+}
+
+impl Page {
+    async fn open(browser: &Browser) -> Page {
+        let target: Value = reqwest::Client::new()
+            .put(format!(
+                "http://127.0.0.1:{}/json/new?about:blank",
+                browser.port
+            ))
+            .send()
+            .await
+            .expect("new target")
+            .json()
+            .await
+            .expect("target json");
+        let url = target["webSocketDebuggerUrl"].as_str().expect("ws url");
+        let (ws, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .expect("devtools ws");
+        Page { ws, next_id: 0 }
+    }
+
+    /// One DevTools command; events arriving meanwhile are skipped.
+    async fn send(&mut self, method: &str, params: Value) -> Value {
+        self.next_id += 1;
+        let id = self.next_id;
+        let msg = json!({ "id": id, "method": method, "params": params }).to_string();
+        self.ws.send(Message::text(msg)).await.expect("send");
+        loop {
+            let frame = self.ws.next().await.expect("devtools open").expect("frame");
+            let Message::Text(text) = frame else { continue };
+            let v: Value = serde_json::from_str(&text).expect("devtools json");
+            if v["id"] == json!(id) {
+                assert!(v.get("error").is_none(), "{method} failed: {v}");
+                return v["result"].clone();
+            }
+        }
+    }
+
+    async fn eval(&mut self, expression: &str) -> Value {
+        let r = self
+            .send(
+                "Runtime.evaluate",
+                json!({ "expression": expression, "returnByValue": true, "awaitPromise": true }),
+            )
+            .await;
+        assert!(
+            r.get("exceptionDetails").is_none(),
+            "page script failed: {expression}: {r}"
+        );
+        r["result"]["value"].clone()
+    }
+
+    /// Re-evaluates `expression` until it is true.
+    async fn until(&mut self, what: &str, expression: &str) {
+        let check = async {
+            loop {
+                if self.eval(expression).await == json!(true) {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        };
+        if tokio::time::timeout(HANG_GUARD, check).await.is_err() {
+            panic!("the page never showed {what} ({expression})");
+        }
+    }
+
+    async fn goto(&mut self, url: &str) {
+        self.send("Page.navigate", json!({ "url": url })).await;
+    }
+}
+
+#[tokio::test]
+async fn dashboard_shows_live_events_as_text_and_approves_in_a_real_browser() {
+    let server = Server::start().await;
+    let run = server.run_in(20, RunState::AwaitingApproval).await;
+    server.event(run, EventKind::Started, "run started").await;
+    server
+        .store
+        .hold_effect(run, "e9", json!({ "comment": "<b>hi</b>" }))
+        .await
+        .expect("hold");
+    server
+        .event(
+            run,
+            EventKind::Proposal {
+                effect: "e9".into(),
+            },
+            "held: comment",
+        )
+        .await;
+
+    let browser = launch();
+    let mut page = Page::open(&browser).await;
+    page.send("Runtime.enable", json!({})).await;
+
+    // Log in through the form; the token goes into an HttpOnly cookie.
+    page.goto(&format!("{}/ui/login", server.url)).await;
+    page.until(
+        "the login form",
+        "!!document.querySelector('input[name=token]')",
+    )
+    .await;
+    page.eval(&format!(
+        "document.querySelector('input[name=token]').value = {}; document.querySelector('form').submit(); true",
+        json!(server.operator)
+    ))
+    .await;
+    page.until(
+        "the runs list with the run",
+        &format!(
+            "location.pathname === '/ui/runs' && !!document.querySelector('tr[data-run=\"{}\"]')",
+            run.0
+        ),
+    )
+    .await;
+    assert_eq!(
+        page.eval("document.cookie").await,
+        json!(""),
+        "the token cookie should be HttpOnly (invisible to scripts)"
+    );
+
+    page.goto(&format!("{}/ui/runs/{}", server.url, run.0))
+        .await;
+    page.until(
+        "the live stream open",
+        "document.body && document.body.dataset.live === 'true'",
+    )
+    .await;
+    let before = page
+        .eval("document.querySelectorAll('#events li').length")
+        .await;
+    assert_eq!(before, json!(2), "the page should render the run's events");
+
+    // Appended after load, with markup that must stay text.
+    let hostile =
+        "<img src=x onerror=\"document.title='pwned'\"><script>document.title='pwned'</script>";
+    server.event(run, EventKind::Note, hostile).await;
+    page.until(
+        "the appended event",
+        "document.querySelectorAll('#events li').length === 3",
+    )
+    .await;
+    assert_eq!(
+        page.eval("document.querySelector('#events li:last-child pre.msg').textContent")
+            .await,
+        json!(hostile),
+        "the event should be shown as its text"
+    );
+    assert_eq!(
+        page.eval("document.querySelectorAll('#events img, #events script').length + (document.title === 'pwned' ? 100 : 0)").await,
+        json!(0),
+        "the event's markup must not become elements or run"
+    );
+
+    // Approve the held effect with a reason.
+    page.eval(
+        "const li = document.querySelector('li[data-effect=\"e9\"]'); \
+         li.querySelector('input.reason').value = 'ship it'; \
+         li.querySelector('button.approve').click(); true",
+    )
+    .await;
+    let calls = tokio::time::timeout(HANG_GUARD, server.control.wait_for_calls(1))
+        .await
+        .expect("the approval should reach the run control");
+    match &calls[0] {
+        Call::Decide(r, effect, d) => {
+            assert_eq!((*r, effect.as_str()), (run.0, "e9"));
+            assert!(d.approve, "the Approve button should approve");
+            assert_eq!(d.by, "otto-operator");
+            assert_eq!(d.reason.as_deref(), Some("ship it"));
+        }
+        other => panic!("expected a decision, got {other:?}"),
+    }
+    page.until(
+        "the decision confirmed and the effect gone from the held list",
+        "document.getElementById('status').textContent === 'approved e9' && \
+         !document.querySelector('li[data-effect=\"e9\"]')",
+    )
+    .await;
+
+    // The run ends: the page shows the final state and closes its stream.
+    server
+        .store
+        .transition(run, RunState::AwaitingApproval, RunState::Running, None)
+        .await
+        .expect("resume");
+    server.finish(run, RunState::Succeeded).await;
+    page.until(
+        "the final state",
+        "document.body.dataset.ended === 'true' && document.getElementById('state').textContent === 'succeeded'",
+    )
+    .await;
+}
