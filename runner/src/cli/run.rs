@@ -62,6 +62,10 @@ pub struct RunArgs {
     /// The issue (or, for review, the pull request) number.
     #[arg(long, alias = "pr")]
     pub issue: u64,
+    /// Queue the run in the store for `kiln serve` to execute (watch it with
+    /// `kiln watch <run>` or on the dashboard) instead of running it here.
+    #[arg(long)]
+    pub queue: bool,
     #[command(flatten)]
     pub runner: RunnerArgs,
 }
@@ -230,6 +234,9 @@ async fn services(
 /// `kiln run`: one role on one issue of the local forge.
 pub async fn run(args: RunArgs, local: &LocalArgs) -> anyhow::Result<ExitCode> {
     let role: Role = args.role.into();
+    if args.queue {
+        return queue(role, args.issue, local).await;
+    }
     let mut config = load_config(args.runner.config.as_deref())?;
     let model = model(&mut config, args.runner.script.as_deref(), None)?;
     let data_dir = local.data_dir()?;
@@ -248,6 +255,38 @@ pub async fn run(args: RunArgs, local: &LocalArgs) -> anyhow::Result<ExitCode> {
         RunEnd::Succeeded | RunEnd::AwaitingApproval => ExitCode::SUCCESS,
         RunEnd::Blocked | RunEnd::Failed | RunEnd::Cancelled => ExitCode::from(1),
     })
+}
+
+/// Put a run in the store's queue, as the operator at the keyboard.
+async fn queue(role: Role, number: u64, local: &LocalArgs) -> anyhow::Result<ExitCode> {
+    use kiln::store::{NewRun, RunStore, SqliteOptions, SqliteStore, Trigger, TriggerKind};
+    let forge = local.open()?;
+    let data_dir = local.data_dir()?;
+    std::fs::create_dir_all(&data_dir)?;
+    let store = SqliteStore::open(
+        data_dir.join(super::token::STORE_FILE),
+        SqliteOptions::default(),
+    )
+    .await?;
+    let id = store
+        .enqueue_run(NewRun {
+            repo: forge.repo().clone(),
+            role,
+            number,
+            trigger: Trigger {
+                kind: TriggerKind::Manual,
+                actor: local_user(),
+                actor_trust: Trust::Trusted,
+                delivery: None,
+                instructions: None,
+            },
+        })
+        .await?;
+    println!(
+        "queued run {id} ({role} on {}#{number}); `kiln serve` executes it",
+        forge.repo()
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 /// The demo's files, built into the binary so `kiln demo` needs nothing on disk.

@@ -62,9 +62,12 @@ pub async fn serve(args: ServeArgs, local: &LocalArgs) -> anyhow::Result<ExitCod
         },
     };
     let store: Arc<dyn RunStore> = Arc::new(
-        SqliteStore::open(data_dir.join("kiln.sqlite"), SqliteOptions::default())
-            .await
-            .context("opening the store")?,
+        SqliteStore::open(
+            data_dir.join(super::token::STORE_FILE),
+            SqliteOptions::default(),
+        )
+        .await
+        .context("opening the store")?,
     );
     let budgets = Role::ALL
         .into_iter()
