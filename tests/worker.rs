@@ -64,6 +64,35 @@ fn call(name: &str, args: &str) -> Completion {
     }
 }
 
+/// Run the triage role on issue `number`, started by an actor of `trust`.
+async fn triage(
+    services: &Services,
+    forge: &Arc<dyn Forge>,
+    run_id: &str,
+    number: u64,
+    trust: Trust,
+    events: &MemoryEvents,
+) -> kiln::worker::RunSummary {
+    let req = RunRequest {
+        run_id: run_id.into(),
+        repo: forge.repo().clone(),
+        role: Role::Triage,
+        number,
+        trigger: RunTrigger::Manual,
+        trust,
+        instructions: None,
+    };
+    execute(
+        services,
+        forge.clone(),
+        &req,
+        Arc::new(events.clone()),
+        Steering::new(),
+        Cancel::new(),
+    )
+    .await
+}
+
 async fn sample_forge(root: &Path) -> LocalForge {
     let src = root.join("src");
     std::fs::create_dir_all(&src).expect("mkdir");
@@ -155,23 +184,14 @@ async fn secrets_from_a_file_and_a_model_answer_never_reach_the_forge_or_the_log
     )
     .await;
     let events = MemoryEvents::new();
-    let req = RunRequest {
-        run_id: "r-canary".into(),
-        repo: forge.repo().clone(),
-        role: Role::Triage,
-        number,
-        trigger: RunTrigger::Manual,
-        trust: Trust::Trusted,
-        instructions: None,
-    };
     let forge: Arc<dyn Forge> = Arc::new(forge);
-    let summary = execute(
+    let summary = triage(
         &services,
-        forge.clone(),
-        &req,
-        Arc::new(events.clone()),
-        Steering::new(),
-        Cancel::new(),
+        &forge,
+        "r-canary",
+        number,
+        Trust::Trusted,
+        &events,
     )
     .await;
     assert_eq!(
@@ -291,23 +311,14 @@ async fn a_prompt_injection_the_model_obeys_gets_no_effect_past_the_gate() {
     )
     .await;
     let events = MemoryEvents::new();
-    let req = RunRequest {
-        run_id: "r-injection".into(),
-        repo: forge.repo().clone(),
-        role: Role::Triage,
-        number,
-        trigger: RunTrigger::Manual,
-        trust: Trust::Untrusted,
-        instructions: None,
-    };
     let forge: Arc<dyn Forge> = Arc::new(forge);
-    let summary = execute(
+    let summary = triage(
         &services,
-        forge.clone(),
-        &req,
-        Arc::new(events.clone()),
-        Steering::new(),
-        Cancel::new(),
+        &forge,
+        "r-injection",
+        number,
+        Trust::Untrusted,
+        &events,
     )
     .await;
     let issue = forge.get_issue(number).await.expect("issue");
@@ -577,4 +588,99 @@ async fn wait_for(
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
     panic!("run {id} did not reach the expected state in 120 s");
+}
+
+#[path = "support/model_api.rs"]
+mod model_api;
+
+/// The demo's four scripts as Anthropic Messages API answers, in the order
+/// the demo asks for them.
+fn demo_as_anthropic_answers() -> Vec<model_api::Reply> {
+    let mut replies = Vec::new();
+    for script in [
+        include_str!("../runner/demo/triage.json"),
+        include_str!("../runner/demo/spec.json"),
+        include_str!("../runner/demo/implementation.json"),
+        include_str!("../runner/demo/review.json"),
+    ] {
+        let script: serde_json::Value = serde_json::from_str(script).expect("script");
+        for (t, turn) in script["turns"]
+            .as_array()
+            .expect("turns")
+            .iter()
+            .enumerate()
+        {
+            let mut blocks = Vec::new();
+            if let Some(text) = turn["text"].as_str() {
+                blocks.push(serde_json::json!({"type": "text", "text": text}));
+            }
+            let calls = turn["tool_calls"].as_array().cloned().unwrap_or_default();
+            for (i, call) in calls.iter().enumerate() {
+                blocks.push(serde_json::json!({
+                    "type": "tool_use",
+                    "id": format!("toolu_{t}_{i}"),
+                    "name": call["name"],
+                    "input": call["arguments"],
+                }));
+            }
+            let stop = if calls.is_empty() {
+                "end_turn"
+            } else {
+                "tool_use"
+            };
+            replies.push(model_api::Reply::ok(model_api::anthropic_message(
+                serde_json::Value::Array(blocks),
+                stop,
+                1000,
+                100,
+            )));
+        }
+    }
+    replies
+}
+
+#[tokio::test]
+async fn the_whole_pipeline_runs_through_the_anthropic_wire_format() {
+    const KEY: &str = "sk-ant-api03-canarycanarycanarycanarycanary-AAAA";
+    let api = model_api::ModelApi::replying(demo_as_anthropic_answers()).await;
+    let data = tempfile::tempdir().expect("tempdir");
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .arg("demo")
+        .env("KILN_DATA_DIR", data.path())
+        .env("ANTHROPIC_API_KEY", KEY)
+        .env("ANTHROPIC_BASE_URL", &api.base)
+        .env_remove("OPENAI_API_KEY")
+        .env_remove("OPENAI_BASE_URL")
+        .output()
+        .await
+        .expect("run kiln demo");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "kiln demo over the Anthropic API failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!stdout.contains("SCRIPTED"), "a configured model is used");
+    let seen = api.requests();
+    assert!(seen.len() > 10, "every turn of every role went over HTTP");
+    for r in &seen {
+        assert_eq!(
+            r.header("x-api-key"),
+            Some(KEY),
+            "the key is sent as x-api-key"
+        );
+    }
+    assert!(!stdout.contains(KEY), "the key is never printed");
+    let root = data.path().join("forge");
+    let repos = kiln::forge::local::list_repos(&root).expect("repos");
+    let forge = LocalForge::open(&root, repos[0].clone()).expect("open");
+    let prs = forge
+        .list_pull_requests(kiln::forge::StateFilter::Open)
+        .await
+        .expect("prs");
+    assert!(
+        prs.iter()
+            .any(|p| p.head_branch == "kiln/implement-issue-1" && p.draft),
+        "the implementation opened a draft PR"
+    );
 }

@@ -569,6 +569,10 @@ async fn handle(
     )
 }
 
+#[allow(
+    clippy::result_large_err,
+    reason = "a test server's refusal, built once per bad request"
+)]
 fn check_jwt(shared: &Shared, authorization: Option<&str>) -> Result<(), Response> {
     use octocrab::jsonwebtoken::{Algorithm, DecodingKey, Validation, decode};
     let Some(jwt) = authorization.and_then(|a| a.strip_prefix("Bearer ")) else {
@@ -596,6 +600,10 @@ fn check_jwt(shared: &Shared, authorization: Option<&str>) -> Result<(), Respons
     Ok(())
 }
 
+#[allow(
+    clippy::result_large_err,
+    reason = "a test server's refusal, built once per bad request"
+)]
 fn check_token(shared: &Shared, authorization: Option<&str>) -> Result<(), Response> {
     let token = authorization.and_then(|a| {
         a.strip_prefix("Bearer ")
