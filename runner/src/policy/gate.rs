@@ -1726,6 +1726,11 @@ mod tests {
                 review(ReviewEvent::Comment, true),
             ),
             (
+                "review requests changes",
+                Role::Review,
+                review(ReviewEvent::RequestChanges, true),
+            ),
+            (
                 "review posts a summary",
                 Role::Review,
                 Effect::Review {
@@ -1791,11 +1796,6 @@ mod tests {
                 "review commenting off the diff",
                 Role::Review,
                 review(ReviewEvent::Comment, false),
-            ),
-            (
-                "review requesting changes",
-                Role::Review,
-                review(ReviewEvent::RequestChanges, true),
             ),
             (
                 "review plain comment",
