@@ -19,7 +19,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::post;
-use tokio::sync::{Mutex, broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc};
 
 use crate::store::RunStore;
 
@@ -79,7 +79,6 @@ impl Intake {
             kiln_logins: settings.kiln_logins.clone(),
             max_runs_per_target: settings.max_runs_per_target,
             outcomes: outcomes.clone(),
-            enqueue: Mutex::new(()),
         });
         tokio::spawn(processor.run(inbox));
         Ok(Arc::new(Intake {

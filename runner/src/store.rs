@@ -28,6 +28,7 @@ mod sqlite;
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use futures_util::stream::BoxStream;
 use serde::{Deserialize, Serialize};
@@ -225,6 +226,18 @@ pub struct NewRun {
     pub trigger: Trigger,
 }
 
+/// What [`RunStore::enqueue_run_capped`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Enqueued {
+    /// The run was queued.
+    Queued(RunId),
+    /// The cap was reached; nothing was queued.
+    CapReached {
+        /// Runs of the role that already exist for the target.
+        existing: u64,
+    },
+}
+
 /// A run as stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Run {
@@ -318,8 +331,9 @@ pub struct StoredEvent {
     pub message: String,
 }
 
-/// A run's events: the backlog, then live events, each exactly once in `seq` order.
-pub type EventStream = BoxStream<'static, Result<StoredEvent, StoreError>>;
+/// A run's events: the backlog, then live events, each exactly once in `seq`
+/// order. Shared (`Arc`): one committed event goes to every watcher uncopied.
+pub type EventStream = BoxStream<'static, Result<Arc<StoredEvent>, StoreError>>;
 
 /// Whether a webhook delivery id was seen before.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -636,6 +650,14 @@ impl From<rusqlite::Error> for StoreError {
 pub trait RunStore: Send + Sync {
     /// Queue a run; returns its id.
     async fn enqueue_run(&self, run: NewRun) -> Result<RunId, StoreError>;
+    /// Queue a run unless `max_per_target` runs of its role already exist
+    /// for its issue or pull request; the count and the insert are one
+    /// atomic step, so concurrent callers cannot both slip under the cap.
+    async fn enqueue_run_capped(
+        &self,
+        run: NewRun,
+        max_per_target: u64,
+    ) -> Result<Enqueued, StoreError>;
     /// Atomically take the oldest queued run (it becomes `preparing`, its
     /// `attempts` grows by one). Two workers never get the same run.
     async fn claim_next_run(&self) -> Result<Option<Run>, StoreError>;

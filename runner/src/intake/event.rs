@@ -235,8 +235,8 @@ pub enum WebhookEvent {
     reason = "one short-lived value per webhook; boxing buys nothing"
 )]
 pub enum Parsed {
-    /// One of the events Kiln handles.
-    Known(WebhookEvent),
+    /// One of the events Kiln handles (boxed: payload structs are large).
+    Known(Box<WebhookEvent>),
     /// Valid JSON for an event Kiln does not handle (its name).
     Unknown(String),
 }
@@ -277,7 +277,7 @@ pub fn parse(event: &str, body: &[u8]) -> Result<Parsed, String> {
             return Ok(Parsed::Unknown(other.to_string()));
         }
     };
-    Ok(Parsed::Known(known))
+    Ok(Parsed::Known(Box::new(known)))
 }
 
 #[cfg(test)]

@@ -4,10 +4,10 @@
 
 use std::sync::Arc;
 
-use tokio::sync::{Mutex, Semaphore, broadcast, mpsc};
+use tokio::sync::{Semaphore, broadcast, mpsc};
 
 use crate::policy::Trust;
-use crate::store::{DeliveryStatus, NewRun, RunId, RunStore, Trigger};
+use crate::store::{DeliveryStatus, Enqueued, NewRun, RunId, RunStore, Trigger};
 
 use super::config::TriggerRule;
 use super::event::WebhookEvent;
@@ -44,9 +44,6 @@ pub(super) struct Processor {
     pub(super) kiln_logins: Vec<String>,
     pub(super) max_runs_per_target: u32,
     pub(super) outcomes: broadcast::Sender<Outcome>,
-    /// Serializes cap check + enqueue, so concurrent deliveries cannot
-    /// both slip under the cap.
-    pub(super) enqueue: Mutex<()>,
 }
 
 impl Processor {
@@ -131,34 +128,30 @@ impl Processor {
     /// Queues the run unless the cap is reached: `Ok(Err)` is a refusal,
     /// `Err` a store failure.
     async fn enqueue(&self, delivery: &str, d: Dispatch) -> Result<Result<RunId, String>, String> {
-        let _one_at_a_time = self.enqueue.lock().await;
-        let count = self
+        let (repo, role, number) = (d.repo.clone(), d.role, d.number);
+        let run = NewRun {
+            repo: d.repo,
+            role: d.role,
+            number: d.number,
+            trigger: Trigger {
+                kind: d.kind,
+                actor: d.actor.login,
+                actor_trust: Trust::Trusted,
+                delivery: Some(delivery.to_string()),
+                instructions: d.instructions,
+            },
+        };
+        match self
             .store
-            .count_runs(&d.repo, d.number, d.role)
+            .enqueue_run_capped(run, u64::from(self.max_runs_per_target))
             .await
-            .map_err(|e| format!("{} on #{}: cannot count runs: {e}", d.role, d.number))?;
-        if count >= u64::from(self.max_runs_per_target) {
-            return Ok(Err(format!(
-                "{} on {}#{}: re-run cap reached ({count} of {} runs)",
-                d.role, d.repo, d.number, self.max_runs_per_target
-            )));
+        {
+            Ok(Enqueued::Queued(id)) => Ok(Ok(id)),
+            Ok(Enqueued::CapReached { existing }) => Ok(Err(format!(
+                "{role} on {repo}#{number}: re-run cap reached ({existing} of {} runs)",
+                self.max_runs_per_target
+            ))),
+            Err(e) => Err(format!("{role} on #{number}: cannot queue the run: {e}")),
         }
-        let (role, number) = (d.role, d.number);
-        self.store
-            .enqueue_run(NewRun {
-                repo: d.repo,
-                role: d.role,
-                number: d.number,
-                trigger: Trigger {
-                    kind: d.kind,
-                    actor: d.actor.login,
-                    actor_trust: Trust::Trusted,
-                    delivery: Some(delivery.to_string()),
-                    instructions: d.instructions,
-                },
-            })
-            .await
-            .map(Ok)
-            .map_err(|e| format!("{role} on #{number}: cannot queue the run: {e}"))
     }
 }

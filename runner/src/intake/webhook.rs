@@ -213,7 +213,8 @@ async fn accept(
     // Reserve queue room before recording the id: a delivery refused for
     // load must stay redeliverable.
     let permit = match &parsed {
-        Parsed::Known(WebhookEvent::Ping(_)) | Parsed::Unknown(_) => None,
+        Parsed::Known(e) if matches!(e.as_ref(), WebhookEvent::Ping(_)) => None,
+        Parsed::Unknown(_) => None,
         Parsed::Known(_) => Some(intake.jobs.try_reserve().map_err(|_| {
             Rejection::new(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -253,16 +254,8 @@ async fn accept(
             ));
         }
     }
-    let response = match (parsed, permit) {
-        (Parsed::Known(WebhookEvent::Ping(ping)), _) => {
-            finish(intake, delivery, DeliveryStatus::Ignored, "ping").await;
-            (
-                StatusCode::OK,
-                Json(json!({ "status": "pong", "delivery": delivery, "zen": ping.zen })),
-            )
-                .into_response()
-        }
-        (Parsed::Unknown(name), _) => {
+    let response = match parsed {
+        Parsed::Unknown(name) => {
             let reason = format!("event {name:?} is not handled by Kiln");
             finish(intake, delivery, DeliveryStatus::Ignored, &reason).await;
             tracing::info!(delivery, event = name, "webhook ignored: event not handled");
@@ -272,24 +265,34 @@ async fn accept(
             )
                 .into_response()
         }
-        (Parsed::Known(event), Some(permit)) => {
-            permit.send(Job {
-                delivery: delivery.to_string(),
-                event,
-            });
-            (
-                StatusCode::ACCEPTED,
-                Json(json!({ "status": "accepted", "delivery": delivery })),
-            )
-                .into_response()
-        }
-        (Parsed::Known(_), None) => {
-            return Err(Rejection::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "no queue room was reserved",
-            ));
-        }
+        Parsed::Known(event) => match (*event, permit) {
+            (WebhookEvent::Ping(ping), _) => {
+                finish(intake, delivery, DeliveryStatus::Ignored, "ping").await;
+                (
+                    StatusCode::OK,
+                    Json(json!({ "status": "pong", "delivery": delivery, "zen": ping.zen })),
+                )
+                    .into_response()
+            }
+            (event, Some(permit)) => {
+                permit.send(Job {
+                    delivery: delivery.to_string(),
+                    event,
+                });
+                (
+                    StatusCode::ACCEPTED,
+                    Json(json!({ "status": "accepted", "delivery": delivery })),
+                )
+                    .into_response()
+            }
+            (_, None) => {
+                return Err(Rejection::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "no queue room was reserved",
+                ));
+            }
+        },
     };
     Ok(response)
 }

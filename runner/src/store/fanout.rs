@@ -14,8 +14,10 @@ use tokio::sync::broadcast;
 
 use super::{EventStream, RunId, StoreError, StoredEvent};
 
-/// Live events a watcher may fall behind by before it re-reads from the database.
-const CHANNEL_CAPACITY: usize = 4096;
+/// Live events a watcher may fall behind by before it re-reads from the
+/// database (much slower: rows are parsed again per watcher). A slot holds
+/// an `Arc`, so a watched run retains at most this many recent events.
+const CHANNEL_CAPACITY: usize = 65_536;
 
 /// Events read from the database per backlog query.
 const BACKLOG_PAGE: usize = 1024;
@@ -66,7 +68,7 @@ pub(super) type Backlog = Arc<
 struct State {
     run: RunId,
     last: u64,
-    pending: VecDeque<StoredEvent>,
+    pending: VecDeque<Arc<StoredEvent>>,
     live: broadcast::Receiver<Arc<StoredEvent>>,
     backlog: Backlog,
     /// True while the backlog may hold more than `pending`.
@@ -95,7 +97,7 @@ pub(super) fn subscription(
     }))
 }
 
-async fn next(st: &mut State) -> Option<Result<StoredEvent, StoreError>> {
+async fn next(st: &mut State) -> Option<Result<Arc<StoredEvent>, StoreError>> {
     loop {
         if let Some(event) = st.pending.pop_front() {
             st.last = event.seq;
@@ -105,7 +107,7 @@ async fn next(st: &mut State) -> Option<Result<StoredEvent, StoreError>> {
             match (st.backlog)(st.run, st.last, BACKLOG_PAGE).await {
                 Ok(page) => {
                     st.catching_up = page.len() == BACKLOG_PAGE;
-                    st.pending.extend(page);
+                    st.pending.extend(page.into_iter().map(Arc::new));
                     continue;
                 }
                 Err(e) => return Some(Err(e)),
@@ -115,7 +117,7 @@ async fn next(st: &mut State) -> Option<Result<StoredEvent, StoreError>> {
             Ok(event) if event.seq <= st.last => continue,
             Ok(event) if event.seq == st.last + 1 => {
                 st.last = event.seq;
-                return Some(Ok(StoredEvent::clone(&event)));
+                return Some(Ok(event));
             }
             // A hole (the backlog read raced ahead of the channel, or we
             // lagged): the database has everything committed, read from there.

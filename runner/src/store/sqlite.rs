@@ -30,9 +30,9 @@ use super::fanout::{self, Backlog, Hub};
 use super::schema;
 use super::sink::{EventQueue, StoreEvents};
 use super::{
-    ApiToken, Approval, ApprovalState, Delivery, DeliveryRecord, DeliveryStatus, EventStream,
-    NewRun, NewToken, Recovered, RecoveryPolicy, RepoRef, Role, Run, RunFilter, RunId, RunState,
-    RunStore, StoreError, StoredEvent, TokenScope, Trigger, Verdict,
+    ApiToken, Approval, ApprovalState, Delivery, DeliveryRecord, DeliveryStatus, Enqueued,
+    EventStream, NewRun, NewToken, Recovered, RecoveryPolicy, RepoRef, Role, Run, RunFilter, RunId,
+    RunState, RunStore, StoreError, StoredEvent, TokenScope, Trigger, Verdict,
 };
 use crate::session::EventKind;
 
@@ -414,6 +414,22 @@ fn get_run(conn: &Connection, id: RunId) -> Result<Run, StoreError> {
     .ok_or(StoreError::NoSuchRun(id))
 }
 
+fn count_runs(
+    conn: &Connection,
+    repo: &RepoRef,
+    number: i64,
+    role: Role,
+) -> Result<i64, StoreError> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT COUNT(*) FROM runs WHERE repo_owner = ?1 AND repo_name = ?2 \
+             AND number = ?3 AND role = ?4",
+        )?
+        .query_row(params![repo.owner, repo.name, number, role.as_str()], |r| {
+            r.get(0)
+        })?)
+}
+
 fn get_effect(conn: &Connection, run: RunId, effect: &str) -> Result<Approval, StoreError> {
     query_one(
         conn,
@@ -591,6 +607,19 @@ fn require_reason(to: RunState, reason: &Option<String>) -> Result<(), StoreErro
 #[async_trait::async_trait]
 impl RunStore for SqliteStore {
     async fn enqueue_run(&self, run: NewRun) -> Result<RunId, StoreError> {
+        match self.enqueue_run_capped(run, u64::MAX).await? {
+            Enqueued::Queued(id) => Ok(id),
+            Enqueued::CapReached { existing } => Err(StoreError::Invalid(format!(
+                "{existing} runs exist for this target already"
+            ))),
+        }
+    }
+
+    async fn enqueue_run_capped(
+        &self,
+        run: NewRun,
+        max_per_target: u64,
+    ) -> Result<Enqueued, StoreError> {
         if run.number == 0 {
             return Err(StoreError::Invalid("issue or pull request number 0".into()));
         }
@@ -598,6 +627,14 @@ impl RunStore for SqliteStore {
         let trigger = serde_json::to_string(&run.trigger)
             .map_err(|e| StoreError::Invalid(format!("trigger: {e}")))?;
         self.write(move |conn, _| {
+            // Counted inside the writer's transaction: no other enqueue can
+            // land between the count and the insert.
+            if max_per_target < u64::MAX {
+                let existing = to_u64("count", count_runs(conn, &run.repo, number, run.role)?)?;
+                if existing >= max_per_target {
+                    return Ok(Enqueued::CapReached { existing });
+                }
+            }
             let now = now_ms();
             let id: i64 = conn
                 .prepare_cached(
@@ -616,7 +653,7 @@ impl RunStore for SqliteStore {
                     ],
                     |r| r.get(0),
                 )?;
-            Ok(RunId(to_u64("run id", id)?))
+            Ok(Enqueued::Queued(RunId(to_u64("run id", id)?)))
         })
         .await
     }
@@ -697,18 +734,8 @@ impl RunStore for SqliteStore {
     async fn count_runs(&self, repo: &RepoRef, number: u64, role: Role) -> Result<u64, StoreError> {
         let repo = repo.clone();
         let number = to_i64("number", number)?;
-        self.read(move |conn| {
-            let n: i64 = conn
-                .prepare_cached(
-                    "SELECT COUNT(*) FROM runs WHERE repo_owner = ?1 AND repo_name = ?2 \
-                     AND number = ?3 AND role = ?4",
-                )?
-                .query_row(params![repo.owner, repo.name, number, role.as_str()], |r| {
-                    r.get(0)
-                })?;
-            to_u64("count", n)
-        })
-        .await
+        self.read(move |conn| to_u64("count", count_runs(conn, &repo, number, role)?))
+            .await
     }
 
     async fn transition(

@@ -785,3 +785,29 @@ async fn runs_are_listed_and_counted_by_target() {
         .expect("list");
     assert_eq!(page.iter().map(|r| r.id.0).collect::<Vec<_>>(), vec![4, 3]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_rerun_cap_holds_under_concurrent_enqueues() {
+    let (_dir, store) = store().await;
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            store.enqueue_run_capped(new_run(4, Role::Spec), 5).await
+        }));
+    }
+    let mut queued = 0;
+    for t in tasks {
+        match t.await.expect("task").expect("enqueue") {
+            Enqueued::Queued(_) => queued += 1,
+            Enqueued::CapReached { existing } => assert_eq!(existing, 5),
+        }
+    }
+    assert_eq!(queued, 5, "exactly the cap should be queued");
+    assert_eq!(store.count_runs(&repo(), 4, Role::Spec).await, Ok(5));
+    // Another role or target is not affected.
+    assert!(matches!(
+        store.enqueue_run_capped(new_run(4, Role::Review), 5).await,
+        Ok(Enqueued::Queued(_))
+    ));
+}
