@@ -1039,6 +1039,8 @@ async fn fuzz_the_api_with_schemathesis() {
         .output()
         .await
         .expect("fuzz-api.sh runs");
+    // Keep schemathesis' summary in the test's output (shown with --nocapture).
+    println!("{}", String::from_utf8_lossy(&out.stdout));
     assert!(
         out.status.success(),
         "schemathesis found a failure:\n{}\n{}",
