@@ -72,7 +72,9 @@ impl ApiState {
         }
     }
 
-    /// Mount `router` beside the API (its paths must not overlap the API's).
+    /// Mount `router` beside the API, e.g. `Router::new().nest("/webhooks/github",
+    /// intake)`. Its paths must not overlap the API's and it must not set a
+    /// fallback (the API's answers unknown paths with a JSON 404).
     pub fn with_extra(mut self, router: Router) -> Self {
         self.extra = self.extra.merge(router);
         self
