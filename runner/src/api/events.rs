@@ -178,7 +178,7 @@ fn feed(
     run: RunId,
     after: u64,
     sub: EventStream,
-) -> impl futures_util::Stream<Item = Vec<u8>> {
+) -> impl futures_util::Stream<Item = Bytes> {
     let mut check = tokio::time::interval(STATE_CHECK);
     check.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let feed = Feed {
@@ -213,36 +213,38 @@ fn frame(event: Option<&str>, id: Option<u64>, data: &str) -> Vec<u8> {
     out
 }
 
-fn sse_event(redactor: &Redactor, event: StoredEvent) -> Vec<u8> {
-    let seq = event.seq;
-    let event = redact_event(redactor, event);
-    match serde_json::to_string(&event) {
-        Ok(data) => frame(None, Some(seq), &data),
-        // Cannot happen for a StoredEvent; keep the seq so the client's resume point moves on.
-        Err(e) => frame(
-            Some("stream-error"),
-            Some(seq),
-            &json!({ "message": format!("event {seq} unserializable: {e}") }).to_string(),
-        ),
-    }
+fn sse_event(state: &ApiState, event: StoredEvent) -> Bytes {
+    let (run, seq) = (event.run, event.seq);
+    state.frames.get_or_render(run, seq, || {
+        let event = redact_event(&state.redactor, event);
+        Bytes::from(match serde_json::to_string(&event) {
+            Ok(data) => frame(None, Some(seq), &data),
+            // Cannot happen for a StoredEvent; keep the seq so the client's resume point moves on.
+            Err(e) => frame(
+                Some("stream-error"),
+                Some(seq),
+                &json!({ "message": format!("event {seq} unserializable: {e}") }).to_string(),
+            ),
+        })
+    })
 }
 
-fn error_event(message: String) -> Vec<u8> {
-    frame(
+fn error_event(message: String) -> Bytes {
+    Bytes::from(frame(
         Some("stream-error"),
         None,
         &json!({ "message": message }).to_string(),
-    )
+    ))
 }
 
-async fn next(f: &mut Feed) -> Option<Vec<u8>> {
+async fn next(f: &mut Feed) -> Option<Bytes> {
     loop {
         match &mut f.phase {
             Phase::Done => return None,
             Phase::Draining(queue) => {
                 if let Some(event) = queue.pop_front() {
                     f.last = event.seq;
-                    return Some(sse_event(&f.state.redactor, event));
+                    return Some(sse_event(&f.state, event));
                 }
                 match f
                     .state
@@ -272,7 +274,7 @@ async fn next(f: &mut Feed) -> Option<Vec<u8>> {
                                 // The run says it ended: look at its state now, not in a second.
                                 f.check.reset_immediately();
                             }
-                            return Some(sse_event(&f.state.redactor, event));
+                            return Some(sse_event(&f.state, event));
                         }
                         Some(Err(e)) => {
                             f.phase = Phase::Done;
@@ -291,7 +293,7 @@ async fn next(f: &mut Feed) -> Option<Vec<u8>> {
                             if f.idle_ticks >= KEEP_ALIVE_TICKS {
                                 // A comment: keeps proxies and clients from timing out an idle stream.
                                 f.idle_ticks = 0;
-                                return Some(b": keep-alive\n\n".to_vec());
+                                return Some(Bytes::from_static(b": keep-alive\n\n"));
                             }
                         }
                         Err(e) => {
@@ -305,7 +307,7 @@ async fn next(f: &mut Feed) -> Option<Vec<u8>> {
     }
 }
 
-async fn end_event(state: &ApiState, run: RunId, last: u64) -> Vec<u8> {
+async fn end_event(state: &ApiState, run: RunId, last: u64) -> Bytes {
     match state.store.get_run(run).await {
         Ok(run) => {
             let mut data = json!({
@@ -315,7 +317,7 @@ async fn end_event(state: &ApiState, run: RunId, last: u64) -> Vec<u8> {
                 "last_seq": last,
             });
             redact_json(&state.redactor, &mut data);
-            frame(Some("end"), None, &data.to_string())
+            Bytes::from(frame(Some("end"), None, &data.to_string()))
         }
         Err(e) => error_event(format!("reading the run failed: {e}")),
     }
