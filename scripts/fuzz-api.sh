@@ -21,12 +21,16 @@ if [ -z "$URL" ] || [ -z "$TOKEN" ]; then
     exit 2
 fi
 
-VENV="target/fuzz-venv"
+VENV="$PWD/target/fuzz-venv"
 if [ ! -x "$VENV/bin/st" ]; then
     echo "fuzz-api: installing schemathesis into $VENV"
     python3 -m venv "$VENV"
     "$VENV/bin/pip" install --quiet --disable-pip-version-check schemathesis
 fi
+
+# schemathesis keeps a cache in its working directory: keep it under target/.
+mkdir -p target/fuzz-work
+cd target/fuzz-work
 
 fuzz() {
     "$VENV/bin/st" run "$URL/openapi.json" \
