@@ -21,21 +21,32 @@ if [ -z "$URL" ] || [ -z "$TOKEN" ]; then
     exit 2
 fi
 
-VENV="target/fuzz-venv"
+VENV="$PWD/target/fuzz-venv"
 if [ ! -x "$VENV/bin/st" ]; then
     echo "fuzz-api: installing schemathesis into $VENV"
     python3 -m venv "$VENV"
     "$VENV/bin/pip" install --quiet --disable-pip-version-check schemathesis
 fi
 
-exec "$VENV/bin/st" run "$URL/openapi.json" \
-    --url "$URL" \
-    --header "Authorization: Bearer $TOKEN" \
-    --checks not_a_server_error \
-    --phases examples,coverage,fuzzing \
-    --max-examples "${FUZZ_EXAMPLES:-50}" \
-    --request-timeout 10 \
-    --seed "${FUZZ_SEED:-1}" \
-    --generation-database none \
-    --no-color \
-    "$@"
+# schemathesis keeps a cache in its working directory: keep it under target/.
+mkdir -p target/fuzz-work
+cd target/fuzz-work
+
+fuzz() {
+    "$VENV/bin/st" run "$URL/openapi.json" \
+        --url "$URL" \
+        --header "Authorization: Bearer $TOKEN" \
+        --checks not_a_server_error \
+        --phases examples,coverage,fuzzing,stateful \
+        --max-examples "${FUZZ_EXAMPLES:-100}" \
+        --request-timeout 10 \
+        --seed "${FUZZ_SEED:-1}" \
+        --generation-database none \
+        --no-color \
+        "$@"
+}
+
+# Revoking tokens last: fuzzing DELETE /tokens/{id} revokes the fuzzer's own
+# token sooner or later, after which every other operation would only see 401.
+fuzz --exclude-path-regex '^/tokens/' "$@"
+fuzz --include-path-regex '^/tokens/' "$@"

@@ -31,3 +31,4 @@ fi
 if [ -x scripts/setup-sandbox.sh ]; then
     scripts/setup-sandbox.sh
 fi
+if [ -x scripts/setup-browser.sh ]; then scripts/setup-browser.sh; fi

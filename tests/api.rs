@@ -1039,10 +1039,49 @@ async fn fuzz_the_api_with_schemathesis() {
         .output()
         .await
         .expect("fuzz-api.sh runs");
+    // Keep schemathesis' summary in the test's output (shown with --nocapture).
+    println!("{}", String::from_utf8_lossy(&out.stdout));
     assert!(
         out.status.success(),
         "schemathesis found a failure:\n{}\n{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+#[tokio::test]
+async fn extra_routes_are_mounted_beside_the_api() {
+    use tower::ServiceExt as _;
+    let server = Server::start().await;
+    let redactor = std::sync::Arc::new(kiln::policy::Redactor::new(&[]).expect("redactor"));
+    let intake = axum::Router::new().route("/", axum::routing::post(|| async { "accepted" }));
+    let state = kiln::api::ApiState::new(server.store.clone(), server.control.clone(), redactor)
+        .with_extra(axum::Router::new().nest("/webhooks/github", intake));
+    let app = kiln::api::router(state);
+    let request = |method: &str, path: &str| {
+        axum::http::Request::builder()
+            .method(method)
+            .uri(path)
+            .body(axum::body::Body::empty())
+            .expect("request")
+    };
+    let r = app
+        .clone()
+        .oneshot(request("POST", "/webhooks/github"))
+        .await
+        .expect("answer");
+    assert_eq!(
+        r.status(),
+        StatusCode::OK,
+        "the mounted route should answer"
+    );
+    let r = app
+        .oneshot(request("GET", "/webhooks/elsewhere"))
+        .await
+        .expect("answer");
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    let body = axum::body::to_bytes(r.into_body(), 1 << 20)
+        .await
+        .expect("body");
+    error_body(&String::from_utf8_lossy(&body));
 }

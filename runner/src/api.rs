@@ -13,7 +13,8 @@
 //! One submodule per concern: [`auth`] (tokens, scopes, the dashboard
 //! cookie), [`error`] (one error type, one JSON shape), `runs` (run reads and
 //! actions), `events` (the JSON and SSE event feeds), `handback`, `tokens`,
-//! `openapi`, `dashboard`, and [`client`] (a typed client the CLI, tests and
+//! `openapi`, `dashboard`, `frames` (SSE frames rendered once for all
+//! watchers), and [`client`] (a typed client the CLI, tests and
 //! benchmarks share).
 
 pub mod auth;
@@ -21,6 +22,7 @@ pub mod client;
 mod dashboard;
 pub mod error;
 mod events;
+mod frames;
 mod handback;
 mod openapi;
 mod params;
@@ -55,6 +57,8 @@ pub struct ApiState {
     /// Routes mounted beside the API (e.g. webhook intake at
     /// `/webhooks/github`); they carry their own state and their own auth.
     pub extra: Router,
+    /// SSE frames rendered once for every watcher.
+    frames: Arc<frames::FrameCache>,
 }
 
 impl ApiState {
@@ -69,10 +73,13 @@ impl ApiState {
             control,
             redactor,
             extra: Router::new(),
+            frames: Arc::default(),
         }
     }
 
-    /// Mount `router` beside the API (its paths must not overlap the API's).
+    /// Mount `router` beside the API, e.g. `Router::new().nest("/webhooks/github",
+    /// intake)`. Its paths must not overlap the API's and it must not set a
+    /// fallback (the API's answers unknown paths with a JSON 404).
     pub fn with_extra(mut self, router: Router) -> Self {
         self.extra = self.extra.merge(router);
         self

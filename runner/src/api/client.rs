@@ -63,48 +63,59 @@ impl SseParser {
     /// Feed bytes; returns the messages completed by them.
     pub fn push(&mut self, chunk: &[u8]) -> Vec<SseMessage> {
         self.buf.extend_from_slice(chunk);
+        let buf = std::mem::take(&mut self.buf);
         let mut out = Vec::new();
-        while let Some(pos) = self.buf.iter().position(|b| *b == b'\n') {
-            let mut line: Vec<u8> = self.buf.drain(..=pos).collect();
-            line.pop();
-            if line.last() == Some(&b'\r') {
-                line.pop();
+        let mut start = 0;
+        // One pass over the buffer, then one move of the unfinished tail:
+        // a chunk holding many frames costs linear time.
+        while let Some(len) = buf
+            .get(start..)
+            .and_then(|rest| rest.iter().position(|b| *b == b'\n'))
+        {
+            let mut line = buf.get(start..start + len).unwrap_or_default();
+            start += len + 1;
+            if let Some(stripped) = line.strip_suffix(b"\r") {
+                line = stripped;
             }
-            let line = String::from_utf8_lossy(&line);
-            if line.is_empty() {
-                if self.has_data {
-                    let mut msg = std::mem::take(&mut self.current);
-                    if msg.event.is_empty() {
-                        msg.event = "message".into();
-                    }
-                    out.push(msg);
-                } else {
-                    self.current = SseMessage::default();
-                }
-                self.has_data = false;
-                continue;
-            }
-            if line.starts_with(':') {
-                continue;
-            }
-            let (field, value) = match line.split_once(':') {
-                Some((f, v)) => (f, v.strip_prefix(' ').unwrap_or(v)),
-                None => (&*line, ""),
-            };
-            match field {
-                "data" => {
-                    if self.has_data {
-                        self.current.data.push('\n');
-                    }
-                    self.current.data.push_str(value);
-                    self.has_data = true;
-                }
-                "event" => self.current.event = value.to_owned(),
-                "id" => self.current.id = Some(value.to_owned()),
-                _ => {}
-            }
+            self.line(&String::from_utf8_lossy(line), &mut out);
         }
+        self.buf = buf.get(start..).unwrap_or_default().to_vec();
         out
+    }
+
+    fn line(&mut self, line: &str, out: &mut Vec<SseMessage>) {
+        if line.is_empty() {
+            if self.has_data {
+                let mut msg = std::mem::take(&mut self.current);
+                if msg.event.is_empty() {
+                    msg.event = "message".into();
+                }
+                out.push(msg);
+            } else {
+                self.current = SseMessage::default();
+            }
+            self.has_data = false;
+            return;
+        }
+        if line.starts_with(':') {
+            return;
+        }
+        let (field, value) = match line.split_once(':') {
+            Some((f, v)) => (f, v.strip_prefix(' ').unwrap_or(v)),
+            None => (line, ""),
+        };
+        match field {
+            "data" => {
+                if self.has_data {
+                    self.current.data.push('\n');
+                }
+                self.current.data.push_str(value);
+                self.has_data = true;
+            }
+            "event" => self.current.event = value.to_owned(),
+            "id" => self.current.id = Some(value.to_owned()),
+            _ => {}
+        }
     }
 }
 

@@ -14,10 +14,12 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
+use std::convert::Infallible;
+
 use axum::Json;
+use axum::body::{Body, Bytes};
 use axum::extract::{Path, RawQuery, State};
-use axum::http::{HeaderMap, header};
-use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::http::{HeaderMap, HeaderName, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt as _;
 use serde_json::{Value, json};
@@ -36,6 +38,12 @@ pub const MAX_PAGE: u64 = 1000;
 /// How often an idle stream asks the store whether its run has ended: the
 /// store has no state-change feed, and a run may end without a last event.
 const STATE_CHECK: Duration = Duration::from_secs(1);
+
+/// Idle state checks between keep-alive comments (15 s).
+const KEEP_ALIVE_TICKS: u32 = 15;
+
+/// Most frames sent in one chunk.
+const MAX_BATCH: usize = 256;
 
 /// Redacts every string inside a JSON value.
 pub(super) fn redact_json(redactor: &Redactor, value: &mut Value) {
@@ -129,16 +137,21 @@ pub async fn events(
             })?;
     }
     let sub = state.store.subscribe(run, after).await?;
-    let stream = feed(state, run, after, sub);
-    let mut response = Sse::new(stream)
-        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
-        .into_response();
-    // Proxies that buffer would hold live events back.
-    response.headers_mut().insert(
-        "x-accel-buffering",
-        axum::http::HeaderValue::from_static("no"),
-    );
-    Ok(response)
+    // Every frame ready at once goes out as one chunk: with many watchers,
+    // one write per event per watcher is what would cost, not the events.
+    let body = feed(state, run, after, sub)
+        .ready_chunks(MAX_BATCH)
+        .map(|frames| Ok::<_, Infallible>(Bytes::from(frames.concat())));
+    Ok((
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-cache"),
+            // Proxies that buffer would hold live events back.
+            (HeaderName::from_static("x-accel-buffering"), "no"),
+        ],
+        Body::from_stream(body),
+    )
+        .into_response())
 }
 
 enum Phase {
@@ -156,6 +169,8 @@ struct Feed {
     last: u64,
     phase: Phase,
     check: Interval,
+    /// State checks since the last frame; a keep-alive goes out every [`KEEP_ALIVE_TICKS`].
+    idle_ticks: u32,
 }
 
 fn feed(
@@ -163,7 +178,7 @@ fn feed(
     run: RunId,
     after: u64,
     sub: EventStream,
-) -> impl futures_util::Stream<Item = Result<Event, std::convert::Infallible>> {
+) -> impl futures_util::Stream<Item = Bytes> {
     let mut check = tokio::time::interval(STATE_CHECK);
     check.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let feed = Feed {
@@ -172,40 +187,64 @@ fn feed(
         last: after,
         phase: Phase::Live(sub),
         check,
+        idle_ticks: 0,
     };
     futures_util::stream::unfold(feed, |mut f| async move {
-        let event = next(&mut f).await?;
-        Some((Ok(event), f))
+        let frame = next(&mut f).await?;
+        Some((frame, f))
     })
 }
 
-fn sse_event(redactor: &Redactor, event: StoredEvent) -> Event {
-    let seq = event.seq;
-    let event = redact_event(redactor, event);
-    match serde_json::to_string(&event) {
-        Ok(data) => Event::default().id(seq.to_string()).data(data),
-        // Cannot happen for a StoredEvent; keep the seq so the client's resume point moves on.
-        Err(e) => Event::default()
-            .id(seq.to_string())
-            .event("stream-error")
-            .data(json!({ "message": format!("event {seq} unserializable: {e}") }).to_string()),
+/// One SSE frame: `event:` (if named), `data:` and `id:` lines, blank line.
+/// The data is compact JSON, which never holds a raw newline.
+fn frame(event: Option<&str>, id: Option<u64>, data: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(data.len() + 32);
+    if let Some(name) = event {
+        out.extend_from_slice(b"event: ");
+        out.extend_from_slice(name.as_bytes());
+        out.push(b'\n');
     }
+    if let Some(id) = id {
+        out.extend_from_slice(format!("id: {id}\n").as_bytes());
+    }
+    out.extend_from_slice(b"data: ");
+    out.extend_from_slice(data.as_bytes());
+    out.extend_from_slice(b"\n\n");
+    out
 }
 
-fn error_event(message: String) -> Event {
-    Event::default()
-        .event("stream-error")
-        .data(json!({ "message": message }).to_string())
+fn sse_event(state: &ApiState, event: StoredEvent) -> Bytes {
+    let (run, seq) = (event.run, event.seq);
+    state.frames.get_or_render(run, seq, || {
+        let event = redact_event(&state.redactor, event);
+        Bytes::from(match serde_json::to_string(&event) {
+            Ok(data) => frame(None, Some(seq), &data),
+            // Cannot happen for a StoredEvent; keep the seq so the client's resume point moves on.
+            Err(e) => frame(
+                Some("stream-error"),
+                Some(seq),
+                &json!({ "message": format!("event {seq} unserializable: {e}") }).to_string(),
+            ),
+        })
+    })
 }
 
-async fn next(f: &mut Feed) -> Option<Event> {
+fn error_event(message: String) -> Bytes {
+    Bytes::from(frame(
+        Some("stream-error"),
+        None,
+        &json!({ "message": message }).to_string(),
+    ))
+}
+
+async fn next(f: &mut Feed) -> Option<Bytes> {
     loop {
         match &mut f.phase {
             Phase::Done => return None,
             Phase::Draining(queue) => {
                 if let Some(event) = queue.pop_front() {
                     f.last = event.seq;
-                    return Some(sse_event(&f.state.redactor, event));
+                    return Some(sse_event(&f.state, event));
                 }
                 match f
                     .state
@@ -230,11 +269,12 @@ async fn next(f: &mut Feed) -> Option<Event> {
                     item = sub.next() => match item {
                         Some(Ok(event)) => {
                             f.last = event.seq;
+                            f.idle_ticks = 0;
                             if event.kind.get("type").and_then(Value::as_str) == Some("finished") {
                                 // The run says it ended: look at its state now, not in a second.
                                 f.check.reset_immediately();
                             }
-                            return Some(sse_event(&f.state.redactor, event));
+                            return Some(sse_event(&f.state, event));
                         }
                         Some(Err(e)) => {
                             f.phase = Phase::Done;
@@ -248,7 +288,14 @@ async fn next(f: &mut Feed) -> Option<Event> {
                         Ok(run) if run.state.is_terminal() => {
                             f.phase = Phase::Draining(VecDeque::new());
                         }
-                        Ok(_) => {}
+                        Ok(_) => {
+                            f.idle_ticks += 1;
+                            if f.idle_ticks >= KEEP_ALIVE_TICKS {
+                                // A comment: keeps proxies and clients from timing out an idle stream.
+                                f.idle_ticks = 0;
+                                return Some(Bytes::from_static(b": keep-alive\n\n"));
+                            }
+                        }
                         Err(e) => {
                             f.phase = Phase::Done;
                             return Some(error_event(format!("reading the run failed: {e}")));
@@ -260,7 +307,7 @@ async fn next(f: &mut Feed) -> Option<Event> {
     }
 }
 
-async fn end_event(state: &ApiState, run: RunId, last: u64) -> Event {
+async fn end_event(state: &ApiState, run: RunId, last: u64) -> Bytes {
     match state.store.get_run(run).await {
         Ok(run) => {
             let mut data = json!({
@@ -270,7 +317,7 @@ async fn end_event(state: &ApiState, run: RunId, last: u64) -> Event {
                 "last_seq": last,
             });
             redact_json(&state.redactor, &mut data);
-            Event::default().event("end").data(data.to_string())
+            Bytes::from(frame(Some("end"), None, &data.to_string()))
         }
         Err(e) => error_event(format!("reading the run failed: {e}")),
     }
