@@ -213,10 +213,12 @@ fn frame(event: Option<&str>, id: Option<u64>, data: &str) -> Vec<u8> {
     out
 }
 
-fn sse_event(state: &ApiState, event: StoredEvent) -> Bytes {
+/// One SSE frame, rendered once for all watchers of the run: the event is
+/// shared (`Arc`) and only copied by the watcher that renders it.
+fn sse_event(state: &ApiState, event: std::sync::Arc<StoredEvent>) -> Bytes {
     let (run, seq) = (event.run, event.seq);
     state.frames.get_or_render(run, seq, || {
-        let event = redact_event(&state.redactor, event);
+        let event = redact_event(&state.redactor, std::sync::Arc::unwrap_or_clone(event));
         Bytes::from(match serde_json::to_string(&event) {
             Ok(data) => frame(None, Some(seq), &data),
             // Cannot happen for a StoredEvent; keep the seq so the client's resume point moves on.
@@ -244,7 +246,7 @@ async fn next(f: &mut Feed) -> Option<Bytes> {
             Phase::Draining(queue) => {
                 if let Some(event) = queue.pop_front() {
                     f.last = event.seq;
-                    return Some(sse_event(&f.state, event));
+                    return Some(sse_event(&f.state, std::sync::Arc::new(event)));
                 }
                 match f
                     .state

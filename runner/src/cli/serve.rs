@@ -24,7 +24,7 @@ use super::run::load_config;
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     /// Where to listen.
-    #[arg(long, default_value = "127.0.0.1:8080", env = "KILN_LISTEN")]
+    #[arg(long, default_value = "127.0.0.1:7878", env = "KILN_LISTEN")]
     pub listen: SocketAddr,
     /// Runs executed at once.
     #[arg(long, default_value_t = 2)]
@@ -125,12 +125,8 @@ pub async fn serve(args: ServeArgs, local: &LocalArgs) -> anyhow::Result<ExitCod
         let intake = kiln::intake::Intake::start(store.clone(), forges, &config.intake, secret)?;
         extra = extra.merge(kiln::intake::router(intake));
     }
-    let state = kiln::api::ApiState {
-        store,
-        control: runner.clone(),
-        redactor: Arc::new(gate.redactor().clone()),
-        extra,
-    };
+    let state = kiln::api::ApiState::new(store, runner.clone(), Arc::new(gate.redactor().clone()))
+        .with_extra(extra);
     let app = kiln::api::router(state);
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
