@@ -331,6 +331,31 @@ pub struct StoredEvent {
     pub message: String,
 }
 
+impl StoredEvent {
+    /// The event's type (`model-turn`, `policy`, ...), `event` if unknown.
+    pub fn type_name(&self) -> &str {
+        self.kind
+            .get("type")
+            .and_then(|t| t.as_str())
+            .unwrap_or("event")
+    }
+
+    /// The kind's other fields as `name`, `value` text pairs, for display
+    /// (the CLI, the dashboard and the Markdown transcript).
+    pub fn kind_fields(&self, separator: &str) -> Vec<String> {
+        self.kind
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter(|(k, _)| k.as_str() != "type")
+            .map(|(k, v)| match v.as_str() {
+                Some(s) => format!("{k}{separator}{s}"),
+                None => format!("{k}{separator}{v}"),
+            })
+            .collect()
+    }
+}
+
 /// A run's events: the backlog, then live events, each exactly once in `seq`
 /// order. Shared (`Arc`): one committed event goes to every watcher uncopied.
 pub type EventStream = BoxStream<'static, Result<Arc<StoredEvent>, StoreError>>;

@@ -290,26 +290,12 @@ fn redacted_run(state: &ApiState, run: Run) -> Run {
 }
 
 fn event_item(e: &StoredEvent) -> String {
-    let kind = e
-        .kind
-        .get("type")
-        .and_then(|t| t.as_str())
-        .unwrap_or("event");
+    let kind = e.type_name();
     let class: String = kind
         .chars()
         .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
         .collect();
-    let extra: Vec<String> = e
-        .kind
-        .as_object()
-        .into_iter()
-        .flatten()
-        .filter(|(k, _)| k.as_str() != "type")
-        .map(|(k, v)| match v.as_str() {
-            Some(s) => format!("{k}: {s}"),
-            None => format!("{k}: {v}"),
-        })
-        .collect();
+    let extra = e.kind_fields(": ");
     let extra = if extra.is_empty() {
         String::new()
     } else {

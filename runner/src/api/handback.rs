@@ -137,22 +137,8 @@ pub fn markdown(run: &Run, events: &[StoredEvent]) -> String {
     );
     let _ = writeln!(md, "- events: {}\n", events.len());
     for e in events {
-        let kind = e
-            .kind
-            .get("type")
-            .and_then(|t| t.as_str())
-            .unwrap_or("event");
-        let extra: Vec<String> = e
-            .kind
-            .as_object()
-            .into_iter()
-            .flatten()
-            .filter(|(k, _)| k.as_str() != "type")
-            .map(|(k, v)| match v.as_str() {
-                Some(s) => format!("{k}: {s}"),
-                None => format!("{k}: {v}"),
-            })
-            .collect();
+        let kind = e.type_name();
+        let extra = e.kind_fields(": ");
         let extra = if extra.is_empty() {
             String::new()
         } else {

@@ -194,22 +194,8 @@ fn clock(ms: i64) -> String {
 
 /// One event as `kiln watch` prints it.
 pub fn render_event(e: &StoredEvent) -> String {
-    let kind = e
-        .kind
-        .get("type")
-        .and_then(|t| t.as_str())
-        .unwrap_or("event");
-    let extra: Vec<String> = e
-        .kind
-        .as_object()
-        .into_iter()
-        .flatten()
-        .filter(|(k, _)| k.as_str() != "type")
-        .map(|(k, v)| match v.as_str() {
-            Some(s) => format!("{k}={s}"),
-            None => format!("{k}={v}"),
-        })
-        .collect();
+    let kind = e.type_name();
+    let extra = e.kind_fields("=");
     let extra = if extra.is_empty() {
         String::new()
     } else {
