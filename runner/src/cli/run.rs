@@ -148,7 +148,9 @@ fn run_id(role: Role, number: u64) -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or_default();
-    format!("{}-{number}-{secs}", role.as_str())
+    // Container names derive from the run id: two CLI processes in the same
+    // second must not collide.
+    format!("{}-{number}-{secs}-{}", role.as_str(), std::process::id())
 }
 
 /// Run one role once and write its transcript.
@@ -222,7 +224,9 @@ async fn services(
             config,
             data_dir: data_dir.to_path_buf(),
             recipes: app::recipes_dir(),
-            runner_id: "cli".into(),
+            // Per process: start-up orphan removal is by runner id, and two
+            // `kiln run` / `kiln demo` at once must not remove each other's sandboxes.
+            runner_id: format!("cli-{}", std::process::id()),
             model: Some(model),
             budgets,
         },
