@@ -135,20 +135,25 @@ impl Publisher {
     /// The staged contents of the changed paths that still exist, for the
     /// secret scan that must pass before a commit.
     pub async fn changed_files(&self) -> Result<Vec<(String, Vec<u8>)>, PublishError> {
+        Ok(self.changes().await?.1)
+    }
+
+    /// Every changed path and the contents of those that still exist,
+    /// from one staging of the work tree.
+    pub async fn changes(&self) -> Result<(Vec<String>, Vec<(String, Vec<u8>)>), PublishError> {
         let paths = self.changed_paths().await?;
         let mut files = Vec::with_capacity(paths.len());
-        for p in paths {
-            let spec = format!(":{p}");
+        for p in &paths {
             // A deleted path has no blob; its absence is the change.
-            if let Ok(bytes) = self.blob(&spec).await {
-                files.push((p, bytes));
+            if let Ok(bytes) = self.blob(&format!(":{p}")).await {
+                files.push((p.clone(), bytes));
             }
         }
-        Ok(files)
+        Ok((paths, files))
     }
 
     async fn blob(&self, spec: &str) -> Result<Vec<u8>, PublishError> {
-        let out = git_command(Some(&self.git_dir), Some(&self.work_tree))
+        let out = host_git(Some(&self.git_dir), Some(&self.work_tree))
             .args(["cat-file", "blob", spec])
             .output()
             .await
@@ -207,8 +212,12 @@ impl Publisher {
 }
 
 /// Host git with no system or global configuration, no hooks, no
-/// fsmonitor, and no prompts.
-fn git_command(git_dir: Option<&Path>, work_tree: Option<&Path>) -> tokio::process::Command {
+/// fsmonitor, and no prompts: every git the host runs starts here (the
+/// local forge, the shadow repository, held pull requests).
+pub(crate) fn host_git(
+    git_dir: Option<&Path>,
+    work_tree: Option<&Path>,
+) -> tokio::process::Command {
     let mut cmd = tokio::process::Command::new("git");
     if let Some(d) = git_dir {
         cmd.arg("--git-dir").arg(d);
@@ -244,7 +253,7 @@ async fn run_git(
     work_tree: Option<&Path>,
     args: &[&std::ffi::OsStr],
 ) -> Result<String, PublishError> {
-    let out = git_command(git_dir, work_tree)
+    let out = host_git(git_dir, work_tree)
         .args(args)
         .output()
         .await

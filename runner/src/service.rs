@@ -219,12 +219,10 @@ impl Runner {
                     .join("handback.bundle");
                 clone = tempfile::tempdir().map_err(|e| e.to_string())?;
                 let dir = clone.path().join("held.git");
-                let ok = tokio::process::Command::new("git")
+                let ok = crate::publish::host_git(None, None)
                     .args(["clone", "--quiet", "--bare", "--template="])
                     .arg(&bundle)
                     .arg(&dir)
-                    .env("GIT_CONFIG_NOSYSTEM", "1")
-                    .env("GIT_CONFIG_GLOBAL", "/dev/null")
                     .status()
                     .await
                     .map_err(|e| e.to_string())?

@@ -229,9 +229,11 @@ pub async fn execute(
     steering: Steering,
     cancel: Cancel,
 ) -> RunSummary {
-    // The worker's own events quote plugin summaries and forge errors.
+    // The worker's own events quote plugin summaries and forge errors. The
+    // plugin's events get the raw sink: its run state redacts them itself.
+    let raw = events;
     let events: Arc<dyn EventSink> = Arc::new(crate::imports::gate::RedactingEvents::new(
-        events,
+        raw.clone(),
         services.gate.clone(),
     ));
     events.record(
@@ -261,7 +263,7 @@ pub async fn execute(
         services,
         forge.clone(),
         req,
-        events.clone(),
+        (events.clone(), raw),
         steering,
         cancel,
     )
@@ -317,7 +319,7 @@ async fn run_prepared(
     services: &Services,
     forge: Arc<dyn Forge>,
     req: &RunRequest,
-    events: Arc<dyn EventSink>,
+    (events, plugin_events): (Arc<dyn EventSink>, Arc<dyn EventSink>),
     steering: Steering,
     cancel: Cancel,
 ) -> Result<RunSummary, PrepareError> {
@@ -402,7 +404,7 @@ async fn run_prepared(
         }
     };
     let publisher = Arc::new(publisher);
-    let mut ctx = RunContext::new(events.clone());
+    let mut ctx = RunContext::new(plugin_events);
     ctx.steering = steering;
     ctx.budget = services.budgets.get(&req.role).cloned().unwrap_or_default();
     ctx.model = services.model.clone();

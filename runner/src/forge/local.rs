@@ -345,22 +345,14 @@ fn path_str(p: &Path) -> Result<&str, ForgeError> {
         .ok_or_else(|| ForgeError::Invalid(format!("path {} is not UTF-8", p.display())))
 }
 
-/// Run host-side git with no system or global configuration, so nothing
-/// outside Kiln's own arguments changes what it does. Returns stdout.
+/// Run host-side git ([`crate::publish::host_git`]: no system or global
+/// configuration, no hooks). Returns stdout.
 async fn git(dir: Option<&Path>, args: &[&str]) -> Result<String, ForgeError> {
-    let mut cmd = tokio::process::Command::new("git");
+    let mut cmd = crate::publish::host_git(None, None);
     if let Some(d) = dir {
         cmd.arg("-C").arg(d);
     }
-    cmd.args(args)
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .env("GIT_TERMINAL_PROMPT", "0")
-        .env("GIT_AUTHOR_NAME", "Kiln")
-        .env("GIT_AUTHOR_EMAIL", "kiln@localhost")
-        .env("GIT_COMMITTER_NAME", "Kiln")
-        .env("GIT_COMMITTER_EMAIL", "kiln@localhost")
-        .stdin(std::process::Stdio::null());
+    cmd.args(args);
     let out = cmd
         .output()
         .await

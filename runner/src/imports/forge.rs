@@ -236,8 +236,8 @@ impl RunState {
                     },
                 };
                 let (paths, files) = match &self.forge.publisher {
-                    Some(p) => match p.changed_files().await {
-                        Ok(files) => (p.changed_paths().await.unwrap_or_default(), files),
+                    Some(p) => match p.changes().await {
+                        Ok(changes) => changes,
                         Err(e) => {
                             return Decision::Deny {
                                 reason: format!(
