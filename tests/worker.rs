@@ -16,8 +16,8 @@ use kiln::plugin::{PluginHost, PluginLimits, builtin};
 use kiln::policy::{Gate, GateConfig, SecretValue, Trust};
 use kiln::sandbox::SandboxBackend;
 use kiln::sandbox::docker::DockerBackend;
-use kiln::session::{MemoryEvents, Steering};
-use kiln::worker::{Cancel, RunEnd, RunRequest, RunTrigger, Services, execute};
+use kiln::session::MemoryEvents;
+use kiln::worker::{LiveRun, RunEnd, RunRequest, RunTrigger, Services, execute};
 
 #[path = "support/images.rs"]
 mod images;
@@ -81,14 +81,14 @@ async fn triage(
         trigger: RunTrigger::Manual,
         trust,
         instructions: None,
+        continue_from: Vec::new(),
     };
     execute(
         services,
         forge.clone(),
         &req,
         Arc::new(events.clone()),
-        Steering::new(),
-        Cancel::new(),
+        &LiveRun::new(),
     )
     .await
 }
@@ -260,14 +260,14 @@ async fn a_run_on_a_missing_issue_fails_with_the_reason_and_leaves_no_sandbox() 
         trigger: RunTrigger::Manual,
         trust: Trust::Trusted,
         instructions: None,
+        continue_from: Vec::new(),
     };
     let summary = execute(
         &services,
         Arc::new(forge),
         &req,
         Arc::new(MemoryEvents::new()),
-        Steering::new(),
-        Cancel::new(),
+        &LiveRun::new(),
     )
     .await;
     assert_eq!(summary.state, RunEnd::Failed);

@@ -46,6 +46,17 @@ impl RunControl for ReadOnly {
     async fn handback(&self, _: u64) -> Result<Handback, ControlError> {
         Err(ControlError::NotFound("benchmark: read only".into()))
     }
+    async fn attach(
+        &self,
+        _: u64,
+        _: String,
+        _: kiln::sandbox::ShellSpec,
+    ) -> Result<kiln::control::Attached, ControlError> {
+        Err(ControlError::Conflict("benchmark: read only".into()))
+    }
+    async fn resume(&self, _: u64, _: kiln::control::Resume) -> Result<(), ControlError> {
+        Err(ControlError::Conflict("benchmark: read only".into()))
+    }
 }
 
 async fn kiln_fanout(n: u64) -> (Duration, Duration) {

@@ -19,8 +19,8 @@ use kiln::forge::local::LocalForge;
 use kiln::forge::{Forge, NewIssue, RepoRef};
 use kiln::model::ScriptedProvider;
 use kiln::policy::Trust;
-use kiln::session::{MemoryEvents, Steering};
-use kiln::worker::{Cancel, RunEnd, RunRequest, RunTrigger, execute};
+use kiln::session::MemoryEvents;
+use kiln::worker::{LiveRun, RunEnd, RunRequest, RunTrigger, execute};
 
 const SCRIPT: &str = include_str!("../demo/triage.json");
 
@@ -94,6 +94,7 @@ async fn main() -> anyhow::Result<()> {
             trigger: RunTrigger::Manual,
             trust: Trust::Trusted,
             instructions: None,
+            continue_from: Vec::new(),
         };
         let t = Instant::now();
         let s = execute(
@@ -101,8 +102,7 @@ async fn main() -> anyhow::Result<()> {
             forge.clone(),
             &req,
             Arc::new(MemoryEvents::new()),
-            Steering::new(),
-            Cancel::new(),
+            &LiveRun::new(),
         )
         .await;
         runs.push(t.elapsed());

@@ -1,5 +1,6 @@
 //! The runner API (axum): runs and their events (JSON and SSE), operator
-//! actions on live runs (steer, approve or deny held effects, cancel),
+//! actions on live runs (steer, approve or deny held effects, cancel,
+//! attach a shell),
 //! handback, API tokens, the OpenAPI document and the dashboard.
 //!
 //! Reads go to the [`RunStore`]; actions that reach a live run go through
@@ -17,6 +18,7 @@
 //! watchers), and [`client`] (a typed client the CLI, tests and
 //! benchmarks share).
 
+mod attach;
 pub mod auth;
 pub mod client;
 mod dashboard;
@@ -99,6 +101,11 @@ pub fn router(state: ApiState) -> Router {
         .route("/runs/{id}/approvals", get(runs::approvals))
         .route("/runs/{id}/approvals/{effect}", post(runs::decide))
         .route("/runs/{id}/cancel", post(runs::cancel))
+        .route("/runs/{id}/attach", get(attach::attach))
+        .route(
+            "/runs/{id}/resume",
+            post(runs::resume).layer(DefaultBodyLimit::max(runs::MAX_RESUME_BYTES)),
+        )
         .route("/runs/{id}/handback", get(handback::bundle))
         .route(
             "/runs/{id}/transcript.jsonl",

@@ -44,6 +44,27 @@ pub struct Handback {
     pub branch: String,
 }
 
+/// What `kiln resume` sends back to a finished run.
+#[derive(Debug, Clone, Default)]
+pub struct Resume {
+    /// Who resumed it (the API token's name).
+    pub by: String,
+    /// A note for the agent; it becomes the run's instructions.
+    pub note: Option<String>,
+    /// A git bundle of the operator's commits on top of the run's branch.
+    pub bundle: Option<Vec<u8>>,
+}
+
+/// A human attached to a run's sandbox (`kiln attach`): their shell, and
+/// the run's agent held paused for as long as this value lives. Dropping
+/// it records that the operator left and lets the agent go on.
+pub struct Attached {
+    /// The interactive shell in the run's sandbox.
+    pub shell: crate::sandbox::Shell,
+    /// Released (and the detach recorded) when this is dropped.
+    pub session: Box<dyn Send + Sync>,
+}
+
 /// Actions on live runs. Run ids are the store's (`r12` displayed).
 #[async_trait::async_trait]
 pub trait RunControl: Send + Sync {
@@ -60,6 +81,17 @@ pub trait RunControl: Send + Sync {
         effect: &str,
         decision: EffectDecision,
     ) -> Result<(), ControlError>;
+    /// Open a shell in the running run's sandbox and pause its agent until
+    /// the returned [`Attached`] is dropped.
+    async fn attach(
+        &self,
+        run: u64,
+        by: String,
+        spec: crate::sandbox::ShellSpec,
+    ) -> Result<Attached, ControlError>;
+    /// Continue a finished run: its workspace starts from its last work
+    /// plus the operator's commits, and the note reaches the agent.
+    async fn resume(&self, run: u64, resume: Resume) -> Result<(), ControlError>;
     /// The run's work as a git bundle (written when the run ended).
     async fn handback(&self, run: u64) -> Result<Handback, ControlError>;
 }

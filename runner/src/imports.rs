@@ -15,7 +15,7 @@ use crate::model::ModelProvider;
 use crate::plugin::capability::{Capability, CapabilitySet};
 use crate::plugin::limits::{Limiter, PluginLimits};
 use crate::plugin::wit::latest::kiln::role::types::RoleError;
-use crate::session::{Blame, Budget, EventKind, EventSink, Steering};
+use crate::session::{Blame, Budget, EventKind, EventSink, Pause, Steering};
 
 pub mod forge;
 pub mod gate;
@@ -35,6 +35,8 @@ pub struct RunContext {
     pub events: Arc<dyn EventSink>,
     /// Steering messages from operators.
     pub steering: Steering,
+    /// Held while an operator is attached to the sandbox.
+    pub pause: Pause,
     /// Turn, token and cost limits.
     pub budget: Budget,
     /// The model provider, if one is configured.
@@ -65,6 +67,7 @@ impl RunContext {
         RunContext {
             events,
             steering: Steering::new(),
+            pause: Pause::new(),
             budget: Budget::default(),
             model: None,
             workspace: None,
@@ -145,6 +148,7 @@ impl RunState {
             },
             session: session::SessionCtx {
                 steering: ctx.steering,
+                pause: ctx.pause,
             },
             skills: skills::SkillsCtx {
                 overrides: ctx.skill_overrides,
@@ -175,6 +179,14 @@ impl RunState {
             msg.clone(),
         );
         Err(RoleError::NotPermitted(msg))
+    }
+
+    /// Where the agent acts (a model turn, a command, a write, a proposal)
+    /// it first waits here while an operator is attached to its sandbox, so
+    /// the human and the agent never work in the workspace at once.
+    pub(crate) async fn unless_paused(&self) {
+        let pause = self.session.pause.clone();
+        pause.until_resumed().await;
     }
 
     /// The proposals the plugin made during the run, in order.

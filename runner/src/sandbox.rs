@@ -298,6 +298,37 @@ impl Sandbox {
     }
 }
 
+/// How a human's shell in a sandbox is set up (`kiln attach`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ShellSpec {
+    /// Terminal size (columns, rows) when the human has a terminal; `None`
+    /// runs the shell on plain pipes (scripts, tests).
+    pub tty: Option<(u16, u16)>,
+    /// The human's `TERM`, when it is a plain terminal name.
+    pub term: Option<String>,
+}
+
+/// A human's interactive shell in a sandbox: bytes in, bytes out. It runs
+/// as the sandbox user in `/workspace`, with no secret in its environment.
+pub struct Shell {
+    /// What the human types.
+    pub input: std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>,
+    /// What the shell prints (stdout and stderr, merged with a terminal).
+    pub output: futures_util::stream::BoxStream<'static, Result<Vec<u8>, SandboxError>>,
+    /// Resize the terminal; read the exit code once the output ended.
+    pub control: Box<dyn ShellControl>,
+}
+
+/// What can be done to a running [`Shell`] besides typing into it.
+pub trait ShellControl: Send + Sync {
+    /// The human's terminal changed size.
+    fn resize(&self, cols: u16, rows: u16) -> BoxFuture<'_, Result<(), SandboxError>>;
+    /// The shell's exit code, once its output has ended (`None` if unknown).
+    fn exit_code(&self) -> BoxFuture<'_, Result<Option<i64>, SandboxError>>;
+    /// Kill the shell and what it started (the human went away).
+    fn end(&self) -> BoxFuture<'_, ()>;
+}
+
 /// Where streamed exec events go: a bounded channel, so a slow consumer
 /// slows the reader instead of growing memory.
 pub type ExecEvents = mpsc::Sender<ExecEvent>;
@@ -316,6 +347,13 @@ pub trait SandboxBackend: Send + Sync {
         request: ExecRequest,
         events: Option<ExecEvents>,
     ) -> BoxFuture<'a, Result<ExecOutcome, SandboxError>>;
+
+    /// Starts an interactive shell for a human in an agent-phase sandbox.
+    fn shell<'a>(
+        &'a self,
+        sandbox: &'a Sandbox,
+        spec: ShellSpec,
+    ) -> BoxFuture<'a, Result<Shell, SandboxError>>;
 
     /// Ends the setup phase: no network, no setup process, no setup secret.
     fn enter_agent_phase<'a>(

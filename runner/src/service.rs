@@ -9,24 +9,40 @@
 //! when configured) before any worker starts; the sandbox backend removes
 //! their containers by label.
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::control::{ControlError, EffectDecision, Handback, RunControl};
+use crate::control::{Attached, ControlError, EffectDecision, Handback, Resume, RunControl};
 pub use crate::forge::ForgeResolver;
 use crate::forge::{EffectRecord, EffectState, Proposal};
 use crate::imports::forge::{CommitSource, ForgeTarget, apply};
-use crate::session::{EventKind, EventSink, Steering};
+use crate::session::{EventKind, EventSink, PauseGuard};
 use crate::store::{
     ApprovalState, RecoveryPolicy, Run, RunId, RunState, RunStore, StoreError, TriggerKind, Verdict,
 };
-use crate::worker::{Cancel, RunEnd, RunRequest, RunTrigger, Services, execute};
+use crate::worker::{LiveRun, RunEnd, RunRequest, RunTrigger, Services, execute};
 
-/// A run in progress: how to reach it.
-struct Live {
-    steering: Steering,
-    cancel: Cancel,
+/// The bundle each run leaves when it ends (see `worker`).
+const HANDBACK: &str = "handback.bundle";
+/// The bundle of an operator's commits, waiting for the resumed run.
+const RESUME: &str = "resume.bundle";
+
+/// An operator's attach session: records the detach before the agent may
+/// go on (fields drop after `drop` runs, the pause guard last).
+struct AttachSession {
+    by: String,
+    events: Arc<dyn EventSink>,
+    _guard: PauseGuard,
+}
+
+impl Drop for AttachSession {
+    fn drop(&mut self) {
+        self.events.record(
+            EventKind::Note,
+            format!("operator {} detached; the agent resumes", self.by),
+        );
+    }
 }
 
 /// The runner service.
@@ -34,7 +50,7 @@ pub struct Runner {
     store: Arc<dyn RunStore>,
     services: Services,
     forges: ForgeResolver,
-    live: Mutex<HashMap<u64, Live>>,
+    live: Mutex<HashMap<u64, LiveRun>>,
     wake: tokio::sync::Notify,
     runs_dir: PathBuf,
 }
@@ -142,25 +158,22 @@ impl Runner {
             },
             trust: run.trigger.actor_trust,
             instructions: run.trigger.instructions.clone(),
+            continue_from: [HANDBACK, RESUME]
+                .iter()
+                .map(|f| self.runs_dir.join(id.to_string()).join(f))
+                .filter(|p| p.is_file())
+                .collect(),
         };
         let _ = self.store.set_branch(id, req.branch()).await;
-        let live = Live {
-            steering: Steering::new(),
-            cancel: Cancel::new(),
-        };
-        let (steering, cancel) = (live.steering.clone(), live.cancel.clone());
+        let live = LiveRun::new();
         if let Ok(mut l) = self.live.lock() {
-            l.insert(id.0, live);
+            l.insert(id.0, live.clone());
         }
-        let summary = execute(
-            &self.services,
-            forge,
-            &req,
-            events.clone(),
-            steering,
-            cancel,
-        )
-        .await;
+        let summary = execute(&self.services, forge, &req, events.clone(), &live).await;
+        if summary.report.is_some() {
+            // The new handback bundle holds the operator's commits now.
+            let _ = std::fs::remove_file(self.runs_dir.join(id.to_string()).join(RESUME));
+        }
         if let Ok(mut l) = self.live.lock() {
             l.remove(&id.0);
         }
@@ -189,6 +202,10 @@ impl Runner {
         self.finish(id, RunState::Running, to, summary.reason).await;
     }
 
+    fn live(&self, run: u64) -> Option<LiveRun> {
+        self.live.lock().ok()?.get(&run).cloned()
+    }
+
     async fn get(&self, run: u64) -> Result<Run, ControlError> {
         self.store.get_run(RunId(run)).await.map_err(|e| match e {
             StoreError::NoSuchRun(_) => ControlError::NotFound(format!("run r{run}")),
@@ -213,10 +230,7 @@ impl Runner {
                 },
             ) => {
                 // The commit frozen at proposal time lives in the run's bundle.
-                let bundle = self
-                    .runs_dir
-                    .join(run.id.to_string())
-                    .join("handback.bundle");
+                let bundle = self.runs_dir.join(run.id.to_string()).join(HANDBACK);
                 clone = tempfile::tempdir().map_err(|e| e.to_string())?;
                 let dir = clone.path().join("held.git");
                 let ok = crate::publish::host_git(None, None)
@@ -247,6 +261,76 @@ impl Runner {
     }
 }
 
+/// Checks an operator's bundle against the run's own work and stores it as
+/// `to`: it must hold one branch, and build only on commits the run has.
+async fn check_resume_bundle(handback: &Path, bytes: &[u8], to: &Path) -> Result<(), ControlError> {
+    let invalid = |why: String| ControlError::Invalid(format!("the bundle {why}"));
+    let scratch = tempfile::tempdir().map_err(|e| ControlError::Internal(e.to_string()))?;
+    let file = scratch.path().join("resume.bundle");
+    std::fs::write(&file, bytes).map_err(|e| ControlError::Internal(e.to_string()))?;
+    let repo = scratch.path().join("work.git");
+    let git = |args: &[&std::ffi::OsStr]| {
+        let mut cmd = crate::publish::host_git(Some(&repo), None);
+        cmd.args(args);
+        async move { cmd.output().await }
+    };
+    let init = crate::publish::host_git(None, None)
+        .args(["init", "--quiet", "--bare", "--template="])
+        .arg(&repo)
+        .output()
+        .await
+        .map_err(|e| ControlError::Internal(e.to_string()))?;
+    if !init.status.success() {
+        return Err(ControlError::Internal(
+            "cannot make a scratch repository".into(),
+        ));
+    }
+    let fetched = git(&[
+        "fetch".as_ref(),
+        "--quiet".as_ref(),
+        handback.as_os_str(),
+        "+refs/heads/*:refs/heads/*".as_ref(),
+    ])
+    .await
+    .map_err(|e| ControlError::Internal(e.to_string()))?;
+    if !fetched.status.success() {
+        return Err(ControlError::Internal(format!(
+            "cannot read the run's own bundle: {}",
+            String::from_utf8_lossy(&fetched.stderr).trim()
+        )));
+    }
+    let heads = git(&["bundle".as_ref(), "list-heads".as_ref(), file.as_os_str()])
+        .await
+        .map_err(|e| ControlError::Internal(e.to_string()))?;
+    if !heads.status.success() {
+        return Err(invalid("is not a git bundle".into()));
+    }
+    let branches = String::from_utf8_lossy(&heads.stdout)
+        .lines()
+        .filter(|l| l.contains(" refs/heads/"))
+        .count();
+    if branches != 1 {
+        return Err(invalid(format!(
+            "must hold exactly one branch, it holds {branches}"
+        )));
+    }
+    let verified = git(&[
+        "bundle".as_ref(),
+        "verify".as_ref(),
+        "--quiet".as_ref(),
+        file.as_os_str(),
+    ])
+    .await
+    .map_err(|e| ControlError::Internal(e.to_string()))?;
+    if !verified.status.success() {
+        return Err(invalid(format!(
+            "builds on commits the run does not have (make your commits on the branch `kiln handback` gave you): {}",
+            String::from_utf8_lossy(&verified.stderr).trim()
+        )));
+    }
+    std::fs::write(to, bytes).map_err(|e| ControlError::Internal(e.to_string()))
+}
+
 #[async_trait::async_trait]
 impl RunControl for Runner {
     async fn steer(&self, run: u64, message: String) -> Result<(), ControlError> {
@@ -254,11 +338,7 @@ impl RunControl for Runner {
             return Err(ControlError::Invalid("the message is empty".into()));
         }
         let r = self.get(run).await?;
-        let steering = self
-            .live
-            .lock()
-            .ok()
-            .and_then(|l| l.get(&run).map(|x| x.steering.clone()));
+        let steering = self.live(run).map(|l| l.steering);
         let Some(steering) = steering else {
             return Err(ControlError::Conflict(format!(
                 "run r{run} is {:?}, not running: there is no one to steer",
@@ -275,11 +355,7 @@ impl RunControl for Runner {
 
     async fn cancel(&self, run: u64, by: String) -> Result<(), ControlError> {
         let r = self.get(run).await?;
-        let live = self
-            .live
-            .lock()
-            .ok()
-            .and_then(|l| l.get(&run).map(|x| x.cancel.clone()));
+        let live = self.live(run).map(|l| l.cancel);
         if let Some(c) = live {
             c.cancel(by);
             return Ok(());
@@ -379,9 +455,81 @@ impl RunControl for Runner {
         Ok(())
     }
 
+    async fn attach(
+        &self,
+        run: u64,
+        by: String,
+        spec: crate::sandbox::ShellSpec,
+    ) -> Result<Attached, ControlError> {
+        let r = self.get(run).await?;
+        let Some(live) = self.live(run) else {
+            return Err(ControlError::Conflict(format!(
+                "run r{run} is {}, not running: it has no sandbox to attach to",
+                r.state
+            )));
+        };
+        let Some(handle) = live.sandbox() else {
+            return Err(ControlError::Conflict(format!(
+                "run r{run} has no sandbox yet (it is still preparing); try again in a moment"
+            )));
+        };
+        // Pause first, so the agent takes no step while the shell starts.
+        let guard = live.pause.hold();
+        let shell = handle
+            .backend
+            .shell(&handle.sandbox, spec)
+            .await
+            .map_err(|e| {
+                ControlError::Conflict(format!("cannot open a shell in run r{run}: {e}"))
+            })?;
+        drop(handle);
+        let events: Arc<dyn EventSink> = Arc::new(self.store.event_sink(r.id));
+        events.record(
+            EventKind::Note,
+            format!("operator {by} attached a shell to the sandbox; the agent is paused"),
+        );
+        Ok(Attached {
+            shell,
+            session: Box::new(AttachSession {
+                by,
+                events,
+                _guard: guard,
+            }),
+        })
+    }
+
+    async fn resume(&self, run: u64, resume: Resume) -> Result<(), ControlError> {
+        let r = self.get(run).await?;
+        if !r.state.is_terminal() {
+            return Err(ControlError::Conflict(format!(
+                "run r{run} is {}: only a finished run can be resumed",
+                r.state
+            )));
+        }
+        let dir = self.runs_dir.join(r.id.to_string());
+        let handback = dir.join(HANDBACK);
+        if !handback.is_file() {
+            return Err(ControlError::Conflict(format!(
+                "run r{run} left no work to continue from (it ended before its workspace existed)"
+            )));
+        }
+        if let Some(bytes) = &resume.bundle {
+            check_resume_bundle(&handback, bytes, &dir.join(RESUME)).await?;
+        }
+        self.store
+            .resume(r.id, &resume.by, resume.note)
+            .await
+            .map_err(|e| match e {
+                StoreError::IllegalTransition { .. } => ControlError::Conflict(e.to_string()),
+                other => ControlError::Internal(other.to_string()),
+            })?;
+        self.notify_queued();
+        Ok(())
+    }
+
     async fn handback(&self, run: u64) -> Result<Handback, ControlError> {
         let r = self.get(run).await?;
-        let bundle = self.runs_dir.join(r.id.to_string()).join("handback.bundle");
+        let bundle = self.runs_dir.join(r.id.to_string()).join(HANDBACK);
         if !bundle.is_file() {
             return Err(ControlError::Conflict(format!(
                 "run r{run} has no handback bundle yet (it is written when the run ends)"

@@ -122,6 +122,88 @@ impl Steering {
     }
 }
 
+/// Holds a run's agent while a human works in its sandbox (`kiln attach`):
+/// the plugin's next model turn, command, file write or forge proposal waits
+/// until every holder has let go. Time spent paused does not count against
+/// the plugin's wall clock.
+#[derive(Debug, Clone)]
+pub struct Pause {
+    state: Arc<tokio::sync::watch::Sender<PauseState>>,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct PauseState {
+    holders: u32,
+    since: Option<std::time::Instant>,
+    before: std::time::Duration,
+}
+
+impl Default for Pause {
+    fn default() -> Self {
+        Pause {
+            state: Arc::new(tokio::sync::watch::Sender::new(PauseState::default())),
+        }
+    }
+}
+
+impl Pause {
+    /// A run that is not paused.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Pause the run until the returned guard is dropped.
+    pub fn hold(&self) -> PauseGuard {
+        self.state.send_modify(|s| {
+            s.holders += 1;
+            s.since.get_or_insert_with(std::time::Instant::now);
+        });
+        PauseGuard {
+            pause: self.clone(),
+        }
+    }
+
+    /// True while someone holds the run.
+    pub fn is_paused(&self) -> bool {
+        self.state.borrow().holders > 0
+    }
+
+    /// Total time the run has been paused, including a pause going on now.
+    pub fn paused_for(&self) -> std::time::Duration {
+        let s = *self.state.borrow();
+        s.before + s.since.map(|t| t.elapsed()).unwrap_or_default()
+    }
+
+    /// Resolves at once if the run is not paused, else when it is resumed.
+    pub async fn until_resumed(&self) {
+        if !self.is_paused() {
+            return;
+        }
+        let mut rx = self.state.subscribe();
+        // The sender lives in `self`, so the channel cannot close here.
+        let _ = rx.wait_for(|s| s.holders == 0).await;
+    }
+}
+
+/// Keeps a run paused while alive (see [`Pause::hold`]).
+#[derive(Debug)]
+pub struct PauseGuard {
+    pause: Pause,
+}
+
+impl Drop for PauseGuard {
+    fn drop(&mut self) {
+        self.pause.state.send_modify(|s| {
+            s.holders = s.holders.saturating_sub(1);
+            if s.holders == 0
+                && let Some(t) = s.since.take()
+            {
+                s.before += t.elapsed();
+            }
+        });
+    }
+}
+
 /// A run's budget: limits from config and what has been spent.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Budget {
@@ -206,5 +288,33 @@ mod tests {
         assert_eq!(steering.next().as_deref(), Some("first"));
         assert_eq!(steering.next().as_deref(), Some("second"));
         assert_eq!(steering.next(), None);
+    }
+
+    #[tokio::test]
+    async fn a_paused_run_waits_until_every_holder_lets_go() {
+        let pause = Pause::new();
+        pause.until_resumed().await;
+        let first = pause.hold();
+        let second = pause.hold();
+        let waiter = tokio::spawn({
+            let pause = pause.clone();
+            async move { pause.until_resumed().await }
+        });
+        drop(first);
+        tokio::task::yield_now().await;
+        assert!(pause.is_paused(), "one holder is still attached");
+        assert!(
+            !waiter.is_finished(),
+            "the run must wait for the second holder"
+        );
+        drop(second);
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+            .await
+            .expect("resumed once both let go")
+            .expect("waiter");
+        assert!(!pause.is_paused());
+        let paused = pause.paused_for();
+        assert!(paused > std::time::Duration::ZERO);
+        assert_eq!(pause.paused_for(), paused, "no time accrues once resumed");
     }
 }

@@ -709,6 +709,10 @@ pub trait RunStore: Send + Sync {
     ) -> Result<(), StoreError>;
     /// Record the run's branch.
     async fn set_branch(&self, id: RunId, branch: String) -> Result<(), StoreError>;
+    /// Put a finished run back in the queue to continue its work (`kiln
+    /// resume`): `note` becomes the run's instructions, and an event says
+    /// who resumed it. Only a run in a final state can be resumed.
+    async fn resume(&self, id: RunId, by: &str, note: Option<String>) -> Result<Run, StoreError>;
     /// At startup: runs left active by a dead runner are failed with reason
     /// "runner restarted", or re-queued if `policy` says so and attempts remain.
     /// Each gets an event saying what happened.

@@ -24,7 +24,7 @@ use crate::policy::{Gate, Trust};
 use crate::publish::Publisher;
 use crate::sandbox::workspace::{RepoMirror, Workspace};
 use crate::sandbox::{SandboxBackend, SandboxSpec};
-use crate::session::{Budget, EventKind, EventSink, Steering};
+use crate::session::{Budget, EventKind, EventSink, Pause, Steering};
 
 /// What started a run, as the worker needs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,6 +56,10 @@ pub struct RunRequest {
     pub trust: Trust,
     /// Instructions from the trusted triggering comment, if any.
     pub instructions: Option<String>,
+    /// Git bundles of earlier work on this run (its last handback, then an
+    /// operator's commits from `kiln resume`), fetched in order; the run
+    /// continues from the last one's branch instead of starting afresh.
+    pub continue_from: Vec<PathBuf>,
 }
 
 impl RunRequest {
@@ -126,6 +130,38 @@ impl Cancel {
                 // The sender lives in `self`: it cannot be dropped while we wait.
                 std::future::pending::<()>().await;
             }
+        }
+    }
+}
+
+/// How operators reach a run while it executes: steering messages, the
+/// cancel signal, the pause an attached operator holds, and the run's
+/// sandbox once it is ready (for `kiln attach`).
+#[derive(Clone, Default)]
+pub struct LiveRun {
+    /// Steering messages for the plugin.
+    pub steering: Steering,
+    /// Stops the run.
+    pub cancel: Cancel,
+    /// Held while an operator is attached.
+    pub pause: Pause,
+    sandbox: Arc<std::sync::Mutex<Option<SandboxHandle>>>,
+}
+
+impl LiveRun {
+    /// Controls for a run not yet started.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The run's sandbox, while it has one in the agent phase.
+    pub fn sandbox(&self) -> Option<SandboxHandle> {
+        self.sandbox.lock().ok()?.clone()
+    }
+
+    fn set_sandbox(&self, handle: Option<SandboxHandle>) {
+        if let Ok(mut slot) = self.sandbox.lock() {
+            *slot = handle;
         }
     }
 }
@@ -226,8 +262,7 @@ pub async fn execute(
     forge: Arc<dyn Forge>,
     req: &RunRequest,
     events: Arc<dyn EventSink>,
-    steering: Steering,
-    cancel: Cancel,
+    live: &LiveRun,
 ) -> RunSummary {
     // The worker's own events quote plugin summaries and forge errors. The
     // plugin's events get the raw sink: its run state redacts them itself.
@@ -259,23 +294,15 @@ pub async fn execute(
         .await
         .map_err(|e| events.record(EventKind::Warning, format!("progress comment: {e}")))
         .ok();
-    let summary = match run_prepared(
-        services,
-        forge.clone(),
-        req,
-        (events.clone(), raw),
-        steering,
-        cancel,
-    )
-    .await
-    {
-        Ok(s) => s,
-        Err(e) => RunSummary {
-            state: RunEnd::Failed,
-            reason: e.to_string(),
-            report: None,
-        },
-    };
+    let summary =
+        match run_prepared(services, forge.clone(), req, (events.clone(), raw), live).await {
+            Ok(s) => s,
+            Err(e) => RunSummary {
+                state: RunEnd::Failed,
+                reason: e.to_string(),
+                report: None,
+            },
+        };
     if let Some(id) = progress_comment {
         let text = services
             .gate
@@ -320,8 +347,7 @@ async fn run_prepared(
     forge: Arc<dyn Forge>,
     req: &RunRequest,
     (events, plugin_events): (Arc<dyn EventSink>, Arc<dyn EventSink>),
-    steering: Steering,
-    cancel: Cancel,
+    live: &LiveRun,
 ) -> Result<RunSummary, PrepareError> {
     let plugin = services
         .plugins
@@ -358,6 +384,21 @@ async fn run_prepared(
     let mirror = RepoMirror::sync(&services.mirrors, &remote.url)
         .await
         .map_err(|e| PrepareError::Workspace(e.to_string()))?;
+    let mut checkout = checkout;
+    for bundle in &req.continue_from {
+        checkout = mirror
+            .fetch_bundle(bundle, &req.run_id)
+            .await
+            .map_err(|e| PrepareError::Workspace(format!("continuing earlier work: {e}")))?;
+        events.record(
+            EventKind::Progress,
+            format!(
+                "continuing from {} at {}",
+                bundle.file_name().unwrap_or_default().to_string_lossy(),
+                &checkout[..checkout.len().min(12)]
+            ),
+        );
+    }
     let branch = req.branch();
     let workspace = Workspace::create(&mirror, &checkout, &branch, None)
         .await
@@ -405,7 +446,8 @@ async fn run_prepared(
     };
     let publisher = Arc::new(publisher);
     let mut ctx = RunContext::new(plugin_events);
-    ctx.steering = steering;
+    ctx.steering = live.steering.clone();
+    ctx.pause = live.pause.clone();
     ctx.budget = services.budgets.get(&req.role).cloned().unwrap_or_default();
     ctx.model = services.model.clone();
     ctx.workspace = Some(mount);
@@ -420,10 +462,12 @@ async fn run_prepared(
             branch.clone(),
         )),
     });
-    ctx.sandbox = Some(SandboxHandle {
+    let handle = SandboxHandle {
         backend: services.sandboxes.clone(),
         sandbox: sandbox.clone(),
-    });
+    };
+    live.set_sandbox(Some(handle.clone()));
+    ctx.sandbox = Some(handle);
     ctx.publisher = Some(publisher.clone());
     ctx.forge_target = Some(ForgeTarget {
         forge,
@@ -448,11 +492,13 @@ async fn run_prepared(
     };
     let report = tokio::select! {
         report = services.host.run(&plugin, task, ctx) => Some(report),
-        by = cancel.cancelled() => {
+        by = live.cancel.cancelled() => {
             events.record(EventKind::Warning, format!("cancelled by {by}"));
             None
         }
     };
+    // Nobody attaches to a sandbox that is going away.
+    live.set_sandbox(None);
     destroy(services, sandbox, &events).await;
     if let Some(dir) = &services.runs_dir {
         let bundle = dir.join(&req.run_id).join("handback.bundle");

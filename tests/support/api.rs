@@ -34,6 +34,10 @@ pub enum Call {
     Decide(u64, String, EffectDecision),
     /// `handback(run)`.
     Handback(u64),
+    /// `resume(run, by, note, bundle bytes)`.
+    Resume(u64, String, Option<String>, Option<usize>),
+    /// `attach(run, by)`.
+    Attach(u64, String),
 }
 
 /// Test plumbing: a `RunControl` acting directly on the store.
@@ -139,6 +143,32 @@ impl RunControl for TestControl {
             .await
             .map_err(control_err)?;
         self.record(Call::Decide(run, effect.to_owned(), decision));
+        Ok(())
+    }
+
+    async fn attach(
+        &self,
+        run: u64,
+        by: String,
+        _spec: kiln::sandbox::ShellSpec,
+    ) -> Result<kiln::control::Attached, ControlError> {
+        self.record(Call::Attach(run, by));
+        Err(ControlError::Conflict(format!(
+            "run r{run}: the test control has no sandboxes (attach is tested through the runner)"
+        )))
+    }
+
+    async fn resume(&self, run: u64, resume: kiln::control::Resume) -> Result<(), ControlError> {
+        self.store
+            .resume(RunId(run), &resume.by, resume.note.clone())
+            .await
+            .map_err(|e| ControlError::Conflict(e.to_string()))?;
+        self.record(Call::Resume(
+            run,
+            resume.by,
+            resume.note,
+            resume.bundle.map(|b| b.len()),
+        ));
         Ok(())
     }
 

@@ -37,7 +37,19 @@ pub enum ClientError {
     /// The answer was not what the API documents.
     #[error("unexpected answer from the runner API: {0}")]
     Protocol(String),
+    /// A WebSocket (`kiln attach`) could not be opened or broke.
+    #[error("attach socket to {url}: {message}")]
+    Socket {
+        /// The URL called (without credentials).
+        url: String,
+        /// What went wrong.
+        message: String,
+    },
 }
+
+/// The WebSocket of an attached shell (see `GET /runs/{id}/attach`).
+pub type AttachSocket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// One server-sent event.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -286,6 +298,24 @@ impl Client {
         self.json(rb, path).await
     }
 
+    /// `POST /runs/{id}/resume`: continue a finished run with `note` and a
+    /// git bundle of commits on top of its branch.
+    pub async fn resume(
+        &self,
+        id: u64,
+        note: Option<&str>,
+        bundle: Option<&[u8]>,
+    ) -> Result<(), ClientError> {
+        use base64::Engine as _;
+        let bundle = bundle.map(|b| base64::engine::general_purpose::STANDARD.encode(b));
+        self.post(
+            &format!("/runs/{id}/resume"),
+            Some(json!({ "note": note, "bundle": bundle })),
+        )
+        .await
+        .map(drop)
+    }
+
     /// `POST /runs/{id}/messages`.
     pub async fn steer(&self, id: u64, message: &str) -> Result<(), ClientError> {
         self.post(
@@ -326,6 +356,74 @@ impl Client {
         self.post(&format!("/runs/{id}/cancel"), None)
             .await
             .map(drop)
+    }
+
+    /// `GET /runs/{id}/attach`: a shell in the run's sandbox over a
+    /// WebSocket. `tty` asks for a terminal of (cols, rows); `None` runs
+    /// the shell on plain pipes.
+    pub async fn attach(
+        &self,
+        id: u64,
+        tty: Option<(u16, u16)>,
+        term: Option<&str>,
+    ) -> Result<AttachSocket, ClientError> {
+        use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest as _};
+        let mut query = url::form_urlencoded::Serializer::new(String::new());
+        if let Some((cols, rows)) = tty {
+            query.append_pair("cols", &cols.to_string());
+            query.append_pair("rows", &rows.to_string());
+        }
+        if let Some(term) = term {
+            query.append_pair("term", term);
+        }
+        let query = query.finish();
+        let base = if let Some(rest) = self.base.strip_prefix("https://") {
+            format!("wss://{rest}")
+        } else if let Some(rest) = self.base.strip_prefix("http://") {
+            format!("ws://{rest}")
+        } else {
+            return Err(ClientError::Protocol(format!(
+                "the API URL {} must start with http:// or https://",
+                self.base
+            )));
+        };
+        let url = format!("{base}/runs/{id}/attach?{query}");
+        let socket_err = |message: String| ClientError::Socket {
+            url: url.clone(),
+            message,
+        };
+        let mut request = url
+            .as_str()
+            .into_client_request()
+            .map_err(|e| socket_err(e.to_string()))?;
+        if let Some(t) = &self.token {
+            let value = format!("Bearer {t}")
+                .parse()
+                .map_err(|_| socket_err("the token is not a valid header value".into()))?;
+            request.headers_mut().insert("authorization", value);
+        }
+        match tokio_tungstenite::connect_async(request).await {
+            Ok((socket, _)) => Ok(socket),
+            // The API refused before upgrading: its JSON error says why.
+            Err(tungstenite::Error::Http(response)) => {
+                let status = StatusCode::from_u16(response.status().as_u16())
+                    .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                let body = response.body().as_deref().unwrap_or_default();
+                Err(match serde_json::from_slice::<ErrorBody>(body) {
+                    Ok(b) => ClientError::Api {
+                        status,
+                        code: b.error,
+                        message: b.message,
+                    },
+                    Err(_) => ClientError::Api {
+                        status,
+                        code: "unknown".into(),
+                        message: String::from_utf8_lossy(body).chars().take(500).collect(),
+                    },
+                })
+            }
+            Err(e) => Err(socket_err(e.to_string())),
+        }
     }
 
     /// `GET /runs/{id}/handback`: the bundle's bytes and its branch.

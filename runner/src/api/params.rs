@@ -115,8 +115,9 @@ pub fn json_body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Re
     let bytes = body.map_err(|e| {
         if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::TooLarge(format!(
-                "request body is larger than {} bytes",
-                super::MAX_BODY_BYTES
+                "request body is larger than this endpoint accepts ({} bytes; {} for a resume)",
+                super::MAX_BODY_BYTES,
+                super::runs::MAX_RESUME_BYTES
             ))
         } else {
             ApiError::BadRequest(format!("cannot read the request body: {e}"))

@@ -133,7 +133,7 @@ pub async fn show(
 }
 
 /// The run, which must exist and not be finished.
-async fn live_run(state: &ApiState, id: RunId, action: &str) -> Result<Run, ApiError> {
+pub(super) async fn live_run(state: &ApiState, id: RunId, action: &str) -> Result<Run, ApiError> {
     let run = state.store.get_run(id).await?;
     if run.state.is_terminal() {
         return Err(ApiError::Conflict(format!(
@@ -241,6 +241,62 @@ pub async fn decide(
         "effect": effect,
         "decision": if approve { "approved" } else { "denied" },
     })))
+}
+
+/// Largest `kiln resume` body: a bundle of an operator's commits, base64.
+pub const MAX_RESUME_BYTES: usize = 64 << 20;
+
+/// Body of `POST /runs/{id}/resume`.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResumeBody {
+    /// A note for the agent; it becomes the run's instructions.
+    #[serde(default)]
+    pub note: Option<String>,
+    /// A git bundle (base64) of commits on top of the run's branch.
+    #[serde(default)]
+    pub bundle: Option<String>,
+}
+
+/// `POST /runs/{id}/resume`: continue a finished run from its last work,
+/// plus the operator's commits, with a note for the agent.
+pub async fn resume(
+    State(state): State<ApiState>,
+    Operator(caller): Operator,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    use base64::Engine as _;
+    let id = params::run_id(&id)?;
+    let ResumeBody { note, bundle } = params::json_body(body)?;
+    if note.as_ref().is_some_and(|n| n.len() > MAX_MESSAGE_BYTES) {
+        return Err(ApiError::BadRequest(format!(
+            "note is longer than {MAX_MESSAGE_BYTES} bytes"
+        )));
+    }
+    let note = note.filter(|n| !n.trim().is_empty());
+    let bundle = bundle
+        .map(|b| base64::engine::general_purpose::STANDARD.decode(b.trim()))
+        .transpose()
+        .map_err(|e| ApiError::BadRequest(format!("bundle is not base64: {e}")))?;
+    let run = state.store.get_run(id).await?;
+    if !run.state.is_terminal() {
+        return Err(ApiError::Conflict(format!(
+            "cannot resume run {id}: it is {} (only a finished run can be resumed)",
+            run.state
+        )));
+    }
+    tracing::info!(run = %id, by = %caller.name, "resume");
+    let resume = crate::control::Resume {
+        by: caller.name,
+        note,
+        bundle,
+    };
+    state.control.resume(id.0, resume).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({ "run": id.0, "queued": true })),
+    ))
 }
 
 /// `POST /runs/{id}/cancel`: stop the run.

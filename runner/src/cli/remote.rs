@@ -1,4 +1,4 @@
-//! `kiln runs|watch|steer|approve|deny|cancel|handback`: a runner's runs
+//! `kiln runs|watch|steer|approve|deny|cancel|attach|handback`: a runner's runs
 //! over its API (`--url` / `KILN_URL`, `--token` / `KILN_TOKEN`).
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -25,7 +25,7 @@ pub struct ApiArgs {
 }
 
 impl ApiArgs {
-    fn client(&self) -> anyhow::Result<Client> {
+    pub(super) fn client(&self) -> anyhow::Result<Client> {
         Ok(Client::new(&self.url, self.token.clone())?)
     }
 }
@@ -74,6 +74,25 @@ pub enum RemoteCommand {
     Cancel {
         /// The run.
         run: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Open a shell in a running run's sandbox; the agent is paused until
+    /// the shell exits (exit code: the shell's).
+    Attach {
+        /// The run.
+        run: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Continue a finished run from its last work plus your commits on
+    /// kiln/run-<id> (from `kiln handback`), with a note for the agent.
+    Resume {
+        /// The run.
+        run: String,
+        /// A note for the agent (it becomes the run's instructions).
+        #[arg(long, short)]
+        message: Option<String>,
         #[command(flatten)]
         api: ApiArgs,
     },
@@ -130,6 +149,10 @@ pub async fn run(cmd: RemoteCommand, local: &LocalArgs) -> anyhow::Result<ExitCo
             Ok(ExitCode::SUCCESS)
         }
         RemoteCommand::Handback { run, api } => handback(&api, run_id(&run)?).await,
+        RemoteCommand::Resume { run, message, api } => {
+            resume(&api, run_id(&run)?, message.as_deref()).await
+        }
+        RemoteCommand::Attach { run, api } => super::attach::attach(&api, run_id(&run)?).await,
     }
 }
 
@@ -350,7 +373,9 @@ async fn handback(api: &ApiArgs, id: u64) -> anyhow::Result<ExitCode> {
     git(&top, &["bundle", "verify", "--quiet", &file_s])
         .context("the run's bundle does not apply to this repository")?;
     let local = format!("kiln/run-{id}");
-    // Not forced: an existing kiln/run-<id> with local commits is never overwritten.
+    // Not forced: an existing kiln/run-<id> with local commits is never
+    // overwritten. The second ref remembers what the run had, so `kiln
+    // resume` sends back only the commits made here.
     git(
         &top,
         &[
@@ -358,6 +383,7 @@ async fn handback(api: &ApiArgs, id: u64) -> anyhow::Result<ExitCode> {
             "--no-tags",
             &file_s,
             &format!("refs/heads/{branch}:refs/heads/{local}"),
+            &format!("+refs/heads/{branch}:{}", handback_ref(id)),
         ],
     )?;
     let runs_dir = top.join(".kiln").join("runs");
@@ -370,6 +396,62 @@ async fn handback(api: &ApiArgs, id: u64) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("cannot write {}", jsonl.display()))?;
     println!("branch {local} (from the run's {branch})");
     println!("transcript {}", md.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Where `kiln handback` records the run's commit in the local checkout.
+fn handback_ref(id: u64) -> String {
+    format!("refs/kiln/handback/r{id}")
+}
+
+/// `kiln resume`: bundle the commits on kiln/run-<id> made since the
+/// handback and send them, with the note, to continue the run.
+async fn resume(api: &ApiArgs, id: u64, note: Option<&str>) -> anyhow::Result<ExitCode> {
+    let cwd = std::env::current_dir().context("cannot read the current directory")?;
+    let top = PathBuf::from(
+        git(&cwd, &["rev-parse", "--show-toplevel"])
+            .context("kiln resume must run inside the git checkout `kiln handback` wrote to")?,
+    );
+    let local = format!("refs/heads/kiln/run-{id}");
+    let tip = git(&top, &["rev-parse", "--verify", "--quiet", &local]).with_context(|| {
+        format!("there is no branch kiln/run-{id} here: run `kiln handback r{id}` first")
+    })?;
+    let since = handback_ref(id);
+    let base = git(&top, &["rev-parse", "--verify", "--quiet", &since]).with_context(|| {
+        format!("this checkout has no record of r{id}'s handback ({since}): run `kiln handback r{id}` here first")
+    })?;
+    let bundle = if tip == base {
+        None
+    } else {
+        let dir = tempfile::tempdir().context("cannot create a temporary directory")?;
+        let file = dir.path().join(format!("resume-{id}.bundle"));
+        let file_s = file.to_string_lossy().into_owned();
+        git(
+            &top,
+            &[
+                "bundle",
+                "create",
+                "--quiet",
+                &file_s,
+                &local,
+                &format!("^{base}"),
+            ],
+        )?;
+        Some(std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?)
+    };
+    if bundle.is_none() && note.is_none() {
+        bail!(
+            "kiln/run-{id} has no commits since the handback and no --message was given: nothing to resume with"
+        );
+    }
+    let commits = match &bundle {
+        Some(_) => git(&top, &["rev-list", "--count", &format!("{base}..{tip}")])?,
+        None => "0".into(),
+    };
+    api.client()?.resume(id, note, bundle.as_deref()).await?;
+    eprintln!(
+        "r{id} resumed with {commits} commit(s) from kiln/run-{id}; follow it with `kiln watch r{id}`"
+    );
     Ok(ExitCode::SUCCESS)
 }
 

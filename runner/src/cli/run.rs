@@ -13,8 +13,8 @@ use kiln::forge::local::LocalForge;
 use kiln::forge::{Forge, RepoRef};
 use kiln::model::{ModelConfig, ModelProvider, ScriptedProvider, build_provider};
 use kiln::policy::Trust;
-use kiln::session::{EventKind, EventSink, RunEvent, Steering};
-use kiln::worker::{Cancel, RunEnd, RunRequest, RunSummary, RunTrigger, Services, execute};
+use kiln::session::{EventKind, EventSink, RunEvent};
+use kiln::worker::{LiveRun, RunEnd, RunRequest, RunSummary, RunTrigger, Services, execute};
 
 use super::local_forge::{LocalArgs, local_user};
 
@@ -172,6 +172,7 @@ async fn run_one(
         // The operator at the keyboard started it.
         trust: Trust::Trusted,
         instructions: None,
+        continue_from: Vec::new(),
     };
     let sink = Arc::new(Tee {
         printer: Printer {
@@ -179,15 +180,7 @@ async fn run_one(
         },
         memory: kiln::session::MemoryEvents::new(),
     });
-    let summary = execute(
-        services,
-        forge,
-        &req,
-        sink.clone(),
-        Steering::new(),
-        Cancel::new(),
-    )
-    .await;
+    let summary = execute(services, forge, &req, sink.clone(), &LiveRun::new()).await;
     let dir = data_dir.join("runs").join(&id);
     std::fs::create_dir_all(&dir)?;
     let transcript = dir.join("events.jsonl");

@@ -367,6 +367,7 @@ impl RunState {
         texts: &[(&str, usize)],
         proposal: Proposal,
     ) -> Result<ProposalReceipt, RoleError> {
+        self.unless_paused().await;
         self.require(cap, format_args!("{what}"))?;
         for (field, len) in texts {
             if *len > self.limits.max_forge_text_bytes {

@@ -37,6 +37,7 @@ impl wit::Host for RunState {
         &mut self,
         request: CompletionRequest,
     ) -> wasmtime::Result<Result<Completion, RoleError>> {
+        self.unless_paused().await;
         if let Err(e) = self.require(Capability::ModelComplete, format_args!("model.complete")) {
             return Ok(Err(e));
         }

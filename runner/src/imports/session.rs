@@ -10,12 +10,14 @@ use wasmtime::component::HasSelf;
 
 use super::{RunState, check_size};
 use crate::plugin::wit::latest::kiln::role::session::{self, Budget, Event, EventKind as WitKind};
-use crate::session::{EventKind, Steering};
+use crate::session::{EventKind, Pause, Steering};
 
 /// Per-run state of the session interface.
 pub struct SessionCtx {
     /// Steering messages waiting for the plugin.
     pub steering: Steering,
+    /// Held while an operator is attached to the run's sandbox.
+    pub pause: Pause,
 }
 
 impl session::Host for RunState {
@@ -35,6 +37,9 @@ impl session::Host for RunState {
     }
 
     async fn next_instruction(&mut self) -> wasmtime::Result<Option<String>> {
+        // Asked before each model turn: an attached operator may still be
+        // typing, and may steer when they detach.
+        self.unless_paused().await;
         Ok(self.session.steering.next())
     }
 

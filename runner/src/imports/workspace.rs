@@ -143,6 +143,7 @@ impl wit::Host for RunState {
         path: String,
         contents: Vec<u8>,
     ) -> wasmtime::Result<Result<(), RoleError>> {
+        self.unless_paused().await;
         let op = "workspace.write-file";
         check_size(
             &format!("{op} {path}: contents"),
@@ -177,6 +178,7 @@ impl wit::Host for RunState {
     }
 
     async fn remove_file(&mut self, path: String) -> wasmtime::Result<Result<(), RoleError>> {
+        self.unless_paused().await;
         let op = "workspace.remove-file";
         let result = (|| {
             let dir = &self.writable_dir(op, &path)?.dir;
@@ -238,6 +240,7 @@ impl wit::Host for RunState {
         &mut self,
         request: ExecRequest,
     ) -> wasmtime::Result<Result<ExecOutput, RoleError>> {
+        self.unless_paused().await;
         let argv0 = request.argv.first().cloned().unwrap_or_default();
         Ok(self.exec_gated(request, &argv0).await)
     }

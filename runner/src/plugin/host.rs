@@ -238,6 +238,7 @@ impl PluginHost {
     pub async fn run(&self, plugin: &LoadedPlugin, task: Task, ctx: RunContext) -> RunReport {
         let name = plugin.name().to_string();
         let events = ctx.events.clone();
+        let pause = ctx.pause.clone();
         events.record(
             EventKind::Started,
             format!("plugin {name} {} started", plugin.info.manifest.version),
@@ -256,7 +257,7 @@ impl PluginHost {
                         .await
                         .map_err(|e| (false, e))
                 };
-                match tokio::time::timeout(self.limits.wall_clock, call).await {
+                match wall_clock(self.limits.wall_clock, &pause, call).await {
                     Err(_elapsed) => Err(RunError::WallClock {
                         plugin: name.clone(),
                         limit: self.limits.wall_clock,
@@ -415,5 +416,61 @@ fn describe(e: &super::RoleError) -> String {
         Cancelled => "cancelled".into(),
         NotPermitted(m) => format!("not permitted: {m}"),
         Internal(m) => format!("host error: {m}"),
+    }
+}
+/// Run `call` under the plugin's wall-clock limit, not counting time the
+/// run spent paused for an attached operator. `Err` when the limit passed.
+async fn wall_clock<F: std::future::Future>(
+    limit: std::time::Duration,
+    pause: &crate::session::Pause,
+    call: F,
+) -> Result<F::Output, ()> {
+    let start = tokio::time::Instant::now();
+    tokio::pin!(call);
+    loop {
+        let deadline = start + limit + pause.paused_for();
+        tokio::select! {
+            out = &mut call => return Ok(out),
+            () = tokio::time::sleep_until(deadline) => {
+                if !pause.is_paused() && start + limit + pause.paused_for() <= tokio::time::Instant::now() {
+                    return Err(());
+                }
+                // Paused (or a pause just ended and moved the deadline): keep
+                // the call going, and look again once resumed.
+                tokio::select! {
+                    out = &mut call => return Ok(out),
+                    () = pause.until_resumed() => {}
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::wall_clock;
+    use crate::session::Pause;
+    use std::time::Duration;
+
+    #[tokio::test(start_paused = true)]
+    async fn time_paused_for_an_operator_does_not_count_against_the_wall_clock() {
+        let limit = Duration::from_secs(10);
+        let work = || tokio::time::sleep(Duration::from_secs(15));
+        let pause = Pause::new();
+        assert!(
+            wall_clock(limit, &pause, work()).await.is_err(),
+            "15 s of work must exceed a 10 s limit"
+        );
+        let pause = Pause::new();
+        let guard = pause.hold();
+        let release = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(8)).await;
+            drop(guard);
+        });
+        assert!(
+            wall_clock(limit, &pause, work()).await.is_ok(),
+            "8 s paused leave 10 s for 15 s of work that went on meanwhile"
+        );
+        release.await.expect("release");
     }
 }

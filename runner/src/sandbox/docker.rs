@@ -31,7 +31,8 @@ use super::exec::{CappedOutput, LimitCounters, READ_COUNTERS, classify};
 use super::network::{EgressRoute, is_not_found};
 use super::{
     ExecEvent, ExecEvents, ExecOutcome, ExecRequest, LABEL_MANAGED, LABEL_RUN_ID, LABEL_RUNNER_ID,
-    Phase, SANDBOX_USER, Sandbox, SandboxBackend, SandboxError, SandboxSpec, WORKSPACE_MOUNT,
+    Phase, SANDBOX_USER, Sandbox, SandboxBackend, SandboxError, SandboxSpec, Shell, ShellControl,
+    ShellSpec, WORKSPACE_MOUNT,
 };
 
 /// PID 1 of every sandbox (see the module docs).
@@ -640,6 +641,106 @@ impl DockerBackend {
         }
     }
 
+    async fn shell_impl(&self, sandbox: &Sandbox, spec: ShellSpec) -> Result<Shell, SandboxError> {
+        if sandbox.phase != Phase::Agent {
+            // The setup phase has egress and setup secrets: no human shell there.
+            return Err(SandboxError::WrongPhase {
+                run_id: sandbox.run_id.clone(),
+                what: "an interactive shell",
+                phase: sandbox.phase,
+            });
+        }
+        let term = spec
+            .term
+            .filter(|t| {
+                !t.is_empty()
+                    && t.len() <= 64
+                    && t.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "-_.+".contains(c))
+            })
+            .unwrap_or_else(|| "xterm-256color".into());
+        // A fixed environment: the human's shell gets no secret, even the
+        // agent phase's, and nothing from the runner's own environment.
+        let seq = sandbox.exec_seq.fetch_add(1, Ordering::Relaxed);
+        let pidfile = format!("/tmp/.kiln-shell-{seq}.pid");
+        let env = vec![
+            format!("KILN_PIDFILE={pidfile}"),
+            format!("TERM={term}"),
+            "HOME=/home/agent".into(),
+            "PS1=kiln:\\w\\$ ".into(),
+        ];
+        let tty = spec.tty.is_some();
+        let exec = self
+            .docker
+            .create_exec(
+                &sandbox.id,
+                CreateExecOptions {
+                    cmd: Some(
+                        [
+                            "bash",
+                            "-c",
+                            EXEC_WRAPPER,
+                            "kiln-shell",
+                            "bash",
+                            "--noprofile",
+                            "--norc",
+                            "-i",
+                        ]
+                        .map(String::from)
+                        .to_vec(),
+                    ),
+                    env: Some(env),
+                    user: Some(SANDBOX_USER.to_string()),
+                    working_dir: Some(WORKSPACE_MOUNT.into()),
+                    attach_stdin: Some(true),
+                    attach_stdout: Some(true),
+                    attach_stderr: Some(true),
+                    tty: Some(tty),
+                    privileged: Some(false),
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(SandboxError::engine("create the shell exec"))?;
+        let StartExecResults::Attached { output, input } = self
+            .docker
+            .start_exec(
+                &exec.id,
+                Some(bollard::exec::StartExecOptions {
+                    detach: false,
+                    tty,
+                    output_capacity: None,
+                }),
+            )
+            .await
+            .map_err(SandboxError::engine("start the shell"))?
+        else {
+            return Err(SandboxError::Unexpected(
+                "the shell started detached".into(),
+            ));
+        };
+        let control = DockerShell {
+            backend: self.clone(),
+            container: sandbox.id.clone(),
+            pidfile,
+            exec: exec.id,
+        };
+        if let Some((cols, rows)) = spec.tty {
+            control.resize(cols, rows).await?;
+        }
+        let output = output
+            .map(|chunk| match chunk {
+                Ok(out) => Ok(out.into_bytes().to_vec()),
+                Err(e) => Err(SandboxError::engine("read the shell's output")(e)),
+            })
+            .boxed();
+        Ok(Shell {
+            input,
+            output,
+            control: Box::new(control),
+        })
+    }
+
     async fn remove_orphans_impl(&self) -> Result<usize, SandboxError> {
         let filter = HashMap::from([(
             "label".to_string(),
@@ -701,6 +802,48 @@ impl DockerBackend {
     }
 }
 
+/// A shell exec in a Docker container.
+struct DockerShell {
+    backend: DockerBackend,
+    container: String,
+    pidfile: String,
+    exec: String,
+}
+
+impl ShellControl for DockerShell {
+    fn resize(&self, cols: u16, rows: u16) -> BoxFuture<'_, Result<(), SandboxError>> {
+        Box::pin(async move {
+            self.backend
+                .docker
+                .resize_exec(
+                    &self.exec,
+                    bollard::exec::ResizeExecOptions {
+                        width: cols.max(1),
+                        height: rows.max(1),
+                    },
+                )
+                .await
+                .map_err(SandboxError::engine("resize the shell"))
+        })
+    }
+
+    fn exit_code(&self) -> BoxFuture<'_, Result<Option<i64>, SandboxError>> {
+        Box::pin(async move {
+            let info = self
+                .backend
+                .docker
+                .inspect_exec(&self.exec)
+                .await
+                .map_err(SandboxError::engine("inspect the shell"))?;
+            Ok(info.exit_code)
+        })
+    }
+
+    fn end(&self) -> BoxFuture<'_, ()> {
+        Box::pin(self.backend.kill_command(&self.container, &self.pidfile))
+    }
+}
+
 impl SandboxBackend for DockerBackend {
     fn create(&self, spec: SandboxSpec) -> BoxFuture<'_, Result<Sandbox, SandboxError>> {
         Box::pin(self.create_impl(spec))
@@ -713,6 +856,14 @@ impl SandboxBackend for DockerBackend {
         events: Option<ExecEvents>,
     ) -> BoxFuture<'a, Result<ExecOutcome, SandboxError>> {
         Box::pin(self.exec_impl(sandbox, request, events))
+    }
+
+    fn shell<'a>(
+        &'a self,
+        sandbox: &'a Sandbox,
+        spec: ShellSpec,
+    ) -> BoxFuture<'a, Result<Shell, SandboxError>> {
+        Box::pin(self.shell_impl(sandbox, spec))
     }
 
     fn enter_agent_phase<'a>(

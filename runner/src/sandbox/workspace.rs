@@ -143,6 +143,53 @@ impl RepoMirror {
         &self.path
     }
 
+    /// Fetches the branch a git bundle holds (earlier work of run `run`, or
+    /// an operator's commits on top of it) into the mirror and returns its
+    /// commit. The bundle must hold exactly one branch, and git checks that
+    /// the mirror has every commit it builds on. The ref lives under
+    /// `refs/kiln-continue/`; the next sync prunes it, but the objects stay
+    /// (git keeps unreachable objects for weeks) and the run only needs them
+    /// while it starts.
+    pub async fn fetch_bundle(&self, bundle: &Path, run: &str) -> Result<String, WorkspaceError> {
+        if run.is_empty() || !run.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+            return Err(WorkspaceError::BadName(format!("run id `{run}`")));
+        }
+        let heads = git(
+            Some(&self.path),
+            [
+                OsStr::new("bundle"),
+                OsStr::new("list-heads"),
+                bundle.as_os_str(),
+            ],
+        )
+        .await?;
+        let branches: Vec<(&str, &str)> = heads
+            .lines()
+            .filter_map(|l| l.split_once(' '))
+            .filter(|(_, r)| r.starts_with("refs/heads/"))
+            .collect();
+        let [(commit, name)] = branches[..] else {
+            return Err(WorkspaceError::BadName(format!(
+                "bundle {} must hold exactly one branch, it holds {}",
+                bundle.display(),
+                branches.len()
+            )));
+        };
+        let local = format!("refs/kiln-continue/{run}/{}", &name["refs/heads/".len()..]);
+        git(
+            Some(&self.path),
+            [
+                OsStr::new("fetch"),
+                OsStr::new("--quiet"),
+                OsStr::new("--no-tags"),
+                bundle.as_os_str(),
+                OsStr::new(&format!("+{name}:{local}")),
+            ],
+        )
+        .await?;
+        Ok(commit.to_owned())
+    }
+
     /// Resolves `git_ref` (branch, tag or commit) to a commit id.
     pub async fn resolve(&self, git_ref: &str) -> Result<String, WorkspaceError> {
         if git_ref.is_empty() || git_ref.starts_with('-') || git_ref.contains(['\0', ' ']) {

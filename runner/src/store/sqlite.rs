@@ -814,6 +814,53 @@ impl RunStore for SqliteStore {
         .await
     }
 
+    async fn resume(&self, id: RunId, by: &str, note: Option<String>) -> Result<Run, StoreError> {
+        let by = by.to_string();
+        let note_kind = serde_json::to_value(EventKind::Note)
+            .map_err(|e| StoreError::Invalid(e.to_string()))?;
+        self.write(move |conn, st| {
+            let run = get_run(conn, id)?;
+            if !run.state.is_terminal() {
+                return Err(StoreError::IllegalTransition {
+                    run: id,
+                    from: run.state,
+                    to: RunState::Queued,
+                    why: "only a finished run can be resumed".into(),
+                });
+            }
+            let mut trigger = run.trigger.clone();
+            if note.is_some() {
+                trigger.instructions = note.clone();
+            }
+            let trigger_json = serde_json::to_string(&trigger)
+                .map_err(|e| StoreError::Invalid(format!("trigger: {e}")))?;
+            let reason = format!("resumed by {by} after it was {}", run.state);
+            let resumed = query_one(
+                conn,
+                &format!(
+                    "UPDATE runs SET state = 'queued', reason = ?1, trigger = ?2, updated_ms = ?3 \
+                     WHERE id = ?4 AND state = ?5 RETURNING {RUN_COLUMNS}"
+                ),
+                params![
+                    reason,
+                    trigger_json,
+                    now_ms(),
+                    to_i64("run id", id.0)?,
+                    run.state.as_str()
+                ],
+                run_from_row,
+            )?
+            .ok_or(StoreError::NoSuchRun(id))?;
+            let message = match &note {
+                Some(n) => format!("{reason}: {n}"),
+                None => reason,
+            };
+            append(conn, st, id, &note_kind, message)?;
+            Ok(resumed)
+        })
+        .await
+    }
+
     async fn recover_after_restart(
         &self,
         policy: RecoveryPolicy,

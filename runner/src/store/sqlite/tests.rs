@@ -811,3 +811,55 @@ async fn the_rerun_cap_holds_under_concurrent_enqueues() {
         Ok(Enqueued::Queued(_))
     ));
 }
+
+#[tokio::test]
+async fn only_a_finished_run_can_be_resumed_and_the_note_becomes_its_instructions() {
+    let (_dir, store) = store().await;
+    let id = store
+        .enqueue_run(new_run(7, Role::Implementation))
+        .await
+        .expect("run");
+    let refused = store.resume(id, "ana", Some("go on".into())).await;
+    assert!(
+        matches!(refused, Err(StoreError::IllegalTransition { .. })),
+        "a queued run is not finished: {refused:?}"
+    );
+    store.claim_next_run().await.expect("claim");
+    store
+        .transition(id, RunState::Preparing, RunState::Running, None)
+        .await
+        .expect("running");
+    store
+        .transition(id, RunState::Running, RunState::Succeeded, None)
+        .await
+        .expect("done");
+    let run = store
+        .resume(id, "ana", Some("use the new helper".into()))
+        .await
+        .expect("resume");
+    assert_eq!(run.state, RunState::Queued);
+    assert_eq!(
+        run.trigger.instructions.as_deref(),
+        Some("use the new helper")
+    );
+    assert!(
+        run.reason
+            .as_deref()
+            .unwrap_or("")
+            .contains("resumed by ana")
+    );
+    let claimed = store
+        .claim_next_run()
+        .await
+        .expect("claim")
+        .expect("queued");
+    assert_eq!(claimed.id, id, "a resumed run is claimed again");
+    let events = store.events_after(id, 0, 10).await.expect("events");
+    assert!(
+        events
+            .iter()
+            .any(|e| e.message.contains("resumed by ana")
+                && e.message.contains("use the new helper")),
+        "the resume is in the run's log: {events:?}"
+    );
+}
