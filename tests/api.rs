@@ -211,6 +211,20 @@ fn routes(run: RunId) -> Vec<(Method, String, Option<Value>, Option<&'static str
             None,
             Some("operator"),
         ),
+        // Past auth it is refused (not a WebSocket request): nothing opens.
+        (
+            Method::GET,
+            format!("/runs/{r}/attach"),
+            None,
+            Some("operator"),
+        ),
+        // Past auth the bundle is refused (not base64): the run stays put.
+        (
+            Method::POST,
+            format!("/runs/{r}/resume"),
+            Some(json!({"bundle": "not base64!"})),
+            Some("operator"),
+        ),
         (Method::GET, "/tokens".into(), None, Some("admin")),
         (
             Method::POST,
@@ -1084,4 +1098,93 @@ async fn extra_routes_are_mounted_beside_the_api() {
         .await
         .expect("body");
     error_body(&String::from_utf8_lossy(&body));
+}
+
+#[tokio::test]
+async fn resume_and_attach_refuse_what_they_cannot_do_and_say_why() {
+    let server = Server::start().await;
+    let live = server.run_in(21, RunState::Running).await;
+    let done = server.run_in(22, RunState::Failed).await;
+    let op = Some(server.operator.as_str());
+
+    let (status, text) = call(
+        &server,
+        Method::POST,
+        &format!("/runs/{}/resume", live.0),
+        op,
+        Some(json!({"note": "go on"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{text}");
+    assert!(
+        error_body(&text).message.contains("only a finished run"),
+        "{text}"
+    );
+
+    let (status, text) = call(
+        &server,
+        Method::POST,
+        &format!("/runs/{}/resume", done.0),
+        op,
+        Some(json!({"note": "go on", "bundle": "***"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{text}");
+    assert!(error_body(&text).message.contains("not base64"), "{text}");
+
+    let (status, text) = call(
+        &server,
+        Method::POST,
+        &format!("/runs/{}/resume", done.0),
+        op,
+        Some(json!({"note": "try the other parser", "extra": 1})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{text}");
+    assert!(error_body(&text).message.contains("extra"), "{text}");
+
+    let (status, text) = call(
+        &server,
+        Method::POST,
+        &format!("/runs/{}/resume", done.0),
+        op,
+        Some(json!({"note": "try the other parser"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{text}");
+    assert!(
+        server.control.calls().iter().any(|c| matches!(
+            c,
+            Call::Resume(id, _, Some(note), None) if *id == done.0 && note == "try the other parser"
+        )),
+        "the resume reached the control: {:?}",
+        server.control.calls()
+    );
+    let run = server.store.get_run(done).await.expect("run");
+    assert_eq!(run.state, RunState::Queued);
+
+    // Attach is a WebSocket; a plain GET, or half a terminal size, is refused.
+    let (status, text) = call(
+        &server,
+        Method::GET,
+        &format!("/runs/{}/attach", live.0),
+        op,
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{text}");
+    assert!(error_body(&text).message.contains("WebSocket"), "{text}");
+    let (status, text) = call(
+        &server,
+        Method::GET,
+        &format!("/runs/{}/attach?cols=80", live.0),
+        op,
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{text}");
+    assert!(
+        error_body(&text).message.contains("cols and rows"),
+        "{text}"
+    );
 }

@@ -134,7 +134,8 @@ pub struct Pause {
 #[derive(Debug, Clone, Copy, Default)]
 struct PauseState {
     holders: u32,
-    since: Option<std::time::Instant>,
+    // tokio's clock, so tests can run paused time virtually.
+    since: Option<tokio::time::Instant>,
     before: std::time::Duration,
 }
 
@@ -156,7 +157,7 @@ impl Pause {
     pub fn hold(&self) -> PauseGuard {
         self.state.send_modify(|s| {
             s.holders += 1;
-            s.since.get_or_insert_with(std::time::Instant::now);
+            s.since.get_or_insert_with(tokio::time::Instant::now);
         });
         PauseGuard {
             pause: self.clone(),

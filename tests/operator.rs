@@ -1,0 +1,421 @@
+//! What an operator does to a run through the runner service and the real
+//! `kiln` binary: attach a shell to a live run's sandbox (the agent waits
+//! meanwhile), then take the finished work home with `kiln handback`, commit
+//! on it, and `kiln resume` the run from there with a note. Real Docker,
+//! real role plugin, real HTTP and WebSocket on loopback; the model is a
+//! script.
+use std::collections::HashMap;
+use std::io::Write as _;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use kiln::api::{self, ApiState};
+use kiln::config::{Role, SandboxConfig};
+use kiln::forge::local::LocalForge;
+use kiln::forge::{Forge, NewIssue, RepoRef};
+use kiln::plugin::PluginLimits;
+use kiln::policy::Trust;
+use kiln::sandbox::SandboxBackend;
+use kiln::sandbox::docker::DockerBackend;
+use kiln::store::{
+    NewRun, RecoveryPolicy, Run, RunId, RunState, RunStore, SqliteOptions, SqliteStore,
+    StoredEvent, TokenScope, Trigger, TriggerKind,
+};
+use kiln::worker::Services;
+
+#[path = "support/images.rs"]
+mod images;
+
+/// Run 1 waits in the sandbox until a human shows up (the attach shell
+/// creates /tmp/attached), then reads what the human left in the
+/// workspace; run 2 (the resume) reads the human's committed file and
+/// run 1's work. Both stop `blocked`, which still leaves a handback.
+const SCRIPT: &str = r#"{
+  "description": "operator test: wait for a human, read their note; after resume, read their commit",
+  "turns": [
+    { "text": "waiting for the operator",
+      "tool_calls": [ { "name": "run_command", "arguments": { "argv": ["bash", "-c", "until [ -e /tmp/attached ]; do sleep 0.1; done; echo operator-arrived"] } } ] },
+    { "text": "what did they leave?",
+      "tool_calls": [ { "name": "run_command", "arguments": { "argv": ["cat", "NOTE.txt"] } } ] },
+    { "tool_calls": [ { "name": "submit_implementation", "arguments": { "status": "blocked", "title": "t", "summary": "s", "commit_message": "c", "blocked_reason": "pausing for the operator" } } ] },
+    { "text": "resumed: reading the operator's commit and my earlier work",
+      "tool_calls": [ { "name": "run_command", "arguments": { "argv": ["cat", "HUMAN.md", "NOTE.txt"] } } ] },
+    { "tool_calls": [ { "name": "submit_implementation", "arguments": { "status": "blocked", "title": "t", "summary": "s", "commit_message": "c", "blocked_reason": "done for the test" } } ] }
+  ]
+}"#;
+
+struct Setup {
+    root: tempfile::TempDir,
+    store: Arc<SqliteStore>,
+    forge: Arc<dyn Forge>,
+    runner: Arc<kiln::service::Runner>,
+    url: String,
+    token: String,
+    _workers: Vec<tokio::task::JoinHandle<()>>,
+}
+
+async fn setup(runner_id: &str) -> Setup {
+    let root = tempfile::tempdir().expect("tempdir");
+    let src = root.path().join("src");
+    std::fs::create_dir_all(&src).expect("mkdir");
+    std::fs::write(src.join("README.md"), "# Sample\n").expect("write");
+    let forge = LocalForge::create(
+        &root.path().join("forge"),
+        RepoRef::parse("local/sample").expect("repo"),
+        "alice",
+        Some(&src),
+    )
+    .await
+    .expect("repository");
+    let number = forge
+        .acting_as("alice")
+        .create_issue(NewIssue {
+            title: "Tidy the README".into(),
+            body: "Small change.".into(),
+            labels: vec![],
+        })
+        .await
+        .expect("issue");
+    assert_eq!(number, 1);
+    let store = Arc::new(
+        SqliteStore::open(root.path().join("kiln.db"), SqliteOptions::default())
+            .await
+            .expect("store"),
+    );
+    let (image, _) = images::images().await;
+    let backend = DockerBackend::new(images::docker().await, runner_id).expect("backend");
+    backend.remove_orphans().await.expect("cleanup");
+    let (host, plugins) = kiln::app::role_plugins(PluginLimits::default()).expect("plugins");
+    let gate = Arc::new(kiln::app::gate(&Default::default()).expect("gate"));
+    let services = Services {
+        host: Arc::new(host),
+        plugins,
+        sandboxes: Arc::new(backend),
+        image,
+        sandbox_config: SandboxConfig::default(),
+        gate: gate.clone(),
+        model: Some(Arc::new(
+            kiln::model::ScriptedProvider::from_json("operator.json", SCRIPT).expect("script"),
+        )),
+        budgets: HashMap::new(),
+        mirrors: root.path().join("mirrors"),
+        runs_dir: Some(root.path().join("runs")),
+    };
+    let forge: Arc<dyn Forge> = Arc::new(forge);
+    let served = forge.clone();
+    let runner = kiln::service::Runner::new(
+        store.clone(),
+        services,
+        Arc::new(move |_repo: &RepoRef| Some(served.clone())),
+    );
+    let workers = runner
+        .start(1, RecoveryPolicy::default())
+        .await
+        .expect("start");
+    let state = ApiState::new(
+        store.clone(),
+        runner.clone(),
+        Arc::new(gate.redactor().clone()),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, api::router(state)).await });
+    let token = store
+        .create_token("ops", TokenScope::Operator)
+        .await
+        .expect("token")
+        .plaintext;
+    Setup {
+        root,
+        store,
+        forge,
+        runner,
+        url,
+        token,
+        _workers: workers,
+    }
+}
+
+/// Wait (without timing assertions) until the run's state satisfies `done`.
+async fn wait_for(store: &dyn RunStore, id: RunId, done: impl Fn(RunState) -> bool) -> Run {
+    tokio::time::timeout(Duration::from_secs(180), async {
+        loop {
+            let run = store.get_run(id).await.expect("run");
+            if done(run.state) {
+                return run;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("the run should get there within 3 minutes")
+}
+
+/// Wait until an event whose message contains `needle` is in the log.
+async fn wait_for_event(store: &dyn RunStore, id: RunId, needle: &str) -> Vec<StoredEvent> {
+    tokio::time::timeout(Duration::from_secs(120), async {
+        loop {
+            let events = store.events_after(id, 0, 10_000).await.expect("events");
+            if events.iter().any(|e| e.message.contains(needle)) {
+                return events;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no event mentioning {needle:?}"))
+}
+
+fn seq_of(events: &[StoredEvent], needle: &str) -> u64 {
+    events
+        .iter()
+        .find(|e| e.message.contains(needle))
+        .unwrap_or_else(|| panic!("no event mentioning {needle:?}"))
+        .seq
+}
+
+/// The `kiln` binary talking to the test's API.
+fn kiln(s: &Setup, dir: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kiln"));
+    cmd.current_dir(dir)
+        .env("KILN_URL", &s.url)
+        .env("KILN_TOKEN", &s.token)
+        .env_remove("KILN_DATA_DIR");
+    cmd
+}
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_AUTHOR_NAME", "Ana Operator")
+        .env("GIT_AUTHOR_EMAIL", "ana@example.com")
+        .env("GIT_COMMITTER_NAME", "Ana Operator")
+        .env("GIT_COMMITTER_EMAIL", "ana@example.com")
+        .output()
+        .expect("git");
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+// Multi-threaded: the test calls the `kiln` binary synchronously while the
+// API it talks to is served from this runtime.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_attaches_to_a_live_run_then_resumes_it_with_their_commit() {
+    let s = setup("test-operator").await;
+    let id = s
+        .store
+        .enqueue_run(NewRun {
+            repo: s.forge.repo().clone(),
+            role: Role::Implementation,
+            number: 1,
+            trigger: Trigger {
+                kind: TriggerKind::Label {
+                    label: "ready-to-implement".into(),
+                },
+                actor: "alice".into(),
+                actor_trust: Trust::Trusted,
+                delivery: None,
+                instructions: None,
+            },
+        })
+        .await
+        .expect("enqueue");
+    s.runner.notify_queued();
+    let here = s.root.path();
+
+    // Once the plugin started, the sandbox is up; the agent's first command
+    // waits in it until /tmp/attached exists.
+    wait_for_event(&*s.store, id, "started").await;
+
+    // --- attach: piped stdin, so the shell runs on plain pipes ---
+    let mut attach = kiln(&s, here)
+        .args(["attach", &id.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("kiln attach");
+    attach
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(
+            // The pause holds while the human works: the agent's command
+            // finishes at once, but its next model turn must wait.
+            b"touch /tmp/attached\nsleep 2\necho from-the-operator > NOTE.txt\nid -u\nprintenv | grep -ci token\nexit 3\n",
+        )
+        .expect("write keys");
+    let out = tokio::task::spawn_blocking(move || attach.wait_with_output())
+        .await
+        .expect("join")
+        .expect("kiln attach output");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "kiln attach exits with the shell's code; stdout {stdout} stderr {stderr}"
+    );
+    assert!(
+        stdout.lines().any(|l| l.trim() == "1000"),
+        "the shell runs as the sandbox user: {stdout}"
+    );
+    assert!(
+        stdout.lines().any(|l| l.trim() == "0"),
+        "no token-like variable in the operator's shell: {stdout}"
+    );
+    assert!(stderr.contains("the agent is paused"), "{stderr}");
+
+    let run = wait_for(&*s.store, id, RunState::is_terminal).await;
+    assert_eq!(run.state, RunState::Blocked, "{:?}", run.reason);
+    let events = s.store.events_after(id, 0, 10_000).await.expect("events");
+    let attached = seq_of(&events, "attached a shell");
+    let detached = seq_of(&events, "detached; the agent resumes");
+    assert!(attached < detached);
+    let turns_while_attached: Vec<_> = events
+        .iter()
+        .filter(|e| e.seq > attached && e.seq < detached && e.type_name() == "model-turn")
+        .collect();
+    assert!(
+        turns_while_attached.is_empty(),
+        "the agent took model turns while the operator was attached: {turns_while_attached:?}"
+    );
+    let read_note = events
+        .iter()
+        .find(|e| e.message.contains("from-the-operator"))
+        .expect("the agent read what the operator left");
+    assert!(
+        read_note.seq > detached,
+        "the agent read the note only after the operator detached"
+    );
+
+    // --- attaching to a finished run is refused, precisely ---
+    let refused = kiln(&s, here)
+        .args(["attach", &id.to_string()])
+        .stdin(Stdio::null())
+        .output()
+        .expect("kiln attach");
+    assert_eq!(refused.status.code(), Some(2));
+    let why = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        why.contains("409") && why.contains("blocked"),
+        "the refusal says the run is finished: {why}"
+    );
+
+    // --- handback into a fresh clone, commit, resume with a note ---
+    let remote = s.forge.git_remote().await.expect("remote").url;
+    let clone = here.join("clone");
+    git(
+        here,
+        &["clone", "--quiet", &remote, clone.to_str().expect("utf-8")],
+    );
+    let handback = kiln(&s, &clone)
+        .args(["handback", &id.to_string()])
+        .output()
+        .expect("kiln handback");
+    assert!(
+        handback.status.success(),
+        "{}",
+        String::from_utf8_lossy(&handback.stderr)
+    );
+    let branch = format!("kiln/run-{}", id.0);
+    git(&clone, &["checkout", "--quiet", &branch]);
+    assert_eq!(
+        std::fs::read_to_string(clone.join("NOTE.txt")).expect("the run's work came back"),
+        "from-the-operator\n"
+    );
+    std::fs::write(clone.join("HUMAN.md"), "written at home\n").expect("write");
+    git(&clone, &["add", "HUMAN.md"]);
+    git(&clone, &["commit", "--quiet", "-m", "Operator's change"]);
+
+    let resumed = kiln(&s, &clone)
+        .args(["resume", &id.to_string(), "-m", "use HUMAN.md"])
+        .output()
+        .expect("kiln resume");
+    assert!(
+        resumed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&resumed.stderr)
+    );
+    assert!(String::from_utf8_lossy(&resumed.stderr).contains("1 commit(s)"));
+    wait_for_event(&*s.store, id, "resumed by ops").await;
+    let events = wait_for_event(&*s.store, id, "written at home").await;
+    let run = wait_for(&*s.store, id, RunState::is_terminal).await;
+    assert_eq!(run.trigger.instructions.as_deref(), Some("use HUMAN.md"));
+    let both = events
+        .iter()
+        .find(|e| e.message.contains("written at home"))
+        .expect("exec event");
+    assert!(
+        both.message.contains("from-the-operator"),
+        "the resumed run has its own earlier work too: {}",
+        both.message
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| e.message.contains("continuing from resume.bundle")),
+        "the run says where it continued from"
+    );
+
+    // --- commits that do not build on the run's work are refused ---
+    let stranger = here.join("stranger");
+    std::fs::create_dir_all(&stranger).expect("mkdir");
+    git(&stranger, &["init", "--quiet", "-b", "main"]);
+    std::fs::write(stranger.join("x"), "x").expect("write");
+    git(&stranger, &["add", "x"]);
+    git(&stranger, &["commit", "--quiet", "-m", "unrelated"]);
+    let bundle = stranger.join("x.bundle");
+    git(
+        &stranger,
+        &[
+            "bundle",
+            "create",
+            "--quiet",
+            bundle.to_str().expect("utf-8"),
+            "main",
+        ],
+    );
+    // A bundle of only HEAD~0 with a missing prerequisite: make one that
+    // needs a commit the run never had.
+    std::fs::write(stranger.join("y"), "y").expect("write");
+    git(&stranger, &["add", "y"]);
+    git(&stranger, &["commit", "--quiet", "-m", "second"]);
+    git(
+        &stranger,
+        &[
+            "bundle",
+            "create",
+            "--quiet",
+            bundle.to_str().expect("utf-8"),
+            "main",
+            "^main~1",
+        ],
+    );
+    let client = kiln::api::client::Client::new(&s.url, Some(s.token.clone())).expect("client");
+    let err = client
+        .resume(id.0, None, Some(&std::fs::read(&bundle).expect("bundle")))
+        .await
+        .expect_err("an unrelated bundle is refused");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("400") && msg.contains("builds on commits the run does not have"),
+        "{msg}"
+    );
+    let err = client
+        .resume(id.0, None, Some(b"not a bundle"))
+        .await
+        .expect_err("garbage is refused");
+    assert!(err.to_string().contains("is not a git bundle"), "{err}");
+}
