@@ -11,6 +11,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::{SinkExt as _, StreamExt as _};
 use kiln::api::{self, ApiState};
 use kiln::config::{Role, SandboxConfig};
 use kiln::forge::local::LocalForge;
@@ -24,6 +25,7 @@ use kiln::store::{
     StoredEvent, TokenScope, Trigger, TriggerKind,
 };
 use kiln::worker::Services;
+use tokio_tungstenite::tungstenite::Message;
 
 #[path = "support/images.rs"]
 mod images;
@@ -178,6 +180,25 @@ fn seq_of(events: &[StoredEvent], needle: &str) -> u64 {
         .seq
 }
 
+/// Read the attach socket until its text (output and control frames
+/// together) contains `needle`; returns what was read.
+async fn read_until(socket: &mut kiln::api::client::AttachSocket, needle: &str) -> String {
+    let mut seen = String::new();
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while !seen.contains(needle) {
+            match socket.next().await {
+                Some(Ok(Message::Binary(b))) => seen.push_str(&String::from_utf8_lossy(&b)),
+                Some(Ok(Message::Text(t))) => seen.push_str(&t),
+                Some(Ok(_)) => {}
+                other => panic!("socket ended before {needle:?}: {other:?}; read {seen:?}"),
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no {needle:?} from the shell; read {seen:?}"));
+    seen
+}
+
 /// The `kiln` binary talking to the test's API.
 fn kiln(s: &Setup, dir: &Path) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_kiln"));
@@ -237,6 +258,34 @@ async fn an_operator_attaches_to_a_live_run_then_resumes_it_with_their_commit() 
     // Once the plugin started, the sandbox is up; the agent's first command
     // waits in it until /tmp/attached exists.
     wait_for_event(&*s.store, id, "started").await;
+
+    // --- attach with a terminal, over the API's WebSocket directly ---
+    let client = kiln::api::client::Client::new(&s.url, Some(s.token.clone())).expect("client");
+    let mut socket = client
+        .attach(id.0, Some((100, 30)), Some("xterm"))
+        .await
+        .expect("attach with a terminal");
+    socket
+        .send(Message::Binary(
+            b"stty size; echo \"$TERM\"\n".to_vec().into(),
+        ))
+        .await
+        .expect("type");
+    read_until(&mut socket, "30 100").await;
+    socket
+        .send(Message::Text(r#"{"resize":[120,40]}"#.into()))
+        .await
+        .expect("resize");
+    socket
+        .send(Message::Binary(b"stty size\n".to_vec().into()))
+        .await
+        .expect("type");
+    read_until(&mut socket, "40 120").await;
+    socket
+        .send(Message::Binary(b"exit 0\n".to_vec().into()))
+        .await
+        .expect("type");
+    read_until(&mut socket, r#"{"exit":0}"#).await;
 
     // --- attach: piped stdin, so the shell runs on plain pipes ---
     let mut attach = kiln(&s, here)
