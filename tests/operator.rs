@@ -58,7 +58,7 @@ struct Setup {
     _workers: Vec<tokio::task::JoinHandle<()>>,
 }
 
-async fn setup(runner_id: &str) -> Setup {
+async fn setup(runner_id: &str, script: &str) -> Setup {
     let root = tempfile::tempdir().expect("tempdir");
     let src = root.path().join("src");
     std::fs::create_dir_all(&src).expect("mkdir");
@@ -99,7 +99,7 @@ async fn setup(runner_id: &str) -> Setup {
         sandbox_config: SandboxConfig::default(),
         gate: gate.clone(),
         model: Some(Arc::new(
-            kiln::model::ScriptedProvider::from_json("operator.json", SCRIPT).expect("script"),
+            kiln::model::ScriptedProvider::from_json("operator.json", script).expect("script"),
         )),
         budgets: HashMap::new(),
         mirrors: root.path().join("mirrors"),
@@ -159,7 +159,7 @@ async fn wait_for(store: &dyn RunStore, id: RunId, done: impl Fn(RunState) -> bo
 
 /// Wait until an event whose message contains `needle` is in the log.
 async fn wait_for_event(store: &dyn RunStore, id: RunId, needle: &str) -> Vec<StoredEvent> {
-    tokio::time::timeout(Duration::from_secs(120), async {
+    let found = tokio::time::timeout(Duration::from_secs(120), async {
         loop {
             let events = store.events_after(id, 0, 10_000).await.expect("events");
             if events.iter().any(|e| e.message.contains(needle)) {
@@ -168,8 +168,20 @@ async fn wait_for_event(store: &dyn RunStore, id: RunId, needle: &str) -> Vec<St
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     })
-    .await
-    .unwrap_or_else(|_| panic!("no event mentioning {needle:?}"))
+    .await;
+    match found {
+        Ok(events) => events,
+        Err(_) => {
+            let events = store.events_after(id, 0, 10_000).await.expect("events");
+            let run = store.get_run(id).await.expect("run");
+            panic!(
+                "no event mentioning {needle:?}; run {:?} ({:?}); events: {:#?}",
+                run.state,
+                run.reason,
+                events.iter().map(|e| &e.message).collect::<Vec<_>>()
+            )
+        }
+    }
 }
 
 fn seq_of(events: &[StoredEvent], needle: &str) -> u64 {
@@ -233,7 +245,7 @@ fn git(dir: &Path, args: &[&str]) -> String {
 // API it talks to is served from this runtime.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operator_attaches_to_a_live_run_then_resumes_it_with_their_commit() {
-    let s = setup("test-operator").await;
+    let s = setup("test-operator", SCRIPT).await;
     let id = s
         .store
         .enqueue_run(NewRun {
@@ -467,4 +479,83 @@ async fn an_operator_attaches_to_a_live_run_then_resumes_it_with_their_commit() 
         .await
         .expect_err("garbage is refused");
     assert!(err.to_string().contains("is not a git bundle"), "{err}");
+}
+
+/// The containers of run `id` of runner `runner`, found by the labels Kiln
+/// puts on them.
+async fn containers_of(runner: &str, id: RunId) -> usize {
+    let docker = images::docker().await;
+    let filter = HashMap::from([(
+        "label".to_string(),
+        vec![
+            format!("{}={id}", kiln::sandbox::LABEL_RUN_ID),
+            format!("{}={runner}", kiln::sandbox::LABEL_RUNNER_ID),
+        ],
+    )]);
+    docker
+        .list_containers(Some(
+            bollard::query_parameters::ListContainersOptionsBuilder::default()
+                .all(true)
+                .filters(&filter)
+                .build(),
+        ))
+        .await
+        .expect("list containers")
+        .len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_during_a_long_command_kills_it_and_removes_the_sandbox() {
+    let script = r#"{ "description": "a command that would run for five minutes",
+      "turns": [ { "tool_calls": [ { "name": "run_command", "arguments": { "argv": ["bash", "-c", "echo started-long-work; sleep 300"] } } ] } ] }"#;
+    let runner = "test-operator-cancel";
+    let s = setup(runner, script).await;
+    let id = s
+        .store
+        .enqueue_run(NewRun {
+            repo: s.forge.repo().clone(),
+            role: Role::Implementation,
+            number: 1,
+            trigger: Trigger {
+                kind: TriggerKind::Label {
+                    label: "ready-to-implement".into(),
+                },
+                actor: "alice".into(),
+                actor_trust: Trust::Trusted,
+                delivery: None,
+                instructions: None,
+            },
+        })
+        .await
+        .expect("enqueue");
+    s.runner.notify_queued();
+    // The gate allowed the command; give it a moment to be running (the
+    // cancel is right either way, this makes "mid-command" the usual case).
+    wait_for_event(&*s.store, id, "sleep 300").await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        containers_of(runner, id).await,
+        1,
+        "the run's sandbox is up"
+    );
+    let cancel = kiln(&s, s.root.path())
+        .args(["cancel", &id.to_string()])
+        .output()
+        .expect("kiln cancel");
+    assert!(
+        cancel.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cancel.stderr)
+    );
+    // Well before the command's five minutes.
+    let run = wait_for(&*s.store, id, RunState::is_terminal).await;
+    assert_eq!(run.state, RunState::Cancelled, "{:?}", run.reason);
+    let events = s.store.events_after(id, 0, 10_000).await.expect("events");
+    assert!(
+        events
+            .iter()
+            .any(|e| e.message.contains("cancelled by ops")),
+        "the log says who cancelled: {events:?}"
+    );
+    assert_eq!(containers_of(runner, id).await, 0, "the sandbox is removed");
 }

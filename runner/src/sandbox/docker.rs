@@ -206,7 +206,9 @@ impl DockerBackend {
         let network_mode = egress
             .as_ref()
             .map_or_else(|| "none".to_string(), |r| r.internal_network.clone());
-        let name = format!("kiln-{}", spec.run_id);
+        // Run ids are unique only within one store: the runner id keeps two
+        // runners on one engine from colliding on names.
+        let name = format!("kiln-{}-{}", self.runner_id, spec.run_id);
         let body = self.container_body(&spec, network_mode);
         let created = self
             .docker
