@@ -1,9 +1,10 @@
-//! What an operator does to a run through the runner service and the real
-//! `kiln` binary: attach a shell to a live run's sandbox (the agent waits
-//! meanwhile), then take the finished work home with `kiln handback`, commit
-//! on it, and `kiln resume` the run from there with a note. Real Docker,
-//! real role plugin, real HTTP and WebSocket on loopback; the model is a
-//! script.
+//! Runs through the runner service as operators and outsiders see them,
+//! with the real `kiln` binary: an operator attaches a shell to a live
+//! run's sandbox (the agent waits meanwhile), takes the finished work home
+//! with `kiln handback`, commits on it and `kiln resume`s the run with a
+//! note; cancels a run mid-command; and no secret the agent handles leaves
+//! through command output or a pull request. Real Docker, real role
+//! plugin, real HTTP and WebSocket on loopback; the model is a script.
 use std::collections::HashMap;
 use std::io::Write as _;
 use std::path::Path;
@@ -29,6 +30,10 @@ use tokio_tungstenite::tungstenite::Message;
 
 #[path = "support/images.rs"]
 mod images;
+
+/// Secret shapes the gate redacts without configuration.
+const AWS_KEY: &str = "AKIAIOSFODNN7EXAMPLE";
+const GITHUB_TOKEN: &str = "ghp_abcdefghijklmnopqrstuvwxyz0123456789";
 
 /// Run 1 waits in the sandbox until a human shows up (the attach shell
 /// creates /tmp/attached), then reads what the human left in the
@@ -62,7 +67,11 @@ async fn setup(runner_id: &str, script: &str) -> Setup {
     let root = tempfile::tempdir().expect("tempdir");
     let src = root.path().join("src");
     std::fs::create_dir_all(&src).expect("mkdir");
-    std::fs::write(src.join("README.md"), "# Sample\n").expect("write");
+    std::fs::write(
+        src.join("README.md"),
+        format!("# Sample\nStaging deploy key: {AWS_KEY}\n"),
+    )
+    .expect("write");
     let forge = LocalForge::create(
         &root.path().join("forge"),
         RepoRef::parse("local/sample").expect("repo"),
@@ -558,4 +567,76 @@ async fn cancel_during_a_long_command_kills_it_and_removes_the_sandbox() {
         "the log says who cancelled: {events:?}"
     );
     assert_eq!(containers_of(runner, id).await, 0, "the sandbox is removed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_in_command_output_and_a_pull_request_never_leave_the_run() {
+    // The agent prints the README (which holds a key) in the sandbox and
+    // writes a token into its pull request's title and description.
+    let script = format!(
+        r#"{{ "description": "canary: exec output and a PR body carry secrets",
+      "turns": [
+        {{ "tool_calls": [ {{ "name": "run_command", "arguments": {{ "argv": ["cat", "README.md"] }} }} ] }},
+        {{ "tool_calls": [ {{ "name": "write_file", "arguments": {{ "path": "CHANGELOG.md", "contents": "Tidied the README.\n" }} }} ] }},
+        {{ "tool_calls": [ {{ "name": "submit_implementation", "arguments": {{ "status": "done", "title": "Tidy {GITHUB_TOKEN}", "summary": "The key is {AWS_KEY} and the token {GITHUB_TOKEN}.", "commit_message": "Tidy" }} }} ] }}
+      ] }}"#
+    );
+    let s = setup("test-operator-canary", &script).await;
+    let id = s
+        .store
+        .enqueue_run(NewRun {
+            repo: s.forge.repo().clone(),
+            role: Role::Implementation,
+            number: 1,
+            trigger: Trigger {
+                kind: TriggerKind::Label {
+                    label: "ready-to-implement".into(),
+                },
+                actor: "alice".into(),
+                actor_trust: Trust::Trusted,
+                delivery: None,
+                instructions: None,
+            },
+        })
+        .await
+        .expect("enqueue");
+    s.runner.notify_queued();
+    let run = wait_for(&*s.store, id, RunState::is_terminal).await;
+    assert_eq!(run.state, RunState::Succeeded, "{:?}", run.reason);
+    let leaked = |what: &str, text: &str| {
+        for secret in [AWS_KEY, GITHUB_TOKEN] {
+            assert!(!text.contains(secret), "{what} leaks {secret}: {text}");
+        }
+    };
+    let events = s.store.events_after(id, 0, 10_000).await.expect("events");
+    let exec = events
+        .iter()
+        .find(|e| e.message.contains("$ cat README.md"))
+        .expect("the command's output is in the log");
+    assert!(
+        exec.message.contains("Staging deploy key:"),
+        "the output is there, redacted: {}",
+        exec.message
+    );
+    for e in &events {
+        leaked("the event log", &e.message);
+    }
+    let prs = s
+        .forge
+        .list_pull_requests(kiln::forge::StateFilter::All)
+        .await
+        .expect("pull requests");
+    assert_eq!(prs.len(), 1, "the pull request was opened");
+    let pr = s
+        .forge
+        .get_pull_request(prs[0].issue.number)
+        .await
+        .expect("pull request");
+    assert!(pr.issue.body.contains("The key is"), "{}", pr.issue.body);
+    leaked("the pull request's title", &pr.issue.title);
+    leaked("the pull request's body", &pr.issue.body);
+    let issue = s.forge.get_issue(1).await.expect("issue");
+    for c in &issue.comments {
+        leaked("a comment", &c.body);
+    }
 }
