@@ -976,3 +976,61 @@ async fn child_holds_sandbox() {
     std::io::stdout().flush().expect("flush");
     tokio::time::sleep(Duration::from_secs(120)).await;
 }
+
+#[tokio::test]
+async fn sandboxes_of_dead_cli_processes_are_removed_and_live_ones_kept() {
+    // Two stand-in "CLI processes": one killed, one alive.
+    let mut dead = std::process::Command::new("sleep")
+        .arg("300")
+        .spawn()
+        .expect("spawn");
+    let mut alive = std::process::Command::new("sleep")
+        .arg("300")
+        .spawn()
+        .expect("spawn");
+    let prefix = "test-cli-dead-";
+    let (_, proxy) = images().await;
+    let as_process = |pid: u32| {
+        DockerBackend::new(docker_blocking(), format!("{prefix}{pid}"))
+            .expect("runner id")
+            .with_proxy_image(proxy.clone())
+    };
+    let repo = repo().await;
+    let gone = as_process(dead.id());
+    let kept = as_process(alive.id());
+    let gone_box = gone
+        .create(spec("dead-1", Role::Triage, &repo).await)
+        .await
+        .expect("sandbox");
+    let kept_box = kept
+        .create(spec("alive-1", Role::Triage, &repo).await)
+        .await
+        .expect("sandbox");
+    dead.kill().expect("kill");
+    dead.wait().expect("reap");
+
+    let me = as_process(std::process::id());
+    let removed = me
+        .remove_orphans_of_dead_processes(prefix)
+        .await
+        .expect("cleanup");
+    assert_eq!(removed, 1, "the dead process's container is removed");
+    let ls = |id: &str| {
+        std::process::Command::new("docker")
+            .args(["container", "inspect", id])
+            .output()
+            .expect("docker")
+            .status
+            .success()
+    };
+    assert!(!ls(&gone_box.id), "the dead process's sandbox is gone");
+    assert!(ls(&kept_box.id), "a live process's sandbox is kept");
+    kept.destroy(kept_box).await.expect("destroy");
+    alive.kill().expect("kill");
+    let _ = alive.wait();
+}
+
+/// A Docker client without negotiating (usable in a sync closure).
+fn docker_blocking() -> bollard::Docker {
+    bollard::Docker::connect_with_local_defaults().expect("docker client")
+}

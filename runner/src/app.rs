@@ -108,10 +108,18 @@ pub async fn services(
     let backend = DockerBackend::connect(opts.runner_id.clone())
         .await
         .map_err(|e| AppError::Sandbox(e.to_string()))?;
-    let removed = backend
+    let mut removed = backend
         .remove_orphans()
         .await
         .map_err(|e| AppError::Sandbox(e.to_string()))?;
+    if opts.runner_id == cli_runner_id() {
+        // A per-process runner id: also clean up after earlier CLI runs
+        // that died mid-run.
+        removed += backend
+            .remove_orphans_of_dead_processes(CLI_RUNNER_PREFIX)
+            .await
+            .map_err(|e| AppError::Sandbox(e.to_string()))?;
+    }
     if removed > 0 {
         tracing::info!("removed {removed} sandbox object(s) left by an earlier run");
     }
@@ -131,6 +139,15 @@ pub async fn services(
         mirrors: opts.data_dir.join("mirrors"),
         runs_dir: Some(opts.data_dir.join("runs")),
     })
+}
+
+/// Runner ids of one-shot CLI runs start with this, then the process id.
+pub const CLI_RUNNER_PREFIX: &str = "cli-";
+
+/// This process's runner id as a one-shot CLI run (`kiln run`, `kiln demo`):
+/// two at once never share (or remove) each other's sandboxes.
+pub fn cli_runner_id() -> String {
+    format!("{CLI_RUNNER_PREFIX}{}", std::process::id())
 }
 
 /// The sandbox recipes directory: `KILN_IMAGES_DIR`, or `sandbox-images`

@@ -219,7 +219,7 @@ async fn services(
             recipes: app::recipes_dir(),
             // Per process: start-up orphan removal is by runner id, and two
             // `kiln run` / `kiln demo` at once must not remove each other's sandboxes.
-            runner_id: format!("cli-{}", std::process::id()),
+            runner_id: kiln::app::cli_runner_id(),
             model: Some(model),
             budgets,
         },

@@ -743,6 +743,51 @@ impl DockerBackend {
         })
     }
 
+    /// Removes sandboxes left by earlier processes of this host whose
+    /// runner id is `<prefix><pid>` (one-shot CLI runs) and whose process is
+    /// gone: a `kiln run` killed mid-run leaves its container, and the next
+    /// CLI run cleans it. Live processes' sandboxes are never touched.
+    pub async fn remove_orphans_of_dead_processes(
+        &self,
+        prefix: &str,
+    ) -> Result<usize, SandboxError> {
+        let filter = HashMap::from([("label".to_string(), vec![format!("{LABEL_MANAGED}=true")])]);
+        let containers = self
+            .docker
+            .list_containers(Some(
+                ListContainersOptionsBuilder::default()
+                    .all(true)
+                    .filters(&filter)
+                    .build(),
+            ))
+            .await
+            .map_err(SandboxError::engine("list sandbox containers"))?;
+        let mut dead: Vec<String> = containers
+            .iter()
+            .filter_map(|c| c.labels.as_ref()?.get(LABEL_RUNNER_ID).cloned())
+            .filter(|runner| {
+                runner
+                    .strip_prefix(prefix)
+                    .and_then(|pid| pid.parse::<u32>().ok())
+                    .is_some_and(|pid| {
+                        pid != std::process::id()
+                            && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+                    })
+            })
+            .collect();
+        dead.sort();
+        dead.dedup();
+        let mut removed = 0;
+        for runner_id in dead {
+            let other = DockerBackend {
+                runner_id,
+                ..self.clone()
+            };
+            removed += other.remove_orphans_impl().await?;
+        }
+        Ok(removed)
+    }
+
     async fn remove_orphans_impl(&self) -> Result<usize, SandboxError> {
         let filter = HashMap::from([(
             "label".to_string(),
