@@ -69,6 +69,9 @@ pub async fn serve(args: ServeArgs, local: &LocalArgs) -> anyhow::Result<ExitCod
         .await
         .context("opening the store")?,
     );
+    // Stable per data directory: a restarted service removes its own orphans
+    // and never those of a service on another data directory.
+    let runner_id = app::serve_runner_id(&data_dir);
     let budgets = Role::ALL
         .into_iter()
         .map(|r| (r, config.budgets.budget_for(r.as_str())))
@@ -79,7 +82,7 @@ pub async fn serve(args: ServeArgs, local: &LocalArgs) -> anyhow::Result<ExitCod
             config: config.clone(),
             data_dir: data_dir.clone(),
             recipes: app::recipes_dir(),
-            runner_id: "serve".into(),
+            runner_id: runner_id.clone(),
             model,
             budgets,
         },
@@ -132,7 +135,7 @@ pub async fn serve(args: ServeArgs, local: &LocalArgs) -> anyhow::Result<ExitCod
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     eprintln!(
-        "kiln serve: listening on http://{} (dashboard at /, API at /runs, OpenAPI at /openapi.json); data in {}",
+        "kiln serve: listening on http://{} (dashboard at /, API at /runs, OpenAPI at /openapi.json); data in {}; sandboxes labelled dev.kiln.runner-id={runner_id}",
         listener.local_addr()?,
         data_dir.display()
     );
