@@ -4,10 +4,12 @@
 //! operators ask through [`RunControl`] (steer, cancel, approve or deny a
 //! held effect, hand back the work).
 //!
-//! At start-up, runs a dead runner left in `preparing` / `running` /
-//! `awaiting-approval` are failed with "runner restarted" (and re-queued
-//! when configured) before any worker starts; the sandbox backend removes
-//! their containers by label.
+//! At start-up, runs a dead runner left in `preparing` / `running` are
+//! failed with "runner restarted" (and re-queued when configured) before any
+//! worker starts; the sandbox backend removes their containers by label
+//! (`kiln serve` keeps one runner id per data directory, so a restart finds
+//! them). Runs `awaiting-approval` keep waiting: their worker had already
+//! ended, and a decision needs only the store and the run's bundle.
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
