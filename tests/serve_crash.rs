@@ -3,7 +3,7 @@
 //! implementation run on the local forge is parked in a `sleep` inside its
 //! real Docker sandbox, the service is SIGKILLed, and a second `kiln serve`
 //! on the same data directory must find the run's container by its labels
-//! and remove it, keep every event the API served before the kill, in order,
+//! and remove it, remove its workspace, keep every event the API served before the kill, in order,
 //! and fail the run with "runner restarted" — or, with `--requeue`, run it
 //! again to its end. No run may be left `running`.
 //!
@@ -341,6 +341,14 @@ async fn exists(docker: &Docker, id: &str) -> bool {
     }
 }
 
+/// Directories a run's workspace and shadow repository are kept in while it
+/// runs, under `<data>/runs/r1/scratch/`.
+fn r1_scratch(env: &Env) -> Vec<PathBuf> {
+    std::fs::read_dir(env.data.join("runs/r1/scratch"))
+        .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
+        .unwrap_or_default()
+}
+
 /// Everything up to the kill, shared by both tests: returns the events the
 /// API served before it and the id of the run's container.
 async fn kill_mid_run(env: &Env, docker: &Docker, runner: &str) -> (Vec<StoredEvent>, String) {
@@ -400,6 +408,10 @@ async fn kill_mid_run(env: &Env, docker: &Docker, runner: &str) -> (Vec<StoredEv
         exists(docker, &container).await && parked_in(docker, &container).await,
         "the run's container should outlive the killed runner, still running {PARKED}"
     );
+    assert!(
+        !r1_scratch(env).is_empty(),
+        "the killed runner should have left r1's workspace behind"
+    );
     (before, container)
 }
 
@@ -447,6 +459,11 @@ async fn kill_9_mid_run_then_restart_fails_the_run_and_removes_its_container() {
         r1_containers(&docker, &runner).await,
         Vec::<String>::new(),
         "no container of r1 should be left"
+    );
+    assert_eq!(
+        r1_scratch(&env),
+        Vec::<PathBuf>::new(),
+        "the restarted service should have removed r1's workspace"
     );
     let client = Client::new(&serve.url, Some(env.token.clone())).expect("client");
     let run = client.run(1).await.expect("r1");
@@ -516,6 +533,11 @@ async fn kill_9_mid_run_then_restart_with_requeue_runs_it_again_to_its_end() {
         move || async move { r1_containers(docker, runner).await.is_empty().then_some(()) },
     )
     .await;
+    assert_eq!(
+        r1_scratch(&env),
+        Vec::<PathBuf>::new(),
+        "neither attempt should have left a workspace behind"
+    );
     let stuck = client
         .runs("state=queued,preparing,running")
         .await

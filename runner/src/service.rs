@@ -6,9 +6,9 @@
 //!
 //! At start-up, runs a dead runner left in `preparing` / `running` are
 //! failed with "runner restarted" (and re-queued when configured) before any
-//! worker starts; the sandbox backend removes their containers by label
-//! (`kiln serve` keeps one runner id per data directory, so a restart finds
-//! them). Runs `awaiting-approval` keep waiting: their worker had already
+//! worker starts, and their workspaces are removed; the sandbox backend
+//! removes their containers by label (`kiln serve` keeps one runner id per
+//! data directory, so a restart finds them). Runs `awaiting-approval` keep waiting: their worker had already
 //! ended, and a decision needs only the store and the run's bundle.
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -72,6 +72,12 @@ impl Runner {
                 r.was,
                 r.now
             );
+            // The dead worker never dropped its workspace and shadow repository.
+            if let Some(dir) = &self.services.runs_dir
+                && let Err(e) = crate::worker::remove_scratch(dir, &r.id.to_string())
+            {
+                tracing::error!("run {}: cannot remove its workspace: {e}", r.id);
+            }
         }
         Ok((0..workers.max(1))
             .map(|_| {
