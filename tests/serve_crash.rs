@@ -55,7 +55,8 @@ struct Serve {
 }
 
 impl Serve {
-    /// Start `kiln serve` on `data` with the model script `script`.
+    /// Start `kiln serve` on `env`'s data directory, on a free loopback
+    /// port, with the model script `script`.
     fn start(env: &Env, name: &str, script: &Path, requeue: bool) -> Serve {
         let port = free_port();
         let log = env.root.join(format!("{name}.log"));
@@ -331,6 +332,7 @@ async fn parked_in(docker: &Docker, id: &str) -> bool {
         .is_some_and(|ps| ps.iter().any(|p| p.join(" ").contains(PARKED)))
 }
 
+/// True if container `id` exists (running or not).
 async fn exists(docker: &Docker, id: &str) -> bool {
     match docker.inspect_container(id, None).await {
         Ok(_) => true,
