@@ -540,6 +540,36 @@ async fn kill_9_mid_run_then_restart_with_requeue_runs_it_again_to_its_end() {
         Vec::<PathBuf>::new(),
         "neither attempt should have left a workspace behind"
     );
+
+    // The recovered service goes on working: a new run replays the script
+    // from its start too (it used to find it used up by r1).
+    let queued = env.ok(
+        &[
+            "run",
+            "--role",
+            "implementation",
+            "--issue",
+            "1",
+            "--queue",
+            "-R",
+            "local/crash",
+        ],
+        &[],
+    );
+    assert!(
+        queued.contains("queued run r2"),
+        "kiln run --queue: {queued}"
+    );
+    let r2 = wait_for(&mut serve, "r2 to end", 300, move || async move {
+        let run = client.run(2).await.ok()?;
+        run.state.is_terminal().then_some(run)
+    })
+    .await;
+    assert_eq!(
+        (r2.state, r2.reason.as_deref()),
+        (RunState::Blocked, Some("the crash test stops here")),
+        "r2 should have run its whole script: {r2:?}"
+    );
     let stuck = client
         .runs("state=queued,preparing,running")
         .await

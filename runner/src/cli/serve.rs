@@ -48,7 +48,8 @@ pub async fn serve(args: ServeArgs, local: &LocalArgs) -> anyhow::Result<ExitCod
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("cannot create {}", data_dir.display()))?;
     let model = match (&args.script, &config.model) {
-        (Some(s), _) => Some(Arc::new(ScriptedProvider::load(s)?) as _),
+        // Every run replays the script from its start (one provider serves all).
+        (Some(s), _) => Some(Arc::new(ScriptedProvider::load(s)?.per_conversation()) as _),
         (None, Some(m)) => Some(build_provider(m, &config.secrets)?),
         (None, None) => match ModelConfig::from_env() {
             Some((m, secrets)) => {
