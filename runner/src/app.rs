@@ -150,6 +150,22 @@ pub fn cli_runner_id() -> String {
     format!("{CLI_RUNNER_PREFIX}{}", std::process::id())
 }
 
+/// The runner id of `kiln serve` on `data_dir`: `serve-` and the first 12
+/// hex digits of the SHA-256 of the directory's canonical path.
+///
+/// Start-up removes every container labelled with the runner id, so the id
+/// must be the same for a restarted service on the same data directory (it
+/// finds its own orphans) and differ between services on different ones (two
+/// teams, or two tests, on one Docker host never remove each other's
+/// sandboxes). A directory that cannot be canonicalized (it does not exist
+/// yet) is hashed as given.
+pub fn serve_runner_id(data_dir: &Path) -> String {
+    use sha2::{Digest, Sha256};
+    let path = std::fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
+    let digest = Sha256::digest(path.as_os_str().as_encoded_bytes());
+    format!("serve-{}", &hex::encode(digest)[..12])
+}
+
 /// The sandbox recipes directory: `KILN_IMAGES_DIR`, or `sandbox-images`
 /// beside the current directory or the source tree this binary was built from.
 pub fn recipes_dir() -> PathBuf {
@@ -161,4 +177,39 @@ pub fn recipes_dir() -> PathBuf {
         return here.to_path_buf();
     }
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../sandbox-images")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serve_runner_id_is_stable_per_data_dir_and_differs_between_dirs() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let (a, b) = (root.path().join("a"), root.path().join("b"));
+        std::fs::create_dir_all(&a).expect("mkdir a");
+        std::fs::create_dir_all(&b).expect("mkdir b");
+        let id = serve_runner_id(&a);
+        assert!(
+            id.starts_with("serve-") && id.len() == "serve-".len() + 12,
+            "expected serve-<12 hex>, got {id}"
+        );
+        // A restart may spell the same directory differently.
+        assert_eq!(
+            serve_runner_id(&root.path().join("b/../a/.")),
+            id,
+            "the same directory should give the same runner id"
+        );
+        assert_ne!(
+            serve_runner_id(&b),
+            id,
+            "two data directories must not share a runner id"
+        );
+        // The id labels Docker objects: the backend must accept it.
+        assert!(
+            id.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)),
+            "runner id {id} has characters Docker labels and names refuse"
+        );
+    }
 }

@@ -49,18 +49,23 @@ pub struct Publisher {
 impl Publisher {
     /// A shadow of `mirror` (a host-owned repository) for the work tree
     /// `work_tree`, which was checked out at `base_commit`; commits go to
-    /// `branch` (`kiln/...`).
+    /// `branch` (`kiln/...`). It lives in a fresh temporary directory under
+    /// `parent` (the system temp dir if `None`).
     pub async fn new(
         mirror: &Path,
         base_commit: &str,
         work_tree: &Path,
         branch: &str,
+        parent: Option<&Path>,
     ) -> Result<Self, PublishError> {
         check_kiln_branch(branch).map_err(|e| PublishError::Branch(e.to_string()))?;
-        let dir = tempfile::Builder::new()
-            .prefix("kiln-shadow-")
-            .tempdir()
-            .map_err(|e| PublishError::Io(format!("cannot create the shadow repository: {e}")))?;
+        let mut builder = tempfile::Builder::new();
+        builder.prefix("kiln-shadow-");
+        let dir = match parent {
+            Some(p) => builder.tempdir_in(p),
+            None => builder.tempdir(),
+        }
+        .map_err(|e| PublishError::Io(format!("cannot create the shadow repository: {e}")))?;
         let git_dir = dir.path().join("shadow.git");
         run_git(
             None,
@@ -319,9 +324,15 @@ mod tests {
                 p = pwned.display()
             ),
         );
-        let p = Publisher::new(&d.join("mirror"), head.trim(), &d.join("ws"), "kiln/test")
-            .await
-            .expect("publisher");
+        let p = Publisher::new(
+            &d.join("mirror"),
+            head.trim(),
+            &d.join("ws"),
+            "kiln/test",
+            None,
+        )
+        .await
+        .expect("publisher");
         let mut paths = p.changed_paths().await.expect("paths");
         paths.sort();
         assert_eq!(paths, [".gitattributes", "a.txt", "b.txt"]);
@@ -343,9 +354,15 @@ mod tests {
 
     #[tokio::test]
     async fn refuses_branches_outside_kiln() {
-        let err = Publisher::new(Path::new("/nonexistent"), "abc", Path::new("/tmp"), "main")
-            .await
-            .expect_err("main is not a kiln branch");
+        let err = Publisher::new(
+            Path::new("/nonexistent"),
+            "abc",
+            Path::new("/tmp"),
+            "main",
+            None,
+        )
+        .await
+        .expect_err("main is not a kiln branch");
         assert!(err.to_string().contains("kiln/<name>"), "{err}");
     }
 }

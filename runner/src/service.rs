@@ -4,10 +4,12 @@
 //! operators ask through [`RunControl`] (steer, cancel, approve or deny a
 //! held effect, hand back the work).
 //!
-//! At start-up, runs a dead runner left in `preparing` / `running` /
-//! `awaiting-approval` are failed with "runner restarted" (and re-queued
-//! when configured) before any worker starts; the sandbox backend removes
-//! their containers by label.
+//! At start-up, runs a dead runner left in `preparing` / `running` are
+//! failed with "runner restarted" (and re-queued when configured) before any
+//! worker starts, and their workspaces are removed; the sandbox backend
+//! removes their containers by label (`kiln serve` keeps one runner id per
+//! data directory, so a restart finds them). Runs `awaiting-approval` keep waiting: their worker had already
+//! ended, and a decision needs only the store and the run's bundle.
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -86,6 +88,12 @@ impl Runner {
                 r.was,
                 r.now
             );
+            // The dead worker never dropped its workspace and shadow repository.
+            if let Some(dir) = &self.services.runs_dir
+                && let Err(e) = crate::worker::remove_scratch(dir, &r.id.to_string())
+            {
+                tracing::error!("run {}: cannot remove its workspace: {e}", r.id);
+            }
         }
         Ok((0..workers.max(1))
             .map(|_| {

@@ -125,11 +125,11 @@ impl RunState {
     }
 
     /// True while a runner process owns the run (what a restart interrupts).
+    /// A run awaiting approval is not owned: its worker has ended and its
+    /// sandbox is gone, and its held effects are decided from the store alone,
+    /// so a restart must leave it waiting for the human.
     pub fn is_active(self) -> bool {
-        matches!(
-            self,
-            RunState::Preparing | RunState::Running | RunState::AwaitingApproval
-        )
+        matches!(self, RunState::Preparing | RunState::Running)
     }
 
     /// Whether `self → to` is a legal transition.
@@ -713,9 +713,11 @@ pub trait RunStore: Send + Sync {
     /// resume`): `note` becomes the run's instructions, and an event says
     /// who resumed it. Only a run in a final state can be resumed.
     async fn resume(&self, id: RunId, by: &str, note: Option<String>) -> Result<Run, StoreError>;
-    /// At startup: runs left active by a dead runner are failed with reason
-    /// "runner restarted", or re-queued if `policy` says so and attempts remain.
-    /// Each gets an event saying what happened.
+    /// At startup: runs left active ([`RunState::is_active`]: preparing or
+    /// running) by a dead runner are failed with reason "runner restarted",
+    /// or re-queued if `policy` says so and attempts remain. Runs awaiting
+    /// approval keep waiting. Each recovered run gets an event saying what
+    /// happened.
     async fn recover_after_restart(
         &self,
         policy: RecoveryPolicy,

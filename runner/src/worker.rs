@@ -9,7 +9,7 @@
 //! finish:  progress comment edited in place, sandbox destroyed, report
 //! ```
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::config::{Role, SandboxConfig};
@@ -96,10 +96,38 @@ pub struct Services {
     pub budgets: HashMap<Role, Budget>,
     /// Where repository mirrors are kept.
     pub mirrors: PathBuf,
-    /// Where each run's handback bundle is written (`<dir>/<run>/handback.bundle`);
-    /// `None` writes none.
+    /// Where each run's handback bundle is written (`<dir>/<run>/handback.bundle`),
+    /// and its workspace and shadow repository live while it runs
+    /// (`<dir>/<run>/scratch/`); `None` writes no bundle and keeps those in
+    /// the system temp dir.
     pub runs_dir: Option<PathBuf>,
 }
+
+/// The directory a run's workspace and shadow repository are created in:
+/// `<runs_dir>/<run>/scratch`, absolute (it is bind-mounted). Both are
+/// removed when the run ends; a runner killed mid-run leaves them here, where
+/// the restarted service finds and removes them ([`remove_scratch`]), instead
+/// of in the system temp dir among other processes' files.
+pub fn scratch_dir(runs_dir: &Path, run_id: &str) -> Result<PathBuf, String> {
+    let dir = runs_dir.join(run_id).join(SCRATCH);
+    std::fs::create_dir_all(&dir)
+        .and_then(|()| std::fs::canonicalize(&dir))
+        .map_err(|e| format!("cannot create {}: {e}", dir.display()))
+}
+
+/// Removes what a run interrupted by a crash left in its scratch directory
+/// (see [`scratch_dir`]); the run's bundle and transcript stay. Returns
+/// whether there was anything.
+pub fn remove_scratch(runs_dir: &Path, run_id: &str) -> std::io::Result<bool> {
+    let dir = runs_dir.join(run_id).join(SCRATCH);
+    match std::fs::remove_dir_all(&dir) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+const SCRATCH: &str = "scratch";
 
 /// Tells a run to stop: the plugin is dropped mid-call (its store with
 /// it), the sandbox destroyed, and the run ends `cancelled`.
@@ -400,12 +428,22 @@ async fn run_prepared(
         );
     }
     let branch = req.branch();
-    let workspace = Workspace::create(&mirror, &checkout, &branch, None)
+    let scratch = match &services.runs_dir {
+        Some(dir) => Some(scratch_dir(dir, &req.run_id).map_err(PrepareError::Workspace)?),
+        None => None,
+    };
+    let workspace = Workspace::create(&mirror, &checkout, &branch, scratch.as_deref())
         .await
         .map_err(|e| PrepareError::Workspace(e.to_string()))?;
-    let publisher = Publisher::new(mirror.path(), workspace.head(), workspace.path(), &branch)
-        .await
-        .map_err(|e| PrepareError::Workspace(e.to_string()))?;
+    let publisher = Publisher::new(
+        mirror.path(),
+        workspace.head(),
+        workspace.path(),
+        &branch,
+        scratch.as_deref(),
+    )
+    .await
+    .map_err(|e| PrepareError::Workspace(e.to_string()))?;
     events.record(
         EventKind::Progress,
         format!(
@@ -567,5 +605,34 @@ async fn destroy(
             EventKind::Warning,
             "sandbox still in use after the run; start-up cleanup will remove it".into(),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_crashed_runs_scratch_is_removed_and_its_bundle_kept() {
+        let runs = tempfile::tempdir().expect("tempdir");
+        let scratch = scratch_dir(runs.path(), "r1").expect("scratch");
+        assert!(scratch.is_absolute(), "it is bind-mounted: {scratch:?}");
+        // What a run killed mid-way leaves: a workspace and a shadow repository.
+        std::fs::create_dir_all(scratch.join("kiln-ws-abc/repo/src")).expect("mkdir");
+        std::fs::write(scratch.join("kiln-ws-abc/repo/src/a.rs"), "x").expect("write");
+        std::fs::create_dir_all(scratch.join("kiln-shadow-def/shadow.git")).expect("mkdir");
+        std::fs::write(runs.path().join("r1/handback.bundle"), "b").expect("write");
+
+        assert!(remove_scratch(runs.path(), "r1").expect("remove"));
+        assert!(!scratch.exists(), "the scratch directory should be gone");
+        assert!(
+            runs.path().join("r1/handback.bundle").is_file(),
+            "the run's bundle should be kept"
+        );
+        assert!(
+            !remove_scratch(runs.path(), "r1").expect("remove again"),
+            "nothing is left to remove the second time"
+        );
+        assert!(!remove_scratch(runs.path(), "r9").expect("unknown run"));
     }
 }

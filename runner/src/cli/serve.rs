@@ -48,7 +48,8 @@ pub async fn serve(args: ServeArgs, local: &LocalArgs) -> anyhow::Result<ExitCod
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("cannot create {}", data_dir.display()))?;
     let model = match (&args.script, &config.model) {
-        (Some(s), _) => Some(Arc::new(ScriptedProvider::load(s)?) as _),
+        // Every run replays the script from its start (one provider serves all).
+        (Some(s), _) => Some(Arc::new(ScriptedProvider::load(s)?.per_conversation()) as _),
         (None, Some(m)) => Some(build_provider(m, &config.secrets)?),
         (None, None) => match ModelConfig::from_env() {
             Some((m, secrets)) => {
@@ -69,6 +70,9 @@ pub async fn serve(args: ServeArgs, local: &LocalArgs) -> anyhow::Result<ExitCod
         .await
         .context("opening the store")?,
     );
+    // Stable per data directory: a restarted service removes its own orphans
+    // and never those of a service on another data directory.
+    let runner_id = app::serve_runner_id(&data_dir);
     let budgets = Role::ALL
         .into_iter()
         .map(|r| (r, config.budgets.budget_for(r.as_str())))
@@ -79,7 +83,7 @@ pub async fn serve(args: ServeArgs, local: &LocalArgs) -> anyhow::Result<ExitCod
             config: config.clone(),
             data_dir: data_dir.clone(),
             recipes: app::recipes_dir(),
-            runner_id: "serve".into(),
+            runner_id: runner_id.clone(),
             model,
             budgets,
         },
@@ -132,7 +136,7 @@ pub async fn serve(args: ServeArgs, local: &LocalArgs) -> anyhow::Result<ExitCod
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     eprintln!(
-        "kiln serve: listening on http://{} (dashboard at /, API at /runs, OpenAPI at /openapi.json); data in {}",
+        "kiln serve: listening on http://{} (dashboard at /, API at /runs, OpenAPI at /openapi.json); data in {}; sandboxes labelled dev.kiln.runner-id={runner_id}",
         listener.local_addr()?,
         data_dir.display()
     );

@@ -10,7 +10,8 @@
 //!     { "text": "final answer, no tool calls" } ] }
 //! ```
 //!
-//! Each call returns the next turn: stop reason `tool_use` when it has tool
+//! Each call returns the next turn (or, [`ScriptedProvider::per_conversation`],
+//! the turn after those already in the request's conversation): stop reason `tool_use` when it has tool
 //! calls, else `end_turn`; call ids `call-<turn>-<i>` (both from 1); usage
 //! estimated at four bytes a token of request and answer, so token budgets
 //! bind; cost 0. The script is checked whole at load, and a mistake is
@@ -63,6 +64,7 @@ pub struct ScriptedProvider {
     description: Option<String>,
     turns: Vec<Turn>,
     next: AtomicUsize,
+    per_conversation: bool,
 }
 
 impl ScriptedProvider {
@@ -134,7 +136,18 @@ impl ScriptedProvider {
             description,
             turns,
             next: AtomicUsize::new(0),
+            per_conversation: false,
         })
+    }
+
+    /// Replay the script from its first turn for every conversation: the
+    /// turn answered is the one after the assistant turns the request already
+    /// holds. This is what lets one provider serve many runs, one after the
+    /// other or at once (`kiln serve --script`); with the shared cursor every
+    /// run after the first found the script already used up.
+    pub fn per_conversation(mut self) -> Self {
+        self.per_conversation = true;
+        self
     }
 
     /// What the script says it demonstrates.
@@ -153,10 +166,20 @@ impl ScriptedProvider {
     }
 
     fn answer(&self, request: &CompletionRequest) -> Result<Completion, ModelError> {
-        let index = self.next.fetch_add(1, Ordering::SeqCst);
+        let index = if self.per_conversation {
+            request
+                .messages
+                .iter()
+                .filter(|m| m.role == Role::Assistant)
+                .count()
+        } else {
+            self.next.fetch_add(1, Ordering::SeqCst)
+        };
         let Some(turn) = self.turns.get(index) else {
-            // Keep the cursor from creeping towards overflow on a plugin that keeps asking.
-            self.next.store(self.turns.len(), Ordering::SeqCst);
+            if !self.per_conversation {
+                // Keep the cursor from creeping towards overflow on a plugin that keeps asking.
+                self.next.store(self.turns.len(), Ordering::SeqCst);
+            }
             return Err(ModelError::InvalidAnswer(format!(
                 "script {} ended after {} turns",
                 self.file,
@@ -364,6 +387,42 @@ mod tests {
                 ModelError::InvalidAnswer("script demo.json ended after 2 turns".into())
             );
         }
+    }
+
+    #[tokio::test]
+    async fn per_conversation_every_run_gets_the_script_from_its_start() {
+        let p = ScriptedProvider::from_json("demo.json", DEMO)
+            .expect("valid script")
+            .per_conversation();
+        // Two runs at once, interleaved: each starts at turn 1.
+        let a1 = p.complete(request()).await.expect("run a, turn 1");
+        let b1 = p.complete(request()).await.expect("run b, turn 1");
+        assert_eq!(a1.message, b1.message, "both runs should get turn 1 first");
+        assert_eq!(a1.stop_reason, StopReason::ToolUse);
+        let mut a = request();
+        let task = Message {
+            role: Role::User,
+            content: vec![ContentPart::Text {
+                text: "task".into(),
+            }],
+        };
+        a.messages = vec![task, a1.message];
+        let a2 = p.complete(a.clone()).await.expect("run a, turn 2");
+        assert_eq!(
+            a2.message,
+            Message::assistant_text("final answer, no tool calls"),
+            "run a's second request holds one assistant turn: it gets turn 2"
+        );
+        a.messages.push(a2.message);
+        assert_eq!(
+            p.complete(a).await.expect_err("run a is past the end"),
+            ModelError::InvalidAnswer("script demo.json ended after 2 turns".into())
+        );
+        assert_eq!(
+            p.complete(request()).await.map(|c| c.message),
+            Ok(b1.message),
+            "a later run still starts at turn 1"
+        );
     }
 
     #[test]

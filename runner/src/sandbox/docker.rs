@@ -105,6 +105,13 @@ impl DockerBackend {
         &self.runner_id
     }
 
+    /// The container's name. Run ids are only unique per runner (every
+    /// `kiln serve` numbers its runs from r1), so the runner id is part of it:
+    /// two services on one Docker host must not collide on `kiln-r1`.
+    fn container_name(&self, run_id: &str) -> String {
+        format!("kiln-{}-{run_id}", self.runner_id)
+    }
+
     fn labels(&self, run_id: &str) -> HashMap<String, String> {
         HashMap::from([
             (LABEL_MANAGED.to_string(), "true".to_string()),
@@ -206,9 +213,7 @@ impl DockerBackend {
         let network_mode = egress
             .as_ref()
             .map_or_else(|| "none".to_string(), |r| r.internal_network.clone());
-        // Run ids are unique only within one store: the runner id keeps two
-        // runners on one engine from colliding on names.
-        let name = format!("kiln-{}-{}", self.runner_id, spec.run_id);
+        let name = self.container_name(&spec.run_id);
         let body = self.container_body(&spec, network_mode);
         let created = self
             .docker
@@ -995,6 +1000,18 @@ mod tests {
             .expect("host config");
         assert_eq!(hc.mounts.expect("mounts")[0].read_only, Some(false));
         assert_eq!(hc.runtime.as_deref(), Some("runsc"));
+    }
+
+    #[test]
+    fn container_names_differ_between_runners_for_the_same_run_id() {
+        let docker = Docker::connect_with_local_defaults().expect("client");
+        let a = DockerBackend::new(docker.clone(), "serve-aaaa").expect("backend a");
+        let b = DockerBackend::new(docker, "serve-bbbb").expect("backend b");
+        assert_ne!(
+            a.container_name("r1"),
+            b.container_name("r1"),
+            "two runners' r1 containers should have different names"
+        );
     }
 
     #[test]

@@ -145,6 +145,8 @@ impl EgressRoute {
             (LABEL_RUN_ID.to_string(), run_id.to_string()),
             (LABEL_RUNNER_ID.to_string(), runner_id.to_string()),
         ]);
+        // Run ids are unique only per runner: the runner id keeps two
+        // services' `r1` networks and proxies apart.
         let internal_network = format!("kiln-{runner_id}-{run_id}-int");
         let outside_network = format!("kiln-{runner_id}-{run_id}-out");
         let proxy_container = format!("kiln-{runner_id}-{run_id}-proxy");

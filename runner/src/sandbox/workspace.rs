@@ -45,6 +45,26 @@ pub enum WorkspaceError {
     BadName(String),
 }
 
+/// Takes the exclusive lock on `path` (created if missing), waiting without
+/// blocking a runtime thread; released when the file is dropped.
+async fn lock(path: &Path) -> Result<std::fs::File, WorkspaceError> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(io("open", path))?;
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(file),
+            Err(std::fs::TryLockError::WouldBlock) => {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(io("lock", path)(e)),
+        }
+    }
+}
+
 fn io(what: &'static str, path: impl AsRef<Path>) -> impl FnOnce(std::io::Error) -> WorkspaceError {
     let path = path.as_ref().display().to_string();
     move |source| WorkspaceError::Io { what, path, source }
@@ -112,6 +132,10 @@ impl RepoMirror {
         std::fs::create_dir_all(cache_root).map_err(io("create", cache_root))?;
         let name = hex::encode(&Sha256::digest(url.as_bytes())[..12]);
         let path = cache_root.join(format!("{name}.git"));
+        // One sync of a mirror at a time: the first runs of a new repository
+        // on a service with many workers all cloned into the same partial
+        // directory and failed. An flock, so a dead process holds nothing.
+        let _lock = lock(&cache_root.join(format!("{name}.lock"))).await?;
         if path.join("HEAD").is_file() {
             git(Some(&path), ["fetch", "--prune", "--quiet", "origin"]).await?;
         } else {
@@ -369,6 +393,39 @@ mod tests {
             .map(|s| s.success())
             .unwrap_or(false);
         assert!(ok, "git {args:?} should succeed");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn runs_syncing_one_new_repository_at_once_all_get_a_mirror() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let src = tmp.path().join("src");
+        std::fs::create_dir(&src).expect("mkdir");
+        git_sync(&src, &["init", "-q", "-b", "main"]);
+        std::fs::write(src.join("a"), "one\n").expect("write");
+        git_sync(&src, &["add", "a"]);
+        git_sync(&src, &["commit", "-q", "-m", "one"]);
+        let cache = tmp.path().join("mirrors");
+        let url = src.to_string_lossy().into_owned();
+        // The first runs of a new repository on a service with many workers:
+        // every one clones (or waits for the clone), then all fetch at once.
+        for round in ["clone", "fetch"] {
+            let syncs: Vec<_> = (0..8)
+                .map(|_| {
+                    let (cache, url) = (cache.clone(), url.clone());
+                    tokio::spawn(async move { RepoMirror::sync(&cache, &url).await })
+                })
+                .collect();
+            for s in syncs {
+                let mirror = s
+                    .await
+                    .expect("sync task")
+                    .unwrap_or_else(|e| panic!("every concurrent {round} should succeed: {e}"));
+                assert!(
+                    mirror.resolve("main").await.is_ok(),
+                    "the mirror should have main after a concurrent {round}"
+                );
+            }
+        }
     }
 
     #[tokio::test]

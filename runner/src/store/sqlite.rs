@@ -865,11 +865,19 @@ impl RunStore for SqliteStore {
         &self,
         policy: RecoveryPolicy,
     ) -> Result<Vec<Recovered>, StoreError> {
+        // The states a restart interrupts, named in one place (is_active).
+        let active = RunState::ALL
+            .into_iter()
+            .filter(|s| s.is_active())
+            .map(|s| format!("'{}'", s.as_str()))
+            .collect::<Vec<_>>()
+            .join(", ");
         self.write(move |conn, st| {
             let left: Vec<(RunId, RunState, u32)> = query_all(
                 conn,
-                "SELECT id, state, attempts FROM runs \
-                 WHERE state IN ('preparing', 'running', 'awaiting-approval') ORDER BY id",
+                &format!(
+                    "SELECT id, state, attempts FROM runs WHERE state IN ({active}) ORDER BY id"
+                ),
                 [],
                 |row| {
                     let state: String = row.get(1)?;

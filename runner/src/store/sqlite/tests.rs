@@ -660,6 +660,10 @@ async fn restart_recovery_fails_or_requeues_interrupted_runs() {
         .await
         .expect("await");
     store
+        .hold_effect(ids[2], "e1", serde_json::json!({"held": "a pull request"}))
+        .await
+        .expect("hold");
+    store
         .transition(ids[3], RunState::Running, RunState::Succeeded, None)
         .await
         .expect("done");
@@ -684,12 +688,23 @@ async fn restart_recovery_fails_or_requeues_interrupted_runs() {
                 was: RunState::Running,
                 now: RunState::Queued
             },
-            Recovered {
-                id: ids[2],
-                was: RunState::AwaitingApproval,
-                now: RunState::Queued
-            },
         ]
+    );
+    // r3's worker had ended before the restart: it still waits for a human,
+    // with its held effect, and its log has nothing about a restart.
+    assert_eq!(
+        store.get_run(ids[2]).await.map(|r| r.state),
+        Ok(RunState::AwaitingApproval),
+        "a run awaiting approval should survive a restart"
+    );
+    assert_eq!(
+        store.pending_effects(ids[2]).await.map(|p| p.len()),
+        Ok(1),
+        "its held effect should still be pending"
+    );
+    assert_eq!(
+        store.events_after(ids[2], 0, 10).await.map(|e| e.len()),
+        Ok(0)
     );
     let ev = store.events_after(ids[1], 0, 10).await.expect("events");
     assert_eq!(ev.len(), 1);

@@ -1,0 +1,578 @@
+//! Crash recovery of a whole `kiln serve`, with a real `kill -9`: the built
+//! `kiln` binary serves a temp data directory on a free loopback port, an
+//! implementation run on the local forge is parked in a `sleep` inside its
+//! real Docker sandbox, the service is SIGKILLed, and a second `kiln serve`
+//! on the same data directory must find the run's container by its labels
+//! and remove it, remove its workspace, keep every event the API served before the kill, in order,
+//! and fail the run with "runner restarted" — or, with `--requeue`, run it
+//! again to its end. No run may be left `running`.
+//!
+//! The two tests run at once on one Docker host, each with its own data
+//! directory and so its own runner id: each service's start-up orphan
+//! removal must leave the other's sandbox alone, and both runs are `r1`.
+
+#[path = "support/images.rs"]
+mod images;
+
+use std::fs::File;
+use std::os::unix::process::ExitStatusExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bollard::Docker;
+use bollard::query_parameters::ListContainersOptionsBuilder;
+use kiln::api::client::Client;
+use kiln::sandbox::{LABEL_RUN_ID, LABEL_RUNNER_ID};
+use kiln::store::{RunState, StoredEvent};
+
+const KILN: &str = env!("CARGO_BIN_EXE_kiln");
+/// The command the first run is parked in: distinctive, so `docker top` can
+/// tell it from the sandbox's own `sleep 3600`, and shorter than the default
+/// 600 s exec timeout, so it is still running when the service is killed.
+const PARKED: &str = "sleep 577";
+
+/// The first service's model: one turn that runs the long command.
+const LONG_SCRIPT: &str = r#"{ "description": "parks the run in a long command",
+  "turns": [ { "text": "Running the slow test suite first.",
+    "tool_calls": [ { "name": "run_command", "arguments": { "argv": ["sleep", "577"] } } ] } ] }"#;
+
+/// The re-queued run's model: a short command, then it stops for a human.
+const FINISH_SCRIPT: &str = r#"{ "description": "runs a short command and stops",
+  "turns": [
+    { "tool_calls": [ { "name": "run_command", "arguments": { "argv": ["true"] } } ] },
+    { "tool_calls": [ { "name": "submit_implementation", "arguments": {
+        "status": "blocked", "title": "Nothing changed", "summary": "The crash test stops here.",
+        "commit_message": "none", "blocked_reason": "the crash test stops here" } } ] } ] }"#;
+
+/// One `kiln serve` child; killed (SIGKILL) and reaped when dropped, so a
+/// failing test leaves no service behind. Its output goes to a log file,
+/// printed when the test fails.
+struct Serve {
+    child: Child,
+    log: PathBuf,
+    url: String,
+}
+
+impl Serve {
+    /// Start `kiln serve` on `env`'s data directory, on a free loopback
+    /// port, with the model script `script`.
+    fn start(env: &Env, name: &str, script: &Path, requeue: bool) -> Serve {
+        let port = free_port();
+        let log = env.root.join(format!("{name}.log"));
+        let out = File::create(&log).expect("create the serve log");
+        let mut cmd = env.kiln();
+        cmd.args(["serve", "--workers", "1", "--listen"])
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--script")
+            .arg(script)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().expect("log handle"))
+            .stderr(out);
+        if requeue {
+            cmd.arg("--requeue");
+        }
+        let child = cmd.spawn().expect("spawn kiln serve");
+        Serve {
+            child,
+            log,
+            url: format!("http://127.0.0.1:{port}"),
+        }
+    }
+
+    /// Panics with the service's log if it has exited.
+    fn assert_alive(&mut self) {
+        if let Some(status) = self.child.try_wait().expect("poll kiln serve") {
+            panic!(
+                "kiln serve exited early ({status}); its log:\n{}",
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
+        }
+    }
+
+    /// Wait until the service answers `/healthz`: by then it has removed its
+    /// orphans and recovered the store (both happen before it listens).
+    async fn ready(&mut self) {
+        let url = format!("{}/healthz", self.url);
+        let url = &url;
+        // Minutes: the first start may build the sandbox image.
+        wait_for(
+            self,
+            "kiln serve to answer /healthz",
+            600,
+            move || async move {
+                let ok = reqwest::get(url)
+                    .await
+                    .is_ok_and(|r| r.status().is_success());
+                ok.then_some(())
+            },
+        )
+        .await;
+    }
+
+    /// SIGKILL: no destructor, no flush, no graceful shutdown.
+    fn kill_9(&mut self) {
+        self.child.kill().expect("kill -9 kiln serve");
+        let status = self.child.wait().expect("reap kiln serve");
+        assert_eq!(
+            status.signal(),
+            Some(9),
+            "kiln serve should have died from SIGKILL, got {status}"
+        );
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!(
+                "--- {} ---\n{}",
+                self.log.display(),
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
+        }
+    }
+}
+
+/// Removes every container of this test's runner id when dropped, so a
+/// failing test does not leave a `sleep 577` sandbox behind.
+struct Containers(String);
+
+impl Drop for Containers {
+    fn drop(&mut self) {
+        let filter = format!("label={LABEL_RUNNER_ID}={}", self.0);
+        let Ok(out) = Command::new("docker")
+            .args(["ps", "-aq", "--filter", &filter])
+            .output()
+        else {
+            return;
+        };
+        let ids = String::from_utf8_lossy(&out.stdout);
+        let ids: Vec<&str> = ids.split_whitespace().collect();
+        if !ids.is_empty() {
+            let _ = Command::new("docker")
+                .args(["rm", "-f"])
+                .args(&ids)
+                .stdout(Stdio::null())
+                .status();
+        }
+    }
+}
+
+/// A temp data directory with a local-forge repository and issue #1, which
+/// has an approved spec, and a viewer token for the API.
+struct Env {
+    root: PathBuf,
+    data: PathBuf,
+    token: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Env {
+    fn new() -> Env {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let root = dir.path().to_path_buf();
+        let data = root.join("data");
+        let src = root.join("src");
+        std::fs::create_dir_all(src.join("specs/issue-1")).expect("mkdir");
+        std::fs::write(src.join("README.md"), "# Widgets\n").expect("write");
+        std::fs::write(
+            src.join("specs/issue-1/PRODUCT.md"),
+            "# Faster tests\nThe suite runs in under a minute.\n",
+        )
+        .expect("write");
+        std::fs::write(
+            src.join("specs/issue-1/TECH.md"),
+            "# Approach\nRun the slow suite once to measure it.\n",
+        )
+        .expect("write");
+        let mut env = Env {
+            root,
+            data,
+            token: String::new(),
+            _dir: dir,
+        };
+        env.ok(&["repo", "create", "local/crash", "--from"], &[&src]);
+        env.ok(
+            &[
+                "issue",
+                "new",
+                "-R",
+                "local/crash",
+                "-t",
+                "Make the tests faster",
+                "-b",
+                "They take ten minutes.",
+                "-l",
+                "plan-approved",
+            ],
+            &[],
+        );
+        env.token = env
+            .ok(&["token", "create", "crash-test", "--scope", "viewer"], &[])
+            .trim()
+            .to_string();
+        env
+    }
+
+    /// `kiln` with this environment's data directory, as user alice, in a
+    /// directory without a kiln.toml.
+    fn kiln(&self) -> Command {
+        let mut cmd = Command::new(KILN);
+        cmd.current_dir(&self.root)
+            .env("KILN_DATA_DIR", &self.data)
+            .env("KILN_USER", "alice")
+            .env(
+                "KILN_IMAGES_DIR",
+                Path::new(env!("CARGO_MANIFEST_DIR")).join("../sandbox-images"),
+            )
+            .env_remove("KILN_REPO")
+            .env_remove("KILN_CONFIG")
+            .env_remove("KILN_LISTEN");
+        cmd
+    }
+
+    /// Run a `kiln` command that must succeed; its stdout.
+    fn ok(&self, args: &[&str], paths: &[&Path]) -> String {
+        let out = self
+            .kiln()
+            .args(args)
+            .args(paths)
+            .output()
+            .expect("run kiln");
+        assert!(
+            out.status.success(),
+            "kiln {args:?} should succeed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn script(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.root.join(name);
+        std::fs::write(&path, text).expect("write script");
+        path
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free loopback port")
+        .port()
+}
+
+/// Poll `check` until it answers, failing the test after `secs` seconds or
+/// as soon as the service dies. Waits for a condition; asserts no duration.
+async fn wait_for<T, F, Fut>(serve: &mut Serve, what: &str, secs: u64, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        serve.assert_alive();
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(secs),
+            "gave up waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Every event of run r1 the API serves, in order.
+async fn events(client: &Client) -> Vec<StoredEvent> {
+    let mut all: Vec<StoredEvent> = Vec::new();
+    loop {
+        let after = all.last().map_or(0, |e| e.seq);
+        let (page, _) = client.events_page(1, after).await.expect("events page");
+        if page.is_empty() {
+            return all;
+        }
+        all.extend(page);
+    }
+}
+
+/// Ids of the containers labelled with `runner` and run `r1`.
+async fn r1_containers(docker: &Docker, runner: &str) -> Vec<String> {
+    let filters = std::collections::HashMap::from([(
+        "label".to_string(),
+        vec![
+            format!("{LABEL_RUNNER_ID}={runner}"),
+            format!("{LABEL_RUN_ID}=r1"),
+        ],
+    )]);
+    docker
+        .list_containers(Some(
+            ListContainersOptionsBuilder::default()
+                .all(true)
+                .filters(&filters)
+                .build(),
+        ))
+        .await
+        .expect("list containers")
+        .into_iter()
+        .filter_map(|c| c.id)
+        .collect()
+}
+
+/// True if `PARKED` is running in container `id`.
+async fn parked_in(docker: &Docker, id: &str) -> bool {
+    docker
+        .top_processes(id, None)
+        .await
+        .ok()
+        .and_then(|t| t.processes)
+        .is_some_and(|ps| ps.iter().any(|p| p.join(" ").contains(PARKED)))
+}
+
+/// True if container `id` exists (running or not).
+async fn exists(docker: &Docker, id: &str) -> bool {
+    match docker.inspect_container(id, None).await {
+        Ok(_) => true,
+        Err(bollard::errors::Error::DockerResponseServerError {
+            status_code: 404, ..
+        }) => false,
+        Err(e) => panic!("inspect container {id}: {e}"),
+    }
+}
+
+/// Directories a run's workspace and shadow repository are kept in while it
+/// runs, under `<data>/runs/r1/scratch/`.
+fn r1_scratch(env: &Env) -> Vec<PathBuf> {
+    std::fs::read_dir(env.data.join("runs/r1/scratch"))
+        .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
+        .unwrap_or_default()
+}
+
+/// Everything up to the kill, shared by both tests: returns the events the
+/// API served before it and the id of the run's container.
+async fn kill_mid_run(env: &Env, docker: &Docker, runner: &str) -> (Vec<StoredEvent>, String) {
+    let long = env.script("long.json", LONG_SCRIPT);
+    let mut serve = Serve::start(env, "serve-1", &long, false);
+    serve.ready().await;
+    let queued = env.ok(
+        &[
+            "run",
+            "--role",
+            "implementation",
+            "--issue",
+            "1",
+            "--queue",
+            "-R",
+            "local/crash",
+        ],
+        &[],
+    );
+    assert!(
+        queued.contains("queued run r1"),
+        "kiln run --queue: {queued}"
+    );
+    let client = Client::new(&serve.url, Some(env.token.clone())).expect("client");
+    let client = &client;
+
+    // Mid-run: r1 is running and its sandbox is executing the long command.
+    let container = wait_for(
+        &mut serve,
+        "r1 to be running with its command in the sandbox",
+        300,
+        move || async move {
+            let run = client.run(1).await.ok()?;
+            assert!(
+                !run.state.is_terminal(),
+                "r1 ended before it was killed: {run:?}"
+            );
+            if run.state != RunState::Running {
+                return None;
+            }
+            let ids = r1_containers(docker, runner).await;
+            let [id] = ids.as_slice() else { return None };
+            parked_in(docker, id).await.then(|| id.clone())
+        },
+    )
+    .await;
+    let before = events(client).await;
+    assert!(
+        before.iter().any(|e| e.kind["type"] == "policy"
+            && e.kind["action"] == "workspace.exec"
+            && e.kind["verdict"] == "allow"),
+        "the exec should have been allowed and logged before the kill: {before:#?}"
+    );
+
+    serve.kill_9();
+    assert!(
+        exists(docker, &container).await && parked_in(docker, &container).await,
+        "the run's container should outlive the killed runner, still running {PARKED}"
+    );
+    assert!(
+        !r1_scratch(env).is_empty(),
+        "the killed runner should have left r1's workspace behind"
+    );
+    (before, container)
+}
+
+/// After a restart: the events served before the kill are all there, in
+/// order, and the next one says the runner restarted. Returns what follows.
+fn assert_kept(before: &[StoredEvent], after: &[StoredEvent]) -> Vec<StoredEvent> {
+    assert!(
+        after.len() > before.len(),
+        "the restart should have added an event to the {} kept",
+        before.len()
+    );
+    assert_eq!(
+        &after[..before.len()],
+        before,
+        "every event served before the kill should be kept, unchanged and in order"
+    );
+    let seqs: Vec<u64> = after.iter().map(|e| e.seq).collect();
+    let want: Vec<u64> = (1..=after.len() as u64).collect();
+    assert_eq!(seqs, want, "the log should have no gaps");
+    let next = &after[before.len()];
+    assert!(
+        next.kind["type"] == "warning" && next.message.contains("runner restarted while running"),
+        "the first event after the kill should say the runner restarted, got {next:?}"
+    );
+    after[before.len()..].to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_run_then_restart_fails_the_run_and_removes_its_container() {
+    images::images().await;
+    let docker = images::docker().await;
+    let env = Env::new();
+    let runner = kiln::app::serve_runner_id(&env.data);
+    let _cleanup = Containers(runner.clone());
+    let (before, container) = kill_mid_run(&env, &docker, &runner).await;
+
+    let long = env.root.join("long.json");
+    let mut serve = Serve::start(&env, "serve-2", &long, false);
+    serve.ready().await;
+    assert!(
+        !exists(&docker, &container).await,
+        "the restarted service should have removed the orphaned container {container}"
+    );
+    assert_eq!(
+        r1_containers(&docker, &runner).await,
+        Vec::<String>::new(),
+        "no container of r1 should be left"
+    );
+    assert_eq!(
+        r1_scratch(&env),
+        Vec::<PathBuf>::new(),
+        "the restarted service should have removed r1's workspace"
+    );
+    let client = Client::new(&serve.url, Some(env.token.clone())).expect("client");
+    let run = client.run(1).await.expect("r1");
+    assert_eq!(
+        run.state,
+        RunState::Failed,
+        "r1 should have failed: {run:?}"
+    );
+    assert_eq!(run.reason.as_deref(), Some("runner restarted"));
+    assert_kept(&before, &events(&client).await);
+    let stuck = client
+        .runs("state=queued,preparing,running")
+        .await
+        .expect("runs");
+    assert!(stuck.is_empty(), "no run should be left active: {stuck:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_run_then_restart_with_requeue_runs_it_again_to_its_end() {
+    images::images().await;
+    let docker = images::docker().await;
+    let env = Env::new();
+    let runner = kiln::app::serve_runner_id(&env.data);
+    let _cleanup = Containers(runner.clone());
+    let (before, container) = kill_mid_run(&env, &docker, &runner).await;
+
+    let finish = env.script("finish.json", FINISH_SCRIPT);
+    let mut serve = Serve::start(&env, "serve-2", &finish, true);
+    serve.ready().await;
+    assert!(
+        !exists(&docker, &container).await,
+        "the restarted service should have removed the orphaned container {container}"
+    );
+    let client = Client::new(&serve.url, Some(env.token.clone())).expect("client");
+    let client = &client;
+    let run = wait_for(
+        &mut serve,
+        "the re-queued r1 to end",
+        300,
+        move || async move {
+            let run = client.run(1).await.ok()?;
+            run.state.is_terminal().then_some(run)
+        },
+    )
+    .await;
+    assert_eq!(
+        (run.state, run.reason.as_deref(), run.attempts),
+        (RunState::Blocked, Some("the crash test stops here"), 2),
+        "r1 should have run a second time, to the end its script gives: {run:?}"
+    );
+    let rest = assert_kept(&before, &events(client).await);
+    assert!(
+        rest[0].message.contains("re-queued (attempt 2 of 3)"),
+        "the restart should say the run was re-queued: {:?}",
+        rest[0]
+    );
+    assert!(
+        rest.iter()
+            .any(|e| e.kind["type"] == "policy" && e.kind["action"] == "workspace.exec"),
+        "the second attempt should have run its command in a new sandbox: {rest:#?}"
+    );
+    let (docker, runner) = (&docker, runner.as_str());
+    wait_for(
+        &mut serve,
+        "r1's second sandbox to be removed",
+        60,
+        move || async move { r1_containers(docker, runner).await.is_empty().then_some(()) },
+    )
+    .await;
+    assert_eq!(
+        r1_scratch(&env),
+        Vec::<PathBuf>::new(),
+        "neither attempt should have left a workspace behind"
+    );
+
+    // The recovered service goes on working: a new run replays the script
+    // from its start too (it used to find it used up by r1).
+    let queued = env.ok(
+        &[
+            "run",
+            "--role",
+            "implementation",
+            "--issue",
+            "1",
+            "--queue",
+            "-R",
+            "local/crash",
+        ],
+        &[],
+    );
+    assert!(
+        queued.contains("queued run r2"),
+        "kiln run --queue: {queued}"
+    );
+    let r2 = wait_for(&mut serve, "r2 to end", 300, move || async move {
+        let run = client.run(2).await.ok()?;
+        run.state.is_terminal().then_some(run)
+    })
+    .await;
+    assert_eq!(
+        (r2.state, r2.reason.as_deref()),
+        (RunState::Blocked, Some("the crash test stops here")),
+        "r2 should have run its whole script: {r2:?}"
+    );
+    let stuck = client
+        .runs("state=queued,preparing,running")
+        .await
+        .expect("runs");
+    assert!(stuck.is_empty(), "no run should be left active: {stuck:?}");
+}
