@@ -151,6 +151,31 @@ async fn setup(runner_id: &str, script: &str) -> Setup {
     }
 }
 
+/// Queue an implementation run of issue #1, started by a maintainer's
+/// `ready-to-implement` label (no spec needed), and wake the workers.
+async fn queue_implementation(s: &Setup) -> RunId {
+    let id = s
+        .store
+        .enqueue_run(NewRun {
+            repo: s.forge.repo().clone(),
+            role: Role::Implementation,
+            number: 1,
+            trigger: Trigger {
+                kind: TriggerKind::Label {
+                    label: "ready-to-implement".into(),
+                },
+                actor: "alice".into(),
+                actor_trust: Trust::Trusted,
+                delivery: None,
+                instructions: None,
+            },
+        })
+        .await
+        .expect("enqueue");
+    s.runner.notify_queued();
+    id
+}
+
 /// Wait (without timing assertions) until the run's state satisfies `done`.
 async fn wait_for(store: &dyn RunStore, id: RunId, done: impl Fn(RunState) -> bool) -> Run {
     tokio::time::timeout(Duration::from_secs(180), async {
@@ -255,25 +280,7 @@ fn git(dir: &Path, args: &[&str]) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operator_attaches_to_a_live_run_then_resumes_it_with_their_commit() {
     let s = setup("test-operator", SCRIPT).await;
-    let id = s
-        .store
-        .enqueue_run(NewRun {
-            repo: s.forge.repo().clone(),
-            role: Role::Implementation,
-            number: 1,
-            trigger: Trigger {
-                kind: TriggerKind::Label {
-                    label: "ready-to-implement".into(),
-                },
-                actor: "alice".into(),
-                actor_trust: Trust::Trusted,
-                delivery: None,
-                instructions: None,
-            },
-        })
-        .await
-        .expect("enqueue");
-    s.runner.notify_queued();
+    let id = queue_implementation(&s).await;
     let here = s.root.path();
 
     // Once the plugin started, the sandbox is up; the agent's first command
@@ -519,25 +526,7 @@ async fn cancel_during_a_long_command_kills_it_and_removes_the_sandbox() {
       "turns": [ { "tool_calls": [ { "name": "run_command", "arguments": { "argv": ["bash", "-c", "echo started-long-work; sleep 300"] } } ] } ] }"#;
     let runner = "test-operator-cancel";
     let s = setup(runner, script).await;
-    let id = s
-        .store
-        .enqueue_run(NewRun {
-            repo: s.forge.repo().clone(),
-            role: Role::Implementation,
-            number: 1,
-            trigger: Trigger {
-                kind: TriggerKind::Label {
-                    label: "ready-to-implement".into(),
-                },
-                actor: "alice".into(),
-                actor_trust: Trust::Trusted,
-                delivery: None,
-                instructions: None,
-            },
-        })
-        .await
-        .expect("enqueue");
-    s.runner.notify_queued();
+    let id = queue_implementation(&s).await;
     // The gate allowed the command; give it a moment to be running (the
     // cancel is right either way, this makes "mid-command" the usual case).
     wait_for_event(&*s.store, id, "sleep 300").await;
@@ -582,25 +571,7 @@ async fn secrets_in_command_output_and_a_pull_request_never_leave_the_run() {
       ] }}"#
     );
     let s = setup("test-operator-canary", &script).await;
-    let id = s
-        .store
-        .enqueue_run(NewRun {
-            repo: s.forge.repo().clone(),
-            role: Role::Implementation,
-            number: 1,
-            trigger: Trigger {
-                kind: TriggerKind::Label {
-                    label: "ready-to-implement".into(),
-                },
-                actor: "alice".into(),
-                actor_trust: Trust::Trusted,
-                delivery: None,
-                instructions: None,
-            },
-        })
-        .await
-        .expect("enqueue");
-    s.runner.notify_queued();
+    let id = queue_implementation(&s).await;
     let run = wait_for(&*s.store, id, RunState::is_terminal).await;
     assert_eq!(run.state, RunState::Succeeded, "{:?}", run.reason);
     let leaked = |what: &str, text: &str| {

@@ -142,6 +142,23 @@ pub enum FeedItem {
     StreamError(String),
 }
 
+/// An error answer of the API: its JSON `{error, message}`, or the start of
+/// whatever else it sent.
+fn api_error(status: StatusCode, body: &[u8]) -> ClientError {
+    match serde_json::from_slice::<ErrorBody>(body) {
+        Ok(b) => ClientError::Api {
+            status,
+            code: b.error,
+            message: b.message,
+        },
+        Err(_) => ClientError::Api {
+            status,
+            code: "unknown".into(),
+            message: String::from_utf8_lossy(body).chars().take(500).collect(),
+        },
+    }
+}
+
 /// A client of one runner API.
 #[derive(Debug, Clone)]
 pub struct Client {
@@ -186,19 +203,8 @@ impl Client {
             return Ok(response);
         }
         let status = response.status();
-        let text = response.text().await.unwrap_or_default();
-        Err(match serde_json::from_str::<ErrorBody>(&text) {
-            Ok(body) => ClientError::Api {
-                status,
-                code: body.error,
-                message: body.message,
-            },
-            Err(_) => ClientError::Api {
-                status,
-                code: "unknown".into(),
-                message: text.chars().take(500).collect(),
-            },
-        })
+        let body = response.bytes().await.unwrap_or_default();
+        Err(api_error(status, &body))
     }
 
     async fn json<T: DeserializeOwned>(
@@ -408,19 +414,10 @@ impl Client {
             Err(tungstenite::Error::Http(response)) => {
                 let status = StatusCode::from_u16(response.status().as_u16())
                     .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-                let body = response.body().as_deref().unwrap_or_default();
-                Err(match serde_json::from_slice::<ErrorBody>(body) {
-                    Ok(b) => ClientError::Api {
-                        status,
-                        code: b.error,
-                        message: b.message,
-                    },
-                    Err(_) => ClientError::Api {
-                        status,
-                        code: "unknown".into(),
-                        message: String::from_utf8_lossy(body).chars().take(500).collect(),
-                    },
-                })
+                Err(api_error(
+                    status,
+                    response.body().as_deref().unwrap_or_default(),
+                ))
             }
             Err(e) => Err(socket_err(e.to_string())),
         }

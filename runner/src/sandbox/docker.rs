@@ -756,17 +756,9 @@ impl DockerBackend {
         &self,
         prefix: &str,
     ) -> Result<usize, SandboxError> {
-        let filter = HashMap::from([("label".to_string(), vec![format!("{LABEL_MANAGED}=true")])]);
         let containers = self
-            .docker
-            .list_containers(Some(
-                ListContainersOptionsBuilder::default()
-                    .all(true)
-                    .filters(&filter)
-                    .build(),
-            ))
-            .await
-            .map_err(SandboxError::engine("list sandbox containers"))?;
+            .containers_labelled(&format!("{LABEL_MANAGED}=true"))
+            .await?;
         let mut dead: Vec<String> = containers
             .iter()
             .filter_map(|c| c.labels.as_ref()?.get(LABEL_RUNNER_ID).cloned())
@@ -793,13 +785,13 @@ impl DockerBackend {
         Ok(removed)
     }
 
-    async fn remove_orphans_impl(&self) -> Result<usize, SandboxError> {
-        let filter = HashMap::from([(
-            "label".to_string(),
-            vec![format!("{LABEL_RUNNER_ID}={}", self.runner_id)],
-        )]);
-        let containers = self
-            .docker
+    /// Every container (running or not) with the label `key=value`.
+    async fn containers_labelled(
+        &self,
+        label: &str,
+    ) -> Result<Vec<bollard::models::ContainerSummary>, SandboxError> {
+        let filter = HashMap::from([("label".to_string(), vec![label.to_string()])]);
+        self.docker
             .list_containers(Some(
                 ListContainersOptionsBuilder::default()
                     .all(true)
@@ -807,7 +799,13 @@ impl DockerBackend {
                     .build(),
             ))
             .await
-            .map_err(SandboxError::engine("list orphan containers"))?;
+            .map_err(SandboxError::engine(format!("list containers labelled {label}")))
+    }
+
+    async fn remove_orphans_impl(&self) -> Result<usize, SandboxError> {
+        let label = format!("{LABEL_RUNNER_ID}={}", self.runner_id);
+        let containers = self.containers_labelled(&label).await?;
+        let filter = HashMap::from([("label".to_string(), vec![label])]);
         let mut removed = 0;
         for c in containers {
             let Some(id) = c.id else { continue };
