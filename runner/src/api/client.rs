@@ -74,25 +74,47 @@ pub struct SseParser {
 impl SseParser {
     /// Feed bytes; returns the messages completed by them.
     pub fn push(&mut self, chunk: &[u8]) -> Vec<SseMessage> {
-        self.buf.extend_from_slice(chunk);
-        let buf = std::mem::take(&mut self.buf);
         let mut out = Vec::new();
+        let mut rest = chunk;
+        if !self.buf.is_empty() {
+            // Finish the line left over from the last chunk; copy no more
+            // of this chunk than that line.
+            let Some(nl) = memchr::memchr(b'\n', rest) else {
+                self.buf.extend_from_slice(rest);
+                return out;
+            };
+            self.buf
+                .extend_from_slice(rest.get(..=nl).unwrap_or_default());
+            rest = rest.get(nl + 1..).unwrap_or_default();
+            let line = std::mem::take(&mut self.buf);
+            self.lines(&line, &mut out);
+            self.buf = line;
+            self.buf.clear();
+        }
+        // The rest is parsed where it lies; only an unfinished last line is kept.
+        let used = self.lines(rest, &mut out);
+        self.buf
+            .extend_from_slice(rest.get(used..).unwrap_or_default());
+        out
+    }
+
+    /// Handles every complete line of `bytes`; returns the bytes they took.
+    fn lines(&mut self, bytes: &[u8], out: &mut Vec<SseMessage>) -> usize {
         let mut start = 0;
-        // One pass over the buffer, then one move of the unfinished tail:
-        // a chunk holding many frames costs linear time.
-        while let Some(len) = buf
-            .get(start..)
-            .and_then(|rest| rest.iter().position(|b| *b == b'\n'))
-        {
-            let mut line = buf.get(start..start + len).unwrap_or_default();
-            start += len + 1;
+        for end in memchr::memchr_iter(b'\n', bytes) {
+            let mut line = bytes.get(start..end).unwrap_or_default();
+            start = end + 1;
             if let Some(stripped) = line.strip_suffix(b"\r") {
                 line = stripped;
             }
-            self.line(&String::from_utf8_lossy(line), &mut out);
+            // The strict check first: much faster than the lossy one on
+            // valid text (the usual case), which needs no replacement.
+            match std::str::from_utf8(line) {
+                Ok(text) => self.line(text, out),
+                Err(_) => self.line(&String::from_utf8_lossy(line), out),
+            }
         }
-        self.buf = buf.get(start..).unwrap_or_default().to_vec();
-        out
+        start
     }
 
     fn line(&mut self, line: &str, out: &mut Vec<SseMessage>) {
@@ -525,5 +547,21 @@ mod tests {
                 },
             ]
         );
+    }
+
+    #[test]
+    fn sse_messages_are_the_same_however_the_bytes_are_split() {
+        let stream: &[u8] = b"id: 1\ndata: {\"a\":1}\n\n: c\r\nid: 2\r\ndata: b\xffc\r\n\r\n";
+        let whole = SseParser::default().push(stream);
+        assert_eq!(whole.len(), 2);
+        assert_eq!(
+            whole[1].data, "b\u{fffd}c",
+            "invalid UTF-8 is replaced, not dropped"
+        );
+        for size in 1..stream.len() {
+            let mut p = SseParser::default();
+            let split: Vec<SseMessage> = stream.chunks(size).flat_map(|c| p.push(c)).collect();
+            assert_eq!(split, whole, "chunks of {size} bytes");
+        }
     }
 }

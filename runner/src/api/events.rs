@@ -11,7 +11,6 @@
 //!   poll.
 //!
 //! Every event is redacted again before it is served.
-use std::collections::VecDeque;
 use std::time::Duration;
 
 use std::convert::Infallible;
@@ -22,6 +21,7 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderName, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt as _;
+use futures_util::stream::ReadyChunks;
 use serde_json::{Value, json};
 use tokio::time::{Interval, MissedTickBehavior};
 
@@ -42,7 +42,7 @@ const STATE_CHECK: Duration = Duration::from_secs(1);
 /// Idle state checks between keep-alive comments (15 s).
 const KEEP_ALIVE_TICKS: u32 = 15;
 
-/// Most frames sent in one chunk.
+/// Most events rendered into one chunk of the body.
 const MAX_BATCH: usize = 256;
 
 /// Redacts every string inside a JSON value.
@@ -137,11 +137,7 @@ pub async fn events(
             })?;
     }
     let sub = state.store.subscribe(run, after).await?;
-    // Every frame ready at once goes out as one chunk: with many watchers,
-    // one write per event per watcher is what would cost, not the events.
-    let body = feed(state, run, after, sub)
-        .ready_chunks(MAX_BATCH)
-        .map(|frames| Ok::<_, Infallible>(Bytes::from(frames.concat())));
+    let body = feed(state, run, after, sub).map(Ok::<_, Infallible>);
     Ok((
         [
             (header::CONTENT_TYPE, "text/event-stream"),
@@ -155,10 +151,12 @@ pub async fn events(
 }
 
 enum Phase {
-    /// Following the store's subscription.
-    Live(EventStream),
-    /// The run is final: serve what is left, then `end`.
-    Draining(VecDeque<StoredEvent>),
+    /// Following the store's subscription, taking every event ready at once:
+    /// with many watchers, one write (and one turn of this stream) per event
+    /// per watcher is what would cost, not the events.
+    Live(ReadyChunks<EventStream>),
+    /// The run is final: serve what is left, page by page, then `end`.
+    Draining,
     /// `end` (or `error`) was sent.
     Done,
 }
@@ -173,6 +171,7 @@ struct Feed {
     idle_ticks: u32,
 }
 
+/// The SSE body: one chunk per batch of frames.
 fn feed(
     state: ApiState,
     run: RunId,
@@ -185,7 +184,7 @@ fn feed(
         state,
         run,
         last: after,
-        phase: Phase::Live(sub),
+        phase: Phase::Live(sub.ready_chunks(MAX_BATCH)),
         check,
         idle_ticks: 0,
     };
@@ -243,11 +242,7 @@ async fn next(f: &mut Feed) -> Option<Bytes> {
     loop {
         match &mut f.phase {
             Phase::Done => return None,
-            Phase::Draining(queue) => {
-                if let Some(event) = queue.pop_front() {
-                    f.last = event.seq;
-                    return Some(sse_event(&f.state, std::sync::Arc::new(event)));
-                }
+            Phase::Draining => {
                 match f
                     .state
                     .store
@@ -258,7 +253,16 @@ async fn next(f: &mut Feed) -> Option<Bytes> {
                         f.phase = Phase::Done;
                         return Some(end_event(&f.state, f.run, f.last).await);
                     }
-                    Ok(page) => queue.extend(page),
+                    Ok(page) => {
+                        let frames: Vec<Bytes> = page
+                            .into_iter()
+                            .map(|event| {
+                                f.last = event.seq;
+                                sse_event(&f.state, std::sync::Arc::new(event))
+                            })
+                            .collect();
+                        return Some(Bytes::from(frames.concat()));
+                    }
                     Err(e) => {
                         f.phase = Phase::Done;
                         return Some(error_event(format!("reading events failed: {e}")));
@@ -268,27 +272,39 @@ async fn next(f: &mut Feed) -> Option<Bytes> {
             Phase::Live(sub) => {
                 tokio::select! {
                     biased;
-                    item = sub.next() => match item {
-                        Some(Ok(event)) => {
-                            f.last = event.seq;
-                            f.idle_ticks = 0;
-                            if event.kind.get("type").and_then(Value::as_str) == Some("finished") {
-                                // The run says it ended: look at its state now, not in a second.
-                                f.check.reset_immediately();
+                    batch = sub.next() => match batch {
+                        Some(batch) => {
+                            let mut frames = Vec::with_capacity(batch.len());
+                            for item in batch {
+                                match item {
+                                    Ok(event) => {
+                                        f.last = event.seq;
+                                        if event.kind.get("type").and_then(Value::as_str)
+                                            == Some("finished")
+                                        {
+                                            // The run says it ended: look at its state now, not in a second.
+                                            f.check.reset_immediately();
+                                        }
+                                        frames.push(sse_event(&f.state, event));
+                                    }
+                                    Err(e) => {
+                                        // What came before the failure is still served.
+                                        f.phase = Phase::Done;
+                                        frames.push(error_event(format!("event stream failed: {e}")));
+                                        break;
+                                    }
+                                }
                             }
-                            return Some(sse_event(&f.state, event));
-                        }
-                        Some(Err(e)) => {
-                            f.phase = Phase::Done;
-                            return Some(error_event(format!("event stream failed: {e}")));
+                            f.idle_ticks = 0;
+                            return Some(Bytes::from(frames.concat()));
                         }
                         None => {
-                            f.phase = Phase::Draining(VecDeque::new());
+                            f.phase = Phase::Draining;
                         }
                     },
                     _ = f.check.tick() => match f.state.store.get_run(f.run).await {
                         Ok(run) if run.state.is_terminal() => {
-                            f.phase = Phase::Draining(VecDeque::new());
+                            f.phase = Phase::Draining;
                         }
                         Ok(_) => {
                             f.idle_ticks += 1;

@@ -3,54 +3,58 @@
 //! With 100 watchers on one run that work was most of the cost of fanning
 //! an event out.
 //!
-//! Bounded: the oldest frames are dropped first (FIFO over all runs), which
-//! suits watchers that follow a run together; a watcher far behind renders
-//! its own.
-use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
+//! A fixed ring of slots indexed by `seq`: a lookup is one index and one
+//! uncontended slot lock (a single map behind one lock was itself a hot
+//! spot with 100 watchers), and a new frame overwrites the one `CAPACITY`
+//! seqs older, so memory is bounded without eviction bookkeeping. Runs
+//! whose seqs share a slot overwrite each other; a watcher that misses its
+//! frame renders it again.
+use std::sync::{Mutex, MutexGuard};
 
 use axum::body::Bytes;
 
 use crate::store::RunId;
 
-/// How many rendered frames are kept (~a few MB).
-pub const CAPACITY: usize = 8192;
+/// Slots in the ring: as many as the store's live channel holds per run, so
+/// watchers spread over a burst the channel absorbs still share frames
+/// (about 250 bytes a frame: ~16 MB when full).
+pub const CAPACITY: usize = 65_536;
+
+/// One slot: the frame of `(run, seq)`, if rendered.
+type Slot = Option<(RunId, u64, Bytes)>;
 
 /// The shared frames, by run and seq.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct FrameCache {
-    inner: Mutex<Inner>,
+    slots: Box<[Mutex<Slot>]>,
 }
 
-#[derive(Debug, Default)]
-struct Inner {
-    frames: HashMap<(RunId, u64), Bytes>,
-    order: VecDeque<(RunId, u64)>,
+impl Default for FrameCache {
+    fn default() -> Self {
+        FrameCache {
+            slots: (0..CAPACITY).map(|_| Mutex::new(None)).collect(),
+        }
+    }
 }
 
 impl FrameCache {
     /// The frame of `run`'s event `seq`, rendering it with `render` if no
     /// watcher has yet.
     pub fn get_or_render(&self, run: RunId, seq: u64, render: impl FnOnce() -> Bytes) -> Bytes {
-        if let Some(frame) = self.lock().frames.get(&(run, seq)) {
+        if let Some((r, s, frame)) = &*self.slot(seq)
+            && (*r, *s) == (run, seq)
+        {
             return frame.clone();
         }
         // Rendered outside the lock; two watchers racing render it twice, harmlessly.
         let frame = render();
-        let mut inner = self.lock();
-        if inner.frames.insert((run, seq), frame.clone()).is_none() {
-            inner.order.push_back((run, seq));
-            while inner.order.len() > CAPACITY {
-                if let Some(old) = inner.order.pop_front() {
-                    inner.frames.remove(&old);
-                }
-            }
-        }
+        *self.slot(seq) = Some((run, seq, frame.clone()));
         frame
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    fn slot(&self, seq: u64) -> MutexGuard<'_, Slot> {
+        let slot = &self.slots[(seq % CAPACITY as u64) as usize];
+        slot.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -78,6 +82,15 @@ mod tests {
             b"re-rendered",
             "the oldest frame should have been dropped"
         );
-        assert!(cache.lock().frames.len() <= CAPACITY);
+    }
+
+    #[test]
+    fn runs_never_get_each_others_frames() {
+        let cache = FrameCache::default();
+        cache.get_or_render(RunId(1), 7, || Bytes::from_static(b"run 1"));
+        let other = cache.get_or_render(RunId(2), 7, || Bytes::from_static(b"run 2"));
+        assert_eq!(&other[..], b"run 2");
+        let first = cache.get_or_render(RunId(1), 7, || Bytes::from_static(b"run 1 again"));
+        assert_eq!(&first[..], b"run 1 again", "run 2 took the slot");
     }
 }

@@ -26,7 +26,7 @@ use rusqlite::{Connection, OpenFlags, Row, params};
 use tokio::sync::{oneshot, watch};
 
 use super::codec;
-use super::fanout::{self, Backlog, Hub};
+use super::fanout::{self, Backlog, Hub, Pages};
 use super::schema;
 use super::sink::{EventQueue, StoreEvents};
 use super::{
@@ -140,6 +140,8 @@ struct Inner {
     read_pool: usize,
     busy_timeout: Duration,
     hub: Arc<Hub>,
+    /// Backlog pages shared by watchers catching up.
+    pages: Arc<Pages>,
     /// Bumped after every committed decision; waiters re-check on change.
     decisions: watch::Sender<u64>,
 }
@@ -517,6 +519,7 @@ impl SqliteStore {
                 read_pool: options.read_pool,
                 busy_timeout: options.busy_timeout,
                 hub,
+                pages: Arc::default(),
                 decisions: watch::Sender::new(0),
             }),
         })
@@ -975,7 +978,13 @@ impl RunStore for SqliteStore {
             let store = store.clone();
             async move { store.events_after(run, after, limit).await }.boxed()
         });
-        Ok(fanout::subscription(run, after_seq, live, backlog))
+        Ok(fanout::subscription(
+            run,
+            after_seq,
+            live,
+            backlog,
+            self.inner.pages.clone(),
+        ))
     }
 
     fn event_sink(&self, run: RunId) -> StoreEvents {
