@@ -799,7 +799,9 @@ impl DockerBackend {
                     .build(),
             ))
             .await
-            .map_err(SandboxError::engine(format!("list containers labelled {label}")))
+            .map_err(SandboxError::engine(format!(
+                "list containers labelled {label}"
+            )))
     }
 
     async fn remove_orphans_impl(&self) -> Result<usize, SandboxError> {
