@@ -1188,3 +1188,42 @@ async fn resume_and_attach_refuse_what_they_cannot_do_and_say_why() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn a_shell_is_never_opened_by_the_dashboard_cookie() {
+    use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest as _};
+    let server = Server::start().await;
+    let run = server.run_in(23, RunState::Running).await;
+    // What a page on another port of this host could do: the browser sends
+    // the (same-site) cookie with a WebSocket handshake, and a GET needs no
+    // CSRF header.
+    let url = format!(
+        "{}/runs/{}/attach",
+        server.url.replacen("http://", "ws://", 1),
+        run.0
+    );
+    let mut request = url.into_client_request().expect("request");
+    request.headers_mut().insert(
+        "cookie",
+        format!("{COOKIE}={}", server.operator)
+            .parse()
+            .expect("header"),
+    );
+    match tokio_tungstenite::connect_async(request).await {
+        Err(tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status().as_u16(), 403);
+            let body = String::from_utf8_lossy(response.body().as_deref().unwrap_or_default())
+                .into_owned();
+            assert!(error_body(&body).message.contains("Bearer"), "{body}");
+        }
+        other => panic!("the handshake must be refused, got {other:?}"),
+    }
+    assert!(
+        !server
+            .control
+            .calls()
+            .iter()
+            .any(|c| matches!(c, Call::Attach(..))),
+        "nothing reached the control"
+    );
+}

@@ -57,6 +57,15 @@ pub async fn attach(
     RawQuery(raw): RawQuery,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
+    if caller.via_cookie {
+        // A GET carries no CSRF header, and a page on another port of the
+        // same host is "same-site" to the browser, so the dashboard cookie
+        // would reach this WebSocket from it: a shell needs the token itself.
+        return Err(ApiError::Forbidden(
+            "attach needs an Authorization: Bearer token; the dashboard cookie is not accepted here"
+                .into(),
+        ));
+    }
     let id = params::run_id(&id)?;
     let q = Query::parse(raw.as_deref(), &["cols", "rows", "term"], &[])?;
     let cols = q.number("cols", 1, 1000)?;
