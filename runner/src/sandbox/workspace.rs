@@ -395,8 +395,9 @@ mod tests {
         assert!(ok, "git {args:?} should succeed");
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-    async fn runs_syncing_one_new_repository_at_once_all_get_a_mirror() {
+    /// A temp dir holding `src`, a repository with one commit on `main`
+    /// (file `a`), and its URL.
+    fn one_commit_repo() -> (tempfile::TempDir, PathBuf, String) {
         let tmp = tempfile::tempdir().expect("tempdir");
         let src = tmp.path().join("src");
         std::fs::create_dir(&src).expect("mkdir");
@@ -404,8 +405,14 @@ mod tests {
         std::fs::write(src.join("a"), "one\n").expect("write");
         git_sync(&src, &["add", "a"]);
         git_sync(&src, &["commit", "-q", "-m", "one"]);
-        let cache = tmp.path().join("mirrors");
         let url = src.to_string_lossy().into_owned();
+        (tmp, src, url)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn runs_syncing_one_new_repository_at_once_all_get_a_mirror() {
+        let (tmp, _, url) = one_commit_repo();
+        let cache = tmp.path().join("mirrors");
         // The first runs of a new repository on a service with many workers:
         // every one clones (or waits for the clone), then all fetch at once.
         for round in ["clone", "fetch"] {
@@ -430,15 +437,8 @@ mod tests {
 
     #[tokio::test]
     async fn mirror_fetches_incrementally_and_workspaces_share_nothing() {
-        let tmp = tempfile::tempdir().expect("tempdir");
-        let src = tmp.path().join("src");
-        std::fs::create_dir(&src).expect("mkdir");
-        git_sync(&src, &["init", "-q", "-b", "main"]);
-        std::fs::write(src.join("a"), "one\n").expect("write");
-        git_sync(&src, &["add", "a"]);
-        git_sync(&src, &["commit", "-q", "-m", "one"]);
+        let (tmp, src, url) = one_commit_repo();
         let cache = tmp.path().join("mirrors");
-        let url = src.to_string_lossy().into_owned();
         let mirror = RepoMirror::sync(&cache, &url)
             .await
             .expect("first sync clones");
