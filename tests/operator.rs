@@ -330,7 +330,7 @@ async fn an_operator_attaches_to_a_live_run_then_resumes_it_with_their_commit() 
         .write_all(
             // The pause holds while the human works: the agent's command
             // finishes at once, but its next model turn must wait.
-            b"touch /tmp/attached\nsleep 2\necho from-the-operator > NOTE.txt\nid -u\nprintenv | grep -ci token\nexit 3\n",
+            b"touch /tmp/attached\nsleep 2\necho from-the-operator > NOTE.txt\nid -u\nprintenv | grep -ci token\ncat README.md\nexit 3\n",
         )
         .expect("write keys");
     let out = tokio::task::spawn_blocking(move || attach.wait_with_output())
@@ -353,6 +353,11 @@ async fn an_operator_attaches_to_a_live_run_then_resumes_it_with_their_commit() 
         "no token-like variable in the operator's shell: {stdout}"
     );
     assert!(stderr.contains("the agent is paused"), "{stderr}");
+    // What the operator's shell prints leaves through the API redacted too.
+    assert!(
+        stdout.contains("Staging deploy key:") && !stdout.contains(AWS_KEY),
+        "the README's key is redacted in the shell's output: {stdout}"
+    );
 
     let run = wait_for(&*s.store, id, RunState::is_terminal).await;
     assert_eq!(run.state, RunState::Blocked, "{:?}", run.reason);

@@ -540,10 +540,19 @@ impl SqliteStore {
         &self,
         f: impl FnOnce(&Connection, &mut WriterState) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
+        self.submit(move |conn, st| in_savepoint(conn, st, f)).await
+    }
+
+    /// Runs `f` in the writer's transaction as it is (the caller decides
+    /// whether it needs a savepoint); answers once committed.
+    async fn submit<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection, &mut WriterState) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
         let (tx, rx) = oneshot::channel();
         let job: Job = Box::new(move |ctx| match ctx {
             Ctx::Ready(conn, st) => {
-                let result = in_savepoint(conn, st, f);
+                let result = f(conn, st);
                 Some(Box::new(move |commit: Option<&StoreError>| {
                     let _ = tx.send(match commit {
                         Some(e) => Err(e.clone()),
@@ -939,25 +948,9 @@ impl RunStore for SqliteStore {
         let kind = serde_json::to_value(kind)
             .map_err(|e| StoreError::Invalid(format!("event kind: {e}")))?;
         let message = message.to_string();
-        let (tx, rx) = oneshot::channel();
         // No savepoint: one INSERT either happens or not.
-        let job: Job = Box::new(move |ctx| match ctx {
-            Ctx::Ready(conn, st) => {
-                let result = append(conn, st, run, &kind, message);
-                Some(Box::new(move |commit: Option<&StoreError>| {
-                    let _ = tx.send(match commit {
-                        Some(e) => Err(e.clone()),
-                        None => result,
-                    });
-                }))
-            }
-            Ctx::Failed(e) => {
-                let _ = tx.send(Err(e.clone()));
-                None
-            }
-        });
-        self.inner.writer.send(job)?;
-        rx.await.map_err(|_| StoreError::Closed)?
+        self.submit(move |conn, st| append(conn, st, run, &kind, message))
+            .await
     }
 
     async fn events_after(
