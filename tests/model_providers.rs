@@ -687,6 +687,7 @@ fn task(instructions: Option<&str>) -> Task {
         base_branch: "main".into(),
         trigger: Trigger::Manual,
         instructions: instructions.map(str::to_string),
+        args: Vec::new(),
     }
 }
 

@@ -22,6 +22,7 @@ use kiln::session::{EventKind, MemoryEvents};
 /// `every_test_plugin_has_a_test`.
 const COVERED: &[&str] = &[
     "agent",
+    "frozen-0-1-0",
     "huge-string",
     "loop",
     // tests/worker.rs: a prompt injection its model obeys is stopped by the gate.
@@ -29,6 +30,7 @@ const COVERED: &[&str] = &[
     "oom",
     "panic",
     "ping",
+    "reply",
     "undeclared-import",
 ];
 
@@ -62,6 +64,7 @@ fn task(run: &str) -> Task {
         base_branch: "main".into(),
         trigger: Trigger::Manual,
         instructions: None,
+        args: Vec::new(),
     }
 }
 
@@ -111,10 +114,11 @@ fn every_built_plugin_is_a_pure_component_importing_only_kiln_role() {
             !info.imports.is_empty(),
             "{name} should import at least the session interface"
         );
+        let version = format!("@{}", info.manifest.wit);
         for import in &info.imports {
             assert!(
-                import.name.starts_with("kiln:role/") && import.name.ends_with("@0.1.0"),
-                "{name} imports {} — plugins must import nothing but kiln:role@0.1.0 (no WASI)",
+                import.name.starts_with("kiln:role/") && import.name.ends_with(&version),
+                "{name} imports {} — plugins must import nothing but kiln:role{version}, the version their manifest names (no WASI)",
                 import.name
             );
         }
@@ -205,7 +209,7 @@ async fn a_plugin_importing_an_undeclared_capability_is_refused_at_load() {
     );
     assert_eq!(
         err.to_string(),
-        "plugin undeclared-import imports `kiln:role/forge@0.1.0#propose-comment`, which needs capability \
+        "plugin undeclared-import imports `kiln:role/forge@0.2.0#propose-comment`, which needs capability \
          forge.comment, but its manifest does not declare it"
     );
     assert!(
@@ -258,28 +262,28 @@ fn manifests_asking_for_too_much_or_the_wrong_thing_are_refused() {
     let cases = [
         // triage may not review pull requests
         (
-            manifest("\"forge.review\"", "triage", "0.1.0"),
+            manifest("\"forge.review\"", "triage", "0.2.0"),
             "plugin ping asks for capability forge.review, which role triage does not grant",
         ),
         // no built-in role may write code and review it
         (
-            manifest("\"workspace.write\"", "review", "0.1.0"),
+            manifest("\"workspace.write\"", "review", "0.2.0"),
             "which role review does not grant",
         ),
         // there is no merge capability
         (
-            manifest("\"forge.merge\"", "triage", "0.1.0"),
+            manifest("\"forge.merge\"", "triage", "0.2.0"),
             "unknown capability `forge.merge`",
         ),
         // roles must exist
         (
-            manifest("", "deployer", "0.1.0"),
+            manifest("", "deployer", "0.2.0"),
             "plays role `deployer`, which is neither built in nor configured",
         ),
         // a future contract version is not silently accepted
         (
             manifest("", "triage", "9.0.0"),
-            "targets kiln:role@9.0.0, this host supports 0.1.0",
+            "targets kiln:role@9.0.0, this host supports 0.2.0, 0.1.0",
         ),
     ];
     for (text, expected) in cases {
@@ -723,4 +727,303 @@ async fn a_steering_message_reaches_the_model_before_the_next_turn() {
             .any(|e| e.message == "steering received before turn 1"),
         "the plugin should note that it was steered"
     );
+}
+
+fn text_turn(text: &str) -> Completion {
+    Completion {
+        message: model::Message {
+            role: model::Role::Assistant,
+            content: vec![ContentPart::Text { text: text.into() }],
+        },
+        stop_reason: model::StopReason::EndTurn,
+        usage: model::Usage::default(),
+        model: "replay".into(),
+    }
+}
+
+fn replay(turns: Vec<Completion>) -> Arc<Replay> {
+    Arc::new(Replay {
+        turns: Mutex::new(VecDeque::from(turns)),
+        gate: None,
+        waiting: Arc::default(),
+    })
+}
+
+/// A host granting the custom roles the version tests' plugins play.
+fn versions_host() -> PluginHost {
+    let mut host = host();
+    let grant = |caps: &[&str]| kiln::plugin::CapabilitySet::parse(caps).expect("capabilities");
+    host.grant_role(
+        "frozen",
+        grant(&["model.complete", "forge.read", "forge.comment"]),
+    );
+    host.grant_role(
+        "answer",
+        grant(&["forge.read", "forge.reply", "forge.status", "signals.read"]),
+    );
+    host
+}
+
+#[tokio::test]
+async fn a_frozen_0_1_0_plugin_runs_a_whole_run_beside_0_2_0_plugins() {
+    let host = versions_host();
+    let frozen = host
+        .load(&bytes("frozen-0-1-0"))
+        .expect("a plugin built against 0.1.0 loads on this host");
+    assert_eq!(frozen.info.manifest.wit, "0.1.0");
+    assert!(
+        frozen
+            .info
+            .imports
+            .iter()
+            .all(|i| i.name.ends_with("@0.1.0")),
+        "the frozen plugin must still be a 0.1.0 component: {:?}",
+        frozen.info.imports
+    );
+    let (mut ctx, events) = ctx();
+    ctx.model = Some(replay(vec![text_turn("Thanks, we will look into it.")]));
+    ctx.forge.issues.insert(
+        7,
+        Issue {
+            number: 7,
+            title: "Crash on start".into(),
+            body: "It crashes.".into(),
+            author: "stranger".into(),
+            trusted: false,
+            labels: vec![],
+            open: true,
+            comments: vec![],
+        },
+    );
+    let mut t = task("frozen");
+    t.role = "frozen".into();
+    // A trigger 0.1.0 does not know reaches it as `manual`.
+    t.trigger = Trigger::Schedule("nightly".into());
+    let report = host.run(&frozen, t, ctx).await;
+    let outcome = report.result.expect("the 0.1.0 run succeeds");
+    assert_eq!(outcome.summary, "commented on #7 as effect e1");
+    assert_eq!(
+        report.proposals,
+        vec![Proposal::Comment {
+            number: 7,
+            body: "Thanks, we will look into it.\n\n(from a plugin built against kiln:role@0.1.0)"
+                .into()
+        }]
+    );
+    assert!(
+        events
+            .snapshot()
+            .iter()
+            .any(|e| e.message == "frozen 0.1.0 plugin reading issue #7"),
+        "the 0.1.0 plugin's own events reach the log"
+    );
+    // The same host, right after, runs 0.2.0 plugins (built-in and test).
+    assert_host_still_serves(&host).await;
+    for (name, bytes) in builtin::ROLE_PLUGINS {
+        let loaded = host.load(bytes).expect("built-in loads");
+        assert_eq!(loaded.info.manifest.wit, "0.2.0", "{name} is built against 0.2.0");
+    }
+}
+
+#[tokio::test]
+async fn a_0_2_0_plugin_reads_review_threads_replies_and_sets_a_status() {
+    use kiln::forge::{Comment, PullRequest, ReviewThread, StatusState};
+    let host = versions_host();
+    let plugin = host.load(&bytes("reply")).expect("reply loads");
+    let (mut ctx, _events) = ctx();
+    let thread = |id: u64, body: &str| ReviewThread {
+        id,
+        path: "src/lib.rs".into(),
+        line: Some(3),
+        new_side: true,
+        resolved: false,
+        comments: vec![Comment {
+            id,
+            author: "maintainer".into(),
+            trusted: true,
+            body: body.into(),
+        }],
+    };
+    ctx.forge.pull_requests.insert(
+        5,
+        PullRequest {
+            issue: Issue {
+                number: 5,
+                title: "Fix the crash".into(),
+                body: String::new(),
+                author: "kiln[bot]".into(),
+                trusted: true,
+                labels: vec![],
+                open: true,
+                comments: vec![],
+            },
+            head_branch: "kiln/implementation-issue-4".into(),
+            base_branch: "main".into(),
+            draft: true,
+            diff: String::new(),
+            head_sha: "0123abcd".into(),
+            review_threads: vec![
+                thread(11, "Handle the empty case"),
+                // A secret pasted by a reviewer never leaves in the reply.
+                thread(12, "use token ghp_0123456789abcdefghijklmnopqrstuvwxyzAB"),
+            ],
+        },
+    );
+    let mut t = task("answer");
+    t.role = "answer".into();
+    t.issue = None;
+    t.pull_request = Some(5);
+    let report = host.run(&plugin, t, ctx).await;
+    let outcome = report.result.expect("the 0.2.0 run succeeds");
+    assert_eq!(
+        outcome.summary,
+        "replied to 2 threads on #5 at 0123abcd; no history (unavailable: signals.recent-runs: this run has no history attached)"
+    );
+    assert_eq!(report.proposals.len(), 3, "{:?}", report.proposals);
+    assert_eq!(
+        report.proposals[0],
+        Proposal::Reply {
+            number: 5,
+            comment_id: 11,
+            body: "Addressed: Handle the empty case".into()
+        }
+    );
+    match &report.proposals[1] {
+        Proposal::Reply { body, .. } => assert!(
+            !body.contains("ghp_0123456789") && body.starts_with("Addressed: use token"),
+            "the reply must be redacted: {body}"
+        ),
+        other => panic!("expected a reply, got {other:?}"),
+    }
+    assert_eq!(
+        report.proposals[2],
+        Proposal::Status {
+            number: 5,
+            context: "kiln/answer".into(),
+            state: StatusState::Success,
+            description: "every thread answered".into()
+        }
+    );
+}
+
+#[test]
+fn a_plugin_whose_imports_belong_to_another_version_than_its_manifest_is_refused() {
+    let host = versions_host();
+    let manifest = |wit: &str, role: &str, caps: &str| {
+        format!(
+            "name = \"relabelled\"\nversion = \"0.1.0\"\nwit = \"{wit}\"\nrole = \"{role}\"\ncapabilities = [{caps}]\n"
+        )
+    };
+    // A plugin that calls 0.2.0's reply, declaring 0.1.0.
+    let reply = with_manifest(
+        &bytes("reply"),
+        &manifest("0.1.0", "answer", "\"forge.read\", \"forge.reply\", \"forge.status\", \"signals.read\""),
+    );
+    let err = host.load(&reply).err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(
+        err.contains("declares wit = \"0.1.0\" in kiln-plugin.toml but imports `kiln:role/")
+            && err.contains("@0.2.0`"),
+        "got: {err}"
+    );
+    // And the other way round: a 0.1.0 component claiming 0.2.0.
+    let frozen = with_manifest(
+        &bytes("frozen-0-1-0"),
+        &manifest("0.2.0", "frozen", "\"model.complete\", \"forge.read\", \"forge.comment\""),
+    );
+    let err = host.load(&frozen).err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(
+        err.contains("declares wit = \"0.2.0\"") && err.contains("@0.1.0`"),
+        "got: {err}"
+    );
+    // An unknown version is refused with the list of supported ones.
+    let future = with_manifest(&bytes("reply"), &manifest("0.3.0", "answer", ""));
+    let err = host.load(&future).err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(
+        err.contains("targets kiln:role@0.3.0, this host supports 0.2.0, 0.1.0"),
+        "got: {err}"
+    );
+}
+
+/// A kiln.toml with one `[[roles]]` entry, in `dir`, loaded as `kiln run` would.
+fn custom_role_config(dir: &std::path::Path, role: &str) -> Result<kiln::config::KilnConfig, String> {
+    std::fs::write(dir.join("kiln.toml"), role).map_err(|e| e.to_string())?;
+    kiln::config::KilnConfig::load(&dir.join("kiln.toml")).map_err(|e| e.to_string())
+}
+
+fn sha256(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+#[test]
+fn custom_roles_that_cannot_be_trusted_are_refused_with_the_reason() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let reply = bytes("reply");
+    std::fs::write(dir.path().join("answer.wasm"), &reply).expect("write plugin");
+    std::fs::write(dir.path().join("not-a-component.wasm"), b"\0asm\x01\0\0\0").expect("write");
+    let entry = |name: &str, file: &str, sha: &str, caps: &str| {
+        format!(
+            "[[roles]]\nname = \"{name}\"\nplugin = \"{file}\"\nsha256 = \"{sha}\"\ncapabilities = [{caps}]\n"
+        )
+    };
+    let all_caps = "\"forge.read\", \"forge.reply\", \"forge.status\", \"signals.read\"";
+    let load = |text: String| -> String {
+        match custom_role_config(dir.path(), &text) {
+            Err(e) => e,
+            Ok(config) => match kiln::app::role_plugins(test_limits(), &config) {
+                Ok((_, plugins)) => format!("loaded {} plugins", plugins.len()),
+                Err(e) => e.to_string(),
+            },
+        }
+    };
+    // The honest entry loads, beside the four built-in roles.
+    assert_eq!(
+        load(entry("answer", "answer.wasm", &sha256(&reply), all_caps)),
+        "loaded 5 plugins"
+    );
+    let cases = [
+        (
+            entry("answer", "answer.wasm", &"0".repeat(64), all_caps),
+            "but kiln.toml pins 0000",
+        ),
+        (
+            entry("answer", "answer.wasm", &sha256(&reply), "\"forge.read\", \"forge.reply\""),
+            "asks for capability forge.status, which role answer does not grant",
+        ),
+        (
+            entry("review", "answer.wasm", &sha256(&reply), all_caps),
+            "[[roles]] \"review\": `name` is a built-in role's name",
+        ),
+        (
+            entry("answer", "answer.wasm", "not-hex", all_caps),
+            "`sha256` must be the plugin file's SHA-256 as 64 hex digits",
+        ),
+        (
+            entry(
+                "answer",
+                "not-a-component.wasm",
+                &sha256(b"\0asm\x01\0\0\0"),
+                all_caps,
+            ),
+            "core module, not a component",
+        ),
+        (
+            entry("changelog", "answer.wasm", &sha256(&reply), all_caps),
+            "plays role `answer` (its kiln-plugin.toml), not `changelog`",
+        ),
+        (
+            format!(
+                "{}\n[[triggers]]\non = \"label\"\nlabel = \"x\"\nrole = \"deployer\"\n",
+                entry("answer", "answer.wasm", &sha256(&reply), all_caps)
+            ),
+            "[[triggers]] #1 names role `deployer`, which is neither built in",
+        ),
+    ];
+    for (text, expected) in cases {
+        let got = load(text.clone());
+        assert!(
+            got.contains(expected),
+            "config\n{text}\nshould be refused with {expected:?}, got: {got:?}"
+        );
+    }
 }

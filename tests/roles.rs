@@ -190,6 +190,7 @@ fn task(role: &str, issue: Option<u64>, pull_request: Option<u64>, trigger: Trig
         base_branch: "main".into(),
         trigger,
         instructions: None,
+        args: Vec::new(),
     }
 }
 

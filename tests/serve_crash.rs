@@ -576,3 +576,62 @@ async fn kill_9_mid_run_then_restart_with_requeue_runs_it_again_to_its_end() {
         .expect("runs");
     assert!(stuck.is_empty(), "no run should be left active: {stuck:?}");
 }
+
+/// One script both roles can play: triage finishes with its tool call, the
+/// frozen 0.1.0 plugin comments the turn's text.
+const BOTH_SCRIPT: &str = r#"{ "description": "one turn for a triage run and a 0.1.0 commenter",
+  "turns": [ { "text": "Nothing to ask here.",
+    "tool_calls": [ { "name": "submit_triage", "arguments": {
+      "labels": [], "questions": [], "summary": "Clear enough to spec." } } ] } ] }"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_0_1_0_plugin_and_the_0_2_0_built_ins_run_in_the_same_serve() {
+    images::images().await;
+    let env = Env::new();
+    let runner = kiln::app::serve_runner_id(&env.data);
+    let _cleanup = Containers(runner);
+    let plugin = kiln::plugin::builtin::test_plugin_path("frozen-0-1-0").expect("built");
+    let sha = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(std::fs::read(plugin).expect("read plugin")))
+    };
+    // `kiln` reads ./kiln.toml: the queueing CLI and the service alike.
+    std::fs::write(
+        env.root.join("kiln.toml"),
+        format!(
+            "[[roles]]\nname = \"frozen\"\nplugin = \"{plugin}\"\nsha256 = \"{sha}\"\n\
+             capabilities = [\"model.complete\", \"forge.read\", \"forge.comment\"]\n"
+        ),
+    )
+    .expect("write kiln.toml");
+    for role in ["frozen", "triage"] {
+        env.ok(
+            &["run", "--queue", "--role", role, "--issue", "1", "-R", "local/crash"],
+            &[],
+        );
+    }
+    let script = env.script("both.json", BOTH_SCRIPT);
+    let mut serve = Serve::start(&env, "versions", &script, false);
+    serve.ready().await;
+    let client = Client::new(&serve.url, Some(env.token.clone())).expect("client");
+    let client = &client;
+    let runs = wait_for(&mut serve, "both runs to finish", 600, || async move {
+        let runs = client.runs("").await.ok()?;
+        (runs.len() == 2 && runs.iter().all(|r| r.state.is_terminal())).then_some(runs)
+    })
+    .await;
+    for run in &runs {
+        assert_eq!(
+            run.state,
+            RunState::Succeeded,
+            "the {} run should succeed beside the other version: {run:?}",
+            run.role
+        );
+    }
+    let shown = env.ok(&["issue", "show", "1", "-R", "local/crash"], &[]);
+    assert!(
+        shown.contains("Nothing to ask here.\n\n(from a plugin built against kiln:role@0.1.0)")
+            || shown.contains("(from a plugin built against kiln:role@0.1.0)"),
+        "the 0.1.0 plugin's comment should be on the issue:\n{shown}"
+    );
+}

@@ -53,6 +53,8 @@ pub struct AppOptions {
     pub model: Option<Arc<dyn ModelProvider>>,
     /// Budget per role.
     pub budgets: HashMap<Role, Budget>,
+    /// The run store the `signals` interface reads, if the runner has one.
+    pub history: Option<Arc<dyn crate::store::RunStore>>,
 }
 
 /// The gate for `config`, with the value of every configured secret.
@@ -75,11 +77,40 @@ pub fn gate(config: &KilnConfig) -> Result<Gate, AppError> {
     Gate::new(&gate_config).map_err(|e| AppError::Policy(e.to_string()))
 }
 
-/// The plugin host with every built-in role plugin loaded, by role.
+/// The plugin host with every built-in role plugin loaded, and every custom
+/// role of `config` (`[[roles]]`) granted, its skill served and its plugin
+/// loaded after its SHA-256 is checked, by role.
 pub fn role_plugins(
     limits: PluginLimits,
+    config: &KilnConfig,
 ) -> Result<(PluginHost, HashMap<Role, Arc<crate::plugin::LoadedPlugin>>), AppError> {
-    let host = PluginHost::new(limits).map_err(|e| AppError::Plugin(e.to_string()))?;
+    let mut host = PluginHost::new(limits).map_err(|e| AppError::Plugin(e.to_string()))?;
+    let mut custom = Vec::new();
+    for r in &config.roles {
+        let err = |reason: String| AppError::Plugin(format!("[[roles]] {:?}: {reason}", r.name));
+        let grants = crate::plugin::CapabilitySet::parse(&r.capabilities)
+            .map_err(|e| err(e.to_string()))?;
+        host.grant_role(&r.name, grants);
+        if let Some(skill) = &r.skill {
+            let path = r.resolve(&config.base_dir, skill);
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| err(format!("skill {}: {e}", path.display())))?;
+            host.add_skill(&r.name, &text);
+        }
+        let path = r.resolve(&config.base_dir, &r.plugin);
+        let bytes = std::fs::read(&path)
+            .map_err(|e| err(format!("plugin {}: {e}", path.display())))?;
+        let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes));
+        if !digest.eq_ignore_ascii_case(&r.sha256) {
+            return Err(err(format!(
+                "plugin {} has SHA-256 {digest}, but kiln.toml pins {}: refusing to load a plugin \
+                 that is not the one configured (if you rebuilt it on purpose, put the new hash in `sha256`)",
+                path.display(),
+                r.sha256
+            )));
+        }
+        custom.push((r, path, bytes));
+    }
     let mut plugins = HashMap::new();
     for (name, bytes) in builtin::ROLE_PLUGINS {
         let loaded = host
@@ -92,7 +123,41 @@ pub fn role_plugins(
             plugins.insert(role, loaded);
         }
     }
+    for (r, path, bytes) in custom {
+        let err = |reason: String| AppError::Plugin(format!("[[roles]] {:?}: {reason}", r.name));
+        let loaded = host
+            .load(&bytes)
+            .map_err(|e| err(format!("plugin {}: {e}", path.display())))?;
+        if loaded.info.manifest.role != r.name {
+            return Err(err(format!(
+                "plugin {} plays role `{}` (its kiln-plugin.toml), not `{}`",
+                path.display(),
+                loaded.info.manifest.role,
+                r.name
+            )));
+        }
+        let role = r
+            .role()
+            .ok_or_else(|| err(format!("{:?} is not a role name", r.name)))?;
+        plugins.insert(role, loaded);
+    }
     Ok((host, plugins))
+}
+
+/// The run budget of every role `config` knows: `[budgets.<role>]`, a
+/// custom role's `[roles.budget]`, and the roles' defaults for the rest.
+pub fn budgets(config: &KilnConfig) -> HashMap<Role, Budget> {
+    let mut budgets = config.budgets.clone();
+    for r in &config.roles {
+        if let Some(b) = r.budget {
+            budgets.0.insert(r.name.clone(), b);
+        }
+    }
+    config
+        .known_roles()
+        .into_iter()
+        .map(|role| (role, budgets.budget_for(role.as_str())))
+        .collect()
 }
 
 /// Build everything a worker needs. Connects to Docker, removes containers
@@ -104,7 +169,7 @@ pub async fn services(
     progress: &(dyn Fn(crate::sandbox::image::ImageProgress) + Sync),
 ) -> Result<Services, AppError> {
     let gate = gate(&opts.config)?;
-    let (host, plugins) = role_plugins(PluginLimits::default())?;
+    let (host, plugins) = role_plugins(PluginLimits::default(), &opts.config)?;
     let backend = DockerBackend::connect(opts.runner_id.clone())
         .await
         .map_err(|e| AppError::Sandbox(e.to_string()))?;
@@ -136,6 +201,7 @@ pub async fn services(
         gate: Arc::new(gate),
         model: opts.model,
         budgets: opts.budgets,
+        history: opts.history,
         mirrors: opts.data_dir.join("mirrors"),
         runs_dir: Some(opts.data_dir.join("runs")),
     })

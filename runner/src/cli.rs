@@ -60,7 +60,7 @@ impl Cli {
     /// Run the chosen command; the exit code says whether it succeeded.
     pub async fn run(self) -> anyhow::Result<ExitCode> {
         match self.command {
-            Command::Plugin(cmd) => plugin::run(cmd),
+            Command::Plugin(cmd) => plugin::run(cmd).await,
             Command::Image(cmd) => cmd.run().await.map(|()| ExitCode::SUCCESS),
             Command::Run(args) => run::run(args, &self.local).await,
             Command::Serve(args) => serve::serve(args, &self.local).await,

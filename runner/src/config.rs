@@ -90,6 +90,25 @@ pub enum ConfigError {
         "[sandbox] egress_allow entry `{0}` must be a host name (letters, digits, '-', '.'), no scheme, port or wildcard"
     )]
     BadEgressHost(String),
+    /// A `[[roles]]` entry is invalid.
+    #[error("[[roles]] {name:?}: `{key}` {reason}")]
+    CustomRole {
+        /// The role's `name` (as written).
+        name: String,
+        /// The key that is wrong.
+        key: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A trigger, secret scope or budget names a role that is neither built
+    /// in nor configured with `[[roles]]`.
+    #[error("{place} names role `{role}`, which is neither built in (triage, spec, implementation, review) nor configured with [[roles]]")]
+    UnknownRole {
+        /// Where the name appears.
+        place: String,
+        /// The name.
+        role: String,
+    },
     /// `[model]` or `[budgets]` is invalid.
     #[error(transparent)]
     Model(#[from] crate::model::ModelConfigError),
@@ -122,16 +141,99 @@ pub struct KilnConfig {
     /// The GitHub forge (`[github]`), if configured.
     #[serde(default)]
     pub github: Option<crate::forge::github::GitHubConfig>,
+    /// `[[roles]]`: custom roles, each played by a plugin the operator ships.
+    #[serde(default)]
+    pub roles: Vec<CustomRoleConfig>,
     /// `[intake]` and `[[triggers]]`: webhook limits and routing rules.
     #[serde(flatten)]
     pub intake: crate::intake::IntakeConfig,
+    /// The directory `kiln.toml` was read from: custom roles' `plugin` and
+    /// `skill` paths are relative to it (the current directory otherwise).
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+}
+
+/// `[[roles]]`: a custom role and the plugin that plays it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CustomRoleConfig {
+    /// The role's name: `[a-z0-9-]`, not a built-in role's.
+    pub name: String,
+    /// The plugin component (`.wasm`), relative to `kiln.toml`.
+    pub plugin: PathBuf,
+    /// The SHA-256 of the plugin file, hex: the host refuses any other file.
+    pub sha256: String,
+    /// What the role is granted: the plugin's manifest must ask within it.
+    pub capabilities: Vec<String>,
+    /// The role's core skill (Markdown), relative to `kiln.toml`; served as
+    /// `skills.get(<name>)` and overridable per repository like the built-in ones.
+    #[serde(default)]
+    pub skill: Option<PathBuf>,
+    /// `[roles.budget]`: the role's run budget (defaults like `[budgets.<name>]`).
+    #[serde(default)]
+    pub budget: Option<crate::model::BudgetConfig>,
+}
+
+impl CustomRoleConfig {
+    /// The role this entry defines; `None` if its name is not a role name
+    /// (which validation refuses).
+    pub fn role(&self) -> Option<Role> {
+        RoleName::new(&self.name).map(Role::Custom)
+    }
+
+    /// A path of this entry, resolved against the config's directory.
+    pub fn resolve(&self, base: &Path, path: &Path) -> PathBuf {
+        if path.is_absolute() {
+            path.to_path_buf()
+        } else {
+            base.join(path)
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |key, reason: String| ConfigError::CustomRole {
+            name: self.name.chars().take(80).collect(),
+            key,
+            reason,
+        };
+        if !is_role_name(&self.name) {
+            return Err(bad("name", "must be 1-64 of [a-z0-9-]".into()));
+        }
+        if Role::builtin(&self.name).is_some() {
+            return Err(bad(
+                "name",
+                "is a built-in role's name: a custom role needs a name of its own (the built-in plugins play triage, spec, implementation and review)".into(),
+            ));
+        }
+        if self.sha256.len() != 64 || !self.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(bad(
+                "sha256",
+                format!(
+                    "must be the plugin file's SHA-256 as 64 hex digits (`sha256sum {}` prints it)",
+                    self.plugin.display()
+                ),
+            ));
+        }
+        crate::plugin::CapabilitySet::parse(&self.capabilities)
+            .map_err(|e| bad("capabilities", e.to_string()))?;
+        if let Some(b) = &self.budget {
+            crate::model::BudgetsConfig(std::iter::once((self.name.clone(), *b)).collect())
+                .validate()?;
+        }
+        Ok(())
+    }
 }
 
 impl KilnConfig {
     /// Parses and validates a config from TOML text.
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
-        let config: Self = toml::from_str(text)?;
+        let mut config: Self = toml::from_str(text)?;
         config.validate()?;
+        config.intake.custom_roles = config
+            .roles
+            .iter()
+            .filter_map(CustomRoleConfig::role)
+            .collect();
         Ok(config)
     }
 
@@ -141,7 +243,20 @@ impl KilnConfig {
             path: path.to_owned(),
             source,
         })?;
-        Self::from_toml(&text)
+        let mut config = Self::from_toml(&text)?;
+        config.base_dir = path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        Ok(config)
+    }
+
+    /// Every role runs may play: the built-in ones and the configured ones.
+    pub fn known_roles(&self) -> Vec<Role> {
+        Role::ALL
+            .into_iter()
+            .chain(self.roles.iter().filter_map(CustomRoleConfig::role))
+            .collect()
     }
 
     /// Checks every rule the type system cannot express.
@@ -151,6 +266,36 @@ impl KilnConfig {
             model.validate(&self.secrets)?;
         }
         self.budgets.validate()?;
+        let mut role_names = BTreeSet::new();
+        for r in &self.roles {
+            r.validate()?;
+            if !role_names.insert(r.name.as_str()) {
+                return Err(ConfigError::CustomRole {
+                    name: r.name.clone(),
+                    key: "name",
+                    reason: "is configured twice".into(),
+                });
+            }
+        }
+        let known = |role: Role| role.is_builtin() || role_names.contains(role.as_str());
+        for (place, role) in self.intake.roles() {
+            if !known(role) {
+                return Err(ConfigError::UnknownRole {
+                    place,
+                    role: role.to_string(),
+                });
+            }
+        }
+        for s in &self.secrets {
+            for role in s.scope.iter().flat_map(|sc| sc.roles.iter()) {
+                if !known(*role) {
+                    return Err(ConfigError::UnknownRole {
+                        place: format!("secret `{}` scope", s.name),
+                        role: role.to_string(),
+                    });
+                }
+            }
+        }
         if let Some(github) = &self.github {
             github.validate(&self.secrets)?;
         }
@@ -446,9 +591,9 @@ pub struct SecretScope {
     pub phase: Phase,
 }
 
-/// An agent role.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
-#[serde(rename_all = "kebab-case")]
+/// An agent role: one of Kiln's built-in roles, or a custom role
+/// configured with `[[roles]]` in `kiln.toml`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Role {
     /// Reads an issue and classifies it.
     Triage,
@@ -458,25 +603,114 @@ pub enum Role {
     Implementation,
     /// Reviews a pull request.
     Review,
+    /// A role of the repository's own, played by a configured plugin.
+    Custom(RoleName),
+}
+
+/// The name of a custom role: 1-64 of `[a-z0-9-]`, stored inline so a
+/// [`Role`] stays `Copy` and needs no registry.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RoleName {
+    len: u8,
+    bytes: [u8; 64],
+}
+
+impl RoleName {
+    /// The name, if it is 1-64 of `[a-z0-9-]`.
+    pub fn new(name: &str) -> Option<Self> {
+        if !is_role_name(name) {
+            return None;
+        }
+        let mut bytes = [0; 64];
+        bytes[..name.len()].copy_from_slice(name.as_bytes());
+        Some(RoleName {
+            len: name.len() as u8,
+            bytes,
+        })
+    }
+
+    /// The name as text.
+    pub fn as_str(&self) -> &str {
+        // Only ASCII from `new` is ever stored.
+        std::str::from_utf8(&self.bytes[..usize::from(self.len)]).unwrap_or_default()
+    }
+}
+
+impl fmt::Debug for RoleName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+/// Whether `name` may name a role: 1-64 of `[a-z0-9-]`.
+pub fn is_role_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
 impl Role {
-    /// Every role, for tests and tooling.
+    /// Every built-in role, for tests and tooling.
     pub const ALL: [Role; 4] = [Role::Triage, Role::Spec, Role::Implementation, Role::Review];
 
     /// True if the role may change the workspace (mounted read-write).
+    /// Custom roles write only if their grant has `workspace.write`; the
+    /// worker asks the grant, this says what the built-in roles do.
     pub fn writes_workspace(self) -> bool {
         matches!(self, Role::Spec | Role::Implementation)
     }
 
     /// The role's name as written in `kiln.toml` and in policies (`principal.role`).
-    pub fn as_str(self) -> &'static str {
+    pub fn as_str(&self) -> &str {
         match self {
             Role::Triage => "triage",
             Role::Spec => "spec",
             Role::Implementation => "implementation",
             Role::Review => "review",
+            Role::Custom(name) => name.as_str(),
         }
+    }
+
+    /// The built-in role of that name, if there is one.
+    pub fn builtin(name: &str) -> Option<Role> {
+        Role::ALL.into_iter().find(|r| r.as_str() == name)
+    }
+
+    /// Whether this is one of Kiln's own roles.
+    pub fn is_builtin(self) -> bool {
+        !matches!(self, Role::Custom(_))
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+    /// A built-in role by name, or any other valid name as a custom role
+    /// (whether it is configured is checked where roles are used).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if let Some(r) = Role::builtin(s) {
+            return Ok(r);
+        }
+        RoleName::new(s).map(Role::Custom).ok_or_else(|| {
+            format!(
+                "role {:?} must be a built-in role (triage, spec, implementation, review) or a custom role name of 1-64 [a-z0-9-]",
+                s.chars().take(80).collect::<String>()
+            )
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for Role {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl serde::Serialize for Role {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
     }
 }
 

@@ -63,6 +63,65 @@ pub struct PullRequest {
     pub draft: bool,
     /// Unified diff against the base.
     pub diff: String,
+    /// The head commit (hex object id).
+    #[serde(default)]
+    pub head_sha: String,
+    /// Review threads on lines of the diff, oldest first.
+    #[serde(default)]
+    pub review_threads: Vec<ReviewThread>,
+}
+
+/// A conversation on one line of a pull request's diff.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReviewThread {
+    /// Id of the thread's first line comment.
+    pub id: u64,
+    /// File path.
+    pub path: String,
+    /// Line number, if the line is still in the diff.
+    pub line: Option<u32>,
+    /// `true` for the new side of the diff.
+    pub new_side: bool,
+    /// Marked resolved (GitHub's REST API does not say: false there).
+    pub resolved: bool,
+    /// The comments, oldest first.
+    pub comments: Vec<Comment>,
+}
+
+/// The state of a commit status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StatusState {
+    /// Running.
+    Pending,
+    /// Passed.
+    Success,
+    /// Found a problem.
+    Failure,
+    /// Could not run.
+    Error,
+}
+
+impl fmt::Display for StatusState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            StatusState::Pending => "pending",
+            StatusState::Success => "success",
+            StatusState::Failure => "failure",
+            StatusState::Error => "error",
+        })
+    }
+}
+
+/// A commit status on a pull request's head.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommitStatus {
+    /// Its name (`kiln/verification`).
+    pub context: String,
+    /// Its state.
+    pub state: StatusState,
+    /// One line for people.
+    pub description: String,
 }
 
 /// The forge data a run may read, prepared by the host before the run.
@@ -142,6 +201,26 @@ pub enum Proposal {
         summary: String,
         /// Line comments.
         comments: Vec<LineComment>,
+    },
+    /// Reply in a review thread of a pull request.
+    Reply {
+        /// Pull request number.
+        number: u64,
+        /// The line comment replied to.
+        comment_id: u64,
+        /// Body.
+        body: String,
+    },
+    /// Set a commit status on a pull request's head.
+    Status {
+        /// Pull request number.
+        number: u64,
+        /// The status's name (`kiln/...`).
+        context: String,
+        /// Its state.
+        state: StatusState,
+        /// One line for people.
+        description: String,
     },
 }
 

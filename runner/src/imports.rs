@@ -1,8 +1,10 @@
 //! Host implementations of the `kiln:role` imports, one module per WIT
-//! interface. Each module converts the WIT types, checks the capability
-//! (and, as the gate lands, the policy) as its first step, calls the module
-//! that owns the concern (`model`, `forge`, the workspace), and converts the
-//! result back.
+//! interface, written once against the host's domain types
+//! ([`crate::plugin::types`], `crate::forge`, `crate::model`). Each import
+//! checks the capability and the policy as its first step and calls the
+//! module that owns the concern (`model`, `forge`, the workspace). The WIT
+//! versions (`crate::plugin::wit::v0_*`) only convert their generated types
+//! to and from the domain types and call these.
 //!
 //! Errors have two layers: `Ok(Err(role_error))` is an error the plugin may
 //! handle (denied, not found, budget exhausted); `Err(trap)` means the guest
@@ -14,15 +16,15 @@ use crate::forge::{ForgeSnapshot, Proposal};
 use crate::model::ModelProvider;
 use crate::plugin::capability::{Capability, CapabilitySet};
 use crate::plugin::limits::{Limiter, PluginLimits};
-use crate::plugin::wit::latest::kiln::role::types::RoleError;
+use crate::plugin::types::RoleError;
 use crate::session::{Blame, Budget, EventKind, EventSink, Pause, Steering};
 
 pub mod forge;
 pub mod gate;
 pub mod model;
 pub mod session;
+pub mod signals;
 pub mod skills;
-pub mod types;
 pub mod workspace;
 
 /// What a run gets from the host: where its events go, who steers it, its
@@ -59,6 +61,10 @@ pub struct RunContext {
     /// The forge that allowed proposals are applied to; without one they
     /// are decided and recorded only.
     pub forge_target: Option<forge::ForgeTarget>,
+    /// Core skills of custom roles, by name (from `[[roles]]` in kiln.toml).
+    pub custom_skills: Arc<Vec<(String, Arc<str>)>>,
+    /// The repository's history, for plugins granted `signals.read`.
+    pub signals: Option<Arc<dyn signals::SignalSource>>,
 }
 
 impl RunContext {
@@ -77,6 +83,8 @@ impl RunContext {
             sandbox: None,
             publisher: None,
             forge_target: None,
+            custom_skills: Arc::default(),
+            signals: None,
         }
     }
 }
@@ -100,6 +108,7 @@ pub struct RunState {
     pub(crate) forge: forge::ForgeCtx,
     pub(crate) session: session::SessionCtx,
     pub(crate) skills: skills::SkillsCtx,
+    pub(crate) signals: signals::SignalsCtx,
 }
 
 impl RunState {
@@ -152,6 +161,10 @@ impl RunState {
             },
             skills: skills::SkillsCtx {
                 overrides: ctx.skill_overrides,
+                custom: ctx.custom_skills,
+            },
+            signals: signals::SignalsCtx {
+                source: ctx.signals,
             },
         }
     }
@@ -208,16 +221,5 @@ pub(crate) fn check_size(what: &str, len: usize, max: usize) -> wasmtime::Result
             "{what} is {len} bytes, the limit is {max} bytes"
         ))));
     }
-    Ok(())
-}
-
-/// Link every `kiln:role@0.1.0` import into `linker`.
-pub fn add_to_linker(linker: &mut wasmtime::component::Linker<RunState>) -> wasmtime::Result<()> {
-    types::add_to_linker(linker)?;
-    model::add_to_linker(linker)?;
-    workspace::add_to_linker(linker)?;
-    forge::add_to_linker(linker)?;
-    session::add_to_linker(linker)?;
-    skills::add_to_linker(linker)?;
     Ok(())
 }

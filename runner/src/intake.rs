@@ -77,6 +77,7 @@ impl Intake {
             forges,
             rules: config.rules(),
             kiln_logins: settings.kiln_logins.clone(),
+            custom_roles: config.custom_roles.clone(),
             max_runs_per_target: settings.max_runs_per_target,
             outcomes: outcomes.clone(),
         });

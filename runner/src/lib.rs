@@ -25,6 +25,7 @@ pub mod publish;
 pub mod sandbox;
 pub mod service;
 pub mod session;
+pub mod signals;
 pub mod skills;
 pub mod store;
 pub mod worker;

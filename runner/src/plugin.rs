@@ -15,10 +15,11 @@ pub mod capability;
 pub mod host;
 pub mod inspect;
 pub mod limits;
+pub mod types;
 pub mod wit;
 
 pub use capability::{Capability, CapabilitySet};
 pub use host::{LoadedPlugin, PluginHost, RunError, RunReport};
 pub use inspect::{ImportInfo, LoadError, PluginInfo};
 pub use limits::PluginLimits;
-pub use wit::latest::kiln::role::types::{Outcome, OutcomeStatus, RoleError, Task, Trigger};
+pub use types::{Outcome, OutcomeStatus, RoleError, Task, Trigger};

@@ -94,6 +94,9 @@ pub struct Services {
     pub model: Option<Arc<dyn ModelProvider>>,
     /// Budget per role.
     pub budgets: HashMap<Role, Budget>,
+    /// The run store, whose history the `signals` interface reads; `None`
+    /// answers `unavailable` to plugins granted `signals.read`.
+    pub history: Option<Arc<dyn crate::store::RunStore>>,
     /// Where repository mirrors are kept.
     pub mirrors: PathBuf,
     /// Where each run's handback bundle is written (`<dir>/<run>/handback.bundle`),
@@ -475,7 +478,12 @@ async fn run_prepared(
         format!("sandbox {} ready", &sandbox.id[..sandbox.id.len().min(12)]),
     );
     let sandbox = Arc::new(sandbox);
-    let mount = match WorkspaceMount::open(workspace.path(), req.role.writes_workspace()) {
+    // A role writes its workspace only if its grant says so (the built-in
+    // spec and implementation roles; a custom role granted workspace.write).
+    let writable = plugin
+        .capabilities
+        .contains(crate::plugin::Capability::WorkspaceWrite);
+    let mount = match WorkspaceMount::open(workspace.path(), writable) {
         Ok(m) => m,
         Err(e) => {
             destroy(services, sandbox, &events).await;
@@ -488,6 +496,11 @@ async fn run_prepared(
     ctx.pause = live.pause.clone();
     ctx.budget = services.budgets.get(&req.role).cloned().unwrap_or_default();
     ctx.model = services.model.clone();
+    ctx.custom_skills = services.host.custom_skills();
+    ctx.signals = services.history.clone().map(|store| {
+        Arc::new(crate::signals::StoreSignals::new(store, req.repo.clone()))
+            as Arc<dyn crate::imports::signals::SignalSource>
+    });
     ctx.workspace = Some(mount);
     ctx.forge = snap;
     ctx.policy = Some(PolicyBinding {
@@ -527,6 +540,7 @@ async fn run_prepared(
             RunTrigger::Manual => Trigger::Manual,
         },
         instructions: req.instructions.clone(),
+        args: Vec::new(),
     };
     let report = tokio::select! {
         report = services.host.run(&plugin, task, ctx) => Some(report),

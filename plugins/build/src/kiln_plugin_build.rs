@@ -86,7 +86,14 @@ pub struct PluginCrate {
     pub manifest: Manifest,
     /// The manifest's text, embedded verbatim in the component.
     pub manifest_text: String,
+    /// Whether the crate depends on `kiln-plugin-sdk`, whose feature then
+    /// picks the contract version the manifest names.
+    pub uses_sdk: bool,
 }
+
+/// The contract versions the SDK can bind, each behind its feature
+/// `wit-<major>-<minor>-<patch>`.
+pub const SDK_WIT_VERSIONS: &[&str] = &["0.1.0", "0.2.0"];
 
 /// A plugin built into a component.
 #[derive(Debug, Clone)]
@@ -109,11 +116,27 @@ pub fn load_crate(dir: &Path) -> Result<PluginCrate, BuildError> {
         path: dir.join("Cargo.toml"),
         source: std::io::Error::other("no [package] name"),
     })?;
+    let uses_sdk = cargo_toml
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|t| t.get("dependencies")?.get("kiln-plugin-sdk").cloned())
+        .is_some();
+    if uses_sdk && !SDK_WIT_VERSIONS.contains(&manifest.wit.as_str()) {
+        return Err(BuildError::Manifest(manifest::ManifestError::Field {
+            field: "wit",
+            reason: format!(
+                "{:?} is not a version the SDK can build against (it knows {})",
+                manifest.wit,
+                SDK_WIT_VERSIONS.join(", ")
+            ),
+        }));
+    }
     Ok(PluginCrate {
         dir: dir.to_path_buf(),
         package,
         manifest,
         manifest_text,
+        uses_sdk,
     })
 }
 
@@ -248,6 +271,17 @@ impl Builder {
         }
         for c in crates {
             cmd.args(["-p", &c.package]);
+        }
+        // One plugin of its own: its manifest picks the SDK's contract
+        // version. (Kiln's own plugins are built together; each crate's
+        // Cargo.toml picks it, and the host checks it against the manifest.)
+        if let [c] = crates
+            && c.uses_sdk
+        {
+            cmd.args([
+                "--features",
+                &format!("kiln-plugin-sdk/wit-{}", c.manifest.wit.replace('.', "-")),
+            ]);
         }
         // When invoked from a build script, the outer cargo's settings for the
         // host (flags, clippy as a wrapper, its target) must not leak in.

@@ -335,6 +335,10 @@ pub fn system_prompt(skill: &str, task: &Task) -> String {
         Trigger::Command(_) => "a maintainer's command".to_string(),
         Trigger::PullRequestOpened => "a pull request opened by Kiln".to_string(),
         Trigger::Manual => "an operator, by hand".to_string(),
+        #[cfg(not(feature = "wit-0-1-0"))]
+        Trigger::Review(id) => format!("a maintainer's review {id} requesting changes"),
+        #[cfg(not(feature = "wit-0-1-0"))]
+        Trigger::Schedule(name) => format!("the schedule `{name}`"),
     };
     out.push_str(&format!("- Started by: {started}.\n"));
     match task.instructions.as_deref().map(str::trim) {

@@ -4,6 +4,8 @@ pub use crate::wit::kiln::role::forge::{
     Comment, CommentProposal, DiffSide, Issue, LabelProposal, LineComment, ProposalReceipt,
     ProposalState, PullRequest, PullRequestProposal, ReviewProposal, ReviewVerdict, Severity,
 };
+#[cfg(not(feature = "wit-0-1-0"))]
+pub use crate::wit::kiln::role::forge::{ReplyProposal, ReviewThread, StatusProposal, StatusState};
 use crate::{RoleError, wit::kiln::role::forge as raw};
 
 /// Read an issue and its comments.
@@ -50,6 +52,34 @@ pub fn propose_pull_request(proposal: &PullRequestProposal) -> Result<ProposalRe
 /// Propose a review of a pull request.
 pub fn review(proposal: &ReviewProposal) -> Result<ProposalReceipt, RoleError> {
     raw::propose_review(proposal)
+}
+
+/// Propose a reply in the review thread of line comment `comment_id` on
+/// pull request `number` (capability `forge.reply`; WIT 0.2.0).
+#[cfg(not(feature = "wit-0-1-0"))]
+pub fn reply(number: u64, comment_id: u64, body: &str) -> Result<ProposalReceipt, RoleError> {
+    raw::propose_reply(&ReplyProposal {
+        number,
+        comment_id,
+        body: body.to_string(),
+    })
+}
+
+/// Propose a commit status `context` (which must start with `kiln/`) on
+/// pull request `number`'s head (capability `forge.status`; WIT 0.2.0).
+#[cfg(not(feature = "wit-0-1-0"))]
+pub fn set_status(
+    number: u64,
+    context: &str,
+    state: StatusState,
+    description: &str,
+) -> Result<ProposalReceipt, RoleError> {
+    raw::propose_status(&StatusProposal {
+        number,
+        context: context.to_string(),
+        state,
+        description: description.to_string(),
+    })
 }
 
 /// Wrap forge text in an envelope the model can see the trust of:
@@ -137,6 +167,19 @@ pub fn render_pull_request(pr: &PullRequest) -> String {
         &format!("# {}\n\n{}", pr.title, pr.body),
     ));
     render_comments(&mut out, &on, &pr.comments);
+    #[cfg(not(feature = "wit-0-1-0"))]
+    for t in &pr.review_threads {
+        let at = match t.line {
+            Some(line) => format!("{}:{line}", t.path),
+            None => format!("{} (outdated)", t.path),
+        };
+        out.push_str(&format!(
+            "\n\nReview thread {} on {at}{}:",
+            t.id,
+            if t.resolved { " (resolved)" } else { "" }
+        ));
+        render_comments(&mut out, &on, &t.comments);
+    }
     out
 }
 

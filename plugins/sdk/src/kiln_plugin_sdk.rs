@@ -3,8 +3,9 @@
 //! Write a Kiln role (triage, spec, implementation, review, or your own) as a
 //! WebAssembly component. The SDK gives you:
 //!
-//! - typed access to every import of the `kiln:role@0.1.0` world:
-//!   [`model`], [`workspace`], [`forge`], [`session`], [`skills`];
+//! - typed access to every import of the `kiln:role` world:
+//!   [`model`], [`workspace`], [`forge`], [`session`], [`skills`], and
+//!   (from 0.2.0) `signals`;
 //! - a reusable [`agent`] loop: send the conversation and tool specs to the
 //!   model, dispatch its tool calls to the workspace and forge, feed results
 //!   back, stop on a final answer or when the budget is spent;
@@ -30,6 +31,13 @@
 //! Build it with `kiln plugin build` (or as part of Kiln's own build), which
 //! compiles for `wasm32-unknown-unknown`, turns the module into a component
 //! and embeds the crate's `kiln-plugin.toml` manifest.
+//!
+//! ## Contract versions
+//! The SDK binds one version of the contract, [`WIT_VERSION`]: 0.2.0 by
+//! default, 0.1.0 with the `wit-0-1-0` feature (which `kiln plugin build`
+//! turns on when `kiln-plugin.toml` says `wit = "0.1.0"`). Functions a
+//! version lacks do not exist in the SDK built for it, so using one is a
+//! compile error, not a refusal at load time.
 #![deny(missing_docs)]
 
 pub mod agent;
@@ -37,12 +45,15 @@ pub mod diff;
 pub mod forge;
 pub mod model;
 pub mod session;
+#[cfg(not(feature = "wit-0-1-0"))]
+pub mod signals;
 pub mod skills;
 pub mod workspace;
 
 /// The raw bindings generated from the WIT contract. Prefer the typed
 /// modules of this crate; this is public for the [`register_role!`] macro.
 #[doc(hidden)]
+#[cfg(feature = "wit-0-1-0")]
 pub mod wit {
     wit_bindgen::generate!({
         path: "../../wit/kiln-role@0.1.0",
@@ -54,10 +65,29 @@ pub mod wit {
     });
 }
 
+/// The raw bindings generated from the WIT contract. Prefer the typed
+/// modules of this crate; this is public for the [`register_role!`] macro.
+#[doc(hidden)]
+#[cfg(not(feature = "wit-0-1-0"))]
+pub mod wit {
+    wit_bindgen::generate!({
+        path: "../../wit/kiln-role@0.2.0",
+        world: "role",
+        pub_export_macro: true,
+        export_macro_name: "export",
+        default_bindings_module: "kiln_plugin_sdk::wit",
+        additional_derives: [PartialEq],
+    });
+}
+
 pub use wit::kiln::role::types::{Outcome, OutcomeStatus, RoleError, Task, Trigger, Trust};
 
 /// The version of the `kiln:role` WIT contract this SDK is built against.
+#[cfg(feature = "wit-0-1-0")]
 pub const WIT_VERSION: &str = "0.1.0";
+/// The version of the `kiln:role` WIT contract this SDK is built against.
+#[cfg(not(feature = "wit-0-1-0"))]
+pub const WIT_VERSION: &str = "0.2.0";
 
 /// A role's logic. Implement it and register the type with [`register_role!`].
 ///

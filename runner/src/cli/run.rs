@@ -1,12 +1,11 @@
 //! `kiln run` (one role, once) and `kiln demo` (a sample repository on the
 //! local forge driven through triage → spec → implementation → review).
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
-use clap::{Args, ValueEnum};
+use clap::Args;
 use kiln::app::{self, AppOptions};
 use kiln::config::{KilnConfig, Role};
 use kiln::forge::local::LocalForge;
@@ -17,30 +16,6 @@ use kiln::session::{EventKind, EventSink, RunEvent};
 use kiln::worker::{LiveRun, RunEnd, RunRequest, RunSummary, RunTrigger, Services, execute};
 
 use super::local_forge::{LocalArgs, local_user};
-
-/// The four roles, as the CLI spells them.
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum RoleArg {
-    /// Triage an issue.
-    Triage,
-    /// Write a spec for an issue.
-    Spec,
-    /// Implement an issue.
-    Implementation,
-    /// Review a pull request.
-    Review,
-}
-
-impl From<RoleArg> for Role {
-    fn from(r: RoleArg) -> Self {
-        match r {
-            RoleArg::Triage => Role::Triage,
-            RoleArg::Spec => Role::Spec,
-            RoleArg::Implementation => Role::Implementation,
-            RoleArg::Review => Role::Review,
-        }
-    }
-}
 
 /// Options every command that runs roles shares.
 #[derive(Debug, Args)]
@@ -56,9 +31,10 @@ pub struct RunnerArgs {
 /// `kiln run`.
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// The role to run.
-    #[arg(long, value_enum)]
-    pub role: RoleArg,
+    /// The role to run: triage, spec, implementation, review, or a custom
+    /// role configured with [[roles]] in kiln.toml.
+    #[arg(long)]
+    pub role: Role,
     /// The issue (or, for review, the pull request) number.
     #[arg(long, alias = "pr")]
     pub issue: u64,
@@ -154,7 +130,7 @@ fn run_id(role: Role, number: u64) -> String {
 }
 
 /// Run one role once and write its transcript.
-async fn run_one(
+pub(super) async fn run_one(
     services: &Services,
     forge: Arc<dyn Forge>,
     role: Role,
@@ -202,15 +178,12 @@ async fn run_one(
     Ok(summary)
 }
 
-async fn services(
+pub(super) async fn services(
     config: KilnConfig,
     data_dir: &Path,
     model: Arc<dyn ModelProvider>,
 ) -> anyhow::Result<Services> {
-    let budgets: HashMap<Role, _> = Role::ALL
-        .into_iter()
-        .map(|r| (r, config.budgets.budget_for(r.as_str())))
-        .collect();
+    let budgets = app::budgets(&config);
     let progress = |p: kiln::sandbox::image::ImageProgress| eprintln!("image: {p:?}");
     Ok(app::services(
         AppOptions {
@@ -222,6 +195,7 @@ async fn services(
             runner_id: kiln::app::cli_runner_id(),
             model: Some(model),
             budgets,
+            history: None,
         },
         &progress,
     )
@@ -230,11 +204,16 @@ async fn services(
 
 /// `kiln run`: one role on one issue of the local forge.
 pub async fn run(args: RunArgs, local: &LocalArgs) -> anyhow::Result<ExitCode> {
-    let role: Role = args.role.into();
+    let role = args.role;
+    let mut config = load_config(args.runner.config.as_deref())?;
+    if !config.known_roles().contains(&role) {
+        anyhow::bail!(
+            "role `{role}` is neither built in (triage, spec, implementation, review) nor configured with [[roles]] in kiln.toml"
+        );
+    }
     if args.queue {
         return queue(role, args.issue, local).await;
     }
-    let mut config = load_config(args.runner.config.as_deref())?;
     let model = model(&mut config, args.runner.script.as_deref(), None)?;
     let data_dir = local.data_dir()?;
     let forge: Arc<dyn Forge> = Arc::new(local.open()?);

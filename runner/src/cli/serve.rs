@@ -9,7 +9,6 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Args;
 use kiln::app::{self, AppOptions};
-use kiln::config::Role;
 use kiln::forge::github::GitHub;
 use kiln::forge::local::LocalForge;
 use kiln::forge::{Forge, ForgeResolver, RepoRef};
@@ -73,10 +72,7 @@ pub async fn serve(args: ServeArgs, local: &LocalArgs) -> anyhow::Result<ExitCod
     // Stable per data directory: a restarted service removes its own orphans
     // and never those of a service on another data directory.
     let runner_id = app::serve_runner_id(&data_dir);
-    let budgets = Role::ALL
-        .into_iter()
-        .map(|r| (r, config.budgets.budget_for(r.as_str())))
-        .collect();
+    let budgets = app::budgets(&config);
     let progress = |p: kiln::sandbox::image::ImageProgress| eprintln!("image: {p:?}");
     let services = app::services(
         AppOptions {
@@ -86,6 +82,7 @@ pub async fn serve(args: ServeArgs, local: &LocalArgs) -> anyhow::Result<ExitCod
             runner_id: runner_id.clone(),
             model,
             budgets,
+            history: Some(store.clone()),
         },
         &progress,
     )

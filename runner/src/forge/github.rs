@@ -665,6 +665,8 @@ impl WirePull {
             base_branch: self.base.name,
             draft: self.draft,
             diff: String::new(),
+            head_sha: String::new(),
+            review_threads: Vec::new(),
         }
     }
 }

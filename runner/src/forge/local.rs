@@ -744,6 +744,8 @@ impl Forge for LocalForge {
             base_branch: base,
             draft,
             diff,
+            head_sha: String::new(),
+            review_threads: Vec::new(),
         })
     }
 
@@ -767,6 +769,8 @@ impl Forge for LocalForge {
                     base_branch: r.base.unwrap_or_default(),
                     draft: r.draft,
                     diff: String::new(),
+                    head_sha: String::new(),
+                    review_threads: Vec::new(),
                 });
             }
             Ok(prs)

@@ -17,8 +17,6 @@
 //! as `denied` with the gate's reason. Every decision is a run event.
 use std::sync::Arc;
 
-use wasmtime::component::HasSelf;
-
 use super::RunState;
 use crate::forge::diff::CommentableLines;
 use crate::forge::{
@@ -26,11 +24,7 @@ use crate::forge::{
     Proposal,
 };
 use crate::plugin::capability::Capability;
-use crate::plugin::wit::latest::kiln::role::forge::{
-    self as wit, CommentProposal, DiffSide, Issue, LabelProposal, ProposalReceipt, ProposalState,
-    PullRequest, PullRequestProposal, ReviewProposal, ReviewVerdict, Severity,
-};
-use crate::plugin::wit::latest::kiln::role::types::{RoleError, Trust};
+use crate::plugin::types::{Receipt, RoleError};
 use crate::policy::{Decision, Effect, Gate, ReviewComment, ReviewEvent};
 use crate::publish::Publisher;
 use crate::session::EventKind;
@@ -58,26 +52,6 @@ pub struct ForgeCtx {
     pub target: Option<ForgeTarget>,
     /// Commits the workspace for a pull request.
     pub publisher: Option<Arc<Publisher>>,
-}
-
-fn trust(trusted: bool) -> Trust {
-    if trusted {
-        Trust::Trusted
-    } else {
-        Trust::Untrusted
-    }
-}
-
-fn to_wit_comments(comments: &[domain::Comment]) -> Vec<wit::Comment> {
-    comments
-        .iter()
-        .map(|c| wit::Comment {
-            id: c.id,
-            author: c.author.clone(),
-            trust: trust(c.trusted),
-            body: c.body.clone(),
-        })
-        .collect()
 }
 
 /// The stricter of two decisions: deny over hold over allow.
@@ -202,6 +176,10 @@ pub async fn apply(
                 .map_err(|e| e.to_string())?;
             Ok(Some(format!("#{number} review {id}")))
         }
+        // MERGE: replaced by the forge-effects branch's forge calls.
+        Proposal::Reply { .. } | Proposal::Status { .. } => {
+            Err("this forge cannot apply replies or statuses yet".into())
+        }
     }
 }
 
@@ -320,6 +298,18 @@ impl RunState {
                 })
                 .0
             }
+            // MERGE: Effect::Reply / Effect::Status from the forge-effects branch.
+            Proposal::Reply { number, body, .. } => {
+                self.decide(Effect::Comment {
+                    number: *number,
+                    body: body.clone(),
+                })
+                .0
+            }
+            Proposal::Status { .. } => Decision::Deny {
+                reason: "forge.status: not decided by this gate yet".into(),
+                blame: crate::policy::Blame::Host,
+            },
         }
     }
 
@@ -357,6 +347,26 @@ impl RunState {
                     })
                     .collect(),
             },
+            Proposal::Reply {
+                number,
+                comment_id,
+                body,
+            } => Proposal::Reply {
+                number,
+                comment_id,
+                body: self.redact(body),
+            },
+            Proposal::Status {
+                number,
+                context,
+                state,
+                description,
+            } => Proposal::Status {
+                number,
+                context,
+                state,
+                description: self.redact(description),
+            },
         }
     }
 
@@ -366,7 +376,7 @@ impl RunState {
         cap: Capability,
         texts: &[(&str, usize)],
         proposal: Proposal,
-    ) -> Result<ProposalReceipt, RoleError> {
+    ) -> Result<Receipt, RoleError> {
         self.unless_paused().await;
         self.require(cap, format_args!("{what}"))?;
         for (field, len) in texts {
@@ -383,7 +393,7 @@ impl RunState {
         }
         let proposal = self.redact_proposal(proposal);
         let effect_id = format!("e{}", self.forge.effects.len() + 1);
-        let (state, receipt_state, url) = match decision {
+        let (state, held, url) = match decision {
             Decision::Hold { reason } => {
                 let commit = match (&proposal, &self.forge.publisher) {
                     (Proposal::PullRequest { commit_message, .. }, Some(p)) => {
@@ -398,11 +408,7 @@ impl RunState {
                     }
                     _ => None,
                 };
-                (
-                    EffectState::Held { reason, commit },
-                    ProposalState::Held,
-                    None,
-                )
+                (EffectState::Held { reason, commit }, true, None)
             }
             _ => match (&self.forge.target, &self.policy) {
                 (Some(target), Some(binding)) => {
@@ -411,11 +417,7 @@ impl RunState {
                         None => CommitSource::None,
                     };
                     match apply(target, source, &binding.gate, &proposal).await {
-                        Ok(url) => (
-                            EffectState::Applied { url: url.clone() },
-                            ProposalState::Applied,
-                            url,
-                        ),
+                        Ok(url) => (EffectState::Applied { url: url.clone() }, false, url),
                         Err(e) => {
                             let msg = format!("{what}: allowed, but the forge refused it: {e}");
                             self.events.record(EventKind::Warning, msg.clone());
@@ -423,7 +425,7 @@ impl RunState {
                         }
                     }
                 }
-                _ => (EffectState::Recorded, ProposalState::Applied, None),
+                _ => (EffectState::Recorded, false, None),
             },
         };
         let verb = match &state {
@@ -450,190 +452,111 @@ impl RunState {
             proposal,
             state,
         });
-        Ok(ProposalReceipt {
+        Ok(Receipt {
             effect_id,
-            state: receipt_state,
+            held,
             url,
         })
     }
 }
 
-impl wit::Host for RunState {
-    async fn get_issue(&mut self, number: u64) -> wasmtime::Result<Result<Issue, RoleError>> {
-        if let Err(e) = self.require(
+impl RunState {
+    /// `forge.get-issue`: an issue of the run's snapshot.
+    pub(crate) fn get_issue(&self, number: u64) -> Result<&domain::Issue, RoleError> {
+        self.require(
             Capability::ForgeRead,
             format_args!("forge.get-issue #{number}"),
-        ) {
-            return Ok(Err(e));
-        }
-        let Some(i) = self.forge.snapshot.issues.get(&number) else {
-            return Ok(Err(RoleError::NotFound(format!("issue #{number}"))));
-        };
-        Ok(Ok(Issue {
-            number: i.number,
-            title: i.title.clone(),
-            body: i.body.clone(),
-            author: i.author.clone(),
-            trust: trust(i.trusted),
-            labels: i.labels.clone(),
-            open: i.open,
-            comments: to_wit_comments(&i.comments),
-        }))
+        )?;
+        self.forge
+            .snapshot
+            .issues
+            .get(&number)
+            .ok_or_else(|| RoleError::NotFound(format!("issue #{number}")))
     }
 
-    async fn get_pull_request(
-        &mut self,
+    /// `forge.get-pull-request` (and `-diff`): a pull request of the run's snapshot.
+    pub(crate) fn get_pull_request(
+        &self,
         number: u64,
-    ) -> wasmtime::Result<Result<PullRequest, RoleError>> {
-        if let Err(e) = self.require(
-            Capability::ForgeRead,
-            format_args!("forge.get-pull-request #{number}"),
-        ) {
-            return Ok(Err(e));
-        }
-        let Some(p) = self.forge.snapshot.pull_requests.get(&number) else {
-            return Ok(Err(RoleError::NotFound(format!("pull request #{number}"))));
-        };
-        Ok(Ok(PullRequest {
-            number: p.issue.number,
-            title: p.issue.title.clone(),
-            body: p.issue.body.clone(),
-            author: p.issue.author.clone(),
-            trust: trust(p.issue.trusted),
-            head_branch: p.head_branch.clone(),
-            base_branch: p.base_branch.clone(),
-            draft: p.draft,
-            labels: p.issue.labels.clone(),
-            comments: to_wit_comments(&p.issue.comments),
-        }))
-    }
-
-    async fn get_pull_request_diff(
-        &mut self,
-        number: u64,
-    ) -> wasmtime::Result<Result<String, RoleError>> {
-        if let Err(e) = self.require(
-            Capability::ForgeRead,
-            format_args!("forge.get-pull-request-diff #{number}"),
-        ) {
-            return Ok(Err(e));
-        }
-        Ok(self
-            .forge
+        what: &str,
+    ) -> Result<&domain::PullRequest, RoleError> {
+        self.require(Capability::ForgeRead, format_args!("{what} #{number}"))?;
+        self.forge
             .snapshot
             .pull_requests
             .get(&number)
-            .map(|p| p.diff.clone())
-            .ok_or_else(|| RoleError::NotFound(format!("pull request #{number}"))))
+            .ok_or_else(|| RoleError::NotFound(format!("pull request #{number}")))
     }
 
-    async fn propose_comment(
-        &mut self,
-        p: CommentProposal,
-    ) -> wasmtime::Result<Result<ProposalReceipt, RoleError>> {
-        let what = format!("forge.comment on #{}", p.number);
-        let len = p.body.len();
-        Ok(self
-            .propose(
-                &what,
+    /// `forge.propose-*`: check the proposal's capability and text sizes,
+    /// have the gate decide it, and apply, record or hold it.
+    pub(crate) async fn propose_effect(&mut self, proposal: Proposal) -> Result<Receipt, RoleError> {
+        let (what, cap, texts): (String, Capability, Vec<(&str, usize)>) = match &proposal {
+            Proposal::Comment { number, body } => (
+                format!("forge.comment on #{number}"),
                 Capability::ForgeComment,
-                &[("body", len)],
-                Proposal::Comment {
-                    number: p.number,
-                    body: p.body,
-                },
-            )
-            .await)
-    }
-
-    async fn propose_labels(
-        &mut self,
-        p: LabelProposal,
-    ) -> wasmtime::Result<Result<ProposalReceipt, RoleError>> {
-        let what = format!(
-            "forge.set-labels on #{} (+{:?} -{:?})",
-            p.number, p.add, p.remove
-        );
-        Ok(self
-            .propose(
-                &what,
+                vec![("body", body.len())],
+            ),
+            Proposal::Labels {
+                number,
+                add,
+                remove,
+            } => (
+                format!("forge.set-labels on #{number} (+{add:?} -{remove:?})"),
                 Capability::ForgeSetLabels,
-                &[],
-                Proposal::Labels {
-                    number: p.number,
-                    add: p.add,
-                    remove: p.remove,
-                },
-            )
-            .await)
-    }
-
-    async fn propose_pull_request(
-        &mut self,
-        p: PullRequestProposal,
-    ) -> wasmtime::Result<Result<ProposalReceipt, RoleError>> {
-        let texts = [
-            ("title", p.title.len()),
-            ("body", p.body.len()),
-            ("commit message", p.commit_message.len()),
-        ];
-        Ok(self
-            .propose(
-                "forge.propose-pull-request",
+                Vec::new(),
+            ),
+            Proposal::PullRequest {
+                title,
+                body,
+                commit_message,
+            } => (
+                "forge.propose-pull-request".to_string(),
                 Capability::ForgeProposePullRequest,
-                &texts,
-                Proposal::PullRequest {
-                    title: p.title,
-                    body: p.body,
-                    commit_message: p.commit_message,
-                },
-            )
-            .await)
-    }
-
-    async fn propose_review(
-        &mut self,
-        p: ReviewProposal,
-    ) -> wasmtime::Result<Result<ProposalReceipt, RoleError>> {
-        let total: usize = p.summary.len()
-            + p.comments
-                .iter()
-                .map(|c| c.body.len() + c.path.len())
-                .sum::<usize>();
-        let what = format!("forge.review on #{}", p.number);
-        let comments = p
-            .comments
-            .into_iter()
-            .map(|c| domain::LineComment {
-                path: c.path,
-                line: c.line,
-                new_side: c.side == DiffSide::Right,
-                severity: match c.severity {
-                    Severity::Critical => domain::Severity::Critical,
-                    Severity::Important => domain::Severity::Important,
-                    Severity::Suggestion => domain::Severity::Suggestion,
-                    Severity::Nit => domain::Severity::Nit,
-                },
-                body: c.body,
-            })
-            .collect();
-        Ok(self
-            .propose(
-                &what,
+                vec![
+                    ("title", title.len()),
+                    ("body", body.len()),
+                    ("commit message", commit_message.len()),
+                ],
+            ),
+            Proposal::Review {
+                number,
+                summary,
+                comments,
+                ..
+            } => (
+                format!("forge.review on #{number}"),
                 Capability::ForgeReview,
-                &[("review text", total)],
-                Proposal::Review {
-                    number: p.number,
-                    request_changes: p.verdict == ReviewVerdict::RequestChanges,
-                    summary: p.summary,
-                    comments,
-                },
-            )
-            .await)
+                vec![(
+                    "review text",
+                    summary.len()
+                        + comments
+                            .iter()
+                            .map(|c| c.body.len() + c.path.len())
+                            .sum::<usize>(),
+                )],
+            ),
+            Proposal::Reply {
+                number,
+                comment_id,
+                body,
+            } => (
+                format!("forge.reply on #{number} to comment {comment_id}"),
+                Capability::ForgeReply,
+                vec![("body", body.len())],
+            ),
+            Proposal::Status {
+                number,
+                context,
+                state,
+                description,
+            } => (
+                format!("forge.status {context} = {state} on #{number}"),
+                Capability::ForgeStatus,
+                vec![("description", description.len()), ("context", context.len())],
+            ),
+        };
+        self.propose(&what, cap, &texts, proposal).await
     }
 }
 
-/// Link the `forge` interface.
-pub fn add_to_linker(linker: &mut wasmtime::component::Linker<RunState>) -> wasmtime::Result<()> {
-    wit::add_to_linker::<RunState, HasSelf<RunState>>(linker, |s| s)
-}

@@ -9,7 +9,7 @@
 use std::sync::{Arc, OnceLock};
 
 use crate::config::Role;
-use crate::plugin::wit::latest::kiln::role::types::RoleError;
+use crate::plugin::types::RoleError;
 use crate::policy::{Decision, Effect, EffectRequest, Gate, GateConfig, Trust};
 use crate::session::{EventKind, EventSink};
 
@@ -31,7 +31,7 @@ impl PolicyBinding {
     /// `kiln/run`. `None` when `role` is not one of Kiln's roles or the
     /// default gate cannot be built: every effect is then denied.
     pub fn untrusted_default(role: &str) -> Option<Self> {
-        let role = Role::ALL.into_iter().find(|r| r.as_str() == role)?;
+        let role = role.parse::<Role>().ok()?;
         Some(PolicyBinding {
             gate: default_gate()?,
             run: Arc::new(crate::policy::RunContext::new(

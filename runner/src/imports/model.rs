@@ -13,13 +13,10 @@
 //! never stall other runs.
 use std::sync::Arc;
 
-use wasmtime::component::HasSelf;
-
 use super::RunState;
 use crate::model::{self as domain, ModelError, ModelProvider};
 use crate::plugin::capability::Capability;
-use crate::plugin::wit::latest::kiln::role::model::{self as wit, Completion, CompletionRequest};
-use crate::plugin::wit::latest::kiln::role::types::RoleError;
+use crate::plugin::types::RoleError;
 use crate::session::{Budget, EventKind};
 
 /// Per-run state of the model interface.
@@ -32,32 +29,26 @@ pub struct ModelCtx {
     pub refused: Option<String>,
 }
 
-impl wit::Host for RunState {
-    async fn complete(
+impl RunState {
+    /// `model.complete`: one model turn through the host's provider.
+    pub(crate) async fn complete(
         &mut self,
-        request: CompletionRequest,
-    ) -> wasmtime::Result<Result<Completion, RoleError>> {
+        mut request: domain::CompletionRequest,
+    ) -> Result<domain::Completion, RoleError> {
         self.unless_paused().await;
-        if let Err(e) = self.require(Capability::ModelComplete, format_args!("model.complete")) {
-            return Ok(Err(e));
-        }
+        self.require(Capability::ModelComplete, format_args!("model.complete"))?;
         if let Some(why) = self.model.budget.exhausted() {
             self.events
                 .record(EventKind::ModelTurn, format!("refused: {why}"));
             self.model.refused = Some(why.clone());
-            return Ok(Err(RoleError::BudgetExhausted(why)));
+            return Err(RoleError::BudgetExhausted(why));
         }
         let Some(provider) = self.model.provider.clone() else {
-            return Ok(Err(RoleError::Unavailable(
-                ModelError::NotConfigured.to_string(),
-            )));
+            return Err(RoleError::Unavailable(ModelError::NotConfigured.to_string()));
         };
-        if let Err(e) = self.gate_now(crate::policy::Effect::ModelComplete {
+        self.gate_now(crate::policy::Effect::ModelComplete {
             model: provider.name(),
-        }) {
-            return Ok(Err(e));
-        }
-        let mut request = from_wit_request(request);
+        })?;
         // The provider is outside the host: what a plugin read from the
         // workspace or a command printed leaves redacted, like any other text.
         self.redact_request(&mut request);
@@ -68,7 +59,7 @@ impl wit::Host for RunState {
             Err(e) => {
                 self.events
                     .record(EventKind::ModelTurn, format!("{}: {e}", provider.name()));
-                return Ok(Err(to_role_error(e)));
+                return Err(to_role_error(e));
             }
         };
         let b = &mut self.model.budget;
@@ -90,7 +81,7 @@ impl wit::Host for RunState {
                 completion.usage.output_tokens
             ),
         );
-        Ok(Ok(to_wit_completion(completion)))
+        Ok(completion)
     }
 }
 
@@ -135,101 +126,6 @@ impl RunState {
             }
         }
     }
-}
-
-fn from_wit_request(r: CompletionRequest) -> domain::CompletionRequest {
-    domain::CompletionRequest {
-        system: r.system,
-        messages: r.messages.into_iter().map(from_wit_message).collect(),
-        tools: r
-            .tools
-            .into_iter()
-            .map(|t| domain::ToolSpec {
-                name: t.name,
-                description: t.description,
-                parameters: t.parameters,
-            })
-            .collect(),
-        max_tokens: r.max_tokens,
-        temperature: r.temperature,
-    }
-}
-
-fn from_wit_message(m: wit::Message) -> domain::Message {
-    domain::Message {
-        role: match m.role {
-            wit::MessageRole::User => domain::Role::User,
-            wit::MessageRole::Assistant => domain::Role::Assistant,
-        },
-        content: m
-            .content
-            .into_iter()
-            .map(|p| match p {
-                wit::ContentPart::Text(text) => domain::ContentPart::Text { text },
-                wit::ContentPart::ToolCall(c) => domain::ContentPart::ToolCall(domain::ToolCall {
-                    id: c.id,
-                    name: c.name,
-                    arguments: c.arguments,
-                }),
-                wit::ContentPart::ToolResult(r) => {
-                    domain::ContentPart::ToolResult(domain::ToolResult {
-                        call_id: r.call_id,
-                        content: r.content,
-                        is_error: r.is_error,
-                    })
-                }
-            })
-            .collect(),
-    }
-}
-
-fn to_wit_completion(c: domain::Completion) -> Completion {
-    Completion {
-        message: wit::Message {
-            role: match c.message.role {
-                domain::Role::User => wit::MessageRole::User,
-                domain::Role::Assistant => wit::MessageRole::Assistant,
-            },
-            content: c
-                .message
-                .content
-                .into_iter()
-                .map(|p| match p {
-                    domain::ContentPart::Text { text } => wit::ContentPart::Text(text),
-                    domain::ContentPart::ToolCall(t) => wit::ContentPart::ToolCall(wit::ToolCall {
-                        id: t.id,
-                        name: t.name,
-                        arguments: t.arguments,
-                    }),
-                    domain::ContentPart::ToolResult(r) => {
-                        wit::ContentPart::ToolResult(wit::ToolResult {
-                            call_id: r.call_id,
-                            content: r.content,
-                            is_error: r.is_error,
-                        })
-                    }
-                })
-                .collect(),
-        },
-        stop_reason: match c.stop_reason {
-            domain::StopReason::EndTurn => wit::StopReason::EndTurn,
-            domain::StopReason::ToolUse => wit::StopReason::ToolUse,
-            domain::StopReason::MaxTokens => wit::StopReason::MaxTokens,
-            domain::StopReason::StopSequence => wit::StopReason::StopSequence,
-            domain::StopReason::Refusal => wit::StopReason::Refusal,
-        },
-        usage: wit::Usage {
-            input_tokens: c.usage.input_tokens,
-            output_tokens: c.usage.output_tokens,
-            cost_micro_usd: c.usage.cost_micro_usd,
-        },
-        model: c.model,
-    }
-}
-
-/// Link the `model` interface.
-pub fn add_to_linker(linker: &mut wasmtime::component::Linker<RunState>) -> wasmtime::Result<()> {
-    wit::add_to_linker::<RunState, HasSelf<RunState>>(linker, |s| s)
 }
 
 #[cfg(test)]

@@ -6,10 +6,8 @@
 //! | `next-instruction`  | none       | — |
 //! | `get-budget`        | none       | — |
 //! | `report-panic`      | none       | size-capped, never traps |
-use wasmtime::component::HasSelf;
-
 use super::{RunState, check_size};
-use crate::plugin::wit::latest::kiln::role::session::{self, Budget, Event, EventKind as WitKind};
+use crate::plugin::types::{BudgetReport, PluginEventKind};
 use crate::session::{EventKind, Pause, Steering};
 
 /// Per-run state of the session interface.
@@ -20,36 +18,39 @@ pub struct SessionCtx {
     pub pause: Pause,
 }
 
-impl session::Host for RunState {
-    async fn emit(&mut self, event: Event) -> wasmtime::Result<()> {
+impl RunState {
+    /// `session.emit`: traps past the event size limit.
+    pub(crate) fn emit(&mut self, kind: PluginEventKind, message: String) -> wasmtime::Result<()> {
         check_size(
             "session.emit: event message",
-            event.message.len(),
+            message.len(),
             self.limits.max_event_bytes,
         )?;
-        let kind = match event.kind {
-            WitKind::Progress => EventKind::Progress,
-            WitKind::Note => EventKind::Note,
-            WitKind::Warning => EventKind::Warning,
+        let kind = match kind {
+            PluginEventKind::Progress => EventKind::Progress,
+            PluginEventKind::Note => EventKind::Note,
+            PluginEventKind::Warning => EventKind::Warning,
         };
-        self.events.record(kind, event.message);
+        self.events.record(kind, message);
         Ok(())
     }
 
-    async fn next_instruction(&mut self) -> wasmtime::Result<Option<String>> {
+    /// `session.next-instruction`: the next steering message.
+    pub(crate) async fn next_instruction(&mut self) -> Option<String> {
         // Asked before each model turn: an attached operator may still be
         // typing, and may steer when they detach.
         self.unless_paused().await;
-        Ok(self.session.steering.next())
+        self.session.steering.next()
     }
 
-    async fn get_budget(&mut self) -> wasmtime::Result<Budget> {
+    /// `session.get-budget`: what the run has spent and has left.
+    pub(crate) fn budget_report(&self) -> BudgetReport {
         let b = &self.model.budget;
         let left = self
             .limits
             .wall_clock
             .saturating_sub(self.started.elapsed());
-        Ok(Budget {
+        BudgetReport {
             turns_used: b.turns,
             turns_max: b.max_turns,
             tokens_used: b.tokens,
@@ -57,10 +58,11 @@ impl session::Host for RunState {
             cost_used_micro_usd: b.cost_micro_usd,
             cost_max_micro_usd: b.max_cost_micro_usd,
             time_left_ms: u64::try_from(left.as_millis()).unwrap_or(u64::MAX),
-        })
+        }
     }
 
-    async fn report_panic(&mut self, mut message: String) -> wasmtime::Result<()> {
+    /// `session.report-panic`: never traps; the message is cut to the limit.
+    pub(crate) fn report_panic(&mut self, mut message: String) {
         // Never trap here: the panic message is the most useful thing the
         // run's failure can carry. Cut it instead.
         if message.len() > self.limits.max_event_bytes {
@@ -72,11 +74,5 @@ impl session::Host for RunState {
         }
         self.events.record(EventKind::Panic, message.clone());
         self.panic = Some(message);
-        Ok(())
     }
-}
-
-/// Link the `session` interface.
-pub fn add_to_linker(linker: &mut wasmtime::component::Linker<RunState>) -> wasmtime::Result<()> {
-    session::add_to_linker::<RunState, HasSelf<RunState>>(linker, |s| s)
 }

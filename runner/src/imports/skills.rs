@@ -9,11 +9,8 @@
 use std::io::Read as _;
 use std::sync::Arc;
 
-use wasmtime::component::HasSelf;
-
 use super::RunState;
-use crate::plugin::wit::latest::kiln::role::skills::{self, Skill};
-use crate::plugin::wit::latest::kiln::role::types::RoleError;
+use crate::plugin::types::{RoleError, Skill};
 use crate::session::EventKind;
 use crate::skills::{MAX_OVERRIDE_BYTES, core, merge};
 
@@ -21,6 +18,9 @@ use crate::skills::{MAX_OVERRIDE_BYTES, core, merge};
 pub struct SkillsCtx {
     /// The repository's override directory (`.kiln/skills/`), if it has one.
     pub overrides: Option<Arc<cap_std::fs::Dir>>,
+    /// Core skills of custom roles (`[[roles]] skill = ...` in kiln.toml),
+    /// by name, beside the ones built into Kiln.
+    pub custom: Arc<Vec<(String, Arc<str>)>>,
 }
 
 impl RunState {
@@ -51,28 +51,38 @@ impl RunState {
     }
 }
 
-impl skills::Host for RunState {
-    async fn get(&mut self, name: String) -> wasmtime::Result<Result<Skill, RoleError>> {
+impl RunState {
+    /// `skills.get`: a core skill (built in, or a custom role's) merged with
+    /// the repository's override.
+    pub(crate) fn get_skill(&mut self, name: String) -> Result<Skill, RoleError> {
         let valid = !name.is_empty()
             && name.len() <= 64
             && name
                 .bytes()
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
         if !valid {
-            return Ok(Err(RoleError::InvalidArgument(format!(
+            return Err(RoleError::InvalidArgument(format!(
                 "skill name {:?} must be 1-64 of [a-z0-9-]",
                 name.chars().take(80).collect::<String>()
-            ))));
+            )));
         }
-        let Some(core) = core(&name) else {
-            return Ok(Err(RoleError::NotFound(format!(
+        let custom = self.skills.custom.clone();
+        let core = core(&name).or_else(|| {
+            custom
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, text)| &**text)
+        });
+        let Some(core) = core else {
+            return Err(RoleError::NotFound(format!(
                 "skill {name}: Kiln has no core skill of that name (it has {})",
                 crate::skills::CORE_SKILLS
                     .iter()
                     .map(|(n, _)| *n)
+                    .chain(custom.iter().map(|(n, _)| n.as_str()))
                     .collect::<Vec<_>>()
                     .join(", ")
-            ))));
+            )));
         };
         let over = match self.skill_override(&name) {
             Ok(over) => over,
@@ -85,11 +95,11 @@ impl skills::Host for RunState {
             }
         };
         let Some(over) = over else {
-            return Ok(Ok(Skill {
+            return Ok(Skill {
                 name,
                 text: core.to_string(),
                 overridden: false,
-            }));
+            });
         };
         let merged = merge(core, &over);
         for ignored in &merged.ignored {
@@ -98,17 +108,12 @@ impl skills::Host for RunState {
                 format!(".kiln/skills/{name}.md: {ignored}"),
             );
         }
-        Ok(Ok(Skill {
+        Ok(Skill {
             name,
             text: merged.text,
             overridden: merged.overridden,
-        }))
+        })
     }
-}
-
-/// Link the `skills` interface.
-pub fn add_to_linker(linker: &mut wasmtime::component::Linker<RunState>) -> wasmtime::Result<()> {
-    skills::add_to_linker::<RunState, HasSelf<RunState>>(linker, |s| s)
 }
 
 #[cfg(test)]
@@ -119,7 +124,6 @@ mod tests {
     use crate::imports::RunContext;
     use crate::plugin::capability::builtin_role_grants;
     use crate::plugin::limits::PluginLimits;
-    use crate::plugin::wit::latest::kiln::role::skills::Host;
     use crate::session::MemoryEvents;
 
     fn state(overrides: Option<&std::path::Path>) -> (RunState, MemoryEvents) {
@@ -150,21 +154,19 @@ mod tests {
     async fn the_core_skill_is_served_with_nothing_on_disk() {
         let (mut s, events) = state(None);
         let skill = s
-            .get("review".into())
-            .await
-            .expect("no trap")
+            .get_skill("review".into())
             .expect("skill");
         assert_eq!(skill.text, crate::skills::core("review").expect("core"));
         assert!(!skill.overridden);
         assert!(warnings(&events).is_empty());
-        let err = s.get("deploy".into()).await.expect("no trap").unwrap_err();
+        let err = s.get_skill("deploy".into()).unwrap_err();
         assert_eq!(
             err,
             RoleError::NotFound(
                 "skill deploy: Kiln has no core skill of that name (it has triage, spec, implementation, review)".into()
             )
         );
-        let err = s.get("../etc".into()).await.expect("no trap").unwrap_err();
+        let err = s.get_skill("../etc".into()).unwrap_err();
         assert!(matches!(err, RoleError::InvalidArgument(_)), "{err:?}");
     }
 
@@ -178,9 +180,7 @@ mod tests {
         .expect("write");
         let (mut s, events) = state(Some(dir.path()));
         let skill = s
-            .get("triage".into())
-            .await
-            .expect("no trap")
+            .get_skill("triage".into())
             .expect("skill");
         assert!(skill.overridden);
         assert!(skill.text.contains("- `kind/bug` — broken"));
@@ -194,7 +194,7 @@ mod tests {
             ]
         );
         // A role without an override file gets its core skill.
-        let spec = s.get("spec".into()).await.expect("no trap").expect("skill");
+        let spec = s.get_skill("spec".into()).expect("skill");
         assert!(!spec.overridden);
     }
 
@@ -212,12 +212,10 @@ mod tests {
         )
         .expect("write");
         let (mut s, events) = state(Some(dir.path()));
-        let spec = s.get("spec".into()).await.expect("no trap").expect("skill");
+        let spec = s.get_skill("spec".into()).expect("skill");
         assert_eq!(spec.text, crate::skills::core("spec").expect("core"));
         let review = s
-            .get("review".into())
-            .await
-            .expect("no trap")
+            .get_skill("review".into())
             .expect("skill");
         assert!(!review.overridden);
         let w = warnings(&events);

@@ -13,14 +13,10 @@
 use std::sync::Arc;
 
 use cap_std::fs::Dir;
-use wasmtime::component::HasSelf;
 
 use super::{RunState, check_size};
 use crate::plugin::capability::Capability;
-use crate::plugin::wit::latest::kiln::role::types::RoleError;
-use crate::plugin::wit::latest::kiln::role::workspace::{
-    self as wit, DirEntry, EntryKind, ExecOutput, ExecRequest,
-};
+use crate::plugin::types::{DirEntry, EntryKind, ExecOutput, ExecRequest, RoleError};
 use crate::policy::Effect;
 use crate::publish::Publisher;
 use crate::sandbox::{Sandbox, SandboxBackend, exec::ExitReason};
@@ -112,8 +108,12 @@ fn relative(path: &str) -> &str {
     if p.is_empty() { "." } else { p }
 }
 
-impl wit::Host for RunState {
-    async fn read_file(&mut self, path: String) -> wasmtime::Result<Result<Vec<u8>, RoleError>> {
+impl RunState {
+    /// `workspace.read-file`.
+    pub(crate) async fn read_file(
+        &mut self,
+        path: String,
+    ) -> wasmtime::Result<Result<Vec<u8>, RoleError>> {
         let op = "workspace.read-file";
         let result = (|| {
             self.require(Capability::WorkspaceRead, format_args!("{op} {path}"))?;
@@ -138,7 +138,8 @@ impl wit::Host for RunState {
         Ok(result)
     }
 
-    async fn write_file(
+    /// `workspace.write-file`: traps past the size limit.
+    pub(crate) async fn write_file(
         &mut self,
         path: String,
         contents: Vec<u8>,
@@ -177,7 +178,8 @@ impl wit::Host for RunState {
         Ok(result)
     }
 
-    async fn remove_file(&mut self, path: String) -> wasmtime::Result<Result<(), RoleError>> {
+    /// `workspace.remove-file`.
+    pub(crate) async fn remove_file(&mut self, path: String) -> wasmtime::Result<Result<(), RoleError>> {
         self.unless_paused().await;
         let op = "workspace.remove-file";
         let result = (|| {
@@ -192,7 +194,8 @@ impl wit::Host for RunState {
         Ok(result)
     }
 
-    async fn list_dir(
+    /// `workspace.list-dir`.
+    pub(crate) async fn list_dir(
         &mut self,
         path: String,
     ) -> wasmtime::Result<Result<Vec<DirEntry>, RoleError>> {
@@ -236,35 +239,28 @@ impl wit::Host for RunState {
         Ok(result)
     }
 
-    async fn exec(
-        &mut self,
-        request: ExecRequest,
-    ) -> wasmtime::Result<Result<ExecOutput, RoleError>> {
+    /// `workspace.exec`: a command in the run's sandbox.
+    pub(crate) async fn exec(&mut self, request: ExecRequest) -> Result<ExecOutput, RoleError> {
         self.unless_paused().await;
         let argv0 = request.argv.first().cloned().unwrap_or_default();
-        Ok(self.exec_gated(request, &argv0).await)
+        self.exec_gated(request, &argv0).await
     }
 
-    async fn diff(&mut self) -> wasmtime::Result<Result<String, RoleError>> {
-        if let Err(e) = self.require(Capability::WorkspaceRead, format_args!("workspace.diff")) {
-            return Ok(Err(e));
-        }
-        if let Err(e) = self.gate_now(Effect::WorkspaceRead { path: ".".into() }) {
-            return Ok(Err(e));
-        }
+    /// `workspace.diff`: the workspace's changes against the run's start.
+    pub(crate) async fn diff(&mut self) -> Result<String, RoleError> {
+        self.require(Capability::WorkspaceRead, format_args!("workspace.diff"))?;
+        self.gate_now(Effect::WorkspaceRead { path: ".".into() })?;
         let Some(publisher) = self.workspace.publisher.clone() else {
-            return Ok(Err(RoleError::Unavailable(
+            return Err(RoleError::Unavailable(
                 "workspace.diff: this run has no repository to diff against".into(),
-            )));
+            ));
         };
-        Ok(match publisher.diff().await {
+        match publisher.diff().await {
             Ok(d) => Ok(self.redact(d)),
             Err(e) => Err(RoleError::Internal(format!("workspace.diff: {e}"))),
-        })
+        }
     }
-}
 
-impl RunState {
     async fn exec_gated(
         &mut self,
         request: ExecRequest,
@@ -371,10 +367,6 @@ fn tail(s: &str, max: usize) -> &str {
     &s[start..]
 }
 
-/// Link the `workspace` interface.
-pub fn add_to_linker(linker: &mut wasmtime::component::Linker<RunState>) -> wasmtime::Result<()> {
-    wit::add_to_linker::<RunState, HasSelf<RunState>>(linker, |s| s)
-}
 
 #[cfg(test)]
 mod tests {
@@ -384,7 +376,6 @@ mod tests {
     use crate::imports::RunContext;
     use crate::plugin::capability::builtin_role_grants;
     use crate::plugin::limits::PluginLimits;
-    use crate::plugin::wit::latest::kiln::role::workspace::Host;
     use crate::session::MemoryEvents;
 
     fn state(ws: &std::path::Path, role: &str, writable: bool) -> RunState {

@@ -51,9 +51,36 @@ pub struct IntakeConfig {
     /// `[[triggers]]`; `None` means the embedded defaults.
     #[serde(default)]
     pub triggers: Option<Vec<TriggerRule>>,
+    /// The custom roles configured with `[[roles]]` (set from the whole
+    /// config after parsing), which `/kiln <role>` may name.
+    #[serde(skip)]
+    pub custom_roles: Vec<Role>,
 }
 
 impl IntakeConfig {
+    /// Every role the configured `[[triggers]]` name, with where: the
+    /// config checks each is built in or configured.
+    pub fn roles(&self) -> Vec<(String, Role)> {
+        let mut out = Vec::new();
+        for (i, rule) in self.triggers.iter().flatten().enumerate() {
+            let place = format!("[[triggers]] #{}", i + 1);
+            match rule {
+                TriggerRule::IssueOpened { role }
+                | TriggerRule::Label { role, .. }
+                | TriggerRule::SpecApproved { role, .. }
+                | TriggerRule::KilnPullRequest { role, .. } => out.push((place, *role)),
+                TriggerRule::Comment {
+                    issue_role,
+                    pull_request_role,
+                } => {
+                    out.push((place.clone(), *issue_role));
+                    out.push((place, *pull_request_role));
+                }
+            }
+        }
+        out
+    }
+
     /// The rules in force: the configured ones, or the defaults.
     pub fn rules(&self) -> Vec<TriggerRule> {
         self.triggers.clone().unwrap_or_else(default_rules)

@@ -42,6 +42,8 @@ pub(super) struct Processor {
     pub(super) forges: ForgeResolver,
     pub(super) rules: Vec<TriggerRule>,
     pub(super) kiln_logins: Vec<String>,
+    /// The custom roles `/kiln <role>` may name (`[[roles]]`).
+    pub(super) custom_roles: Vec<crate::config::Role>,
     pub(super) max_runs_per_target: u32,
     pub(super) outcomes: broadcast::Sender<Outcome>,
 }
@@ -94,7 +96,7 @@ impl Processor {
             reason,
             runs,
         };
-        let dispatches = match route(&self.rules, &self.kiln_logins, &job.event) {
+        let dispatches = match route(&self.rules, &self.kiln_logins, &self.custom_roles, &job.event) {
             Route::Ignore(why) => return outcome(DeliveryStatus::Ignored, Some(why), vec![]),
             Route::Dispatch(d) => d,
         };

@@ -52,8 +52,13 @@ fn repo_of(r: &Repository) -> Result<RepoRef, Route> {
 }
 
 /// Which runs `event` asks for under `rules`.
-pub fn route(rules: &[TriggerRule], kiln_logins: &[String], event: &WebhookEvent) -> Route {
-    match route_inner(rules, kiln_logins, event) {
+pub fn route(
+    rules: &[TriggerRule],
+    kiln_logins: &[String],
+    custom_roles: &[Role],
+    event: &WebhookEvent,
+) -> Route {
+    match route_inner(rules, kiln_logins, custom_roles, event) {
         Ok(dispatches) if dispatches.is_empty() => Route::Ignore(no_rule_reason(event)),
         Ok(mut dispatches) => {
             // Two rules asking for the same run queue it once.
@@ -73,6 +78,7 @@ pub fn route(rules: &[TriggerRule], kiln_logins: &[String], event: &WebhookEvent
 fn route_inner(
     rules: &[TriggerRule],
     kiln_logins: &[String],
+    custom_roles: &[Role],
     event: &WebhookEvent,
 ) -> Result<Vec<Dispatch>, Route> {
     let ignore = |why: String| Err(Route::Ignore(why));
@@ -186,6 +192,7 @@ fn route_inner(
             let on_pr = e.issue.is_pull_request();
             out.extend(comment_dispatch(
                 rules,
+                custom_roles,
                 &e.action,
                 &e.comment,
                 &e.sender,
@@ -197,6 +204,7 @@ fn route_inner(
         WebhookEvent::PullRequestReviewComment(e) => {
             out.extend(comment_dispatch(
                 rules,
+                custom_roles,
                 &e.action,
                 &e.comment,
                 &e.sender,
@@ -270,6 +278,7 @@ fn spec_issue(head: &str) -> Option<u64> {
 
 fn comment_dispatch(
     rules: &[TriggerRule],
+    custom_roles: &[Role],
     action: &str,
     comment: &Comment,
     sender: &Actor,
@@ -310,7 +319,12 @@ fn comment_dispatch(
         return Ok(None);
     };
     let role = match asked {
-        Asked::Role(role) => role,
+        Asked::Role(role) if role.is_builtin() || custom_roles.contains(&role) => role,
+        Asked::Role(role) => {
+            return Err(Route::Ignore(format!(
+                "/kiln {role}: not a role here (triage, spec, implementation, review, or one configured with [[roles]])"
+            )));
+        }
         Asked::Default => {
             if on_pr {
                 pr_role
@@ -350,10 +364,13 @@ enum Asked {
     UnknownRole(String),
 }
 
+/// A built-in role by name (any case), or a custom role's name (checked
+/// against the configured roles by the router).
 fn role_named(word: &str) -> Option<Role> {
     Role::ALL
         .into_iter()
         .find(|r| r.as_str().eq_ignore_ascii_case(word))
+        .or_else(|| word.parse::<Role>().ok())
 }
 
 /// `/kiln <role>` at the start of a line, or `@kiln [role]` as a word.

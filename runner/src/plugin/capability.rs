@@ -30,11 +30,17 @@ pub enum Capability {
     ForgeProposePullRequest,
     /// `forge.review`: propose a pull request review.
     ForgeReview,
+    /// `forge.reply`: propose replies in review threads (WIT 0.2.0).
+    ForgeReply,
+    /// `forge.status`: propose commit statuses named `kiln/...` (WIT 0.2.0).
+    ForgeStatus,
+    /// `signals.read`: read the repository's earlier runs and corrections (WIT 0.2.0).
+    SignalsRead,
 }
 
 impl Capability {
     /// Every capability, in a stable order.
-    pub const ALL: [Capability; 9] = [
+    pub const ALL: [Capability; 12] = [
         Capability::ModelComplete,
         Capability::WorkspaceRead,
         Capability::WorkspaceWrite,
@@ -44,6 +50,9 @@ impl Capability {
         Capability::ForgeSetLabels,
         Capability::ForgeProposePullRequest,
         Capability::ForgeReview,
+        Capability::ForgeReply,
+        Capability::ForgeStatus,
+        Capability::SignalsRead,
     ];
 
     /// The capability's name as written in manifests and config.
@@ -58,18 +67,26 @@ impl Capability {
             Capability::ForgeSetLabels => "forge.set-labels",
             Capability::ForgeProposePullRequest => "forge.propose-pull-request",
             Capability::ForgeReview => "forge.review",
+            Capability::ForgeReply => "forge.reply",
+            Capability::ForgeStatus => "forge.status",
+            Capability::SignalsRead => "signals.read",
         }
     }
 
     /// The capability needed to call `function` of the `kiln:role`
-    /// interface `interface`: `Ok(None)` if none is needed, `Err` if the
-    /// function is not part of the contract.
+    /// interface `interface` in contract version `wit`: `Ok(None)` if none
+    /// is needed, `Err` if the function is not part of that version.
     pub fn for_import(
+        wit: &str,
         interface: &str,
         function: &str,
     ) -> Result<Option<Capability>, NotInContract> {
         use Capability::*;
+        let since_0_2 = wit != "0.1.0";
         let cap = match (interface, function) {
+            ("forge", "propose-reply") if since_0_2 => Some(ForgeReply),
+            ("forge", "propose-status") if since_0_2 => Some(ForgeStatus),
+            ("signals", "recent-runs" | "list-signals") if since_0_2 => Some(SignalsRead),
             ("session", "emit" | "next-instruction" | "get-budget" | "report-panic") => None,
             ("skills", "get") => None,
             ("model", "complete") => Some(ModelComplete),
@@ -103,7 +120,7 @@ pub struct NotInContract;
 /// A capability name that Kiln does not know.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "unknown capability `{0}` (known: model.complete, workspace.read, workspace.write, workspace.exec, forge.read, forge.comment, forge.set-labels, forge.propose-pull-request, forge.review)"
+    "unknown capability `{0}` (known: model.complete, workspace.read, workspace.write, workspace.exec, forge.read, forge.comment, forge.set-labels, forge.propose-pull-request, forge.review, forge.reply, forge.status, signals.read)"
 )]
 pub struct UnknownCapability(pub String);
 
@@ -217,11 +234,27 @@ mod tests {
 
     #[test]
     fn unknown_import_functions_are_not_part_of_the_contract() {
-        assert_eq!(Capability::for_import("forge", "merge"), Err(NotInContract));
         assert_eq!(
-            Capability::for_import("forge", "propose-comment"),
+            Capability::for_import("0.2.0", "forge", "merge"),
+            Err(NotInContract)
+        );
+        assert_eq!(
+            Capability::for_import("0.1.0", "forge", "propose-comment"),
             Ok(Some(Capability::ForgeComment))
         );
-        assert_eq!(Capability::for_import("session", "emit"), Ok(None));
+        assert_eq!(Capability::for_import("0.2.0", "session", "emit"), Ok(None));
+        // What 0.2.0 added is not part of 0.1.0.
+        assert_eq!(
+            Capability::for_import("0.2.0", "forge", "propose-reply"),
+            Ok(Some(Capability::ForgeReply))
+        );
+        assert_eq!(
+            Capability::for_import("0.1.0", "forge", "propose-reply"),
+            Err(NotInContract)
+        );
+        assert_eq!(
+            Capability::for_import("0.1.0", "signals", "list-signals"),
+            Err(NotInContract)
+        );
     }
 }

@@ -7,16 +7,15 @@
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
-use wasmtime::component::Linker;
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
 
 use super::capability::{CapabilitySet, builtin_role_grants};
 use super::inspect::{self, LoadError, PluginInfo};
 use super::limits::PluginLimits;
-use super::wit::latest::{Role, RolePre};
+use super::wit::{Linkers, RolePre};
 use super::{Outcome, Task};
 use crate::forge::Proposal;
-use crate::imports::{self, GuestLimitExceeded, RunContext, RunState};
+use crate::imports::{GuestLimitExceeded, RunContext, RunState};
 use crate::session::{Budget, EventKind};
 
 /// Why a run failed. Each variant names the plugin and says what happened
@@ -120,7 +119,7 @@ pub struct LoadedPlugin {
     pub info: PluginInfo,
     /// The capabilities it runs with.
     pub capabilities: CapabilitySet,
-    pre: RolePre<RunState>,
+    pre: RolePre,
 }
 
 impl LoadedPlugin {
@@ -138,9 +137,10 @@ pub struct HostSetupError(String);
 /// Compiles, checks, caches and runs role plugins.
 pub struct PluginHost {
     engine: Engine,
-    linker: Linker<RunState>,
+    linkers: Linkers,
     limits: PluginLimits,
     role_grants: HashMap<String, CapabilitySet>,
+    custom_skills: Arc<Vec<(String, Arc<str>)>>,
     plugins: RwLock<HashMap<String, Arc<LoadedPlugin>>>,
 }
 
@@ -166,17 +166,17 @@ impl PluginHost {
             .table_elements(limits.table_elements);
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         let engine = Engine::new(&config).map_err(|e| HostSetupError(format!("{e:#}")))?;
-        let mut linker = Linker::new(&engine);
-        imports::add_to_linker(&mut linker).map_err(|e| HostSetupError(format!("{e:#}")))?;
+        let linkers = Linkers::new(&engine).map_err(|e| HostSetupError(format!("{e:#}")))?;
         let role_grants = ["triage", "spec", "implementation", "review"]
             .into_iter()
             .filter_map(|r| builtin_role_grants(r).map(|g| (r.to_string(), g)))
             .collect();
         Ok(PluginHost {
             engine,
-            linker,
+            linkers,
             limits,
             role_grants,
+            custom_skills: Arc::default(),
             plugins: RwLock::new(HashMap::new()),
         })
     }
@@ -184,6 +184,20 @@ impl PluginHost {
     /// Grant `capabilities` to a custom role (or replace a built-in role's grants).
     pub fn grant_role(&mut self, role: &str, capabilities: CapabilitySet) {
         self.role_grants.insert(role.to_string(), capabilities);
+    }
+
+    /// Serve `text` as the core skill `name` (a custom role's skill file),
+    /// beside the skills built into Kiln.
+    pub fn add_skill(&mut self, name: &str, text: &str) {
+        let mut skills = (*self.custom_skills).clone();
+        skills.retain(|(n, _)| n != name);
+        skills.push((name.to_string(), Arc::from(text)));
+        self.custom_skills = Arc::new(skills);
+    }
+
+    /// The custom roles' core skills, for a run's context.
+    pub fn custom_skills(&self) -> Arc<Vec<(String, Arc<str>)>> {
+        self.custom_skills.clone()
     }
 
     /// The limits every run gets.
@@ -212,11 +226,7 @@ impl PluginHost {
             wit: info.manifest.wit.clone(),
             reason,
         };
-        let instance_pre = self
-            .linker
-            .instantiate_pre(&component)
-            .map_err(|e| bad_export(format!("{e:#}")))?;
-        let pre = RolePre::new(instance_pre).map_err(|e| bad_export(format!("{e:#}")))?;
+        let pre = RolePre::new(&self.linkers, &info.manifest.wit, &component).map_err(bad_export)?;
         let plugin = Arc::new(LoadedPlugin {
             info,
             capabilities,
@@ -247,9 +257,9 @@ impl PluginHost {
         let result = match prepared {
             Ok(()) => {
                 let call = async {
-                    let instance: Role = plugin
+                    let instance = plugin
                         .pre
-                        .instantiate_async(&mut store)
+                        .instantiate(&mut store)
                         .await
                         .map_err(|e| (true, e))?;
                     instance
@@ -269,7 +279,7 @@ impl PluginHost {
                     Ok(Err((false, e))) => Err(self.classify(&name, e, store.data())),
                     Ok(Ok(Err(role_error))) => Err(RunError::Role {
                         plugin: name.clone(),
-                        message: describe(&role_error),
+                        message: role_error.to_string(),
                     }),
                     Ok(Ok(Ok(outcome))) => {
                         over_budget(&name, outcome, store.data().model.refused.as_deref())
@@ -282,7 +292,7 @@ impl PluginHost {
             }),
         };
         let message = match &result {
-            Ok(o) => format!("{:?}: {}", o.status, o.summary),
+            Ok(o) => format!("{}: {}", o.status, o.summary),
             Err(e) => e.to_string(),
         };
         let state = store.into_data();
@@ -308,7 +318,7 @@ impl PluginHost {
         prepared.map_err(instantiate)?;
         plugin
             .pre
-            .instantiate_async(&mut store)
+            .instantiate(&mut store)
             .await
             .map_err(|e| instantiate(format!("{e:#}")))?;
         Ok(())
@@ -387,37 +397,13 @@ fn over_budget(plugin: &str, outcome: Outcome, refused: Option<&str>) -> Result<
             Err(RunError::BudgetExhausted {
                 plugin: plugin.to_string(),
                 message: why.to_string(),
-                claimed: format!(
-                    "{}: {}",
-                    match outcome.status {
-                        super::OutcomeStatus::Completed => "completed",
-                        super::OutcomeStatus::Blocked => "blocked",
-                        super::OutcomeStatus::Skipped => "skipped",
-                    },
-                    outcome.summary
-                ),
+                claimed: format!("{}: {}", outcome.status, outcome.summary),
             })
         }
         _ => Ok(outcome),
     }
 }
 
-fn describe(e: &super::RoleError) -> String {
-    use super::RoleError::*;
-    match e {
-        Denied(m) => format!("denied: {m}"),
-        HeldForApproval(id) => format!("held for approval as effect {id}"),
-        NotFound(m) => format!("not found: {m}"),
-        InvalidArgument(m) => format!("invalid argument: {m}"),
-        BudgetExhausted(m) => format!("budget exhausted: {m}"),
-        LimitExceeded(m) => format!("limit exceeded: {m}"),
-        Timeout(m) => format!("timed out: {m}"),
-        Unavailable(m) => format!("unavailable: {m}"),
-        Cancelled => "cancelled".into(),
-        NotPermitted(m) => format!("not permitted: {m}"),
-        Internal(m) => format!("host error: {m}"),
-    }
-}
 /// Run `call` under the plugin's wall-clock limit, not counting time the
 /// run spent paused for an attached operator. `Err` when the limit passed.
 async fn wall_clock<F: std::future::Future>(

@@ -71,6 +71,24 @@ pub enum LoadError {
         /// Versions supported.
         supported: String,
     },
+    /// An import of another version of the contract than the manifest declares.
+    #[error(
+        "plugin {plugin} declares wit = \"{declared}\" in kiln-plugin.toml but imports `{import}`: \
+         a plugin is built against one version of the contract (with the SDK: the `wit-{found_feature}` \
+         feature gives {found}; declare wit = \"{found}\", or build against {declared})"
+    )]
+    VersionMismatch {
+        /// Plugin name.
+        plugin: String,
+        /// The import of the other version.
+        import: String,
+        /// The version the manifest declares.
+        declared: String,
+        /// The version the import belongs to.
+        found: String,
+        /// `found` as an SDK feature suffix (`0-2-0`).
+        found_feature: String,
+    },
     /// An import outside the `kiln:role` package (e.g. WASI).
     #[error(
         "plugin {plugin} imports `{import}`, which is not part of kiln:role@{wit}: plugins must be pure components (no WASI, no other interfaces)"
@@ -236,6 +254,20 @@ pub fn verdict(
     let prefix = format!("{}/", wit::PACKAGE);
     let suffix = format!("@{}", m.wit);
     for import in &info.imports {
+        if let Some((_, found)) = import
+            .name
+            .strip_prefix(&prefix)
+            .and_then(|rest| rest.split_once('@'))
+            && found != m.wit
+        {
+            return Err(LoadError::VersionMismatch {
+                plugin,
+                import: import.name.clone(),
+                declared: m.wit.clone(),
+                found: found.to_string(),
+                found_feature: found.replace('.', "-"),
+            });
+        }
         let interface = import
             .name
             .strip_prefix(&prefix)
@@ -246,7 +278,7 @@ pub fn verdict(
                 wit: m.wit.clone(),
             })?;
         for function in &import.functions {
-            match Capability::for_import(interface, function) {
+            match Capability::for_import(&m.wit, interface, function) {
                 Err(_) => {
                     return Err(LoadError::UnknownFunction {
                         plugin,

@@ -20,9 +20,9 @@ pub mod role {
         parse(&name).ok_or_else(|| serde::de::Error::custom(format!("unknown role {name:?}")))
     }
 
-    /// The role named `name`.
+    /// The role named `name` (built in, or a custom role's name).
     pub fn parse(name: &str) -> Option<Role> {
-        Role::ALL.into_iter().find(|r| r.as_str() == name)
+        name.parse().ok()
     }
 }
 
