@@ -148,6 +148,7 @@ async fn services_with(
         gate: Arc::new(gate),
         model: Some(Arc::new(Canned(Mutex::new(turns.into()), sent))),
         budgets: HashMap::new(),
+        history: None,
         mirrors: root.join("mirrors"),
         runs_dir: Some(root.join("runs")),
     }
@@ -456,7 +457,7 @@ async fn a_pull_request_from_an_untrusted_trigger_waits_for_approval_and_lands_w
     let (image, _) = images::images().await;
     let backend = DockerBackend::new(images::docker().await, "test-service-held").expect("backend");
     backend.remove_orphans().await.expect("cleanup");
-    let (host, plugins) = kiln::app::role_plugins(PluginLimits::default()).expect("plugins");
+    let (host, plugins) = kiln::app::role_plugins(PluginLimits::default(), &kiln::config::KilnConfig::default()).expect("plugins");
     let script = include_str!("../runner/demo/spec.json");
     let services = Services {
         host: Arc::new(host),
@@ -469,6 +470,7 @@ async fn a_pull_request_from_an_untrusted_trigger_waits_for_approval_and_lands_w
             kiln::model::ScriptedProvider::from_json("spec.json", script).expect("script"),
         )),
         budgets: HashMap::new(),
+        history: None,
         mirrors: root.path().join("mirrors"),
         runs_dir: Some(root.path().join("runs")),
     };

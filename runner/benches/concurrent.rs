@@ -294,6 +294,7 @@ async fn main() -> anyhow::Result<()> {
             runner_id: RUNNER_ID.into(),
             model: Some(Arc::new(Parker)),
             budgets: HashMap::new(),
+            history: None,
         },
         &|_| {},
     )

@@ -68,6 +68,7 @@ async fn main() -> anyhow::Result<()> {
             runner_id: "bench-run".into(),
             model: None,
             budgets: HashMap::new(),
+            history: None,
         },
         &|_| {},
     )

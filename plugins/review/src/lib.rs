@@ -391,6 +391,7 @@ mod tests {
             base_branch: "main".into(),
             trigger: kiln_plugin_sdk::Trigger::PullRequestOpened,
             instructions: None,
+            args: Vec::new(),
         };
         assert_eq!(closed_issue(&task, "Closes #17\n\nstuff"), Some(17));
         assert_eq!(closed_issue(&task, "nothing"), None);
