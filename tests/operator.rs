@@ -98,7 +98,11 @@ async fn setup(runner_id: &str, script: &str) -> Setup {
     let (image, _) = images::images().await;
     let backend = DockerBackend::new(images::docker().await, runner_id).expect("backend");
     backend.remove_orphans().await.expect("cleanup");
-    let (host, plugins) = kiln::app::role_plugins(PluginLimits::default(), &kiln::config::KilnConfig::default()).expect("plugins");
+    let (host, plugins) = kiln::app::role_plugins(
+        PluginLimits::default(),
+        &kiln::config::KilnConfig::default(),
+    )
+    .expect("plugins");
     let gate = Arc::new(kiln::app::gate(&Default::default()).expect("gate"));
     let services = Services {
         host: Arc::new(host),

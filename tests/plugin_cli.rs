@@ -99,7 +99,11 @@ fn plugin_check_json_reports_the_verdict_and_the_roles_entry_for_ci() {
         .env_remove("KILN_CONFIG")
         .output()
         .expect("run kiln");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let report: serde_json::Value =
         serde_json::from_slice(&out.stdout).expect("--json prints one JSON object");
     assert_eq!(report["ok"], true, "{report:#}");
@@ -140,7 +144,9 @@ fn plugin_check_json_reports_the_verdict_and_the_roles_entry_for_ci() {
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
     assert_eq!(report["ok"], false);
     assert!(
-        report["error"].as_str().is_some_and(|e| e.contains("core module, not a component")),
+        report["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("core module, not a component")),
         "{report:#}"
     );
 }
@@ -246,13 +252,19 @@ async fn writing_a_plugin_as_the_readme_says_ends_in_its_comment_on_the_local_fo
             "`kiln {}` failed; the walkthrough so far:\n{transcript}",
             args.join(" ")
         );
-        eprintln!("kiln {} took {:.1} s", args[..2].join(" "), step.elapsed().as_secs_f64());
+        eprintln!(
+            "kiln {} took {:.1} s",
+            args[..2].join(" "),
+            step.elapsed().as_secs_f64()
+        );
         if args[..2] == ["plugin", "build"] {
             // "add the printed entry to kiln.toml"
             let entry = stdout
                 .split("add to kiln.toml\n\n")
                 .nth(1)
-                .unwrap_or_else(|| panic!("`kiln plugin build` should print the [[roles]] entry:\n{stdout}"));
+                .unwrap_or_else(|| {
+                    panic!("`kiln plugin build` should print the [[roles]] entry:\n{stdout}")
+                });
             std::fs::write(home.join("kiln.toml"), entry).expect("write kiln.toml");
         }
         if args[..2] == ["plugin", "test"] {

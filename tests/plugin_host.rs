@@ -821,7 +821,10 @@ async fn a_frozen_0_1_0_plugin_runs_a_whole_run_beside_0_2_0_plugins() {
     assert_host_still_serves(&host).await;
     for (name, bytes) in builtin::ROLE_PLUGINS {
         let loaded = host.load(bytes).expect("built-in loads");
-        assert_eq!(loaded.info.manifest.wit, "0.2.0", "{name} is built against 0.2.0");
+        assert_eq!(
+            loaded.info.manifest.wit, "0.2.0",
+            "{name} is built against 0.2.0"
+        );
     }
 }
 
@@ -917,9 +920,17 @@ fn a_plugin_whose_imports_belong_to_another_version_than_its_manifest_is_refused
     // A plugin that calls 0.2.0's reply, declaring 0.1.0.
     let reply = with_manifest(
         &bytes("reply"),
-        &manifest("0.1.0", "answer", "\"forge.read\", \"forge.reply\", \"forge.status\", \"signals.read\""),
+        &manifest(
+            "0.1.0",
+            "answer",
+            "\"forge.read\", \"forge.reply\", \"forge.status\", \"signals.read\"",
+        ),
     );
-    let err = host.load(&reply).err().map(|e| e.to_string()).unwrap_or_default();
+    let err = host
+        .load(&reply)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
     assert!(
         err.contains("declares wit = \"0.1.0\" in kiln-plugin.toml but imports `kiln:role/")
             && err.contains("@0.2.0`"),
@@ -928,16 +939,28 @@ fn a_plugin_whose_imports_belong_to_another_version_than_its_manifest_is_refused
     // And the other way round: a 0.1.0 component claiming 0.2.0.
     let frozen = with_manifest(
         &bytes("frozen-0-1-0"),
-        &manifest("0.2.0", "frozen", "\"model.complete\", \"forge.read\", \"forge.comment\""),
+        &manifest(
+            "0.2.0",
+            "frozen",
+            "\"model.complete\", \"forge.read\", \"forge.comment\"",
+        ),
     );
-    let err = host.load(&frozen).err().map(|e| e.to_string()).unwrap_or_default();
+    let err = host
+        .load(&frozen)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
     assert!(
         err.contains("declares wit = \"0.2.0\"") && err.contains("@0.1.0`"),
         "got: {err}"
     );
     // An unknown version is refused with the list of supported ones.
     let future = with_manifest(&bytes("reply"), &manifest("0.3.0", "answer", ""));
-    let err = host.load(&future).err().map(|e| e.to_string()).unwrap_or_default();
+    let err = host
+        .load(&future)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
     assert!(
         err.contains("targets kiln:role@0.3.0, this host supports 0.2.0, 0.1.0"),
         "got: {err}"
@@ -945,7 +968,10 @@ fn a_plugin_whose_imports_belong_to_another_version_than_its_manifest_is_refused
 }
 
 /// A kiln.toml with one `[[roles]]` entry, in `dir`, loaded as `kiln run` would.
-fn custom_role_config(dir: &std::path::Path, role: &str) -> Result<kiln::config::KilnConfig, String> {
+fn custom_role_config(
+    dir: &std::path::Path,
+    role: &str,
+) -> Result<kiln::config::KilnConfig, String> {
     std::fs::write(dir.join("kiln.toml"), role).map_err(|e| e.to_string())?;
     kiln::config::KilnConfig::load(&dir.join("kiln.toml")).map_err(|e| e.to_string())
 }
@@ -987,7 +1013,12 @@ fn custom_roles_that_cannot_be_trusted_are_refused_with_the_reason() {
             "but kiln.toml pins 0000",
         ),
         (
-            entry("answer", "answer.wasm", &sha256(&reply), "\"forge.read\", \"forge.reply\""),
+            entry(
+                "answer",
+                "answer.wasm",
+                &sha256(&reply),
+                "\"forge.read\", \"forge.reply\"",
+            ),
             "asks for capability forge.status, which role answer does not grant",
         ),
         (

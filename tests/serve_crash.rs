@@ -593,7 +593,9 @@ async fn a_frozen_0_1_0_plugin_and_the_0_2_0_built_ins_run_in_the_same_serve() {
     let plugin = kiln::plugin::builtin::test_plugin_path("frozen-0-1-0").expect("built");
     let sha = {
         use sha2::Digest;
-        hex::encode(sha2::Sha256::digest(std::fs::read(plugin).expect("read plugin")))
+        hex::encode(sha2::Sha256::digest(
+            std::fs::read(plugin).expect("read plugin"),
+        ))
     };
     // `kiln` reads ./kiln.toml: the queueing CLI and the service alike.
     std::fs::write(
@@ -606,7 +608,16 @@ async fn a_frozen_0_1_0_plugin_and_the_0_2_0_built_ins_run_in_the_same_serve() {
     .expect("write kiln.toml");
     for role in ["frozen", "triage"] {
         env.ok(
-            &["run", "--queue", "--role", role, "--issue", "1", "-R", "local/crash"],
+            &[
+                "run",
+                "--queue",
+                "--role",
+                role,
+                "--issue",
+                "1",
+                "-R",
+                "local/crash",
+            ],
             &[],
         );
     }

@@ -457,7 +457,11 @@ async fn a_pull_request_from_an_untrusted_trigger_waits_for_approval_and_lands_w
     let (image, _) = images::images().await;
     let backend = DockerBackend::new(images::docker().await, "test-service-held").expect("backend");
     backend.remove_orphans().await.expect("cleanup");
-    let (host, plugins) = kiln::app::role_plugins(PluginLimits::default(), &kiln::config::KilnConfig::default()).expect("plugins");
+    let (host, plugins) = kiln::app::role_plugins(
+        PluginLimits::default(),
+        &kiln::config::KilnConfig::default(),
+    )
+    .expect("plugins");
     let script = include_str!("../runner/demo/spec.json");
     let services = Services {
         host: Arc::new(host),

@@ -88,8 +88,8 @@ pub fn role_plugins(
     let mut custom = Vec::new();
     for r in &config.roles {
         let err = |reason: String| AppError::Plugin(format!("[[roles]] {:?}: {reason}", r.name));
-        let grants = crate::plugin::CapabilitySet::parse(&r.capabilities)
-            .map_err(|e| err(e.to_string()))?;
+        let grants =
+            crate::plugin::CapabilitySet::parse(&r.capabilities).map_err(|e| err(e.to_string()))?;
         host.grant_role(&r.name, grants);
         if let Some(skill) = &r.skill {
             let path = r.resolve(&config.base_dir, skill);
@@ -98,8 +98,8 @@ pub fn role_plugins(
             host.add_skill(&r.name, &text);
         }
         let path = r.resolve(&config.base_dir, &r.plugin);
-        let bytes = std::fs::read(&path)
-            .map_err(|e| err(format!("plugin {}: {e}", path.display())))?;
+        let bytes =
+            std::fs::read(&path).map_err(|e| err(format!("plugin {}: {e}", path.display())))?;
         let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes));
         if !digest.eq_ignore_ascii_case(&r.sha256) {
             return Err(err(format!(
@@ -125,17 +125,21 @@ pub fn role_plugins(
     }
     for (r, path, bytes) in custom {
         let err = |reason: String| AppError::Plugin(format!("[[roles]] {:?}: {reason}", r.name));
-        let loaded = host
-            .load(&bytes)
-            .map_err(|e| err(format!("plugin {}: {e}", path.display())))?;
-        if loaded.info.manifest.role != r.name {
+        // The role first: a plugin written for another role must not be
+        // judged (or run) under this role's grant.
+        if let Ok(manifest) = crate::plugin::inspect::read_manifest(&bytes)
+            && manifest.role != r.name
+        {
             return Err(err(format!(
                 "plugin {} plays role `{}` (its kiln-plugin.toml), not `{}`",
                 path.display(),
-                loaded.info.manifest.role,
+                manifest.role,
                 r.name
             )));
         }
+        let loaded = host
+            .load(&bytes)
+            .map_err(|e| err(format!("plugin {}: {e}", path.display())))?;
         let role = r
             .role()
             .ok_or_else(|| err(format!("{:?} is not a role name", r.name)))?;

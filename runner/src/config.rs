@@ -102,7 +102,9 @@ pub enum ConfigError {
     },
     /// A trigger, secret scope or budget names a role that is neither built
     /// in nor configured with `[[roles]]`.
-    #[error("{place} names role `{role}`, which is neither built in (triage, spec, implementation, review) nor configured with [[roles]]")]
+    #[error(
+        "{place} names role `{role}`, which is neither built in (triage, spec, implementation, review) nor configured with [[roles]]"
+    )]
     UnknownRole {
         /// Where the name appears.
         place: String,
@@ -244,10 +246,7 @@ impl KilnConfig {
             source,
         })?;
         let mut config = Self::from_toml(&text)?;
-        config.base_dir = path
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_default();
+        config.base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
         Ok(config)
     }
 

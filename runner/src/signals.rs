@@ -29,7 +29,11 @@ impl StoreSignals {
         StoreSignals { store, repo }
     }
 
-    async fn runs(&self, query: &SignalQuery, limit: usize) -> Result<Vec<crate::store::Run>, String> {
+    async fn runs(
+        &self,
+        query: &SignalQuery,
+        limit: usize,
+    ) -> Result<Vec<crate::store::Run>, String> {
         let role: Role = query.role.parse()?;
         let since = now_ms() - i64::from(query.since_hours) * 3_600_000;
         let runs = self
@@ -96,9 +100,11 @@ impl SignalSource for StoreSignals {
                     reason.unwrap_or_default().to_string(),
                     run.updated_ms,
                 )),
-                (RunState::Failed, Some(reason)) if reason.contains("budget") => out.push(
-                    signal(SignalKind::BudgetExhausted, reason.to_string(), run.updated_ms),
-                ),
+                (RunState::Failed, Some(reason)) if reason.contains("budget") => out.push(signal(
+                    SignalKind::BudgetExhausted,
+                    reason.to_string(),
+                    run.updated_ms,
+                )),
                 _ => {}
             }
             let events = self
@@ -219,19 +225,29 @@ mod tests {
                 .collect::<Vec<_>>(),
             vec![
                 (denied.to_string().as_str(), "succeeded", "labelled"),
-                (blocked.to_string().as_str(), "blocked", "the issue names no version"),
+                (
+                    blocked.to_string().as_str(),
+                    "blocked",
+                    "the issue names no version"
+                ),
             ],
             "this repository's triage runs, newest first"
         );
         assert!(runs.iter().all(|r| r.queued_at.ends_with('Z')), "{runs:?}");
         let found = signals.signals(&query).await.expect("signals");
-        let kinds: Vec<_> = found.iter().map(|s| (s.kind, s.evidence.as_str())).collect();
+        let kinds: Vec<_> = found
+            .iter()
+            .map(|s| (s.kind, s.evidence.as_str()))
+            .collect();
         assert!(
             kinds.contains(&(SignalKind::RunBlocked, "the issue names no version")),
             "{kinds:?}"
         );
         assert!(
-            kinds.contains(&(SignalKind::EffectDenied, "ready-to-spec is a human-only label")),
+            kinds.contains(&(
+                SignalKind::EffectDenied,
+                "ready-to-spec is a human-only label"
+            )),
             "{kinds:?}"
         );
         assert_eq!(found.len(), 2, "a note is not a signal: {kinds:?}");

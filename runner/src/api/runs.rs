@@ -69,14 +69,8 @@ pub(super) fn filter(raw: Option<&str>) -> Result<RunFilter, ApiError> {
     let role = q
         .get("role")
         .map(|r| {
-            Role::ALL
-                .into_iter()
-                .find(|x| x.as_str() == r)
-                .ok_or_else(|| {
-                    ApiError::BadRequest(format!(
-                        "query parameter role={r:?} is not a role (triage, spec, implementation, review)"
-                    ))
-                })
+            r.parse::<Role>()
+                .map_err(|e| ApiError::BadRequest(format!("query parameter role: {e}")))
         })
         .transpose()?;
     let states = q

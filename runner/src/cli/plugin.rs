@@ -145,11 +145,18 @@ fn build(dir: &Path, output: Option<PathBuf>) -> anyhow::Result<PathBuf> {
 fn kiln_checkout() -> Option<PathBuf> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let root = root.canonicalize().ok()?;
-    root.join("plugins/sdk/Cargo.toml").is_file().then_some(root)
+    root.join("plugins/sdk/Cargo.toml")
+        .is_file()
+        .then_some(root)
 }
 
 /// `kiln plugin new`.
-fn new_crate(name: &str, role: Option<&str>, dir: Option<PathBuf>, wit: &str) -> anyhow::Result<ExitCode> {
+fn new_crate(
+    name: &str,
+    role: Option<&str>,
+    dir: Option<PathBuf>,
+    wit: &str,
+) -> anyhow::Result<ExitCode> {
     if !kiln::config::is_role_name(name) {
         bail!("plugin name {name:?} must be 1-64 of [a-z0-9-]");
     }
@@ -164,7 +171,11 @@ fn new_crate(name: &str, role: Option<&str>, dir: Option<PathBuf>, wit: &str) ->
         );
     }
     let dir = dir.unwrap_or_else(|| PathBuf::from(name));
-    if dir.exists() && std::fs::read_dir(&dir).map(|mut d| d.next().is_some()).unwrap_or(true) {
+    if dir.exists()
+        && std::fs::read_dir(&dir)
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(true)
+    {
         bail!(
             "{} already exists and is not empty: kiln plugin new never overwrites; pick another --dir",
             dir.display()
@@ -196,13 +207,28 @@ fn new_crate(name: &str, role: Option<&str>, dir: Option<PathBuf>, wit: &str) ->
             .replace("{{sdk}}", &sdk)
     };
     let files: [(&str, &str); 7] = [
-        ("Cargo.toml", include_str!("plugin_template/Cargo.toml.tmpl")),
-        ("kiln-plugin.toml", include_str!("plugin_template/kiln-plugin.toml.tmpl")),
+        (
+            "Cargo.toml",
+            include_str!("plugin_template/Cargo.toml.tmpl"),
+        ),
+        (
+            "kiln-plugin.toml",
+            include_str!("plugin_template/kiln-plugin.toml.tmpl"),
+        ),
         ("src/lib.rs", include_str!("plugin_template/lib.rs.tmpl")),
         ("SKILL.md", include_str!("plugin_template/SKILL.md.tmpl")),
-        ("tests/issue.md", include_str!("plugin_template/issue.md.tmpl")),
-        ("tests/script.json", include_str!("plugin_template/script.json.tmpl")),
-        ("tests/plugin.rs", include_str!("plugin_template/test.rs.tmpl")),
+        (
+            "tests/issue.md",
+            include_str!("plugin_template/issue.md.tmpl"),
+        ),
+        (
+            "tests/script.json",
+            include_str!("plugin_template/script.json.tmpl"),
+        ),
+        (
+            "tests/plugin.rs",
+            include_str!("plugin_template/test.rs.tmpl"),
+        ),
     ];
     for (path, template) in files {
         let path = dir.join(path);
@@ -270,7 +296,8 @@ fn check(
         Ok(v) => v,
         Err(e) => {
             if json {
-                let report = serde_json::json!({"file": label, "ok": false, "error": e.to_string()});
+                let report =
+                    serde_json::json!({"file": label, "ok": false, "error": e.to_string()});
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
                 println!("{label}\nverdict: REFUSED: {e}");
@@ -315,8 +342,7 @@ fn check(
             serde_json::json!({"name": import.name, "functions": functions})
         })
         .collect();
-    let snippet =
-        unconfigured.then(|| roles_snippet(file, bytes, &m.role, &m.capabilities, skill));
+    let snippet = unconfigured.then(|| roles_snippet(file, bytes, &m.role, &m.capabilities, skill));
     if json {
         let report = serde_json::json!({
             "file": label,
@@ -339,7 +365,11 @@ fn check(
             "roles_snippet": snippet,
         });
         println!("{}", serde_json::to_string_pretty(&report)?);
-        return Ok(if verdict.is_ok() { ExitCode::SUCCESS } else { ExitCode::from(1) });
+        return Ok(if verdict.is_ok() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        });
     }
     println!("{label}");
     println!(
@@ -368,7 +398,11 @@ fn check(
     for import in &imports {
         println!("  {}", import["name"].as_str().unwrap_or_default());
         for f in import["functions"].as_array().into_iter().flatten() {
-            let need = match (f["in_contract"].as_bool(), f["capability"].as_str(), f["declared"].as_bool()) {
+            let need = match (
+                f["in_contract"].as_bool(),
+                f["capability"].as_str(),
+                f["declared"].as_bool(),
+            ) {
                 (Some(false), _, _) => "not part of the contract".to_string(),
                 (_, Some(cap), Some(true)) => format!("needs {cap} (declared)"),
                 (_, Some(cap), _) => format!("needs {cap} (NOT DECLARED)"),
@@ -454,7 +488,10 @@ async fn test(plugin: &Path, script: &Path, issue_file: Option<&Path>) -> anyhow
         // the test shows what the plugin does, the grant is the operator's.
         let copy = scratch.path().join("plugin.wasm");
         std::fs::write(&copy, &bytes)?;
-        let skill = plugin.is_dir().then(|| plugin.join("SKILL.md")).filter(|p| p.is_file());
+        let skill = plugin
+            .is_dir()
+            .then(|| plugin.join("SKILL.md"))
+            .filter(|p| p.is_file());
         config.roles.push(CustomRoleConfig {
             name: manifest.role.clone(),
             plugin: copy,

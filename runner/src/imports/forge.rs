@@ -490,7 +490,10 @@ impl RunState {
 
     /// `forge.propose-*`: check the proposal's capability and text sizes,
     /// have the gate decide it, and apply, record or hold it.
-    pub(crate) async fn propose_effect(&mut self, proposal: Proposal) -> Result<Receipt, RoleError> {
+    pub(crate) async fn propose_effect(
+        &mut self,
+        proposal: Proposal,
+    ) -> Result<Receipt, RoleError> {
         let (what, cap, texts): (String, Capability, Vec<(&str, usize)>) = match &proposal {
             Proposal::Comment { number, body } => (
                 format!("forge.comment on #{number}"),
@@ -553,10 +556,12 @@ impl RunState {
             } => (
                 format!("forge.status {context} = {state} on #{number}"),
                 Capability::ForgeStatus,
-                vec![("description", description.len()), ("context", context.len())],
+                vec![
+                    ("description", description.len()),
+                    ("context", context.len()),
+                ],
             ),
         };
         self.propose(&what, cap, &texts, proposal).await
     }
 }
-

@@ -44,7 +44,9 @@ impl RunState {
             return Err(RoleError::BudgetExhausted(why));
         }
         let Some(provider) = self.model.provider.clone() else {
-            return Err(RoleError::Unavailable(ModelError::NotConfigured.to_string()));
+            return Err(RoleError::Unavailable(
+                ModelError::NotConfigured.to_string(),
+            ));
         };
         self.gate_now(crate::policy::Effect::ModelComplete {
             model: provider.name(),

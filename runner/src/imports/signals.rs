@@ -33,7 +33,11 @@ pub struct SignalsCtx {
 }
 
 impl RunState {
-    fn signal_query(&self, what: &str, mut query: SignalQuery) -> Result<(Arc<dyn SignalSource>, SignalQuery), RoleError> {
+    fn signal_query(
+        &self,
+        what: &str,
+        mut query: SignalQuery,
+    ) -> Result<(Arc<dyn SignalSource>, SignalQuery), RoleError> {
         self.require(Capability::SignalsRead, format_args!("{what}"))?;
         if !crate::config::is_role_name(&query.role) {
             return Err(RoleError::InvalidArgument(format!(
@@ -49,7 +53,10 @@ impl RunState {
     }
 
     /// `signals.recent-runs`.
-    pub(crate) async fn recent_runs(&mut self, query: SignalQuery) -> Result<Vec<RunRecord>, RoleError> {
+    pub(crate) async fn recent_runs(
+        &mut self,
+        query: SignalQuery,
+    ) -> Result<Vec<RunRecord>, RoleError> {
         let (source, query) = self.signal_query("signals.recent-runs", query)?;
         let mut runs = source
             .recent_runs(&query)
@@ -63,7 +70,10 @@ impl RunState {
     }
 
     /// `signals.list-signals`.
-    pub(crate) async fn read_signals(&mut self, query: SignalQuery) -> Result<Vec<Signal>, RoleError> {
+    pub(crate) async fn read_signals(
+        &mut self,
+        query: SignalQuery,
+    ) -> Result<Vec<Signal>, RoleError> {
         let (source, query) = self.signal_query("signals.list-signals", query)?;
         let mut signals = source
             .signals(&query)

@@ -153,9 +153,7 @@ mod tests {
     #[tokio::test]
     async fn the_core_skill_is_served_with_nothing_on_disk() {
         let (mut s, events) = state(None);
-        let skill = s
-            .get_skill("review".into())
-            .expect("skill");
+        let skill = s.get_skill("review".into()).expect("skill");
         assert_eq!(skill.text, crate::skills::core("review").expect("core"));
         assert!(!skill.overridden);
         assert!(warnings(&events).is_empty());
@@ -179,9 +177,7 @@ mod tests {
         )
         .expect("write");
         let (mut s, events) = state(Some(dir.path()));
-        let skill = s
-            .get_skill("triage".into())
-            .expect("skill");
+        let skill = s.get_skill("triage".into()).expect("skill");
         assert!(skill.overridden);
         assert!(skill.text.contains("- `kind/bug` — broken"));
         assert!(!skill.text.contains("- `enhancement`"));
@@ -214,9 +210,7 @@ mod tests {
         let (mut s, events) = state(Some(dir.path()));
         let spec = s.get_skill("spec".into()).expect("skill");
         assert_eq!(spec.text, crate::skills::core("spec").expect("core"));
-        let review = s
-            .get_skill("review".into())
-            .expect("skill");
+        let review = s.get_skill("review".into()).expect("skill");
         assert!(!review.overridden);
         let w = warnings(&events);
         assert_eq!(w.len(), 2, "{w:?}");

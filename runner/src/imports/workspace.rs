@@ -179,7 +179,10 @@ impl RunState {
     }
 
     /// `workspace.remove-file`.
-    pub(crate) async fn remove_file(&mut self, path: String) -> wasmtime::Result<Result<(), RoleError>> {
+    pub(crate) async fn remove_file(
+        &mut self,
+        path: String,
+    ) -> wasmtime::Result<Result<(), RoleError>> {
         self.unless_paused().await;
         let op = "workspace.remove-file";
         let result = (|| {
@@ -366,7 +369,6 @@ fn tail(s: &str, max: usize) -> &str {
     }
     &s[start..]
 }
-
 
 #[cfg(test)]
 mod tests {

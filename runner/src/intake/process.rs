@@ -96,7 +96,12 @@ impl Processor {
             reason,
             runs,
         };
-        let dispatches = match route(&self.rules, &self.kiln_logins, &self.custom_roles, &job.event) {
+        let dispatches = match route(
+            &self.rules,
+            &self.kiln_logins,
+            &self.custom_roles,
+            &job.event,
+        ) {
             Route::Ignore(why) => return outcome(DeliveryStatus::Ignored, Some(why), vec![]),
             Route::Dispatch(d) => d,
         };

@@ -315,16 +315,11 @@ fn comment_dispatch(
     // Commands hidden in HTML comments or behind invisible characters must
     // not trigger: parse the text a human sees.
     let text = sanitize(comment.body.as_deref().unwrap_or_default()).text;
-    let Some(asked) = command(&text) else {
+    let Some(asked) = command(&text, custom_roles) else {
         return Ok(None);
     };
     let role = match asked {
-        Asked::Role(role) if role.is_builtin() || custom_roles.contains(&role) => role,
-        Asked::Role(role) => {
-            return Err(Route::Ignore(format!(
-                "/kiln {role}: not a role here (triage, spec, implementation, review, or one configured with [[roles]])"
-            )));
-        }
+        Asked::Role(role) => role,
         Asked::Default => {
             if on_pr {
                 pr_role
@@ -334,7 +329,7 @@ fn comment_dispatch(
         }
         Asked::UnknownRole(word) => {
             return Err(Route::Ignore(format!(
-                "/kiln {word:?}: not a role (triage, spec, implementation, review)"
+                "/kiln {word:?}: not a role (triage, spec, implementation, review, or one configured with [[roles]])"
             )));
         }
     };
@@ -364,17 +359,16 @@ enum Asked {
     UnknownRole(String),
 }
 
-/// A built-in role by name (any case), or a custom role's name (checked
-/// against the configured roles by the router).
-fn role_named(word: &str) -> Option<Role> {
+/// A built-in role by name (any case), or a configured custom role's.
+fn role_named(word: &str, custom_roles: &[Role]) -> Option<Role> {
     Role::ALL
         .into_iter()
+        .chain(custom_roles.iter().copied())
         .find(|r| r.as_str().eq_ignore_ascii_case(word))
-        .or_else(|| word.parse::<Role>().ok())
 }
 
 /// `/kiln <role>` at the start of a line, or `@kiln [role]` as a word.
-fn command(text: &str) -> Option<Asked> {
+fn command(text: &str, custom_roles: &[Role]) -> Option<Asked> {
     for line in text.lines() {
         let line = line.trim_start();
         if let Some(rest) = line.strip_prefix("/kiln") {
@@ -382,7 +376,7 @@ fn command(text: &str) -> Option<Asked> {
                 continue;
             }
             return Some(match rest.split_whitespace().next() {
-                Some(word) => role_named(word)
+                Some(word) => role_named(word, custom_roles)
                     .map(Asked::Role)
                     .unwrap_or_else(|| Asked::UnknownRole(word.chars().take(40).collect())),
                 None => Asked::Default,
@@ -396,7 +390,7 @@ fn command(text: &str) -> Option<Asked> {
             return Some(
                 words
                     .peek()
-                    .and_then(|w| role_named(w.trim_end_matches([',', ':', '.'])))
+                    .and_then(|w| role_named(w.trim_end_matches([',', ':', '.']), custom_roles))
                     .map(Asked::Role)
                     .unwrap_or(Asked::Default),
             );
@@ -411,34 +405,51 @@ mod tests {
 
     #[test]
     fn commands_and_mentions_are_found_only_as_written() {
-        assert_eq!(command("/kiln spec"), Some(Asked::Role(Role::Spec)));
+        assert_eq!(command("/kiln spec", &[]), Some(Asked::Role(Role::Spec)));
         assert_eq!(
-            command("please\n  /kiln implementation now"),
+            command("please\n  /kiln implementation now", &[]),
             Some(Asked::Role(Role::Implementation))
         );
-        assert_eq!(command("/kiln"), Some(Asked::Default));
+        assert_eq!(command("/kiln", &[]), Some(Asked::Default));
+        // A custom role is a role only where [[roles]] configures it.
+        let changelog = Role::Custom(crate::config::RoleName::new("changelog").expect("name"));
         assert_eq!(
-            command("/kiln boss"),
+            command("/kiln changelog", &[changelog]),
+            Some(Asked::Role(changelog))
+        );
+        assert_eq!(
+            command("/kiln changelog", &[]),
+            Some(Asked::UnknownRole("changelog".into()))
+        );
+        assert_eq!(
+            command("@kiln changelog please", &[changelog]),
+            Some(Asked::Role(changelog))
+        );
+        assert_eq!(
+            command("/kiln boss", &[]),
             Some(Asked::UnknownRole("boss".into()))
         );
         assert_eq!(
-            command("/kilnx spec"),
+            command("/kilnx spec", &[]),
             None,
             "a longer word is not the command"
         );
         assert_eq!(
-            command("see /kiln spec"),
+            command("see /kiln spec", &[]),
             None,
             "the command must start a line"
         );
-        assert_eq!(command("hey @kiln, fix the tests"), Some(Asked::Default));
         assert_eq!(
-            command("@kiln review: look again"),
+            command("hey @kiln, fix the tests", &[]),
+            Some(Asked::Default)
+        );
+        assert_eq!(
+            command("@kiln review: look again", &[]),
             Some(Asked::Role(Role::Review))
         );
-        assert_eq!(command("mail bob@kiln.dev"), None);
-        assert_eq!(command("@kilnbot do it"), None);
-        assert_eq!(command("nothing here"), None);
+        assert_eq!(command("mail bob@kiln.dev", &[]), None);
+        assert_eq!(command("@kilnbot do it", &[]), None);
+        assert_eq!(command("nothing here", &[]), None);
     }
 
     #[test]

@@ -226,7 +226,8 @@ impl PluginHost {
             wit: info.manifest.wit.clone(),
             reason,
         };
-        let pre = RolePre::new(&self.linkers, &info.manifest.wit, &component).map_err(bad_export)?;
+        let pre =
+            RolePre::new(&self.linkers, &info.manifest.wit, &component).map_err(bad_export)?;
         let plugin = Arc::new(LoadedPlugin {
             info,
             capabilities,

@@ -15,7 +15,11 @@ impl Role for Reply {
             .ok_or_else(|| RoleError::InvalidArgument("needs a pull request".into()))?;
         let pr = forge::pull_request(number)?;
         for thread in &pr.review_threads {
-            let asked = thread.comments.first().map(|c| c.body.as_str()).unwrap_or("");
+            let asked = thread
+                .comments
+                .first()
+                .map(|c| c.body.as_str())
+                .unwrap_or("");
             forge::reply(number, thread.id, &format!("Addressed: {asked}"))?;
         }
         let context = task
@@ -23,7 +27,12 @@ impl Role for Reply {
             .as_deref()
             .and_then(|i| i.strip_prefix("status "))
             .unwrap_or("kiln/answer");
-        forge::set_status(number, context, StatusState::Success, "every thread answered")?;
+        forge::set_status(
+            number,
+            context,
+            StatusState::Success,
+            "every thread answered",
+        )?;
         let history = match signals::recent_runs(&task.role, 24, 10) {
             Ok(runs) => format!("{} earlier runs", runs.len()),
             Err(e) => format!("no history ({})", e.describe()),
