@@ -698,6 +698,8 @@ async fn review_comments_only_on_diff_lines_each_with_a_severity_and_never_appro
             base_branch: "main".into(),
             draft: true,
             diff: diff.clone(),
+            head_sha: String::new(),
+            review_threads: vec![],
         },
     );
     let model = Replay::from_json(&read(&demo("review.json")));
