@@ -202,6 +202,36 @@ pub async fn apply(
                 .map_err(|e| e.to_string())?;
             Ok(Some(format!("#{number} review {id}")))
         }
+        Proposal::Reply {
+            number,
+            comment_id,
+            body,
+        } => {
+            let id = forge
+                .reply_to_review_comment(*number, *comment_id, body)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(Some(format!("#{number} reply {id}")))
+        }
+        Proposal::Status {
+            number,
+            context,
+            state,
+            description,
+        } => {
+            forge
+                .set_status(
+                    *number,
+                    &domain::CommitStatus {
+                        context: context.clone(),
+                        state: *state,
+                        description: description.clone(),
+                    },
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(Some(format!("#{number} status {context}")))
+        }
     }
 }
 
@@ -320,6 +350,32 @@ impl RunState {
                 })
                 .0
             }
+            Proposal::Reply {
+                number,
+                comment_id,
+                body,
+            } => {
+                self.decide(Effect::Reply {
+                    number: *number,
+                    comment_id: *comment_id,
+                    body: body.clone(),
+                })
+                .0
+            }
+            Proposal::Status {
+                number,
+                context,
+                state,
+                description,
+            } => {
+                self.decide(Effect::Status {
+                    number: *number,
+                    context: context.clone(),
+                    state: *state,
+                    description: description.clone(),
+                })
+                .0
+            }
         }
     }
 
@@ -356,6 +412,26 @@ impl RunState {
                         ..c
                     })
                     .collect(),
+            },
+            Proposal::Reply {
+                number,
+                comment_id,
+                body,
+            } => Proposal::Reply {
+                number,
+                comment_id,
+                body: self.redact(body),
+            },
+            Proposal::Status {
+                number,
+                context,
+                state,
+                description,
+            } => Proposal::Status {
+                number,
+                context,
+                state,
+                description: self.redact(description),
             },
         }
     }
