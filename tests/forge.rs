@@ -902,8 +902,10 @@ async fn connection_errors_are_retried_then_reported() {
     let counter = Arc::clone(&accepted);
     std::thread::spawn(move || {
         for stream in listener.incoming() {
-            drop(stream);
+            // Counted before the hang-up: the client cannot see its error
+            // (and the test cannot read the count) before the count is made.
             *counter.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+            drop(stream);
         }
     });
     let options = Options {
@@ -1142,6 +1144,22 @@ async fn the_token_never_appears_in_logs_argv_or_debug_output() {
     env.api
         .inject(Fault::new(Method::GET, &env.repo_path(""), 500).forever());
     let err = forge.default_branch().await.expect_err("500");
+    // The new forge calls fail through the same path: their errors too.
+    let reply_err = forge
+        .reply_to_review_comment(404, 1, "x")
+        .await
+        .expect_err("no such pull request");
+    let status_err = forge
+        .set_status(
+            404,
+            &CommitStatus {
+                context: "kiln/verification".into(),
+                state: StatusState::Success,
+                description: String::new(),
+            },
+        )
+        .await
+        .expect_err("no such pull request");
 
     let tokens = env.api.issued_tokens();
     assert!(!tokens.is_empty());
@@ -1175,6 +1193,8 @@ async fn the_token_never_appears_in_logs_argv_or_debug_output() {
         ("credentials Debug", credentials_debug),
         ("remote Debug", format!("{remote:?}")),
         ("error", err.to_string()),
+        ("reply error", reply_err.to_string()),
+        ("status error", status_err.to_string()),
     ];
     let basic = remote.authorization.clone().expect("authorization");
     for token in &tokens {
