@@ -177,17 +177,8 @@ fn open_db(root: &Path) -> Result<Connection, ForgeError> {
 /// takes the write lock before the version is read again, so a `kiln serve`
 /// and a CLI command opening an old database at once migrate it once.
 fn migrate(conn: &Connection) -> rusqlite::Result<()> {
-    const MIGRATIONS: [&str; 2] = [MIGRATION_1, MIGRATION_2];
     conn.execute_batch("BEGIN IMMEDIATE")?;
-    let result = (|| -> rusqlite::Result<()> {
-        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
-        for (done, sql) in MIGRATIONS.iter().enumerate().skip(version.max(0) as usize) {
-            conn.execute_batch(sql)?;
-            conn.pragma_update(None, "user_version", done as i64 + 1)?;
-        }
-        Ok(())
-    })();
-    match result {
+    match apply_migrations(conn) {
         Ok(()) => conn.execute_batch("COMMIT"),
         Err(e) => {
             // The error that matters is the migration's, not the rollback's.
@@ -195,6 +186,18 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
             Err(e)
         }
     }
+}
+
+/// The migrations after the database's version, inside [`migrate`]'s
+/// transaction.
+fn apply_migrations(conn: &Connection) -> rusqlite::Result<()> {
+    const MIGRATIONS: [&str; 2] = [MIGRATION_1, MIGRATION_2];
+    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    for (done, sql) in MIGRATIONS.iter().enumerate().skip(version.max(0) as usize) {
+        conn.execute_batch(sql)?;
+        conn.pragma_update(None, "user_version", done as i64 + 1)?;
+    }
+    Ok(())
 }
 
 /// Names of the repositories on the local forge under `root`.
