@@ -20,8 +20,8 @@ use axum::http::Method;
 use github_api::{Fault, GitHubApi, git};
 use kiln::forge::github::{Credentials, GitHub, GitHubForge, Options, RetryPolicy};
 use kiln::forge::{
-    Forge, ForgeError, LineComment, NewIssue, NewPullRequest, NewReview, Permission, RepoRef,
-    Severity, StateFilter,
+    CommitStatus, Forge, ForgeError, LineComment, MAX_STATUS_DESCRIPTION_CHARS, NewIssue,
+    NewPullRequest, NewReview, Permission, RepoRef, Severity, StateFilter, StatusState,
 };
 
 // ---------------------------------------------------------------------------
@@ -346,6 +346,153 @@ pub async fn contract(forge: &dyn Forge, env: &dyn ContractEnv) {
     assert_eq!(reviews[0].comments, vec![line]);
     assert!(reviews[1].comments.is_empty());
 
+    // Review threads: the line comment opens a thread; a reply lands in it.
+    let got = forge.get_pull_request(pr).await.expect("get pull request");
+    assert_eq!(got.head_sha, two, "the head commit is the pushed one");
+    assert_eq!(got.review_threads.len(), 1, "{:?}", got.review_threads);
+    let thread = &got.review_threads[0];
+    assert_eq!(
+        (
+            thread.path.as_str(),
+            thread.line,
+            thread.new_side,
+            thread.resolved
+        ),
+        ("src/lib.rs", Some(1), true, false)
+    );
+    let opening: Vec<(u64, &str)> = thread
+        .comments
+        .iter()
+        .map(|c| (c.id, c.body.as_str()))
+        .collect();
+    assert_eq!(opening, vec![(thread.id, "two() is never called")]);
+    let reply = forge
+        .reply_to_review_comment(pr, thread.id, "Removed two(); see the next commit.")
+        .await
+        .expect("reply to the line comment");
+    let got = forge.get_pull_request(pr).await.expect("get pull request");
+    assert_eq!(got.review_threads.len(), 1, "a reply opens no new thread");
+    let comments = &got.review_threads[0].comments;
+    assert_eq!(
+        comments
+            .iter()
+            .map(|c| (c.id, c.body.as_str()))
+            .collect::<Vec<_>>(),
+        vec![
+            (thread.id, "two() is never called"),
+            (reply, "Removed two(); see the next commit.")
+        ],
+        "the reply follows the comment it answers"
+    );
+    assert!(
+        comments.iter().all(|c| !c.author.is_empty() && !c.trusted),
+        "authors are named and trust is the caller's decision: {comments:?}"
+    );
+    for (what, result) in [
+        (
+            "unknown comment",
+            forge.reply_to_review_comment(pr, 999_999_999, "x").await,
+        ),
+        (
+            "comment on another number",
+            forge.reply_to_review_comment(first, thread.id, "x").await,
+        ),
+        (
+            "unknown pull request",
+            forge.reply_to_review_comment(999_999, thread.id, "x").await,
+        ),
+    ] {
+        assert!(
+            matches!(result, Err(ForgeError::NotFound(_))),
+            "reply to {what}: expected NotFound, got {result:?}"
+        );
+    }
+    // GitHub documents "replies to replies are not supported": a reply
+    // answers the thread's id.
+    let nested = forge.reply_to_review_comment(pr, reply, "x").await;
+    assert!(
+        matches!(nested, Err(ForgeError::Rejected(_))),
+        "a reply to a reply: expected Rejected, got {nested:?}"
+    );
+
+    // Commit statuses on the head: one per context, the latest wins.
+    let status = |context: &str, state, description: &str| CommitStatus {
+        context: context.into(),
+        state,
+        description: description.into(),
+    };
+    for s in [
+        status(
+            "kiln/verification",
+            StatusState::Pending,
+            "running 3 checks",
+        ),
+        status("kiln/lint", StatusState::Failure, "2 warnings"),
+        status("kiln/verification", StatusState::Success, "3 checks passed"),
+    ] {
+        forge.set_status(pr, &s).await.expect("set status");
+    }
+    assert_eq!(
+        forge.list_statuses(pr).await.expect("list statuses"),
+        vec![
+            status("kiln/lint", StatusState::Failure, "2 warnings"),
+            status("kiln/verification", StatusState::Success, "3 checks passed"),
+        ],
+        "the latest status of each context, by context"
+    );
+    let long = "é".repeat(MAX_STATUS_DESCRIPTION_CHARS + 10);
+    forge
+        .set_status(pr, &status("kiln/lint", StatusState::Error, &long))
+        .await
+        .expect("a long description is cut, not refused");
+    let lint = forge.list_statuses(pr).await.expect("list statuses");
+    assert_eq!(
+        lint[0].description,
+        "é".repeat(MAX_STATUS_DESCRIPTION_CHARS),
+        "cut on a character boundary"
+    );
+    for (what, result) in [
+        (
+            "set on an unknown pull request",
+            forge
+                .set_status(999_999, &status("kiln/x", StatusState::Success, ""))
+                .await,
+        ),
+        (
+            "set on an issue",
+            forge
+                .set_status(first, &status("kiln/x", StatusState::Success, ""))
+                .await,
+        ),
+        (
+            "list on an unknown pull request",
+            forge.list_statuses(999_999).await.map(drop),
+        ),
+    ] {
+        assert!(
+            matches!(result, Err(ForgeError::NotFound(_))),
+            "status {what}: expected NotFound, got {result:?}"
+        );
+    }
+    // A status belongs to its commit: a new head starts with none.
+    let three = commit_on(work, &two, "src/lib.rs", "fn three() {}\n", "three");
+    forge
+        .push(work, &three, "kiln/contract")
+        .await
+        .expect("push a new head");
+    assert_eq!(
+        forge.get_pull_request(pr).await.expect("get").head_sha,
+        three
+    );
+    assert!(
+        forge
+            .list_statuses(pr)
+            .await
+            .expect("list statuses")
+            .is_empty(),
+        "statuses of the old head do not carry over"
+    );
+
     // Permissions: granted levels read back; strangers have none.
     env.grant("alice", Permission::Write).await;
     env.grant("tracy", Permission::Triage).await;
@@ -480,9 +627,25 @@ async fn the_contract_holds_for_github() {
         .filter(|r| r.method == Method::POST && r.path.ends_with("/git-receive-pack"))
         .count();
     assert_eq!(
-        git_posts, 2,
-        "two pushes went over smart HTTP with the token"
+        git_posts, 3,
+        "three pushes went over smart HTTP with the token"
     );
+    let statuses: Vec<_> = requests
+        .iter()
+        .filter(|r| r.method == Method::POST && r.path.contains("/statuses/"))
+        .filter_map(|r| r.body.clone())
+        .collect();
+    assert_eq!(statuses.len(), 4, "every status was posted: {statuses:?}");
+    assert_eq!(
+        statuses[0],
+        serde_json::json!({"state": "pending", "context": "kiln/verification",
+                           "description": "running 3 checks"})
+    );
+    let replies = requests
+        .iter()
+        .filter(|r| r.method == Method::POST && r.path.ends_with("/replies"))
+        .count();
+    assert_eq!(replies, 5, "one reply and four refused ones were sent");
     let pulls = env.api.requests_to(Method::POST, &env.repo_path("/pulls"));
     assert!(
         pulls
@@ -739,8 +902,10 @@ async fn connection_errors_are_retried_then_reported() {
     let counter = Arc::clone(&accepted);
     std::thread::spawn(move || {
         for stream in listener.incoming() {
-            drop(stream);
+            // Counted before the hang-up: the client cannot see its error
+            // (and the test cannot read the count) before the count is made.
             *counter.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+            drop(stream);
         }
     });
     let options = Options {
@@ -979,6 +1144,22 @@ async fn the_token_never_appears_in_logs_argv_or_debug_output() {
     env.api
         .inject(Fault::new(Method::GET, &env.repo_path(""), 500).forever());
     let err = forge.default_branch().await.expect_err("500");
+    // The new forge calls fail through the same path: their errors too.
+    let reply_err = forge
+        .reply_to_review_comment(404, 1, "x")
+        .await
+        .expect_err("no such pull request");
+    let status_err = forge
+        .set_status(
+            404,
+            &CommitStatus {
+                context: "kiln/verification".into(),
+                state: StatusState::Success,
+                description: String::new(),
+            },
+        )
+        .await
+        .expect_err("no such pull request");
 
     let tokens = env.api.issued_tokens();
     assert!(!tokens.is_empty());
@@ -1012,6 +1193,8 @@ async fn the_token_never_appears_in_logs_argv_or_debug_output() {
         ("credentials Debug", credentials_debug),
         ("remote Debug", format!("{remote:?}")),
         ("error", err.to_string()),
+        ("reply error", reply_err.to_string()),
+        ("status error", status_err.to_string()),
     ];
     let basic = remote.authorization.clone().expect("authorization");
     for token in &tokens {

@@ -63,65 +63,102 @@ pub struct PullRequest {
     pub draft: bool,
     /// Unified diff against the base.
     pub diff: String,
-    /// The head commit (hex object id).
+    /// The head commit (what statuses are set on).
     #[serde(default)]
     pub head_sha: String,
-    /// Review threads on lines of the diff, oldest first.
+    /// Conversations on lines of the diff, oldest first (empty in lists).
     #[serde(default)]
     pub review_threads: Vec<ReviewThread>,
 }
 
-/// A conversation on one line of a pull request's diff.
+/// A conversation on one line of a pull request's diff: a review line
+/// comment and the replies to it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReviewThread {
-    /// Id of the thread's first line comment.
+    /// Id of the thread's first line comment: what a reply answers.
     pub id: u64,
     /// File path.
     pub path: String,
-    /// Line number, if the line is still in the diff.
+    /// Line on the current diff; `None` when GitHub marks the comment
+    /// outdated (its line no longer exists in the diff).
     pub line: Option<u32>,
     /// `true` for the new side of the diff.
     pub new_side: bool,
-    /// Marked resolved (GitHub's REST API does not say: false there).
+    /// Whether a human resolved the conversation. GitHub's REST API does
+    /// not report it (only GraphQL does), so it is always `false` there.
     pub resolved: bool,
-    /// The comments, oldest first.
+    /// The line comment and its replies, oldest first; trust is left
+    /// `false` by the forge (the caller decides, as for issue comments).
     pub comments: Vec<Comment>,
 }
 
+/// Longest commit status description a forge keeps (GitHub's limit);
+/// longer ones are cut on a character boundary.
+pub const MAX_STATUS_DESCRIPTION_CHARS: usize = 140;
+
 /// The state of a commit status.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum StatusState {
-    /// Running.
+    /// Checks are running.
     Pending,
-    /// Passed.
+    /// Checks passed.
     Success,
-    /// Found a problem.
+    /// Checks failed.
     Failure,
-    /// Could not run.
+    /// Checks could not run.
     Error,
 }
 
-impl fmt::Display for StatusState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+impl StatusState {
+    /// The state as GitHub and policies spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
             StatusState::Pending => "pending",
             StatusState::Success => "success",
             StatusState::Failure => "failure",
             StatusState::Error => "error",
-        })
+        }
+    }
+
+    /// The state named `s` (`pending`, `success`, `failure`, `error`).
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            StatusState::Pending,
+            StatusState::Success,
+            StatusState::Failure,
+            StatusState::Error,
+        ]
+        .into_iter()
+        .find(|st| st.as_str() == s)
     }
 }
 
-/// A commit status on a pull request's head.
+impl fmt::Display for StatusState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A commit status on a pull request's head commit (a check's verdict).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CommitStatus {
-    /// Its name (`kiln/verification`).
+    /// What reports it, e.g. `kiln/verification`; one status per context.
     pub context: String,
     /// Its state.
     pub state: StatusState,
-    /// One line for people.
+    /// One line for humans (cut to [`MAX_STATUS_DESCRIPTION_CHARS`]).
     pub description: String,
+}
+
+/// `description` cut to [`MAX_STATUS_DESCRIPTION_CHARS`] characters. The
+/// gate has redacted the whole text before this, so a cut cannot leave half
+/// a secret unredacted.
+pub fn status_description(description: &str) -> &str {
+    match description.char_indices().nth(MAX_STATUS_DESCRIPTION_CHARS) {
+        Some((i, _)) => &description[..i],
+        None => description,
+    }
 }
 
 /// The forge data a run may read, prepared by the host before the run.
@@ -202,24 +239,24 @@ pub enum Proposal {
         /// Line comments.
         comments: Vec<LineComment>,
     },
-    /// Reply in a review thread of a pull request.
+    /// Reply in the thread of a review line comment.
     Reply {
         /// Pull request number.
         number: u64,
-        /// The line comment replied to.
+        /// The thread answered: the id of its first line comment.
         comment_id: u64,
         /// Body.
         body: String,
     },
-    /// Set a commit status on a pull request's head.
+    /// Set a commit status on a pull request's head commit.
     Status {
         /// Pull request number.
         number: u64,
-        /// The status's name (`kiln/...`).
+        /// The status context (`kiln/...`).
         context: String,
         /// Its state.
         state: StatusState,
-        /// One line for people.
+        /// One line for humans.
         description: String,
     },
 }
@@ -459,6 +496,22 @@ pub trait Forge: Send + Sync {
     async fn create_review(&self, number: u64, review: NewReview) -> Result<u64, ForgeError>;
     /// Reviews on a pull request, oldest first.
     async fn list_reviews(&self, number: u64) -> Result<Vec<Review>, ForgeError>;
+    /// Reply in the thread of line comment `comment_id` (a thread's id: its
+    /// first comment; GitHub does not take replies to replies) on pull
+    /// request `number`; returns the new comment's id. NotFound when the
+    /// pull request or the comment does not exist, or the comment is not on it.
+    async fn reply_to_review_comment(
+        &self,
+        number: u64,
+        comment_id: u64,
+        body: &str,
+    ) -> Result<u64, ForgeError>;
+    /// Set a commit status on the pull request's current head commit; a
+    /// later status with the same context replaces it.
+    async fn set_status(&self, number: u64, status: &CommitStatus) -> Result<(), ForgeError>;
+    /// The latest status of each context on the pull request's head
+    /// commit, sorted by context.
+    async fn list_statuses(&self, number: u64) -> Result<Vec<CommitStatus>, ForgeError>;
 
     /// `login`'s permission on the repository. Errors must not be read as a
     /// permission: callers fail closed.
@@ -505,5 +558,50 @@ pub fn check_kiln_branch(branch: &str) -> Result<(), ForgeError> {
         Err(ForgeError::Invalid(format!(
             "branch {branch:?}: Kiln only pushes to kiln/<name> branches"
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_status_description_is_cut_on_a_character_boundary() {
+        let long = "ü".repeat(MAX_STATUS_DESCRIPTION_CHARS + 1);
+        let cut = status_description(&long);
+        assert_eq!(cut.chars().count(), MAX_STATUS_DESCRIPTION_CHARS);
+        assert_eq!(status_description("3 checks passed"), "3 checks passed");
+    }
+
+    // Proposals are stored (effect records) and shown: the wire names are
+    // part of the store's format.
+    #[test]
+    fn reply_and_status_proposals_serialize_like_the_others() {
+        let status = Proposal::Status {
+            number: 7,
+            context: "kiln/verification".into(),
+            state: StatusState::Success,
+            description: "passed".into(),
+        };
+        let json = serde_json::to_value(&status).expect("serialize");
+        assert_eq!(
+            json,
+            serde_json::json!({"kind": "status", "number": 7, "context": "kiln/verification",
+                               "state": "success", "description": "passed"})
+        );
+        let reply = Proposal::Reply {
+            number: 7,
+            comment_id: 42,
+            body: "done".into(),
+        };
+        let json = serde_json::to_value(&reply).expect("serialize");
+        assert_eq!(json["kind"], "reply");
+        for p in [status, reply] {
+            let back: Proposal =
+                serde_json::from_value(serde_json::to_value(&p).expect("serialize"))
+                    .expect("deserialize");
+            assert_eq!(back, p);
+        }
+        assert_eq!(StatusState::Failure.to_string(), "failure");
     }
 }

@@ -218,6 +218,18 @@ struct StoredReviewComment {
     line: u64,
     side: String,
     body: String,
+    /// Set on replies: the thread's first comment.
+    in_reply_to: Option<u64>,
+}
+
+#[derive(Debug, Clone)]
+struct StoredStatus {
+    id: u64,
+    sha: String,
+    state: String,
+    context: String,
+    description: Option<String>,
+    author: String,
 }
 
 struct ServerState {
@@ -227,6 +239,8 @@ struct ServerState {
     comments: Vec<StoredComment>,
     reviews: Vec<StoredReview>,
     review_comments: Vec<StoredReviewComment>,
+    /// Commit statuses, oldest first.
+    statuses: Vec<StoredStatus>,
     collaborators: HashMap<String, &'static str>,
     /// Issued installation tokens and their expiry (Unix seconds).
     tokens: HashMap<String, u64>,
@@ -289,6 +303,7 @@ impl GitHubApi {
                 comments: Vec::new(),
                 reviews: Vec::new(),
                 review_comments: Vec::new(),
+                statuses: Vec::new(),
                 collaborators: HashMap::new(),
                 tokens: HashMap::new(),
                 personal_token: None,
@@ -1157,6 +1172,7 @@ fn repo_route(
                     line,
                     side: side.into(),
                     body: b.into(),
+                    in_reply_to: None,
                 });
             }
             let review = StoredReview {
@@ -1183,6 +1199,93 @@ fn repo_route(
                 .map(|c| review_comment_json(t, c))
                 .collect();
             paginate(shared, &format!("pulls/{n}/comments"), query, items)
+        }
+        ("POST", ["pulls", n, "comments", id, "replies"]) => {
+            let Some(n) = num(n).filter(|n| st.items.get(n).is_some_and(|i| i.pull.is_some()))
+            else {
+                return message(404, "Not Found");
+            };
+            let Some(text) = str_field(&body, "body").filter(|b| !b.is_empty()) else {
+                return validation_failed(t, "PullRequestReviewComment", "body", "missing_field");
+            };
+            // A comment of another pull request is not found under this one.
+            let Some(parent) = st
+                .review_comments
+                .iter()
+                .find(|c| Some(c.id) == num(id) && c.number == n)
+                .cloned()
+            else {
+                return message(404, "Not Found");
+            };
+            // GitHub: "Replies to replies are not supported."
+            if parent.in_reply_to.is_some() {
+                return validation_failed(t, "PullRequestReviewComment", "in_reply_to", "invalid");
+            }
+            // Like GitHub, a reply is a single-comment review of its own.
+            let review_id = new_id(st);
+            st.reviews.push(StoredReview {
+                id: review_id,
+                number: n,
+                author: BOT_LOGIN.into(),
+                state: "COMMENTED".into(),
+                body: String::new(),
+            });
+            let c = StoredReviewComment {
+                id: new_id(st),
+                review_id,
+                number: n,
+                author: BOT_LOGIN.into(),
+                body: text.into(),
+                in_reply_to: Some(parent.id),
+                ..parent
+            };
+            let v = review_comment_json(t, &c);
+            st.review_comments.push(c);
+            json_response(201, v)
+        }
+        ("POST", ["statuses", sha]) => {
+            if !commit_exists(shared, sha) {
+                let mut v = t.validation_failed.clone();
+                v["message"] = json!(format!("No commit found for SHA: {sha}"));
+                v["errors"] = json!([]);
+                return json_response(422, v);
+            }
+            let state = str_field(&body, "state").unwrap_or("");
+            if !matches!(state, "pending" | "success" | "failure" | "error") {
+                return validation_failed(t, "Status", "state", "custom");
+            }
+            let description = str_field(&body, "description").map(String::from);
+            if description
+                .as_ref()
+                .is_some_and(|d| d.chars().count() > 140)
+            {
+                return validation_failed(t, "Status", "description", "custom");
+            }
+            let status = StoredStatus {
+                id: new_id(st),
+                sha: sha.to_string(),
+                state: state.into(),
+                context: str_field(&body, "context").unwrap_or("default").into(),
+                description,
+                author: BOT_LOGIN.into(),
+            };
+            let v = status_json(shared, &status);
+            st.statuses.push(status);
+            json_response(201, v)
+        }
+        ("GET", ["commits", sha, "statuses"]) => {
+            if !commit_exists(shared, sha) {
+                return message(404, "Not Found");
+            }
+            // Newest first, every status (not only the latest per context).
+            let items = st
+                .statuses
+                .iter()
+                .rev()
+                .filter(|s| s.sha == *sha)
+                .map(|s| status_json(shared, s))
+                .collect();
+            paginate(shared, &format!("commits/{sha}/statuses"), query, items)
         }
         ("GET", ["collaborators", login, "permission"]) => {
             let login = decode_segment(login);
@@ -1238,7 +1341,46 @@ fn review_comment_json(t: &Templates, c: &StoredReviewComment) -> Value {
     v["side"] = json!(c.side);
     v["body"] = json!(c.body);
     v["user"] = user(&t.review_comment["user"], &c.author);
+    // GitHub sends `in_reply_to_id` on replies only.
+    if let Some(root) = c.in_reply_to {
+        v["in_reply_to_id"] = json!(root);
+    }
     v
+}
+
+/// A commit status. No recorded fixture exists for statuses; this is
+/// GitHub's documented shape (`POST /repos/{o}/{r}/statuses/{sha}`).
+fn status_json(shared: &Shared, s: &StoredStatus) -> Value {
+    let url = format!(
+        "https://api.github.com/repos/{}/{}/statuses/{}",
+        shared.owner, shared.name, s.sha
+    );
+    json!({
+        "url": url,
+        "avatar_url": "https://avatars.githubusercontent.com/in/77?v=4",
+        "id": s.id,
+        "node_id": format!("SC_kwDO{}", s.id),
+        "state": s.state,
+        "description": s.description,
+        "target_url": null,
+        "context": s.context,
+        "created_at": iso(now()),
+        "updated_at": iso(now()),
+        "creator": user(&shared.templates.issue["user"], &s.author),
+    })
+}
+
+/// Whether `sha` names a commit of the repository (full object id only).
+fn commit_exists(shared: &Shared, sha: &str) -> bool {
+    sha.len() == 40
+        && sha.bytes().all(|b| b.is_ascii_hexdigit())
+        && Command::new("git")
+            .arg("--git-dir")
+            .arg(&shared.bare)
+            .args(["cat-file", "-e"])
+            .arg(format!("{sha}^{{commit}}"))
+            .status()
+            .is_ok_and(|s| s.success())
 }
 
 /// Smart HTTP through `git http-backend` (CGI), after checking the

@@ -363,11 +363,15 @@ pub async fn pr(cmd: PrCommand, args: &LocalArgs) -> anyhow::Result<ExitCode> {
             let p = forge.get_pull_request(number).await?;
             writeln!(
                 out,
-                "{}{} → {}",
+                "{}{} → {} (head {})",
                 if p.draft { "draft pull request, " } else { "" },
                 p.head_branch,
-                p.base_branch
+                p.base_branch,
+                &p.head_sha[..p.head_sha.len().min(12)]
             )?;
+            for s in forge.list_statuses(number).await? {
+                writeln!(out, "status {}: {} {}", s.context, s.state, s.description)?;
+            }
             write_issue(&mut out, &p.issue)?;
             for r in forge.list_reviews(number).await? {
                 writeln!(
@@ -379,6 +383,7 @@ pub async fn pr(cmd: PrCommand, args: &LocalArgs) -> anyhow::Result<ExitCode> {
                     writeln!(out, "  {}:{} [{:?}] {}", c.path, c.line, c.severity, c.body)?;
                 }
             }
+            write_threads(&mut out, &p.review_threads)?;
         }
         PrCommand::Diff { number } => {
             let p = forge.get_pull_request(number).await?;
@@ -390,6 +395,37 @@ pub async fn pr(cmd: PrCommand, args: &LocalArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Each review thread with its id (what a reply answers) and comments.
+fn write_threads(
+    out: &mut impl std::io::Write,
+    threads: &[kiln::forge::ReviewThread],
+) -> std::io::Result<()> {
+    for t in threads {
+        let line = t
+            .line
+            .map_or_else(|| "outdated".to_string(), |l| l.to_string());
+        writeln!(
+            out,
+            "\n--- thread {} on {}:{} ({} side{})",
+            t.id,
+            t.path,
+            line,
+            if t.new_side { "new" } else { "old" },
+            if t.resolved { ", resolved" } else { "" }
+        )?;
+        for c in &t.comments {
+            writeln!(
+                out,
+                "  comment {} by {}: {}",
+                c.id,
+                c.author,
+                c.body.trim_end()
+            )?;
+        }
+    }
+    Ok(())
 }
 
 fn labels_suffix(labels: &[String]) -> String {

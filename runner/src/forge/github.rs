@@ -22,8 +22,9 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{
-    Comment, Forge, ForgeError, GitRemote, Issue, LineComment, NewIssue, NewPullRequest, NewReview,
-    Permission, PullRequest, RepoRef, Review, Severity, StateFilter,
+    Comment, CommitStatus, Forge, ForgeError, GitRemote, Issue, LineComment, NewIssue,
+    NewPullRequest, NewReview, Permission, PullRequest, RepoRef, Review, ReviewThread, Severity,
+    StateFilter, StatusState, status_description,
 };
 use crate::config::SecretConfig;
 
@@ -213,6 +214,33 @@ impl GitHubForge {
         Ok(wire.into_iter().map(WireComment::into_comment).collect())
     }
 
+    /// Every review line comment on pull request `number`, oldest first.
+    async fn review_comments(&self, number: u64) -> Result<Vec<WireReviewComment>, ForgeError> {
+        let call = format!("list review comments on #{number} in {}", self.repo);
+        let path = format!("{}/pulls/{number}/comments?per_page=100", self.base());
+        self.get_all(&call, path).await
+    }
+
+    /// Pull request `number` as GitHub returns it (without its diff).
+    async fn pull(&self, number: u64) -> Result<WirePull, ForgeError> {
+        let call = format!("get pull request #{number} in {}", self.repo);
+        let path = format!("{}/pulls/{number}", self.base());
+        self.send(&call, Method::GET, path, None).await?.json(&call)
+    }
+
+    /// The head commit of pull request `number`, checked to be an object
+    /// id before it goes into a URL.
+    async fn head_sha(&self, number: u64) -> Result<String, ForgeError> {
+        let sha = self.pull(number).await?.head.sha;
+        if sha.is_empty() || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(ForgeError::Invalid(format!(
+                "GitHub reported head commit {sha:?} for pull request #{number} in {}",
+                self.repo
+            )));
+        }
+        Ok(sha)
+    }
+
     async fn repository(&self) -> Result<WireRepo, ForgeError> {
         let call = format!("get repository {}", self.repo);
         self.send(&call, Method::GET, self.base(), None)
@@ -355,12 +383,8 @@ impl Forge for GitHubForge {
     }
 
     async fn get_pull_request(&self, number: u64) -> Result<PullRequest, ForgeError> {
-        let call = format!("get pull request #{number} in {}", self.repo);
         let path = format!("{}/pulls/{number}", self.base());
-        let wire: WirePull = self
-            .send(&call, Method::GET, path.clone(), None)
-            .await?
-            .json(&call)?;
+        let wire = self.pull(number).await?;
         let diff_call = format!("get the diff of pull request #{number} in {}", self.repo);
         let req = Request {
             call: &diff_call,
@@ -373,6 +397,7 @@ impl Forge for GitHubForge {
         let mut pr = wire.into_pull_request();
         pr.diff = String::from_utf8_lossy(&diff.body).into_owned();
         pr.issue.comments = self.comments(number).await?;
+        pr.review_threads = threads(self.review_comments(number).await?);
         Ok(pr)
     }
 
@@ -448,9 +473,7 @@ impl Forge for GitHubForge {
         let reviews: Vec<WireReview> = self.get_all(&call, path).await?;
         // One listing of the pull request's line comments, grouped by review,
         // instead of one request per review.
-        let call = format!("list review comments on #{number} in {}", self.repo);
-        let path = format!("{}/pulls/{number}/comments?per_page=100", self.base());
-        let line_comments: Vec<WireReviewComment> = self.get_all(&call, path).await?;
+        let line_comments = self.review_comments(number).await?;
         Ok(reviews
             .into_iter()
             .map(|r| Review {
@@ -461,10 +484,58 @@ impl Forge for GitHubForge {
                 comments: line_comments
                     .iter()
                     .filter(|c| c.pull_request_review_id == Some(r.id))
+                    // Replies belong to their thread (GitHub files each under
+                    // a review of its own), not to a review's line comments.
+                    .filter(|c| c.in_reply_to_id.is_none())
                     .filter_map(WireReviewComment::to_line_comment)
                     .collect(),
             })
             .collect())
+    }
+
+    async fn reply_to_review_comment(
+        &self,
+        number: u64,
+        comment_id: u64,
+        body: &str,
+    ) -> Result<u64, ForgeError> {
+        let call = format!(
+            "reply to review comment {comment_id} on #{number} in {}",
+            self.repo
+        );
+        let path = format!(
+            "{}/pulls/{number}/comments/{comment_id}/replies",
+            self.base()
+        );
+        let created: Identified = self
+            .send(&call, Method::POST, path, Some(json!({"body": body})))
+            .await?
+            .json(&call)?;
+        Ok(created.id)
+    }
+
+    async fn set_status(&self, number: u64, status: &CommitStatus) -> Result<(), ForgeError> {
+        let sha = self.head_sha(number).await?;
+        let call = format!(
+            "set status {:?} on the head of #{number} in {}",
+            status.context, self.repo
+        );
+        let path = format!("{}/statuses/{sha}", self.base());
+        let body = json!({
+            "state": status.state.as_str(),
+            "context": status.context,
+            "description": status_description(&status.description),
+        });
+        self.send(&call, Method::POST, path, Some(body)).await?;
+        Ok(())
+    }
+
+    async fn list_statuses(&self, number: u64) -> Result<Vec<CommitStatus>, ForgeError> {
+        let sha = self.head_sha(number).await?;
+        let call = format!("list statuses on the head of #{number} in {}", self.repo);
+        let path = format!("{}/commits/{sha}/statuses?per_page=100", self.base());
+        let wire: Vec<WireStatus> = self.get_all(&call, path).await?;
+        Ok(latest_statuses(wire))
     }
 
     async fn permission(&self, login: &str) -> Result<Permission, ForgeError> {
@@ -631,6 +702,8 @@ impl WireComment {
 struct Branch {
     #[serde(rename = "ref")]
     name: String,
+    #[serde(default)]
+    sha: String,
 }
 
 #[derive(Deserialize)]
@@ -665,7 +738,7 @@ impl WirePull {
             base_branch: self.base.name,
             draft: self.draft,
             diff: String::new(),
-            head_sha: String::new(),
+            head_sha: self.head.sha,
             review_threads: Vec::new(),
         }
     }
@@ -681,12 +754,73 @@ struct WireReview {
 
 #[derive(Deserialize)]
 struct WireReviewComment {
+    id: u64,
     pull_request_review_id: Option<u64>,
+    /// Set on replies: the thread's first comment.
+    in_reply_to_id: Option<u64>,
+    user: Option<User>,
     path: String,
     line: Option<u32>,
     original_line: Option<u32>,
     side: Option<String>,
     body: String,
+}
+
+/// Review comments grouped into threads by `in_reply_to_id`, oldest first.
+/// A reply whose first comment is not listed (deleted) starts its own
+/// thread rather than being dropped.
+fn threads(comments: Vec<WireReviewComment>) -> Vec<ReviewThread> {
+    let mut out: Vec<ReviewThread> = Vec::new();
+    for c in comments {
+        let (_, body) = split_severity(&c.body);
+        let comment = Comment {
+            id: c.id,
+            author: login(c.user),
+            trusted: false,
+            body,
+        };
+        match c
+            .in_reply_to_id
+            .and_then(|root| out.iter_mut().find(|t| t.id == root))
+        {
+            Some(thread) => thread.comments.push(comment),
+            None => out.push(ReviewThread {
+                id: c.id,
+                path: c.path,
+                line: c.line,
+                new_side: c.side.as_deref() != Some("LEFT"),
+                // Not in REST (GraphQL's `isResolved` only).
+                resolved: false,
+                comments: vec![comment],
+            }),
+        }
+    }
+    out
+}
+
+#[derive(Deserialize)]
+struct WireStatus {
+    state: String,
+    context: String,
+    description: Option<String>,
+}
+
+/// The newest status of each context (GitHub lists newest first), sorted
+/// by context. A state Kiln does not know reads as `error`.
+fn latest_statuses(wire: Vec<WireStatus>) -> Vec<CommitStatus> {
+    let mut out: Vec<CommitStatus> = Vec::new();
+    for s in wire {
+        if out.iter().any(|o| o.context == s.context) {
+            continue;
+        }
+        out.push(CommitStatus {
+            state: StatusState::parse(&s.state).unwrap_or(StatusState::Error),
+            context: s.context,
+            description: s.description.unwrap_or_default(),
+        });
+    }
+    out.sort_by(|a, b| a.context.cmp(&b.context));
+    out
 }
 
 impl WireReviewComment {
@@ -744,6 +878,83 @@ mod tests {
         assert_eq!(
             split_severity("looks odd"),
             (Severity::Suggestion, "looks odd".to_string())
+        );
+    }
+
+    fn wire_comment(id: u64, in_reply_to_id: Option<u64>, body: &str) -> WireReviewComment {
+        WireReviewComment {
+            id,
+            pull_request_review_id: Some(1),
+            in_reply_to_id,
+            user: Some(User {
+                login: format!("user{id}"),
+            }),
+            path: "src/lib.rs".into(),
+            line: None,
+            original_line: Some(4),
+            side: Some("RIGHT".into()),
+            body: body.into(),
+        }
+    }
+
+    #[test]
+    fn review_comments_group_into_threads_by_the_comment_they_answer() {
+        let threads = threads(vec![
+            wire_comment(10, None, "**CRITICAL** leaks"),
+            wire_comment(11, None, "typo"),
+            wire_comment(12, Some(10), "fixed"),
+            // Its first comment was deleted: kept as a thread of its own.
+            wire_comment(13, Some(9), "orphan"),
+        ]);
+        let shape: Vec<(u64, Vec<(u64, &str)>)> = threads
+            .iter()
+            .map(|t| {
+                (
+                    t.id,
+                    t.comments.iter().map(|c| (c.id, c.body.as_str())).collect(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            shape,
+            vec![
+                (10, vec![(10, "leaks"), (12, "fixed")]),
+                (11, vec![(11, "typo")]),
+                (13, vec![(13, "orphan")]),
+            ]
+        );
+        assert_eq!(
+            threads[0].line, None,
+            "an outdated comment has no current line"
+        );
+        assert!(threads.iter().all(|t| !t.resolved && t.new_side));
+        assert_eq!(threads[0].comments[1].author, "user12");
+    }
+
+    #[test]
+    fn the_newest_status_of_each_context_is_kept() {
+        let wire = |state: &str, context: &str, description: Option<&str>| WireStatus {
+            state: state.into(),
+            context: context.into(),
+            description: description.map(Into::into),
+        };
+        let latest = latest_statuses(vec![
+            wire("success", "kiln/verification", Some("passed")),
+            wire("failure", "ci/build", None),
+            wire("pending", "kiln/verification", Some("running")),
+            wire("weird", "kiln/other", Some("?")),
+        ]);
+        let seen: Vec<(&str, StatusState, &str)> = latest
+            .iter()
+            .map(|s| (s.context.as_str(), s.state, s.description.as_str()))
+            .collect();
+        assert_eq!(
+            seen,
+            vec![
+                ("ci/build", StatusState::Failure, ""),
+                ("kiln/other", StatusState::Error, "?"),
+                ("kiln/verification", StatusState::Success, "passed"),
+            ]
         );
     }
 

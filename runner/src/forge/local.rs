@@ -18,11 +18,12 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use super::diff::CommentableLines;
 use super::{
-    Comment, Forge, ForgeError, GitRemote, Issue, LineComment, NewIssue, NewPullRequest, NewReview,
-    Permission, PullRequest, RepoRef, Review, Severity, StateFilter, check_kiln_branch,
+    Comment, CommitStatus, Forge, ForgeError, GitRemote, Issue, LineComment, NewIssue,
+    NewPullRequest, NewReview, Permission, PullRequest, RepoRef, Review, ReviewThread, Severity,
+    StateFilter, StatusState, check_kiln_branch, status_description,
 };
 
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 const MIGRATION_1: &str = "
 CREATE TABLE repos (
@@ -79,6 +80,44 @@ CREATE TABLE collaborators (
 );
 ";
 
+/// Review line comments get ids, authors and replies (threads), and commit
+/// statuses are stored. `review_comments` had no id column (only SQLite's
+/// rowid, which `VACUUM` may renumber), so it is rebuilt with one, keeping
+/// every comment in its order. A reply has no review of its own
+/// (`review_id` NULL) and points at its thread's first comment.
+const MIGRATION_2: &str = "
+CREATE TABLE review_comments_v2 (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    review_id INTEGER REFERENCES reviews(id),
+    repo TEXT NOT NULL,
+    number INTEGER NOT NULL,
+    author TEXT NOT NULL,
+    path TEXT NOT NULL,
+    line INTEGER NOT NULL,
+    new_side INTEGER NOT NULL,
+    severity TEXT,
+    body TEXT NOT NULL,
+    in_reply_to INTEGER,
+    resolved INTEGER NOT NULL DEFAULT 0
+);
+INSERT INTO review_comments_v2
+    (review_id, repo, number, author, path, line, new_side, severity, body)
+    SELECT c.review_id, r.repo, r.number, r.author, c.path, c.line, c.new_side, c.severity, c.body
+    FROM review_comments c JOIN reviews r ON r.id = c.review_id
+    ORDER BY c.rowid;
+DROP TABLE review_comments;
+ALTER TABLE review_comments_v2 RENAME TO review_comments;
+CREATE INDEX review_comments_by_pr ON review_comments (repo, number);
+CREATE TABLE statuses (
+    repo TEXT NOT NULL,
+    sha TEXT NOT NULL,
+    context TEXT NOT NULL,
+    state TEXT NOT NULL,
+    description TEXT NOT NULL,
+    PRIMARY KEY (repo, sha, context)
+);
+";
+
 /// The login the host acts as on the local forge.
 pub const KILN_LOGIN: &str = "kiln[bot]";
 
@@ -128,13 +167,37 @@ fn open_db(root: &Path) -> Result<Connection, ForgeError> {
             path.display()
         )));
     }
-    if version < 1 {
-        conn.execute_batch(&format!(
-            "BEGIN; {MIGRATION_1} PRAGMA user_version = 1; COMMIT;"
-        ))
-        .map_err(store_err)?;
+    if version < SCHEMA_VERSION {
+        migrate(&conn).map_err(store_err)?;
     }
     Ok(conn)
+}
+
+/// Brings the schema to [`SCHEMA_VERSION`] in one transaction. `IMMEDIATE`
+/// takes the write lock before the version is read again, so a `kiln serve`
+/// and a CLI command opening an old database at once migrate it once.
+fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    match apply_migrations(conn) {
+        Ok(()) => conn.execute_batch("COMMIT"),
+        Err(e) => {
+            // The error that matters is the migration's, not the rollback's.
+            let _ = conn.execute_batch("ROLLBACK");
+            Err(e)
+        }
+    }
+}
+
+/// The migrations after the database's version, inside [`migrate`]'s
+/// transaction.
+fn apply_migrations(conn: &Connection) -> rusqlite::Result<()> {
+    const MIGRATIONS: [&str; 2] = [MIGRATION_1, MIGRATION_2];
+    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    for (done, sql) in MIGRATIONS.iter().enumerate().skip(version.max(0) as usize) {
+        conn.execute_batch(sql)?;
+        conn.pragma_update(None, "user_version", done as i64 + 1)?;
+    }
+    Ok(())
 }
 
 /// Names of the repositories on the local forge under `root`.
@@ -302,6 +365,44 @@ impl LocalForge {
             &["diff", "--no-color", "--no-ext-diff", &range],
         )
         .await
+    }
+
+    /// The head branch of pull request `number`; NotFound when there is
+    /// no such pull request.
+    async fn pull_request_head(&self, number: u64) -> Result<String, ForgeError> {
+        let (key, repo) = (self.key.clone(), self.key.clone());
+        self.with_db(move |c| {
+            c.query_row(
+                "SELECT head FROM items WHERE repo = ?1 AND number = ?2 AND is_pr = 1",
+                params![key, number as i64],
+                |r| r.get::<_, Option<String>>(0),
+            )
+            .optional()?
+            .map(Option::unwrap_or_default)
+            .ok_or_else(|| {
+                DbError::Forge(ForgeError::NotFound(format!(
+                    "pull request #{number} in {repo}"
+                )))
+            })
+        })
+        .await
+    }
+
+    async fn require_pull_request(&self, number: u64) -> Result<(), ForgeError> {
+        self.pull_request_head(number).await.map(drop)
+    }
+
+    /// The commit the head branch of pull request `number` points to.
+    async fn head_sha(&self, number: u64, head: &str) -> Result<String, ForgeError> {
+        let bare = self.bare_repo();
+        let r = format!("refs/heads/{head}");
+        match git(Some(&bare), &["rev-parse", "--verify", "--quiet", &r]).await {
+            Ok(sha) => Ok(sha.trim().to_string()),
+            Err(_) => Err(ForgeError::NotFound(format!(
+                "head branch {head:?} of pull request #{number} in {}",
+                self.key
+            ))),
+        }
     }
 
     async fn branch_exists(&self, branch: &str) -> Result<bool, ForgeError> {
@@ -515,6 +616,50 @@ fn load_issue(c: &Connection, key: &str, row: &ItemRow) -> rusqlite::Result<Issu
         open: row.open,
         comments,
     })
+}
+
+/// The review threads of pull request `number`, oldest first, each with its
+/// line comment and replies in order.
+fn load_threads(c: &Connection, key: &str, number: u64) -> rusqlite::Result<Vec<ReviewThread>> {
+    let mut stmt = c.prepare_cached(
+        "SELECT id, in_reply_to, author, path, line, new_side, resolved, body
+         FROM review_comments WHERE repo = ?1 AND number = ?2 ORDER BY id",
+    )?;
+    let rows = stmt
+        .query_map(params![key, number as i64], |r| {
+            Ok((
+                r.get::<_, i64>(0)? as u64,
+                r.get::<_, Option<i64>>(1)?.map(|v| v as u64),
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, u32>(4)?,
+                r.get::<_, bool>(5)?,
+                r.get::<_, bool>(6)?,
+                r.get::<_, String>(7)?,
+            ))
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut threads: Vec<ReviewThread> = Vec::new();
+    for (id, in_reply_to, author, path, line, new_side, resolved, body) in rows {
+        let comment = Comment {
+            id,
+            author,
+            trusted: false,
+            body,
+        };
+        match in_reply_to.and_then(|root| threads.iter_mut().find(|t| t.id == root)) {
+            Some(thread) => thread.comments.push(comment),
+            None => threads.push(ReviewThread {
+                id,
+                path,
+                line: Some(line),
+                new_side,
+                resolved,
+                comments: vec![comment],
+            }),
+        }
+    }
+    Ok(threads)
 }
 
 fn state_clause(state: StateFilter) -> &'static str {
@@ -738,14 +883,19 @@ impl Forge for LocalForge {
             })
             .await?;
         let diff = self.diff(&base, &head).await?;
+        let head_sha = self.head_sha(number, &head).await?;
+        let key = self.key.clone();
+        let review_threads = self
+            .with_db(move |c| Ok(load_threads(c, &key, number)?))
+            .await?;
         Ok(PullRequest {
             issue,
             head_branch: head,
             base_branch: base,
             draft,
             diff,
-            head_sha: String::new(),
-            review_threads: Vec::new(),
+            head_sha,
+            review_threads,
         })
     }
 
@@ -854,10 +1004,14 @@ impl Forge for LocalForge {
             let id = tx.last_insert_rowid();
             for lc in &review.comments {
                 tx.execute(
-                    "INSERT INTO review_comments (review_id, path, line, new_side, severity, body)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    "INSERT INTO review_comments
+                         (review_id, repo, number, author, path, line, new_side, severity, body)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
                     params![
                         id,
+                        key,
+                        number as i64,
+                        actor,
                         lc.path,
                         lc.line,
                         lc.new_side,
@@ -892,7 +1046,7 @@ impl Forge for LocalForge {
             let mut out = Vec::with_capacity(heads.len());
             let mut stmt = c.prepare(
                 "SELECT path, line, new_side, severity, body FROM review_comments
-                 WHERE review_id = ?1 ORDER BY rowid",
+                 WHERE review_id = ?1 ORDER BY id",
             )?;
             for (id, author, state, body) in heads {
                 let comments = stmt
@@ -901,7 +1055,9 @@ impl Forge for LocalForge {
                             path: r.get(0)?,
                             line: r.get(1)?,
                             new_side: r.get(2)?,
-                            severity: parse_severity(&r.get::<_, String>(3)?),
+                            severity: parse_severity(
+                                r.get::<_, Option<String>>(3)?.as_deref().unwrap_or(""),
+                            ),
                             body: r.get(4)?,
                         })
                     })?
@@ -915,6 +1071,120 @@ impl Forge for LocalForge {
                 });
             }
             Ok(out)
+        })
+        .await
+    }
+
+    async fn reply_to_review_comment(
+        &self,
+        number: u64,
+        comment_id: u64,
+        body: &str,
+    ) -> Result<u64, ForgeError> {
+        if body.trim().is_empty() {
+            return Err(ForgeError::Rejected("a reply needs a body".into()));
+        }
+        self.require_pull_request(number).await?;
+        let (key, actor, body) = (self.key.clone(), self.actor.clone(), body.to_string());
+        let repo = self.key.clone();
+        self.with_db(move |c| {
+            let tx = c.transaction()?;
+            let parent = tx
+                .query_row(
+                    "SELECT in_reply_to, path, line, new_side FROM review_comments
+                     WHERE id = ?1 AND repo = ?2 AND number = ?3",
+                    params![comment_id as i64, key, number as i64],
+                    |r| {
+                        Ok((
+                            r.get::<_, Option<i64>>(0)?,
+                            r.get::<_, String>(1)?,
+                            r.get::<_, i64>(2)?,
+                            r.get::<_, bool>(3)?,
+                        ))
+                    },
+                )
+                .optional()?
+                .ok_or_else(|| {
+                    DbError::Forge(ForgeError::NotFound(format!(
+                        "review comment {comment_id} on pull request #{number} in {repo}"
+                    )))
+                })?;
+            let (in_reply_to, path, line, new_side) = parent;
+            // As on GitHub ("replies to replies are not supported"): a reply
+            // answers the thread's first comment.
+            if let Some(root) = in_reply_to {
+                return Err(DbError::Forge(ForgeError::Rejected(format!(
+                    "review comment {comment_id} is a reply; reply to its thread's first comment {root}"
+                ))));
+            }
+            tx.execute(
+                "INSERT INTO review_comments
+                     (review_id, repo, number, author, path, line, new_side, severity, body, in_reply_to)
+                 VALUES (NULL, ?1, ?2, ?3, ?4, ?5, ?6, NULL, ?7, ?8)",
+                params![key, number as i64, actor, path, line, new_side, body, comment_id as i64],
+            )?;
+            let id = tx.last_insert_rowid() as u64;
+            tx.commit()?;
+            Ok(id)
+        })
+        .await
+    }
+
+    async fn set_status(&self, number: u64, status: &CommitStatus) -> Result<(), ForgeError> {
+        let pr = self.pull_request_head(number).await?;
+        let sha = self.head_sha(number, &pr).await?;
+        let key = self.key.clone();
+        let status = CommitStatus {
+            description: status_description(&status.description).to_string(),
+            ..status.clone()
+        };
+        self.with_db(move |c| {
+            c.execute(
+                "INSERT INTO statuses (repo, sha, context, state, description)
+                 VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (repo, sha, context)
+                 DO UPDATE SET state = excluded.state, description = excluded.description",
+                params![
+                    key,
+                    sha,
+                    status.context,
+                    status.state.as_str(),
+                    status.description
+                ],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn list_statuses(&self, number: u64) -> Result<Vec<CommitStatus>, ForgeError> {
+        let head = self.pull_request_head(number).await?;
+        let sha = self.head_sha(number, &head).await?;
+        let key = self.key.clone();
+        self.with_db(move |c| {
+            let mut stmt = c.prepare(
+                "SELECT context, state, description FROM statuses
+                 WHERE repo = ?1 AND sha = ?2 ORDER BY context",
+            )?;
+            let rows = stmt
+                .query_map(params![key, sha], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                    ))
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(rows
+                .into_iter()
+                .map(|(context, state, description)| CommitStatus {
+                    context,
+                    // Only this code writes the column; an unknown value
+                    // would be a corrupt row, read as the safe `error`.
+                    state: StatusState::parse(&state).unwrap_or(StatusState::Error),
+                    description,
+                })
+                .collect())
         })
         .await
     }
@@ -1054,6 +1324,59 @@ mod tests {
         assert!(
             err.to_string().contains("kiln repo create local/nope"),
             "{err}"
+        );
+    }
+
+    // A forge created by an earlier kiln keeps its reviews' line comments,
+    // which get ids a reply can answer.
+    #[tokio::test]
+    async fn a_version_1_database_is_migrated_with_its_review_comments() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let conn = Connection::open(root.path().join("forge.sqlite")).expect("open");
+        conn.execute_batch(&format!(
+            "BEGIN; {MIGRATION_1} PRAGMA user_version = 1;
+             INSERT INTO repos VALUES ('local/old', 'main');
+             INSERT INTO items (repo, number, is_pr, title, body, author, open, head, base, draft)
+                 VALUES ('local/old', 1, 1, 'PR', '', 'kiln[bot]', 1, 'kiln/x', 'main', 1);
+             INSERT INTO reviews (repo, number, author, state, body)
+                 VALUES ('local/old', 1, 'bob', 'CHANGES_REQUESTED', 'fix');
+             INSERT INTO review_comments VALUES (1, 'a.rs', 3, 1, 'NIT', 'first');
+             INSERT INTO review_comments VALUES (1, 'b.rs', 7, 0, 'CRITICAL', 'second');
+             COMMIT;"
+        ))
+        .expect("version 1 schema");
+        drop(conn);
+        let conn = open_db(root.path()).expect("migrate");
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .expect("version");
+        assert_eq!(version, SCHEMA_VERSION);
+        let threads = load_threads(&conn, "local/old", 1).expect("threads");
+        let seen: Vec<(&str, Option<u32>, bool, &str, &str)> = threads
+            .iter()
+            .map(|t| {
+                (
+                    t.path.as_str(),
+                    t.line,
+                    t.new_side,
+                    t.comments[0].author.as_str(),
+                    t.comments[0].body.as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            seen,
+            vec![
+                ("a.rs", Some(3), true, "bob", "first"),
+                ("b.rs", Some(7), false, "bob", "second")
+            ],
+            "both comments kept, in order, with the review's author"
+        );
+        assert!(threads[0].id < threads[1].id && threads[0].id > 0);
+        drop(conn);
+        assert!(
+            open_db(root.path()).is_ok(),
+            "opening a migrated database again is a no-op"
         );
     }
 

@@ -176,9 +176,35 @@ pub async fn apply(
                 .map_err(|e| e.to_string())?;
             Ok(Some(format!("#{number} review {id}")))
         }
-        // MERGE: replaced by the forge-effects branch's forge calls.
-        Proposal::Reply { .. } | Proposal::Status { .. } => {
-            Err("this forge cannot apply replies or statuses yet".into())
+        Proposal::Reply {
+            number,
+            comment_id,
+            body,
+        } => {
+            let id = forge
+                .reply_to_review_comment(*number, *comment_id, body)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(Some(format!("#{number} reply {id}")))
+        }
+        Proposal::Status {
+            number,
+            context,
+            state,
+            description,
+        } => {
+            forge
+                .set_status(
+                    *number,
+                    &domain::CommitStatus {
+                        context: context.clone(),
+                        state: *state,
+                        description: description.clone(),
+                    },
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(Some(format!("#{number} status {context}")))
         }
     }
 }
@@ -298,18 +324,32 @@ impl RunState {
                 })
                 .0
             }
-            // MERGE: Effect::Reply / Effect::Status from the forge-effects branch.
-            Proposal::Reply { number, body, .. } => {
-                self.decide(Effect::Comment {
+            Proposal::Reply {
+                number,
+                comment_id,
+                body,
+            } => {
+                self.decide(Effect::Reply {
                     number: *number,
+                    comment_id: *comment_id,
                     body: body.clone(),
                 })
                 .0
             }
-            Proposal::Status { .. } => Decision::Deny {
-                reason: "forge.status: not decided by this gate yet".into(),
-                blame: crate::policy::Blame::Host,
-            },
+            Proposal::Status {
+                number,
+                context,
+                state,
+                description,
+            } => {
+                self.decide(Effect::Status {
+                    number: *number,
+                    context: context.clone(),
+                    state: *state,
+                    description: description.clone(),
+                })
+                .0
+            }
         }
     }
 

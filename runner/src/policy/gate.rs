@@ -10,13 +10,15 @@
 //!    Rust before Cedar runs: no merge, no approve, only `kiln/*` branches, only
 //!    draft pull requests, no `.github/workflows/**` change unless
 //!    [`GateConfig::allow_workflow_changes`], no write into `.git`, no
-//!    `ready-*`/`plan-approved` label, labels only from the allowlist;
+//!    `ready-*`/`plan-approved` label, labels only from the allowlist, commit
+//!    statuses only under `kiln/` (never posing as the repository's CI);
 //! 3. **Cedar** (blame: policy): the embedded default policies
 //!    ([`DEFAULT_POLICIES`]) plus the repo's own, validated against
 //!    [`SCHEMA`]. Nothing is allowed unless a policy permits it; `forbid`
 //!    wins over `permit`.
 //! 4. **content** (blame: guest), only once Cedar allowed the effect: a file
-//!    write carrying a secret is refused with the path and kind of secret.
+//!    write (or a status context) carrying a secret is refused with the path
+//!    and kind of secret.
 //!
 //! **Hold for approval** is written in Cedar as a `permit` policy annotated
 //! `@hold("why")`. Such policies are split into their own set at start-up and
@@ -66,8 +68,11 @@ const STACK_RED_ZONE: usize = 256 * 1024;
 const STACK_FOR_CEDAR: usize = 1024 * 1024;
 /// Most labels in one call.
 pub const MAX_LABELS: usize = 100;
+/// Longest commit status context accepted (`kiln/...`).
+pub const MAX_STATUS_CONTEXT_CHARS: usize = 64;
 
 pub use crate::config::Role;
+pub use crate::forge::StatusState;
 
 /// Trust of the actor whose input started the run (by author association).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -383,6 +388,26 @@ pub enum Effect {
         /// Line comments.
         comments: Vec<ReviewComment>,
     },
+    /// `forge.reply`: reply in the thread of a review line comment.
+    Reply {
+        /// Pull request number.
+        number: u64,
+        /// The line comment answered.
+        comment_id: u64,
+        /// The reply text.
+        body: String,
+    },
+    /// `forge.status`: set a commit status on a pull request's head.
+    Status {
+        /// Pull request number.
+        number: u64,
+        /// The status context; only `kiln/...` (an invariant).
+        context: String,
+        /// Its state.
+        state: StatusState,
+        /// One line for humans.
+        description: String,
+    },
     /// `forge.merge`: merge a pull request; never allowed, here so that a
     /// request for it is logged as a denial rather than missing.
     Merge {
@@ -410,6 +435,8 @@ impl Effect {
             Self::SetLabels { .. } => "forge.set-labels",
             Self::ProposePullRequest { .. } => "forge.propose-pull-request",
             Self::Review { .. } => "forge.review",
+            Self::Reply { .. } => "forge.reply",
+            Self::Status { .. } => "forge.status",
             Self::Merge { .. } => "forge.merge",
             Self::Push { .. } => "forge.push",
         }
@@ -750,7 +777,7 @@ impl fmt::Debug for Gate {
     }
 }
 
-const ACTIONS: [&str; 10] = [
+const ACTIONS: [&str; 12] = [
     "workspace.read",
     "workspace.write",
     "workspace.exec",
@@ -759,6 +786,8 @@ const ACTIONS: [&str; 10] = [
     "forge.set-labels",
     "forge.propose-pull-request",
     "forge.review",
+    "forge.reply",
+    "forge.status",
     "forge.merge",
     "forge.push",
 ];
@@ -854,7 +883,30 @@ impl Gate {
         // *thread's* stack. Import calls run on wasmtime fiber stacks, which
         // stacker cannot see, so there it reads 0 bytes left. Give Cedar a
         // stack stacker knows whenever it thinks ours is short.
-        stacker::maybe_grow(STACK_RED_ZONE, STACK_FOR_CEDAR, || self.decide_here(req))
+        let decision =
+            stacker::maybe_grow(STACK_RED_ZONE, STACK_FOR_CEDAR, || self.decide_here(req));
+        // Reasons quote the status context (it names the effect), and a
+        // context can carry a secret; no other quoted field is outbound text.
+        match (&req.effect, decision) {
+            (Effect::Status { .. }, d) => self.redact_reason(d),
+            (_, d) => d,
+        }
+    }
+
+    fn redact_reason(&self, decision: Decision) -> Decision {
+        let clean = |r: String| self.redactor.redact(&r).into_owned();
+        match decision {
+            Decision::Allow { reason } => Decision::Allow {
+                reason: clean(reason),
+            },
+            Decision::Deny { reason, blame } => Decision::Deny {
+                reason: clean(reason),
+                blame,
+            },
+            Decision::Hold { reason } => Decision::Hold {
+                reason: clean(reason),
+            },
+        }
     }
 
     fn decide_here(&self, req: &EffectRequest) -> Decision {
@@ -888,11 +940,22 @@ impl Gate {
             )
             .deny(req);
         }
+        // A context is sent as is (redacting it would break its shape), so
+        // one carrying a secret is refused instead.
+        if let Effect::Status { context, .. } = &req.effect
+            && let Some(found) = self.redactor.scan(context.as_bytes()).first()
+        {
+            return Violation::new(
+                "no-secrets-in-status-context",
+                format!("the status context would contain a secret ({})", found.kind),
+            )
+            .deny(req);
+        }
         decision
     }
 
     /// Redacts every outbound text of an effect in place (comment, PR title
-    /// and body, review body and line comments). Returns how many texts
+    /// and body, review body and line comments, reply, status description). Returns how many texts
     /// changed. Call it on allowed and held effects before they go anywhere.
     pub fn redact_outbound(&self, effect: &mut Effect) -> usize {
         let mut changed = 0;
@@ -903,7 +966,8 @@ impl Gate {
             }
         };
         match effect {
-            Effect::Comment { body, .. } => fix(body),
+            Effect::Comment { body, .. } | Effect::Reply { body, .. } => fix(body),
+            Effect::Status { description, .. } => fix(description),
             Effect::ProposePullRequest { title, body, .. } => {
                 fix(title);
                 fix(body);
@@ -995,11 +1059,13 @@ impl Gate {
                 }
                 Ok(())
             }
+            Effect::Status { context, .. } => status_context(context),
             Effect::Review { .. }
             | Effect::WorkspaceRead { .. }
             | Effect::WorkspaceExec { .. }
             | Effect::ModelComplete { .. }
-            | Effect::Comment { .. } => Ok(()),
+            | Effect::Comment { .. }
+            | Effect::Reply { .. } => Ok(()),
         }
     }
 
@@ -1265,6 +1331,30 @@ impl Gate {
                     ),
                 ],
             ),
+            Effect::Reply {
+                number,
+                comment_id,
+                body,
+            } => one(
+                Some(issue(*number)),
+                vec![
+                    ("comment_id", long(*comment_id)),
+                    ("length", long(body.chars().count() as u64)),
+                ],
+            ),
+            Effect::Status {
+                number,
+                context,
+                state,
+                description,
+            } => one(
+                Some(issue(*number)),
+                vec![
+                    ("status_context", s(context)),
+                    ("state", s(state.as_str())),
+                    ("length", long(description.chars().count() as u64)),
+                ],
+            ),
             Effect::Merge { number } => one(Some(issue(*number)), vec![]),
             Effect::Push {
                 branch: name,
@@ -1368,6 +1458,15 @@ fn describe(req: &EffectRequest) -> String {
         Effect::Review { number, event, .. } => {
             format!("{} on {}#{number}", event.as_str(), run.repo)
         }
+        Effect::Reply {
+            number, comment_id, ..
+        } => format!("to comment {comment_id} on {}#{number}", run.repo),
+        Effect::Status {
+            number,
+            context,
+            state,
+            ..
+        } => format!("{:?} {state} on {}#{number}", clip(context), run.repo),
         Effect::Push { branch, paths } => {
             format!("{:?} ({} paths) on {}", clip(branch), paths.len(), run.repo)
         }
@@ -1378,6 +1477,32 @@ fn describe(req: &EffectRequest) -> String {
         clip(&run.run_id),
         req.effect.action()
     )
+}
+
+/// A status context Kiln may set: `kiln/<name>` in lower-case letters,
+/// digits, `-` and `/`. Anything else could pose as the repository's own CI
+/// (`ci/build`, `continuous-integration/...`) and fake a passing check.
+fn status_context(context: &str) -> Result<(), Violation> {
+    let name = context.strip_prefix("kiln/").unwrap_or("");
+    let ok = !name.is_empty()
+        && context.len() <= MAX_STATUS_CONTEXT_CHARS
+        && !name.starts_with('/')
+        && !name.ends_with('/')
+        && !name.contains("//")
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'/'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Violation::new(
+            "kiln-status-contexts-only",
+            format!(
+                "status context {:?} is not kiln/<name> ([a-z0-9/-], at most {MAX_STATUS_CONTEXT_CHARS} characters)",
+                clip(context)
+            ),
+        ))
+    }
 }
 
 fn malformed(detail: String) -> Violation {
@@ -1514,6 +1639,10 @@ fn check_shape(effect: &Effect) -> Result<(), Violation> {
                 check_text("review comment", &c.body, MAX_BODY_CHARS)?;
             }
             Ok(())
+        }
+        Effect::Reply { body, .. } => check_text("reply", body, MAX_BODY_CHARS),
+        Effect::Status { description, .. } => {
+            check_text("status description", description, MAX_BODY_CHARS)
         }
         Effect::Merge { .. } => Ok(()),
         Effect::Push { branch, paths } => {
@@ -2227,5 +2356,197 @@ when { context.program == "curl" };
                 "{what} should be refused as malformed, got: {d:?}"
             );
         }
+    }
+
+    fn reply(body: &str) -> Effect {
+        Effect::Reply {
+            number: 13,
+            comment_id: 901,
+            body: body.into(),
+        }
+    }
+
+    fn status(context: &str, description: &str) -> Effect {
+        Effect::Status {
+            number: 13,
+            context: context.into(),
+            state: StatusState::Success,
+            description: description.into(),
+        }
+    }
+
+    // An answering implementation run may reply; no other role may, and no
+    // current role sets statuses (the verification role does, once it exists).
+    #[test]
+    fn replies_and_statuses_are_granted_only_to_the_roles_that_need_them() {
+        let gate = gate_with(None);
+        let d = gate.decide(&req(Role::Implementation, reply("Fixed in abc123.")));
+        assert!(
+            d.is_allow() && d.reason().contains("default.implementation-reply"),
+            "implementation should reply to a review comment, got: {d:?}"
+        );
+        for role in [Role::Triage, Role::Spec, Role::Review] {
+            let d = gate.decide(&req(role, reply("hi")));
+            assert!(
+                d.is_deny() && d.blame() == Blame::Policy,
+                "{role} should not reply, got: {d:?}"
+            );
+        }
+        for role in Role::ALL {
+            let d = gate.decide(&req(role, status("kiln/verification", "passed")));
+            assert!(
+                d.is_deny() && d.blame() == Blame::Policy,
+                "{role} should not set a status, got: {d:?}"
+            );
+        }
+        // A repo can grant statuses by name and state, and replies by size.
+        let repo = r#"
+@id("review-status")
+permit (principal, action == Kiln::Action::"forge.status", resource)
+when { principal.role == "review" && context.status_context == "kiln/review" && context.state != "success" };
+@id("short-review-replies")
+permit (principal, action == Kiln::Action::"forge.reply", resource)
+when { principal.role == "review" && context.length < 100 && context.comment_id > 0 };
+"#;
+        let custom = gate_with(Some(repo));
+        let pending = Effect::Status {
+            number: 13,
+            context: "kiln/review".into(),
+            state: StatusState::Pending,
+            description: "reviewing".into(),
+        };
+        for (effect, allowed) in [
+            (pending, true),
+            (status("kiln/review", "approved, really"), false),
+            (reply("ok"), true),
+            (reply(&"x".repeat(100)), false),
+        ] {
+            let d = custom.decide(&req(Role::Review, effect.clone()));
+            assert_eq!(d.is_allow(), allowed, "{effect:?}: {d:?}");
+        }
+        let open = gate_with(Some(PERMIT_ALL));
+        let d = open.decide(&req(
+            Role::Review,
+            status("kiln/verification", &"x".repeat(500)),
+        ));
+        assert!(
+            d.is_allow(),
+            "a kiln/ status a policy permits should pass (the forge cuts the description), got: {d:?}"
+        );
+    }
+
+    // A plugin naming its status like the repo's CI could fake a passing
+    // check; no policy can allow it.
+    #[test]
+    fn a_status_cannot_pose_as_another_check() {
+        let gate = gate_with(Some(PERMIT_ALL));
+        let too_long = format!("kiln/{}", "a".repeat(MAX_STATUS_CONTEXT_CHARS));
+        for context in [
+            "ci/build",
+            "continuous-integration/travis-ci/pr",
+            "security/snyk",
+            "",
+            "kiln",
+            "kiln/",
+            "Kiln/verification",
+            "KILN/verification",
+            "kilnx/verification",
+            " kiln/verification",
+            "kiln/verification ",
+            "kiln/verification\n",
+            "kiln/verif\u{200b}ication",
+            "kiln/Verification",
+            "kiln/../ci/build",
+            "kiln//ci",
+            "kiln/ci/",
+            "kiln/ci_build",
+            too_long.as_str(),
+        ] {
+            for role in Role::ALL {
+                let d = gate.decide(&req(role, status(context, "ok")));
+                assert!(
+                    d.is_deny()
+                        && d.blame() == Blame::Guest
+                        && d.reason().contains("kiln-status-contexts-only"),
+                    "status context {context:?} should be refused by the invariant for {role}, got: {d:?}"
+                );
+            }
+        }
+        for context in ["kiln/verification", "kiln/verify/unit-2", "kiln/a"] {
+            let d = gate.decide(&req(Role::Implementation, status(context, "ok")));
+            assert!(d.is_allow(), "{context:?} should pass, got: {d:?}");
+        }
+    }
+
+    #[test]
+    fn secrets_in_replies_and_statuses_never_leave() {
+        let gate = gate_with(Some(PERMIT_ALL));
+        let leak = "Fixed. Debug: kiln-canary-0b5e7d2a sk-ant-api03-Qw3rTy8uIoPaSdFgHjKlZxCvBnM12";
+        let (d, admitted) = gate.admit(req(Role::Implementation, reply(leak)));
+        let Effect::Reply { body, .. } = &admitted.effect else {
+            panic!("admit should return the same effect kind");
+        };
+        assert!(
+            d.is_allow()
+                && !body.contains("kiln-canary-0b5e7d2a")
+                && !body.contains("sk-ant-api03")
+                && body.contains("[REDACTED:secret:CANARY]"),
+            "the reply should be allowed with its secrets redacted, got: {d:?} / {body}"
+        );
+        let (d, admitted) =
+            gate.admit(req(Role::Implementation, status("kiln/verification", leak)));
+        let Effect::Status { description, .. } = &admitted.effect else {
+            panic!("admit should return the same effect kind");
+        };
+        assert!(
+            d.is_allow()
+                && !description.contains("kiln-canary-0b5e7d2a")
+                && description.contains("[REDACTED:secret:CANARY]"),
+            "the status description should be redacted, got: {d:?} / {description}"
+        );
+        // The context fits kiln/<name> and carries the canary: refused, not
+        // redacted into a different context, and never quoted.
+        let d = gate.decide(&req(
+            Role::Implementation,
+            status("kiln/kiln-canary-0b5e7d2a", "ok"),
+        ));
+        assert!(
+            d.is_deny()
+                && d.reason().contains("no-secrets-in-status-context")
+                && !d.reason().contains("kiln-canary-0b5e7d2a"),
+            "a secret in a status context should be refused without quoting it, got: {d:?}"
+        );
+        let d = gate.decide(&req(
+            Role::Implementation,
+            status("ci/kiln-canary-0b5e7d2a", "ok"),
+        ));
+        assert!(
+            d.is_deny() && !d.reason().contains("kiln-canary-0b5e7d2a"),
+            "a refused context is not quoted with its secret, got: {d:?}"
+        );
+    }
+
+    #[test]
+    fn oversized_replies_and_status_descriptions_are_refused() {
+        let gate = gate_with(Some(PERMIT_ALL));
+        let long = "x".repeat(MAX_BODY_CHARS + 1);
+        for (what, effect) in [
+            ("reply", reply(&long)),
+            ("status description", status("kiln/verification", &long)),
+        ] {
+            let d = gate.decide(&req(Role::Implementation, effect));
+            assert!(
+                d.is_deny() && d.blame() == Blame::Guest && d.reason().contains("longer than"),
+                "an oversized {what} should be refused, got: {d:?}"
+            );
+        }
+        let at_cap = gate.decide(&req(
+            Role::Implementation,
+            reply(&"é".repeat(MAX_BODY_CHARS)),
+        ));
+        assert!(
+            at_cap.is_allow(),
+            "the cap counts characters, not bytes, got: {at_cap:?}"
+        );
     }
 }
