@@ -191,8 +191,10 @@ fn route_inner(
         WebhookEvent::IssueComment(e) => {
             let on_pr = e.issue.is_pull_request();
             out.extend(comment_dispatch(
-                rules,
-                custom_roles,
+                CommentRules {
+                    rules,
+                    custom_roles,
+                },
                 &e.action,
                 &e.comment,
                 &e.sender,
@@ -203,8 +205,10 @@ fn route_inner(
         }
         WebhookEvent::PullRequestReviewComment(e) => {
             out.extend(comment_dispatch(
-                rules,
-                custom_roles,
+                CommentRules {
+                    rules,
+                    custom_roles,
+                },
                 &e.action,
                 &e.comment,
                 &e.sender,
@@ -276,9 +280,19 @@ fn spec_issue(head: &str) -> Option<u64> {
     n.parse().ok().filter(|n| *n > 0)
 }
 
+/// What decides which role a comment runs: the `comment` trigger rule and
+/// the custom roles `/kiln <role>` may name.
+#[derive(Clone, Copy)]
+struct CommentRules<'a> {
+    rules: &'a [TriggerRule],
+    custom_roles: &'a [Role],
+}
+
 fn comment_dispatch(
-    rules: &[TriggerRule],
-    custom_roles: &[Role],
+    CommentRules {
+        rules,
+        custom_roles,
+    }: CommentRules<'_>,
     action: &str,
     comment: &Comment,
     sender: &Actor,
