@@ -11,11 +11,13 @@
 /// Expands, inside a version module, the conversions and `Host` impls all
 /// versions share. `forge_extra` holds the version's own `forge` functions;
 /// `pull_request_extra` the fields its `pull-request` record adds, built
-/// from the domain pull request bound to the given name.
+/// from the domain pull request bound to the given name; `task_extra` the
+/// task's `trigger` (each version knows its own triggers) and added fields.
 macro_rules! common_host {
     (
         forge_extra: { $($forge_extra:tt)* },
-        pull_request_extra: |$pr:ident| { $($pr_extra:tt)* } $(,)?
+        pull_request_extra: |$pr:ident| { $($pr_extra:tt)* },
+        task_extra: |$task:ident| { $($task_extra:tt)* } $(,)?
     ) => {
         use crate::imports::RunState;
         use crate::plugin::types as dom;
@@ -75,6 +77,21 @@ macro_rules! common_host {
                     summary: o.summary,
                     output: o.output,
                 }
+            }
+        }
+
+        /// The domain task as this version's record.
+        pub(crate) fn task($task: &dom::Task) -> wtypes::Task {
+            wtypes::Task {
+                run_id: $task.run_id.clone(),
+                role: $task.role.clone(),
+                repo: $task.repo.clone(),
+                issue: $task.issue,
+                pull_request: $task.pull_request,
+                branch: $task.branch.clone(),
+                base_branch: $task.base_branch.clone(),
+                instructions: $task.instructions.clone(),
+                $($task_extra)*
             }
         }
 

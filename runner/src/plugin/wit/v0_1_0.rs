@@ -20,20 +20,9 @@ wasmtime::component::bindgen!({
 super::common::common_host! {
     forge_extra: {},
     pull_request_extra: |p| {},
-}
-
-/// The domain task as 0.1.0 knows it. Triggers added later reach a 0.1.0
-/// plugin as `manual`, and the trigger's arguments are not passed: the
-/// plugin could not read them anyway.
-pub(crate) fn task(t: &dom::Task) -> wtypes::Task {
-    wtypes::Task {
-        run_id: t.run_id.clone(),
-        role: t.role.clone(),
-        repo: t.repo.clone(),
-        issue: t.issue,
-        pull_request: t.pull_request,
-        branch: t.branch.clone(),
-        base_branch: t.base_branch.clone(),
+    // Triggers added later reach a 0.1.0 plugin as `manual`; the trigger's
+    // arguments are not passed: the plugin could not read them anyway.
+    task_extra: |t| {
         trigger: match &t.trigger {
             dom::Trigger::Label(l) => wtypes::Trigger::Label(l.clone()),
             dom::Trigger::Command(c) => wtypes::Trigger::Command(c.clone()),
@@ -42,6 +31,5 @@ pub(crate) fn task(t: &dom::Task) -> wtypes::Task {
                 wtypes::Trigger::Manual
             }
         },
-        instructions: t.instructions.clone(),
-    }
+    },
 }

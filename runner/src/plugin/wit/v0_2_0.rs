@@ -64,18 +64,8 @@ super::common::common_host! {
             })
             .collect(),
     },
-}
-
-/// The domain task as 0.2.0 carries it: every trigger, and its arguments.
-pub(crate) fn task(t: &dom::Task) -> wtypes::Task {
-    wtypes::Task {
-        run_id: t.run_id.clone(),
-        role: t.role.clone(),
-        repo: t.repo.clone(),
-        issue: t.issue,
-        pull_request: t.pull_request,
-        branch: t.branch.clone(),
-        base_branch: t.base_branch.clone(),
+    // Every trigger, and its arguments.
+    task_extra: |t| {
         trigger: match &t.trigger {
             dom::Trigger::Label(l) => wtypes::Trigger::Label(l.clone()),
             dom::Trigger::Command(c) => wtypes::Trigger::Command(c.clone()),
@@ -84,9 +74,8 @@ pub(crate) fn task(t: &dom::Task) -> wtypes::Task {
             dom::Trigger::Review(id) => wtypes::Trigger::Review(*id),
             dom::Trigger::Schedule(name) => wtypes::Trigger::Schedule(name.clone()),
         },
-        instructions: t.instructions.clone(),
         args: t.args.clone(),
-    }
+    },
 }
 
 fn signal_query(q: kiln::role::signals::Query) -> dom::SignalQuery {
