@@ -24,24 +24,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bollard::Docker;
-use bollard::query_parameters::ListContainersOptionsBuilder;
 #[path = "../../tests/support/service.rs"]
 mod service;
 
 use kiln::app::{self, AppOptions};
-use kiln::config::{KilnConfig, Role};
+use kiln::config::KilnConfig;
 use kiln::control::RunControl as _;
 use kiln::forge::local::LocalForge;
-use kiln::forge::{Forge, ForgeResolver, NewIssue, RepoRef};
-use kiln::model::{
-    self, BoxFuture, Completion, CompletionRequest, ContentPart, ModelError, ModelProvider,
-};
-use kiln::policy::Trust;
+use kiln::forge::{Forge, NewIssue};
+use kiln::model::{self, BoxFuture, Completion, CompletionRequest, ModelError, ModelProvider};
 use kiln::sandbox::LABEL_RUNNER_ID;
 use kiln::service::Runner;
-use kiln::store::{
-    NewRun, RecoveryPolicy, RunId, RunStore, SqliteOptions, SqliteStore, Trigger, TriggerKind,
-};
+use kiln::store::{RunId, RunStore, SqliteStore};
 
 const RUNNER_ID: &str = "bench-concurrent";
 /// What each run is parked in; longer than starting 50 runs can take on a
