@@ -21,9 +21,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         .parent()
         .ok_or("runner/ has no parent")?
         .to_path_buf();
-    for watched in ["wit", "plugins", "tests/plugins"] {
-        println!("cargo:rerun-if-changed={}", root.join(watched).display());
-    }
+    watch_plugin_sources(&root)?;
     println!("cargo:rerun-if-env-changed=CARGO_TARGET_DIR");
 
     let target_dir = std::env::var_os("CARGO_TARGET_DIR")
@@ -68,5 +66,35 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     }
     code.push_str("];\n");
     std::fs::write(out_dir.join("plugins.rs"), code)?;
+    Ok(())
+}
+
+/// Tell cargo to run this script again only when a plugin's input changes:
+/// each crate's `Cargo.toml`, `kiln-plugin.toml` and `src/` under `plugins/`
+/// and `tests/plugins/` (the SDK's too), the WIT contract, the lock file
+/// (a new plugin crate or dependency version lands there) and the root
+/// manifest (the plugin profile inherits its `[profile.release]`). A plugin
+/// crate added or removed changes the lock file.
+///
+/// Not whole directories: cargo scans a watched directory recursively, so a
+/// `target/` that `kiln plugin build` leaves in a plugin crate, or an
+/// editor's files, would rerun this script and relink every test binary.
+fn watch_plugin_sources(root: &std::path::Path) -> Result<(), Box<dyn std::error::Error>> {
+    let watch = |p: PathBuf| println!("cargo:rerun-if-changed={}", p.display());
+    watch(root.join("wit"));
+    watch(root.join("Cargo.lock"));
+    watch(root.join("Cargo.toml"));
+    for parent in ["plugins", "tests/plugins"] {
+        for entry in std::fs::read_dir(root.join(parent))? {
+            let dir = entry?.path();
+            for input in ["Cargo.toml", "kiln-plugin.toml", "src"] {
+                // Only paths that exist: cargo reruns a script on every
+                // build while a watched path is missing.
+                if dir.join(input).exists() {
+                    watch(dir.join(input));
+                }
+            }
+        }
+    }
     Ok(())
 }

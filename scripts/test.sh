@@ -7,3 +7,15 @@ scripts/setup.sh
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked
+
+# The demo (scripts/kiln.sh: `cargo run -p kiln`) must find its binary
+# already built by the tests, not rebuild the crate graph. A dependency whose
+# features differ between `-p kiln` and `--workspace` breaks that silently;
+# cargo reports every unit it had to compile as "fresh":false.
+demo_build=$(cargo build --locked -p kiln --bin kiln --message-format=json-render-diagnostics)
+if grep -q '"fresh":false' <<<"$demo_build"; then
+    echo "error: the demo's build (cargo build -p kiln) is not shared with the tests'" \
+        "(cargo test --workspace): a dependency resolves to different features in the two;" \
+        "compare 'cargo tree -e features' of both" >&2
+    exit 1
+fi

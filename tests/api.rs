@@ -3,10 +3,8 @@
 //! `support/api.rs`. The dashboard is driven in a real headless Chromium
 //! (`dashboard` module) and the CLI as the built `kiln` binary.
 
-#[path = "support/api.rs"]
-mod support;
+use crate::support::api as support;
 
-#[path = "api/dashboard.rs"]
 mod dashboard;
 
 use std::collections::HashSet;

@@ -7,8 +7,7 @@
 //! login a permission, hand over a local repository whose `main` is the
 //! forge's default branch, read a branch back) and calling [`contract`].
 
-#[path = "support/github_api.rs"]
-mod github_api;
+use crate::support::github_api;
 
 use std::collections::BTreeSet;
 use std::io::Write as _;

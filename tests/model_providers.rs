@@ -21,8 +21,7 @@ use kiln::plugin::{OutcomeStatus, PluginHost, PluginLimits, RunError, RunReport,
 use kiln::session::{Budget, EventKind, MemoryEvents};
 use serde_json::{Value, json};
 
-#[path = "support/model_api.rs"]
-mod model_api;
+use crate::support::model_api;
 use model_api::*;
 
 const KEY: &str = "sk-test-0123456789-secret";

@@ -5,7 +5,6 @@
 //! note; cancels a run mid-command; and no secret the agent handles leaves
 //! through command output or a pull request. Real Docker, real role
 //! plugin, real HTTP and WebSocket on loopback; the model is a script.
-use std::collections::HashMap;
 use std::io::Write as _;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -14,22 +13,11 @@ use std::time::Duration;
 
 use futures_util::{SinkExt as _, StreamExt as _};
 use kiln::api::{self, ApiState};
-use kiln::config::{Role, SandboxConfig};
-use kiln::forge::local::LocalForge;
-use kiln::forge::{Forge, NewIssue, RepoRef};
-use kiln::plugin::PluginLimits;
-use kiln::policy::Trust;
-use kiln::sandbox::SandboxBackend;
-use kiln::sandbox::docker::DockerBackend;
-use kiln::store::{
-    NewRun, RecoveryPolicy, Run, RunId, RunState, RunStore, SqliteOptions, SqliteStore,
-    StoredEvent, TokenScope, Trigger, TriggerKind,
-};
-use kiln::worker::Services;
+use kiln::forge::{Forge, NewIssue};
+use kiln::store::{RunId, RunState, RunStore, SqliteStore, StoredEvent, TokenScope};
 use tokio_tungstenite::tungstenite::Message;
 
-#[path = "support/images.rs"]
-mod images;
+use crate::support::{images, service};
 
 /// Secret shapes the gate redacts without configuration.
 const AWS_KEY: &str = "AKIAIOSFODNN7EXAMPLE";
@@ -65,21 +53,11 @@ struct Setup {
 
 async fn setup(runner_id: &str, script: &str) -> Setup {
     let root = tempfile::tempdir().expect("tempdir");
-    let src = root.path().join("src");
-    std::fs::create_dir_all(&src).expect("mkdir");
-    std::fs::write(
-        src.join("README.md"),
-        format!("# Sample\nStaging deploy key: {AWS_KEY}\n"),
+    let forge = service::sample_repo(
+        root.path(),
+        &format!("# Sample\nStaging deploy key: {AWS_KEY}\n"),
     )
-    .expect("write");
-    let forge = LocalForge::create(
-        &root.path().join("forge"),
-        RepoRef::parse("local/sample").expect("repo"),
-        "alice",
-        Some(&src),
-    )
-    .await
-    .expect("repository");
+    .await;
     let number = forge
         .acting_as("alice")
         .create_issue(NewIssue {
@@ -90,46 +68,18 @@ async fn setup(runner_id: &str, script: &str) -> Setup {
         .await
         .expect("issue");
     assert_eq!(number, 1);
-    let store = Arc::new(
-        SqliteStore::open(root.path().join("kiln.db"), SqliteOptions::default())
-            .await
-            .expect("store"),
-    );
+    let store = service::store(root.path()).await;
     let (image, _) = images::images().await;
-    let backend = DockerBackend::new(images::docker().await, runner_id).expect("backend");
-    backend.remove_orphans().await.expect("cleanup");
-    let (host, plugins) = kiln::app::role_plugins(
-        PluginLimits::default(),
-        &kiln::config::KilnConfig::default(),
-    )
-    .expect("plugins");
-    let gate = Arc::new(kiln::app::gate(&Default::default()).expect("gate"));
-    let services = Services {
-        host: Arc::new(host),
-        plugins,
-        sandboxes: Arc::new(backend),
+    let services = service::role_services(
+        root.path(),
+        service::sandboxes(images::docker().await, runner_id).await,
         image,
-        sandbox_config: SandboxConfig::default(),
-        gate: gate.clone(),
-        model: Some(Arc::new(
-            kiln::model::ScriptedProvider::from_json("operator.json", script).expect("script"),
-        )),
-        budgets: HashMap::new(),
-        history: None,
-        mirrors: root.path().join("mirrors"),
-        runs_dir: Some(root.path().join("runs")),
-    };
-    let forge: Arc<dyn Forge> = Arc::new(forge);
-    let served = forge.clone();
-    let runner = kiln::service::Runner::new(
-        store.clone(),
-        services,
-        Arc::new(move |_repo: &RepoRef| Some(served.clone())),
+        service::scripted("operator.json", script),
     );
-    let workers = runner
-        .start(1, RecoveryPolicy::default())
-        .await
-        .expect("start");
+    let gate = services.gate.clone();
+    let forge: Arc<dyn Forge> = Arc::new(forge);
+    let runner = service::runner(store.clone(), services, forge.clone());
+    let workers = service::start(&runner, 1).await;
     let state = ApiState::new(
         store.clone(),
         runner.clone(),
@@ -159,41 +109,7 @@ async fn setup(runner_id: &str, script: &str) -> Setup {
 /// Queue an implementation run of issue #1, started by a maintainer's
 /// `ready-to-implement` label (no spec needed), and wake the workers.
 async fn queue_implementation(s: &Setup) -> RunId {
-    let id = s
-        .store
-        .enqueue_run(NewRun {
-            repo: s.forge.repo().clone(),
-            role: Role::Implementation,
-            number: 1,
-            trigger: Trigger {
-                kind: TriggerKind::Label {
-                    label: "ready-to-implement".into(),
-                },
-                actor: "alice".into(),
-                actor_trust: Trust::Trusted,
-                delivery: None,
-                instructions: None,
-            },
-        })
-        .await
-        .expect("enqueue");
-    s.runner.notify_queued();
-    id
-}
-
-/// Wait (without timing assertions) until the run's state satisfies `done`.
-async fn wait_for(store: &dyn RunStore, id: RunId, done: impl Fn(RunState) -> bool) -> Run {
-    tokio::time::timeout(Duration::from_secs(180), async {
-        loop {
-            let run = store.get_run(id).await.expect("run");
-            if done(run.state) {
-                return run;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    })
-    .await
-    .expect("the run should get there within 3 minutes")
+    service::queue_implementation(&*s.store, &s.runner, s.forge.repo(), 1).await
 }
 
 /// Wait until an event whose message contains `needle` is in the log.
@@ -364,7 +280,7 @@ async fn an_operator_attaches_to_a_live_run_then_resumes_it_with_their_commit() 
         "the README's key is redacted in the shell's output: {stdout}"
     );
 
-    let run = wait_for(&*s.store, id, RunState::is_terminal).await;
+    let run = service::wait_for(&*s.store, id, RunState::is_terminal).await;
     assert_eq!(run.state, RunState::Blocked, "{:?}", run.reason);
     let events = s.store.events_after(id, 0, 10_000).await.expect("events");
     let attached = seq_of(&events, "attached a shell");
@@ -438,7 +354,7 @@ async fn an_operator_attaches_to_a_live_run_then_resumes_it_with_their_commit() 
     assert!(String::from_utf8_lossy(&resumed.stderr).contains("1 commit(s)"));
     wait_for_event(&*s.store, id, "resumed by ops").await;
     let events = wait_for_event(&*s.store, id, "written at home").await;
-    let run = wait_for(&*s.store, id, RunState::is_terminal).await;
+    let run = service::wait_for(&*s.store, id, RunState::is_terminal).await;
     assert_eq!(run.trigger.instructions.as_deref(), Some("use HUMAN.md"));
     let both = events
         .iter()
@@ -510,23 +426,8 @@ async fn an_operator_attaches_to_a_live_run_then_resumes_it_with_their_commit() 
 /// The containers of run `id` of runner `runner`, found by the labels Kiln
 /// puts on them.
 async fn containers_of(runner: &str, id: RunId) -> usize {
-    let docker = images::docker().await;
-    let filter = HashMap::from([(
-        "label".to_string(),
-        vec![
-            format!("{}={id}", kiln::sandbox::LABEL_RUN_ID),
-            format!("{}={runner}", kiln::sandbox::LABEL_RUNNER_ID),
-        ],
-    )]);
-    docker
-        .list_containers(Some(
-            bollard::query_parameters::ListContainersOptionsBuilder::default()
-                .all(true)
-                .filters(&filter)
-                .build(),
-        ))
+    service::containers(&images::docker().await, runner, Some(id))
         .await
-        .expect("list containers")
         .len()
 }
 
@@ -556,7 +457,7 @@ async fn cancel_during_a_long_command_kills_it_and_removes_the_sandbox() {
         String::from_utf8_lossy(&cancel.stderr)
     );
     // Well before the command's five minutes.
-    let run = wait_for(&*s.store, id, RunState::is_terminal).await;
+    let run = service::wait_for(&*s.store, id, RunState::is_terminal).await;
     assert_eq!(run.state, RunState::Cancelled, "{:?}", run.reason);
     let events = s.store.events_after(id, 0, 10_000).await.expect("events");
     assert!(
@@ -582,7 +483,7 @@ async fn secrets_in_command_output_and_a_pull_request_never_leave_the_run() {
     );
     let s = setup("test-operator-canary", &script).await;
     let id = queue_implementation(&s).await;
-    let run = wait_for(&*s.store, id, RunState::is_terminal).await;
+    let run = service::wait_for(&*s.store, id, RunState::is_terminal).await;
     assert_eq!(run.state, RunState::Succeeded, "{:?}", run.reason);
     let leaked = |what: &str, text: &str| {
         for secret in [AWS_KEY, GITHUB_TOKEN] {

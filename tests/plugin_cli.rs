@@ -1,14 +1,13 @@
 //! `kiln plugin ...` and `kiln --help`, run as a user would: the real
 //! binary on real built components, and the README's "Writing a plugin"
 //! walkthrough followed word for word.
-#[path = "support/images.rs"]
-mod images;
-
 use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
 use kiln::plugin::builtin;
+
+use crate::support::images;
 
 fn kiln(args: &[&str]) -> (i32, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_kiln"))

@@ -22,8 +22,7 @@ use kiln::sandbox::{
     SandboxBackend, SandboxError, SandboxSpec, secrets,
 };
 
-#[path = "support/images.rs"]
-mod images;
+use crate::support::{images, test_name};
 use images::{docker, images};
 
 /// A backend with its own runner id, cleaned of leftovers from earlier runs.
@@ -897,13 +896,8 @@ async fn killed_runner_leaves_a_container_that_startup_removes() {
     // The child dies by SIGKILL and cannot clean up; its files live in ours.
     let child_dir = tempfile::tempdir().expect("tempdir");
     let mut child = std::process::Command::new(exe)
-        .args([
-            "--exact",
-            "child_holds_sandbox",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
+        .args(["--exact", &test_name(module_path!(), "child_holds_sandbox")])
+        .args(["--ignored", "--nocapture", "--test-threads=1"])
         .env(CHILD_ENV, runner_id)
         .env(CHILD_DIR_ENV, child_dir.path())
         .stdout(std::process::Stdio::piped())

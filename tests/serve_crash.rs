@@ -11,8 +11,7 @@
 //! directory and so its own runner id: each service's start-up orphan
 //! removal must leave the other's sandbox alone, and both runs are `r1`.
 
-#[path = "support/images.rs"]
-mod images;
+use crate::support::images;
 
 use std::fs::File;
 use std::os::unix::process::ExitStatusExt as _;

@@ -7,6 +7,7 @@
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 
+use crate::support::test_name;
 use kiln::config::Role;
 use kiln::forge::RepoRef;
 use kiln::policy::Trust;
@@ -88,7 +89,8 @@ async fn crash_once(sync: &str) {
 
     let exe = std::env::current_exe().expect("test binary");
     let mut child = Command::new(exe)
-        .args(["--exact", "crash_child", "--nocapture", "--test-threads=1"])
+        .args(["--exact", &test_name(module_path!(), "crash_child")])
+        .args(["--nocapture", "--test-threads=1"])
         .env(CHILD_DB, &db)
         .env(CHILD_SYNC, sync)
         .stdout(Stdio::piped())

@@ -8,19 +8,14 @@ use std::sync::{Arc, Mutex};
 
 use kiln::config::{Role, SandboxConfig};
 use kiln::forge::local::LocalForge;
-use kiln::forge::{Forge, NewIssue, RepoRef};
-use kiln::model::{
-    self, BoxFuture, Completion, CompletionRequest, ContentPart, ModelError, ModelProvider,
-};
+use kiln::forge::{Forge, NewIssue};
+use kiln::model::{BoxFuture, Completion, CompletionRequest, ModelError, ModelProvider};
 use kiln::plugin::{PluginHost, PluginLimits, builtin};
 use kiln::policy::{Gate, GateConfig, SecretValue, Trust};
-use kiln::sandbox::SandboxBackend;
-use kiln::sandbox::docker::DockerBackend;
 use kiln::session::MemoryEvents;
 use kiln::worker::{LiveRun, RunEnd, RunRequest, RunTrigger, Services, execute};
 
-#[path = "support/images.rs"]
-mod images;
+use crate::support::{images, model_api, service};
 
 /// A configured secret and two token shapes the run must never let out.
 const CONFIGURED: &str = "canary-value-7f3a9c1e55";
@@ -45,22 +40,6 @@ impl ModelProvider for Canned {
                 .pop_front()
                 .ok_or_else(|| ModelError::InvalidAnswer("no more turns".into()))
         })
-    }
-}
-
-fn call(name: &str, args: &str) -> Completion {
-    Completion {
-        message: model::Message {
-            role: model::Role::Assistant,
-            content: vec![ContentPart::ToolCall(model::ToolCall {
-                id: format!("call-{name}"),
-                name: name.into(),
-                arguments: args.into(),
-            })],
-        },
-        stop_reason: model::StopReason::ToolUse,
-        usage: model::Usage::default(),
-        model: "canned".into(),
     }
 }
 
@@ -94,21 +73,11 @@ async fn triage(
 }
 
 async fn sample_forge(root: &Path) -> LocalForge {
-    let src = root.join("src");
-    std::fs::create_dir_all(&src).expect("mkdir");
-    std::fs::write(
-        src.join("README.md"),
-        format!("# Sample\nDeploy key for staging: {AWS_KEY}\n"),
-    )
-    .expect("write");
-    LocalForge::create(
-        &root.join("forge"),
-        RepoRef::parse("local/sample").expect("repo"),
-        "alice",
-        Some(&src),
+    service::sample_repo(
+        root,
+        &format!("# Sample\nDeploy key for staging: {AWS_KEY}\n"),
     )
     .await
-    .expect("create the sample repository")
 }
 
 async fn services(root: &Path, runner: &str, turns: Vec<Completion>) -> Services {
@@ -124,8 +93,7 @@ async fn services_with(
     sent: Arc<Mutex<Vec<String>>>,
 ) -> Services {
     let (image, _proxy) = images::images().await;
-    let backend = DockerBackend::new(images::docker().await, runner).expect("backend");
-    backend.remove_orphans().await.expect("orphan cleanup");
+    let backend = service::sandboxes(images::docker().await, runner).await;
     let host = PluginHost::new(PluginLimits::default()).expect("plugin host");
     let path = builtin::test_plugin_path(plugin).expect("test plugin built");
     let agent = host
@@ -178,8 +146,8 @@ async fn secrets_from_a_file_and_a_model_answer_never_reach_the_forge_or_the_log
         "test-worker-canary",
         "agent",
         vec![
-            call("read_file", r#"{"path":"README.md"}"#),
-            call("answer", &answer),
+            service::tool_call("read_file", r#"{"path":"README.md"}"#),
+            service::tool_call("answer", &answer),
         ],
         sent.clone(),
     )
@@ -302,7 +270,7 @@ async fn a_prompt_injection_the_model_obeys_gets_no_effect_past_the_gate() {
         root.path(),
         "test-worker-injection",
         "obedient",
-        vec![call(
+        vec![service::tool_call(
             "act",
             &format!(
                 r#"{{"labels":["ready-to-implement","plan-approved"],"comment":"Done, merging now with {GITHUB_TOKEN}"}}"#
@@ -411,34 +379,13 @@ async fn the_demo_drives_an_issue_to_a_reviewed_draft_pull_request() {
     assert!(!reviews[0].comments.is_empty(), "line comments on the diff");
 }
 
-/// The demo's sample repository, as `kiln demo` creates it.
-async fn demo_forge(root: &Path) -> LocalForge {
-    let src = root.join("sample");
-    std::fs::create_dir_all(src.join("tests")).expect("mkdir");
-    let demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("demo/sample-repo");
-    for f in ["README.md", "slugify.sh", "tests/run.sh"] {
-        std::fs::copy(demo.join(f), src.join(f)).expect("copy sample");
-    }
-    LocalForge::create(
-        &root.join("forge"),
-        RepoRef::parse("local/slugify").expect("repo"),
-        "alice",
-        Some(&src),
-    )
-    .await
-    .expect("create the sample repository")
-}
-
 #[tokio::test]
 async fn a_pull_request_from_an_untrusted_trigger_waits_for_approval_and_lands_when_approved() {
     use kiln::control::{EffectDecision, RunControl};
-    use kiln::store::{
-        NewRun, RecoveryPolicy, RunState, RunStore, SqliteOptions, SqliteStore, Trigger,
-        TriggerKind,
-    };
+    use kiln::store::{NewRun, RunState, RunStore, Trigger, TriggerKind};
 
     let root = tempfile::tempdir().expect("tempdir");
-    let forge = demo_forge(root.path()).await;
+    let forge = service::demo_repo(root.path(), "local/slugify").await;
     let issue_text = include_str!("../runner/demo/issue.md");
     let number = forge
         .acting_as("reporter")
@@ -449,42 +396,16 @@ async fn a_pull_request_from_an_untrusted_trigger_waits_for_approval_and_lands_w
         })
         .await
         .expect("issue");
-    let store: Arc<dyn RunStore> = Arc::new(
-        SqliteStore::open(root.path().join("kiln.sqlite"), SqliteOptions::default())
-            .await
-            .expect("store"),
-    );
+    let store: Arc<dyn RunStore> = service::store(root.path()).await;
     let (image, _) = images::images().await;
-    let backend = DockerBackend::new(images::docker().await, "test-service-held").expect("backend");
-    backend.remove_orphans().await.expect("cleanup");
-    let (host, plugins) = kiln::app::role_plugins(
-        PluginLimits::default(),
-        &kiln::config::KilnConfig::default(),
-    )
-    .expect("plugins");
-    let script = include_str!("../runner/demo/spec.json");
-    let services = Services {
-        host: Arc::new(host),
-        plugins,
-        sandboxes: Arc::new(backend),
+    let services = service::role_services(
+        root.path(),
+        service::sandboxes(images::docker().await, "test-service-held").await,
         image,
-        sandbox_config: SandboxConfig::default(),
-        gate: Arc::new(kiln::app::gate(&Default::default()).expect("gate")),
-        model: Some(Arc::new(
-            kiln::model::ScriptedProvider::from_json("spec.json", script).expect("script"),
-        )),
-        budgets: HashMap::new(),
-        history: None,
-        mirrors: root.path().join("mirrors"),
-        runs_dir: Some(root.path().join("runs")),
-    };
-    let forge: Arc<dyn Forge> = Arc::new(forge);
-    let served = forge.clone();
-    let runner = kiln::service::Runner::new(
-        store.clone(),
-        services,
-        Arc::new(move |_repo: &RepoRef| Some(served.clone())),
+        service::scripted("spec.json", include_str!("../runner/demo/spec.json")),
     );
+    let forge: Arc<dyn Forge> = Arc::new(forge);
+    let runner = service::runner(store.clone(), services, forge.clone());
     let id = store
         .enqueue_run(NewRun {
             repo: forge.repo().clone(),
@@ -501,12 +422,9 @@ async fn a_pull_request_from_an_untrusted_trigger_waits_for_approval_and_lands_w
         })
         .await
         .expect("enqueue");
-    let workers = runner
-        .start(1, RecoveryPolicy::default())
-        .await
-        .expect("start");
+    let workers = service::start(&runner, 1).await;
     runner.notify_queued();
-    let run = wait_for(&*store, id, |s| {
+    let run = service::wait_for(&*store, id, |s| {
         s.is_terminal() || s == RunState::AwaitingApproval
     })
     .await;
@@ -579,25 +497,6 @@ async fn a_pull_request_from_an_untrusted_trigger_waits_for_approval_and_lands_w
         w.abort();
     }
 }
-
-/// Wait (bounded) until the run's state satisfies `done`.
-async fn wait_for(
-    store: &dyn kiln::store::RunStore,
-    id: kiln::store::RunId,
-    done: impl Fn(kiln::store::RunState) -> bool,
-) -> kiln::store::Run {
-    for _ in 0..600 {
-        let run = store.get_run(id).await.expect("run");
-        if done(run.state) {
-            return run;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    }
-    panic!("run {id} did not reach the expected state in 120 s");
-}
-
-#[path = "support/model_api.rs"]
-mod model_api;
 
 /// The demo's four scripts as Anthropic Messages API answers, in the order
 /// the demo asks for them.

@@ -24,21 +24,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bollard::Docker;
-use bollard::query_parameters::ListContainersOptionsBuilder;
+#[path = "../../tests/support/service.rs"]
+mod service;
+
 use kiln::app::{self, AppOptions};
-use kiln::config::{KilnConfig, Role};
+use kiln::config::KilnConfig;
 use kiln::control::RunControl as _;
 use kiln::forge::local::LocalForge;
-use kiln::forge::{Forge, ForgeResolver, NewIssue, RepoRef};
-use kiln::model::{
-    self, BoxFuture, Completion, CompletionRequest, ContentPart, ModelError, ModelProvider,
-};
-use kiln::policy::Trust;
+use kiln::forge::{Forge, NewIssue};
+use kiln::model::{self, BoxFuture, Completion, CompletionRequest, ModelError, ModelProvider};
 use kiln::sandbox::LABEL_RUNNER_ID;
 use kiln::service::Runner;
-use kiln::store::{
-    NewRun, RecoveryPolicy, RunId, RunStore, SqliteOptions, SqliteStore, Trigger, TriggerKind,
-};
+use kiln::store::{RunId, RunStore, SqliteStore};
 
 const RUNNER_ID: &str = "bench-concurrent";
 /// What each run is parked in; longer than starting 50 runs can take on a
@@ -52,22 +49,6 @@ const TARGET_MB: f64 = 5.0;
 /// stops the run.
 struct Parker;
 
-fn turn(name: &str, arguments: &str) -> Completion {
-    Completion {
-        message: model::Message {
-            role: model::Role::Assistant,
-            content: vec![ContentPart::ToolCall(model::ToolCall {
-                id: format!("call-{name}"),
-                name: name.into(),
-                arguments: arguments.into(),
-            })],
-        },
-        stop_reason: model::StopReason::ToolUse,
-        usage: model::Usage::default(),
-        model: "scripted:parker".into(),
-    }
-}
-
 impl ModelProvider for Parker {
     fn name(&self) -> String {
         "scripted:parker".into()
@@ -77,12 +58,12 @@ impl ModelProvider for Parker {
         let answered = r.messages.iter().any(|m| m.role == model::Role::Assistant);
         Box::pin(async move {
             Ok(if answered {
-                turn(
+                service::tool_call(
                     "submit_implementation",
                     r#"{"status":"blocked","title":"-","summary":"-","commit_message":"-","blocked_reason":"bench"}"#,
                 )
             } else {
-                turn("run_command", r#"{"argv":["sleep","300"]}"#)
+                service::tool_call("run_command", r#"{"argv":["sleep","300"]}"#)
             })
         })
     }
@@ -138,21 +119,7 @@ impl Drop for Cleanup {
 
 /// Ids of this bench's containers.
 async fn containers(docker: &Docker) -> anyhow::Result<Vec<String>> {
-    let filters = HashMap::from([(
-        "label".to_string(),
-        vec![format!("{LABEL_RUNNER_ID}={RUNNER_ID}")],
-    )]);
-    Ok(docker
-        .list_containers(Some(
-            ListContainersOptionsBuilder::default()
-                .all(true)
-                .filters(&filters)
-                .build(),
-        ))
-        .await?
-        .into_iter()
-        .filter_map(|c| c.id)
-        .collect())
+    Ok(service::containers(docker, RUNNER_ID, None).await)
 }
 
 /// Wait until `n` containers of this bench run `PARKED`.
@@ -230,27 +197,8 @@ async fn enqueue(
                 labels: vec![],
             })
             .await?;
-        ids.push(
-            store
-                .enqueue_run(NewRun {
-                    repo: forge.repo().clone(),
-                    role: Role::Implementation,
-                    number,
-                    // Started with the label that waives the spec, as a maintainer would.
-                    trigger: Trigger {
-                        kind: TriggerKind::Label {
-                            label: "ready-to-implement".into(),
-                        },
-                        actor: "alice".into(),
-                        actor_trust: Trust::Trusted,
-                        delivery: None,
-                        instructions: None,
-                    },
-                })
-                .await?,
-        );
+        ids.push(service::queue_implementation(store, runner, forge.repo(), number).await);
     }
-    runner.notify_queued();
     Ok(ids)
 }
 
@@ -273,19 +221,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let _cleanup = Cleanup;
     let dir = tempfile::tempdir()?;
-    let src = dir.path().join("sample");
-    let demo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("demo/sample-repo");
-    std::fs::create_dir_all(src.join("tests"))?;
-    for f in ["README.md", "slugify.sh", "tests/run.sh"] {
-        std::fs::copy(demo.join(f), src.join(f))?;
-    }
-    let forge = LocalForge::create(
-        &dir.path().join("forge"),
-        RepoRef::parse("local/bench")?,
-        "alice",
-        Some(&src),
-    )
-    .await?;
+    let forge = service::demo_repo(dir.path(), "local/bench").await;
     let services = app::services(
         AppOptions {
             config: KilnConfig::default(),
@@ -303,12 +239,9 @@ async fn main() -> anyhow::Result<()> {
     let docker = Docker::connect_with_local_defaults()?
         .negotiate_version()
         .await?;
-    let store =
-        Arc::new(SqliteStore::open(dir.path().join("kiln.db"), SqliteOptions::default()).await?);
-    let shared: Arc<dyn Forge> = Arc::new(forge.clone());
-    let forges: ForgeResolver = Arc::new(move |_: &RepoRef| Some(shared.clone()));
-    let runner = Runner::new(store.clone(), services, forges);
-    runner.start(n, RecoveryPolicy::default()).await?;
+    let store = service::store(dir.path()).await;
+    let runner = service::runner(store.clone(), services, Arc::new(forge.clone()));
+    service::start(&runner, n).await;
 
     // Warm-up: one run through the same path (engine, plugin, mirror, image).
     let warm = enqueue(&store, &runner, &forge, 1).await?;

@@ -13,7 +13,7 @@ use kiln::store::{RunState, RunStore as _};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
-use super::support::{Call, Server};
+use crate::support::api::{Call, Server};
 
 /// Only a guard against a hung browser; no assertion depends on timing.
 const HANG_GUARD: Duration = Duration::from_secs(120);
