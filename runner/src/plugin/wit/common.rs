@@ -21,12 +21,12 @@ macro_rules! common_host {
     ) => {
         use crate::imports::RunState;
         use crate::plugin::types as dom;
-        use kiln::role::forge as wforge;
-        use kiln::role::model as wmodel;
-        use kiln::role::session as wsession;
-        use kiln::role::skills as wskills;
-        use kiln::role::types as wtypes;
-        use kiln::role::workspace as wws;
+        use self::kiln::role::forge as wforge;
+        use self::kiln::role::model as wmodel;
+        use self::kiln::role::session as wsession;
+        use self::kiln::role::skills as wskills;
+        use self::kiln::role::types as wtypes;
+        use self::kiln::role::workspace as wws;
 
         impl From<dom::RoleError> for wtypes::RoleError {
             fn from(e: dom::RoleError) -> Self {

@@ -78,7 +78,7 @@ super::common::common_host! {
     },
 }
 
-fn signal_query(q: kiln::role::signals::Query) -> dom::SignalQuery {
+fn signal_query(q: self::kiln::role::signals::Query) -> dom::SignalQuery {
     dom::SignalQuery {
         role: q.role,
         since_hours: q.since_hours,
@@ -86,16 +86,17 @@ fn signal_query(q: kiln::role::signals::Query) -> dom::SignalQuery {
     }
 }
 
-impl kiln::role::signals::Host for RunState {
+impl self::kiln::role::signals::Host for RunState {
     async fn recent_runs(
         &mut self,
-        query: kiln::role::signals::Query,
-    ) -> wasmtime::Result<Result<Vec<kiln::role::signals::RunRecord>, wtypes::RoleError>> {
+        query: self::kiln::role::signals::Query,
+    ) -> wasmtime::Result<Result<Vec<self::kiln::role::signals::RunRecord>, wtypes::RoleError>>
+    {
         Ok(RunState::recent_runs(self, signal_query(query))
             .await
             .map(|runs| {
                 runs.into_iter()
-                    .map(|r| kiln::role::signals::RunRecord {
+                    .map(|r| self::kiln::role::signals::RunRecord {
                         run_id: r.run_id,
                         role: r.role,
                         number: r.number,
@@ -110,17 +111,17 @@ impl kiln::role::signals::Host for RunState {
 
     async fn list_signals(
         &mut self,
-        query: kiln::role::signals::Query,
-    ) -> wasmtime::Result<Result<Vec<kiln::role::signals::Signal>, wtypes::RoleError>> {
+        query: self::kiln::role::signals::Query,
+    ) -> wasmtime::Result<Result<Vec<self::kiln::role::signals::Signal>, wtypes::RoleError>> {
+        use self::kiln::role::signals::SignalKind as W;
         use dom::SignalKind as D;
-        use kiln::role::signals::SignalKind as W;
         Ok(self
             .read_signals(signal_query(query))
             .await
             .map(|signals| {
                 signals
                     .into_iter()
-                    .map(|s| kiln::role::signals::Signal {
+                    .map(|s| self::kiln::role::signals::Signal {
                         kind: match s.kind {
                             D::LabelCorrected => W::LabelCorrected,
                             D::NeedsInfoBypassed => W::NeedsInfoBypassed,
