@@ -86,3 +86,70 @@ impl RunState {
         Ok(signals)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::imports::RunContext;
+    use crate::plugin::CapabilitySet;
+    use crate::plugin::limits::PluginLimits;
+    use crate::plugin::types::SignalKind;
+    use crate::session::MemoryEvents;
+
+    /// A history whose evidence quotes a token someone pasted in a comment.
+    struct Leaky;
+
+    #[async_trait::async_trait]
+    impl SignalSource for Leaky {
+        async fn recent_runs(&self, _: &SignalQuery) -> Result<Vec<RunRecord>, String> {
+            Ok(Vec::new())
+        }
+        async fn signals(&self, _: &SignalQuery) -> Result<Vec<Signal>, String> {
+            Ok(vec![Signal {
+                kind: SignalKind::ReviewReply,
+                run_id: None,
+                number: Some(3),
+                author: "maintainer".into(),
+                trusted: true,
+                evidence: "wrong severity; use ghp_0123456789abcdefghijklmnopqrstuvwxyzAB".into(),
+                at: String::new(),
+            }])
+        }
+    }
+
+    fn state(caps: &[&str], source: Option<Arc<dyn SignalSource>>) -> RunState {
+        let mut ctx = RunContext::new(Arc::new(MemoryEvents::new()));
+        ctx.signals = source;
+        let caps = CapabilitySet::parse(caps).expect("caps");
+        RunState::new("test", "improve", caps, PluginLimits::default(), ctx)
+    }
+
+    fn query(role: &str) -> SignalQuery {
+        SignalQuery {
+            role: role.into(),
+            since_hours: 24,
+            limit: 10,
+        }
+    }
+
+    #[tokio::test]
+    async fn signals_reach_the_plugin_redacted_and_only_with_the_capability() {
+        let mut s = state(&["signals.read"], Some(Arc::new(Leaky)));
+        let got = s.read_signals(query("review")).await.expect("signals");
+        assert_eq!(got.len(), 1);
+        assert!(
+            !got[0].evidence.contains("ghp_0123456789")
+                && got[0].evidence.starts_with("wrong severity"),
+            "evidence must be redacted before a plugin (and its model) reads it: {}",
+            got[0].evidence
+        );
+        let err = s.read_signals(query("../etc")).await.unwrap_err();
+        assert!(matches!(err, RoleError::InvalidArgument(_)), "{err:?}");
+        let mut denied = state(&[], Some(Arc::new(Leaky)));
+        let err = denied.read_signals(query("review")).await.unwrap_err();
+        assert!(matches!(err, RoleError::NotPermitted(m) if m.contains("signals.read")));
+        let mut none = state(&["signals.read"], None);
+        let err = none.recent_runs(query("review")).await.unwrap_err();
+        assert!(matches!(err, RoleError::Unavailable(_)), "{err:?}");
+    }
+}
