@@ -162,6 +162,17 @@ impl Runner {
                 TriggerKind::Comment { .. } => {
                     RunTrigger::Command(run.trigger.instructions.clone().unwrap_or_default())
                 }
+                TriggerKind::ChangesRequested { review_id } => RunTrigger::Review(*review_id),
+                TriggerKind::Fix { .. } => RunTrigger::Review(0),
+                TriggerKind::PullRequestSynchronized | TriggerKind::Reviewed { .. } => {
+                    RunTrigger::PullRequestOpened
+                }
+                TriggerKind::ReporterReplied { .. } | TriggerKind::Retry { .. } => {
+                    match &run.trigger.instructions {
+                        Some(text) => RunTrigger::Command(text.clone()),
+                        None => RunTrigger::Manual,
+                    }
+                }
                 TriggerKind::IssueOpened | TriggerKind::Manual => RunTrigger::Manual,
             },
             trust: run.trigger.actor_trust,

@@ -194,6 +194,49 @@ pub enum TriggerKind {
     },
     /// An operator started it through the API or CLI.
     Manual,
+    /// New commits arrived on the head of a Kiln pull request.
+    PullRequestSynchronized,
+    /// Kiln's own review of a Kiln pull request was submitted (verification
+    /// follows review).
+    Reviewed {
+        /// The review's forge id.
+        review_id: u64,
+    },
+    /// A maintainer requested changes on a Kiln pull request: an answering
+    /// implementation run on that pull request's branch.
+    ChangesRequested {
+        /// The review's forge id.
+        review_id: u64,
+    },
+    /// `/kiln fix [note]` on a Kiln pull request: an answering run, like
+    /// [`TriggerKind::ChangesRequested`], with the note as instructions.
+    Fix {
+        /// The command comment's forge id.
+        comment_id: u64,
+    },
+    /// The reporter answered on an issue labelled `needs-info`.
+    ReporterReplied {
+        /// The reply's forge id.
+        comment_id: u64,
+    },
+    /// `/kiln retry`: the last run of the target, again.
+    Retry {
+        /// The run retried.
+        of: RunId,
+        /// The command comment's forge id.
+        comment_id: u64,
+    },
+}
+
+impl TriggerKind {
+    /// True for the triggers whose implementation run answers a review on
+    /// the pull request's own branch instead of opening a new one.
+    pub fn answers_review(&self) -> bool {
+        matches!(
+            self,
+            TriggerKind::ChangesRequested { .. } | TriggerKind::Fix { .. }
+        )
+    }
 }
 
 /// Who and what started a run.

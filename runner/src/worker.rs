@@ -37,6 +37,9 @@ pub enum RunTrigger {
     PullRequestOpened,
     /// An operator started it (`kiln run`, `kiln demo`).
     Manual,
+    /// Answer a review on the pull request's own branch: the review's id
+    /// when a maintainer requested changes, 0 for `/kiln fix`.
+    Review(u64),
 }
 
 /// One run to execute.
@@ -554,6 +557,7 @@ async fn run_prepared(
             RunTrigger::Command(c) => Trigger::Command(c.clone()),
             RunTrigger::PullRequestOpened => Trigger::PullRequestOpened,
             RunTrigger::Manual => Trigger::Manual,
+            RunTrigger::Review(id) => Trigger::Review(*id),
         },
         instructions: req.instructions.clone(),
         args: Vec::new(),
