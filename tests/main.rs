@@ -21,6 +21,7 @@
 mod support;
 
 mod api;
+mod factory;
 mod forge;
 mod intake;
 mod model_providers;

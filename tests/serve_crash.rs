@@ -12,12 +12,9 @@
 //! removal must leave the other's sandbox alone, and both runs are `r1`.
 
 use crate::support::images;
+use crate::support::serve::{Containers, Env, Serve, wait_for};
 
-use std::fs::File;
-use std::os::unix::process::ExitStatusExt as _;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
 
 use bollard::Docker;
 use bollard::query_parameters::ListContainersOptionsBuilder;
@@ -25,7 +22,6 @@ use kiln::api::client::Client;
 use kiln::sandbox::{LABEL_RUN_ID, LABEL_RUNNER_ID};
 use kiln::store::{RunState, StoredEvent};
 
-const KILN: &str = env!("CARGO_BIN_EXE_kiln");
 /// The command the first run is parked in: distinctive, so `docker top` can
 /// tell it from the sandbox's own `sleep 3600`, and shorter than the default
 /// 600 s exec timeout, so it is still running when the service is killed.
@@ -44,246 +40,46 @@ const FINISH_SCRIPT: &str = r#"{ "description": "runs a short command and stops"
         "status": "blocked", "title": "Nothing changed", "summary": "The crash test stops here.",
         "commit_message": "none", "blocked_reason": "the crash test stops here" } } ] } ] }"#;
 
-/// One `kiln serve` child; killed (SIGKILL) and reaped when dropped, so a
-/// failing test leaves no service behind. Its output goes to a log file,
-/// printed when the test fails.
-struct Serve {
-    child: Child,
-    log: PathBuf,
-    url: String,
+/// A data directory with a local-forge repository and issue #1, which has
+/// an approved spec. Its kiln.toml names no triggers: these runs are queued
+/// by hand, and the forge's events must not queue more.
+fn crash_env() -> Env {
+    let env = Env::new();
+    let src = env.root.join("src");
+    std::fs::create_dir_all(src.join("specs/issue-1")).expect("mkdir");
+    std::fs::write(src.join("README.md"), "# Widgets\n").expect("write");
+    std::fs::write(
+        src.join("specs/issue-1/PRODUCT.md"),
+        "# Faster tests\nThe suite runs in under a minute.\n",
+    )
+    .expect("write");
+    std::fs::write(
+        src.join("specs/issue-1/TECH.md"),
+        "# Approach\nRun the slow suite once to measure it.\n",
+    )
+    .expect("write");
+    std::fs::write(env.root.join("kiln.toml"), NO_TRIGGERS).expect("write kiln.toml");
+    env.ok(&["repo", "create", "local/crash", "--from"], &[&src]);
+    env.ok(
+        &[
+            "issue",
+            "new",
+            "-R",
+            "local/crash",
+            "-t",
+            "Make the tests faster",
+            "-b",
+            "They take ten minutes.",
+            "-l",
+            "plan-approved",
+        ],
+        &[],
+    );
+    env
 }
 
-impl Serve {
-    /// Start `kiln serve` on `env`'s data directory, on a free loopback
-    /// port, with the model script `script`.
-    fn start(env: &Env, name: &str, script: &Path, requeue: bool) -> Serve {
-        let port = free_port();
-        let log = env.root.join(format!("{name}.log"));
-        let out = File::create(&log).expect("create the serve log");
-        let mut cmd = env.kiln();
-        cmd.args(["serve", "--workers", "1", "--listen"])
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("--script")
-            .arg(script)
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().expect("log handle"))
-            .stderr(out);
-        if requeue {
-            cmd.arg("--requeue");
-        }
-        let child = cmd.spawn().expect("spawn kiln serve");
-        Serve {
-            child,
-            log,
-            url: format!("http://127.0.0.1:{port}"),
-        }
-    }
-
-    /// Panics with the service's log if it has exited.
-    fn assert_alive(&mut self) {
-        if let Some(status) = self.child.try_wait().expect("poll kiln serve") {
-            panic!(
-                "kiln serve exited early ({status}); its log:\n{}",
-                std::fs::read_to_string(&self.log).unwrap_or_default()
-            );
-        }
-    }
-
-    /// Wait until the service answers `/healthz`: by then it has removed its
-    /// orphans and recovered the store (both happen before it listens).
-    async fn ready(&mut self) {
-        let url = format!("{}/healthz", self.url);
-        let url = &url;
-        // Minutes: the first start may build the sandbox image.
-        wait_for(
-            self,
-            "kiln serve to answer /healthz",
-            600,
-            move || async move {
-                let ok = reqwest::get(url)
-                    .await
-                    .is_ok_and(|r| r.status().is_success());
-                ok.then_some(())
-            },
-        )
-        .await;
-    }
-
-    /// SIGKILL: no destructor, no flush, no graceful shutdown.
-    fn kill_9(&mut self) {
-        self.child.kill().expect("kill -9 kiln serve");
-        let status = self.child.wait().expect("reap kiln serve");
-        assert_eq!(
-            status.signal(),
-            Some(9),
-            "kiln serve should have died from SIGKILL, got {status}"
-        );
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!(
-                "--- {} ---\n{}",
-                self.log.display(),
-                std::fs::read_to_string(&self.log).unwrap_or_default()
-            );
-        }
-    }
-}
-
-/// Removes every container of this test's runner id when dropped, so a
-/// failing test does not leave a `sleep 577` sandbox behind.
-struct Containers(String);
-
-impl Drop for Containers {
-    fn drop(&mut self) {
-        let filter = format!("label={LABEL_RUNNER_ID}={}", self.0);
-        let Ok(out) = Command::new("docker")
-            .args(["ps", "-aq", "--filter", &filter])
-            .output()
-        else {
-            return;
-        };
-        let ids = String::from_utf8_lossy(&out.stdout);
-        let ids: Vec<&str> = ids.split_whitespace().collect();
-        if !ids.is_empty() {
-            let _ = Command::new("docker")
-                .args(["rm", "-f"])
-                .args(&ids)
-                .stdout(Stdio::null())
-                .status();
-        }
-    }
-}
-
-/// A temp data directory with a local-forge repository and issue #1, which
-/// has an approved spec, and a viewer token for the API.
-struct Env {
-    root: PathBuf,
-    data: PathBuf,
-    token: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Env {
-    fn new() -> Env {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let root = dir.path().to_path_buf();
-        let data = root.join("data");
-        let src = root.join("src");
-        std::fs::create_dir_all(src.join("specs/issue-1")).expect("mkdir");
-        std::fs::write(src.join("README.md"), "# Widgets\n").expect("write");
-        std::fs::write(
-            src.join("specs/issue-1/PRODUCT.md"),
-            "# Faster tests\nThe suite runs in under a minute.\n",
-        )
-        .expect("write");
-        std::fs::write(
-            src.join("specs/issue-1/TECH.md"),
-            "# Approach\nRun the slow suite once to measure it.\n",
-        )
-        .expect("write");
-        let mut env = Env {
-            root,
-            data,
-            token: String::new(),
-            _dir: dir,
-        };
-        env.ok(&["repo", "create", "local/crash", "--from"], &[&src]);
-        env.ok(
-            &[
-                "issue",
-                "new",
-                "-R",
-                "local/crash",
-                "-t",
-                "Make the tests faster",
-                "-b",
-                "They take ten minutes.",
-                "-l",
-                "plan-approved",
-            ],
-            &[],
-        );
-        env.token = env
-            .ok(&["token", "create", "crash-test", "--scope", "viewer"], &[])
-            .trim()
-            .to_string();
-        env
-    }
-
-    /// `kiln` with this environment's data directory, as user alice, in a
-    /// directory without a kiln.toml.
-    fn kiln(&self) -> Command {
-        let mut cmd = Command::new(KILN);
-        cmd.current_dir(&self.root)
-            .env("KILN_DATA_DIR", &self.data)
-            .env("KILN_USER", "alice")
-            .env(
-                "KILN_IMAGES_DIR",
-                Path::new(env!("CARGO_MANIFEST_DIR")).join("../sandbox-images"),
-            )
-            .env_remove("KILN_REPO")
-            .env_remove("KILN_CONFIG")
-            .env_remove("KILN_LISTEN");
-        cmd
-    }
-
-    /// Run a `kiln` command that must succeed; its stdout.
-    fn ok(&self, args: &[&str], paths: &[&Path]) -> String {
-        let out = self
-            .kiln()
-            .args(args)
-            .args(paths)
-            .output()
-            .expect("run kiln");
-        assert!(
-            out.status.success(),
-            "kiln {args:?} should succeed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn script(&self, name: &str, text: &str) -> PathBuf {
-        let path = self.root.join(name);
-        std::fs::write(&path, text).expect("write script");
-        path
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free loopback port")
-        .port()
-}
-
-/// Poll `check` until it answers, failing the test after `secs` seconds or
-/// as soon as the service dies. Waits for a condition; asserts no duration.
-async fn wait_for<T, F, Fut>(serve: &mut Serve, what: &str, secs: u64, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let start = Instant::now();
-    loop {
-        serve.assert_alive();
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(secs),
-            "gave up waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
+/// A kiln.toml under which no forge event starts a run.
+const NO_TRIGGERS: &str = "triggers = []\n";
 
 /// Every event of run r1 the API serves, in order.
 async fn events(client: &Client) -> Vec<StoredEvent> {
@@ -444,7 +240,7 @@ fn assert_kept(before: &[StoredEvent], after: &[StoredEvent]) -> Vec<StoredEvent
 async fn kill_9_mid_run_then_restart_fails_the_run_and_removes_its_container() {
     images::images().await;
     let docker = images::docker().await;
-    let env = Env::new();
+    let env = crash_env();
     let runner = kiln::app::serve_runner_id(&env.data);
     let _cleanup = Containers(runner.clone());
     let (before, container) = kill_mid_run(&env, &docker, &runner).await;
@@ -486,7 +282,7 @@ async fn kill_9_mid_run_then_restart_fails_the_run_and_removes_its_container() {
 async fn kill_9_mid_run_then_restart_with_requeue_runs_it_again_to_its_end() {
     images::images().await;
     let docker = images::docker().await;
-    let env = Env::new();
+    let env = crash_env();
     let runner = kiln::app::serve_runner_id(&env.data);
     let _cleanup = Containers(runner.clone());
     let (before, container) = kill_mid_run(&env, &docker, &runner).await;
@@ -586,7 +382,7 @@ const BOTH_SCRIPT: &str = r#"{ "description": "one turn for a triage run and a 0
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_0_1_0_plugin_and_the_0_2_0_built_ins_run_in_the_same_serve() {
     images::images().await;
-    let env = Env::new();
+    let env = crash_env();
     let runner = kiln::app::serve_runner_id(&env.data);
     let _cleanup = Containers(runner);
     let plugin = kiln::plugin::builtin::test_plugin_path("frozen-0-1-0").expect("built");
@@ -600,7 +396,7 @@ async fn a_frozen_0_1_0_plugin_and_the_0_2_0_built_ins_run_in_the_same_serve() {
     std::fs::write(
         env.root.join("kiln.toml"),
         format!(
-            "[[roles]]\nname = \"frozen\"\nplugin = \"{plugin}\"\nsha256 = \"{sha}\"\n\
+            "{NO_TRIGGERS}[[roles]]\nname = \"frozen\"\nplugin = \"{plugin}\"\nsha256 = \"{sha}\"\n\
              capabilities = [\"model.complete\", \"forge.read\", \"forge.comment\"]\n"
         ),
     )

@@ -115,6 +115,7 @@ async fn services_with(
         sandbox_config: SandboxConfig::default(),
         gate: Arc::new(gate),
         model: Some(Arc::new(Canned(Mutex::new(turns.into()), sent))),
+        role_models: HashMap::new(),
         budgets: HashMap::new(),
         history: None,
         mirrors: root.join("mirrors"),

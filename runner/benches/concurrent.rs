@@ -229,6 +229,7 @@ async fn main() -> anyhow::Result<()> {
             recipes: app::recipes_dir(),
             runner_id: RUNNER_ID.into(),
             model: Some(Arc::new(Parker)),
+            role_models: Default::default(),
             budgets: HashMap::new(),
             history: None,
         },

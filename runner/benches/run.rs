@@ -67,6 +67,7 @@ async fn main() -> anyhow::Result<()> {
             recipes: app::recipes_dir(),
             runner_id: "bench-run".into(),
             model: None,
+            role_models: Default::default(),
             budgets: HashMap::new(),
             history: None,
         },

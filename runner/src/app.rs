@@ -51,6 +51,8 @@ pub struct AppOptions {
     pub runner_id: String,
     /// The model provider, if any.
     pub model: Option<Arc<dyn ModelProvider>>,
+    /// A provider per role, preferred to `model` for that role.
+    pub role_models: HashMap<Role, Arc<dyn ModelProvider>>,
     /// Budget per role.
     pub budgets: HashMap<Role, Budget>,
     /// The run store the `signals` interface reads, if the runner has one.
@@ -204,6 +206,7 @@ pub async fn services(
         sandbox_config: opts.config.sandbox.clone(),
         gate: Arc::new(gate),
         model: opts.model,
+        role_models: opts.role_models,
         budgets: opts.budgets,
         history: opts.history,
         mirrors: opts.data_dir.join("mirrors"),

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod attach;
+mod demo;
 mod image;
 mod local_forge;
 mod plugin;
@@ -36,7 +37,8 @@ enum Command {
     /// Run one role once on an issue (or, for review, a pull request) of the local forge.
     Run(run::RunArgs),
     /// Build what is missing, create a sample repository on the local forge and
-    /// drive it through triage → spec → implementation → review.
+    /// drive it through triage → spec → implementation → review, through forge
+    /// events as `kiln serve` would.
     Demo(run::RunnerArgs),
     /// Run the service: store, worker pool, webhook intake, runner API and dashboard.
     Serve(serve::ServeArgs),
@@ -64,7 +66,7 @@ impl Cli {
             Command::Image(cmd) => cmd.run().await.map(|()| ExitCode::SUCCESS),
             Command::Run(args) => run::run(args, &self.local).await,
             Command::Serve(args) => serve::serve(args, &self.local).await,
-            Command::Demo(args) => run::demo(args, &self.local).await,
+            Command::Demo(args) => demo::demo(args, &self.local).await,
             Command::Repo(cmd) => local_forge::repo(cmd, &self.local).await,
             Command::Issue(cmd) => local_forge::issue(cmd, &self.local).await,
             Command::Pr(cmd) => local_forge::pr(cmd, &self.local).await,

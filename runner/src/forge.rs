@@ -184,6 +184,18 @@ pub enum Severity {
     Nit,
 }
 
+impl std::fmt::Display for Severity {
+    /// As reviews write it: `CRITICAL`, `IMPORTANT`, `SUGGESTION`, `NIT`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Severity::Critical => "CRITICAL",
+            Severity::Important => "IMPORTANT",
+            Severity::Suggestion => "SUGGESTION",
+            Severity::Nit => "NIT",
+        })
+    }
+}
+
 /// A line comment in a review.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LineComment {

@@ -1,14 +1,17 @@
-//! Webhook intake: GitHub deliveries in, queued runs out.
+//! Intake: forge events in (GitHub webhooks, the local forge's outbox), runs out.
 //!
 //! [`router`] serves `POST /webhooks/github` ([`webhook`]): signature,
-//! size limit, replay protection, then 202. Processing happens off the
-//! request path ([`process`]): the [`route`]r reads `[[triggers]]`
+//! size limit, replay protection, then 202. The local forge's events come
+//! from its outbox ([`local`]). Both reach one [`Dispatcher`]: processing
+//! happens off the request path, the [`route`]r reads `[[triggers]]`
 //! ([`config`]), every dispatch passes the fail-closed [`trust`] check and
-//! the re-run cap, and runs are queued in the store. Every delivery ends
-//! recorded as queued, ignored, refused or failed, with a reason.
+//! the re-run cap, and runs are queued in the store (or `/kiln` commands
+//! carried out). Every delivery ends recorded as queued, ignored, refused
+//! or failed, with a reason.
 
 pub mod config;
 pub mod event;
+pub mod local;
 mod process;
 pub mod route;
 pub mod trust;
@@ -24,7 +27,8 @@ use tokio::sync::{broadcast, mpsc};
 use crate::store::RunStore;
 
 pub use config::{IntakeConfig, IntakeSettings, TriggerRule, default_rules, read_webhook_secret};
-pub use process::Outcome;
+pub use event::WebhookEvent;
+pub use process::{Outcome, RunnerHooks};
 pub use trust::ForgeResolver;
 
 /// The path GitHub posts to.
@@ -38,13 +42,76 @@ pub enum IntakeError {
     EmptySecret,
 }
 
-/// The running intake: what the handler needs, and the processor's inbox.
+/// The one path from forge events to runs: GitHub's webhooks and the local
+/// forge's outbox both hand their events to it. It routes each under
+/// `[[triggers]]`, checks trust, applies the re-run cap, queues runs or
+/// carries out `/kiln` commands, and records the delivery's outcome.
+#[derive(Clone)]
+pub struct Dispatcher {
+    processor: Arc<process::Processor>,
+    jobs: mpsc::Sender<process::Job>,
+}
+
+impl std::fmt::Debug for Dispatcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dispatcher")
+            .field("rules", &self.processor.rules.len())
+            .finish()
+    }
+}
+
+impl Dispatcher {
+    /// Starts the background processor for queued deliveries (on the
+    /// current tokio runtime); it stops when every clone is dropped.
+    pub fn start(
+        store: Arc<dyn RunStore>,
+        forges: ForgeResolver,
+        config: &IntakeConfig,
+        hooks: RunnerHooks,
+    ) -> Dispatcher {
+        let settings = &config.intake;
+        let (jobs, inbox) = mpsc::channel(settings.queue_capacity);
+        let (outcomes, _) = broadcast::channel(1024);
+        let processor = Arc::new(process::Processor {
+            store,
+            forges,
+            rules: config.rules(),
+            kiln_logins: settings.kiln_logins.clone(),
+            custom_roles: config.custom_roles.clone(),
+            max_runs_per_target: settings.max_runs_per_target,
+            outcomes,
+            hooks,
+        });
+        tokio::spawn(processor.clone().run(inbox));
+        Dispatcher { processor, jobs }
+    }
+
+    /// Processes one event now and returns its outcome (the delivery must
+    /// already be recorded with [`RunStore::record_delivery`]).
+    pub async fn process(&self, delivery: String, event: WebhookEvent) -> Outcome {
+        self.processor
+            .process(process::Job { delivery, event })
+            .await
+    }
+
+    /// What becomes of each delivery, from now on.
+    pub fn outcomes(&self) -> broadcast::Receiver<Outcome> {
+        self.processor.outcomes.subscribe()
+    }
+
+    /// The store deliveries are recorded in.
+    pub fn store(&self) -> &Arc<dyn RunStore> {
+        &self.processor.store
+    }
+}
+
+/// The running webhook intake: what the handler needs, and the processor's inbox.
 pub struct Intake {
     secret: Vec<u8>,
     body_limit: usize,
     store: Arc<dyn RunStore>,
     jobs: mpsc::Sender<process::Job>,
-    outcomes: broadcast::Sender<Outcome>,
+    dispatcher: Dispatcher,
 }
 
 impl std::fmt::Debug for Intake {
@@ -57,11 +124,23 @@ impl std::fmt::Debug for Intake {
 }
 
 impl Intake {
-    /// Starts the processor (on the current tokio runtime) and returns the
-    /// intake for [`router`]. The processor stops when the intake is dropped.
+    /// Starts a processor of its own (on the current tokio runtime) and
+    /// returns the intake for [`router`]. The processor stops when the
+    /// intake is dropped.
     pub fn start(
         store: Arc<dyn RunStore>,
         forges: ForgeResolver,
+        config: &IntakeConfig,
+        secret: impl Into<Vec<u8>>,
+    ) -> Result<Arc<Intake>, IntakeError> {
+        let dispatcher = Dispatcher::start(store, forges, config, RunnerHooks::default());
+        Intake::with_dispatcher(dispatcher, config, secret)
+    }
+
+    /// The webhook intake in front of `dispatcher` (shared with the local
+    /// forge's events).
+    pub fn with_dispatcher(
+        dispatcher: Dispatcher,
         config: &IntakeConfig,
         secret: impl Into<Vec<u8>>,
     ) -> Result<Arc<Intake>, IntakeError> {
@@ -69,31 +148,18 @@ impl Intake {
         if secret.is_empty() {
             return Err(IntakeError::EmptySecret);
         }
-        let settings = &config.intake;
-        let (jobs, inbox) = mpsc::channel(settings.queue_capacity);
-        let (outcomes, _) = broadcast::channel(1024);
-        let processor = Arc::new(process::Processor {
-            store: store.clone(),
-            forges,
-            rules: config.rules(),
-            kiln_logins: settings.kiln_logins.clone(),
-            custom_roles: config.custom_roles.clone(),
-            max_runs_per_target: settings.max_runs_per_target,
-            outcomes: outcomes.clone(),
-        });
-        tokio::spawn(processor.run(inbox));
         Ok(Arc::new(Intake {
             secret,
-            body_limit: settings.body_limit_bytes,
-            store,
-            jobs,
-            outcomes,
+            body_limit: config.intake.body_limit_bytes,
+            store: dispatcher.store().clone(),
+            jobs: dispatcher.jobs.clone(),
+            dispatcher,
         }))
     }
 
     /// What becomes of each accepted delivery, from now on.
     pub fn outcomes(&self) -> broadcast::Receiver<Outcome> {
-        self.outcomes.subscribe()
+        self.dispatcher.outcomes()
     }
 }
 

@@ -721,6 +721,9 @@ pub trait RunStore: Send + Sync {
     /// Queue a run unless `max_per_target` runs of its role already exist
     /// for its issue or pull request; the count and the insert are one
     /// atomic step, so concurrent callers cannot both slip under the cap.
+    /// A run whose trigger names a delivery that already queued the same
+    /// role on the same target is not queued again: the existing run's id
+    /// is returned, so a delivery processed twice queues once.
     async fn enqueue_run_capped(
         &self,
         run: NewRun,

@@ -95,6 +95,9 @@ pub struct Services {
     pub gate: Arc<Gate>,
     /// The model provider, if any.
     pub model: Option<Arc<dyn ModelProvider>>,
+    /// A provider for one role instead of [`Services::model`] (a scripted
+    /// model per role, for demos and tests).
+    pub role_models: HashMap<Role, Arc<dyn ModelProvider>>,
     /// Budget per role.
     pub budgets: HashMap<Role, Budget>,
     /// The run store, whose history the `signals` interface reads; `None`
@@ -514,7 +517,11 @@ async fn run_prepared(
     ctx.steering = live.steering.clone();
     ctx.pause = live.pause.clone();
     ctx.budget = services.budgets.get(&req.role).cloned().unwrap_or_default();
-    ctx.model = services.model.clone();
+    ctx.model = services
+        .role_models
+        .get(&req.role)
+        .or(services.model.as_ref())
+        .cloned();
     ctx.custom_skills = services.host.custom_skills();
     ctx.signals = services.history.clone().map(|store| {
         Arc::new(crate::signals::StoreSignals::new(store, req.repo.clone()))

@@ -6,6 +6,7 @@ pub mod api;
 pub mod github_api;
 pub mod images;
 pub mod model_api;
+pub mod serve;
 pub mod service;
 
 /// The libtest name of test `name` in the module whose `module_path!()` is

@@ -118,6 +118,7 @@ pub fn role_services(
         sandbox_config: SandboxConfig::default(),
         gate: Arc::new(kiln::app::gate(&Default::default()).expect("gate")),
         model: Some(model),
+        role_models: HashMap::new(),
         budgets: HashMap::new(),
         history: None,
         mirrors: root.join("mirrors"),

@@ -1,6 +1,7 @@
 //! `kiln repo|issue|pr ...`: the local forge from the command line — create
 //! a repository from a directory, open and label issues, read the pull
-//! requests and reviews that runs produced.
+//! requests and reviews that runs produced, review and merge them. Every
+//! change is a forge event that a running `kiln serve` acts on.
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -8,7 +9,9 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand, ValueEnum};
 use kiln::forge::local::{self, LocalForge};
-use kiln::forge::{Forge, NewIssue, Permission, RepoRef, StateFilter};
+use kiln::forge::{
+    Forge, LineComment, NewIssue, NewReview, Permission, RepoRef, Severity, StateFilter,
+};
 
 /// Where Kiln keeps its data, and which local-forge repository to use.
 #[derive(Debug, Args)]
@@ -192,6 +195,11 @@ pub enum IssueCommand {
         /// Issue or pull request number.
         number: u64,
     },
+    /// Reopen a closed issue or pull request.
+    Reopen {
+        /// Issue or pull request number.
+        number: u64,
+    },
 }
 
 /// `kiln pr ...`.
@@ -218,6 +226,53 @@ pub enum PrCommand {
         /// Pull request number.
         number: u64,
     },
+    /// Review a pull request: request changes (which starts Kiln's
+    /// answering run on its own pull requests) or comment.
+    Review {
+        /// Pull request number.
+        number: u64,
+        /// Request changes (default: a comment review).
+        #[arg(long)]
+        request_changes: bool,
+        /// The review's summary.
+        #[arg(long, short, default_value = "")]
+        body: String,
+        /// A comment on a line of the diff's new side: `PATH:LINE=TEXT`
+        /// (repeatable).
+        #[arg(long = "line", value_name = "PATH:LINE=TEXT")]
+        lines: Vec<String>,
+    },
+    /// Reply in a review thread (the id `kiln pr show` prints for it).
+    Reply {
+        /// Pull request number.
+        number: u64,
+        /// The thread's first comment id.
+        comment_id: u64,
+        /// The reply.
+        body: String,
+    },
+}
+
+/// `PATH:LINE=TEXT` as a new-side line comment.
+fn parse_line_comment(spec: &str) -> anyhow::Result<LineComment> {
+    let bad = || {
+        anyhow::anyhow!(
+            "--line {spec:?}: expected PATH:LINE=TEXT, e.g. src/lib.rs:12=use a constant"
+        )
+    };
+    let (place, text) = spec.split_once('=').ok_or_else(bad)?;
+    let (path, line) = place.rsplit_once(':').ok_or_else(bad)?;
+    let line: u32 = line.parse().map_err(|_| bad())?;
+    if path.is_empty() || text.trim().is_empty() || line == 0 {
+        return Err(bad());
+    }
+    Ok(LineComment {
+        path: path.to_string(),
+        line,
+        new_side: true,
+        severity: Severity::Suggestion,
+        body: text.to_string(),
+    })
 }
 
 /// Open, closed or all.
@@ -335,6 +390,10 @@ pub async fn issue(cmd: IssueCommand, args: &LocalArgs) -> anyhow::Result<ExitCo
             forge.close(number).await?;
             writeln!(out, "#{number} closed")?;
         }
+        IssueCommand::Reopen { number } => {
+            forge.reopen(number).await?;
+            writeln!(out, "#{number} reopened")?;
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -380,7 +439,7 @@ pub async fn pr(cmd: PrCommand, args: &LocalArgs) -> anyhow::Result<ExitCode> {
                     r.author, r.state, r.body
                 )?;
                 for c in &r.comments {
-                    writeln!(out, "  {}:{} [{:?}] {}", c.path, c.line, c.severity, c.body)?;
+                    writeln!(out, "  {}:{} [{}] {}", c.path, c.line, c.severity, c.body)?;
                 }
             }
             write_threads(&mut out, &p.review_threads)?;
@@ -392,6 +451,50 @@ pub async fn pr(cmd: PrCommand, args: &LocalArgs) -> anyhow::Result<ExitCode> {
         PrCommand::Merge { number } => {
             let sha = forge.merge(number).await?;
             writeln!(out, "merged #{number} as {}", &sha[..sha.len().min(12)])?;
+        }
+        PrCommand::Review {
+            number,
+            request_changes,
+            body,
+            lines,
+        } => {
+            let comments = lines
+                .iter()
+                .map(|l| parse_line_comment(l))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            if body.trim().is_empty() && comments.is_empty() {
+                bail!("an empty review: give --body TEXT and/or --line PATH:LINE=TEXT");
+            }
+            let n = comments.len();
+            let id = forge
+                .create_review(
+                    number,
+                    NewReview {
+                        request_changes,
+                        body,
+                        comments,
+                    },
+                )
+                .await?;
+            writeln!(
+                out,
+                "review {id} on #{number}: {} with {n} line comment(s)",
+                if request_changes {
+                    "changes requested"
+                } else {
+                    "commented"
+                }
+            )?;
+        }
+        PrCommand::Reply {
+            number,
+            comment_id,
+            body,
+        } => {
+            let id = forge
+                .reply_to_review_comment(number, comment_id, &body)
+                .await?;
+            writeln!(out, "reply {id} in thread {comment_id} of #{number}")?;
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -1,15 +1,14 @@
-//! `kiln run` (one role, once) and `kiln demo` (a sample repository on the
-//! local forge driven through triage → spec → implementation → review).
+//! `kiln run`: one role, once, on an issue or pull request of the local
+//! forge, printing its events live (or queued for `kiln serve`).
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use clap::Args;
 use kiln::app::{self, AppOptions};
 use kiln::config::{KilnConfig, Role};
-use kiln::forge::local::LocalForge;
-use kiln::forge::{Forge, RepoRef};
+use kiln::forge::Forge;
 use kiln::model::{ModelConfig, ModelProvider, ScriptedProvider, build_provider};
 use kiln::policy::Trust;
 use kiln::session::{EventKind, EventSink, RunEvent};
@@ -56,7 +55,7 @@ pub fn load_config(path: Option<&Path>) -> anyhow::Result<KilnConfig> {
 }
 
 /// The model: a script if given, else `[model]`, else the environment.
-fn model(
+pub(super) fn model(
     config: &mut KilnConfig,
     script: Option<&Path>,
     fallback_script: Option<(&str, &str)>,
@@ -194,6 +193,7 @@ pub(super) async fn services(
             // `kiln run` / `kiln demo` at once must not remove each other's sandboxes.
             runner_id: kiln::app::cli_runner_id(),
             model: Some(model),
+            role_models: Default::default(),
             budgets,
             history: None,
         },
@@ -263,211 +263,4 @@ async fn queue(role: Role, number: u64, local: &LocalArgs) -> anyhow::Result<Exi
         forge.repo()
     );
     Ok(ExitCode::SUCCESS)
-}
-
-/// The demo's files, built into the binary so `kiln demo` needs nothing on disk.
-mod demo_files {
-    pub const ISSUE: &str = include_str!("../../demo/issue.md");
-    pub const README: &str = include_str!("../../demo/sample-repo/README.md");
-    pub const SLUGIFY: &str = include_str!("../../demo/sample-repo/slugify.sh");
-    pub const TESTS: &str = include_str!("../../demo/sample-repo/tests/run.sh");
-    pub const TRIAGE: &str = include_str!("../../demo/triage.json");
-    pub const SPEC: &str = include_str!("../../demo/spec.json");
-    pub const IMPLEMENTATION: &str = include_str!("../../demo/implementation.json");
-    pub const REVIEW: &str = include_str!("../../demo/review.json");
-}
-
-fn write_sample(dir: &Path) -> anyhow::Result<()> {
-    std::fs::create_dir_all(dir.join("tests"))?;
-    std::fs::write(dir.join("README.md"), demo_files::README)?;
-    std::fs::write(dir.join("slugify.sh"), demo_files::SLUGIFY)?;
-    std::fs::write(dir.join("tests/run.sh"), demo_files::TESTS)?;
-    for f in ["slugify.sh", "tests/run.sh"] {
-        use std::os::unix::fs::PermissionsExt as _;
-        std::fs::set_permissions(dir.join(f), std::fs::Permissions::from_mode(0o755))?;
-    }
-    Ok(())
-}
-
-fn step(n: u32, text: &str) {
-    println!("\n=== {n}. {text}");
-}
-
-/// `kiln demo`.
-pub async fn demo(args: RunnerArgs, local: &LocalArgs) -> anyhow::Result<ExitCode> {
-    let mut config = load_config(args.config.as_deref())?;
-    let data_dir = local.data_dir()?;
-    let root = local.forge_root()?;
-    let user = local_user();
-    // A real model, if one is configured, else each role's script.
-    let real =
-        args.script.is_none() && (config.model.is_some() || ModelConfig::from_env().is_some());
-    let real_model = if real {
-        Some(model(&mut config, None, None)?)
-    } else {
-        None
-    };
-    let pick = |name: &str, text: &str| -> anyhow::Result<Arc<dyn ModelProvider>> {
-        match &real_model {
-            Some(m) => Ok(m.clone()),
-            None => Ok(Arc::new(ScriptedProvider::from_json(name, text)?)),
-        }
-    };
-    println!(
-        "Kiln demo: a sample repository on the local forge at {}, driven through \
-         triage → spec → implementation → review.\nModel: {}",
-        root.display(),
-        match &real_model {
-            Some(m) => m.name(),
-            None =>
-                "SCRIPTED — each role replays runner/demo/<role>.json; no model is called".into(),
-        }
-    );
-
-    step(1, "Create the sample repository and its issue");
-    let stamp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or_default();
-    let repo = RepoRef::parse(&format!("local/slugify-demo-{stamp}"))?;
-    let src = tempfile::tempdir()?;
-    write_sample(src.path())?;
-    let forge = LocalForge::create(&root, repo.clone(), &user, Some(src.path()))
-        .await
-        .context("creating the sample repository")?;
-    let human = forge.acting_as(&user);
-    let (title, body) = demo_files::ISSUE
-        .trim_start_matches("# ")
-        .split_once('\n')
-        .unwrap_or(("Demo issue", demo_files::ISSUE));
-    // Filed by a stranger (no permission on the repository): its text is
-    // untrusted data for every role, whatever it asks for.
-    let issue = forge
-        .acting_as("reporter")
-        .create_issue(kiln::forge::NewIssue {
-            title: title.trim().to_string(),
-            body: body.trim().to_string(),
-            labels: vec![],
-        })
-        .await?;
-    println!("{repo}: issue #{issue} \"{}\"", title.trim());
-    let shared: Arc<dyn Forge> = Arc::new(forge.clone());
-
-    let build = |m: Arc<dyn ModelProvider>| services(config.clone(), &data_dir, m);
-
-    step(2, "Triage (read-only): labels and questions");
-    let s = build(pick("triage.json", demo_files::TRIAGE)?).await?;
-    let r = run_one(
-        &s,
-        shared.clone(),
-        Role::Triage,
-        issue,
-        RunTrigger::Manual,
-        &data_dir,
-    )
-    .await?;
-    ensure_ok(&r, "triage")?;
-
-    step(
-        3,
-        &format!("A maintainer ({user}) labels #{issue} ready-to-spec"),
-    );
-    human.add_labels(issue, &["ready-to-spec".into()]).await?;
-    let s = build(pick("spec.json", demo_files::SPEC)?).await?;
-    let r = run_one(
-        &s,
-        shared.clone(),
-        Role::Spec,
-        issue,
-        RunTrigger::Label("ready-to-spec".into()),
-        &data_dir,
-    )
-    .await?;
-    ensure_ok(&r, "spec")?;
-    let spec_pr = latest_pr(&forge).await?;
-
-    step(
-        4,
-        &format!(
-            "AUTO-APPROVED FOR THE DEMO: as {user}, merge spec PR #{spec_pr} and label #{issue} \
-             plan-approved (in real use a human reviews the spec first)"
-        ),
-    );
-    human.merge(spec_pr).await?;
-    human.add_labels(issue, &["plan-approved".into()]).await?;
-
-    step(
-        5,
-        "Implementation: fix, run the tests in the sandbox, draft PR",
-    );
-    let s = build(pick("implementation.json", demo_files::IMPLEMENTATION)?).await?;
-    let r = run_one(
-        &s,
-        shared.clone(),
-        Role::Implementation,
-        issue,
-        RunTrigger::Label("plan-approved".into()),
-        &data_dir,
-    )
-    .await?;
-    ensure_ok(&r, "implementation")?;
-    let impl_pr = latest_pr(&forge).await?;
-
-    step(6, &format!("Review of PR #{impl_pr}"));
-    let s = build(pick("review.json", demo_files::REVIEW)?).await?;
-    let r = run_one(
-        &s,
-        shared.clone(),
-        Role::Review,
-        impl_pr,
-        RunTrigger::PullRequestOpened,
-        &data_dir,
-    )
-    .await?;
-    ensure_ok(&r, "review")?;
-
-    step(
-        7,
-        &format!("The result: draft PR #{impl_pr} and its review"),
-    );
-    let pr = forge.get_pull_request(impl_pr).await?;
-    println!(
-        "#{impl_pr} {}{} ({} → {})\n\n{}\n",
-        if pr.draft { "[draft] " } else { "" },
-        pr.issue.title,
-        pr.head_branch,
-        pr.base_branch,
-        pr.issue.body
-    );
-    println!("{}", pr.diff);
-    for review in forge.list_reviews(impl_pr).await? {
-        println!(
-            "--- review by {} ({})\n{}",
-            review.author, review.state, review.body
-        );
-        for c in review.comments {
-            println!("  {}:{} [{:?}] {}", c.path, c.line, c.severity, c.body);
-        }
-    }
-    println!(
-        "\nExplore it: kiln issue show {issue} -R {repo}; kiln pr list -R {repo}; \
-         kiln pr diff {impl_pr} -R {repo}"
-    );
-    Ok(ExitCode::SUCCESS)
-}
-
-fn ensure_ok(r: &RunSummary, what: &str) -> anyhow::Result<()> {
-    match r.state {
-        RunEnd::Succeeded => Ok(()),
-        other => bail!("the {what} run ended {}: {}", other.as_str(), r.reason),
-    }
-}
-
-async fn latest_pr(forge: &LocalForge) -> anyhow::Result<u64> {
-    forge
-        .list_pull_requests(kiln::forge::StateFilter::Open)
-        .await?
-        .first()
-        .map(|p| p.issue.number)
-        .context("the run proposed no pull request")
 }

@@ -1,6 +1,7 @@
 //! `kiln serve`: the runner as a service — the store, a worker pool that
-//! executes queued runs, the webhook intake (when a webhook secret is
-//! configured), and the runner API with its dashboard, on one address.
+//! executes queued runs, the local forge's events and the webhook intake
+//! (when a webhook secret is configured) driving runs through one router,
+//! and the runner API with its dashboard, on one address.
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -38,6 +39,44 @@ pub struct ServeArgs {
     /// Replay this model script for every run instead of calling a model.
     #[arg(long)]
     pub script: Option<PathBuf>,
+    /// Replay `DIR/<role>.json` for each role's runs (roles without a file
+    /// use --script or the configured model): for demos and tests.
+    #[arg(long, value_name = "DIR")]
+    pub scripts: Option<PathBuf>,
+}
+
+/// One scripted provider per `<role>.json` in `dir`, each replayed from its
+/// start for every run of the role.
+pub fn role_scripts(
+    dir: &std::path::Path,
+    config: &kiln::config::KilnConfig,
+) -> anyhow::Result<
+    std::collections::HashMap<kiln::config::Role, Arc<dyn kiln::model::ModelProvider>>,
+> {
+    let mut out = std::collections::HashMap::new();
+    for role in config.known_roles() {
+        let file = dir.join(format!("{role}.json"));
+        if file.is_file() {
+            let provider = ScriptedProvider::load(&file)?.per_conversation();
+            out.insert(
+                role,
+                Arc::new(provider) as Arc<dyn kiln::model::ModelProvider>,
+            );
+        }
+    }
+    if out.is_empty() {
+        anyhow::bail!(
+            "--scripts {}: no <role>.json for any role ({})",
+            dir.display(),
+            config
+                .known_roles()
+                .iter()
+                .map(|r| r.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    Ok(out)
 }
 
 /// Run the service until interrupted.
@@ -46,6 +85,10 @@ pub async fn serve(args: ServeArgs, local: &LocalArgs) -> anyhow::Result<ExitCod
     let data_dir = local.data_dir()?;
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("cannot create {}", data_dir.display()))?;
+    let role_models = match &args.scripts {
+        Some(dir) => role_scripts(dir, &config)?,
+        None => Default::default(),
+    };
     let model = match (&args.script, &config.model) {
         // Every run replays the script from its start (one provider serves all).
         (Some(s), _) => Some(Arc::new(ScriptedProvider::load(s)?.per_conversation()) as _),
@@ -56,7 +99,9 @@ pub async fn serve(args: ServeArgs, local: &LocalArgs) -> anyhow::Result<ExitCod
                 Some(build_provider(&m, &config.secrets)?)
             }
             None => {
-                eprintln!("kiln serve: no model configured; runs will fail until one is");
+                if role_models.is_empty() {
+                    eprintln!("kiln serve: no model configured; runs will fail until one is");
+                }
                 None
             }
         },
@@ -81,6 +126,7 @@ pub async fn serve(args: ServeArgs, local: &LocalArgs) -> anyhow::Result<ExitCod
             recipes: app::recipes_dir(),
             runner_id: runner_id.clone(),
             model,
+            role_models,
             budgets,
             history: Some(store.clone()),
         },
@@ -115,6 +161,27 @@ pub async fn serve(args: ServeArgs, local: &LocalArgs) -> anyhow::Result<ExitCod
             },
         )
         .await?;
+    // One dispatcher for every forge: the local forge's events and GitHub's
+    // webhooks go through the same router, trust check and run cap.
+    let wake_runner = runner.clone();
+    let dispatcher = kiln::intake::Dispatcher::start(
+        store.clone(),
+        forges,
+        &config.intake,
+        kiln::intake::RunnerHooks {
+            control: Some(runner.clone() as Arc<dyn kiln::control::RunControl>),
+            wake: Some(Arc::new(move || wake_runner.notify_queued())),
+        },
+    );
+    kiln::intake::local::start(
+        dispatcher.clone(),
+        kiln::intake::local::PumpOptions {
+            forge_root: local.forge_root()?,
+            consumer: runner_id.clone(),
+            idle_poll: std::time::Duration::from_millis(100),
+            only_repo: None,
+        },
+    )?;
     let mut extra = axum::Router::new();
     if let Some(name) = &config.intake.intake.webhook_secret {
         let secret = config
@@ -123,7 +190,7 @@ pub async fn serve(args: ServeArgs, local: &LocalArgs) -> anyhow::Result<ExitCod
             .find(|s| &s.name == name)
             .with_context(|| format!("[intake] webhook_secret names no [[secrets]] entry {name}"))?
             .read_value()?;
-        let intake = kiln::intake::Intake::start(store.clone(), forges, &config.intake, secret)?;
+        let intake = kiln::intake::Intake::with_dispatcher(dispatcher, &config.intake, secret)?;
         extra = extra.merge(kiln::intake::router(intake));
     }
     let state = kiln::api::ApiState::new(store, runner.clone(), Arc::new(gate.redactor().clone()))

@@ -23,7 +23,11 @@ use super::{
     StateFilter, StatusState, check_kiln_branch, status_description,
 };
 
-const SCHEMA_VERSION: i64 = 2;
+mod outbox;
+
+pub use outbox::{ForgeEvent, Outbox};
+
+const SCHEMA_VERSION: i64 = 3;
 
 const MIGRATION_1: &str = "
 CREATE TABLE repos (
@@ -191,7 +195,7 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
 /// The migrations after the database's version, inside [`migrate`]'s
 /// transaction.
 fn apply_migrations(conn: &Connection) -> rusqlite::Result<()> {
-    const MIGRATIONS: [&str; 2] = [MIGRATION_1, MIGRATION_2];
+    const MIGRATIONS: [&str; 3] = [MIGRATION_1, MIGRATION_2, outbox::MIGRATION];
     let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
     for (done, sql) in MIGRATIONS.iter().enumerate().skip(version.max(0) as usize) {
         conn.execute_batch(sql)?;
@@ -717,7 +721,7 @@ impl Forge for LocalForge {
             &["push", "--quiet", "--no-verify", path_str(&bare)?, &refspec],
         )
         .await?;
-        Ok(())
+        self.synchronized(branch).await
     }
 
     async fn get_issue(&self, number: u64) -> Result<Issue, ForgeError> {
@@ -779,6 +783,7 @@ impl Forge for LocalForge {
                     params![key, n, l],
                 )?;
             }
+            outbox::record_item(&tx, &key, n as u64, &actor, outbox::ItemAction::Opened)?;
             tx.commit()?;
             Ok(n as u64)
         })
@@ -792,23 +797,33 @@ impl Forge for LocalForge {
         self.require_item(number).await?;
         let (key, actor, body) = (self.key.clone(), self.actor.clone(), body.to_string());
         self.with_db(move |c| {
-            c.execute(
+            let tx = c.transaction()?;
+            tx.execute(
                 "INSERT INTO comments (repo, number, author, body) VALUES (?1, ?2, ?3, ?4)",
                 params![key, number as i64, actor, body],
             )?;
-            Ok(c.last_insert_rowid() as u64)
+            let id = tx.last_insert_rowid() as u64;
+            outbox::record_comment(&tx, &key, number, id, &actor, &body)?;
+            tx.commit()?;
+            Ok(id)
         })
         .await
     }
 
     async fn edit_comment(&self, comment_id: u64, body: &str) -> Result<(), ForgeError> {
-        let (key, body) = (self.key.clone(), body.to_string());
+        let (key, body, actor) = (self.key.clone(), body.to_string(), self.actor.clone());
         let changed = self
             .with_db(move |c| {
-                Ok(c.execute(
+                let tx = c.transaction()?;
+                let changed = tx.execute(
                     "UPDATE comments SET body = ?1 WHERE id = ?2 AND repo = ?3",
                     params![body, comment_id as i64, key],
-                )?)
+                )?;
+                if changed > 0 {
+                    outbox::record_comment_edited(&tx, &key, comment_id, &actor)?;
+                }
+                tx.commit()?;
+                Ok(changed)
             })
             .await?;
         if changed == 0 {
@@ -827,14 +842,18 @@ impl Forge for LocalForge {
             )));
         }
         self.require_item(number).await?;
-        let (key, labels) = (self.key.clone(), labels.to_vec());
+        let (key, labels, actor) = (self.key.clone(), labels.to_vec(), self.actor.clone());
         self.with_db(move |c| {
             let tx = c.transaction()?;
             for l in &labels {
-                tx.execute(
+                let added = tx.execute(
                     "INSERT OR IGNORE INTO labels (repo, number, label) VALUES (?1, ?2, ?3)",
                     params![key, number as i64, l],
                 )?;
+                // A label already there changes nothing, and GitHub sends no event.
+                if added == 1 {
+                    outbox::record_item(&tx, &key, number, &actor, outbox::ItemAction::Labeled(l))?;
+                }
             }
             tx.commit()?;
             Ok(())
@@ -844,12 +863,23 @@ impl Forge for LocalForge {
 
     async fn remove_label(&self, number: u64, label: &str) -> Result<(), ForgeError> {
         self.require_item(number).await?;
-        let (key, label) = (self.key.clone(), label.to_string());
+        let (key, label, actor) = (self.key.clone(), label.to_string(), self.actor.clone());
         self.with_db(move |c| {
-            c.execute(
+            let tx = c.transaction()?;
+            let removed = tx.execute(
                 "DELETE FROM labels WHERE repo = ?1 AND number = ?2 AND label = ?3",
                 params![key, number as i64, label],
             )?;
+            if removed == 1 {
+                outbox::record_item(
+                    &tx,
+                    &key,
+                    number,
+                    &actor,
+                    outbox::ItemAction::Unlabeled(&label),
+                )?;
+            }
+            tx.commit()?;
             Ok(())
         })
         .await
@@ -968,6 +998,7 @@ impl Forge for LocalForge {
                  VALUES (?1, ?2, 1, ?3, ?4, ?5, 1, ?6, ?7, 1)",
                 params![key, n, pr.title, pr.body, actor, pr.head, pr.base],
             )?;
+            outbox::record_item(&tx, &key, n as u64, &actor, outbox::ItemAction::Opened)?;
             tx.commit()?;
             Ok(n as u64)
         })
@@ -1020,6 +1051,7 @@ impl Forge for LocalForge {
                     ],
                 )?;
             }
+            outbox::record_review(&tx, &key, number, id as u64, &actor, state, &review.body)?;
             tx.commit()?;
             Ok(id as u64)
         })
@@ -1124,6 +1156,7 @@ impl Forge for LocalForge {
                 params![key, number as i64, actor, path, line, new_side, body, comment_id as i64],
             )?;
             let id = tx.last_insert_rowid() as u64;
+            outbox::record_review_reply(&tx, &key, number, id, &actor, &body)?;
             tx.commit()?;
             Ok(id)
         })
@@ -1257,19 +1290,61 @@ impl LocalForge {
             .await?
             .trim()
             .to_string();
-        self.close(number).await?;
+        self.set_open(number, false, true).await?;
         Ok(sha)
     }
 
     /// Close an issue or pull request (the CLI's `kiln issue close`).
     pub async fn close(&self, number: u64) -> Result<(), ForgeError> {
+        self.set_open(number, false, false).await
+    }
+
+    /// Reopen a closed issue or pull request (the CLI's `kiln issue reopen`).
+    pub async fn reopen(&self, number: u64) -> Result<(), ForgeError> {
+        self.set_open(number, true, false).await
+    }
+
+    /// Opens or closes `number`, recording the event when its state changed.
+    async fn set_open(&self, number: u64, open: bool, merged: bool) -> Result<(), ForgeError> {
         self.require_item(number).await?;
-        let key = self.key.clone();
+        let (key, actor) = (self.key.clone(), self.actor.clone());
         self.with_db(move |c| {
-            c.execute(
-                "UPDATE items SET open = 0 WHERE repo = ?1 AND number = ?2",
-                params![key, number as i64],
+            let tx = c.transaction()?;
+            let changed = tx.execute(
+                "UPDATE items SET open = ?3 WHERE repo = ?1 AND number = ?2 AND open != ?3",
+                params![key, number as i64, open],
             )?;
+            if changed == 1 {
+                let action = if open {
+                    outbox::ItemAction::Reopened
+                } else {
+                    outbox::ItemAction::Closed { merged }
+                };
+                outbox::record_item(&tx, &key, number, &actor, action)?;
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Records `pull_request.synchronize` for the open pull request whose
+    /// head is `branch`, if there is one (new commits were pushed to it).
+    async fn synchronized(&self, branch: &str) -> Result<(), ForgeError> {
+        let (key, actor, branch) = (self.key.clone(), self.actor.clone(), branch.to_string());
+        self.with_db(move |c| {
+            let tx = c.transaction()?;
+            let open: Option<i64> = tx
+                .query_row(
+                    "SELECT number FROM items WHERE repo = ?1 AND is_pr = 1 AND open = 1 AND head = ?2",
+                    params![key, branch],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if let Some(n) = open {
+                outbox::record_item(&tx, &key, n as u64, &actor, outbox::ItemAction::Synchronize)?;
+            }
+            tx.commit()?;
             Ok(())
         })
         .await
@@ -1294,6 +1369,195 @@ mod tests {
         .await
         .expect("create");
         (root, forge)
+    }
+
+    /// The outbox's events as (name, action, sender), parsed by the intake's
+    /// own parser: what `kiln serve` will route.
+    fn routed(root: &Path) -> Vec<(String, String, String)> {
+        use crate::intake::event::{Parsed, WebhookEvent, parse};
+        let outbox = Outbox::open(root).expect("outbox");
+        outbox
+            .after(0, 100)
+            .expect("events")
+            .into_iter()
+            .map(|e| {
+                let Ok(Parsed::Known(ev)) = parse(&e.name, e.payload.as_bytes()) else {
+                    panic!("{} does not parse: {}", e.name, e.payload);
+                };
+                let (action, sender) = match *ev {
+                    WebhookEvent::Issues(i) => (i.action, i.sender.login),
+                    WebhookEvent::IssueComment(c) => (c.action, c.sender.login),
+                    WebhookEvent::PullRequest(p) => (p.action, p.sender.login),
+                    WebhookEvent::PullRequestReview(r) => (r.action, r.sender.login),
+                    WebhookEvent::PullRequestReviewComment(c) => (c.action, c.sender.login),
+                    other => panic!("unexpected {other:?}"),
+                };
+                (e.name, action, sender)
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn every_change_is_one_event_in_order_and_a_no_op_is_none() {
+        let (root, forge) = sample().await;
+        let froot = root.path().join("forge");
+        let stranger = forge.acting_as("stranger");
+        let alice = forge.acting_as("alice");
+        let n = stranger
+            .create_issue(NewIssue {
+                title: "crash".into(),
+                body: "it crashes".into(),
+                labels: vec![],
+            })
+            .await
+            .expect("issue");
+        alice.add_labels(n, &["bug".into()]).await.expect("label");
+        alice
+            .add_labels(n, &["bug".into()])
+            .await
+            .expect("label again");
+        let c = forge.comment(n, "on it").await.expect("comment");
+        forge.edit_comment(c, "on it (edited)").await.expect("edit");
+        alice.remove_label(n, "bug").await.expect("unlabel");
+        alice.remove_label(n, "bug").await.expect("unlabel again");
+        alice.close(n).await.expect("close");
+        alice.close(n).await.expect("close again");
+        alice.reopen(n).await.expect("reopen");
+        let s = |a: &str, b: &str, c: &str| (a.to_string(), b.to_string(), c.to_string());
+        assert_eq!(
+            routed(&froot),
+            vec![
+                s("issues", "opened", "stranger"),
+                s("issues", "labeled", "alice"),
+                s("issue_comment", "created", KILN_LOGIN),
+                s("issue_comment", "edited", KILN_LOGIN),
+                s("issues", "unlabeled", "alice"),
+                s("issues", "closed", "alice"),
+                s("issues", "reopened", "alice"),
+            ]
+        );
+        // The consumer's cursor only moves forward, and survives reopening.
+        let outbox = Outbox::open(&froot).expect("outbox");
+        assert_eq!(outbox.cursor("serve-1").expect("cursor"), 0);
+        outbox.advance("serve-1", 5).expect("advance");
+        outbox.advance("serve-1", 3).expect("no step back");
+        let again = Outbox::open(&froot).expect("outbox");
+        assert_eq!(again.cursor("serve-1").expect("cursor"), 5);
+        assert_eq!(again.cursor("serve-2").expect("cursor"), 0);
+        assert_eq!(again.after(5, 100).expect("after").len(), 2);
+        assert_eq!(again.instance(), outbox.instance());
+        assert_eq!(again.instance().len(), 16, "{}", again.instance());
+    }
+
+    #[tokio::test]
+    async fn pull_requests_reviews_and_pushes_are_events_with_the_head_branch() {
+        let (root, forge) = sample().await;
+        let froot = root.path().join("forge");
+        // A commit on a kiln/ branch, pushed as Kiln would.
+        let work = root.path().join("work");
+        let bare = forge.bare_repo();
+        git(
+            None,
+            &[
+                "clone",
+                "--quiet",
+                path_str(&bare).expect("path"),
+                path_str(&work).expect("path"),
+            ],
+        )
+        .await
+        .expect("clone");
+        std::fs::write(work.join("README.md"), "hello\nworld\n").expect("write");
+        git(
+            Some(&work),
+            &[
+                "-c",
+                "user.name=k",
+                "-c",
+                "user.email=k@k",
+                "commit",
+                "-qam",
+                "more",
+            ],
+        )
+        .await
+        .expect("commit");
+        let head = git(Some(&work), &["rev-parse", "HEAD"]).await.expect("rev");
+        forge
+            .push(&work, head.trim(), "kiln/implement-issue-1")
+            .await
+            .expect("push without a PR");
+        let pr = forge
+            .create_draft_pull_request(NewPullRequest {
+                title: "Fix".into(),
+                body: "Closes #1".into(),
+                head: "kiln/implement-issue-1".into(),
+                base: "main".into(),
+            })
+            .await
+            .expect("pr");
+        forge
+            .acting_as("alice")
+            .create_review(
+                pr,
+                NewReview {
+                    request_changes: true,
+                    body: "please".into(),
+                    comments: vec![LineComment {
+                        path: "README.md".into(),
+                        line: 2,
+                        new_side: true,
+                        severity: Severity::Suggestion,
+                        body: "say more".into(),
+                    }],
+                },
+            )
+            .await
+            .expect("review");
+        std::fs::write(work.join("README.md"), "hello\nworld!\n").expect("write");
+        git(
+            Some(&work),
+            &[
+                "-c",
+                "user.name=k",
+                "-c",
+                "user.email=k@k",
+                "commit",
+                "-qam",
+                "again",
+            ],
+        )
+        .await
+        .expect("commit");
+        let head = git(Some(&work), &["rev-parse", "HEAD"]).await.expect("rev");
+        forge
+            .push(&work, head.trim(), "kiln/implement-issue-1")
+            .await
+            .expect("push onto the PR");
+        let s = |a: &str, b: &str, c: &str| (a.to_string(), b.to_string(), c.to_string());
+        assert_eq!(
+            routed(&froot),
+            vec![
+                s("pull_request", "opened", KILN_LOGIN),
+                s("pull_request_review", "submitted", "alice"),
+                s("pull_request", "synchronize", KILN_LOGIN),
+            ],
+            "a push to a branch without a pull request is no event"
+        );
+        let events = Outbox::open(&froot)
+            .expect("outbox")
+            .after(0, 10)
+            .expect("events");
+        let review: serde_json::Value = serde_json::from_str(&events[1].payload).expect("json");
+        assert_eq!(review["review"]["state"], "changes_requested");
+        assert_eq!(
+            review["pull_request"]["head"]["ref"],
+            "kiln/implement-issue-1"
+        );
+        assert_eq!(
+            review["pull_request"]["head"]["repo"]["full_name"],
+            "local/sample"
+        );
     }
 
     #[tokio::test]

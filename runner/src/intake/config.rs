@@ -11,7 +11,13 @@
 //! kiln_logins = ["kiln[bot]"]         # the logins Kiln itself acts as
 //!
 //! [[triggers]]
-//! on = "issue-opened"
+//! on = "issue-opened"                 # an issue is opened
+//! role = "triage"
+//! anyone = true                       # default: a stranger's issue is triaged (untrusted run)
+//!
+//! [[triggers]]
+//! on = "reporter-reply"               # the issue's author comments on an issue with `label`
+//! label = "needs-info"
 //! role = "triage"
 //!
 //! [[triggers]]
@@ -25,18 +31,30 @@
 //! role = "implementation"
 //!
 //! [[triggers]]
-//! on = "kiln-pull-request"            # a PR opened from a kiln/* branch of the repository
-//! role = "review"
+//! on = "kiln-pull-request"            # a PR from a kiln/* branch of the repository opened,
+//! role = "review"                     # reopened or given new commits
 //!
 //! [[triggers]]
-//! on = "comment"                      # `/kiln <role> …` or `@kiln [role] …`
+//! on = "kiln-review"                  # Kiln submitted its review of its own PR
+//! role = "verification"
+//!
+//! [[triggers]]
+//! on = "changes-requested"            # a writer requested changes on Kiln's PR: answer
+//! role = "implementation"             # the review on that PR's branch
+//!
+//! [[triggers]]
+//! on = "comment"                      # `/kiln <command>` as the first line, or `@kiln [role] …`
 //! issue_role = "spec"                 # the role for `@kiln …` without a role, on an issue
 //! pull_request_role = "implementation" # … and on a pull request
 //! ```
 //!
-//! Every rule needs the triggering actor to have write, maintain or admin
-//! permission (looked up on the forge, failing closed); bots and edited
-//! comments trigger nothing.
+//! `triggers = []` turns every rule off (runs are then only queued by hand).
+//! The defaults are [`default_rules`].
+//!
+//! Every rule but `issue-opened` (with `anyone`) and `reporter-reply` needs
+//! the triggering actor to have write, maintain or admin permission (looked
+//! up on the forge, failing closed); bots and edited comments trigger
+//! nothing, Kiln's own events only where a rule names them.
 
 use serde::Deserialize;
 
@@ -65,10 +83,13 @@ impl IntakeConfig {
         for (i, rule) in self.triggers.iter().flatten().enumerate() {
             let place = format!("[[triggers]] #{}", i + 1);
             match rule {
-                TriggerRule::IssueOpened { role }
+                TriggerRule::IssueOpened { role, .. }
+                | TriggerRule::ReporterReply { role, .. }
                 | TriggerRule::Label { role, .. }
                 | TriggerRule::SpecApproved { role, .. }
-                | TriggerRule::KilnPullRequest { role, .. } => out.push((place, *role)),
+                | TriggerRule::KilnPullRequest { role, .. }
+                | TriggerRule::KilnReview { role }
+                | TriggerRule::ChangesRequested { role } => out.push((place, *role)),
                 TriggerRule::Comment {
                     issue_role,
                     pull_request_role,
@@ -166,8 +187,22 @@ impl TryFrom<RawSettings> for IntakeSettings {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(tag = "on", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum TriggerRule {
-    /// An issue is opened: run `role` on it.
+    /// An issue is opened: run `role` on it. With `anyone` (the default)
+    /// an issue from anyone triggers, and the run knows its author's trust;
+    /// with `anyone = false` only collaborators with write permission.
     IssueOpened {
+        /// The role to run.
+        role: Role,
+        /// Anyone's issue triggers, not only a writer's.
+        #[serde(default = "yes")]
+        anyone: bool,
+    },
+    /// The issue's author comments on an issue labelled `label` (Kiln asked
+    /// them for more information): run `role` again. The author may be
+    /// anyone; the comment is evidence for the run, never instructions.
+    ReporterReply {
+        /// The label (`needs-info`).
+        label: String,
         /// The role to run.
         role: Role,
     },
@@ -187,7 +222,7 @@ pub enum TriggerRule {
         role: Role,
     },
     /// A pull request from a `kiln/*` branch of the repository itself is
-    /// opened or reopened: run `role` on it. Spec pull requests
+    /// opened, reopened or gets new commits: run `role` on it. Spec pull requests
     /// (`kiln/spec-*`) are left to humans unless `include_specs`.
     KilnPullRequest {
         /// The role to run.
@@ -195,6 +230,20 @@ pub enum TriggerRule {
         /// Also for `kiln/spec-*` heads.
         #[serde(default)]
         include_specs: bool,
+    },
+    /// Kiln submitted its own review of a pull request from a `kiln/*`
+    /// branch of the repository: run `role` on it (verification follows
+    /// review).
+    KilnReview {
+        /// The role to run.
+        role: Role,
+    },
+    /// A writer requested changes in a review of a pull request from a
+    /// `kiln/*` branch of the repository: run `role` on that pull request's
+    /// branch to answer the review.
+    ChangesRequested {
+        /// The role to run.
+        role: Role,
     },
     /// A new comment with `/kiln <role> …` on a line of its own, or
     /// `@kiln [role] …`: run that role (or the default for the target)
@@ -209,6 +258,10 @@ pub enum TriggerRule {
     },
 }
 
+fn yes() -> bool {
+    true
+}
+
 fn default_issue_role() -> Role {
     Role::Spec
 }
@@ -220,10 +273,21 @@ fn default_pull_request_role() -> Role {
 /// The rules used when `kiln.toml` has no `[[triggers]]`.
 pub fn default_rules() -> Vec<TriggerRule> {
     vec![
-        TriggerRule::IssueOpened { role: Role::Triage },
+        TriggerRule::IssueOpened {
+            role: Role::Triage,
+            anyone: true,
+        },
+        TriggerRule::ReporterReply {
+            label: "needs-info".into(),
+            role: Role::Triage,
+        },
         TriggerRule::Label {
             label: "ready-to-spec".into(),
             role: Role::Spec,
+        },
+        TriggerRule::Label {
+            label: "plan-approved".into(),
+            role: Role::Implementation,
         },
         TriggerRule::Label {
             label: "ready-to-implement".into(),
@@ -236,6 +300,9 @@ pub fn default_rules() -> Vec<TriggerRule> {
         TriggerRule::KilnPullRequest {
             role: Role::Review,
             include_specs: false,
+        },
+        TriggerRule::ChangesRequested {
+            role: Role::Implementation,
         },
         TriggerRule::Comment {
             issue_role: default_issue_role(),

@@ -55,12 +55,28 @@ pub struct Issue {
     /// Present when the issue is a pull request (its contents are not used).
     #[serde(default)]
     pub pull_request: Option<serde_json::Value>,
+    /// `open` or `closed` (absent in some payloads).
+    #[serde(default)]
+    pub state: Option<String>,
+    /// Its labels when the event happened.
+    #[serde(default)]
+    pub labels: Vec<Label>,
 }
 
 impl Issue {
     /// True when the "issue" is a pull request (comments on PRs arrive as issue comments).
     pub fn is_pull_request(&self) -> bool {
         self.pull_request.as_ref().is_some_and(|v| !v.is_null())
+    }
+
+    /// True when the payload says the issue is closed.
+    pub fn is_closed(&self) -> bool {
+        self.state.as_deref() == Some("closed")
+    }
+
+    /// True when the issue carried `label` when the event happened.
+    pub fn has_label(&self, label: &str) -> bool {
+        self.labels.iter().any(|l| l.name == label)
     }
 }
 
@@ -147,11 +163,32 @@ pub struct PullRequestEvent {
     pub sender: Actor,
 }
 
+/// The review part of `pull_request_review` payloads.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Review {
+    /// Forge id.
+    pub id: u64,
+    /// `approved`, `changes_requested`, `commented`, `dismissed` (any case).
+    #[serde(default)]
+    pub state: String,
+    /// Author.
+    pub user: Actor,
+}
+
+impl Review {
+    /// True when the reviewer requested changes.
+    pub fn requests_changes(&self) -> bool {
+        self.state.eq_ignore_ascii_case("changes_requested")
+    }
+}
+
 /// `pull_request_review`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct PullRequestReviewEvent {
     /// `submitted`, `edited`, `dismissed`.
     pub action: String,
+    /// The review.
+    pub review: Review,
     /// The pull request.
     pub pull_request: PullRequest,
     /// Repository.

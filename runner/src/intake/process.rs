@@ -1,18 +1,26 @@
-//! Processing of accepted deliveries, off the request path: route, check
-//! trust, apply the re-run cap, queue runs, and record what became of the
-//! delivery.
+//! Processing of accepted events, off the request path: route, check
+//! trust, apply the re-run cap, queue runs or carry out `/kiln` commands,
+//! and record what became of the delivery. Webhook deliveries and the local
+//! forge's events both come through here.
 
 use std::sync::Arc;
 
 use tokio::sync::{Semaphore, broadcast, mpsc};
 
+use crate::config::Role;
+use crate::control::RunControl;
 use crate::policy::Trust;
-use crate::store::{DeliveryStatus, Enqueued, NewRun, RunId, RunStore, Trigger};
+use crate::store::{
+    DeliveryStatus, Enqueued, NewRun, RunFilter, RunId, RunStore, Trigger, TriggerKind,
+};
 
 use super::config::TriggerRule;
 use super::event::WebhookEvent;
-use super::route::{Dispatch, Route, route};
-use super::trust::{ForgeResolver, check};
+use super::route::{
+    COMMANDS, Command, CommandRequest, Dispatch, KILN_BRANCH_PREFIX, MAX_COMMAND_BYTES, Route,
+    route,
+};
+use super::trust::{ForgeResolver, Untrusted, Vouched, check};
 
 /// Deliveries processed at once (trust lookups may wait on the forge).
 const CONCURRENCY: usize = 16;
@@ -36,6 +44,25 @@ pub struct Outcome {
     pub runs: Vec<RunId>,
 }
 
+/// What the processor may do to the runner beyond queueing: cancel runs
+/// (`/kiln cancel`) and wake idle workers when it queued one.
+#[derive(Clone, Default)]
+pub struct RunnerHooks {
+    /// Cancels live runs; without it `/kiln cancel` answers that it cannot.
+    pub control: Option<Arc<dyn RunControl>>,
+    /// Called after runs were queued.
+    pub wake: Option<Arc<dyn Fn() + Send + Sync>>,
+}
+
+impl std::fmt::Debug for RunnerHooks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunnerHooks")
+            .field("control", &self.control.is_some())
+            .field("wake", &self.wake.is_some())
+            .finish()
+    }
+}
+
 /// What processing needs.
 pub(super) struct Processor {
     pub(super) store: Arc<dyn RunStore>,
@@ -43,9 +70,17 @@ pub(super) struct Processor {
     pub(super) rules: Vec<TriggerRule>,
     pub(super) kiln_logins: Vec<String>,
     /// The custom roles `/kiln <role>` may name (`[[roles]]`).
-    pub(super) custom_roles: Vec<crate::config::Role>,
+    pub(super) custom_roles: Vec<Role>,
     pub(super) max_runs_per_target: u32,
     pub(super) outcomes: broadcast::Sender<Outcome>,
+    pub(super) hooks: RunnerHooks,
+}
+
+/// A refusal or failure while carrying something out: the reason, and
+/// whether it is the store's fault (failed) or the request's (refused).
+enum Declined {
+    Refused(String),
+    Failed(String),
 }
 
 impl Processor {
@@ -64,19 +99,20 @@ impl Processor {
         }
     }
 
-    async fn process(&self, job: Job) {
+    /// Decides what `job` asks for, carries it out, and records the outcome.
+    pub(super) async fn process(&self, job: Job) -> Outcome {
         let outcome = self.decide(&job).await;
         match outcome.status {
             DeliveryStatus::Queued => tracing::info!(
                 delivery = %outcome.delivery, runs = ?outcome.runs, reason = ?outcome.reason,
-                "webhook queued runs"
+                "event queued runs"
             ),
             DeliveryStatus::Failed => tracing::error!(
-                delivery = %outcome.delivery, reason = ?outcome.reason, "webhook processing failed"
+                delivery = %outcome.delivery, reason = ?outcome.reason, "event processing failed"
             ),
             status => tracing::info!(
                 delivery = %outcome.delivery, status = status.as_str(), reason = ?outcome.reason,
-                "webhook triggered nothing"
+                "event triggered nothing"
             ),
         }
         if let Err(e) = self
@@ -86,7 +122,13 @@ impl Processor {
         {
             tracing::error!(delivery = %outcome.delivery, error = %e, "cannot record the delivery's outcome");
         }
-        let _ = self.outcomes.send(outcome);
+        if !outcome.runs.is_empty()
+            && let Some(wake) = &self.hooks.wake
+        {
+            wake();
+        }
+        let _ = self.outcomes.send(outcome.clone());
+        outcome
     }
 
     async fn decide(&self, job: &Job) -> Outcome {
@@ -103,20 +145,42 @@ impl Processor {
             &job.event,
         ) {
             Route::Ignore(why) => return outcome(DeliveryStatus::Ignored, Some(why), vec![]),
+            Route::Command(cmd) => {
+                return match self.command(&job.delivery, &cmd).await {
+                    Ok((runs, note)) if runs.is_empty() => {
+                        outcome(DeliveryStatus::Ignored, Some(note), runs)
+                    }
+                    Ok((runs, note)) => outcome(DeliveryStatus::Queued, Some(note), runs),
+                    Err(Declined::Refused(why)) => {
+                        outcome(DeliveryStatus::Refused, Some(why), vec![])
+                    }
+                    Err(Declined::Failed(why)) => {
+                        outcome(DeliveryStatus::Failed, Some(why), vec![])
+                    }
+                };
+            }
             Route::Dispatch(d) => d,
         };
         let mut runs = Vec::new();
         let mut refusals = Vec::new();
         let mut failures = Vec::new();
         for d in dispatches {
-            if let Err(why) = check(&self.forges, &self.kiln_logins, &d).await {
-                refusals.push(format!("{} on #{}: {why}", d.role, d.number));
-                continue;
-            }
-            match self.enqueue(&job.delivery, d).await {
-                Ok(Ok(id)) => runs.push(id),
-                Ok(Err(refused)) => refusals.push(refused),
-                Err(failed) => failures.push(failed),
+            let trust = match check(&self.forges, &self.kiln_logins, &d).await {
+                Ok(_) => Trust::Trusted,
+                // An issue from anyone is triaged; the run knows its author
+                // is not a collaborator, and the policy treats it so.
+                Err(Untrusted::TooLow { .. } | Untrusted::LookupFailed { .. }) if d.anyone => {
+                    Trust::Untrusted
+                }
+                Err(why) => {
+                    refusals.push(format!("{} on #{}: {why}", d.role, d.number));
+                    continue;
+                }
+            };
+            match self.enqueue(&job.delivery, d, trust).await {
+                Ok(id) => runs.push(id),
+                Err(Declined::Refused(why)) => refusals.push(why),
+                Err(Declined::Failed(why)) => failures.push(why),
             }
         }
         let why = |v: Vec<String>| (!v.is_empty()).then(|| v.join("; "));
@@ -132,9 +196,8 @@ impl Processor {
         }
     }
 
-    /// Queues the run unless the cap is reached: `Ok(Err)` is a refusal,
-    /// `Err` a store failure.
-    async fn enqueue(&self, delivery: &str, d: Dispatch) -> Result<Result<RunId, String>, String> {
+    /// Queues the run unless the cap is reached.
+    async fn enqueue(&self, delivery: &str, d: Dispatch, trust: Trust) -> Result<RunId, Declined> {
         let (repo, role, number) = (d.repo.clone(), d.role, d.number);
         let run = NewRun {
             repo: d.repo,
@@ -143,7 +206,7 @@ impl Processor {
             trigger: Trigger {
                 kind: d.kind,
                 actor: d.actor.login,
-                actor_trust: Trust::Trusted,
+                actor_trust: trust,
                 delivery: Some(delivery.to_string()),
                 instructions: d.instructions,
             },
@@ -153,12 +216,280 @@ impl Processor {
             .enqueue_run_capped(run, u64::from(self.max_runs_per_target))
             .await
         {
-            Ok(Enqueued::Queued(id)) => Ok(Ok(id)),
-            Ok(Enqueued::CapReached { existing }) => Ok(Err(format!(
+            Ok(Enqueued::Queued(id)) => Ok(id),
+            Ok(Enqueued::CapReached { existing }) => Err(Declined::Refused(format!(
                 "{role} on {repo}#{number}: re-run cap reached ({existing} of {} runs)",
                 self.max_runs_per_target
             ))),
-            Err(e) => Err(format!("{role} on #{number}: cannot queue the run: {e}")),
+            Err(e) => Err(Declined::Failed(format!(
+                "{role} on #{number}: cannot queue the run: {e}"
+            ))),
         }
     }
+
+    /// Carries out a `/kiln` command: runs queued (or cancelled) and a note
+    /// for the delivery's record. Every refusal is also answered on the
+    /// forge, once, so the human who typed the command learns why.
+    async fn command(
+        &self,
+        delivery: &str,
+        cmd: &CommandRequest,
+    ) -> Result<(Vec<RunId>, String), Declined> {
+        let Some(forge) = (self.forges)(&cmd.repo) else {
+            return Err(Declined::Refused(format!(
+                "no forge is configured for {}",
+                cmd.repo
+            )));
+        };
+        let reply = |text: String| {
+            let forge = forge.clone();
+            async move {
+                if let Err(e) = forge.comment(cmd.number, &text).await {
+                    tracing::warn!(repo = %cmd.repo, number = cmd.number, error = %e, "cannot answer a /kiln command");
+                }
+                text
+            }
+        };
+        let login = &cmd.actor.login;
+        let dispatch = Dispatch {
+            repo: cmd.repo.clone(),
+            role: Role::Triage,
+            number: cmd.number,
+            kind: TriggerKind::Comment {
+                comment_id: cmd.comment_id,
+            },
+            actor: cmd.actor.clone(),
+            instructions: None,
+            kiln_branch: false,
+            anyone: false,
+        };
+        match check(&self.forges, &self.kiln_logins, &dispatch).await {
+            Ok(Vouched::Permission(_) | Vouched::KilnItself) => {}
+            Err(Untrusted::NoForge(repo)) => {
+                return Err(Declined::Refused(format!(
+                    "no forge is configured for {repo}"
+                )));
+            }
+            Err(why) => {
+                let text = reply(format!(
+                    "@{login}: `/kiln` commands are taken only from collaborators with write, \
+                     maintain or admin permission on {}. Nothing was run.",
+                    cmd.repo
+                ))
+                .await;
+                return Err(Declined::Refused(format!("{why}; answered: {text}")));
+            }
+        }
+        let what = if cmd.on_pull_request {
+            "pull request"
+        } else {
+            "issue"
+        };
+        let refuse = |text: String| async move { Err(Declined::Refused(reply(text).await)) };
+        let run_on = |role: Role, kind: TriggerKind, instructions: Option<String>| Dispatch {
+            role,
+            kind,
+            instructions,
+            ..dispatch.clone()
+        };
+        match &cmd.command {
+            Command::Help => {
+                let note = reply(help_text(&self.custom_roles)).await;
+                Ok((vec![], note))
+            }
+            Command::Unknown => {
+                refuse(format!(
+                    "That is not a `/kiln` command.\n\n{}",
+                    help_text(&self.custom_roles)
+                ))
+                .await
+            }
+            Command::TooLong(n) => {
+                refuse(format!(
+                    "This command is {n} bytes long; `/kiln` commands (with their note) may be \
+                     at most {MAX_COMMAND_BYTES} bytes. Nothing was run."
+                ))
+                .await
+            }
+            _ if cmd.closed => {
+                refuse(format!(
+                    "#{} is closed; reopen it to run `/kiln` commands on it. Nothing was run.",
+                    cmd.number
+                ))
+                .await
+            }
+            Command::Cancel => self.cancel(cmd, reply).await,
+            Command::Retry => {
+                let last = self
+                    .store
+                    .list_runs(RunFilter {
+                        repo: Some(cmd.repo.clone()),
+                        number: Some(cmd.number),
+                        ..RunFilter::default()
+                    })
+                    .await
+                    .map_err(|e| Declined::Failed(format!("cannot read the runs: {e}")))?
+                    .into_iter()
+                    .max_by_key(|r| r.id);
+                let Some(last) = last else {
+                    return refuse(format!(
+                        "There is no earlier run on #{} to retry.",
+                        cmd.number
+                    ))
+                    .await;
+                };
+                let d = run_on(
+                    last.role,
+                    TriggerKind::Retry {
+                        of: last.id,
+                        comment_id: cmd.comment_id,
+                    },
+                    last.trigger.instructions.clone(),
+                );
+                self.queue_command(delivery, d, &refuse).await
+            }
+            Command::Fix(note) => {
+                if !cmd.on_pull_request {
+                    return refuse(format!(
+                        "`/kiln fix` answers a review on a Kiln pull request; #{} is an issue.",
+                        cmd.number
+                    ))
+                    .await;
+                }
+                let head = match forge.get_pull_request(cmd.number).await {
+                    Ok(pr) => pr.head_branch,
+                    Err(e) => {
+                        return Err(Declined::Failed(format!(
+                            "cannot read pull request #{}: {e}",
+                            cmd.number
+                        )));
+                    }
+                };
+                if !head.starts_with(KILN_BRANCH_PREFIX) || head.starts_with("kiln/spec-") {
+                    return refuse(format!(
+                        "`/kiln fix` answers reviews on Kiln's implementation pull requests; the \
+                         head of #{} is `{head}`. Nothing was run.",
+                        cmd.number
+                    ))
+                    .await;
+                }
+                let d = run_on(
+                    Role::Implementation,
+                    TriggerKind::Fix {
+                        comment_id: cmd.comment_id,
+                    },
+                    (!note.is_empty()).then(|| note.clone()),
+                );
+                self.queue_command(delivery, d, &refuse).await
+            }
+            Command::Run(role, text) => {
+                let needs_pr = matches!(role, Role::Review) || role.as_str() == "verification";
+                let needs_issue = matches!(role, Role::Triage | Role::Spec | Role::Implementation);
+                if needs_pr && !cmd.on_pull_request {
+                    return refuse(format!(
+                        "`{role}` runs on pull requests; #{} is an issue. Nothing was run.",
+                        cmd.number
+                    ))
+                    .await;
+                }
+                if needs_issue && cmd.on_pull_request {
+                    return refuse(format!(
+                        "`{role}` runs on issues; #{} is a {what}. Nothing was run.",
+                        cmd.number
+                    ))
+                    .await;
+                }
+                let d = run_on(*role, dispatch.kind.clone(), Some(text.clone()));
+                self.queue_command(delivery, d, &refuse).await
+            }
+        }
+    }
+
+    async fn queue_command<F, Fut>(
+        &self,
+        delivery: &str,
+        d: Dispatch,
+        refuse: &F,
+    ) -> Result<(Vec<RunId>, String), Declined>
+    where
+        F: Fn(String) -> Fut,
+        Fut: std::future::Future<Output = Result<(Vec<RunId>, String), Declined>>,
+    {
+        let role = d.role;
+        match self.enqueue(delivery, d, Trust::Trusted).await {
+            Ok(id) => Ok((vec![id], format!("{role} queued as {id}"))),
+            Err(Declined::Refused(why)) => refuse(format!("{why}. Nothing was run.")).await,
+            Err(failed) => Err(failed),
+        }
+    }
+
+    async fn cancel<F, Fut>(
+        &self,
+        cmd: &CommandRequest,
+        reply: F,
+    ) -> Result<(Vec<RunId>, String), Declined>
+    where
+        F: Fn(String) -> Fut,
+        Fut: std::future::Future<Output = String>,
+    {
+        let Some(control) = &self.hooks.control else {
+            return Err(Declined::Refused(
+                reply("This runner cannot cancel runs from comments.".into()).await,
+            ));
+        };
+        let active = self
+            .store
+            .list_runs(RunFilter {
+                repo: Some(cmd.repo.clone()),
+                number: Some(cmd.number),
+                ..RunFilter::default()
+            })
+            .await
+            .map_err(|e| Declined::Failed(format!("cannot read the runs: {e}")))?
+            .into_iter()
+            .filter(|r| !r.state.is_terminal())
+            .collect::<Vec<_>>();
+        if active.is_empty() {
+            let text = reply(format!("No run is active on #{}.", cmd.number)).await;
+            return Ok((vec![], text));
+        }
+        let by = format!("{} (/kiln cancel)", cmd.actor.login);
+        let mut cancelled = Vec::new();
+        let mut failed = Vec::new();
+        for r in active {
+            match control.cancel(r.id.0, by.clone()).await {
+                Ok(()) => cancelled.push(r.id.to_string()),
+                Err(e) => failed.push(format!("{}: {e}", r.id)),
+            }
+        }
+        let mut text = format!("Cancelled: {}.", list_or_none(&cancelled));
+        if !failed.is_empty() {
+            text.push_str(&format!(" Not cancelled: {}.", failed.join("; ")));
+        }
+        Ok((vec![], reply(text).await))
+    }
+}
+
+fn list_or_none(v: &[String]) -> String {
+    if v.is_empty() {
+        "none".into()
+    } else {
+        v.join(", ")
+    }
+}
+
+/// The answer to `/kiln help` (and to an unknown command).
+fn help_text(custom_roles: &[Role]) -> String {
+    let mut text = String::from("Kiln takes these commands, as the first line of a comment:\n\n");
+    for (cmd, what) in COMMANDS {
+        text.push_str(&format!("- `/kiln {cmd}`: {what}\n"));
+    }
+    for r in custom_roles {
+        text.push_str(&format!("- `/kiln {r}`: run the `{r}` role\n"));
+    }
+    text.push_str(
+        "\nCommands are taken from collaborators with write permission or more; an edited \
+         comment never runs anything.",
+    );
+    text
 }

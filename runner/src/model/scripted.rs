@@ -10,6 +10,12 @@
 //!     { "text": "final answer, no tool calls" } ] }
 //! ```
 //!
+//! A script may also hold `variants`: `[{ "when": "text", "turns": [...] }]`.
+//! A conversation whose first message (or system prompt) contains a
+//! variant's `when` text replays that variant's turns instead of `turns`
+//! (the first match wins): one role's script can answer a first run and an
+//! answering run differently.
+//!
 //! Each call returns the next turn (or, [`ScriptedProvider::per_conversation`],
 //! the turn after those already in the request's conversation): stop reason `tool_use` when it has tool
 //! calls, else `end_turn`; call ids `call-<turn>-<i>` (both from 1); usage
@@ -57,12 +63,20 @@ struct Turn {
     calls: Vec<(String, String)>,
 }
 
+/// Turns for the conversations that mention `when`.
+#[derive(Debug, Clone, PartialEq)]
+struct Variant {
+    when: String,
+    turns: Vec<Turn>,
+}
+
 /// A provider that replays a script file's turns in order.
 #[derive(Debug)]
 pub struct ScriptedProvider {
     file: String,
     description: Option<String>,
     turns: Vec<Turn>,
+    variants: Vec<Variant>,
     next: AtomicUsize,
     per_conversation: bool,
 }
@@ -96,6 +110,7 @@ impl ScriptedProvider {
         };
         let mut description = None;
         let mut turns = None;
+        let mut variants = Vec::new();
         for (key, value) in root {
             match key.as_str() {
                 "description" => {
@@ -107,34 +122,36 @@ impl ScriptedProvider {
                     )
                 }
                 "turns" => {
+                    turns = Some(parse_turns(value).map_err(|(at, why)| invalid(&at, why))?);
+                }
+                "variants" => {
                     let Value::Array(list) = value else {
-                        return Err(invalid("turns", "expected an array of turns".into()));
+                        return Err(invalid("variants", "expected an array".into()));
                     };
-                    let mut checked = Vec::with_capacity(list.len());
-                    for (i, turn) in list.into_iter().enumerate() {
-                        checked.push(
-                            parse_turn(turn)
-                                .map_err(|(field, reason)| invalid(&turn_at(i, &field), reason))?,
+                    for (i, v) in list.into_iter().enumerate() {
+                        variants.push(
+                            parse_variant(v).map_err(|(at, why)| {
+                                invalid(&format!("variants[{i}].{at}"), why)
+                            })?,
                         );
                     }
-                    turns = Some(checked);
                 }
                 other => {
                     return Err(invalid(
                         "top level",
-                        format!("unknown key `{other}` (expected `description` and `turns`)"),
+                        format!(
+                            "unknown key `{other}` (expected `description`, `turns` and `variants`)"
+                        ),
                     ));
                 }
             }
         }
         let turns = turns.ok_or_else(|| invalid("top level", "missing `turns`".into()))?;
-        if turns.is_empty() {
-            return Err(invalid("turns", "a script needs at least one turn".into()));
-        }
         Ok(ScriptedProvider {
             file: name.to_string(),
             description,
             turns,
+            variants,
             next: AtomicUsize::new(0),
             per_conversation: false,
         })
@@ -165,7 +182,31 @@ impl ScriptedProvider {
         self.turns.is_empty()
     }
 
+    /// The turns for `request`'s conversation: a matching variant's, or
+    /// the script's own.
+    fn turns_for(&self, request: &CompletionRequest) -> &[Turn] {
+        if self.variants.is_empty() {
+            return &self.turns;
+        }
+        let first = request
+            .messages
+            .iter()
+            .find(|m| m.role == Role::User)
+            .into_iter()
+            .flat_map(|m| &m.content)
+            .filter_map(|p| match p {
+                ContentPart::Text { text } => Some(text.as_str()),
+                _ => None,
+            });
+        let text: Vec<&str> = request.system.as_deref().into_iter().chain(first).collect();
+        self.variants
+            .iter()
+            .find(|v| text.iter().any(|t| t.contains(&v.when)))
+            .map_or(&self.turns[..], |v| &v.turns[..])
+    }
+
     fn answer(&self, request: &CompletionRequest) -> Result<Completion, ModelError> {
+        let turns = self.turns_for(request);
         let index = if self.per_conversation {
             request
                 .messages
@@ -175,15 +216,15 @@ impl ScriptedProvider {
         } else {
             self.next.fetch_add(1, Ordering::SeqCst)
         };
-        let Some(turn) = self.turns.get(index) else {
+        let Some(turn) = turns.get(index) else {
             if !self.per_conversation {
                 // Keep the cursor from creeping towards overflow on a plugin that keeps asking.
-                self.next.store(self.turns.len(), Ordering::SeqCst);
+                self.next.store(turns.len(), Ordering::SeqCst);
             }
             return Err(ModelError::InvalidAnswer(format!(
                 "script {} ended after {} turns",
                 self.file,
-                self.turns.len()
+                turns.len()
             )));
         };
         let number = index + 1;
@@ -241,6 +282,48 @@ fn turn_at(index: usize, field: &str) -> String {
     } else {
         format!("turn {}, {field}", index + 1)
     }
+}
+
+/// Check a list of turns; an error is (location, reason).
+fn parse_turns(value: Value) -> Result<Vec<Turn>, (String, String)> {
+    let Value::Array(list) = value else {
+        return Err(("turns".into(), "expected an array of turns".into()));
+    };
+    if list.is_empty() {
+        return Err(("turns".into(), "a script needs at least one turn".into()));
+    }
+    list.into_iter()
+        .enumerate()
+        .map(|(i, turn)| parse_turn(turn).map_err(|(field, reason)| (turn_at(i, &field), reason)))
+        .collect()
+}
+
+/// Check one variant; an error is (location inside it, reason).
+fn parse_variant(value: Value) -> Result<Variant, (String, String)> {
+    let Value::Object(v) = value else {
+        return Err((String::new(), "expected an object".into()));
+    };
+    let mut when = None;
+    let mut turns = None;
+    for (key, value) in v {
+        match key.as_str() {
+            "when" => match value {
+                Value::String(s) if !s.is_empty() => when = Some(s),
+                _ => return Err(("when".into(), "expected a non-empty string".into())),
+            },
+            "turns" => turns = Some(parse_turns(value)?),
+            other => {
+                return Err((
+                    other.to_string(),
+                    "unknown key (expected `when` and `turns`)".into(),
+                ));
+            }
+        }
+    }
+    Ok(Variant {
+        when: when.ok_or_else(|| ("when".to_string(), "missing".to_string()))?,
+        turns: turns.ok_or_else(|| ("turns".to_string(), "missing".to_string()))?,
+    })
 }
 
 /// Check one turn; an error is (field, reason).
@@ -440,7 +523,7 @@ mod tests {
             ),
             (
                 r#"{"turn": []}"#,
-                "script s.json: top level: unknown key `turn` (expected `description` and `turns`)",
+                "script s.json: top level: unknown key `turn` (expected `description`, `turns` and `variants`)",
             ),
             (
                 r#"{"turns": {}}"#,
@@ -495,5 +578,55 @@ mod tests {
             err.starts_with("cannot read script ") && err.contains("missing.json"),
             "got {err}"
         );
+    }
+
+    #[test]
+    fn a_variant_answers_the_conversations_that_mention_it() {
+        let p = ScriptedProvider::from_json(
+            "impl.json",
+            r#"{ "turns": [ { "text": "first run" } ],
+                 "variants": [ { "when": "review thread", "turns": [
+                     { "text": "answering" }, { "text": "done answering" } ] } ] }"#,
+        )
+        .expect("script")
+        .per_conversation();
+        let ask = |first: &str, assistant_turns: usize| {
+            let mut messages = vec![Message {
+                role: Role::User,
+                content: vec![ContentPart::Text { text: first.into() }],
+            }];
+            for _ in 0..assistant_turns {
+                messages.push(Message::assistant_text("earlier"));
+                messages.push(Message {
+                    role: Role::User,
+                    content: vec![ContentPart::Text {
+                        text: "go on".into(),
+                    }],
+                });
+            }
+            let req = CompletionRequest {
+                messages,
+                ..request()
+            };
+            match p.answer(&req).map(|c| c.message.content) {
+                Ok(parts) => match &parts[0] {
+                    ContentPart::Text { text } => text.clone(),
+                    other => panic!("{other:?}"),
+                },
+                Err(e) => e.to_string(),
+            }
+        };
+        assert_eq!(ask("implement issue #1", 0), "first run");
+        assert_eq!(ask("answer the review thread on line 3", 0), "answering");
+        assert_eq!(
+            ask("answer the review thread on line 3", 1),
+            "done answering"
+        );
+        let bad = ScriptedProvider::from_json(
+            "v.json",
+            r#"{ "turns": [ { "text": "x" } ], "variants": [ { "turns": [ { "text": "y" } ] } ] }"#,
+        )
+        .expect_err("a variant needs `when`");
+        assert_eq!(bad.to_string(), "script v.json: variants[0].when: missing");
     }
 }

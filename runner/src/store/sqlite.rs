@@ -22,7 +22,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::FutureExt;
 use rusqlite::types::Value;
-use rusqlite::{Connection, OpenFlags, Row, params};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
 use tokio::sync::{oneshot, watch};
 
 use super::codec;
@@ -639,6 +639,31 @@ impl RunStore for SqliteStore {
         let trigger = serde_json::to_string(&run.trigger)
             .map_err(|e| StoreError::Invalid(format!("trigger: {e}")))?;
         self.write(move |conn, _| {
+            // A delivery processed again (its processing was interrupted
+            // before its outcome was recorded) finds the run it queued the
+            // first time: each delivery queues a run at most once.
+            if let Some(delivery) = &run.trigger.delivery {
+                let existing: Option<i64> = conn
+                    .prepare_cached(
+                        "SELECT id FROM runs WHERE repo_owner = ?1 AND repo_name = ?2 \
+                         AND role = ?3 AND number = ?4 \
+                         AND json_extract(trigger, '$.delivery') = ?5",
+                    )?
+                    .query_row(
+                        params![
+                            run.repo.owner,
+                            run.repo.name,
+                            run.role.as_str(),
+                            number,
+                            delivery
+                        ],
+                        |r| r.get(0),
+                    )
+                    .optional()?;
+                if let Some(id) = existing {
+                    return Ok(Enqueued::Queued(RunId(to_u64("run id", id)?)));
+                }
+            }
             // Counted inside the writer's transaction: no other enqueue can
             // land between the count and the insert.
             if max_per_target < u64::MAX {

@@ -20,7 +20,10 @@ fn repo() -> RepoRef {
     RepoRef::parse("octo/widgets").expect("repo")
 }
 
+/// A run with a delivery id of its own (runs of one delivery are queued once).
 fn new_run(number: u64, role: Role) -> NewRun {
+    static DELIVERY: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    let delivery = DELIVERY.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     NewRun {
         repo: repo(),
         role,
@@ -31,10 +34,50 @@ fn new_run(number: u64, role: Role) -> NewRun {
             },
             actor: "alice".into(),
             actor_trust: Trust::Trusted,
-            delivery: Some("d-1".into()),
+            delivery: Some(format!("d-{delivery}")),
             instructions: None,
         },
     }
+}
+
+#[tokio::test]
+async fn a_delivery_queues_a_role_on_a_target_once_however_often_it_is_processed() {
+    let (_dir, store) = store().await;
+    let run = new_run(7, Role::Spec);
+    let first = store
+        .enqueue_run_capped(run.clone(), 5)
+        .await
+        .expect("enqueue");
+    let again = store
+        .enqueue_run_capped(run.clone(), 5)
+        .await
+        .expect("again");
+    assert_eq!(first, again, "the second processing finds the first run");
+    assert_eq!(store.count_runs(&repo(), 7, Role::Spec).await, Ok(1));
+    // The same delivery may ask for another role, or the same role elsewhere.
+    let review = NewRun {
+        role: Role::Review,
+        ..run.clone()
+    };
+    let other = store.enqueue_run_capped(review, 5).await.expect("review");
+    assert_ne!(other, first);
+    // A run without a delivery (queued by hand) is never merged with another.
+    let manual = NewRun {
+        trigger: Trigger {
+            delivery: None,
+            ..run.trigger.clone()
+        },
+        ..run
+    };
+    let a = store
+        .enqueue_run_capped(manual.clone(), 5)
+        .await
+        .expect("manual");
+    let b = store
+        .enqueue_run_capped(manual, 5)
+        .await
+        .expect("manual again");
+    assert_ne!(a, b);
 }
 
 #[tokio::test]
@@ -102,14 +145,12 @@ async fn upgrades_an_old_database_step_by_step_keeping_its_rows() {
 #[tokio::test]
 async fn transitions_are_enforced() {
     let (_dir, store) = store().await;
-    let id = store
-        .enqueue_run(new_run(3, Role::Implementation))
-        .await
-        .expect("enqueue");
+    let queued = new_run(3, Role::Implementation);
+    let id = store.enqueue_run(queued.clone()).await.expect("enqueue");
     assert_eq!(id, RunId(1));
     let run = store.get_run(id).await.expect("get");
     assert_eq!((run.state, run.attempts), (RunState::Queued, 0));
-    assert_eq!(run.trigger, new_run(3, Role::Implementation).trigger);
+    assert_eq!(run.trigger, queued.trigger);
 
     // Skipping preparing is illegal.
     let err = store

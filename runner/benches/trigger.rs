@@ -1,0 +1,219 @@
+//! Latency from a label change on the local forge to its run's sandbox
+//! being ready, through the path `kiln serve` takes (the forge's outbox, the
+//! event pump polling every 100 ms, the router, the store's queue, a worker
+//! woken by the dispatcher), next to the same run started the way `kiln run`
+//! starts it (the worker called directly), measured in the same process and
+//! interleaved. Both exclude process and service start-up. Run with:
+//!
+//! ```text
+//! cargo bench -p kiln --bench trigger          # KILN_BENCH_ITERS=7 by default
+//! ```
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use kiln::app::{self, AppOptions};
+use kiln::config::{KilnConfig, Role};
+use kiln::forge::local::LocalForge;
+use kiln::forge::{Forge, ForgeResolver, NewIssue, RepoRef};
+use kiln::intake::local::PumpOptions;
+use kiln::intake::{Dispatcher, RunnerHooks};
+use kiln::model::{ModelProvider, ScriptedProvider};
+use kiln::policy::Trust;
+use kiln::service::Runner;
+use kiln::session::{EventKind, EventSink};
+use kiln::store::{RecoveryPolicy, RunFilter, RunStore, SqliteOptions, SqliteStore};
+use kiln::worker::{LiveRun, RunEnd, RunRequest, RunTrigger, execute};
+
+const SCRIPT: &str = include_str!("../demo/triage.json");
+
+/// Only a label starts a run, so opening the benchmark's issues does not.
+const CONFIG: &str = "[[triggers]]\non = \"label\"\nlabel = \"go\"\nrole = \"triage\"\n";
+
+fn median(v: &mut [Duration]) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// True for the worker's "sandbox <id> ready" progress event.
+fn sandbox_ready(message: &str) -> bool {
+    message.starts_with("sandbox ") && message.ends_with(" ready")
+}
+
+/// Notes when the direct run's sandbox became ready.
+struct ReadyAt(Mutex<Option<Instant>>);
+
+impl EventSink for ReadyAt {
+    fn record(&self, _kind: EventKind, message: String) {
+        if sandbox_ready(&message)
+            && let Ok(mut at) = self.0.lock()
+        {
+            at.get_or_insert_with(Instant::now);
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let quick = !std::env::args().any(|a| a == "--bench");
+    let iters: usize = if quick {
+        1
+    } else {
+        std::env::var("KILN_BENCH_ITERS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(7)
+            .max(1)
+    };
+    let dir = tempfile::tempdir()?;
+    let src = dir.path().join("sample");
+    let demo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("demo/sample-repo");
+    std::fs::create_dir_all(src.join("tests"))?;
+    for f in ["README.md", "slugify.sh", "tests/run.sh"] {
+        std::fs::copy(demo.join(f), src.join(f))?;
+    }
+    let root = dir.path().join("forge");
+    let forge =
+        LocalForge::create(&root, RepoRef::parse("local/bench")?, "alice", Some(&src)).await?;
+    let alice = forge.acting_as("alice");
+    let config = KilnConfig::from_toml(CONFIG)?;
+    let store: Arc<dyn RunStore> =
+        Arc::new(SqliteStore::open(dir.path().join("kiln.db"), SqliteOptions::default()).await?);
+    let model: Arc<dyn ModelProvider> =
+        Arc::new(ScriptedProvider::from_json("triage.json", SCRIPT)?.per_conversation());
+    let services = app::services(
+        AppOptions {
+            config: config.clone(),
+            data_dir: dir.path().to_path_buf(),
+            recipes: app::recipes_dir(),
+            runner_id: "bench-trigger".into(),
+            model: Some(model),
+            role_models: HashMap::new(),
+            budgets: HashMap::new(),
+            history: None,
+        },
+        &|_| {},
+    )
+    .await?;
+    let forge_root = root.clone();
+    let forges: ForgeResolver = Arc::new(move |r: &RepoRef| {
+        LocalForge::open(&forge_root, r.clone())
+            .ok()
+            .map(|f| Arc::new(f) as Arc<dyn Forge>)
+    });
+    let runner = Runner::new(store.clone(), services.clone(), forges.clone());
+    runner.start(1, RecoveryPolicy::default()).await?;
+    let wake = runner.clone();
+    let dispatcher = Dispatcher::start(
+        store.clone(),
+        forges,
+        &config.intake,
+        RunnerHooks {
+            control: None,
+            wake: Some(Arc::new(move || wake.notify_queued())),
+        },
+    );
+    kiln::intake::local::start(
+        dispatcher,
+        PumpOptions {
+            forge_root: root,
+            consumer: "bench".into(),
+            idle_poll: Duration::from_millis(100),
+            only_repo: None,
+        },
+    )?;
+    let shared: Arc<dyn Forge> = Arc::new(forge.clone());
+
+    let (mut evented, mut direct) = (Vec::new(), Vec::new());
+    for i in 0..iters {
+        let new_issue = || {
+            alice.create_issue(NewIssue {
+                title: "slugify leaves runs of dashes".into(),
+                body: include_str!("../demo/issue.md").into(),
+                labels: vec![],
+            })
+        };
+        // Through the forge's events, as under `kiln serve`.
+        let number = new_issue().await?;
+        let before = store.list_runs(RunFilter::default()).await?.len();
+        let t0 = now_ms();
+        alice.add_labels(number, &["go".into()]).await?;
+        let run = loop {
+            let runs = store.list_runs(RunFilter::default()).await?;
+            if runs.len() > before
+                && let Some(r) = runs.into_iter().max_by_key(|r| r.id)
+                && r.state.is_terminal()
+            {
+                break r;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        anyhow::ensure!(
+            run.state == kiln::store::RunState::Succeeded,
+            "the evented run ended {}: {:?}",
+            run.state.as_str(),
+            run.reason
+        );
+        let events = store.events_after(run.id, 0, 1000).await?;
+        let ready = events
+            .iter()
+            .find(|e| sandbox_ready(&e.message))
+            .ok_or_else(|| anyhow::anyhow!("no sandbox-ready event in {}", run.id))?;
+        evented.push(Duration::from_millis((ready.at_ms - t0).max(0) as u64));
+
+        // Directly, as `kiln run` does.
+        let number = new_issue().await?;
+        let sink = Arc::new(ReadyAt(Mutex::new(None)));
+        let req = RunRequest {
+            run_id: format!("bench-direct-{i}"),
+            repo: shared.repo().clone(),
+            role: Role::Triage,
+            number,
+            trigger: RunTrigger::Manual,
+            trust: Trust::Trusted,
+            instructions: None,
+            continue_from: Vec::new(),
+        };
+        let t = Instant::now();
+        let s = execute(
+            &services,
+            shared.clone(),
+            &req,
+            sink.clone(),
+            &LiveRun::new(),
+        )
+        .await;
+        anyhow::ensure!(
+            s.state == RunEnd::Succeeded,
+            "direct run failed: {}",
+            s.reason
+        );
+        let at = sink
+            .0
+            .lock()
+            .map_err(|_| anyhow::anyhow!("poisoned"))?
+            .ok_or_else(|| anyhow::anyhow!("no sandbox-ready event in the direct run"))?;
+        direct.push(at - t);
+    }
+    let (e, d) = (median(&mut evented), median(&mut direct));
+    println!(
+        "label change → sandbox ready, through forge events: median {:.0} ms; the same run \
+         started directly (kiln run): median {:.0} ms; ratio {:.2}x (target ≤ 1.10x; {iters} \
+         iterations, interleaved)",
+        ms(e),
+        ms(d),
+        e.as_secs_f64() / d.as_secs_f64()
+    );
+    Ok(())
+}

@@ -1,0 +1,387 @@
+//! `kiln demo`: the factory on a sample repository of the local forge, run
+//! the way `kiln serve` runs it. The demo starts the runner, the event pump
+//! and the router in-process and then acts only as the humans would — a
+//! stranger files the issue, a maintainer labels it, merges the spec and
+//! approves the plan — and waits for the runs those events cause, printing
+//! each trigger that fired and each run's events.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use futures_util::StreamExt as _;
+use kiln::app::{self, AppOptions};
+use kiln::config::Role;
+use kiln::forge::local::{LocalForge, Outbox};
+use kiln::forge::{Forge, ForgeResolver, RepoRef};
+use kiln::intake::local::PumpOptions;
+use kiln::intake::{Dispatcher, RunnerHooks};
+use kiln::model::{ModelConfig, ModelProvider, ScriptedProvider};
+use kiln::service::Runner;
+use kiln::store::{RecoveryPolicy, Run, RunFilter, RunState, RunStore, SqliteOptions, SqliteStore};
+
+use super::local_forge::{LocalArgs, local_user};
+use super::run::{RunnerArgs, load_config, model};
+
+/// The demo's files, built into the binary so `kiln demo` needs nothing on disk.
+mod files {
+    pub const ISSUE: &str = include_str!("../../demo/issue.md");
+    pub const README: &str = include_str!("../../demo/sample-repo/README.md");
+    pub const SLUGIFY: &str = include_str!("../../demo/sample-repo/slugify.sh");
+    pub const TESTS: &str = include_str!("../../demo/sample-repo/tests/run.sh");
+    /// Each role's script, as `runner/demo/<role>.json`.
+    pub const SCRIPTS: [(&str, &str); 4] = [
+        ("triage", include_str!("../../demo/triage.json")),
+        ("spec", include_str!("../../demo/spec.json")),
+        (
+            "implementation",
+            include_str!("../../demo/implementation.json"),
+        ),
+        ("review", include_str!("../../demo/review.json")),
+    ];
+}
+
+/// How long the demo waits for the runs one human action causes.
+const STEP_TIMEOUT: Duration = Duration::from_secs(900);
+
+fn write_sample(dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir.join("tests"))?;
+    std::fs::write(dir.join("README.md"), files::README)?;
+    std::fs::write(dir.join("slugify.sh"), files::SLUGIFY)?;
+    std::fs::write(dir.join("tests/run.sh"), files::TESTS)?;
+    for f in ["slugify.sh", "tests/run.sh"] {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(dir.join(f), std::fs::Permissions::from_mode(0o755))?;
+    }
+    Ok(())
+}
+
+fn step(n: u32, text: &str) {
+    println!("\n=== {n}. {text}");
+}
+
+/// The runs of the demo's repository, and what has been printed of them.
+struct Watch {
+    store: Arc<dyn RunStore>,
+    repo: RepoRef,
+    outbox: Outbox,
+    consumer: String,
+    seen: HashSet<u64>,
+}
+
+impl Watch {
+    async fn runs(&self) -> anyhow::Result<Vec<Run>> {
+        let mut runs = self
+            .store
+            .list_runs(RunFilter {
+                repo: Some(self.repo.clone()),
+                ..RunFilter::default()
+            })
+            .await?;
+        runs.sort_by_key(|r| r.id);
+        Ok(runs)
+    }
+
+    /// Waits until every event so far is routed, every run it caused has
+    /// ended, and nothing new started for a moment (a finished run's own
+    /// effects are events that may start the next run). Prints each run as
+    /// it is queued and follows its events.
+    async fn settle(&mut self) -> anyhow::Result<Vec<Run>> {
+        let start = Instant::now();
+        let mut quiet_since: Option<Instant> = None;
+        loop {
+            let runs = self.runs().await?;
+            for r in &runs {
+                if self.seen.insert(r.id.0) {
+                    announce(r);
+                    follow(self.store.clone(), r);
+                }
+            }
+            let last = self.outbox.after(0, usize::MAX >> 1)?.last().map(|e| e.id);
+            let routed = last.is_none_or(|id| {
+                self.outbox
+                    .cursor(&self.consumer)
+                    .is_ok_and(|cursor| cursor >= id)
+            });
+            let idle = routed && runs.iter().all(|r| r.state.is_terminal());
+            match (idle, quiet_since) {
+                (true, Some(t)) if t.elapsed() >= Duration::from_millis(600) => return Ok(runs),
+                (true, None) => quiet_since = Some(Instant::now()),
+                (false, _) => quiet_since = None,
+                _ => {}
+            }
+            anyhow::ensure!(
+                start.elapsed() < STEP_TIMEOUT,
+                "the demo's runs did not finish within {} s",
+                STEP_TIMEOUT.as_secs()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// One line per run the router queued: what fired it, and who.
+fn announce(run: &Run) {
+    let kind = serde_json::to_value(&run.trigger.kind)
+        .ok()
+        .and_then(|v| v.get("type").and_then(|t| t.as_str()).map(str::to_string))
+        .unwrap_or_default();
+    let what = match &run.trigger.kind {
+        kiln::store::TriggerKind::Label { label } => format!("label `{label}`"),
+        _ => kind,
+    };
+    println!(
+        "  trigger: {what} by {} ({}) → {} {} on #{}",
+        run.trigger.actor,
+        if run.trigger.actor_trust == kiln::policy::Trust::Trusted {
+            "trusted"
+        } else {
+            "untrusted"
+        },
+        run.role,
+        run.id,
+        run.number
+    );
+}
+
+/// Prints `run`'s events as they are recorded, until it ends.
+fn follow(store: Arc<dyn RunStore>, run: &Run) {
+    let (id, prefix) = (run.id, format!("[{} {}]", run.role, run.id));
+    tokio::spawn(async move {
+        let Ok(mut events) = store.subscribe(id, 0).await else {
+            return;
+        };
+        while let Some(Ok(e)) = events.next().await {
+            let first = e.message.lines().next().unwrap_or_default();
+            let more = if e.message.lines().nth(1).is_some() {
+                " …"
+            } else {
+                ""
+            };
+            println!("{prefix} {:>14}  {first}{more}", e.type_name());
+        }
+    });
+}
+
+/// Fails unless every run ended as it should.
+fn ensure_succeeded(runs: &[Run]) -> anyhow::Result<()> {
+    for r in runs {
+        anyhow::ensure!(
+            r.state == RunState::Succeeded,
+            "{} run {} on #{} ended {}: {}",
+            r.role,
+            r.id,
+            r.number,
+            r.state.as_str(),
+            r.reason.as_deref().unwrap_or("no reason recorded")
+        );
+    }
+    Ok(())
+}
+
+async fn latest_pr(forge: &LocalForge, head_prefix: &str) -> anyhow::Result<u64> {
+    forge
+        .list_pull_requests(kiln::forge::StateFilter::All)
+        .await?
+        .into_iter()
+        .find(|p| p.head_branch.starts_with(head_prefix))
+        .map(|p| p.issue.number)
+        .with_context(|| format!("no pull request from a {head_prefix}… branch was opened"))
+}
+
+/// `kiln demo`.
+pub async fn demo(args: RunnerArgs, local: &LocalArgs) -> anyhow::Result<ExitCode> {
+    let mut config = load_config(args.config.as_deref())?;
+    let data_dir = local.data_dir()?;
+    let root = local.forge_root()?;
+    let user = local_user();
+    // A real model, if one is configured, else each role's script.
+    let real = args.script.is_some() || config.model.is_some() || ModelConfig::from_env().is_some();
+    let (model, role_models) = if real {
+        (
+            Some(model(&mut config, args.script.as_deref(), None)?),
+            HashMap::new(),
+        )
+    } else {
+        let mut scripts = HashMap::new();
+        for (role, text) in files::SCRIPTS {
+            let provider = ScriptedProvider::from_json(&format!("{role}.json"), text)?;
+            scripts.insert(
+                role.parse::<Role>().map_err(anyhow::Error::msg)?,
+                Arc::new(provider.per_conversation()) as Arc<dyn ModelProvider>,
+            );
+        }
+        (None, scripts)
+    };
+    println!(
+        "Kiln demo: a sample repository on the local forge at {}; the runner, its event \
+         router and {} worker(s) run in this process, and the demo acts only as the humans \
+         would.\nModel: {}",
+        root.display(),
+        2,
+        match &model {
+            Some(m) => m.name(),
+            None =>
+                "SCRIPTED — each role replays runner/demo/<role>.json; no model is called".into(),
+        }
+    );
+
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default();
+    let repo = RepoRef::parse(&format!("local/slugify-demo-{stamp}"))?;
+    // The demo's runs, mirrors and store live apart from `kiln serve`'s: a
+    // service on the same data directory keeps its own queue and recovery.
+    let demo_dir = data_dir.join("demos").join(stamp.to_string());
+    std::fs::create_dir_all(&demo_dir)
+        .with_context(|| format!("cannot create {}", demo_dir.display()))?;
+    let store: Arc<dyn RunStore> = Arc::new(
+        SqliteStore::open(demo_dir.join("kiln.db"), SqliteOptions::default())
+            .await
+            .context("opening the demo's store")?,
+    );
+    let budgets = app::budgets(&config);
+    let progress = |p: kiln::sandbox::image::ImageProgress| eprintln!("image: {p:?}");
+    let services = app::services(
+        AppOptions {
+            config: config.clone(),
+            data_dir: demo_dir.clone(),
+            recipes: app::recipes_dir(),
+            runner_id: app::cli_runner_id(),
+            model,
+            role_models,
+            budgets,
+            history: Some(store.clone()),
+        },
+        &progress,
+    )
+    .await?;
+    let forge_root = root.clone();
+    let forges: ForgeResolver = Arc::new(move |r: &RepoRef| -> Option<Arc<dyn Forge>> {
+        LocalForge::open(&forge_root, r.clone())
+            .ok()
+            .map(|f| Arc::new(f) as Arc<dyn Forge>)
+    });
+    let runner = Runner::new(store.clone(), services, forges.clone());
+    runner.start(2, RecoveryPolicy::default()).await?;
+    let wake = runner.clone();
+    let dispatcher = Dispatcher::start(
+        store.clone(),
+        forges,
+        &config.intake,
+        RunnerHooks {
+            control: Some(runner.clone() as Arc<dyn kiln::control::RunControl>),
+            wake: Some(Arc::new(move || wake.notify_queued())),
+        },
+    );
+    // Start reading after everything already in the forge's outbox.
+    let consumer = format!("demo-{stamp}");
+    let outbox = Outbox::open(&root)?;
+    if let Some(last) = outbox.after(0, usize::MAX >> 1)?.last() {
+        outbox.advance(&consumer, last.id)?;
+    }
+    kiln::intake::local::start(
+        dispatcher,
+        PumpOptions {
+            forge_root: root.clone(),
+            consumer: consumer.clone(),
+            idle_poll: Duration::from_millis(100),
+            only_repo: Some(repo.clone()),
+        },
+    )?;
+    let mut watch = Watch {
+        store,
+        repo: repo.clone(),
+        outbox,
+        consumer,
+        seen: HashSet::new(),
+    };
+
+    step(
+        1,
+        "A stranger files an issue (with a prompt injection in it) on a new repository",
+    );
+    let src = tempfile::tempdir()?;
+    write_sample(src.path())?;
+    let forge = LocalForge::create(&root, repo.clone(), &user, Some(src.path()))
+        .await
+        .context("creating the sample repository")?;
+    let human = forge.acting_as(&user);
+    let (title, body) = files::ISSUE
+        .trim_start_matches("# ")
+        .split_once('\n')
+        .unwrap_or(("Demo issue", files::ISSUE));
+    let issue = forge
+        .acting_as("reporter")
+        .create_issue(kiln::forge::NewIssue {
+            title: title.trim().to_string(),
+            body: body.trim().to_string(),
+            labels: vec![],
+        })
+        .await?;
+    println!("{repo}: issue #{issue} \"{}\" by reporter", title.trim());
+    ensure_succeeded(&watch.settle().await?)?;
+
+    step(
+        2,
+        &format!("A maintainer ({user}) labels #{issue} ready-to-spec"),
+    );
+    human.add_labels(issue, &["ready-to-spec".into()]).await?;
+    ensure_succeeded(&watch.settle().await?)?;
+    let spec_pr = latest_pr(&forge, "kiln/spec-").await?;
+
+    step(
+        3,
+        &format!(
+            "AUTO-APPROVED FOR THE DEMO: as {user}, merge spec PR #{spec_pr} and label #{issue} \
+             plan-approved (in real use a human reviews the spec first)"
+        ),
+    );
+    human.merge(spec_pr).await?;
+    human.add_labels(issue, &["plan-approved".into()]).await?;
+    let runs = watch.settle().await?;
+    ensure_succeeded(&runs)?;
+    let impl_pr = latest_pr(&forge, "kiln/implement-").await?;
+
+    step(
+        4,
+        &format!("The result: draft PR #{impl_pr}, its review and the runs"),
+    );
+    let pr = forge.get_pull_request(impl_pr).await?;
+    println!(
+        "#{impl_pr} {}{} ({} → {})\n\n{}\n",
+        if pr.draft { "[draft] " } else { "" },
+        pr.issue.title,
+        pr.head_branch,
+        pr.base_branch,
+        pr.issue.body
+    );
+    println!("{}", pr.diff);
+    for review in forge.list_reviews(impl_pr).await? {
+        println!(
+            "--- review by {} ({})\n{}",
+            review.author, review.state, review.body
+        );
+        for c in review.comments {
+            println!("  {}:{} [{}] {}", c.path, c.line, c.severity, c.body);
+        }
+    }
+    for r in &runs {
+        println!(
+            "{} {:<14} #{:<3} {}",
+            r.id,
+            r.role.as_str(),
+            r.number,
+            r.state.as_str()
+        );
+    }
+    println!(
+        "\nExplore it: kiln issue show {issue} -R {repo}; kiln pr list -R {repo}; \
+         kiln pr diff {impl_pr} -R {repo}"
+    );
+    Ok(ExitCode::SUCCESS)
+}
