@@ -484,3 +484,57 @@ async fn the_whole_story_runs_itself_from_cli_commands_under_kiln_serve() {
         "a stranger's /kiln retry ran nothing: {runs:#?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_label_added_around_a_kill_9_or_while_serve_is_down_runs_exactly_once() {
+    images::images().await;
+    let env = Env::new();
+    let _cleanup = Containers(kiln::app::serve_runner_id(&env.data));
+    let demo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("demo");
+    // `kiln` reads ./kiln.toml: only the label `go` starts a (triage) run.
+    std::fs::write(
+        env.root.join("kiln.toml"),
+        "[[triggers]]\non = \"label\"\nlabel = \"go\"\nrole = \"triage\"\n",
+    )
+    .expect("kiln.toml");
+    env.ok(
+        &["repo", "create", "local/slugify", "--from"],
+        &[&demo.join("sample-repo")],
+    );
+    for title in ["first", "second"] {
+        env.ok(&["issue", "new", "-R", "local/slugify", "-t", title], &[]);
+    }
+    let script: std::ffi::OsString = demo.join("triage.json").into();
+    let args = ["--script".into(), script.clone(), "--requeue".into()];
+    let mut first = Serve::start_with(&env, "serve-1", &args);
+    first.ready().await;
+    // The label, then SIGKILL at once: the event may be unread, read and
+    // queued, or its run under way; each must end in one run.
+    env.ok(
+        &["issue", "label", "1", "--add", "go", "-R", "local/slugify"],
+        &[],
+    );
+    first.kill_9();
+    // While no service runs, a maintainer labels the second issue.
+    env.ok(
+        &["issue", "label", "2", "--add", "go", "-R", "local/slugify"],
+        &[],
+    );
+    let mut second = Serve::start_with(&env, "serve-2", &args);
+    second.ready().await;
+    let client =
+        kiln::api::client::Client::new(&second.url, Some(env.token.clone())).expect("client");
+    let runs = settled_runs(&mut second, &client, 2, "both runs").await;
+    // Give the pump time to (wrongly) queue anything twice.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let runs_after = settled_runs(&mut second, &client, 2, "still both runs").await;
+    assert_eq!(runs.len(), runs_after.len());
+    let mut targets: Vec<(u64, RunState)> =
+        runs_after.iter().map(|r| (r.number, r.state)).collect();
+    targets.sort_by_key(|(n, _)| *n);
+    assert_eq!(
+        targets,
+        vec![(1, RunState::Succeeded), (2, RunState::Succeeded)],
+        "one run per label, each to its end: {runs_after:#?}"
+    );
+}
