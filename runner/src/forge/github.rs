@@ -891,6 +891,24 @@ impl WirePermission {
 mod tests {
     use super::*;
 
+    // Kiln never pushes to a fork: a head in another repository, or one
+    // whose repository GitHub no longer reports (a deleted fork), is one.
+    #[test]
+    fn a_head_outside_the_base_repository_is_a_fork() {
+        let pull = |head_repo: serde_json::Value| -> PullRequest {
+            serde_json::from_value::<WirePull>(json!({
+                "number": 5, "title": "t", "body": null, "user": null, "state": "open",
+                "head": {"ref": "kiln/implement-issue-1", "sha": "ab", "repo": head_repo},
+                "base": {"ref": "main", "sha": "cd", "repo": {"full_name": "acme/widgets"}},
+            }))
+            .expect("a pull request")
+            .into_pull_request()
+        };
+        assert!(!pull(json!({"full_name": "Acme/Widgets"})).head_from_fork);
+        assert!(pull(json!({"full_name": "mallory/widgets"})).head_from_fork);
+        assert!(pull(serde_json::Value::Null).head_from_fork);
+    }
+
     #[test]
     fn severity_tags_round_trip_and_untagged_reads_as_suggestion() {
         for (severity, _) in SEVERITY_TAGS {

@@ -797,3 +797,122 @@ impl RunState {
         self.propose(&what, cap, &texts, proposal).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::forge::local::LocalForge;
+    use crate::forge::{NewPullRequest, RepoRef};
+
+    fn git(dir: &std::path::Path, args: &[&str]) -> String {
+        let out = std::process::Command::new("git")
+            .arg("-C")
+            .arg(dir)
+            .args(["-c", "user.name=t", "-c", "user.email=t@t"])
+            .args(args)
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .output()
+            .expect("run git");
+        assert!(out.status.success(), "git {args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    fn commit(work: &std::path::Path, file: &str, text: &str) -> String {
+        std::fs::write(work.join(file), text).expect("write");
+        git(work, &["add", file]);
+        git(work, &["commit", "--quiet", "-m", file]);
+        git(work, &["rev-parse", "HEAD"])
+    }
+
+    // The forge force-pushes (a run owns its branch), so an update checks
+    // first that its commit builds on the head it read: a commit that does
+    // not (someone pushed meanwhile) is refused and the branch is left as it
+    // was; one that does is pushed, and only the Verification section of
+    // the body changes.
+    #[tokio::test]
+    async fn an_update_is_pushed_only_on_top_of_the_head_it_read() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let src = root.path().join("src");
+        std::fs::create_dir_all(&src).expect("mkdir");
+        std::fs::write(src.join("a.txt"), "a\n").expect("write");
+        let forge = LocalForge::create(
+            &root.path().join("forge"),
+            RepoRef::parse("local/update").expect("repo"),
+            "alice",
+            Some(&src),
+        )
+        .await
+        .expect("create");
+        let bare = forge.bare_repo();
+        git(
+            root.path(),
+            &["clone", "--quiet", bare.to_str().expect("utf-8"), "work"],
+        );
+        let work = root.path().join("work");
+        git(&work, &["checkout", "--quiet", "-b", "kiln/x"]);
+        let head = commit(&work, "b.txt", "b\n");
+        forge.push(&work, &head, "kiln/x").await.expect("push");
+        let pr = forge
+            .create_draft_pull_request(NewPullRequest {
+                title: "x".into(),
+                body: "Closes #9\n\n## Verification\n\nold\n\n---\nfoot".into(),
+                head: "kiln/x".into(),
+                base: "main".into(),
+            })
+            .await
+            .expect("pr");
+        let on_top = commit(&work, "c.txt", "c\n");
+        git(&work, &["checkout", "--quiet", "main"]);
+        let elsewhere = commit(&work, "d.txt", "d\n");
+        let target = ForgeTarget {
+            forge: Arc::new(forge.clone()),
+            head_branch: "kiln/x".into(),
+            base_branch: "main".into(),
+        };
+        let gate = Gate::new(&crate::policy::GateConfig::default()).expect("gate");
+        let update = Proposal::PullRequestUpdate {
+            number: pr,
+            commit_message: "m".into(),
+            verification: Some("## Verification\n\nnew".into()),
+        };
+        let git_dir = work.join(".git");
+        let refused = apply(
+            &target,
+            CommitSource::Frozen {
+                git_dir: &git_dir,
+                commit: &elsewhere,
+            },
+            &gate,
+            &update,
+        )
+        .await;
+        assert!(
+            refused
+                .as_ref()
+                .is_err_and(|e| e.contains("moved since the run read it")),
+            "{refused:?}"
+        );
+        assert_eq!(git(&bare, &["rev-parse", "kiln/x"]), head, "nothing pushed");
+        let landed = apply(
+            &target,
+            CommitSource::Frozen {
+                git_dir: &git_dir,
+                commit: &on_top,
+            },
+            &gate,
+            &update,
+        )
+        .await
+        .expect("applied");
+        assert_eq!(landed, Some(format!("#{pr} at {}", &on_top[..12])));
+        assert_eq!(git(&bare, &["rev-parse", "kiln/x"]), on_top);
+        let body = forge.get_pull_request(pr).await.expect("pr").issue.body;
+        assert_eq!(body, "Closes #9\n\n## Verification\n\nnew\n\n---\nfoot");
+        let prs = forge
+            .list_pull_requests(crate::forge::StateFilter::All)
+            .await
+            .expect("prs");
+        assert_eq!(prs.len(), 1, "no new pull request");
+    }
+}
