@@ -370,6 +370,23 @@ async fn after_a_crash_the_progress_comment_says_how_the_run_ended() {
         )
         .await
         .expect("comment");
+    store
+        .append_event(
+            id,
+            &kiln::session::EventKind::Started,
+            &kiln::worker::progress_comment_event(comment),
+        )
+        .await
+        .expect("event");
+    // Someone else's comment carrying the marker is not taken for it.
+    let decoy = forge
+        .acting_as("mallory")
+        .comment(
+            issue,
+            &format!("fake\n{}", kiln::forge::progress_marker(&id.to_string())),
+        )
+        .await
+        .expect("decoy");
 
     let (image, _) = images::images().await;
     let services = service::role_services(
@@ -405,4 +422,7 @@ async fn after_a_crash_the_progress_comment_says_how_the_run_ended() {
         kiln::forge::is_bookkeeping(&body),
         "it is still marked as Kiln's"
     );
+    let comments = forge.get_issue(issue).await.expect("issue").comments;
+    let decoy = comments.iter().find(|c| c.id == decoy).expect("decoy");
+    assert!(decoy.body.starts_with("fake"), "left alone: {}", decoy.body);
 }

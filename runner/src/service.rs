@@ -246,31 +246,43 @@ impl Runner {
 
     /// Edit the progress comment of run `id`, which a runner that died
     /// mid-run left saying the run is going, to say how it ended (`now`:
-    /// failed, or queued again). The comment is found by its marker.
+    /// failed, or queued again). The comment's id is in a host-only event of
+    /// the run's own log (never looked up on the forge, where anyone can
+    /// write a comment carrying the marker).
     async fn close_progress_comment(&self, id: RunId, now: RunState) -> Result<(), String> {
-        let run = self.store.get_run(id).await.map_err(|e| e.to_string())?;
-        let forge = (self.forges)(&run.repo).ok_or("no forge is configured")?;
-        // The run's number is an issue or a pull request; the forge reads
-        // each only as what it is.
-        let issue = match forge.get_issue(run.number).await {
-            Err(crate::forge::ForgeError::NotFound(_)) => forge
-                .get_pull_request(run.number)
+        // The last attempt's comment: each claim of the run posts its own.
+        let mut comment = None;
+        let mut after = 0;
+        loop {
+            let page = self
+                .store
+                .events_after(id, after, 1024)
                 .await
-                .map(|p| p.issue)
-                .map_err(|e| e.to_string())?,
-            other => other.map_err(|e| e.to_string())?,
-        };
-        let marker = crate::forge::progress_marker(&id.to_string());
-        let Some(comment) = issue.comments.iter().find(|c| c.body.contains(&marker)) else {
+                .map_err(|e| e.to_string())?;
+            let Some(last) = page.last() else { break };
+            after = last.seq;
+            comment = page
+                .iter()
+                .filter(|e| e.type_name() == "started")
+                .filter_map(|e| crate::worker::progress_comment_id(&e.message))
+                .next_back()
+                .or(comment);
+        }
+        let Some(comment) = comment else {
             return Ok(());
         };
-        let reason = match now {
-            RunState::Queued => "the runner restarted while it ran; it is queued to run again",
-            _ => "the runner restarted while it ran",
+        let run = self.store.get_run(id).await.map_err(|e| e.to_string())?;
+        let forge = (self.forges)(&run.repo).ok_or("no forge is configured")?;
+        let (state, reason) = match now {
+            RunState::Queued => (
+                "interrupted",
+                "the runner restarted while it ran; it is queued to run again",
+            ),
+            other => (other.as_str(), "the runner restarted while it ran"),
         };
-        let body = crate::worker::progress_ended(&id.to_string(), run.role, now.as_str(), reason);
+        let body = crate::worker::progress_ended(&id.to_string(), run.role, state, reason);
         forge
-            .edit_comment(comment.id, &body)
+            .edit_comment(comment, &body)
             .await
             .map_err(|e| e.to_string())
     }

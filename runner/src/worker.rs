@@ -378,6 +378,12 @@ pub async fn execute(
         .await
         .map_err(|e| events.record(EventKind::Warning, format!("progress comment: {e}")))
         .ok();
+    if let Some(id) = progress_comment {
+        // Restart recovery finds the comment by this event: host-only
+        // (a plugin cannot emit `started`), from the run's own log, so
+        // nothing a forge user or a plugin writes can stand in for it.
+        events.record(EventKind::Started, progress_comment_event(id));
+    }
     let summary =
         match run_prepared(services, forge.clone(), req, (events.clone(), raw), live).await {
             Ok(s) => s,
@@ -405,6 +411,22 @@ pub async fn execute(
     );
     summary
 }
+
+/// The event recording the id of a run's progress comment.
+pub fn progress_comment_event(comment_id: u64) -> String {
+    format!("{PROGRESS_COMMENT_POSTED}{comment_id}")
+}
+
+/// The progress comment id an event of [`progress_comment_event`] names.
+pub fn progress_comment_id(message: &str) -> Option<u64> {
+    message
+        .strip_prefix(PROGRESS_COMMENT_POSTED)?
+        .trim()
+        .parse()
+        .ok()
+}
+
+const PROGRESS_COMMENT_POSTED: &str = "progress comment posted: ";
 
 /// The text of a progress comment once its run ended; the marker stays,
 /// so later runs still leave it out of what the model reads.
@@ -987,6 +1009,12 @@ mod tests {
             }
             assert!(!snap.issues.contains_key(&99), "#99 does not exist");
         }
+    }
+
+    #[test]
+    fn the_progress_comment_event_names_its_id() {
+        assert_eq!(progress_comment_id(&progress_comment_event(42)), Some(42));
+        assert_eq!(progress_comment_id("progress comment: refused"), None);
     }
 
     // Review thread comments reach a plugin like issue comments: each
