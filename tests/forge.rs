@@ -269,6 +269,25 @@ pub async fn contract(forge: &dyn Forge, env: &dyn ContractEnv) {
         (pr, "Add two", "Fixes #1")
     );
     assert!(got.issue.open);
+    assert!(!got.head_from_fork, "a branch of the repository itself");
+    // Answering a review rewrites the body (its Verification section).
+    forge
+        .edit_pull_request_body(pr, "Fixes #1\n\n## Verification\n\nran")
+        .await
+        .expect("edit the body");
+    assert_eq!(
+        forge.get_pull_request(pr).await.expect("get").issue.body,
+        "Fixes #1\n\n## Verification\n\nran"
+    );
+    forge
+        .edit_pull_request_body(pr, "Fixes #1")
+        .await
+        .expect("edit the body back");
+    let missing = forge.edit_pull_request_body(999_999, "x").await;
+    assert!(
+        matches!(missing, Err(ForgeError::NotFound(_))),
+        "editing a missing pull request: {missing:?}"
+    );
     assert!(
         got.diff.contains("src/lib.rs") && got.diff.contains("+fn two() {}"),
         "the diff is against the base: {}",

@@ -20,6 +20,7 @@
 
 mod support;
 
+mod answer;
 mod api;
 mod factory;
 mod forge;

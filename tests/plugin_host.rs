@@ -870,6 +870,7 @@ async fn a_0_2_0_plugin_reads_review_threads_replies_and_sets_a_status() {
                 // A secret pasted by a reviewer never leaves in the reply.
                 thread(12, "use token ghp_0123456789abcdefghijklmnopqrstuvwxyzAB"),
             ],
+            head_from_fork: false,
         },
     );
     let mut t = task("answer");

@@ -701,6 +701,7 @@ async fn review_comments_only_on_diff_lines_each_with_a_severity_and_never_appro
             diff: diff.clone(),
             head_sha: String::new(),
             review_threads: Vec::new(),
+            head_from_fork: false,
         },
     );
     let model = Replay::from_json(&read(&demo("review.json")));

@@ -69,6 +69,102 @@ pub struct PullRequest {
     /// Conversations on lines of the diff, oldest first (empty in lists).
     #[serde(default)]
     pub review_threads: Vec<ReviewThread>,
+    /// Whether the head branch lives in another repository (a fork, or a
+    /// deleted one): Kiln never pushes there.
+    #[serde(default)]
+    pub head_from_fork: bool,
+}
+
+/// The issues a pull request body links with `Closes #N`, `Fixes #N` or
+/// `Resolves #N` (any case, also `close`/`fixed`/…), in order, without
+/// repeats: what the host puts in the forge snapshot of a run on the pull
+/// request.
+pub fn linked_issues(body: &str) -> Vec<u64> {
+    const VERBS: [&str; 9] = [
+        "close", "closes", "closed", "fix", "fixes", "fixed", "resolve", "resolves", "resolved",
+    ];
+    let lower = body.to_ascii_lowercase();
+    let words: Vec<&str> = lower.split_whitespace().collect();
+    let mut found = Vec::new();
+    for pair in words.windows(2) {
+        let verb = pair[0].trim_end_matches(':');
+        if !VERBS.contains(&verb) {
+            continue;
+        }
+        let Some(rest) = pair[1].strip_prefix('#') else {
+            continue;
+        };
+        let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+        if let Ok(n) = digits.parse::<u64>()
+            && n > 0
+            && !found.contains(&n)
+        {
+            found.push(n);
+        }
+    }
+    found
+}
+
+/// The hidden marker on Kiln's own progress comment of run `run_id`: the
+/// host leaves comments carrying a progress marker out of what a model
+/// reads, and finds the comment by it after a crash.
+pub fn progress_marker(run_id: &str) -> String {
+    format!("<!-- {PROGRESS_MARKER} {run_id} -->")
+}
+
+/// What every progress marker starts with (see [`progress_marker`]).
+pub const PROGRESS_MARKER: &str = "kiln:progress";
+
+/// Whether a comment body is Kiln's bookkeeping (a progress comment).
+/// Anyone could write the marker, but all it does is hide that comment from
+/// the model, which grants nothing.
+pub fn is_bookkeeping(body: &str) -> bool {
+    body.contains(&format!("<!-- {PROGRESS_MARKER} "))
+}
+
+/// `body` with its `## Verification` section replaced by `section` (which
+/// should start with its own `## Verification` heading). The section runs to
+/// the next heading of level 1 or 2, or to a `---` rule, or to the end; when
+/// the body has none, the new section goes before a trailing `---` footer or
+/// at the end. Only that section changes: the rest of the body (the
+/// `Closes #N` line above all) is kept as it was.
+pub fn replace_verification(body: &str, section: &str) -> String {
+    let section = section.trim_end();
+    let lines: Vec<&str> = body.split_inclusive('\n').collect();
+    let is_heading = |l: &str| {
+        let t = l.trim_start();
+        t.starts_with("# ") || t.starts_with("## ")
+    };
+    let is_rule = |l: &str| l.trim() == "---";
+    let start = lines.iter().position(|l| {
+        l.trim_start()
+            .strip_prefix("## ")
+            .is_some_and(|h| h.trim().eq_ignore_ascii_case("verification"))
+    });
+    let (before, after) = match start {
+        Some(i) => {
+            let end = lines[i + 1..]
+                .iter()
+                .position(|l| is_heading(l) || is_rule(l))
+                .map_or(lines.len(), |j| i + 1 + j);
+            (lines[..i].concat(), lines[end..].concat())
+        }
+        None => match lines.iter().rposition(|l| is_rule(l)) {
+            Some(i) => (lines[..i].concat(), lines[i..].concat()),
+            None => (body.to_string(), String::new()),
+        },
+    };
+    let mut out = before.trim_end().to_string();
+    if !out.is_empty() {
+        out.push_str("\n\n");
+    }
+    out.push_str(section);
+    out.push('\n');
+    if !after.is_empty() {
+        out.push('\n');
+        out.push_str(after.trim_start_matches('\n'));
+    }
+    out
 }
 
 /// A conversation on one line of a pull request's diff: a review line
@@ -259,6 +355,18 @@ pub enum Proposal {
         comment_id: u64,
         /// Body.
         body: String,
+    },
+    /// Push new commits to the run's own pull request (the one whose review
+    /// it answers), and refresh that pull request's `## Verification`
+    /// section; no new pull request is opened.
+    PullRequestUpdate {
+        /// The pull request.
+        number: u64,
+        /// Commit message for the workspace changes.
+        commit_message: String,
+        /// The new `## Verification` section, if it is to change.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        verification: Option<String>,
     },
     /// Set a commit status on a pull request's head commit.
     Status {
@@ -502,6 +610,9 @@ pub trait Forge: Send + Sync {
     async fn get_pull_request(&self, number: u64) -> Result<PullRequest, ForgeError>;
     /// Pull requests, newest first (diffs left empty).
     async fn list_pull_requests(&self, state: StateFilter) -> Result<Vec<PullRequest>, ForgeError>;
+    /// Replace a pull request's body (answering a review refreshes its
+    /// Verification section).
+    async fn edit_pull_request_body(&self, number: u64, body: &str) -> Result<(), ForgeError>;
     /// Open a draft pull request; returns its number.
     async fn create_draft_pull_request(&self, pr: NewPullRequest) -> Result<u64, ForgeError>;
     /// Post a review; returns its id.
@@ -615,5 +726,47 @@ mod tests {
             assert_eq!(back, p);
         }
         assert_eq!(StatusState::Failure.to_string(), "failure");
+    }
+
+    #[test]
+    fn linked_issues_are_read_from_closing_keywords_only() {
+        assert_eq!(
+            linked_issues("Closes #4\n\nAlso fixes #9, see #12. Resolves: #4\nFIXED #7."),
+            vec![4, 9, 7]
+        );
+        assert_eq!(linked_issues("See #3 and issue #5"), Vec::<u64>::new());
+        assert_eq!(linked_issues("closes #0 closes #x"), Vec::<u64>::new());
+    }
+
+    #[test]
+    fn only_the_verification_section_is_replaced() {
+        let body = "Closes #4\n\nSummary.\n\n## Verification\n\nold\n- `x` — exit code 1\n\n## Notes\n\nkeep\n---\nfooter";
+        let new = replace_verification(body, "## Verification\n\nnew\n");
+        assert_eq!(
+            new,
+            "Closes #4\n\nSummary.\n\n## Verification\n\nnew\n\n## Notes\n\nkeep\n---\nfooter"
+        );
+        // Kiln's own body: the section runs to the footer rule.
+        let body = "Closes #4\n\n## Verification\n\nold\n\n---\nWritten by Kiln.";
+        assert_eq!(
+            replace_verification(body, "## Verification\n\nnew"),
+            "Closes #4\n\n## Verification\n\nnew\n\n---\nWritten by Kiln."
+        );
+        // No section yet: before the footer, or at the end.
+        assert_eq!(
+            replace_verification("Closes #4\n---\nfoot", "## Verification\n\nnew"),
+            "Closes #4\n\n## Verification\n\nnew\n\n---\nfoot"
+        );
+        assert_eq!(
+            replace_verification("Closes #4", "## Verification\n\nnew"),
+            "Closes #4\n\n## Verification\n\nnew\n"
+        );
+    }
+
+    #[test]
+    fn progress_comments_are_recognised_by_their_marker() {
+        let body = format!("Kiln run `r3` started.\n{}", progress_marker("r3"));
+        assert!(is_bookkeeping(&body));
+        assert!(!is_bookkeeping("Kiln run `r3` started."));
     }
 }

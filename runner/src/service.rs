@@ -94,6 +94,19 @@ impl Runner {
             {
                 tracing::error!("run {}: cannot remove its workspace: {e}", r.id);
             }
+            // Nor did it edit its progress comment, which still says the
+            // run is going.
+            // Bounded: a forge that does not answer must not hold up start-up.
+            match tokio::time::timeout(
+                Duration::from_secs(20),
+                self.close_progress_comment(r.id, r.now),
+            )
+            .await
+            {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!("run {}: progress comment not updated: {e}", r.id),
+                Err(_) => tracing::warn!("run {}: progress comment not updated: timed out", r.id),
+            }
         }
         Ok((0..workers.max(1))
             .map(|_| {
@@ -183,7 +196,11 @@ impl Runner {
                 .filter(|p| p.is_file())
                 .collect(),
         };
-        let _ = self.store.set_branch(id, req.branch()).await;
+        // An answering run's branch is its pull request's head, known once
+        // the worker has read the forge; it is stored when the run ends.
+        if let Some(branch) = req.branch() {
+            let _ = self.store.set_branch(id, branch).await;
+        }
         let live = LiveRun::new();
         if let Ok(mut l) = self.live.lock() {
             l.insert(id.0, live.clone());
@@ -195,6 +212,12 @@ impl Runner {
         }
         if let Ok(mut l) = self.live.lock() {
             l.remove(&id.0);
+        }
+        if req.answers_review()
+            && let Some(branch) = &summary.branch
+        {
+            // Held effects are applied to this branch after the run.
+            let _ = self.store.set_branch(id, branch.clone()).await;
         }
         if let Some(report) = &summary.report {
             for e in &report.effects {
@@ -221,6 +244,49 @@ impl Runner {
         self.finish(id, RunState::Running, to, summary.reason).await;
     }
 
+    /// Edit the progress comment of run `id`, which a runner that died
+    /// mid-run left saying the run is going, to say how it ended (`now`:
+    /// failed, or queued again). The comment's id is in a host-only event of
+    /// the run's own log (never looked up on the forge, where anyone can
+    /// write a comment carrying the marker).
+    async fn close_progress_comment(&self, id: RunId, now: RunState) -> Result<(), String> {
+        // The last attempt's comment: each claim of the run posts its own.
+        let mut comment = None;
+        let mut after = 0;
+        loop {
+            let page = self
+                .store
+                .events_after(id, after, 1024)
+                .await
+                .map_err(|e| e.to_string())?;
+            let Some(last) = page.last() else { break };
+            after = last.seq;
+            comment = page
+                .iter()
+                .filter(|e| e.type_name() == "started")
+                .filter_map(|e| crate::worker::progress_comment_id(&e.message))
+                .next_back()
+                .or(comment);
+        }
+        let Some(comment) = comment else {
+            return Ok(());
+        };
+        let run = self.store.get_run(id).await.map_err(|e| e.to_string())?;
+        let forge = (self.forges)(&run.repo).ok_or("no forge is configured")?;
+        let (state, reason) = match now {
+            RunState::Queued => (
+                "interrupted",
+                "the runner restarted while it ran; it is queued to run again",
+            ),
+            other => (other.as_str(), "the runner restarted while it ran"),
+        };
+        let body = crate::worker::progress_ended(&id.to_string(), run.role, state, reason);
+        forge
+            .edit_comment(comment, &body)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
     fn live(&self, run: u64) -> Option<LiveRun> {
         self.live.lock().ok()?.get(&run).cloned()
     }
@@ -243,7 +309,7 @@ impl Runner {
         let clone;
         let source = match (&record.proposal, &record.state) {
             (
-                Proposal::PullRequest { .. },
+                Proposal::PullRequest { .. } | Proposal::PullRequestUpdate { .. },
                 EffectState::Held {
                     commit: Some(c), ..
                 },

@@ -44,7 +44,8 @@ pub enum EventKind {
     },
     /// A command ran in the sandbox; the message has its output.
     Exec,
-    /// The run started.
+    /// The run started: its progress comment was posted (the message names
+    /// the comment), then its plugin started. Host-only: plugins cannot emit it.
     Started,
     /// The run ended; the message says how.
     Finished,

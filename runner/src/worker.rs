@@ -4,7 +4,8 @@
 //! every import bound to the gate, then tear the sandbox down and report.
 //!
 //! ```text
-//! prepare: forge snapshot + trust → mirror → workspace (kiln/<role>-issue-N) → shadow repo → sandbox
+//! prepare: forge snapshot + trust → mirror → workspace (kiln/<role>-issue-N,
+//!          or the pull request's own head when answering a review) → shadow repo → sandbox
 //! run:     plugin ─ imports ─► gate ─► forge (host credentials) / sandbox / model
 //! finish:  progress comment edited in place, sandbox destroyed, report
 //! ```
@@ -51,7 +52,8 @@ pub struct RunRequest {
     pub repo: RepoRef,
     /// The role to play.
     pub role: Role,
-    /// The issue (triage, spec, implementation) or pull request (review).
+    /// The issue (triage, spec, implementation) or pull request (review,
+    /// and an implementation run answering a review).
     pub number: u64,
     /// What started it.
     pub trigger: RunTrigger,
@@ -66,15 +68,27 @@ pub struct RunRequest {
 }
 
 impl RunRequest {
-    /// The branch the run works on: `kiln/<role>-issue-N`, or for a review
-    /// (which writes nothing) `kiln/review-pr-N`; implementation uses
-    /// `kiln/implement-issue-N`.
-    pub fn branch(&self) -> String {
-        match self.role {
+    /// Whether the run answers a review on pull request `number`'s own
+    /// branch (an implementation run started by a maintainer's request for
+    /// changes or `/kiln fix`) instead of starting a branch of its own.
+    pub fn answers_review(&self) -> bool {
+        self.role == Role::Implementation && matches!(self.trigger, RunTrigger::Review(_))
+    }
+
+    /// The branch the run works on, when it follows from the request:
+    /// `kiln/<role>-issue-N`, or for a review (which writes nothing)
+    /// `kiln/review-pr-N`; implementation uses `kiln/implement-issue-N`.
+    /// `None` for a run answering a review: its branch is the pull
+    /// request's head, known once the forge is read ([`RunSummary::branch`]).
+    pub fn branch(&self) -> Option<String> {
+        if self.answers_review() {
+            return None;
+        }
+        Some(match self.role {
             Role::Review => format!("kiln/review-pr-{}", self.number),
             Role::Implementation => format!("kiln/implement-issue-{}", self.number),
             r => format!("kiln/{}-issue-{}", r.as_str(), self.number),
-        }
+        })
     }
 }
 
@@ -212,6 +226,9 @@ pub struct RunSummary {
     pub reason: String,
     /// The plugin's report, if the plugin ran.
     pub report: Option<RunReport>,
+    /// The branch the run worked on, once chosen (for a run answering a
+    /// review, the pull request's head branch).
+    pub branch: Option<String>,
 }
 
 /// The end state of a run.
@@ -257,6 +274,15 @@ pub enum PrepareError {
     /// The sandbox could not be started.
     #[error("starting the sandbox: {0}")]
     Sandbox(String),
+    /// The pull request cannot be answered on its own branch (closed, from
+    /// a fork, or its head is not a `kiln/*` branch); nothing was pushed.
+    #[error("cannot answer the review on pull request #{number}: {why}")]
+    NotAnswerable {
+        /// The pull request.
+        number: u64,
+        /// Why not.
+        why: String,
+    },
 }
 
 /// Look up `login`'s trust on `forge`. Anything but a positive answer of
@@ -284,6 +310,12 @@ pub async fn trust_of(forge: &dyn Forge, login: &str, cache: &mut HashMap<String
 /// Mark each author's trust and strip hidden text from everything a plugin
 /// will read.
 async fn tag(forge: &dyn Forge, issue: &mut Issue, cache: &mut HashMap<String, Trust>) {
+    // Kiln's own progress comments are bookkeeping, not discussion: a model
+    // reading them (as a trusted maintainer's comment, on the local forge)
+    // would take the host's words for a human's.
+    issue
+        .comments
+        .retain(|c| !crate::forge::is_bookkeeping(&c.body));
     issue.trusted = trust_of(forge, &issue.author, cache).await == Trust::Trusted;
     issue.title = crate::policy::sanitize::sanitize(&issue.title).text;
     issue.body = crate::policy::sanitize::sanitize(&issue.body).text;
@@ -340,13 +372,21 @@ pub async fn execute(
         .comment(
             req.number,
             &format!(
-                "Kiln run `{}` ({}) started. This comment is updated when it ends.",
-                req.run_id, req.role
+                "Kiln run `{}` ({}) started. This comment is updated when it ends.\n{}",
+                req.run_id,
+                req.role,
+                crate::forge::progress_marker(&req.run_id)
             ),
         )
         .await
         .map_err(|e| events.record(EventKind::Warning, format!("progress comment: {e}")))
         .ok();
+    if let Some(id) = progress_comment {
+        // Restart recovery finds the comment by this event: host-only
+        // (a plugin cannot emit `started`), from the run's own log, so
+        // nothing a forge user or a plugin writes can stand in for it.
+        events.record(EventKind::Started, progress_comment_event(id));
+    }
     let summary =
         match run_prepared(services, forge.clone(), req, (events.clone(), raw), live).await {
             Ok(s) => s,
@@ -354,6 +394,7 @@ pub async fn execute(
                 state: RunEnd::Failed,
                 reason: e.to_string(),
                 report: None,
+                branch: None,
             },
         };
     if let Some(id) = progress_comment {
@@ -362,13 +403,7 @@ pub async fn execute(
             .redactor()
             .redact(&summary.reason)
             .into_owned();
-        let body = format!(
-            "Kiln run `{}` ({}) ended: **{}**. {}",
-            req.run_id,
-            req.role,
-            summary.state.as_str(),
-            text
-        );
+        let body = progress_ended(&req.run_id, req.role, summary.state.as_str(), &text);
         if let Err(e) = forge.edit_comment(id, &body).await {
             events.record(EventKind::Warning, format!("progress comment: {e}"));
         }
@@ -380,11 +415,64 @@ pub async fn execute(
     summary
 }
 
-async fn snapshot(forge: &dyn Forge, req: &RunRequest) -> Result<ForgeSnapshot, ForgeError> {
+/// The event recording the id of a run's progress comment.
+pub fn progress_comment_event(comment_id: u64) -> String {
+    format!("{PROGRESS_COMMENT_POSTED}{comment_id}")
+}
+
+/// The progress comment id an event of [`progress_comment_event`] names.
+pub fn progress_comment_id(message: &str) -> Option<u64> {
+    message
+        .strip_prefix(PROGRESS_COMMENT_POSTED)?
+        .trim()
+        .parse()
+        .ok()
+}
+
+const PROGRESS_COMMENT_POSTED: &str = "progress comment posted: ";
+
+/// The text of a progress comment once its run ended; the marker stays,
+/// so later runs still leave it out of what the model reads.
+pub fn progress_ended(run_id: &str, role: Role, state: &str, reason: &str) -> String {
+    format!(
+        "Kiln run `{run_id}` ({role}) ended: **{state}**. {reason}\n{}",
+        crate::forge::progress_marker(run_id)
+    )
+}
+
+/// Whether the run reads a pull request (review, answering a review)
+/// rather than an issue.
+fn on_pull_request(req: &RunRequest) -> bool {
+    req.role == Role::Review || req.answers_review()
+}
+
+async fn snapshot(
+    forge: &dyn Forge,
+    req: &RunRequest,
+    events: &dyn EventSink,
+) -> Result<ForgeSnapshot, ForgeError> {
     let mut cache = HashMap::new();
     let mut snap = ForgeSnapshot::default();
-    if req.role == Role::Review {
+    if on_pull_request(req) {
         let mut pr = forge.get_pull_request(req.number).await?;
+        // The issues the pull request closes are what it is measured
+        // against: the review and the answering run read them.
+        for n in crate::forge::linked_issues(&pr.issue.body) {
+            match forge.get_issue(n).await {
+                Ok(mut issue) => {
+                    tag(forge, &mut issue, &mut cache).await;
+                    snap.issues.insert(n, issue);
+                }
+                Err(ForgeError::NotFound(_)) => events.record(
+                    EventKind::Warning,
+                    format!(
+                        "pull request #{} links issue #{n}, which does not exist",
+                        req.number
+                    ),
+                ),
+                Err(e) => return Err(e),
+            }
+        }
         tag_pull_request(forge, &mut pr, &mut cache).await;
         snap.pull_requests.insert(req.number, pr);
     } else {
@@ -407,12 +495,34 @@ async fn run_prepared(
         .get(&req.role)
         .cloned()
         .ok_or(PrepareError::NoPlugin(req.role))?;
-    let snap = snapshot(forge.as_ref(), req).await?;
-    let base_branch = forge.default_branch().await?;
+    let snap = snapshot(forge.as_ref(), req, events.as_ref()).await?;
+    let mut base_branch = forge.default_branch().await?;
+    // An answering run works on the pull request's own branch, from its
+    // current head (a human's commits there are kept).
+    let answering = if req.answers_review() {
+        let pr = snap
+            .pull_requests
+            .get(&req.number)
+            .ok_or_else(|| ForgeError::NotFound(format!("pull request #{}", req.number)))?;
+        answerable(pr, forge.repo()).map_err(|why| PrepareError::NotAnswerable {
+            number: req.number,
+            why,
+        })?;
+        base_branch = pr.base_branch.clone();
+        Some((pr.head_branch.clone(), pr.head_sha.clone()))
+    } else {
+        None
+    };
     // A review reads the pull request's head; every other role starts from
     // the default branch (implementation from the approved spec's branch,
     // when there is one, so the spec files are in the workspace).
     let checkout = match req.role {
+        _ if answering.is_some() => match &answering {
+            // The exact commit read: the push is checked against it.
+            Some((_, sha)) if !sha.is_empty() => sha.clone(),
+            Some((branch, _)) => branch.clone(),
+            None => base_branch.clone(),
+        },
         Role::Review => snap
             .pull_requests
             .get(&req.number)
@@ -452,7 +562,15 @@ async fn run_prepared(
             ),
         );
     }
-    let branch = req.branch();
+    let branch = match (&answering, req.branch()) {
+        (Some((head, _)), _) => head.clone(),
+        (None, Some(b)) => b,
+        (None, None) => {
+            return Err(PrepareError::Workspace(
+                "the run has no branch to work on".into(),
+            ));
+        }
+    };
     let scratch = match &services.runs_dir {
         Some(dir) => Some(scratch_dir(dir, &req.run_id).map_err(PrepareError::Workspace)?),
         None => None,
@@ -512,6 +630,29 @@ async fn run_prepared(
             return Err(PrepareError::Workspace(e.to_string()));
         }
     };
+    // A run on a pull request is about the issue it closes, when it links
+    // one; the spec files of the linked issues that the checkout holds are
+    // named in the task's arguments (`spec`), checked by the host.
+    let (issue, pull_request, args) = if on_pull_request(req) {
+        let linked = snap
+            .pull_requests
+            .get(&req.number)
+            .map(|p| crate::forge::linked_issues(&p.issue.body))
+            .unwrap_or_default();
+        let specs = linked
+            .iter()
+            .flat_map(|n| ["PRODUCT.md", "TECH.md"].map(|f| format!("specs/issue-{n}/{f}")))
+            .filter(|p| workspace.dir().is_file(p))
+            .map(|p| ("spec".to_string(), p))
+            .collect();
+        (
+            linked.into_iter().find(|n| snap.issues.contains_key(n)),
+            Some(req.number),
+            specs,
+        )
+    } else {
+        (Some(req.number), None, Vec::new())
+    };
     let publisher = Arc::new(publisher);
     let mut ctx = RunContext::new(plugin_events);
     ctx.steering = live.steering.clone();
@@ -555,8 +696,8 @@ async fn run_prepared(
         run_id: req.run_id.clone(),
         role: req.role.as_str().to_string(),
         repo: req.repo.to_string(),
-        issue: (req.role != Role::Review).then_some(req.number),
-        pull_request: (req.role == Role::Review).then_some(req.number),
+        issue,
+        pull_request,
         branch: branch.clone(),
         base_branch,
         trigger: match &req.trigger {
@@ -567,7 +708,7 @@ async fn run_prepared(
             RunTrigger::Review(id) => Trigger::Review(*id),
         },
         instructions: req.instructions.clone(),
-        args: Vec::new(),
+        args,
     };
     let report = tokio::select! {
         report = services.host.run(&plugin, task, ctx) => Some(report),
@@ -605,6 +746,7 @@ async fn run_prepared(
             state: RunEnd::Cancelled,
             reason: "cancelled by an operator".into(),
             report: None,
+            branch: Some(branch),
         });
     };
     let held = report
@@ -628,6 +770,28 @@ async fn run_prepared(
         state,
         reason,
         report: Some(report),
+        branch: Some(branch),
+    })
+}
+
+/// Why Kiln may not push to pull request `pr`'s head, if it may not: it is
+/// closed, its head is in a fork, or its head is not a `kiln/*` branch of
+/// `repo` itself (a human's branch is theirs).
+fn answerable(pr: &crate::forge::PullRequest, repo: &crate::forge::RepoRef) -> Result<(), String> {
+    if !pr.issue.open {
+        return Err("it is closed".into());
+    }
+    if pr.head_from_fork {
+        return Err(format!(
+            "its head {:?} is in a fork, not in {repo}; Kiln never pushes to a fork",
+            pr.head_branch
+        ));
+    }
+    crate::forge::check_kiln_branch(&pr.head_branch).map_err(|_| {
+        format!(
+            "its head {:?} is not a kiln/* branch of {repo}; Kiln pushes only to its own branches",
+            pr.head_branch
+        )
     })
 }
 
@@ -677,6 +841,74 @@ mod tests {
         assert!(!remove_scratch(runs.path(), "r9").expect("unknown run"));
     }
 
+    fn request(role: Role, trigger: RunTrigger) -> RunRequest {
+        RunRequest {
+            run_id: "r1".into(),
+            repo: RepoRef::parse("local/x").expect("repo"),
+            role,
+            number: 7,
+            trigger,
+            trust: Trust::Trusted,
+            instructions: None,
+            continue_from: Vec::new(),
+        }
+    }
+
+    // An answering run has no branch of its own: it works on the pull
+    // request's head, found when the forge is read.
+    #[test]
+    fn only_an_implementation_run_started_by_a_review_answers_it() {
+        let answering = request(Role::Implementation, RunTrigger::Review(3));
+        assert!(answering.answers_review());
+        assert_eq!(answering.branch(), None);
+        let fresh = request(Role::Implementation, RunTrigger::Manual);
+        assert!(!fresh.answers_review());
+        assert_eq!(fresh.branch().as_deref(), Some("kiln/implement-issue-7"));
+        let review = request(Role::Review, RunTrigger::Review(3));
+        assert!(!review.answers_review());
+        assert_eq!(review.branch().as_deref(), Some("kiln/review-pr-7"));
+    }
+
+    #[test]
+    fn closed_forked_and_foreign_pull_requests_are_not_answered() {
+        let repo = RepoRef::parse("acme/widgets").expect("repo");
+        let pr = |head: &str, open: bool, fork: bool| crate::forge::PullRequest {
+            issue: Issue {
+                number: 7,
+                title: "t".into(),
+                body: String::new(),
+                author: "kiln[bot]".into(),
+                trusted: false,
+                labels: Vec::new(),
+                open,
+                comments: Vec::new(),
+            },
+            head_branch: head.into(),
+            base_branch: "main".into(),
+            draft: true,
+            diff: String::new(),
+            head_sha: String::new(),
+            review_threads: Vec::new(),
+            head_from_fork: fork,
+        };
+        assert_eq!(
+            answerable(&pr("kiln/implement-issue-1", true, false), &repo),
+            Ok(())
+        );
+        let why = |p| answerable(&p, &repo).expect_err("refused");
+        assert_eq!(
+            why(pr("kiln/implement-issue-1", false, false)),
+            "it is closed"
+        );
+        assert!(why(pr("kiln/implement-issue-1", true, true)).contains("in a fork"));
+        let foreign = why(pr("feature/x", true, false));
+        assert!(
+            foreign.contains("\"feature/x\"")
+                && foreign.contains("not a kiln/* branch of acme/widgets"),
+            "{foreign}"
+        );
+    }
+
     fn git(dir: &std::path::Path, args: &[&str]) -> String {
         let out = std::process::Command::new("git")
             .arg("-C")
@@ -688,6 +920,108 @@ mod tests {
             .expect("run git");
         assert!(out.status.success(), "git {args:?}: {out:?}");
         String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    // A review's (and an answering run's) snapshot holds the issues the
+    // pull request closes; Kiln's own progress comments are left out.
+    #[tokio::test]
+    async fn a_pull_requests_snapshot_holds_its_linked_issues_without_kilns_bookkeeping() {
+        use crate::forge::local::LocalForge;
+        use crate::forge::{NewIssue, NewPullRequest};
+        let root = tempfile::tempdir().expect("tempdir");
+        let src = root.path().join("src");
+        std::fs::create_dir_all(&src).expect("mkdir");
+        std::fs::write(src.join("a.rs"), "fn a() {}\n").expect("write");
+        let forge = LocalForge::create(
+            &root.path().join("forge"),
+            RepoRef::parse("local/snap").expect("repo"),
+            "alice",
+            Some(&src),
+        )
+        .await
+        .expect("create");
+        let issue = forge
+            .create_issue(NewIssue {
+                title: "the bug".into(),
+                body: "it breaks".into(),
+                labels: Vec::new(),
+            })
+            .await
+            .expect("issue");
+        let work = root.path().join("work");
+        git(
+            root.path(),
+            &[
+                "clone",
+                "--quiet",
+                forge.bare_repo().to_str().expect("utf-8"),
+                "work",
+            ],
+        );
+        std::fs::write(work.join("a.rs"), "fn a() { 1 }\n").expect("write");
+        git(&work, &["add", "a.rs"]);
+        git(
+            &work,
+            &[
+                "-c",
+                "user.name=t",
+                "-c",
+                "user.email=t@t",
+                "commit",
+                "--quiet",
+                "-m",
+                "b",
+            ],
+        );
+        let head = git(&work, &["rev-parse", "HEAD"]);
+        forge.push(&work, &head, "kiln/b").await.expect("push");
+        let pr = forge
+            .create_draft_pull_request(NewPullRequest {
+                title: "b".into(),
+                body: format!("Closes #{issue}\nFixes #99"),
+                head: "kiln/b".into(),
+                base: "main".into(),
+            })
+            .await
+            .expect("pr");
+        for n in [issue, pr] {
+            forge
+                .comment(
+                    n,
+                    &format!(
+                        "Kiln run `r0` started.\n{}",
+                        crate::forge::progress_marker("r0")
+                    ),
+                )
+                .await
+                .expect("progress");
+            forge
+                .comment(n, "a human's comment")
+                .await
+                .expect("comment");
+        }
+        let events = crate::session::MemoryEvents::default();
+        for (role, trigger) in [
+            (Role::Review, RunTrigger::PullRequestOpened),
+            (Role::Implementation, RunTrigger::Review(0)),
+        ] {
+            let mut req = request(role, trigger);
+            req.number = pr;
+            let snap = snapshot(&forge, &req, &events).await.expect("snapshot");
+            let linked = snap.issues.get(&issue).expect("the linked issue");
+            let pr_comments = &snap.pull_requests[&pr].issue.comments;
+            for comments in [&linked.comments, pr_comments] {
+                let bodies: Vec<&str> = comments.iter().map(|c| c.body.as_str()).collect();
+                assert_eq!(bodies, vec!["a human's comment"], "{role}");
+            }
+            assert!(!snap.issues.contains_key(&99), "#99 does not exist");
+        }
+    }
+
+    #[test]
+    fn the_progress_comment_event_names_its_id() {
+        assert_eq!(progress_comment_id(&progress_comment_event(42)), Some(42));
+        assert_eq!(progress_comment_id("progress comment: refused"), None);
     }
 
     // Review thread comments reach a plugin like issue comments: each

@@ -1005,6 +1005,22 @@ fn repo_route(
             let item = item.clone();
             json_response(200, issue_json(t, &item)["labels"].clone())
         }
+        ("PATCH", ["pulls", n]) => {
+            let Some(text) = str_field(&body, "body").map(String::from) else {
+                return message(422, "Invalid request.\n\n\"body\" wasn't supplied.");
+            };
+            match num(n)
+                .and_then(|n| st.items.get_mut(&n))
+                .filter(|i| i.pull.is_some())
+            {
+                Some(item) => {
+                    item.body = Some(text);
+                    let item = item.clone();
+                    json_response(200, pull_json(shared, &item))
+                }
+                None => message(404, "Not Found"),
+            }
+        }
         ("GET", ["pulls"]) => {
             let state = query_param(query, "state").unwrap_or("open");
             let mut items: Vec<&Item> = st

@@ -225,3 +225,41 @@ pub async fn containers(docker: &Docker, runner: &str, run: Option<RunId>) -> Ve
         .filter_map(|c| c.id)
         .collect()
 }
+
+/// A model that passes each request on to `inner` and keeps it (as JSON):
+/// what a test checks the model was, or was not, shown.
+pub struct Recording {
+    inner: Arc<dyn ModelProvider>,
+    sent: std::sync::Mutex<Vec<String>>,
+}
+
+impl Recording {
+    /// Record the requests `inner` answers.
+    pub fn new(inner: Arc<dyn ModelProvider>) -> Arc<Self> {
+        Arc::new(Recording {
+            inner,
+            sent: std::sync::Mutex::default(),
+        })
+    }
+
+    /// Every request sent so far, as JSON text.
+    pub fn sent(&self) -> Vec<String> {
+        self.sent.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+}
+
+impl ModelProvider for Recording {
+    fn name(&self) -> String {
+        self.inner.name()
+    }
+
+    fn complete(
+        &self,
+        request: model::CompletionRequest,
+    ) -> model::BoxFuture<'_, Result<Completion, model::ModelError>> {
+        if let Ok(mut sent) = self.sent.lock() {
+            sent.push(serde_json::to_string(&request).unwrap_or_default());
+        }
+        self.inner.complete(request)
+    }
+}

@@ -3,6 +3,9 @@
 //! request whose body starts with `Closes #N` and reports what was verified
 //! from the sandbox's own answers, never from the model's account.
 //!
+//! With a pull request in its task the role answers a review on that pull
+//! request's own branch instead (see [`answer`]).
+//!
 //! Without an approved spec (the issue lacks `plan-approved`, or the spec
 //! files are missing) the run ends `blocked` before the model is asked
 //! anything, unless a maintainer waived the spec by starting the run with
@@ -12,6 +15,8 @@ use kiln_plugin_sdk::agent::{self, Agent};
 use kiln_plugin_sdk::forge::{self, Issue, Proposed, PullRequestProposal};
 use kiln_plugin_sdk::{Outcome, Role, RoleError, Task, Trigger, Trust, session, skills, workspace};
 use serde::{Deserialize, Serialize};
+
+mod answer;
 
 const FINISH: &str = "submit_implementation";
 const FINISH_SCHEMA: &str = r#"{
@@ -201,6 +206,11 @@ struct Implementer;
 
 impl Role for Implementer {
     fn run(&mut self, task: Task) -> Result<Outcome, RoleError> {
+        // A maintainer's review (or `/kiln fix`) on Kiln's pull request:
+        // answer it on that pull request's branch.
+        if let Some(pr) = task.pull_request {
+            return answer::answer(&task, pr);
+        }
         let number = task.issue.ok_or_else(|| {
             RoleError::InvalidArgument("the implementation role needs an issue".into())
         })?;

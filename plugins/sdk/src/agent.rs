@@ -336,6 +336,8 @@ pub fn system_prompt(skill: &str, task: &Task) -> String {
         Trigger::PullRequestOpened => "a pull request opened by Kiln".to_string(),
         Trigger::Manual => "an operator, by hand".to_string(),
         #[cfg(not(feature = "wit-0-1-0"))]
+        Trigger::Review(0) => "a maintainer's `/kiln fix` on the pull request".to_string(),
+        #[cfg(not(feature = "wit-0-1-0"))]
         Trigger::Review(id) => format!("a maintainer's review {id} requesting changes"),
         #[cfg(not(feature = "wit-0-1-0"))]
         Trigger::Schedule(name) => format!("the schedule `{name}`"),

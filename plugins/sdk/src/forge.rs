@@ -5,7 +5,9 @@ pub use crate::wit::kiln::role::forge::{
     ProposalState, PullRequest, PullRequestProposal, ReviewProposal, ReviewVerdict, Severity,
 };
 #[cfg(not(feature = "wit-0-1-0"))]
-pub use crate::wit::kiln::role::forge::{ReplyProposal, ReviewThread, StatusProposal, StatusState};
+pub use crate::wit::kiln::role::forge::{
+    PullRequestUpdateProposal, ReplyProposal, ReviewThread, StatusProposal, StatusState,
+};
 use crate::{RoleError, wit::kiln::role::forge as raw};
 
 /// Read an issue and its comments.
@@ -62,6 +64,23 @@ pub fn reply(number: u64, comment_id: u64, body: &str) -> Result<ProposalReceipt
         number,
         comment_id,
         body: body.to_string(),
+    })
+}
+
+/// Propose new commits on pull request `number`, the one the run answers
+/// (its head is the run's branch), and optionally its new `## Verification`
+/// section (capability `forge.propose-pull-request`; WIT 0.2.0). Never
+/// opens a new pull request.
+#[cfg(not(feature = "wit-0-1-0"))]
+pub fn update_pull_request(
+    number: u64,
+    commit_message: &str,
+    verification: Option<&str>,
+) -> Result<ProposalReceipt, RoleError> {
+    raw::propose_pull_request_update(&PullRequestUpdateProposal {
+        number,
+        commit_message: commit_message.to_string(),
+        verification: verification.map(str::to_string),
     })
 }
 

@@ -571,6 +571,14 @@ fn describe_effect(e: &kiln::forge::EffectRecord) -> String {
             remove,
         } => format!("forge.set-labels on #{number}: +{add:?} -{remove:?}"),
         Proposal::PullRequest { title, .. } => format!("forge.propose-pull-request: {title}"),
+        Proposal::PullRequestUpdate {
+            number,
+            commit_message,
+            ..
+        } => format!(
+            "forge.update-pull-request #{number}: {}",
+            first_line(commit_message)
+        ),
         Proposal::Review {
             number, summary, ..
         } => format!("forge.review on #{number}: {}", first_line(summary)),

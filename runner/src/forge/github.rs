@@ -412,6 +412,14 @@ impl Forge for GitHubForge {
         Ok(wire.into_iter().map(WirePull::into_pull_request).collect())
     }
 
+    async fn edit_pull_request_body(&self, number: u64, body: &str) -> Result<(), ForgeError> {
+        let call = format!("edit the body of pull request #{number} in {}", self.repo);
+        let path = format!("{}/pulls/{number}", self.base());
+        self.send(&call, Method::PATCH, path, Some(json!({"body": body})))
+            .await?;
+        Ok(())
+    }
+
     async fn create_draft_pull_request(&self, pr: NewPullRequest) -> Result<u64, ForgeError> {
         if pr.head.is_empty() || pr.base.is_empty() {
             return Err(ForgeError::Invalid(
@@ -704,6 +712,14 @@ struct Branch {
     name: String,
     #[serde(default)]
     sha: String,
+    /// The repository the branch is in; `null` when a fork was deleted.
+    #[serde(default)]
+    repo: Option<BranchRepo>,
+}
+
+#[derive(Deserialize)]
+struct BranchRepo {
+    full_name: String,
 }
 
 #[derive(Deserialize)]
@@ -723,6 +739,11 @@ struct WirePull {
 
 impl WirePull {
     fn into_pull_request(self) -> PullRequest {
+        // Fail closed: a head whose repository is unknown counts as a fork.
+        let head_from_fork = match (&self.head.repo, &self.base.repo) {
+            (Some(h), Some(b)) => !h.full_name.eq_ignore_ascii_case(&b.full_name),
+            _ => true,
+        };
         PullRequest {
             issue: Issue {
                 number: self.number,
@@ -740,6 +761,7 @@ impl WirePull {
             diff: String::new(),
             head_sha: self.head.sha,
             review_threads: Vec::new(),
+            head_from_fork,
         }
     }
 }
@@ -868,6 +890,24 @@ impl WirePermission {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    // Kiln never pushes to a fork: a head in another repository, or one
+    // whose repository GitHub no longer reports (a deleted fork), is one.
+    #[test]
+    fn a_head_outside_the_base_repository_is_a_fork() {
+        let pull = |head_repo: serde_json::Value| -> PullRequest {
+            serde_json::from_value::<WirePull>(json!({
+                "number": 5, "title": "t", "body": null, "user": null, "state": "open",
+                "head": {"ref": "kiln/implement-issue-1", "sha": "ab", "repo": head_repo},
+                "base": {"ref": "main", "sha": "cd", "repo": {"full_name": "acme/widgets"}},
+            }))
+            .expect("a pull request")
+            .into_pull_request()
+        };
+        assert!(!pull(json!({"full_name": "Acme/Widgets"})).head_from_fork);
+        assert!(pull(json!({"full_name": "mallory/widgets"})).head_from_fork);
+        assert!(pull(serde_json::Value::Null).head_from_fork);
+    }
 
     #[test]
     fn severity_tags_round_trip_and_untagged_reads_as_suggestion() {

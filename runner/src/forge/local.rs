@@ -926,6 +926,8 @@ impl Forge for LocalForge {
             diff,
             head_sha,
             review_threads,
+            // The local forge has no forks: every branch is the repository's.
+            head_from_fork: false,
         })
     }
 
@@ -951,11 +953,31 @@ impl Forge for LocalForge {
                     diff: String::new(),
                     head_sha: String::new(),
                     review_threads: Vec::new(),
+                    head_from_fork: false,
                 });
             }
             Ok(prs)
         })
         .await
+    }
+
+    async fn edit_pull_request_body(&self, number: u64, body: &str) -> Result<(), ForgeError> {
+        let (key, body) = (self.key.clone(), body.to_string());
+        let changed = self
+            .with_db(move |c| {
+                Ok(c.execute(
+                    "UPDATE items SET body = ?1 WHERE repo = ?2 AND number = ?3 AND is_pr = 1",
+                    params![body, key, number as i64],
+                )?)
+            })
+            .await?;
+        if changed == 0 {
+            return Err(ForgeError::NotFound(format!(
+                "pull request #{number} in {}",
+                self.key
+            )));
+        }
+        Ok(())
     }
 
     async fn create_draft_pull_request(&self, pr: NewPullRequest) -> Result<u64, ForgeError> {

@@ -10,6 +10,9 @@
 //! | `propose-labels`        | `forge.set-labels`           | `forge.set-labels` (added and removed labels) |
 //! | `propose-pull-request`  | `forge.propose-pull-request` | `forge.push` over the changed paths + secret scan of the commit, then `forge.propose-pull-request` (always a draft, head = the run's branch); redacted |
 //! | `propose-review`        | `forge.review`               | `forge.review` with each line comment marked in or out of the diff; no approve verdict exists; redacted |
+//! | `propose-reply`         | `forge.reply`                | `forge.reply`; text size cap; redacted |
+//! | `propose-status`        | `forge.status`               | `forge.status` (`kiln/...` contexts only) |
+//! | `propose-pull-request-update` | `forge.propose-pull-request` | `forge.push` over the changed paths + secret scan, then `forge.update-pull-request` (the pull request's head must be the run's own branch); never a new pull request; the Verification section redacted |
 //!
 //! Allowed proposals are applied at once when the run has a forge (receipt
 //! `applied`), recorded otherwise; held ones wait for an operator (receipt
@@ -157,6 +160,79 @@ pub async fn apply(
                 .map_err(|e| e.to_string())?;
             Ok(Some(format!("#{n}")))
         }
+        Proposal::PullRequestUpdate {
+            number,
+            commit_message,
+            verification,
+        } => {
+            let commit = match source {
+                CommitSource::Workspace(publisher) => {
+                    let files = publisher.changed_files().await.map_err(|e| e.to_string())?;
+                    if files.is_empty() {
+                        // Only the body changes (every comment answered with
+                        // "why not"): nothing to push.
+                        None
+                    } else {
+                        gate.check_commit(files.iter().map(|(p, b)| (p.as_str(), b.as_slice())))
+                            .map_err(|e| e.to_string())?;
+                        let commit = publisher
+                            .commit(commit_message)
+                            .await
+                            .map_err(|e| e.to_string())?;
+                        Some((publisher.git_dir().to_path_buf(), commit))
+                    }
+                }
+                CommitSource::Frozen { git_dir, commit } => {
+                    Some((git_dir.to_path_buf(), commit.to_string()))
+                }
+                CommitSource::None => {
+                    return Err("the run has no workspace to update a pull request from".into());
+                }
+            };
+            let pr = forge
+                .get_pull_request(*number)
+                .await
+                .map_err(|e| e.to_string())?;
+            check_updatable(&pr, &target.head_branch)?;
+            let mut landed = format!("#{number}");
+            if let Some((git_dir, commit)) = commit {
+                // The forge pushes with force (a run owns its branch): refuse
+                // here when someone pushed since the run read the branch, so
+                // a human's commit is never overwritten.
+                let on_top = crate::publish::host_git(Some(git_dir.as_path()), None)
+                    .args([
+                        "merge-base",
+                        "--is-ancestor",
+                        pr.head_sha.as_str(),
+                        commit.as_str(),
+                    ])
+                    .output()
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .status
+                    .success();
+                if !on_top {
+                    return Err(format!(
+                        "{} moved since the run read it (its head is now {}); not overwriting those commits",
+                        target.head_branch,
+                        &pr.head_sha[..pr.head_sha.len().min(12)]
+                    ));
+                }
+                forge
+                    .push(&git_dir, &commit, &target.head_branch)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                landed.push_str(&format!(" at {}", &commit[..commit.len().min(12)]));
+            }
+            if let Some(section) = verification {
+                let body = domain::replace_verification(&pr.issue.body, section);
+                forge
+                    .edit_pull_request_body(*number, &body)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            Ok(Some(landed))
+        }
         Proposal::Review {
             number,
             request_changes,
@@ -207,6 +283,27 @@ pub async fn apply(
             Ok(Some(format!("#{number} status {context}")))
         }
     }
+}
+
+/// Refuses to update a pull request that is closed, comes from a fork, or
+/// whose head is not the run's branch (it changed since the run started).
+fn check_updatable(pr: &domain::PullRequest, branch: &str) -> Result<(), String> {
+    let n = pr.issue.number;
+    if !pr.issue.open {
+        return Err(format!("pull request #{n} is closed"));
+    }
+    if pr.head_from_fork {
+        return Err(format!(
+            "pull request #{n} comes from a fork; Kiln never pushes to it"
+        ));
+    }
+    if pr.head_branch != branch {
+        return Err(format!(
+            "pull request #{n}'s head is {:?}, not the run's branch {branch:?}",
+            pr.head_branch
+        ));
+    }
+    Ok(())
 }
 
 impl RunState {
@@ -291,6 +388,72 @@ impl RunState {
                     .0;
                 stricter(push, pr)
             }
+            Proposal::PullRequestUpdate {
+                number,
+                verification,
+                ..
+            } => {
+                // The pull request must be the one the run read: its head
+                // is what the commits go to.
+                let Some(pr) = self.forge.snapshot.pull_requests.get(number) else {
+                    return Decision::Deny {
+                        reason: format!(
+                            "forge.update-pull-request: pull request #{number} is not the one this run answers"
+                        ),
+                        blame: crate::policy::Blame::Guest,
+                    };
+                };
+                let head = pr.head_branch.clone();
+                let (paths, files) = match &self.forge.publisher {
+                    Some(p) => match p.changes().await {
+                        Ok(changes) => changes,
+                        Err(e) => {
+                            return Decision::Deny {
+                                reason: format!(
+                                    "forge.update-pull-request: the workspace cannot be read: {e}"
+                                ),
+                                blame: crate::policy::Blame::Host,
+                            };
+                        }
+                    },
+                    None => (Vec::new(), Vec::new()),
+                };
+                if let Some(b) = &self.policy
+                    && let Err(e) = b
+                        .gate
+                        .check_commit(files.iter().map(|(p, c)| (p.as_str(), c.as_slice())))
+                {
+                    let d = Decision::Deny {
+                        reason: format!("forge.push: {e}"),
+                        blame: crate::policy::Blame::Guest,
+                    };
+                    self.events.record(
+                        EventKind::Policy {
+                            action: "forge.push".into(),
+                            verdict: "deny".into(),
+                        },
+                        d.reason().to_string(),
+                    );
+                    return d;
+                }
+                let update = self
+                    .decide(Effect::UpdatePullRequest {
+                        number: *number,
+                        head: head.clone(),
+                        verification: verification.clone(),
+                    })
+                    .0;
+                if update.is_deny() || paths.is_empty() {
+                    return update;
+                }
+                let push = self
+                    .decide(Effect::Push {
+                        branch: head,
+                        paths,
+                    })
+                    .0;
+                stricter(push, update)
+            }
             Proposal::Review {
                 number,
                 request_changes,
@@ -370,6 +533,15 @@ impl RunState {
                 body: self.redact(body),
                 commit_message: self.redact(commit_message),
             },
+            Proposal::PullRequestUpdate {
+                number,
+                commit_message,
+                verification,
+            } => Proposal::PullRequestUpdate {
+                number,
+                commit_message: self.redact(commit_message),
+                verification: verification.map(|v| self.redact(v)),
+            },
             Proposal::Review {
                 number,
                 request_changes,
@@ -436,16 +608,24 @@ impl RunState {
         let (state, held, url) = match decision {
             Decision::Hold { reason } => {
                 let commit = match (&proposal, &self.forge.publisher) {
-                    (Proposal::PullRequest { commit_message, .. }, Some(p)) => {
-                        match p.commit(commit_message).await {
-                            Ok(c) => Some(c),
-                            Err(e) => {
-                                return Err(RoleError::Unavailable(format!(
-                                    "{what}: held, but the workspace could not be committed: {e}"
-                                )));
-                            }
+                    (
+                        Proposal::PullRequest { commit_message, .. }
+                        | Proposal::PullRequestUpdate { commit_message, .. },
+                        Some(p),
+                    ) => match p.commit(commit_message).await {
+                        Ok(c) => Some(c),
+                        // An update may change only the body.
+                        Err(crate::publish::PublishError::NothingToCommit)
+                            if matches!(proposal, Proposal::PullRequestUpdate { .. }) =>
+                        {
+                            None
                         }
-                    }
+                        Err(e) => {
+                            return Err(RoleError::Unavailable(format!(
+                                "{what}: held, but the workspace could not be committed: {e}"
+                            )));
+                        }
+                    },
                     _ => None,
                 };
                 (EffectState::Held { reason, commit }, true, None)
@@ -562,6 +742,18 @@ impl RunState {
                     ("commit message", commit_message.len()),
                 ],
             ),
+            Proposal::PullRequestUpdate {
+                number,
+                commit_message,
+                verification,
+            } => (
+                format!("forge.update-pull-request #{number}"),
+                Capability::ForgeProposePullRequest,
+                vec![
+                    ("commit message", commit_message.len()),
+                    ("verification", verification.as_deref().map_or(0, str::len)),
+                ],
+            ),
             Proposal::Review {
                 number,
                 summary,
@@ -603,5 +795,124 @@ impl RunState {
             ),
         };
         self.propose(&what, cap, &texts, proposal).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::forge::local::LocalForge;
+    use crate::forge::{NewPullRequest, RepoRef};
+
+    fn git(dir: &std::path::Path, args: &[&str]) -> String {
+        let out = std::process::Command::new("git")
+            .arg("-C")
+            .arg(dir)
+            .args(["-c", "user.name=t", "-c", "user.email=t@t"])
+            .args(args)
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .output()
+            .expect("run git");
+        assert!(out.status.success(), "git {args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    fn commit(work: &std::path::Path, file: &str, text: &str) -> String {
+        std::fs::write(work.join(file), text).expect("write");
+        git(work, &["add", file]);
+        git(work, &["commit", "--quiet", "-m", file]);
+        git(work, &["rev-parse", "HEAD"])
+    }
+
+    // The forge force-pushes (a run owns its branch), so an update checks
+    // first that its commit builds on the head it read: a commit that does
+    // not (someone pushed meanwhile) is refused and the branch is left as it
+    // was; one that does is pushed, and only the Verification section of
+    // the body changes.
+    #[tokio::test]
+    async fn an_update_is_pushed_only_on_top_of_the_head_it_read() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let src = root.path().join("src");
+        std::fs::create_dir_all(&src).expect("mkdir");
+        std::fs::write(src.join("a.txt"), "a\n").expect("write");
+        let forge = LocalForge::create(
+            &root.path().join("forge"),
+            RepoRef::parse("local/update").expect("repo"),
+            "alice",
+            Some(&src),
+        )
+        .await
+        .expect("create");
+        let bare = forge.bare_repo();
+        git(
+            root.path(),
+            &["clone", "--quiet", bare.to_str().expect("utf-8"), "work"],
+        );
+        let work = root.path().join("work");
+        git(&work, &["checkout", "--quiet", "-b", "kiln/x"]);
+        let head = commit(&work, "b.txt", "b\n");
+        forge.push(&work, &head, "kiln/x").await.expect("push");
+        let pr = forge
+            .create_draft_pull_request(NewPullRequest {
+                title: "x".into(),
+                body: "Closes #9\n\n## Verification\n\nold\n\n---\nfoot".into(),
+                head: "kiln/x".into(),
+                base: "main".into(),
+            })
+            .await
+            .expect("pr");
+        let on_top = commit(&work, "c.txt", "c\n");
+        git(&work, &["checkout", "--quiet", "main"]);
+        let elsewhere = commit(&work, "d.txt", "d\n");
+        let target = ForgeTarget {
+            forge: Arc::new(forge.clone()),
+            head_branch: "kiln/x".into(),
+            base_branch: "main".into(),
+        };
+        let gate = Gate::new(&crate::policy::GateConfig::default()).expect("gate");
+        let update = Proposal::PullRequestUpdate {
+            number: pr,
+            commit_message: "m".into(),
+            verification: Some("## Verification\n\nnew".into()),
+        };
+        let git_dir = work.join(".git");
+        let refused = apply(
+            &target,
+            CommitSource::Frozen {
+                git_dir: &git_dir,
+                commit: &elsewhere,
+            },
+            &gate,
+            &update,
+        )
+        .await;
+        assert!(
+            refused
+                .as_ref()
+                .is_err_and(|e| e.contains("moved since the run read it")),
+            "{refused:?}"
+        );
+        assert_eq!(git(&bare, &["rev-parse", "kiln/x"]), head, "nothing pushed");
+        let landed = apply(
+            &target,
+            CommitSource::Frozen {
+                git_dir: &git_dir,
+                commit: &on_top,
+            },
+            &gate,
+            &update,
+        )
+        .await
+        .expect("applied");
+        assert_eq!(landed, Some(format!("#{pr} at {}", &on_top[..12])));
+        assert_eq!(git(&bare, &["rev-parse", "kiln/x"]), on_top);
+        let body = forge.get_pull_request(pr).await.expect("pr").issue.body;
+        assert_eq!(body, "Closes #9\n\n## Verification\n\nnew\n\n---\nfoot");
+        let prs = forge
+            .list_pull_requests(crate::forge::StateFilter::All)
+            .await
+            .expect("prs");
+        assert_eq!(prs.len(), 1, "no new pull request");
     }
 }

@@ -86,6 +86,7 @@ impl Capability {
         let cap = match (interface, function) {
             ("forge", "propose-reply") if since_0_2 => Some(ForgeReply),
             ("forge", "propose-status") if since_0_2 => Some(ForgeStatus),
+            ("forge", "propose-pull-request-update") if since_0_2 => Some(ForgeProposePullRequest),
             ("signals", "recent-runs" | "list-signals") if since_0_2 => Some(SignalsRead),
             ("session", "emit" | "next-instruction" | "get-budget" | "report-panic") => None,
             ("skills", "get") => None,
@@ -179,7 +180,7 @@ pub fn builtin_role_grants(role: &str) -> Option<CapabilitySet> {
             ForgeComment,
             ForgeSetLabels,
         ],
-        "spec" | "implementation" => &[
+        "spec" => &[
             ModelComplete,
             WorkspaceRead,
             WorkspaceWrite,
@@ -187,6 +188,17 @@ pub fn builtin_role_grants(role: &str) -> Option<CapabilitySet> {
             ForgeRead,
             ForgeComment,
             ForgeProposePullRequest,
+        ],
+        // Implementation also answers reviews on its pull request.
+        "implementation" => &[
+            ModelComplete,
+            WorkspaceRead,
+            WorkspaceWrite,
+            WorkspaceExec,
+            ForgeRead,
+            ForgeComment,
+            ForgeProposePullRequest,
+            ForgeReply,
         ],
         "review" => &[
             ModelComplete,

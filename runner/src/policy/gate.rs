@@ -377,6 +377,17 @@ pub enum Effect {
         /// Whether it is a draft.
         draft: bool,
     },
+    /// `forge.update-pull-request`: push new commits to an open pull
+    /// request's head branch (with a [`Effect::Push`] decided beside it) and
+    /// replace its Verification section; no new pull request.
+    UpdatePullRequest {
+        /// Pull request number.
+        number: u64,
+        /// Its head branch, where the commits go.
+        head: String,
+        /// The new Verification section, if it changes.
+        verification: Option<String>,
+    },
     /// `forge.review`: review a pull request.
     Review {
         /// Pull request number.
@@ -434,6 +445,7 @@ impl Effect {
             Self::Comment { .. } => "forge.comment",
             Self::SetLabels { .. } => "forge.set-labels",
             Self::ProposePullRequest { .. } => "forge.propose-pull-request",
+            Self::UpdatePullRequest { .. } => "forge.update-pull-request",
             Self::Review { .. } => "forge.review",
             Self::Reply { .. } => "forge.reply",
             Self::Status { .. } => "forge.status",
@@ -777,7 +789,7 @@ impl fmt::Debug for Gate {
     }
 }
 
-const ACTIONS: [&str; 12] = [
+const ACTIONS: [&str; 13] = [
     "workspace.read",
     "workspace.write",
     "workspace.exec",
@@ -785,6 +797,7 @@ const ACTIONS: [&str; 12] = [
     "forge.comment",
     "forge.set-labels",
     "forge.propose-pull-request",
+    "forge.update-pull-request",
     "forge.review",
     "forge.reply",
     "forge.status",
@@ -972,6 +985,13 @@ impl Gate {
                 fix(title);
                 fix(body);
             }
+            Effect::UpdatePullRequest {
+                verification: Some(text),
+                ..
+            } => fix(text),
+            Effect::UpdatePullRequest {
+                verification: None, ..
+            } => {}
             Effect::Review { body, comments, .. } => {
                 fix(body);
                 for c in comments {
@@ -1030,6 +1050,23 @@ impl Gate {
                     ));
                 }
                 kiln_branch(head)
+            }
+            Effect::UpdatePullRequest { head, .. } => {
+                kiln_branch(head)?;
+                // An answering run updates the pull request it answers,
+                // whose head is its own branch; no policy can point it
+                // at another one.
+                if *head != req.run.branch {
+                    return Err(Violation::new(
+                        "own-pull-request-only",
+                        format!(
+                            "branch {:?} is not the run's own branch {:?}",
+                            clip(head),
+                            clip(&req.run.branch)
+                        ),
+                    ));
+                }
+                Ok(())
             }
             Effect::Push { branch, paths } => {
                 kiln_branch(branch)?;
@@ -1315,6 +1352,28 @@ impl Gate {
                     ),
                 ],
             ),
+            Effect::UpdatePullRequest {
+                number,
+                head,
+                verification,
+            } => one(
+                Some(branch(head)),
+                vec![
+                    ("number", long(*number)),
+                    (
+                        "own_branch",
+                        RestrictedExpression::new_bool(*head == run.branch),
+                    ),
+                    (
+                        "edits_body",
+                        RestrictedExpression::new_bool(verification.is_some()),
+                    ),
+                    (
+                        "length",
+                        long(verification.as_deref().map_or(0, |v| v.chars().count()) as u64),
+                    ),
+                ],
+            ),
             Effect::Review {
                 number,
                 event,
@@ -1454,6 +1513,9 @@ fn describe(req: &EffectRequest) -> String {
         }
         Effect::ProposePullRequest { head, base, .. } => {
             format!("{:?} -> {:?} on {}", clip(head), clip(base), run.repo)
+        }
+        Effect::UpdatePullRequest { number, head, .. } => {
+            format!("{:?} of {}#{number}", clip(head), run.repo)
         }
         Effect::Review { number, event, .. } => {
             format!("{} on {}#{number}", event.as_str(), run.repo)
@@ -1631,6 +1693,15 @@ fn check_shape(effect: &Effect) -> Result<(), Violation> {
             check_branch(base)?;
             check_text("pull request title", title, MAX_TITLE_CHARS)?;
             check_text("pull request body", body, MAX_BODY_CHARS)
+        }
+        Effect::UpdatePullRequest {
+            head, verification, ..
+        } => {
+            check_branch(head)?;
+            match verification {
+                Some(v) => check_text("verification section", v, MAX_BODY_CHARS),
+                None => Ok(()),
+            }
         }
         Effect::Review { body, comments, .. } => {
             check_text("review body", body, MAX_BODY_CHARS)?;
@@ -2356,6 +2427,90 @@ when { context.program == "curl" };
                 "{what} should be refused as malformed, got: {d:?}"
             );
         }
+    }
+
+    fn update(head: &str, verification: Option<&str>) -> Effect {
+        Effect::UpdatePullRequest {
+            number: 13,
+            head: head.into(),
+            verification: verification.map(str::to_owned),
+        }
+    }
+
+    // An answering run updates its own pull request: the push to its own
+    // branch and the update are allowed; another kiln branch, a branch
+    // outside kiln/*, or another role are refused, and an untrusted trigger
+    // holds the update like a new pull request.
+    #[test]
+    fn a_pull_request_update_goes_only_to_the_runs_own_branch() {
+        let gate = gate_with(None);
+        let own = "kiln/implement-issue-4";
+        let answering = run_with(Role::Implementation, Trust::Trusted, own);
+        let decide = |run: &Arc<RunContext>, effect: Effect| {
+            gate.decide(&EffectRequest {
+                run: run.clone(),
+                effect,
+            })
+        };
+        let d = decide(&answering, update(own, Some("## Verification\n\nok")));
+        assert!(
+            d.is_allow()
+                && d.reason()
+                    .contains("default.implementation-update-pull-request"),
+            "got: {d:?}"
+        );
+        let push = |branch: &str| Effect::Push {
+            branch: branch.into(),
+            paths: vec!["src/a.rs".into()],
+        };
+        assert!(decide(&answering, push(own)).is_allow());
+        for other in ["kiln/implement-issue-5", "kiln/spec-issue-4"] {
+            let d = decide(&answering, push(other));
+            assert!(d.is_deny(), "push to {other} should be denied, got: {d:?}");
+            let d = decide(&answering, update(other, None));
+            assert!(
+                d.is_deny() && d.reason().contains("own-pull-request-only"),
+                "update of {other} should be denied by the invariant, got: {d:?}"
+            );
+        }
+        // A run whose branch is outside kiln/* (a fork's, say) gets nothing,
+        // whatever a repository policy permits.
+        let gate_all = gate_with(Some(PERMIT_ALL));
+        let outside = run_with(Role::Implementation, Trust::Trusted, "feature/x");
+        for effect in [update("feature/x", None), push("feature/x")] {
+            let d = gate_all.decide(&EffectRequest {
+                run: outside.clone(),
+                effect,
+            });
+            assert!(
+                d.is_deny() && d.reason().contains("kiln-branches-only"),
+                "got: {d:?}"
+            );
+        }
+        let d = decide(
+            &run_with(Role::Spec, Trust::Trusted, own),
+            update(own, None),
+        );
+        assert!(d.is_deny(), "spec does not answer reviews, got: {d:?}");
+        let d = decide(
+            &run_with(Role::Implementation, Trust::Untrusted, own),
+            update(own, None),
+        );
+        assert!(d.is_hold(), "untrusted trigger should hold, got: {d:?}");
+        let (_, admitted) = gate.admit(EffectRequest {
+            run: answering.clone(),
+            effect: update(own, Some("token kiln-canary-0b5e7d2a")),
+        });
+        let Effect::UpdatePullRequest { verification, .. } = &admitted.effect else {
+            panic!("still an update");
+        };
+        assert!(
+            !verification
+                .as_deref()
+                .unwrap_or("")
+                .contains("kiln-canary"),
+            "the section is redacted: {verification:?}"
+        );
     }
 
     fn reply(body: &str) -> Effect {
