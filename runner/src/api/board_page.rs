@@ -249,7 +249,7 @@ async fn board_page(
     };
     let repo = escape(&board.repo);
     let body = format!(
-        "<body data-repo=\"{repo}\" data-version=\"0\"><h1>Board: {repo}</h1>{nav}\
+        "<body class=\"wide\" data-repo=\"{repo}\" data-version=\"0\"><h1>Board: {repo}</h1>{nav}\
          <p><a href=\"/ui/board\">All boards</a> <span id=\"status\" role=\"status\"></span></p>\
          <div id=\"board\" class=\"board\">{cols}</div></body>",
         nav = nav(&caller),

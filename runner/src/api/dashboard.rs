@@ -63,13 +63,13 @@ table{border-collapse:collapse;width:100%}td,th{border-bottom:1px solid #ddd;pad
 .ev-proposal{border-color:#c90}.ev-model-turn{border-color:#36c}#events{padding:0}\
 .approval{border:1px solid #c90;padding:.5rem;margin:.5rem 0;list-style:none}#approvals{padding:0}\
 button{margin-right:.4rem}#status{color:#555;min-height:1.2rem}textarea{width:100%}\
-.board{display:flex;gap:.6rem;overflow-x:auto;align-items:flex-start}\
-.col{flex:0 0 14rem;background:#f4f4f4;border-radius:4px;padding:.3rem}.col h2{font-size:1rem;margin:.3rem}\
+.wide{max-width:none}.board{display:flex;gap:.5rem;overflow-x:auto;align-items:flex-start}\
+.col{flex:1 0 11rem;max-width:18rem;background:#f4f4f4;border-radius:4px;padding:.3rem}.col h2{font-size:1rem;margin:.3rem}\
 .col .count{color:#777;font-weight:400}.cards{list-style:none;padding:0;margin:0}\
 .card{background:#fff;border:1px solid #ddd;border-radius:4px;margin:.4rem 0;padding:.4rem;font-size:.9rem}\
 .card .num{color:#777}.card .title{font-weight:600;overflow-wrap:anywhere}.card .why{color:#555;font-size:.8rem}\
 .label{display:inline-block;background:#e4e8f0;border-radius:3px;padding:0 .3rem;margin:.1rem .2rem .1rem 0;font-size:.8rem}\
-.card .live{color:#36c}.card .runs,.card .prs{font-size:.8rem}.run-blocked,.run-failed{color:#c33}";
+.card .live{color:#36c}.card .runs,.card .prs{font-size:.8rem}.card .run,.card .pr{display:inline-block;white-space:nowrap}.run-blocked,.run-failed{color:#c33}";
 
 /// A full page with a per-response script nonce in its CSP.
 pub(super) fn page(title: &str, body: &str, script: Option<&str>) -> Response {
