@@ -5,6 +5,7 @@
 
 use crate::support::api as support;
 
+mod board;
 mod dashboard;
 
 use std::collections::HashSet;
@@ -231,6 +232,20 @@ fn routes(run: RunId) -> Vec<(Method, String, Option<Value>, Option<&'static str
             Some("admin"),
         ),
         (Method::DELETE, "/tokens/999".into(), None, Some("admin")),
+        (Method::GET, "/repos".into(), None, Some("viewer")),
+        // Past auth: no such repository on the forge (404), nothing streams.
+        (
+            Method::GET,
+            "/repos/local/demo/board".into(),
+            None,
+            Some("viewer"),
+        ),
+        (
+            Method::GET,
+            "/repos/local/demo/board/events".into(),
+            None,
+            Some("viewer"),
+        ),
     ]
 }
 
@@ -760,7 +775,9 @@ async fn the_openapi_document_matches_the_routes_exactly() {
     for (path, ops) in doc["paths"].as_object().expect("paths") {
         let concrete = path
             .replace("{id}", &run.0.to_string())
-            .replace("{effect}", "e1");
+            .replace("{effect}", "e1")
+            .replace("{owner}", "local")
+            .replace("{name}", "demo");
         for method in &methods {
             let key = method.as_str().to_lowercase();
             let is_doc = ops.get(&key).is_some();

@@ -14,12 +14,15 @@
 //! One submodule per concern: [`auth`] (tokens, scopes, the dashboard
 //! cookie), [`error`] (one error type, one JSON shape), `runs` (run reads and
 //! actions), `events` (the JSON and SSE event feeds), `handback`, `tokens`,
-//! `openapi`, `dashboard`, `frames` (SSE frames rendered once for all
-//! watchers), and [`client`] (a typed client the CLI, tests and
-//! benchmarks share).
+//! `openapi`, `dashboard`, [`board`] (each open issue in the column of its
+//! stage, as JSON and over SSE) and `board_page`, `frames` (SSE frames
+//! rendered once for all watchers), and [`client`] (a typed client the CLI,
+//! tests and benchmarks share).
 
 mod attach;
 pub mod auth;
+pub mod board;
+mod board_page;
 pub mod client;
 mod dashboard;
 pub mod error;
@@ -59,8 +62,12 @@ pub struct ApiState {
     /// Routes mounted beside the API (e.g. webhook intake at
     /// `/webhooks/github`); they carry their own state and their own auth.
     pub extra: Router,
+    /// Where the boards read repositories from; `None`: no boards.
+    pub board: Option<board::BoardSource>,
     /// SSE frames rendered once for every watcher.
     frames: Arc<frames::FrameCache>,
+    /// The boards being watched, one poller each.
+    boards: Arc<board::Hub>,
 }
 
 impl ApiState {
@@ -75,8 +82,17 @@ impl ApiState {
             control,
             redactor,
             extra: Router::new(),
+            board: None,
             frames: Arc::default(),
+            boards: Arc::default(),
         }
+    }
+
+    /// Serve boards (`/repos/...`, `/ui/board/...`) of the repositories
+    /// `source` lists, read through its forges.
+    pub fn with_board(mut self, source: board::BoardSource) -> Self {
+        self.board = Some(source);
+        self
     }
 
     /// Mount `router` beside the API, e.g. `Router::new().nest("/webhooks/github",
@@ -114,6 +130,9 @@ pub fn router(state: ApiState) -> Router {
         .route("/runs/{id}/transcript.md", get(handback::transcript_md))
         .route("/tokens", get(tokens::list).post(tokens::create))
         .route("/tokens/{id}", axum::routing::delete(tokens::revoke))
+        .route("/repos", get(board::list))
+        .route("/repos/{owner}/{name}/board", get(board::show))
+        .route("/repos/{owner}/{name}/board/events", get(board::events))
         .merge(dashboard::routes())
         .fallback(error::no_route)
         .method_not_allowed_fallback(error::method_not_allowed)

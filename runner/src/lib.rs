@@ -13,6 +13,7 @@
 
 pub mod api;
 pub mod app;
+pub mod board;
 pub mod config;
 pub mod control;
 pub mod forge;

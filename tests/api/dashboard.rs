@@ -2,12 +2,16 @@
 //! by `scripts/setup-browser.sh`), driven over the DevTools protocol: log in
 //! through the form, open a live run, see an event appended after load
 //! appear (as text, not markup), click Approve on a held effect and see the
-//! decision reach the run control.
+//! decision reach the run control; open a repository's board, see a
+//! hostile issue title as text, and see its card move between columns as
+//! its labels and runs change, without a reload.
 use std::io::{BufRead as _, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use futures_util::{SinkExt as _, StreamExt as _};
+use kiln::config::Role;
+use kiln::forge::{Forge as _, NewIssue, RepoRef};
 use kiln::session::EventKind;
 use kiln::store::{RunState, RunStore as _};
 use serde_json::{Value, json};
@@ -280,4 +284,149 @@ async fn dashboard_shows_live_events_as_text_and_approves_in_a_real_browser() {
         "document.body.dataset.ended === 'true' && document.getElementById('state').textContent === 'succeeded'",
     )
     .await;
+}
+
+/// Logs `page` in through the form with `token`; ends on the runs list.
+async fn log_in(page: &mut Page, server: &Server, token: &str) {
+    page.goto(&format!("{}/ui/login", server.url)).await;
+    page.until(
+        "the login form",
+        "!!document.querySelector('input[name=token]')",
+    )
+    .await;
+    page.eval(&format!(
+        "document.querySelector('input[name=token]').value = {}; document.querySelector('form').submit(); true",
+        json!(token)
+    ))
+    .await;
+    page.until("the runs list", "location.pathname === '/ui/runs'")
+        .await;
+}
+
+/// The selector of issue `n`'s card in the column of `stage`.
+fn card_in(stage: &str, n: u64) -> String {
+    format!("section.col[data-stage=\"{stage}\"] li.card[data-issue=\"{n}\"]")
+}
+
+#[tokio::test]
+async fn the_board_moves_cards_live_and_shows_titles_as_text_in_a_real_browser() {
+    let server = Server::start().await;
+    let forge = server.local_repo("board-ui").await;
+    let repo = RepoRef::parse("local/board-ui").expect("repo");
+    let hostile = "<img src=x onerror=\"document.title='pwned'\"><script>document.title='pwned'</script>Export";
+    let n = forge
+        .create_issue(NewIssue {
+            title: hostile.into(),
+            body: "steps".into(),
+            labels: vec!["bug".into()],
+        })
+        .await
+        .expect("issue");
+
+    let browser = launch();
+    let mut page = Page::open(&browser).await;
+    page.send("Runtime.enable", json!({})).await;
+    log_in(&mut page, &server, &server.viewer).await;
+
+    // From the runs list to the boards list to the board.
+    page.until(
+        "the Boards link",
+        "!!document.querySelector('a[href=\"/ui/board\"]')",
+    )
+    .await;
+    page.eval("document.querySelector('a[href=\"/ui/board\"]').click(); true")
+        .await;
+    page.until(
+        "the board's link",
+        "!!document.querySelector('a[href=\"/ui/board/local/board-ui\"]')",
+    )
+    .await;
+    page.eval("document.querySelector('a[href=\"/ui/board/local/board-ui\"]').click(); true")
+        .await;
+    page.until(
+        "the board, live",
+        "location.pathname === '/ui/board/local/board-ui' && document.body.dataset.live === 'true'",
+    )
+    .await;
+    let new_card = card_in("new", n);
+    page.until(
+        "the issue in New",
+        &format!("!!document.querySelector({})", json!(new_card)),
+    )
+    .await;
+    let title = format!(
+        "document.querySelector({}).querySelector('.title').textContent",
+        json!(new_card)
+    );
+    assert_eq!(
+        page.eval(&title).await,
+        json!(hostile),
+        "the title is shown as its text"
+    );
+    let harmless = "document.querySelectorAll('#board img, #board script').length + (document.title === 'pwned' ? 100 : 0)";
+    assert_eq!(
+        page.eval(harmless).await,
+        json!(0),
+        "the title's markup must not become elements or run"
+    );
+    // Anything set now survives only if the page is never reloaded.
+    page.eval("window.kilnMarker = 'same page'; true").await;
+
+    // A maintainer labels it on the forge: the card moves to Spec.
+    forge
+        .add_labels(n, &["ready-to-spec".into()])
+        .await
+        .expect("label");
+    let spec_card = card_in("spec", n);
+    page.until(
+        "the card in Spec",
+        &format!(
+            "!!document.querySelector({}) && !document.querySelector({})",
+            json!(spec_card),
+            json!(new_card)
+        ),
+    )
+    .await;
+    assert_eq!(
+        page.eval(&format!(
+            "document.querySelector({}).querySelector('.title').textContent",
+            json!(spec_card)
+        ))
+        .await,
+        json!(hostile),
+        "a redrawn card keeps the title as text"
+    );
+    assert_eq!(
+        page.eval(harmless).await,
+        json!(0),
+        "a redrawn card's title stays text"
+    );
+
+    // A run: the card shows it live, then moves to Blocked when it blocks.
+    let run = server.run_on(&repo, Role::Spec, n, RunState::Running).await;
+    page.until(
+        "the live run on the card",
+        &format!(
+            "!!document.querySelector({} + ' .live a[href=\"/ui/runs/{}\"]')",
+            json!(spec_card),
+            run.0
+        ),
+    )
+    .await;
+    server.finish(run, RunState::Blocked).await;
+    let blocked_card = card_in("blocked", n);
+    page.until(
+        "the card in Blocked",
+        &format!(
+            "!!document.querySelector({}) && document.querySelector('section.col[data-stage=\"blocked\"] .count').textContent === '1'",
+            json!(blocked_card)
+        ),
+    )
+    .await;
+    assert_eq!(
+        page.eval("window.kilnMarker").await,
+        json!("same page"),
+        "the card moved without a reload"
+    );
+    assert_eq!(page.eval(harmless).await, json!(0));
 }

@@ -5,16 +5,19 @@
 //! `decide_effect`, a cancel moves the run to `cancelled`, a handback is a
 //! real git bundle) and remembers every call so tests can see what reached
 //! it. End-to-end tests through the real runner live with the runner.
+//! Boards read a real local forge in the same temp dir (`forge_root`).
 #![allow(dead_code, reason = "each test binary uses a different part")]
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 
+use kiln::api::board::{BoardSource, RepoLister};
 use kiln::api::{self, ApiState};
 use kiln::config::Role;
 use kiln::control::{ControlError, EffectDecision, Handback, RunControl};
-use kiln::forge::RepoRef;
+use kiln::forge::local::{self, LocalForge};
+use kiln::forge::{Forge, ForgeResolver, RepoRef};
 use kiln::policy::{Redactor, Trust};
 use kiln::session::EventKind;
 use kiln::store::{
@@ -201,6 +204,8 @@ pub struct Server {
     pub admin: String,
     /// Where bundles for `handback` are looked up (`run-<id>.bundle`).
     pub bundles: PathBuf,
+    /// The local forge the boards read (empty until a test creates a repository).
+    pub forge_root: PathBuf,
     /// The temp dir (store, bundles); removed on drop.
     pub dir: tempfile::TempDir,
     task: tokio::task::JoinHandle<()>,
@@ -243,7 +248,17 @@ impl Server {
         let operator = token("otto-operator", TokenScope::Operator).await;
         let admin = token("ada-admin", TokenScope::Admin).await;
         let redactor = Arc::new(Redactor::new(&[]).expect("redactor"));
-        let state = ApiState::new(store.clone(), control.clone(), redactor);
+        let forge_root = dir.path().join("forge");
+        let root = forge_root.clone();
+        let forges: ForgeResolver = Arc::new(move |repo: &RepoRef| -> Option<Arc<dyn Forge>> {
+            LocalForge::open(&root, repo.clone())
+                .ok()
+                .map(|f| Arc::new(f) as Arc<dyn Forge>)
+        });
+        let root = forge_root.clone();
+        let repos: RepoLister = Arc::new(move || local::list_repos(&root));
+        let state = ApiState::new(store.clone(), control.clone(), redactor)
+            .with_board(BoardSource::new(forges, repos));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind loopback");
@@ -260,6 +275,7 @@ impl Server {
             operator,
             admin,
             bundles,
+            forge_root,
             dir,
             task,
         }
@@ -272,14 +288,21 @@ impl Server {
 
     /// A run on `local/demo#number`, moved to `state` through legal transitions.
     pub async fn run_in(&self, number: u64, state: RunState) -> RunId {
+        let demo = RepoRef {
+            owner: "local".into(),
+            name: "demo".into(),
+        };
+        self.run_on(&demo, Role::Implementation, number, state)
+            .await
+    }
+
+    /// A run of `role` on `repo#number`, moved to `state` through legal transitions.
+    pub async fn run_on(&self, repo: &RepoRef, role: Role, number: u64, state: RunState) -> RunId {
         let id = self
             .store
             .enqueue_run(NewRun {
-                repo: RepoRef {
-                    owner: "local".into(),
-                    name: "demo".into(),
-                },
-                role: Role::Implementation,
+                repo: repo.clone(),
+                role,
                 number,
                 trigger: Trigger {
                     kind: TriggerKind::Manual,
@@ -313,6 +336,22 @@ impl Server {
             from = *to;
         }
         id
+    }
+
+    /// `local/<name>` on the server's local forge, holding a README on
+    /// `main`, owned by `alice`.
+    pub async fn local_repo(&self, name: &str) -> LocalForge {
+        let src = self.dir.path().join(format!("src-{name}"));
+        std::fs::create_dir_all(&src).expect("mkdir");
+        std::fs::write(src.join("README.md"), format!("{name}\n")).expect("write");
+        LocalForge::create(
+            &self.forge_root,
+            RepoRef::parse(&format!("local/{name}")).expect("repo"),
+            "alice",
+            Some(&src),
+        )
+        .await
+        .expect("create the repository")
     }
 
     /// Append an event and wait for its commit.
@@ -356,4 +395,18 @@ pub fn git(dir: &Path, args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// Branch `branch` of `forge` with a commit of its own on top of `main`
+/// (its own head, so a status set on it belongs to it alone).
+pub fn branch(forge: &LocalForge, branch: &str) {
+    let bare = forge.bare_repo();
+    let commit = git(
+        &bare,
+        &["commit-tree", "main^{tree}", "-p", "main", "-m", branch],
+    );
+    git(
+        &bare,
+        &["update-ref", &format!("refs/heads/{branch}"), &commit],
+    );
 }

@@ -1,7 +1,8 @@
 //! The dashboard: server-rendered HTML from the same service, no front-end
 //! build. Pages: `/ui/login`, `/ui/runs` (live status: the page re-reads
 //! `/runs`), `/ui/runs/{id}` (the live transcript over SSE, held effects
-//! with approve / deny, cancel, a steering box).
+//! with approve / deny, cancel, a steering box), and the boards
+//! (`/ui/board`, `/ui/board/{owner}/{name}`, in `board_page`).
 //!
 //! Event text is untrusted (model and plugin output): the server escapes
 //! every piece it writes into HTML, and the inline script only ever sets
@@ -35,6 +36,7 @@ pub fn routes() -> Router<ApiState> {
         .route("/ui/logout", post(logout))
         .route("/ui/runs", get(runs_page))
         .route("/ui/runs/{id}", get(run_page))
+        .merge(super::board_page::routes())
 }
 
 /// Escapes text for HTML element content and quoted attribute values.
@@ -60,10 +62,17 @@ table{border-collapse:collapse;width:100%}td,th{border-bottom:1px solid #ddd;pad
 .ev pre{white-space:pre-wrap;margin:.2rem 0;font-size:.9rem}.ev-denied,.ev-panic,.ev-warning{border-color:#c33}\
 .ev-proposal{border-color:#c90}.ev-model-turn{border-color:#36c}#events{padding:0}\
 .approval{border:1px solid #c90;padding:.5rem;margin:.5rem 0;list-style:none}#approvals{padding:0}\
-button{margin-right:.4rem}#status{color:#555;min-height:1.2rem}textarea{width:100%}";
+button{margin-right:.4rem}#status{color:#555;min-height:1.2rem}textarea{width:100%}\
+.wide{max-width:none}.board{display:flex;gap:.5rem;overflow-x:auto;align-items:flex-start}\
+.col{flex:1 0 11rem;max-width:18rem;background:#f4f4f4;border-radius:4px;padding:.3rem}.col h2{font-size:1rem;margin:.3rem}\
+.col .count{color:#777;font-weight:400}.cards{list-style:none;padding:0;margin:0}\
+.card{background:#fff;border:1px solid #ddd;border-radius:4px;margin:.4rem 0;padding:.4rem;font-size:.9rem}\
+.card .num{color:#777}.card .title{font-weight:600;overflow-wrap:anywhere}.card .why{color:#555;font-size:.8rem}\
+.label{display:inline-block;background:#e4e8f0;border-radius:3px;padding:0 .3rem;margin:.1rem .2rem .1rem 0;font-size:.8rem}\
+.card .live{color:#36c}.card .runs,.card .prs{font-size:.8rem}.card .run,.card .pr{display:inline-block;white-space:nowrap}.run-blocked,.run-failed{color:#c33}";
 
 /// A full page with a per-response script nonce in its CSP.
-fn page(title: &str, body: &str, script: Option<&str>) -> Response {
+pub(super) fn page(title: &str, body: &str, script: Option<&str>) -> Response {
     let nonce = hex::encode(rand::random::<[u8; 16]>());
     let script = script
         .map(|s| format!("<script nonce=\"{nonce}\">{s}</script>"))
@@ -101,7 +110,8 @@ fn with_status(status: StatusCode, mut response: Response) -> Response {
     response
 }
 
-fn error_page(e: ApiError) -> Response {
+/// An error as a page with the error's status.
+pub(super) fn error_page(e: ApiError) -> Response {
     let status = e.status();
     let message = match &e {
         ApiError::Internal(_) => "internal error".to_owned(),
@@ -126,7 +136,7 @@ fn error_page(e: ApiError) -> Response {
 
 /// The caller, or the response to give instead (the login form when there
 /// is no live token).
-async fn caller(state: &ApiState, headers: &HeaderMap) -> Result<Caller, Response> {
+pub(super) async fn caller(state: &ApiState, headers: &HeaderMap) -> Result<Caller, Response> {
     match auth::authenticate(state, &Method::GET, headers).await {
         Ok(c) => Ok(c),
         Err(ApiError::Unauthorized(_)) => Err(Redirect::to("/ui/login").into_response()),
@@ -202,9 +212,10 @@ async fn logout() -> Response {
     r
 }
 
-fn nav(caller: &Caller) -> String {
+/// The links every page starts with, and who is signed in.
+pub(super) fn nav(caller: &Caller) -> String {
     format!(
-        "<p><a href=\"/ui/runs\">Runs</a> · signed in as <b>{}</b> ({}) \
+        "<p><a href=\"/ui/runs\">Runs</a> · <a href=\"/ui/board\">Boards</a> · signed in as <b>{}</b> ({}) \
          <form method=\"post\" action=\"/ui/logout\" style=\"display:inline\">\
          <button type=\"submit\">Log out</button></form></p>",
         escape(&caller.name),

@@ -139,6 +139,7 @@ pub async fn serve(args: ServeArgs, local: &LocalArgs) -> anyhow::Result<ExitCod
         None => None,
     };
     let forge_root = local.forge_root()?;
+    let board_root = forge_root.clone();
     // `local/*` repositories live on the local forge; everything else on GitHub.
     let forges: ForgeResolver = Arc::new(move |repo: &RepoRef| -> Option<Arc<dyn Forge>> {
         if repo.owner == "local" {
@@ -151,6 +152,16 @@ pub async fn serve(args: ServeArgs, local: &LocalArgs) -> anyhow::Result<ExitCod
                 .map(|g| Arc::new(g.forge(repo.clone())) as Arc<dyn Forge>)
         }
     });
+    // Boards: the local forge's repositories (listed afresh on each request)
+    // and GitHub ones with runs, read through the same resolver.
+    let mut board = kiln::api::board::BoardSource::new(
+        forges.clone(),
+        Arc::new(move || kiln::forge::local::list_repos(&board_root)),
+    );
+    board.web_url = config
+        .github
+        .as_ref()
+        .map(|g| kiln::api::board::github_web_url(&g.api_url));
     let runner = Runner::new(store.clone(), services, forges.clone());
     runner
         .start(
@@ -194,7 +205,8 @@ pub async fn serve(args: ServeArgs, local: &LocalArgs) -> anyhow::Result<ExitCod
         extra = extra.merge(kiln::intake::router(intake));
     }
     let state = kiln::api::ApiState::new(store, runner.clone(), Arc::new(gate.redactor().clone()))
-        .with_extra(extra);
+        .with_extra(extra)
+        .with_board(board);
     let app = kiln::api::router(state);
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
