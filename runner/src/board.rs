@@ -524,6 +524,7 @@ mod tests {
             diff: String::new(),
             head_sha: String::new(),
             review_threads: Vec::new(),
+            head_from_fork: false,
         }
     }
 
