@@ -72,6 +72,7 @@ impl RunRequest {
     pub fn branch(&self) -> String {
         match self.role {
             Role::Review => format!("kiln/review-pr-{}", self.number),
+            Role::Verification => format!("kiln/verification-pr-{}", self.number),
             Role::Implementation => format!("kiln/implement-issue-{}", self.number),
             r => format!("kiln/{}-issue-{}", r.as_str(), self.number),
         }
@@ -380,7 +381,7 @@ pub async fn execute(
 async fn snapshot(forge: &dyn Forge, req: &RunRequest) -> Result<ForgeSnapshot, ForgeError> {
     let mut cache = HashMap::new();
     let mut snap = ForgeSnapshot::default();
-    if req.role == Role::Review {
+    if req.role.reads_pull_request() {
         let mut pr = forge.get_pull_request(req.number).await?;
         tag_pull_request(forge, &mut pr, &mut cache).await;
         snap.pull_requests.insert(req.number, pr);
@@ -406,11 +407,11 @@ async fn run_prepared(
         .ok_or(PrepareError::NoPlugin(req.role))?;
     let snap = snapshot(forge.as_ref(), req).await?;
     let base_branch = forge.default_branch().await?;
-    // A review reads the pull request's head; every other role starts from
+    // A review or verification reads the pull request's head; every other role starts from
     // the default branch (implementation from the approved spec's branch,
     // when there is one, so the spec files are in the workspace).
     let checkout = match req.role {
-        Role::Review => snap
+        Role::Review | Role::Verification => snap
             .pull_requests
             .get(&req.number)
             .map(|p| p.head_branch.clone())
@@ -474,13 +475,28 @@ async fn run_prepared(
             &workspace.head()[..workspace.head().len().min(12)]
         ),
     );
-    let spec = SandboxSpec::new(
+    let mut spec = SandboxSpec::new(
         req.run_id.clone(),
         req.role,
         services.image.clone(),
         workspace.path(),
     )
     .with_config(&services.sandbox_config);
+    // Verification's checks write build outputs but must not change what
+    // they check: tracked files unchangeable in a read-write mount, or (a
+    // runner that cannot give files away) a read-only mount.
+    if req.role == Role::Verification {
+        match workspace.protect_checkout() {
+            Ok(true) => spec = spec.with_build_outputs(),
+            Ok(false) => events.record(
+                EventKind::Warning,
+                "the runner is not root: the workspace is mounted read-only, so checks \
+                 cannot write build outputs into it (only under /tmp)"
+                    .into(),
+            ),
+            Err(e) => return Err(PrepareError::Workspace(e.to_string())),
+        }
+    }
     let mut sandbox = services
         .sandboxes
         .create(spec)
@@ -548,8 +564,8 @@ async fn run_prepared(
         run_id: req.run_id.clone(),
         role: req.role.as_str().to_string(),
         repo: req.repo.to_string(),
-        issue: (req.role != Role::Review).then_some(req.number),
-        pull_request: (req.role == Role::Review).then_some(req.number),
+        issue: (!req.role.reads_pull_request()).then_some(req.number),
+        pull_request: req.role.reads_pull_request().then_some(req.number),
         branch: branch.clone(),
         base_branch,
         trigger: match &req.trigger {

@@ -10,6 +10,9 @@
 //! | `propose-labels`        | `forge.set-labels`           | `forge.set-labels` (added and removed labels) |
 //! | `propose-pull-request`  | `forge.propose-pull-request` | `forge.push` over the changed paths + secret scan of the commit, then `forge.propose-pull-request` (always a draft, head = the run's branch); redacted |
 //! | `propose-review`        | `forge.review`               | `forge.review` with each line comment marked in or out of the diff; no approve verdict exists; redacted |
+//! | `propose-reply`         | `forge.reply`                | `forge.reply`; redacted |
+//! | `propose-status`        | `forge.status`               | `forge.status`; context `kiln/...` only (invariant) |
+//! | `propose-report`        | `forge.report`               | `forge.report`; the role's one report comment, found again by a marker in Kiln's own comment and edited in place; redacted |
 //!
 //! Allowed proposals are applied at once when the run has a forge (receipt
 //! `applied`), recorded otherwise; held ones wait for an operator (receipt
@@ -206,6 +209,42 @@ pub async fn apply(
                 .map_err(|e| e.to_string())?;
             Ok(Some(format!("#{number} status {context}")))
         }
+        Proposal::Report { number, role, body } => {
+            // Marker first: it finds this report again on the next run. The
+            // search reads raw bodies (the plugin's copy has markers
+            // stripped) and trusts only Kiln's own comments.
+            let text = format!("{}\n{body}", domain::report_marker(role));
+            let own = forge.own_login().await.map_err(|e| e.to_string())?;
+            let comments = match forge.get_issue(*number).await {
+                Ok(issue) => issue.comments,
+                // The local forge keeps pull requests apart from issues.
+                Err(domain::ForgeError::NotFound(_)) => {
+                    forge
+                        .get_pull_request(*number)
+                        .await
+                        .map_err(|e| e.to_string())?
+                        .issue
+                        .comments
+                }
+                Err(e) => return Err(e.to_string()),
+            };
+            match domain::find_report(&comments, &own, role) {
+                Some(id) => {
+                    forge
+                        .edit_comment(id, &text)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    Ok(Some(format!("#{number} comment {id} (updated)")))
+                }
+                None => {
+                    let id = forge
+                        .comment(*number, &text)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    Ok(Some(format!("#{number} comment {id}")))
+                }
+            }
+        }
     }
 }
 
@@ -350,6 +389,13 @@ impl RunState {
                 })
                 .0
             }
+            Proposal::Report { number, body, .. } => {
+                self.decide(Effect::Report {
+                    number: *number,
+                    body: body.clone(),
+                })
+                .0
+            }
         }
     }
 
@@ -406,6 +452,11 @@ impl RunState {
                 context,
                 state,
                 description: self.redact(description),
+            },
+            Proposal::Report { number, role, body } => Proposal::Report {
+                number,
+                role,
+                body: self.redact(body),
             },
         }
     }
@@ -600,6 +651,11 @@ impl RunState {
                     ("description", description.len()),
                     ("context", context.len()),
                 ],
+            ),
+            Proposal::Report { number, body, .. } => (
+                format!("forge.report on #{number}"),
+                Capability::ForgeReport,
+                vec![("body", body.len())],
             ),
         };
         self.propose(&what, cap, &texts, proposal).await

@@ -348,6 +348,51 @@ impl Workspace {
     }
 }
 
+impl Workspace {
+    /// Makes every file and directory of the fresh checkout (tracked files
+    /// and `.git`) unchangeable by the sandbox user while still letting it
+    /// add new files, so checks can write build outputs into a read-write
+    /// mount but cannot alter what they check. Everything is given to root
+    /// (a different uid from the sandbox's 1000, which has no capabilities
+    /// to override ownership): files lose their write bits, directories
+    /// outside `.git` become world-writable with the sticky bit (new entries
+    /// allowed; only the owner may unlink or rename an entry, so no tracked
+    /// file can be deleted, moved away or replaced), `.git` stays closed.
+    /// Returns `false`, changing nothing, when the runner is not root: it
+    /// cannot give files away, so the caller must mount read-only instead.
+    /// Call it before the sandbox starts.
+    pub fn protect_checkout(&self) -> Result<bool, WorkspaceError> {
+        use std::os::unix::fs::PermissionsExt as _;
+        if !is_root() {
+            return Ok(false);
+        }
+        let mut stack = vec![(self.path.clone(), false)];
+        while let Some((p, in_git)) = stack.pop() {
+            // lchown and lstat: a symlink in the checkout is never followed.
+            std::os::unix::fs::lchown(&p, Some(0), Some(0)).map_err(io("chown", &p))?;
+            let meta = std::fs::symlink_metadata(&p).map_err(io("stat", &p))?;
+            let mode = meta.permissions().mode() & 0o7777;
+            if meta.is_dir() {
+                let mode = if in_git { 0o755 } else { 0o1777 };
+                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode))
+                    .map_err(io("chmod", &p))?;
+                for entry in std::fs::read_dir(&p).map_err(io("list", &p))? {
+                    let entry = entry.map_err(io("list", &p))?;
+                    let git = in_git || (p == self.path && entry.file_name() == ".git");
+                    stack.push((entry.path(), git));
+                }
+            } else if meta.is_file() {
+                // Readable by all, executable as before, writable by nobody
+                // but root; set-id bits dropped.
+                let mode = (mode & 0o555) | 0o444;
+                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode))
+                    .map_err(io("chmod", &p))?;
+            }
+        }
+        Ok(true)
+    }
+}
+
 /// Makes the checkout owned by uid/gid 1000 and the top directory
 /// traversable. Uses lchown so a symlink in the repository is never followed.
 fn hand_to_sandbox_user(path: &Path) -> Result<(), WorkspaceError> {
