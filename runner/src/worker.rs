@@ -432,9 +432,14 @@ async fn run_prepared(
         _ => base_branch.clone(),
     };
     let remote = forge.git_remote().await?;
-    let mirror = RepoMirror::sync(&services.mirrors, &remote.url)
-        .await
-        .map_err(|e| PrepareError::Workspace(e.to_string()))?;
+    // A GitHub App's repositories are fetched with its installation token.
+    let mirror = RepoMirror::sync_authorized(
+        &services.mirrors,
+        &remote.url,
+        remote.authorization.as_deref(),
+    )
+    .await
+    .map_err(|e| PrepareError::Workspace(e.to_string()))?;
     let mut checkout = checkout;
     for bundle in &req.continue_from {
         checkout = mirror

@@ -75,6 +75,21 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
+    git_authorized(dir, args, None).await
+}
+
+/// [`git`], sending `authorization` as the HTTP `Authorization` header. It
+/// goes through the environment (`GIT_CONFIG_*`), never the command line or
+/// the repository's config, so no process listing, error or mirror shows it.
+async fn git_authorized<I, S>(
+    dir: Option<&Path>,
+    args: I,
+    authorization: Option<&str>,
+) -> Result<String, WorkspaceError>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
     let args: Vec<_> = args.into_iter().map(|a| a.as_ref().to_owned()).collect();
     let shown = args
         .iter()
@@ -97,6 +112,11 @@ where
     .env("GIT_CONFIG_NOSYSTEM", "1")
     .stdin(std::process::Stdio::null())
     .kill_on_drop(true);
+    if let Some(auth) = authorization {
+        cmd.env("GIT_CONFIG_COUNT", "1")
+            .env("GIT_CONFIG_KEY_0", "http.extraHeader")
+            .env("GIT_CONFIG_VALUE_0", format!("Authorization: {auth}"));
+    }
     let out = cmd.output().await.map_err(|e| WorkspaceError::Git {
         args: shown.clone(),
         reason: format!("cannot run git: {e}"),
@@ -124,6 +144,16 @@ impl RepoMirror {
     /// Brings the mirror of `url` under `cache_root` up to date: cloned the
     /// first time, fetched incrementally (with pruning) after that.
     pub async fn sync(cache_root: &Path, url: &str) -> Result<Self, WorkspaceError> {
+        Self::sync_authorized(cache_root, url, None).await
+    }
+
+    /// [`RepoMirror::sync`] with the forge's `Authorization` header value
+    /// (a GitHub App's installation token), for repositories that need it.
+    pub async fn sync_authorized(
+        cache_root: &Path,
+        url: &str,
+        authorization: Option<&str>,
+    ) -> Result<Self, WorkspaceError> {
         if url.starts_with('-') {
             return Err(WorkspaceError::BadName(format!(
                 "repository URL `{url}` must not start with '-'"
@@ -137,7 +167,12 @@ impl RepoMirror {
         // directory and failed. An flock, so a dead process holds nothing.
         let _lock = lock(&cache_root.join(format!("{name}.lock"))).await?;
         if path.join("HEAD").is_file() {
-            git(Some(&path), ["fetch", "--prune", "--quiet", "origin"]).await?;
+            git_authorized(
+                Some(&path),
+                ["fetch", "--prune", "--quiet", "origin"],
+                authorization,
+            )
+            .await?;
         } else {
             // Clone into a temporary name and rename, so a crash mid-clone
             // never leaves a half mirror that looks complete.
@@ -145,7 +180,7 @@ impl RepoMirror {
             if partial.exists() {
                 std::fs::remove_dir_all(&partial).map_err(io("remove", &partial))?;
             }
-            git(
+            git_authorized(
                 None,
                 [
                     OsStr::new("clone"),
@@ -155,6 +190,7 @@ impl RepoMirror {
                     OsStr::new(url),
                     partial.as_os_str(),
                 ],
+                authorization,
             )
             .await?;
             std::fs::rename(&partial, &path).map_err(io("rename", &partial))?;
