@@ -117,6 +117,17 @@ fn fence(text: &str) -> String {
     "`".repeat((longest + 1).max(3))
 }
 
+/// `text` on one line, cut to `max` characters with an ellipsis.
+fn one_line(text: &str, max: usize) -> String {
+    let flat = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    if flat.chars().count() <= max {
+        flat
+    } else {
+        let cut: String = flat.chars().take(max).collect();
+        format!("{cut}…")
+    }
+}
+
 fn duration(ms: u64) -> String {
     if ms < 1000 {
         format!("{ms} ms")
@@ -167,7 +178,7 @@ pub fn render(runs: &[CheckRun], head: &str, source: &str) -> (Verdict, String) 
         out.push_str(&format!(
             "\n<details><summary>{}: <code>{}</code> (last lines of output)</summary>\n\n{f}text\n{}\n{f}\n</details>\n",
             html(&r.check.name),
-            html(&r.check.run.join(" ")),
+            html(&one_line(&r.check.run.join(" "), 80)),
             r.tail
         ));
     }

@@ -889,7 +889,7 @@ struct WireCheckOutput {
 /// The newest check run of each name (the highest id), as statuses sorted
 /// by context; the reverse of [`check_run_body`].
 fn latest_check_runs(mut wire: Vec<WireCheckRun>) -> Vec<CommitStatus> {
-    wire.sort_by(|a, b| b.id.cmp(&a.id));
+    wire.sort_by_key(|r| std::cmp::Reverse(r.id));
     let mut out: Vec<CommitStatus> = Vec::new();
     for r in wire {
         if out.iter().any(|o| o.context == r.name) {
