@@ -397,9 +397,21 @@ async fn on_github_the_status_is_a_check_run_created_with_the_installation_token
         assert_eq!(summary.state, RunEnd::Succeeded, "{}", summary.reason);
     }
     let runs = api.check_runs();
-    assert_eq!(runs.len(), 2, "one check run per verification: {runs:?}");
+    assert_eq!(
+        runs.len(),
+        4,
+        "in progress, then the verdict, per verification: {runs:?}"
+    );
     let head = forge.get_pull_request(pr).await.expect("pr").head_sha;
-    for r in &runs {
+    for r in runs.iter().step_by(2) {
+        assert_eq!(
+            (r.name.as_str(), r.head_sha.as_str()),
+            ("kiln/verification", head.as_str())
+        );
+        assert_eq!(r.status, "in_progress");
+        assert_eq!(r.title.as_deref(), Some("running 1 check(s)"));
+    }
+    for r in runs.iter().skip(1).step_by(2) {
         assert_eq!(r.name, "kiln/verification");
         assert_eq!(r.head_sha, head);
         assert_eq!(r.status, "completed");
@@ -411,7 +423,7 @@ async fn on_github_the_status_is_a_check_run_created_with_the_installation_token
         .into_iter()
         .filter(|r| r.path.ends_with("/check-runs"))
         .collect();
-    assert_eq!(posts.len(), 2);
+    assert_eq!(posts.len(), 4);
     assert!(
         posts.iter().all(|r| r
             .authorization

@@ -251,6 +251,13 @@ impl Role for Verifier {
                 ),
             ),
         };
+        // The head shows the checks running; the verdict replaces it.
+        forge::settle(forge::set_status(
+            number,
+            CONTEXT,
+            StatusState::Pending,
+            &format!("running {} check(s)", checks.len()),
+        ))?;
         let mut runs = Vec::with_capacity(checks.len());
         for c in &checks {
             runs.push(run_check(c)?);
