@@ -170,7 +170,8 @@ fn guess(task: &Task, number: u64) -> Result<Source, RoleError> {
         .map_err(|e| RoleError::Internal(format!("checked output no longer parses: {e}")))?;
     let checks = config::parse(&guess_to_toml(&g))
         .map_err(|e| RoleError::Internal(format!("checked output no longer passes: {e}")))?;
-    Ok(Source::Guessed(checks, g.found_in.trim().to_string()))
+    // The model's words go into the report: one bounded line.
+    Ok(Source::Guessed(checks, report::one_line(&g.found_in, 200)))
 }
 
 /// Runs one check in the sandbox, with its time limit.

@@ -118,7 +118,7 @@ fn fence(text: &str) -> String {
 }
 
 /// `text` on one line, cut to `max` characters with an ellipsis.
-fn one_line(text: &str, max: usize) -> String {
+pub fn one_line(text: &str, max: usize) -> String {
     let flat = text.split_whitespace().collect::<Vec<_>>().join(" ");
     if flat.chars().count() <= max {
         flat
@@ -154,7 +154,7 @@ pub fn render(runs: &[CheckRun], head: &str, source: &str) -> (Verdict, String) 
         let (result, exit) = match &r.ended {
             Ended::Exited(0) => ("passed", "0".to_string()),
             Ended::Exited(c) => ("failed", c.to_string()),
-            Ended::Killed(why) => ("failed", format!("killed ({})", cell(why))),
+            Ended::Killed(why) => ("failed", format!("killed ({})", cell(&one_line(why, 40)))),
             Ended::NotRun(_) => ("did not run", "—".to_string()),
         };
         let last = match &r.ended {
@@ -285,6 +285,26 @@ mod tests {
             text.contains("`````text\n```\n# heading\n````\n`````"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn the_largest_report_fits_the_hosts_text_limit() {
+        // Every check at its limits: names, argv, output all at their largest.
+        let big = "x`|<".repeat(20_000);
+        let runs: Vec<CheckRun> = (0..crate::config::MAX_CHECKS)
+            .map(|i| CheckRun {
+                check: Check {
+                    name: format!("{i}{}", "n".repeat(crate::config::MAX_NAME_CHARS - 2)),
+                    run: vec!["a".repeat(crate::config::MAX_ARGV_BYTES)],
+                    timeout_secs: 1,
+                },
+                ended: Ended::Killed(big.clone()),
+                duration_ms: u64::MAX,
+                tail: tail(&big, &big),
+            })
+            .collect();
+        let (_, text) = render(&runs, &"f".repeat(40), &one_line(&big, 200));
+        assert!(text.len() < 64 * 1024, "{} bytes", text.len());
     }
 
     #[test]

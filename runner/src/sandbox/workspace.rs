@@ -517,6 +517,61 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_protected_checkout_belongs_to_root_with_no_write_bits_and_sticky_dirs() {
+        use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+        let (tmp, src, url) = one_commit_repo();
+        std::fs::create_dir(src.join("bin")).expect("mkdir");
+        std::fs::write(src.join("bin/run"), "#!/bin/sh\n").expect("write");
+        std::fs::set_permissions(src.join("bin/run"), std::fs::Permissions::from_mode(0o4775))
+            .expect("chmod");
+        // A link out of the checkout, to a file of the test's own.
+        let outside = tmp.path().join("outside");
+        std::fs::write(&outside, "x").expect("write");
+        std::fs::set_permissions(&outside, std::fs::Permissions::from_mode(0o664)).expect("chmod");
+        std::os::unix::fs::symlink(&outside, src.join("link")).expect("symlink");
+        git_sync(&src, &["add", "bin/run", "link"]);
+        git_sync(&src, &["commit", "-q", "-m", "more"]);
+        let mirror = RepoMirror::sync(&tmp.path().join("mirrors"), &url)
+            .await
+            .expect("sync");
+        let ws = Workspace::create(&mirror, "main", "kiln/t", Some(tmp.path()))
+            .await
+            .expect("checkout");
+        let protected = ws.protect_checkout().expect("protect");
+        if !is_root() {
+            assert!(!protected, "only root can give files away");
+            return;
+        }
+        assert!(protected);
+        let mode = |p: &str| {
+            let meta = std::fs::symlink_metadata(ws.path().join(p)).expect("stat");
+            (meta.uid(), meta.permissions().mode() & 0o7777)
+        };
+        assert_eq!(
+            mode(""),
+            (0, 0o1777),
+            "the root takes new files, keeps its own"
+        );
+        assert_eq!(mode("bin"), (0, 0o1777));
+        assert_eq!(mode("a"), (0, 0o444), "a tracked file is read-only");
+        assert_eq!(
+            mode("bin/run"),
+            (0, 0o555),
+            "executable, no set-id, no write"
+        );
+        assert_eq!(mode(".git"), (0, 0o755), ".git takes nothing new");
+        assert_eq!(mode(".git/HEAD"), (0, 0o444));
+        let link = std::fs::symlink_metadata(ws.path().join("link")).expect("stat");
+        assert_eq!(link.uid(), 0, "the link itself changed hands");
+        let target = std::fs::metadata(&outside).expect("stat");
+        assert_eq!(
+            target.permissions().mode() & 0o777,
+            0o664,
+            "the link's target was not followed"
+        );
+    }
+
+    #[tokio::test]
     async fn mirror_fetches_incrementally_and_workspaces_share_nothing() {
         let (tmp, src, url) = one_commit_repo();
         let cache = tmp.path().join("mirrors");
