@@ -150,6 +150,12 @@ pub async fn contract(forge: &dyn Forge, env: &dyn ContractEnv) {
         seen,
         vec![(progress, "progress: done"), (later, "second comment")]
     );
+    // Kiln recognises its own comments (a role's earlier report) by author.
+    let own = forge.own_login().await.expect("own login");
+    assert!(
+        comments.iter().all(|c| c.author == own),
+        "the forge's own login {own:?} is the author of what it wrote: {comments:?}"
+    );
 
     // Labels: adding is idempotent, removing an absent label is fine.
     forge
@@ -620,7 +626,7 @@ async fn the_contract_holds_for_github() {
     let requests = env.api.requests();
     for r in &requests {
         let auth = r.authorization.as_deref().unwrap_or("");
-        if r.path.starts_with("/app/") || r.path.ends_with("/installation") {
+        if r.path == "/app" || r.path.starts_with("/app/") || r.path.ends_with("/installation") {
             assert!(
                 auth.starts_with("Bearer ey"),
                 "{} needs the App JWT",
@@ -648,17 +654,31 @@ async fn the_contract_holds_for_github() {
         git_posts, 3,
         "three pushes went over smart HTTP with the token"
     );
-    let statuses: Vec<_> = requests
+    // As an App, Kiln's statuses are check runs (Checks API), created with
+    // the installation token; classic statuses are the token's fallback.
+    assert!(
+        !requests
+            .iter()
+            .any(|r| r.method == Method::POST && r.path.contains("/statuses/")),
+        "an App creates check runs, not classic statuses"
+    );
+    let runs: Vec<_> = requests
         .iter()
-        .filter(|r| r.method == Method::POST && r.path.contains("/statuses/"))
+        .filter(|r| r.method == Method::POST && r.path.ends_with("/check-runs"))
         .filter_map(|r| r.body.clone())
         .collect();
-    assert_eq!(statuses.len(), 4, "every status was posted: {statuses:?}");
+    assert_eq!(runs.len(), 4, "every status was posted: {runs:?}");
+    assert_eq!(runs[0]["name"], "kiln/verification");
+    assert_eq!(runs[0]["status"], "in_progress");
+    assert_eq!(runs[0]["output"]["title"], "running 3 checks");
+    assert!(runs[0].get("conclusion").is_none(), "{:?}", runs[0]);
     assert_eq!(
-        statuses[0],
-        serde_json::json!({"state": "pending", "context": "kiln/verification",
-                           "description": "running 3 checks"})
+        runs[3]["conclusion"], "action_required",
+        "error needs a person"
     );
+    let stored = env.api.check_runs();
+    assert_eq!(stored.len(), 4);
+    assert!(stored.iter().all(|r| r.head_sha.len() == 40));
     let replies = requests
         .iter()
         .filter(|r| r.method == Method::POST && r.path.ends_with("/replies"))
@@ -1309,4 +1329,49 @@ async fn the_contract_holds_for_the_local_forge() {
         work,
     };
     contract(&forge, &env).await;
+}
+
+// A token cannot create check runs (GitHub refuses it): with one, Kiln's
+// statuses stay classic commit statuses; an App's are check runs. Both know
+// the login their comments appear under.
+#[tokio::test]
+async fn with_a_token_statuses_are_classic_commit_statuses() {
+    let env = GitHubEnv::start().await;
+    let app = env.app_forge();
+    let head = commit_on(env.work.path(), "main", "src/x.rs", "x\n", "x");
+    app.push(env.work.path(), &head, "kiln/token-status")
+        .await
+        .expect("push");
+    let pr = app
+        .create_draft_pull_request(NewPullRequest {
+            title: "t".into(),
+            body: "b".into(),
+            head: "kiln/token-status".into(),
+            base: "main".into(),
+        })
+        .await
+        .expect("open a pull request");
+    env.api.accept_personal_token("github_pat_test_0002");
+    let token = env.forge_with(Credentials::token("github_pat_test_0002"), env.options());
+    let failed = CommitStatus {
+        context: "kiln/verification".into(),
+        state: StatusState::Failure,
+        description: "1 of 2 check(s) failed".into(),
+    };
+    token.set_status(pr, &failed).await.expect("set status");
+    assert_eq!(token.list_statuses(pr).await.expect("list"), vec![failed]);
+    assert!(env.api.check_runs().is_empty(), "no check run with a token");
+    let posted = env
+        .api
+        .requests_to(Method::POST, &env.repo_path(&format!("/statuses/{head}")));
+    assert_eq!(posted.len(), 1);
+    assert_eq!(
+        token.own_login().await.expect("GET /user"),
+        github_api::BOT_LOGIN
+    );
+    assert_eq!(
+        app.own_login().await.expect("GET /app"),
+        "kiln-test[bot]",
+        "an App writes as <slug>[bot]"
+    );
 }

@@ -33,4 +33,5 @@ mod roles;
 mod sandbox;
 mod serve_crash;
 mod store_crash;
+mod verification;
 mod worker;

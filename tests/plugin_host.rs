@@ -1003,10 +1003,10 @@ fn custom_roles_that_cannot_be_trusted_are_refused_with_the_reason() {
             },
         }
     };
-    // The honest entry loads, beside the four built-in roles.
+    // The honest entry loads, beside the five built-in roles.
     assert_eq!(
         load(entry("answer", "answer.wasm", &sha256(&reply), all_caps)),
-        "loaded 5 plugins"
+        "loaded 6 plugins"
     );
     let cases = [
         (

@@ -271,10 +271,10 @@ fn tool_results(request: &CompletionRequest) -> Vec<(String, bool)> {
 }
 
 #[test]
-fn the_four_roles_are_built_into_the_binary_and_load() {
+fn the_five_roles_are_built_into_the_binary_and_load() {
     let names: Vec<_> = builtin::ROLE_PLUGINS.iter().map(|(n, _)| *n).collect();
     let host = PluginHost::new(PluginLimits::default()).expect("plugin host");
-    for role in ["triage", "spec", "implementation", "review"] {
+    for role in ["triage", "spec", "implementation", "review", "verification"] {
         assert!(names.contains(&role), "{role} missing from {names:?}");
         let plugin = host
             .load(builtin::role_plugin(role).expect("built in"))

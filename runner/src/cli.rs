@@ -15,7 +15,7 @@ mod serve;
 mod token;
 
 /// Kiln: a self-hosted software factory runner. Issues flow through role
-/// plugins (triage, spec, implementation, review) that run as WebAssembly
+/// plugins (triage, spec, implementation, review, verification) that run as WebAssembly
 /// components, each in its own sandbox, and come out as draft pull requests.
 #[derive(Debug, Parser)]
 #[command(name = "kiln", version, about, long_about = None, propagate_version = true)]

@@ -103,7 +103,7 @@ pub enum ConfigError {
     /// A trigger, secret scope or budget names a role that is neither built
     /// in nor configured with `[[roles]]`.
     #[error(
-        "{place} names role `{role}`, which is neither built in (triage, spec, implementation, review) nor configured with [[roles]]"
+        "{place} names role `{role}`, which is neither built in (triage, spec, implementation, review, verification) nor configured with [[roles]]"
     )]
     UnknownRole {
         /// Where the name appears.
@@ -204,7 +204,7 @@ impl CustomRoleConfig {
         if Role::builtin(&self.name).is_some() {
             return Err(bad(
                 "name",
-                "is a built-in role's name: a custom role needs a name of its own (the built-in plugins play triage, spec, implementation and review)".into(),
+                "is a built-in role's name: a custom role needs a name of its own (the built-in plugins play triage, spec, implementation, review and verification)".into(),
             ));
         }
         if self.sha256.len() != 64 || !self.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -602,6 +602,8 @@ pub enum Role {
     Implementation,
     /// Reviews a pull request.
     Review,
+    /// Runs a pull request's checks in the sandbox and reports them.
+    Verification,
     /// A role of the repository's own, played by a configured plugin.
     Custom(RoleName),
 }
@@ -652,13 +654,25 @@ pub fn is_role_name(name: &str) -> bool {
 
 impl Role {
     /// Every built-in role, for tests and tooling.
-    pub const ALL: [Role; 4] = [Role::Triage, Role::Spec, Role::Implementation, Role::Review];
+    pub const ALL: [Role; 5] = [
+        Role::Triage,
+        Role::Spec,
+        Role::Implementation,
+        Role::Review,
+        Role::Verification,
+    ];
 
     /// True if the role may change the workspace (mounted read-write).
     /// Custom roles write only if their grant has `workspace.write`; the
     /// worker asks the grant, this says what the built-in roles do.
     pub fn writes_workspace(self) -> bool {
         matches!(self, Role::Spec | Role::Implementation)
+    }
+
+    /// True if the role works on a pull request (its number is a pull
+    /// request's, its workspace is the pull request's head).
+    pub fn reads_pull_request(self) -> bool {
+        matches!(self, Role::Review | Role::Verification)
     }
 
     /// The role's name as written in `kiln.toml` and in policies (`principal.role`).
@@ -668,6 +682,7 @@ impl Role {
             Role::Spec => "spec",
             Role::Implementation => "implementation",
             Role::Review => "review",
+            Role::Verification => "verification",
             Role::Custom(name) => name.as_str(),
         }
     }
@@ -693,7 +708,7 @@ impl std::str::FromStr for Role {
         }
         RoleName::new(s).map(Role::Custom).ok_or_else(|| {
             format!(
-                "role {:?} must be a built-in role (triage, spec, implementation, review) or a custom role name of 1-64 [a-z0-9-]",
+                "role {:?} must be a built-in role (triage, spec, implementation, review, verification) or a custom role name of 1-64 [a-z0-9-]",
                 s.chars().take(80).collect::<String>()
             )
         })

@@ -379,6 +379,35 @@ pub enum Proposal {
         /// One line for humans.
         description: String,
     },
+    /// Post the role's report comment, or update the one it posted before.
+    Report {
+        /// Issue or pull request number.
+        number: u64,
+        /// The role whose report it is, set by the host (never the plugin):
+        /// the hidden marker that finds the earlier report names it.
+        role: String,
+        /// Body, without the marker.
+        body: String,
+    },
+}
+
+/// The hidden first line of a role's report comment, by which the host finds
+/// the report again to update it in place.
+pub fn report_marker(role: &str) -> String {
+    format!("<!-- kiln:report:{role} -->")
+}
+
+/// The id of `role`'s earlier report among `comments`: the newest comment
+/// written by `own_login` (Kiln itself) that starts with the role's marker.
+/// A marker in anyone else's comment is ignored, so nobody can make Kiln
+/// edit (or stop updating) a comment of theirs by quoting it.
+pub fn find_report(comments: &[Comment], own_login: &str, role: &str) -> Option<u64> {
+    let marker = report_marker(role);
+    comments
+        .iter()
+        .rev()
+        .find(|c| c.author == own_login && c.body.starts_with(&marker))
+        .map(|c| c.id)
 }
 
 /// What became of a proposal after the gate.
@@ -635,6 +664,11 @@ pub trait Forge: Send + Sync {
     /// The latest status of each context on the pull request's head
     /// commit, sorted by context.
     async fn list_statuses(&self, number: u64) -> Result<Vec<CommitStatus>, ForgeError>;
+
+    /// The login Kiln's own comments are written as (the App's bot, the
+    /// token's user, the local forge's actor): how the host recognises its
+    /// own comments, e.g. a role's earlier report.
+    async fn own_login(&self) -> Result<String, ForgeError>;
 
     /// `login`'s permission on the repository. Errors must not be read as a
     /// permission: callers fail closed.

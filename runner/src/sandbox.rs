@@ -175,6 +175,11 @@ pub struct SandboxSpec {
     pub exec_timeout: Duration,
     /// Bytes of stdout and of stderr kept per command.
     pub output_cap: usize,
+    /// Mount `/workspace` read-write for build outputs although the role
+    /// does not write: the caller has made the checkout's own files
+    /// unchangeable by the sandbox user first
+    /// ([`workspace::Workspace::protect_checkout`]).
+    pub build_outputs: bool,
 }
 
 impl SandboxSpec {
@@ -209,7 +214,16 @@ impl SandboxSpec {
             agent_secrets: Vec::new(),
             exec_timeout: Duration::from_secs(defaults.exec_timeout_secs),
             output_cap: defaults.output_cap_bytes,
+            build_outputs: false,
         }
+    }
+
+    /// Mounts `/workspace` read-write so checks can write build outputs; only
+    /// for a workspace whose checkout [`workspace::Workspace::protect_checkout`]
+    /// made unchangeable (tracked files stay read-only for the sandbox).
+    pub fn with_build_outputs(mut self) -> Self {
+        self.build_outputs = true;
+        self
     }
 
     /// Applies `[sandbox]` limits, runtime, timeout, output cap and egress allowlist.
@@ -225,7 +239,7 @@ impl SandboxSpec {
 
     /// True if `/workspace` is mounted read-write.
     pub fn workspace_writable(&self) -> bool {
-        self.role.writes_workspace()
+        self.role.writes_workspace() || self.build_outputs
     }
 
     /// True if the sandbox starts in the setup phase (it has egress or setup secrets).
@@ -399,6 +413,7 @@ mod tests {
         for (role, writable) in [
             (Role::Triage, false),
             (Role::Review, false),
+            (Role::Verification, false),
             (Role::Spec, true),
             (Role::Implementation, true),
         ] {

@@ -25,6 +25,10 @@ pub const CORE_SKILLS: &[(&str, &str)] = &[
         include_str!("../../skills/implementation/SKILL.md"),
     ),
     ("review", include_str!("../../skills/review/SKILL.md")),
+    (
+        "verification",
+        include_str!("../../skills/verification/SKILL.md"),
+    ),
 ];
 
 /// The core skill `name`, if Kiln ships one.
@@ -305,7 +309,10 @@ mod tests {
     #[test]
     fn every_core_skill_is_embedded_and_marks_its_overridable_sections() {
         let names: Vec<_> = CORE_SKILLS.iter().map(|(n, _)| *n).collect();
-        assert_eq!(names, ["triage", "spec", "implementation", "review"]);
+        assert_eq!(
+            names,
+            ["triage", "spec", "implementation", "review", "verification"]
+        );
         assert_eq!(
             overridable_sections(core("triage").expect("triage")),
             ["Labels", "What makes an issue actionable"]
@@ -321,6 +328,10 @@ mod tests {
         assert_eq!(
             overridable_sections(core("review").expect("review")),
             ["What to check"]
+        );
+        assert_eq!(
+            overridable_sections(core("verification").expect("verification")),
+            ["Where to look"]
         );
         // The limits of every role are Kiln's alone.
         for (name, text) in CORE_SKILLS {

@@ -86,6 +86,7 @@ impl RunRequest {
         }
         Some(match self.role {
             Role::Review => format!("kiln/review-pr-{}", self.number),
+            Role::Verification => format!("kiln/verification-pr-{}", self.number),
             Role::Implementation => format!("kiln/implement-issue-{}", self.number),
             r => format!("kiln/{}-issue-{}", r.as_str(), self.number),
         })
@@ -443,7 +444,7 @@ pub fn progress_ended(run_id: &str, role: Role, state: &str, reason: &str) -> St
 /// Whether the run reads a pull request (review, answering a review)
 /// rather than an issue.
 fn on_pull_request(req: &RunRequest) -> bool {
-    req.role == Role::Review || req.answers_review()
+    req.role.reads_pull_request() || req.answers_review()
 }
 
 async fn snapshot(
@@ -523,7 +524,7 @@ async fn run_prepared(
             Some((branch, _)) => branch.clone(),
             None => base_branch.clone(),
         },
-        Role::Review => snap
+        Role::Review | Role::Verification => snap
             .pull_requests
             .get(&req.number)
             .map(|p| p.head_branch.clone())
@@ -544,9 +545,14 @@ async fn run_prepared(
         _ => base_branch.clone(),
     };
     let remote = forge.git_remote().await?;
-    let mirror = RepoMirror::sync(&services.mirrors, &remote.url)
-        .await
-        .map_err(|e| PrepareError::Workspace(e.to_string()))?;
+    // A GitHub App's repositories are fetched with its installation token.
+    let mirror = RepoMirror::sync_authorized(
+        &services.mirrors,
+        &remote.url,
+        remote.authorization.as_deref(),
+    )
+    .await
+    .map_err(|e| PrepareError::Workspace(e.to_string()))?;
     let mut checkout = checkout;
     for bundle in &req.continue_from {
         checkout = mirror
@@ -595,13 +601,28 @@ async fn run_prepared(
             &workspace.head()[..workspace.head().len().min(12)]
         ),
     );
-    let spec = SandboxSpec::new(
+    let mut spec = SandboxSpec::new(
         req.run_id.clone(),
         req.role,
         services.image.clone(),
         workspace.path(),
     )
     .with_config(&services.sandbox_config);
+    // Verification's checks write build outputs but must not change what
+    // they check: tracked files unchangeable in a read-write mount, or (a
+    // runner that cannot give files away) a read-only mount.
+    if req.role == Role::Verification {
+        match workspace.protect_checkout() {
+            Ok(true) => spec = spec.with_build_outputs(),
+            Ok(false) => events.record(
+                EventKind::Warning,
+                "the runner is not root: the workspace is mounted read-only, so checks \
+                 cannot write build outputs into it (only under /tmp)"
+                    .into(),
+            ),
+            Err(e) => return Err(PrepareError::Workspace(e.to_string())),
+        }
+    }
     let mut sandbox = services
         .sandboxes
         .create(spec)

@@ -232,8 +232,29 @@ struct StoredStatus {
     author: String,
 }
 
+/// A check run (Checks API), as the App created it.
+#[derive(Debug, Clone)]
+pub struct StoredCheckRun {
+    /// Its id.
+    pub id: u64,
+    /// The commit it is on.
+    pub head_sha: String,
+    /// Its name (Kiln's status context).
+    pub name: String,
+    /// `queued`, `in_progress` or `completed`.
+    pub status: String,
+    /// Set once completed.
+    pub conclusion: Option<String>,
+    /// `output.title`.
+    pub title: Option<String>,
+    /// `output.summary`.
+    pub summary: Option<String>,
+}
+
 struct ServerState {
     requests: Vec<Recorded>,
+    /// Check runs, oldest first.
+    check_runs: Vec<StoredCheckRun>,
     faults: Vec<Fault>,
     items: BTreeMap<u64, Item>,
     comments: Vec<StoredComment>,
@@ -298,6 +319,7 @@ impl GitHubApi {
             templates: Templates::load(),
             state: Mutex::new(ServerState {
                 requests: Vec::new(),
+                check_runs: Vec::new(),
                 faults: Vec::new(),
                 items: BTreeMap::new(),
                 comments: Vec::new(),
@@ -423,6 +445,11 @@ impl GitHubApi {
         out.status
             .success()
             .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+
+    /// Every check run created so far, oldest first.
+    pub fn check_runs(&self) -> Vec<StoredCheckRun> {
+        self.lock().check_runs.clone()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, ServerState> {
@@ -569,7 +596,7 @@ async fn handle(
     if is_git {
         return git_http(&shared, &method, &path, &query, &headers, body).await;
     }
-    if path.starts_with("/app/") || path.ends_with("/installation") {
+    if path == "/app" || path.starts_with("/app/") || path.ends_with("/installation") {
         if let Err(r) = check_jwt(&shared, authorization.as_deref()) {
             return r;
         }
@@ -577,6 +604,11 @@ async fn handle(
     }
     if let Err(r) = check_token(&shared, authorization.as_deref()) {
         return r;
+    }
+    if method == Method::GET && path == "/user" {
+        // The authenticated user (a fine-grained token's); this server
+        // attributes every write to the bot, so that is who it is.
+        return json_response(200, user(&shared.templates.issue["user"], BOT_LOGIN));
     }
     let mut st = shared.state.lock().unwrap_or_else(|e| e.into_inner());
     repo_route(
@@ -638,6 +670,20 @@ fn check_token(shared: &Shared, authorization: Option<&str>) -> Result<(), Respo
 fn app_route(shared: &Shared, method: &Method, path: &str) -> Response {
     let repo_installation = format!("/repos/{}/{}/installation", shared.owner, shared.name);
     let tokens = format!("/app/installations/{INSTALLATION_ID}/access_tokens");
+    if *method == Method::GET && path == "/app" {
+        // GET /app with the App's JWT: no recorded fixture, GitHub's documented shape.
+        return json_response(
+            200,
+            json!({
+                "id": shared.app.app_id,
+                "slug": "kiln-test",
+                "name": "Kiln test",
+                "owner": {"login": shared.owner, "id": 1, "type": "Organization"},
+                "permissions": {"checks": "write", "issues": "write", "pull_requests": "write", "contents": "write"},
+                "events": ["issues", "issue_comment", "pull_request"],
+            }),
+        );
+    }
     if *method == Method::GET && path == repo_installation {
         // No recorded fixture exists for this endpoint; GitHub's documented shape.
         return json_response(
@@ -1289,6 +1335,85 @@ fn repo_route(
             st.statuses.push(status);
             json_response(201, v)
         }
+        ("POST", ["check-runs"]) => {
+            // Only an App may create check runs: GitHub answers a personal
+            // token with 403.
+            let bearer = headers
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|a| {
+                    a.strip_prefix("Bearer ")
+                        .or_else(|| a.strip_prefix("token "))
+                });
+            if bearer.is_some_and(|t| !st.tokens.contains_key(t)) {
+                return message(403, "You must authenticate via a GitHub App.");
+            }
+            let sha = str_field(&body, "head_sha").unwrap_or("").to_string();
+            if !commit_exists(shared, &sha) {
+                return validation_failed(t, "CheckRun", "head_sha", "invalid");
+            }
+            let Some(name) = str_field(&body, "name").filter(|n| !n.is_empty()) else {
+                return validation_failed(t, "CheckRun", "name", "missing_field");
+            };
+            let status = str_field(&body, "status").unwrap_or("queued");
+            let conclusion = str_field(&body, "conclusion");
+            let conclusions = [
+                "action_required",
+                "cancelled",
+                "failure",
+                "neutral",
+                "success",
+                "skipped",
+                "stale",
+                "timed_out",
+            ];
+            let valid = match (status, conclusion) {
+                ("completed", Some(c)) => conclusions.contains(&c),
+                ("queued" | "in_progress", None) => true,
+                _ => false,
+            };
+            if !valid {
+                return validation_failed(t, "CheckRun", "conclusion", "invalid");
+            }
+            let output = body.as_ref().and_then(|b| b.get("output"));
+            let out_field = |k: &str| {
+                output
+                    .and_then(|o| o.get(k))
+                    .and_then(Value::as_str)
+                    .map(String::from)
+            };
+            if output.is_some() && (out_field("title").is_none() || out_field("summary").is_none())
+            {
+                return validation_failed(t, "CheckRun", "output", "missing_field");
+            }
+            let run = StoredCheckRun {
+                id: new_id(st),
+                head_sha: sha,
+                name: name.to_string(),
+                status: status.to_string(),
+                conclusion: conclusion.map(String::from),
+                title: out_field("title"),
+                summary: out_field("summary"),
+            };
+            let v = check_run_json(shared, &run);
+            st.check_runs.push(run);
+            json_response(201, v)
+        }
+        ("GET", ["commits", sha, "check-runs"]) => {
+            if !commit_exists(shared, sha) {
+                return message(404, "Not Found");
+            }
+            // GitHub's default `filter=latest`: the newest run of each name.
+            let mut seen = std::collections::HashSet::new();
+            let runs: Vec<Value> = st
+                .check_runs
+                .iter()
+                .rev()
+                .filter(|r| r.head_sha == *sha && seen.insert(r.name.clone()))
+                .map(|r| check_run_json(shared, r))
+                .collect();
+            json_response(200, json!({"total_count": runs.len(), "check_runs": runs}))
+        }
         ("GET", ["commits", sha, "statuses"]) => {
             if !commit_exists(shared, sha) {
                 return message(404, "Not Found");
@@ -1362,6 +1487,30 @@ fn review_comment_json(t: &Templates, c: &StoredReviewComment) -> Value {
         v["in_reply_to_id"] = json!(root);
     }
     v
+}
+
+/// A check run. No recorded fixture exists for the Checks API; this is
+/// GitHub's documented shape (`POST /repos/{o}/{r}/check-runs`).
+fn check_run_json(shared: &Shared, r: &StoredCheckRun) -> Value {
+    json!({
+        "id": r.id,
+        "head_sha": r.head_sha,
+        "node_id": format!("CR_kwDO{}", r.id),
+        "external_id": "",
+        "url": format!("https://api.github.com/repos/{}/{}/check-runs/{}", shared.owner, shared.name, r.id),
+        "html_url": format!("https://github.com/{}/{}/runs/{}", shared.owner, shared.name, r.id),
+        "details_url": null,
+        "status": r.status,
+        "conclusion": r.conclusion,
+        "started_at": iso(now()),
+        "completed_at": if r.status == "completed" { json!(iso(now())) } else { Value::Null },
+        "output": {"title": r.title, "summary": r.summary, "text": null,
+                   "annotations_count": 0, "annotations_url": ""},
+        "name": r.name,
+        "check_suite": {"id": 1},
+        "app": {"id": shared.app.app_id, "slug": "kiln-test", "name": "Kiln test"},
+        "pull_requests": [],
+    })
 }
 
 /// A commit status. No recorded fixture exists for statuses; this is

@@ -6,7 +6,8 @@ pub use crate::wit::kiln::role::forge::{
 };
 #[cfg(not(feature = "wit-0-1-0"))]
 pub use crate::wit::kiln::role::forge::{
-    PullRequestUpdateProposal, ReplyProposal, ReviewThread, StatusProposal, StatusState,
+    PullRequestUpdateProposal, ReplyProposal, ReportProposal, ReviewThread, StatusProposal,
+    StatusState,
 };
 use crate::{RoleError, wit::kiln::role::forge as raw};
 
@@ -98,6 +99,17 @@ pub fn set_status(
         context: context.to_string(),
         state,
         description: description.to_string(),
+    })
+}
+
+/// Propose the role's report on issue or pull request `number`: posted the
+/// first time, then edited in place on every later run, never a second
+/// comment (capability `forge.report`; WIT 0.2.0).
+#[cfg(not(feature = "wit-0-1-0"))]
+pub fn report(number: u64, body: &str) -> Result<ProposalReceipt, RoleError> {
+    raw::propose_report(&ReportProposal {
+        number,
+        body: body.to_string(),
     })
 }
 

@@ -596,6 +596,9 @@ fn describe_effect(e: &kiln::forge::EffectRecord) -> String {
             state,
             ..
         } => format!("forge.status {context} = {state} on #{number}"),
+        Proposal::Report { number, body, .. } => {
+            format!("forge.report on #{number}: {}", first_line(body))
+        }
     };
     let state = match &e.state {
         EffectState::Recorded => "recorded".to_string(),

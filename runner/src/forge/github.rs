@@ -202,6 +202,13 @@ impl GitHubForge {
         }
     }
 
+    /// Statuses are check runs (Checks API) when Kiln is a GitHub App: only
+    /// an App may create them, and they show as Kiln's own checks on the pull
+    /// request. A token falls back to classic commit statuses.
+    fn uses_checks(&self) -> bool {
+        self.github.auth.renewable()
+    }
+
     /// `/repos/{owner}/{name}`.
     fn base(&self) -> String {
         format!("/repos/{}/{}", seg(&self.repo.owner), seg(&self.repo.name))
@@ -524,6 +531,21 @@ impl Forge for GitHubForge {
 
     async fn set_status(&self, number: u64, status: &CommitStatus) -> Result<(), ForgeError> {
         let sha = self.head_sha(number).await?;
+        if self.uses_checks() {
+            let call = format!(
+                "create check run {:?} on the head of #{number} in {}",
+                status.context, self.repo
+            );
+            let path = format!("{}/check-runs", self.base());
+            self.send(
+                &call,
+                Method::POST,
+                path,
+                Some(check_run_body(&sha, status)),
+            )
+            .await?;
+            return Ok(());
+        }
         let call = format!(
             "set status {:?} on the head of #{number} in {}",
             status.context, self.repo
@@ -540,10 +562,23 @@ impl Forge for GitHubForge {
 
     async fn list_statuses(&self, number: u64) -> Result<Vec<CommitStatus>, ForgeError> {
         let sha = self.head_sha(number).await?;
+        if self.uses_checks() {
+            let call = format!("list check runs on the head of #{number} in {}", self.repo);
+            let path = format!("{}/commits/{sha}/check-runs?per_page=100", self.base());
+            let page: WireCheckRuns = self
+                .send(&call, Method::GET, path, None)
+                .await?
+                .json(&call)?;
+            return Ok(latest_check_runs(page.check_runs));
+        }
         let call = format!("list statuses on the head of #{number} in {}", self.repo);
         let path = format!("{}/commits/{sha}/statuses?per_page=100", self.base());
         let wire: Vec<WireStatus> = self.get_all(&call, path).await?;
         Ok(latest_statuses(wire))
+    }
+
+    async fn own_login(&self) -> Result<String, ForgeError> {
+        self.github.auth.own_login(&self.github.api).await
     }
 
     async fn permission(&self, login: &str) -> Result<Permission, ForgeError> {
@@ -827,6 +862,83 @@ struct WireStatus {
     description: Option<String>,
 }
 
+/// `POST /check-runs` for a status: a pending status is a check run in
+/// progress, any other a completed one. `error` (the check could not run)
+/// becomes `action_required`, which blocks a merge like a failure but tells
+/// a person that the check itself needs them, not the code.
+fn check_run_body(sha: &str, status: &CommitStatus) -> serde_json::Value {
+    let description = status_description(&status.description);
+    let output = json!({
+        "title": if description.is_empty() { status.state.as_str() } else { description },
+        "summary": format!("{}: {description}", status.state),
+    });
+    let conclusion = match status.state {
+        StatusState::Pending => None,
+        StatusState::Success => Some("success"),
+        StatusState::Failure => Some("failure"),
+        StatusState::Error => Some("action_required"),
+    };
+    match conclusion {
+        None => json!({
+            "name": status.context, "head_sha": sha, "status": "in_progress", "output": output,
+        }),
+        Some(c) => json!({
+            "name": status.context, "head_sha": sha, "status": "completed",
+            "conclusion": c, "output": output,
+        }),
+    }
+}
+
+#[derive(Deserialize)]
+struct WireCheckRuns {
+    check_runs: Vec<WireCheckRun>,
+}
+
+#[derive(Deserialize, Clone)]
+struct WireCheckRun {
+    id: u64,
+    name: String,
+    status: String,
+    conclusion: Option<String>,
+    output: Option<WireCheckOutput>,
+}
+
+#[derive(Deserialize, Clone)]
+struct WireCheckOutput {
+    title: Option<String>,
+}
+
+/// The newest check run of each name (the highest id), as statuses sorted
+/// by context; the reverse of [`check_run_body`].
+fn latest_check_runs(mut wire: Vec<WireCheckRun>) -> Vec<CommitStatus> {
+    wire.sort_by_key(|r| std::cmp::Reverse(r.id));
+    let mut out: Vec<CommitStatus> = Vec::new();
+    for r in wire {
+        if out.iter().any(|o| o.context == r.name) {
+            continue;
+        }
+        let state = match (r.status.as_str(), r.conclusion.as_deref()) {
+            ("completed", Some("success")) => StatusState::Success,
+            ("completed", Some("failure")) => StatusState::Failure,
+            ("completed", _) => StatusState::Error,
+            _ => StatusState::Pending,
+        };
+        let title = r.output.and_then(|o| o.title).unwrap_or_default();
+        out.push(CommitStatus {
+            context: r.name,
+            // A title that only names the state stands for no description.
+            description: if title == state.as_str() {
+                String::new()
+            } else {
+                title
+            },
+            state,
+        });
+    }
+    out.sort_by(|a, b| a.context.cmp(&b.context));
+    out
+}
+
 /// The newest status of each context (GitHub lists newest first), sorted
 /// by context. A state Kiln does not know reads as `error`.
 fn latest_statuses(wire: Vec<WireStatus>) -> Vec<CommitStatus> {
@@ -1019,5 +1131,57 @@ mod tests {
         assert_eq!(p("read", Some("triage")), Permission::Triage);
         assert_eq!(p("write", Some("custom-deployer")), Permission::Write);
         assert_eq!(p("weird", None), Permission::None);
+    }
+
+    #[test]
+    fn statuses_round_trip_through_check_runs() {
+        let sha = "a".repeat(40);
+        let states = [
+            (StatusState::Pending, "running 2 checks"),
+            (StatusState::Success, "2 checks passed"),
+            (StatusState::Failure, "1 of 2 checks failed"),
+            (StatusState::Error, ""),
+        ];
+        let mut wire = Vec::new();
+        for (i, (state, description)) in states.iter().enumerate() {
+            let status = CommitStatus {
+                context: format!("kiln/c{i}"),
+                state: *state,
+                description: description.to_string(),
+            };
+            let body = check_run_body(&sha, &status);
+            assert_eq!(body["head_sha"], sha.as_str());
+            assert_eq!(body["name"], status.context.as_str());
+            wire.push(WireCheckRun {
+                id: i as u64,
+                name: status.context.clone(),
+                status: body["status"].as_str().expect("status").into(),
+                conclusion: body["conclusion"].as_str().map(String::from),
+                output: Some(WireCheckOutput {
+                    title: body["output"]["title"].as_str().map(String::from),
+                }),
+            });
+        }
+        let back = latest_check_runs(wire);
+        for (i, (state, description)) in states.iter().enumerate() {
+            assert_eq!(back[i].state, *state, "{:?}", back[i]);
+            assert_eq!(back[i].description, *description);
+        }
+        // The newest run of a name wins.
+        let older = WireCheckRun {
+            id: 1,
+            name: "kiln/verification".into(),
+            status: "completed".into(),
+            conclusion: Some("failure".into()),
+            output: None,
+        };
+        let newer = WireCheckRun {
+            id: 9,
+            conclusion: Some("success".into()),
+            ..older.clone()
+        };
+        let back = latest_check_runs(vec![older, newer]);
+        assert_eq!(back.len(), 1);
+        assert_eq!(back[0].state, StatusState::Success);
     }
 }

@@ -1212,6 +1212,10 @@ impl Forge for LocalForge {
         .await
     }
 
+    async fn own_login(&self) -> Result<String, ForgeError> {
+        Ok(self.actor.clone())
+    }
+
     async fn list_statuses(&self, number: u64) -> Result<Vec<CommitStatus>, ForgeError> {
         let head = self.pull_request_head(number).await?;
         let sha = self.head_sha(number, &head).await?;

@@ -13,6 +13,7 @@
 //! | `propose-reply`         | `forge.reply`                | `forge.reply`; text size cap; redacted |
 //! | `propose-status`        | `forge.status`               | `forge.status` (`kiln/...` contexts only) |
 //! | `propose-pull-request-update` | `forge.propose-pull-request` | `forge.push` over the changed paths + secret scan, then `forge.update-pull-request` (the pull request's head must be the run's own branch); never a new pull request; the Verification section redacted |
+//! | `propose-report`        | `forge.report`               | `forge.report`; the role's one report comment, found again by a marker in Kiln's own comment and edited in place; redacted |
 //!
 //! Allowed proposals are applied at once when the run has a forge (receipt
 //! `applied`), recorded otherwise; held ones wait for an operator (receipt
@@ -282,6 +283,42 @@ pub async fn apply(
                 .map_err(|e| e.to_string())?;
             Ok(Some(format!("#{number} status {context}")))
         }
+        Proposal::Report { number, role, body } => {
+            // Marker first: it finds this report again on the next run. The
+            // search reads raw bodies (the plugin's copy has markers
+            // stripped) and trusts only Kiln's own comments.
+            let text = format!("{}\n{body}", domain::report_marker(role));
+            let own = forge.own_login().await.map_err(|e| e.to_string())?;
+            let comments = match forge.get_issue(*number).await {
+                Ok(issue) => issue.comments,
+                // The local forge keeps pull requests apart from issues.
+                Err(domain::ForgeError::NotFound(_)) => {
+                    forge
+                        .get_pull_request(*number)
+                        .await
+                        .map_err(|e| e.to_string())?
+                        .issue
+                        .comments
+                }
+                Err(e) => return Err(e.to_string()),
+            };
+            match domain::find_report(&comments, &own, role) {
+                Some(id) => {
+                    forge
+                        .edit_comment(id, &text)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    Ok(Some(format!("#{number} comment {id} (updated)")))
+                }
+                None => {
+                    let id = forge
+                        .comment(*number, &text)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    Ok(Some(format!("#{number} comment {id}")))
+                }
+            }
+        }
     }
 }
 
@@ -513,6 +550,13 @@ impl RunState {
                 })
                 .0
             }
+            Proposal::Report { number, body, .. } => {
+                self.decide(Effect::Report {
+                    number: *number,
+                    body: body.clone(),
+                })
+                .0
+            }
         }
     }
 
@@ -578,6 +622,11 @@ impl RunState {
                 context,
                 state,
                 description: self.redact(description),
+            },
+            Proposal::Report { number, role, body } => Proposal::Report {
+                number,
+                role,
+                body: self.redact(body),
             },
         }
     }
@@ -792,6 +841,11 @@ impl RunState {
                     ("description", description.len()),
                     ("context", context.len()),
                 ],
+            ),
+            Proposal::Report { number, body, .. } => (
+                format!("forge.report on #{number}"),
+                Capability::ForgeReport,
+                vec![("body", body.len())],
             ),
         };
         self.propose(&what, cap, &texts, proposal).await

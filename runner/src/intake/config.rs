@@ -301,6 +301,9 @@ pub fn default_rules() -> Vec<TriggerRule> {
             role: Role::Review,
             include_specs: false,
         },
+        TriggerRule::KilnReview {
+            role: Role::Verification,
+        },
         TriggerRule::ChangesRequested {
             role: Role::Implementation,
         },

@@ -383,7 +383,7 @@ impl Processor {
                 self.queue_command(delivery, d, &refuse).await
             }
             Command::Run(role, text) => {
-                let needs_pr = matches!(role, Role::Review) || role.as_str() == "verification";
+                let needs_pr = role.reads_pull_request();
                 let needs_issue = matches!(role, Role::Triage | Role::Spec | Role::Implementation);
                 if needs_pr && !cmd.on_pull_request {
                     return refuse(format!(

@@ -530,9 +530,9 @@ fn comment_dispatch(
         return Ok(None);
     };
     let role = asked.unwrap_or(if target.on_pr { pr_role } else { issue_role });
-    if role == Role::Review && !target.on_pr {
+    if role.reads_pull_request() && !target.on_pr {
         return Err(Route::Ignore(format!(
-            "review was asked for on issue #{}, which is not a pull request",
+            "{role} was asked for on issue #{}, which is not a pull request",
             target.number
         )));
     }

@@ -36,11 +36,13 @@ pub enum Capability {
     ForgeStatus,
     /// `signals.read`: read the repository's earlier runs and corrections (WIT 0.2.0).
     SignalsRead,
+    /// `forge.report`: post the role's one report comment, or update it in place (WIT 0.2.0).
+    ForgeReport,
 }
 
 impl Capability {
     /// Every capability, in a stable order.
-    pub const ALL: [Capability; 12] = [
+    pub const ALL: [Capability; 13] = [
         Capability::ModelComplete,
         Capability::WorkspaceRead,
         Capability::WorkspaceWrite,
@@ -53,6 +55,7 @@ impl Capability {
         Capability::ForgeReply,
         Capability::ForgeStatus,
         Capability::SignalsRead,
+        Capability::ForgeReport,
     ];
 
     /// The capability's name as written in manifests and config.
@@ -70,6 +73,7 @@ impl Capability {
             Capability::ForgeReply => "forge.reply",
             Capability::ForgeStatus => "forge.status",
             Capability::SignalsRead => "signals.read",
+            Capability::ForgeReport => "forge.report",
         }
     }
 
@@ -87,6 +91,7 @@ impl Capability {
             ("forge", "propose-reply") if since_0_2 => Some(ForgeReply),
             ("forge", "propose-status") if since_0_2 => Some(ForgeStatus),
             ("forge", "propose-pull-request-update") if since_0_2 => Some(ForgeProposePullRequest),
+            ("forge", "propose-report") if since_0_2 => Some(ForgeReport),
             ("signals", "recent-runs" | "list-signals") if since_0_2 => Some(SignalsRead),
             ("session", "emit" | "next-instruction" | "get-budget" | "report-panic") => None,
             ("skills", "get") => None,
@@ -121,7 +126,7 @@ pub struct NotInContract;
 /// A capability name that Kiln does not know.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "unknown capability `{0}` (known: model.complete, workspace.read, workspace.write, workspace.exec, forge.read, forge.comment, forge.set-labels, forge.propose-pull-request, forge.review, forge.reply, forge.status, signals.read)"
+    "unknown capability `{0}` (known: model.complete, workspace.read, workspace.write, workspace.exec, forge.read, forge.comment, forge.set-labels, forge.propose-pull-request, forge.review, forge.reply, forge.status, signals.read, forge.report)"
 )]
 pub struct UnknownCapability(pub String);
 
@@ -208,6 +213,16 @@ pub fn builtin_role_grants(role: &str) -> Option<CapabilitySet> {
             ForgeComment,
             ForgeReview,
         ],
+        // Runs checks and reports them; it never writes the workspace (the
+        // host keeps the checkout's files unchangeable) nor reviews.
+        "verification" => &[
+            ModelComplete,
+            WorkspaceRead,
+            WorkspaceExec,
+            ForgeRead,
+            ForgeReport,
+            ForgeStatus,
+        ],
         _ => return None,
     };
     Some(caps.iter().copied().collect())
@@ -231,7 +246,7 @@ mod tests {
     #[test]
     fn no_builtin_role_may_review_and_write_code_at_once() {
         // Separation of duties: the role that writes code never reviews it.
-        for role in ["triage", "spec", "implementation", "review"] {
+        for role in ["triage", "spec", "implementation", "review", "verification"] {
             let grants = builtin_role_grants(role).expect("built-in role");
             assert!(
                 !(grants.contains(Capability::ForgeReview)
@@ -268,5 +283,33 @@ mod tests {
             Capability::for_import("0.1.0", "signals", "list-signals"),
             Err(NotInContract)
         );
+        assert_eq!(
+            Capability::for_import("0.2.0", "forge", "propose-report"),
+            Ok(Some(Capability::ForgeReport))
+        );
+        assert_eq!(
+            Capability::for_import("0.1.0", "forge", "propose-report"),
+            Err(NotInContract)
+        );
+    }
+
+    #[test]
+    fn verification_reports_and_runs_checks_but_never_writes() {
+        let g = builtin_role_grants("verification").expect("built-in role");
+        for cap in [
+            Capability::WorkspaceExec,
+            Capability::ForgeReport,
+            Capability::ForgeStatus,
+        ] {
+            assert!(g.contains(cap), "verification should be granted {cap}");
+        }
+        for cap in [
+            Capability::WorkspaceWrite,
+            Capability::ForgeReview,
+            Capability::ForgeProposePullRequest,
+            Capability::ForgeSetLabels,
+        ] {
+            assert!(!g.contains(cap), "verification should not be granted {cap}");
+        }
     }
 }

@@ -146,7 +146,7 @@ pub struct PluginHost {
 
 impl PluginHost {
     /// A host applying `limits` to every run, with the built-in roles'
-    /// grants (triage, spec, implementation, review).
+    /// grants (triage, spec, implementation, review, verification).
     pub fn new(limits: PluginLimits) -> Result<Self, HostSetupError> {
         let mut config = Config::new();
         config.consume_fuel(true);
@@ -167,9 +167,9 @@ impl PluginHost {
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         let engine = Engine::new(&config).map_err(|e| HostSetupError(format!("{e:#}")))?;
         let linkers = Linkers::new(&engine).map_err(|e| HostSetupError(format!("{e:#}")))?;
-        let role_grants = ["triage", "spec", "implementation", "review"]
+        let role_grants = crate::config::Role::ALL
             .into_iter()
-            .filter_map(|r| builtin_role_grants(r).map(|g| (r.to_string(), g)))
+            .filter_map(|r| builtin_role_grants(r.as_str()).map(|g| (r.as_str().to_string(), g)))
             .collect();
         Ok(PluginHost {
             engine,

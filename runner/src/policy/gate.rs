@@ -419,6 +419,13 @@ pub enum Effect {
         /// One line for humans.
         description: String,
     },
+    /// `forge.report`: post the role's report comment, or update it in place.
+    Report {
+        /// Issue or pull request number.
+        number: u64,
+        /// The report text.
+        body: String,
+    },
     /// `forge.merge`: merge a pull request; never allowed, here so that a
     /// request for it is logged as a denial rather than missing.
     Merge {
@@ -449,6 +456,7 @@ impl Effect {
             Self::Review { .. } => "forge.review",
             Self::Reply { .. } => "forge.reply",
             Self::Status { .. } => "forge.status",
+            Self::Report { .. } => "forge.report",
             Self::Merge { .. } => "forge.merge",
             Self::Push { .. } => "forge.push",
         }
@@ -801,6 +809,7 @@ const ACTIONS: [&str; 13] = [
     "forge.review",
     "forge.reply",
     "forge.status",
+    "forge.report",
     "forge.merge",
     "forge.push",
 ];
@@ -979,7 +988,9 @@ impl Gate {
             }
         };
         match effect {
-            Effect::Comment { body, .. } | Effect::Reply { body, .. } => fix(body),
+            Effect::Comment { body, .. }
+            | Effect::Reply { body, .. }
+            | Effect::Report { body, .. } => fix(body),
             Effect::Status { description, .. } => fix(description),
             Effect::ProposePullRequest { title, body, .. } => {
                 fix(title);
@@ -1102,7 +1113,8 @@ impl Gate {
             | Effect::WorkspaceExec { .. }
             | Effect::ModelComplete { .. }
             | Effect::Comment { .. }
-            | Effect::Reply { .. } => Ok(()),
+            | Effect::Reply { .. }
+            | Effect::Report { .. } => Ok(()),
         }
     }
 
@@ -1414,6 +1426,10 @@ impl Gate {
                     ("length", long(description.chars().count() as u64)),
                 ],
             ),
+            Effect::Report { number, body } => one(
+                Some(issue(*number)),
+                vec![("length", long(body.chars().count() as u64))],
+            ),
             Effect::Merge { number } => one(Some(issue(*number)), vec![]),
             Effect::Push {
                 branch: name,
@@ -1504,7 +1520,9 @@ fn describe(req: &EffectRequest) -> String {
             format!("{:?}", clip(&argv.join(" ")))
         }
         Effect::ModelComplete { model } => format!("{:?}", clip(model)),
-        Effect::Comment { number, .. } | Effect::Merge { number } => {
+        Effect::Comment { number, .. }
+        | Effect::Report { number, .. }
+        | Effect::Merge { number } => {
             format!("on {}#{number}", run.repo)
         }
         Effect::SetLabels { number, labels } => {
@@ -1712,6 +1730,7 @@ fn check_shape(effect: &Effect) -> Result<(), Violation> {
             Ok(())
         }
         Effect::Reply { body, .. } => check_text("reply", body, MAX_BODY_CHARS),
+        Effect::Report { body, .. } => check_text("report", body, MAX_BODY_CHARS),
         Effect::Status { description, .. } => {
             check_text("status description", description, MAX_BODY_CHARS)
         }
@@ -2521,6 +2540,103 @@ when { context.program == "curl" };
         }
     }
 
+    fn report(body: &str) -> Effect {
+        Effect::Report {
+            number: 13,
+            body: body.into(),
+        }
+    }
+
+    // Verification runs checks, reports them in its one comment and sets a
+    // `kiln/...` status; no other built-in role may do any of the three, a
+    // custom role may report and set statuses (it "talks"), and nothing lets
+    // verification write, label, review or pose as the repository's CI.
+    #[test]
+    fn verification_checks_reports_and_sets_statuses_and_nothing_more() {
+        let gate = gate_with(None);
+        let exec = Effect::WorkspaceExec {
+            argv: vec!["make".into(), "test".into()],
+        };
+        for (effect, policy) in [
+            (exec.clone(), "default.verification-exec"),
+            (
+                report("**Kiln verification: passed**"),
+                "default.verification-report",
+            ),
+            (
+                status("kiln/verification", "2 checks passed"),
+                "default.verification-status",
+            ),
+        ] {
+            let d = gate.decide(&req(Role::Verification, effect.clone()));
+            assert!(
+                d.is_allow() && d.reason().contains(policy),
+                "verification: {effect:?} should be allowed by {policy}, got: {d:?}"
+            );
+        }
+        for role in [Role::Triage, Role::Spec, Role::Review] {
+            let d = gate.decide(&req(role, report("hi")));
+            assert!(
+                d.is_deny() && d.blame() == Blame::Policy,
+                "{role} should not post a report, got: {d:?}"
+            );
+        }
+        let d = gate.decide(&req(Role::Implementation, report("hi")));
+        assert!(d.is_deny(), "implementation should not report, got: {d:?}");
+        let custom = Role::Custom(crate::config::RoleName::new("changelog").expect("name"));
+        let d = gate.decide(&req(custom, report("hi")));
+        assert!(d.is_allow(), "a custom role may report, got: {d:?}");
+        for (what, effect) in [
+            ("writing a tracked file", write("src/lib.rs")),
+            ("labelling", labels(&["bug"])),
+            ("reviewing", review(ReviewEvent::Comment, true)),
+            (
+                "a plain comment",
+                Effect::Comment {
+                    number: 13,
+                    body: "hi".into(),
+                },
+            ),
+            (
+                "opening a pull request",
+                pr("kiln/verification-pr-13", true),
+            ),
+        ] {
+            let d = gate.decide(&req(Role::Verification, effect));
+            assert!(
+                d.is_deny(),
+                "verification {what} should be denied, got: {d:?}"
+            );
+        }
+        // Wrong contexts are refused by the invariant, whatever the policy.
+        for context in ["ci/test", "verification", "Kiln/verification", "kiln/"] {
+            let d = gate.decide(&req(Role::Verification, status(context, "passed")));
+            assert!(
+                d.is_deny() && d.blame() != Blame::Policy,
+                "context {context:?} should be refused by the invariant, got: {d:?}"
+            );
+        }
+        // The report is outbound text: sized and redacted like a comment.
+        let d = gate.decide(&req(
+            Role::Verification,
+            report(&"x".repeat(MAX_BODY_CHARS + 1)),
+        ));
+        assert!(
+            d.is_deny(),
+            "an oversized report should be refused, got: {d:?}"
+        );
+        let leak = "token ghp_abcdefghijklmnopqrstuvwxyz0123456789 in the output";
+        let (d, admitted) = gate.admit(req(Role::Verification, report(leak)));
+        assert!(d.is_allow(), "{d:?}");
+        let Effect::Report { body, .. } = &admitted.effect else {
+            panic!("a report stays a report");
+        };
+        assert!(
+            !body.contains("ghp_abcdef"),
+            "the token should be redacted: {body}"
+        );
+    }
+
     fn status(context: &str, description: &str) -> Effect {
         Effect::Status {
             number: 13,
@@ -2530,8 +2646,8 @@ when { context.program == "curl" };
         }
     }
 
-    // An answering implementation run may reply; no other role may, and no
-    // current role sets statuses (the verification role does, once it exists).
+    // An answering implementation run may reply; no other role may, and only
+    // the verification role sets statuses (its own test below).
     #[test]
     fn replies_and_statuses_are_granted_only_to_the_roles_that_need_them() {
         let gate = gate_with(None);
@@ -2547,7 +2663,7 @@ when { context.program == "curl" };
                 "{role} should not reply, got: {d:?}"
             );
         }
-        for role in Role::ALL {
+        for role in [Role::Triage, Role::Spec, Role::Implementation, Role::Review] {
             let d = gate.decide(&req(role, status("kiln/verification", "passed")));
             assert!(
                 d.is_deny() && d.blame() == Blame::Policy,

@@ -75,6 +75,21 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
+    git_authorized(dir, args, None).await
+}
+
+/// [`git`], sending `authorization` as the HTTP `Authorization` header. It
+/// goes through the environment (`GIT_CONFIG_*`), never the command line or
+/// the repository's config, so no process listing, error or mirror shows it.
+async fn git_authorized<I, S>(
+    dir: Option<&Path>,
+    args: I,
+    authorization: Option<&str>,
+) -> Result<String, WorkspaceError>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
     let args: Vec<_> = args.into_iter().map(|a| a.as_ref().to_owned()).collect();
     let shown = args
         .iter()
@@ -97,6 +112,11 @@ where
     .env("GIT_CONFIG_NOSYSTEM", "1")
     .stdin(std::process::Stdio::null())
     .kill_on_drop(true);
+    if let Some(auth) = authorization {
+        cmd.env("GIT_CONFIG_COUNT", "1")
+            .env("GIT_CONFIG_KEY_0", "http.extraHeader")
+            .env("GIT_CONFIG_VALUE_0", format!("Authorization: {auth}"));
+    }
     let out = cmd.output().await.map_err(|e| WorkspaceError::Git {
         args: shown.clone(),
         reason: format!("cannot run git: {e}"),
@@ -124,6 +144,16 @@ impl RepoMirror {
     /// Brings the mirror of `url` under `cache_root` up to date: cloned the
     /// first time, fetched incrementally (with pruning) after that.
     pub async fn sync(cache_root: &Path, url: &str) -> Result<Self, WorkspaceError> {
+        Self::sync_authorized(cache_root, url, None).await
+    }
+
+    /// [`RepoMirror::sync`] with the forge's `Authorization` header value
+    /// (a GitHub App's installation token), for repositories that need it.
+    pub async fn sync_authorized(
+        cache_root: &Path,
+        url: &str,
+        authorization: Option<&str>,
+    ) -> Result<Self, WorkspaceError> {
         if url.starts_with('-') {
             return Err(WorkspaceError::BadName(format!(
                 "repository URL `{url}` must not start with '-'"
@@ -137,7 +167,12 @@ impl RepoMirror {
         // directory and failed. An flock, so a dead process holds nothing.
         let _lock = lock(&cache_root.join(format!("{name}.lock"))).await?;
         if path.join("HEAD").is_file() {
-            git(Some(&path), ["fetch", "--prune", "--quiet", "origin"]).await?;
+            git_authorized(
+                Some(&path),
+                ["fetch", "--prune", "--quiet", "origin"],
+                authorization,
+            )
+            .await?;
         } else {
             // Clone into a temporary name and rename, so a crash mid-clone
             // never leaves a half mirror that looks complete.
@@ -145,7 +180,7 @@ impl RepoMirror {
             if partial.exists() {
                 std::fs::remove_dir_all(&partial).map_err(io("remove", &partial))?;
             }
-            git(
+            git_authorized(
                 None,
                 [
                     OsStr::new("clone"),
@@ -155,6 +190,7 @@ impl RepoMirror {
                     OsStr::new(url),
                     partial.as_os_str(),
                 ],
+                authorization,
             )
             .await?;
             std::fs::rename(&partial, &path).map_err(io("rename", &partial))?;
@@ -348,6 +384,51 @@ impl Workspace {
     }
 }
 
+impl Workspace {
+    /// Makes every file and directory of the fresh checkout (tracked files
+    /// and `.git`) unchangeable by the sandbox user while still letting it
+    /// add new files, so checks can write build outputs into a read-write
+    /// mount but cannot alter what they check. Everything is given to root
+    /// (a different uid from the sandbox's 1000, which has no capabilities
+    /// to override ownership): files lose their write bits, directories
+    /// outside `.git` become world-writable with the sticky bit (new entries
+    /// allowed; only the owner may unlink or rename an entry, so no tracked
+    /// file can be deleted, moved away or replaced), `.git` stays closed.
+    /// Returns `false`, changing nothing, when the runner is not root: it
+    /// cannot give files away, so the caller must mount read-only instead.
+    /// Call it before the sandbox starts.
+    pub fn protect_checkout(&self) -> Result<bool, WorkspaceError> {
+        use std::os::unix::fs::PermissionsExt as _;
+        if !is_root() {
+            return Ok(false);
+        }
+        let mut stack = vec![(self.path.clone(), false)];
+        while let Some((p, in_git)) = stack.pop() {
+            // lchown and lstat: a symlink in the checkout is never followed.
+            std::os::unix::fs::lchown(&p, Some(0), Some(0)).map_err(io("chown", &p))?;
+            let meta = std::fs::symlink_metadata(&p).map_err(io("stat", &p))?;
+            let mode = meta.permissions().mode() & 0o7777;
+            if meta.is_dir() {
+                let mode = if in_git { 0o755 } else { 0o1777 };
+                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode))
+                    .map_err(io("chmod", &p))?;
+                for entry in std::fs::read_dir(&p).map_err(io("list", &p))? {
+                    let entry = entry.map_err(io("list", &p))?;
+                    let git = in_git || (p == self.path && entry.file_name() == ".git");
+                    stack.push((entry.path(), git));
+                }
+            } else if meta.is_file() {
+                // Readable by all, executable as before, writable by nobody
+                // but root; set-id bits dropped.
+                let mode = (mode & 0o555) | 0o444;
+                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode))
+                    .map_err(io("chmod", &p))?;
+            }
+        }
+        Ok(true)
+    }
+}
+
 /// Makes the checkout owned by uid/gid 1000 and the top directory
 /// traversable. Uses lchown so a symlink in the repository is never followed.
 fn hand_to_sandbox_user(path: &Path) -> Result<(), WorkspaceError> {
@@ -433,6 +514,61 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[tokio::test]
+    async fn a_protected_checkout_belongs_to_root_with_no_write_bits_and_sticky_dirs() {
+        use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+        let (tmp, src, url) = one_commit_repo();
+        std::fs::create_dir(src.join("bin")).expect("mkdir");
+        std::fs::write(src.join("bin/run"), "#!/bin/sh\n").expect("write");
+        std::fs::set_permissions(src.join("bin/run"), std::fs::Permissions::from_mode(0o4775))
+            .expect("chmod");
+        // A link out of the checkout, to a file of the test's own.
+        let outside = tmp.path().join("outside");
+        std::fs::write(&outside, "x").expect("write");
+        std::fs::set_permissions(&outside, std::fs::Permissions::from_mode(0o664)).expect("chmod");
+        std::os::unix::fs::symlink(&outside, src.join("link")).expect("symlink");
+        git_sync(&src, &["add", "bin/run", "link"]);
+        git_sync(&src, &["commit", "-q", "-m", "more"]);
+        let mirror = RepoMirror::sync(&tmp.path().join("mirrors"), &url)
+            .await
+            .expect("sync");
+        let ws = Workspace::create(&mirror, "main", "kiln/t", Some(tmp.path()))
+            .await
+            .expect("checkout");
+        let protected = ws.protect_checkout().expect("protect");
+        if !is_root() {
+            assert!(!protected, "only root can give files away");
+            return;
+        }
+        assert!(protected);
+        let mode = |p: &str| {
+            let meta = std::fs::symlink_metadata(ws.path().join(p)).expect("stat");
+            (meta.uid(), meta.permissions().mode() & 0o7777)
+        };
+        assert_eq!(
+            mode(""),
+            (0, 0o1777),
+            "the root takes new files, keeps its own"
+        );
+        assert_eq!(mode("bin"), (0, 0o1777));
+        assert_eq!(mode("a"), (0, 0o444), "a tracked file is read-only");
+        assert_eq!(
+            mode("bin/run"),
+            (0, 0o555),
+            "executable, no set-id, no write"
+        );
+        assert_eq!(mode(".git"), (0, 0o755), ".git takes nothing new");
+        assert_eq!(mode(".git/HEAD"), (0, 0o444));
+        let link = std::fs::symlink_metadata(ws.path().join("link")).expect("stat");
+        assert_eq!(link.uid(), 0, "the link itself changed hands");
+        let target = std::fs::metadata(&outside).expect("stat");
+        assert_eq!(
+            target.permissions().mode() & 0o777,
+            0o664,
+            "the link's target was not followed"
+        );
     }
 
     #[tokio::test]

@@ -107,6 +107,8 @@ pub(crate) struct Authenticator {
     // One lock over all refreshes: two calls needing a fresh token for the
     // same installation must not buy two.
     tokens: tokio::sync::Mutex<HashMap<u64, Cached>>,
+    // Who Kiln writes as; it never changes for one set of credentials.
+    login: tokio::sync::OnceCell<String>,
 }
 
 impl Authenticator {
@@ -117,6 +119,7 @@ impl Authenticator {
             margin,
             installations: Default::default(),
             tokens: Default::default(),
+            login: Default::default(),
         }
     }
 
@@ -175,6 +178,49 @@ impl Authenticator {
             },
         );
         Ok(token)
+    }
+
+    /// The login Kiln's comments appear under: an App's bot
+    /// (`<slug>[bot]`, from `GET /app` with the App's JWT), or the token's
+    /// user (`GET /user`). Asked once, then remembered.
+    pub async fn own_login(&self, api: &Api) -> Result<String, ForgeError> {
+        self.login
+            .get_or_try_init(|| async {
+                #[derive(Deserialize)]
+                struct App {
+                    slug: String,
+                }
+                #[derive(Deserialize)]
+                struct User {
+                    login: String,
+                }
+                let (target, auth) = match &self.credentials {
+                    Credentials::App { app_id, key } => (
+                        "/app",
+                        format!("Bearer {}", jwt(*app_id, key)?.expose_secret()),
+                    ),
+                    Credentials::Token(t) => ("/user", bearer(t)),
+                };
+                let call = "find the login Kiln writes as".to_string();
+                let reply = api
+                    .send(
+                        &Request {
+                            call: &call,
+                            method: Method::GET,
+                            target: target.to_string(),
+                            body: None,
+                            accept: ACCEPT_JSON,
+                        },
+                        &auth,
+                    )
+                    .await?;
+                Ok(match &self.credentials {
+                    Credentials::App { .. } => format!("{}[bot]", reply.json::<App>(&call)?.slug),
+                    Credentials::Token(_) => reply.json::<User>(&call)?.login,
+                })
+            })
+            .await
+            .cloned()
     }
 
     /// Forgets `repo`'s cached token (GitHub refused it: revoked, or the
