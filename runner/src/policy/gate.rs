@@ -797,7 +797,7 @@ impl fmt::Debug for Gate {
     }
 }
 
-const ACTIONS: [&str; 13] = [
+const ACTIONS: [&str; 14] = [
     "workspace.read",
     "workspace.write",
     "workspace.exec",
