@@ -367,7 +367,12 @@ async fn settled_runs(
     wait_for(serve, what, 900, || async move {
         let mut runs = client.runs("").await.ok()?;
         runs.sort_by_key(|r| r.id);
-        (runs.len() >= n && runs.iter().all(|r| r.state.is_terminal())).then_some(runs)
+        // A run that did not succeed ends the chain: stop waiting, and let
+        // the caller's assertion show the runs.
+        let broken = runs
+            .iter()
+            .any(|r| r.state.is_terminal() && r.state != RunState::Succeeded);
+        ((runs.len() >= n || broken) && runs.iter().all(|r| r.state.is_terminal())).then_some(runs)
     })
     .await
 }
@@ -442,24 +447,95 @@ async fn the_whole_story_runs_itself_from_cli_commands_under_kiln_serve() {
     let prs = as_user("alice", &["pr", "list"]);
     assert!(prs.contains("kiln/spec-issue-1"), "{prs}");
 
-    // Merges it and approves the plan: implementation, then review of its PR.
+    // Merges it and approves the plan: implementation, then review of its
+    // PR, then verification after Kiln's review.
     as_user("alice", &["pr", "merge", "2"]);
     as_user("alice", &["issue", "label", "1", "--add", "plan-approved"]);
-    let runs = settled_runs(&mut serve, client, 4, "implementation and review").await;
-    let roles: Vec<(Role, RunState)> = runs.iter().map(|r| (r.role, r.state)).collect();
+    let runs = settled_runs(
+        &mut serve,
+        client,
+        5,
+        "implementation, review, verification",
+    )
+    .await;
+    let roles = |runs: &[kiln::store::Run]| -> Vec<(Role, u64, RunState)> {
+        runs.iter().map(|r| (r.role, r.number, r.state)).collect()
+    };
     assert_eq!(
-        roles,
+        roles(&runs),
         vec![
-            (Role::Triage, RunState::Succeeded),
-            (Role::Spec, RunState::Succeeded),
-            (Role::Implementation, RunState::Succeeded),
-            (Role::Review, RunState::Succeeded),
+            (Role::Triage, 1, RunState::Succeeded),
+            (Role::Spec, 1, RunState::Succeeded),
+            (Role::Implementation, 1, RunState::Succeeded),
+            (Role::Review, 3, RunState::Succeeded),
+            (Role::Verification, 3, RunState::Succeeded),
         ],
         "{runs:#?}"
     );
-    assert_eq!(runs[3].number, 3, "the review is of the implementation PR");
     let shown = as_user("alice", &["pr", "show", "3"]);
     assert!(shown.contains("review by kiln[bot]"), "{shown}");
+    assert!(
+        shown.contains("status kiln/verification: success"),
+        "the verification status on the head: {shown}"
+    );
+    assert!(
+        shown.contains("**Kiln verification: passed**"),
+        "the report's status line: {shown}"
+    );
+
+    // The maintainer requests a change on one line: an answering run pushes
+    // onto the same PR and replies; the new commits are reviewed and
+    // verified again.
+    let head_before = crate::support::api::git(
+        &env.data.join("forge/repos/local/slugify.git"),
+        &["rev-parse", "kiln/implement-issue-1"],
+    );
+    as_user(
+        "alice",
+        &[
+            "pr",
+            "review",
+            "3",
+            "--request-changes",
+            "-b",
+            "One wording fix, please.",
+            "--line",
+            "slugify.sh:5=`-s` squeezes each run, not one: say so.",
+        ],
+    );
+    let runs = settled_runs(
+        &mut serve,
+        client,
+        8,
+        "the answer, its review and verification",
+    )
+    .await;
+    assert_eq!(
+        roles(&runs[5..]),
+        vec![
+            (Role::Implementation, 3, RunState::Succeeded),
+            (Role::Review, 3, RunState::Succeeded),
+            (Role::Verification, 3, RunState::Succeeded),
+        ],
+        "{runs:#?}"
+    );
+    let head_after = crate::support::api::git(
+        &env.data.join("forge/repos/local/slugify.git"),
+        &["rev-parse", "kiln/implement-issue-1"],
+    );
+    assert_ne!(head_before, head_after, "a new commit on the same branch");
+    let prs = as_user("alice", &["pr", "list", "--state", "all"]);
+    assert_eq!(prs.lines().count(), 2, "no new pull request: {prs}");
+    let shown = as_user("alice", &["pr", "show", "3"]);
+    assert!(
+        shown.contains("Reworded: the comment now says `-s` squeezes each run."),
+        "the reply in the maintainer's thread: {shown}"
+    );
+    assert_eq!(
+        shown.matches("**Kiln verification: passed**").count(),
+        1,
+        "the second verification edited the one report in place: {shown}"
+    );
 
     // A stranger's command is refused with one reply and runs nothing.
     as_user("stranger", &["issue", "comment", "3", "/kiln retry"]);
@@ -477,10 +553,10 @@ async fn the_whole_story_runs_itself_from_cli_commands_under_kiln_serve() {
         1,
         "{replied}"
     );
-    let runs = settled_runs(&mut serve, client, 4, "nothing more").await;
+    let runs = settled_runs(&mut serve, client, 8, "nothing more").await;
     assert_eq!(
         runs.len(),
-        4,
+        8,
         "a stranger's /kiln retry ran nothing: {runs:#?}"
     );
 }

@@ -2,8 +2,9 @@
 //! the way `kiln serve` runs it. The demo starts the runner, the event pump
 //! and the router in-process and then acts only as the humans would — a
 //! stranger files the issue, a maintainer labels it, merges the spec and
-//! approves the plan — and waits for the runs those events cause, printing
-//! each trigger that fired and each run's events.
+//! approves the plan, requests a change in review — and waits for the runs
+//! those events cause, printing each trigger that fired and each run's
+//! events.
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -32,6 +33,7 @@ mod files {
     pub const README: &str = include_str!("../../demo/sample-repo/README.md");
     pub const SLUGIFY: &str = include_str!("../../demo/sample-repo/slugify.sh");
     pub const TESTS: &str = include_str!("../../demo/sample-repo/tests/run.sh");
+    pub const VERIFY: &str = include_str!("../../demo/sample-repo/.kiln/verify.toml");
     /// Each role's script, as `runner/demo/<role>.json`.
     pub const SCRIPTS: [(&str, &str); 4] = [
         ("triage", include_str!("../../demo/triage.json")),
@@ -49,6 +51,8 @@ const STEP_TIMEOUT: Duration = Duration::from_secs(900);
 
 fn write_sample(dir: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir.join("tests"))?;
+    std::fs::create_dir_all(dir.join(".kiln"))?;
+    std::fs::write(dir.join(".kiln/verify.toml"), files::VERIFY)?;
     std::fs::write(dir.join("README.md"), files::README)?;
     std::fs::write(dir.join("slugify.sh"), files::SLUGIFY)?;
     std::fs::write(dir.join("tests/run.sh"), files::TESTS)?;
@@ -343,13 +347,40 @@ pub async fn demo(args: RunnerArgs, local: &LocalArgs) -> anyhow::Result<ExitCod
     );
     human.merge(spec_pr).await?;
     human.add_labels(issue, &["plan-approved".into()]).await?;
-    let runs = watch.settle().await?;
-    ensure_succeeded(&runs)?;
+    ensure_succeeded(&watch.settle().await?)?;
     let impl_pr = latest_pr(&forge, "kiln/implement-").await?;
 
     step(
         4,
-        &format!("The result: draft PR #{impl_pr}, its review and the runs"),
+        &format!(
+            "{user} requests a change on one line of PR #{impl_pr}: Kiln answers on the same \
+             branch, then reviews and verifies again"
+        ),
+    );
+    human
+        .create_review(
+            impl_pr,
+            kiln::forge::NewReview {
+                request_changes: true,
+                body: "One wording fix, please.".into(),
+                comments: vec![kiln::forge::LineComment {
+                    path: "slugify.sh".into(),
+                    line: 5,
+                    new_side: true,
+                    severity: kiln::forge::Severity::Suggestion,
+                    body: "`-s` squeezes each run, not one: say so.".into(),
+                }],
+            },
+        )
+        .await?;
+    let runs = watch.settle().await?;
+    ensure_succeeded(&runs)?;
+
+    step(
+        5,
+        &format!(
+            "The result: draft PR #{impl_pr}, its reviews, replies, verification and the runs"
+        ),
     );
     let pr = forge.get_pull_request(impl_pr).await?;
     println!(
@@ -361,6 +392,31 @@ pub async fn demo(args: RunnerArgs, local: &LocalArgs) -> anyhow::Result<ExitCod
         pr.issue.body
     );
     println!("{}", pr.diff);
+    for status in forge.list_statuses(impl_pr).await? {
+        println!(
+            "status {}: {} {}",
+            status.context, status.state, status.description
+        );
+    }
+    for thread in &pr.review_threads {
+        println!("--- thread {} on {}", thread.id, thread.path);
+        for c in &thread.comments {
+            println!(
+                "  {}: {}",
+                c.author,
+                c.body.lines().next().unwrap_or_default()
+            );
+        }
+    }
+    if let Some(report) = pr
+        .issue
+        .comments
+        .iter()
+        .rev()
+        .find(|c| c.body.contains("kiln:report"))
+    {
+        println!("--- verification report\n{}", report.body);
+    }
     for review in forge.list_reviews(impl_pr).await? {
         println!(
             "--- review by {} ({})\n{}",

@@ -707,12 +707,12 @@ mod tests {
     }
 
     fn routed(event: &WebhookEvent) -> Route {
-        let rules = [
-            super::super::config::default_rules(),
-            vec![TriggerRule::KilnReview { role: Role::Spec }],
-        ]
-        .concat();
-        route(&rules, &["kiln[bot]".to_string()], &[], event)
+        route(
+            &super::super::config::default_rules(),
+            &["kiln[bot]".to_string()],
+            &[],
+            event,
+        )
     }
 
     fn only(route: Route) -> Dispatch {
@@ -759,19 +759,28 @@ mod tests {
             "commented",
             "kiln/implement-issue-3",
         )));
-        assert_eq!(d.role, Role::Spec, "the kiln-review rule's role");
+        assert_eq!(d.role, Role::Verification, "verification follows review");
         assert_eq!(d.kind, TriggerKind::Reviewed { review_id: 77 });
         assert!(d.kiln_branch);
+        let d = only(routed(&review(
+            "kiln[bot]",
+            "changes_requested",
+            "kiln/implement-issue-3",
+        )));
+        assert_eq!(
+            d.role,
+            Role::Verification,
+            "Kiln requesting changes never starts an answering run"
+        );
         let without = route(
-            &super::super::config::default_rules(),
+            &[TriggerRule::ChangesRequested {
+                role: Role::Implementation,
+            }],
             &["kiln[bot]".to_string()],
             &[],
             &review("kiln[bot]", "changes_requested", "kiln/implement-issue-3"),
         );
-        assert!(
-            matches!(without, Route::Ignore(_)),
-            "Kiln requesting changes never starts an answering run: {without:?}"
-        );
+        assert!(matches!(without, Route::Ignore(_)), "{without:?}");
     }
 
     fn comment_on_issue(author: &str, reporter: &str, labels: &[&str], body: &str) -> WebhookEvent {

@@ -14,7 +14,11 @@
 //! A conversation whose first message (or system prompt) contains a
 //! variant's `when` text replays that variant's turns instead of `turns`
 //! (the first match wins): one role's script can answer a first run and an
-//! answering run differently.
+//! answering run differently. A variant's `captures` name regular
+//! expressions over that first message (`{ "threads": "thread (\\d+) on" }`);
+//! an argument string `"${threads}"` becomes the first match's group 1, and
+//! `"${threads[2]}"` the third match's, as JSON when it parses as JSON (a
+//! number) and as a string otherwise: ids the forge assigns at run time.
 //!
 //! Each call returns the next turn (or, [`ScriptedProvider::per_conversation`],
 //! the turn after those already in the request's conversation): stop reason `tool_use` when it has tool
@@ -64,9 +68,10 @@ struct Turn {
 }
 
 /// Turns for the conversations that mention `when`.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 struct Variant {
     when: String,
+    captures: Vec<(String, regex::Regex)>,
     turns: Vec<Turn>,
 }
 
@@ -182,11 +187,11 @@ impl ScriptedProvider {
         self.turns.is_empty()
     }
 
-    /// The turns for `request`'s conversation: a matching variant's, or
-    /// the script's own.
-    fn turns_for(&self, request: &CompletionRequest) -> &[Turn] {
+    /// The turns for `request`'s conversation, and the variant they come
+    /// from (with the conversation's text, for its captures).
+    fn turns_for(&self, request: &CompletionRequest) -> (&[Turn], Option<(&Variant, String)>) {
         if self.variants.is_empty() {
-            return &self.turns;
+            return (&self.turns, None);
         }
         let first = request
             .messages
@@ -199,14 +204,18 @@ impl ScriptedProvider {
                 _ => None,
             });
         let text: Vec<&str> = request.system.as_deref().into_iter().chain(first).collect();
-        self.variants
+        match self
+            .variants
             .iter()
             .find(|v| text.iter().any(|t| t.contains(&v.when)))
-            .map_or(&self.turns[..], |v| &v.turns[..])
+        {
+            Some(v) => (&v.turns[..], Some((v, text.join("\n")))),
+            None => (&self.turns[..], None),
+        }
     }
 
     fn answer(&self, request: &CompletionRequest) -> Result<Completion, ModelError> {
-        let turns = self.turns_for(request);
+        let (turns, variant) = self.turns_for(request);
         let index = if self.per_conversation {
             request
                 .messages
@@ -235,11 +244,18 @@ impl ScriptedProvider {
             content.push(ContentPart::Text { text: text.clone() });
         }
         for (i, (name, arguments)) in turn.calls.iter().enumerate() {
+            let arguments = match &variant {
+                Some((v, text)) if !v.captures.is_empty() => fill(arguments, &v.captures, text)
+                    .map_err(|why| {
+                        ModelError::InvalidAnswer(format!("script {}: {why}", self.file))
+                    })?,
+                _ => arguments.clone(),
+            };
             answer_bytes += name.len() + arguments.len();
             content.push(ContentPart::ToolCall(ToolCall {
                 id: format!("call-{number}-{}", i + 1),
                 name: name.clone(),
-                arguments: arguments.clone(),
+                arguments,
             }));
         }
         let request_bytes = serde_json::to_vec(request).map(|v| v.len()).unwrap_or(0);
@@ -305,6 +321,7 @@ fn parse_variant(value: Value) -> Result<Variant, (String, String)> {
     };
     let mut when = None;
     let mut turns = None;
+    let mut captures = Vec::new();
     for (key, value) in v {
         match key.as_str() {
             "when" => match value {
@@ -312,18 +329,118 @@ fn parse_variant(value: Value) -> Result<Variant, (String, String)> {
                 _ => return Err(("when".into(), "expected a non-empty string".into())),
             },
             "turns" => turns = Some(parse_turns(value)?),
+            "captures" => {
+                let Value::Object(map) = value else {
+                    return Err(("captures".into(), "expected an object".into()));
+                };
+                for (name, pattern) in map {
+                    let at = format!("captures.{name}");
+                    let Value::String(pattern) = pattern else {
+                        return Err((at, "expected a regular expression".into()));
+                    };
+                    let re =
+                        regex::Regex::new(&pattern).map_err(|e| (at.clone(), e.to_string()))?;
+                    if re.captures_len() < 2 {
+                        return Err((at, "needs a group: `(...)`".into()));
+                    }
+                    captures.push((name, re));
+                }
+            }
             other => {
                 return Err((
                     other.to_string(),
-                    "unknown key (expected `when` and `turns`)".into(),
+                    "unknown key (expected `when`, `captures` and `turns`)".into(),
                 ));
+            }
+        }
+    }
+    let turns = turns.ok_or_else(|| ("turns".to_string(), "missing".to_string()))?;
+    for (i, turn) in turns.iter().enumerate() {
+        for (name, arguments) in &turn.calls {
+            for placeholder in placeholders(arguments) {
+                let (capture, _) = split_placeholder(&placeholder);
+                if !captures.iter().any(|(n, _)| n == capture) {
+                    return Err((
+                        turn_at(i, name),
+                        format!("`${{{placeholder}}}` names no capture"),
+                    ));
+                }
             }
         }
     }
     Ok(Variant {
         when: when.ok_or_else(|| ("when".to_string(), "missing".to_string()))?,
-        turns: turns.ok_or_else(|| ("turns".to_string(), "missing".to_string()))?,
+        captures,
+        turns,
     })
+}
+
+/// The `${...}` placeholders in a call's arguments (whole string values).
+fn placeholders(arguments: &str) -> Vec<String> {
+    fn walk(v: &Value, out: &mut Vec<String>) {
+        match v {
+            Value::String(s) => {
+                if let Some(inner) = s.strip_prefix("${").and_then(|s| s.strip_suffix('}')) {
+                    out.push(inner.to_string());
+                }
+            }
+            Value::Array(a) => a.iter().for_each(|v| walk(v, out)),
+            Value::Object(o) => o.values().for_each(|v| walk(v, out)),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    if let Ok(v) = serde_json::from_str::<Value>(arguments) {
+        walk(&v, &mut out);
+    }
+    out
+}
+
+/// `name[2]` → (`name`, 2); `name` → (`name`, 0).
+fn split_placeholder(p: &str) -> (&str, usize) {
+    match p.strip_suffix(']').and_then(|p| p.split_once('[')) {
+        Some((name, i)) => (name, i.parse().unwrap_or(usize::MAX)),
+        None => (p, 0),
+    }
+}
+
+/// `arguments` with each `${name}` / `${name[i]}` replaced by its capture
+/// from `text`.
+fn fill(
+    arguments: &str,
+    captures: &[(String, regex::Regex)],
+    text: &str,
+) -> Result<String, String> {
+    fn walk(v: &mut Value, captures: &[(String, regex::Regex)], text: &str) -> Result<(), String> {
+        match v {
+            Value::String(s) => {
+                let Some(inner) = s.strip_prefix("${").and_then(|s| s.strip_suffix('}')) else {
+                    return Ok(());
+                };
+                let (name, index) = split_placeholder(inner);
+                let (_, re) = captures
+                    .iter()
+                    .find(|(n, _)| n == name)
+                    .ok_or_else(|| format!("`${{{inner}}}` names no capture"))?;
+                let found = re
+                    .captures_iter(text)
+                    .nth(index)
+                    .and_then(|c| c.get(1))
+                    .ok_or_else(|| {
+                        format!("capture `{inner}` matched nothing in the conversation")
+                    })?
+                    .as_str();
+                *v = serde_json::from_str(found).unwrap_or_else(|_| Value::String(found.into()));
+                Ok(())
+            }
+            Value::Array(a) => a.iter_mut().try_for_each(|v| walk(v, captures, text)),
+            Value::Object(o) => o.values_mut().try_for_each(|v| walk(v, captures, text)),
+            _ => Ok(()),
+        }
+    }
+    let mut v: Value = serde_json::from_str(arguments).map_err(|e| e.to_string())?;
+    walk(&mut v, captures, text)?;
+    Ok(v.to_string())
 }
 
 /// Check one turn; an error is (field, reason).
@@ -628,5 +745,62 @@ mod tests {
         )
         .expect_err("a variant needs `when`");
         assert_eq!(bad.to_string(), "script v.json: variants[0].when: missing");
+    }
+
+    #[test]
+    fn a_variants_captures_fill_ids_the_forge_assigned() {
+        let p = ScriptedProvider::from_json(
+            "answer.json",
+            r#"{ "turns": [ { "text": "x" } ],
+                 "variants": [ { "when": "Answer the review",
+                   "captures": { "thread": "- thread (\\d+) on" },
+                   "turns": [ { "tool_calls": [ { "name": "submit_answer", "arguments": {
+                       "replies": [ { "thread": "${thread}" }, { "thread": "${thread[1]}" } ],
+                       "note": "${thread[5]}" } } ] } ] } ] }"#,
+        )
+        .expect("script");
+        let req = CompletionRequest {
+            messages: vec![Message {
+                role: Role::User,
+                content: vec![ContentPart::Text {
+                    text: "Answer the review.\n- thread 17 on a.rs:3\n- thread 21 on b.rs:9\n"
+                        .into(),
+                }],
+            }],
+            ..request()
+        };
+        let err = p.answer(&req).expect_err("the sixth match does not exist");
+        assert!(
+            err.to_string()
+                .contains("capture `thread[5]` matched nothing"),
+            "{err}"
+        );
+        let bad = ScriptedProvider::from_json(
+            "a.json",
+            r#"{ "turns": [ { "text": "x" } ], "variants": [ { "when": "w",
+                 "turns": [ { "tool_calls": [ { "name": "t", "arguments": { "a": "${nope}" } } ] } ] } ] }"#,
+        )
+        .expect_err("an unknown capture");
+        assert!(
+            bad.to_string().contains("`${nope}` names no capture"),
+            "{bad}"
+        );
+        let ok = ScriptedProvider::from_json(
+            "answer.json",
+            r#"{ "turns": [ { "text": "x" } ],
+                 "variants": [ { "when": "Answer the review",
+                   "captures": { "thread": "- thread (\\d+) on" },
+                   "turns": [ { "tool_calls": [ { "name": "submit_answer", "arguments": {
+                       "replies": [ { "thread": "${thread}" }, { "thread": "${thread[1]}" } ] } } ] } ] } ] }"#,
+        )
+        .expect("script");
+        let answer = ok.answer(&req).expect("answer");
+        let ContentPart::ToolCall(call) = &answer.message.content[0] else {
+            panic!("{answer:?}");
+        };
+        assert_eq!(
+            call.arguments,
+            r#"{"replies":[{"thread":17},{"thread":21}]}"#
+        );
     }
 }
