@@ -666,6 +666,14 @@ fn load_threads(c: &Connection, key: &str, number: u64) -> rusqlite::Result<Vec<
     Ok(threads)
 }
 
+/// A write transaction that takes the write lock at its start. A deferred
+/// one reads first and upgrades later, and in WAL mode that upgrade fails at
+/// once ("database is locked", no busy wait) when another connection — the
+/// CLI, `kiln serve`'s event pump, a run's effects — committed in between.
+fn write_tx(c: &mut Connection) -> rusqlite::Result<rusqlite::Transaction<'_>> {
+    c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+}
+
 fn state_clause(state: StateFilter) -> &'static str {
     match state {
         StateFilter::Open => "AND open = 1",
@@ -770,7 +778,7 @@ impl Forge for LocalForge {
         }
         let (key, actor) = (self.key.clone(), self.actor.clone());
         self.with_db(move |c| {
-            let tx = c.transaction()?;
+            let tx = write_tx(c)?;
             let n = next_number(&tx, &key)?;
             tx.execute(
                 "INSERT INTO items (repo, number, is_pr, title, body, author, open)
@@ -797,7 +805,7 @@ impl Forge for LocalForge {
         self.require_item(number).await?;
         let (key, actor, body) = (self.key.clone(), self.actor.clone(), body.to_string());
         self.with_db(move |c| {
-            let tx = c.transaction()?;
+            let tx = write_tx(c)?;
             tx.execute(
                 "INSERT INTO comments (repo, number, author, body) VALUES (?1, ?2, ?3, ?4)",
                 params![key, number as i64, actor, body],
@@ -814,7 +822,7 @@ impl Forge for LocalForge {
         let (key, body, actor) = (self.key.clone(), body.to_string(), self.actor.clone());
         let changed = self
             .with_db(move |c| {
-                let tx = c.transaction()?;
+                let tx = write_tx(c)?;
                 let changed = tx.execute(
                     "UPDATE comments SET body = ?1 WHERE id = ?2 AND repo = ?3",
                     params![body, comment_id as i64, key],
@@ -844,7 +852,7 @@ impl Forge for LocalForge {
         self.require_item(number).await?;
         let (key, labels, actor) = (self.key.clone(), labels.to_vec(), self.actor.clone());
         self.with_db(move |c| {
-            let tx = c.transaction()?;
+            let tx = write_tx(c)?;
             for l in &labels {
                 let added = tx.execute(
                     "INSERT OR IGNORE INTO labels (repo, number, label) VALUES (?1, ?2, ?3)",
@@ -865,7 +873,7 @@ impl Forge for LocalForge {
         self.require_item(number).await?;
         let (key, label, actor) = (self.key.clone(), label.to_string(), self.actor.clone());
         self.with_db(move |c| {
-            let tx = c.transaction()?;
+            let tx = write_tx(c)?;
             let removed = tx.execute(
                 "DELETE FROM labels WHERE repo = ?1 AND number = ?2 AND label = ?3",
                 params![key, number as i64, label],
@@ -1000,7 +1008,7 @@ impl Forge for LocalForge {
         }
         let (key, actor) = (self.key.clone(), self.actor.clone());
         self.with_db(move |c| {
-            let tx = c.transaction()?;
+            let tx = write_tx(c)?;
             let open: Option<i64> = tx
                 .query_row(
                     "SELECT number FROM items WHERE repo = ?1 AND is_pr = 1 AND open = 1 AND head = ?2",
@@ -1044,7 +1052,7 @@ impl Forge for LocalForge {
         }
         let (key, actor) = (self.key.clone(), self.actor.clone());
         self.with_db(move |c| {
-            let tx = c.transaction()?;
+            let tx = write_tx(c)?;
             let state = if review.request_changes {
                 "CHANGES_REQUESTED"
             } else {
@@ -1142,7 +1150,7 @@ impl Forge for LocalForge {
         let (key, actor, body) = (self.key.clone(), self.actor.clone(), body.to_string());
         let repo = self.key.clone();
         self.with_db(move |c| {
-            let tx = c.transaction()?;
+            let tx = write_tx(c)?;
             let parent = tx
                 .query_row(
                     "SELECT in_reply_to, path, line, new_side FROM review_comments
@@ -1335,7 +1343,7 @@ impl LocalForge {
         self.require_item(number).await?;
         let (key, actor) = (self.key.clone(), self.actor.clone());
         self.with_db(move |c| {
-            let tx = c.transaction()?;
+            let tx = write_tx(c)?;
             let changed = tx.execute(
                 "UPDATE items SET open = ?3 WHERE repo = ?1 AND number = ?2 AND open != ?3",
                 params![key, number as i64, open],
@@ -1359,7 +1367,7 @@ impl LocalForge {
     async fn synchronized(&self, branch: &str) -> Result<(), ForgeError> {
         let (key, actor, branch) = (self.key.clone(), self.actor.clone(), branch.to_string());
         self.with_db(move |c| {
-            let tx = c.transaction()?;
+            let tx = write_tx(c)?;
             let open: Option<i64> = tx
                 .query_row(
                     "SELECT number FROM items WHERE repo = ?1 AND is_pr = 1 AND open = 1 AND head = ?2",
@@ -1584,6 +1592,49 @@ mod tests {
             review["pull_request"]["head"]["repo"]["full_name"],
             "local/sample"
         );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn writers_on_separate_connections_wait_for_each_other_instead_of_failing() {
+        // The CLI, kiln serve's pump and a run's effects each hold their own
+        // connection to forge.sqlite; none of their writes may fail "locked",
+        // even those that read before they write (numbering a new issue).
+        let (root, forge) = sample().await;
+        let froot = root.path().join("forge");
+        let mut tasks = Vec::new();
+        for w in 0..4 {
+            let f = LocalForge::open(&froot, forge.repo().clone())
+                .expect("open")
+                .acting_as(&format!("user{w}"));
+            tasks.push(tokio::spawn(async move {
+                for i in 0..25 {
+                    let n = f
+                        .create_issue(NewIssue {
+                            title: format!("issue {w}-{i}"),
+                            body: String::new(),
+                            labels: vec![],
+                        })
+                        .await?;
+                    f.add_labels(n, &[format!("l{w}")]).await?;
+                }
+                Ok::<_, ForgeError>(())
+            }));
+        }
+        let outbox = Outbox::open(&froot).expect("outbox");
+        for i in 0..200 {
+            outbox
+                .advance("pump", i)
+                .expect("the cursor moves while others write");
+            tokio::task::yield_now().await;
+        }
+        for t in tasks {
+            t.await.expect("task").expect("every write lands");
+        }
+        let issues = forge.list_issues(StateFilter::All).await.expect("issues");
+        assert_eq!(issues.len(), 100);
+        let mut numbers: Vec<u64> = issues.iter().map(|i| i.number).collect();
+        numbers.dedup();
+        assert_eq!(numbers.len(), 100, "each issue its own number");
     }
 
     #[tokio::test]
