@@ -1,6 +1,6 @@
 //! Latency from a label change on the local forge to its run's sandbox
 //! being ready, through the path `kiln serve` takes (the forge's outbox, the
-//! event pump polling every 100 ms, the router, the store's queue, a worker
+//! event pump polling every `IDLE_POLL`, the router, the store's queue, a worker
 //! woken by the dispatcher), next to the same run started the way `kiln run`
 //! starts it (the worker called directly), measured in the same process and
 //! interleaved. Both exclude process and service start-up. Run with:
@@ -129,7 +129,7 @@ async fn main() -> anyhow::Result<()> {
         PumpOptions {
             forge_root: root,
             consumer: "bench".into(),
-            idle_poll: Duration::from_millis(100),
+            idle_poll: kiln::intake::local::IDLE_POLL,
             only_repo: None,
         },
     )?;

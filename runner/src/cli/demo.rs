@@ -293,7 +293,7 @@ pub async fn demo(args: RunnerArgs, local: &LocalArgs) -> anyhow::Result<ExitCod
         PumpOptions {
             forge_root: root.clone(),
             consumer: consumer.clone(),
-            idle_poll: Duration::from_millis(100),
+            idle_poll: kiln::intake::local::IDLE_POLL,
             only_repo: Some(repo.clone()),
         },
     )?;

@@ -189,7 +189,7 @@ pub async fn serve(args: ServeArgs, local: &LocalArgs) -> anyhow::Result<ExitCod
         kiln::intake::local::PumpOptions {
             forge_root: local.forge_root()?,
             consumer: runner_id.clone(),
-            idle_poll: std::time::Duration::from_millis(100),
+            idle_poll: kiln::intake::local::IDLE_POLL,
             only_repo: None,
         },
     )?;

@@ -25,6 +25,12 @@ use super::event::{Parsed, parse};
 /// Events read per batch.
 const BATCH: usize = 256;
 
+/// How often `kiln serve` looks for new events when there were none: a
+/// label's run should start about as soon as `kiln run` would start it
+/// (`benches/trigger.rs`), and one indexed read of the outbox costs
+/// microseconds.
+pub const IDLE_POLL: Duration = Duration::from_millis(25);
+
 /// How the pump runs.
 #[derive(Debug, Clone)]
 pub struct PumpOptions {
