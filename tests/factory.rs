@@ -63,12 +63,7 @@ impl Factory {
     /// Starts a dispatcher and a pump reading the outbox as `consumer`.
     fn pump(&self, consumer: &str) -> Dispatcher {
         let root = self.dir.path().join("forge");
-        let resolver_root = root.clone();
-        let forges: ForgeResolver = Arc::new(move |repo: &RepoRef| {
-            LocalForge::open(&resolver_root, repo.clone())
-                .ok()
-                .map(|f| Arc::new(f) as Arc<dyn Forge>)
-        });
+        let forges: ForgeResolver = kiln::forge::local::LocalForges::new(&root).resolver();
         let dispatcher = Dispatcher::start(
             self.store.clone(),
             forges,

@@ -106,12 +106,8 @@ async fn main() -> anyhow::Result<()> {
         &|_| {},
     )
     .await?;
-    let forge_root = root.clone();
-    let forges: ForgeResolver = Arc::new(move |r: &RepoRef| {
-        LocalForge::open(&forge_root, r.clone())
-            .ok()
-            .map(|f| Arc::new(f) as Arc<dyn Forge>)
-    });
+    // Resolved as `kiln serve` resolves `local/*` repositories.
+    let forges: ForgeResolver = kiln::forge::local::LocalForges::new(&root).resolver();
     let runner = Runner::new(store.clone(), services.clone(), forges.clone());
     runner.start(1, RecoveryPolicy::default()).await?;
     let wake = runner.clone();

@@ -119,6 +119,9 @@ impl Runner {
     /// Tell idle workers a run was queued.
     pub fn notify_queued(&self) {
         self.wake.notify_waiters();
+        // A worker between its empty claim and its wait is not waiting yet:
+        // the stored permit wakes it at once instead of after its poll.
+        self.wake.notify_one();
     }
 
     async fn work(self: Arc<Self>) {

@@ -264,12 +264,7 @@ pub async fn demo(args: RunnerArgs, local: &LocalArgs) -> anyhow::Result<ExitCod
         &progress,
     )
     .await?;
-    let forge_root = root.clone();
-    let forges: ForgeResolver = Arc::new(move |r: &RepoRef| -> Option<Arc<dyn Forge>> {
-        LocalForge::open(&forge_root, r.clone())
-            .ok()
-            .map(|f| Arc::new(f) as Arc<dyn Forge>)
-    });
+    let forges: ForgeResolver = kiln::forge::local::LocalForges::new(&root).resolver();
     let runner = Runner::new(store.clone(), services, forges.clone());
     runner.start(2, RecoveryPolicy::default()).await?;
     let wake = runner.clone();

@@ -11,7 +11,6 @@ use anyhow::Context;
 use clap::Args;
 use kiln::app::{self, AppOptions};
 use kiln::forge::github::GitHub;
-use kiln::forge::local::LocalForge;
 use kiln::forge::{Forge, ForgeResolver, RepoRef};
 use kiln::model::{ModelConfig, ScriptedProvider, build_provider};
 use kiln::service::Runner;
@@ -141,10 +140,11 @@ pub async fn serve(args: ServeArgs, local: &LocalArgs) -> anyhow::Result<ExitCod
     let forge_root = local.forge_root()?;
     let board_root = forge_root.clone();
     // `local/*` repositories live on the local forge; everything else on GitHub.
+    let local_forges = kiln::forge::local::LocalForges::new(&forge_root);
     let forges: ForgeResolver = Arc::new(move |repo: &RepoRef| -> Option<Arc<dyn Forge>> {
         if repo.owner == "local" {
-            LocalForge::open(&forge_root, repo.clone())
-                .ok()
+            local_forges
+                .get(repo)
                 .map(|f| Arc::new(f) as Arc<dyn Forge>)
         } else {
             github

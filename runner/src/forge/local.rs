@@ -218,6 +218,43 @@ pub fn list_repos(root: &Path) -> Result<Vec<RepoRef>, ForgeError> {
     names.iter().map(|n| RepoRef::parse(n)).collect()
 }
 
+/// The local forge's repositories under one root, each opened once and
+/// shared (one connection per repository): what `kiln serve` resolves
+/// `local/*` repositories with, so a permission lookup or a run's forge does
+/// not open and check the database again.
+#[derive(Debug, Clone)]
+pub struct LocalForges {
+    root: PathBuf,
+    open: Arc<Mutex<std::collections::HashMap<RepoRef, LocalForge>>>,
+}
+
+impl LocalForges {
+    /// The repositories under `root` (opened on first use).
+    pub fn new(root: &Path) -> Self {
+        LocalForges {
+            root: root.to_path_buf(),
+            open: Arc::default(),
+        }
+    }
+
+    /// `repo`, acting as Kiln; `None` if the local forge has no such
+    /// repository.
+    pub fn get(&self, repo: &RepoRef) -> Option<LocalForge> {
+        let mut open = self.open.lock().ok()?;
+        if let Some(f) = open.get(repo) {
+            return Some(f.clone());
+        }
+        let f = LocalForge::open(&self.root, repo.clone()).ok()?;
+        open.insert(repo.clone(), f.clone());
+        Some(f)
+    }
+
+    /// A resolver serving only the local forge's repositories.
+    pub fn resolver(self) -> super::ForgeResolver {
+        Arc::new(move |repo: &RepoRef| self.get(repo).map(|f| Arc::new(f) as Arc<dyn super::Forge>))
+    }
+}
+
 impl LocalForge {
     /// Open an existing repository of the local forge at `root`, acting as
     /// Kiln itself ([`KILN_LOGIN`]).
