@@ -132,6 +132,8 @@ async fn main() -> anyhow::Result<()> {
     let shared: Arc<dyn Forge> = Arc::new(forge.clone());
 
     let (mut evented, mut direct) = (Vec::new(), Vec::new());
+    // Where the evented path's time goes: label → queued → worker's first event.
+    let (mut to_queued, mut to_started) = (Vec::new(), Vec::new());
     for i in 0..iters {
         let new_issue = || {
             alice.create_issue(NewIssue {
@@ -167,6 +169,9 @@ async fn main() -> anyhow::Result<()> {
             .find(|e| sandbox_ready(&e.message))
             .ok_or_else(|| anyhow::anyhow!("no sandbox-ready event in {}", run.id))?;
         evented.push(Duration::from_millis((ready.at_ms - t0).max(0) as u64));
+        to_queued.push(Duration::from_millis((run.created_ms - t0).max(0) as u64));
+        let started = events.first().map_or(ready.at_ms, |e| e.at_ms);
+        to_started.push(Duration::from_millis((started - t0).max(0) as u64));
 
         // Directly, as `kiln run` does.
         let number = new_issue().await?;
@@ -203,6 +208,12 @@ async fn main() -> anyhow::Result<()> {
         direct.push(at - t);
     }
     let (e, d) = (median(&mut evented), median(&mut direct));
+    println!(
+        "  evented path: label → run queued median {:.0} ms; label → worker's first event \
+         median {:.0} ms",
+        ms(median(&mut to_queued)),
+        ms(median(&mut to_started))
+    );
     println!(
         "label change → sandbox ready, through forge events: median {:.0} ms; the same run \
          started directly (kiln run): median {:.0} ms; ratio {:.2}x (target ≤ 1.10x; {iters} \
