@@ -34,4 +34,5 @@ mod sandbox;
 mod serve_crash;
 mod store_crash;
 mod verification;
+mod webhook_chain;
 mod worker;

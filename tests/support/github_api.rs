@@ -452,6 +452,110 @@ impl GitHubApi {
         self.lock().check_runs.clone()
     }
 
+    /// Opens issue `title` as `author` would on github.com; its number.
+    pub fn open_issue(&self, author: &str, title: &str, body: &str) -> u64 {
+        let mut st = self.lock();
+        let number = st.items.keys().last().copied().unwrap_or(0) + 1;
+        st.items.insert(
+            number,
+            Item {
+                number,
+                title: title.into(),
+                body: Some(body.into()),
+                author: author.into(),
+                labels: Vec::new(),
+                open: true,
+                pull: None,
+            },
+        );
+        number
+    }
+
+    /// Adds `label` to issue or pull request `number`, as a person would on github.com.
+    pub fn add_label(&self, number: u64, label: &str) {
+        let mut st = self.lock();
+        let item = st.items.get_mut(&number).expect("no such issue");
+        if !item.labels.iter().any(|l| l == label) {
+            item.labels.push(label.into());
+        }
+    }
+
+    /// The labels of issue or pull request `number`.
+    pub fn labels(&self, number: u64) -> Vec<String> {
+        self.lock()
+            .items
+            .get(&number)
+            .map(|i| i.labels.clone())
+            .unwrap_or_default()
+    }
+
+    /// `(author, body)` of every issue comment on `number`, oldest first.
+    pub fn comments(&self, number: u64) -> Vec<(String, String)> {
+        self.lock()
+            .comments
+            .iter()
+            .filter(|c| c.number == number)
+            .map(|c| (c.author.clone(), c.body.clone()))
+            .collect()
+    }
+
+    /// `(number, head, base, author, open)` of every pull request, oldest first.
+    pub fn pulls(&self) -> Vec<(u64, String, String, String, bool)> {
+        self.lock()
+            .items
+            .values()
+            .filter_map(|i| {
+                let p = i.pull.as_ref()?;
+                Some((
+                    i.number,
+                    p.head.clone(),
+                    p.base.clone(),
+                    i.author.clone(),
+                    i.open,
+                ))
+            })
+            .collect()
+    }
+
+    /// `(id, author, state)` of every review of pull request `number`, oldest first.
+    pub fn reviews(&self, number: u64) -> Vec<(u64, String, String)> {
+        self.lock()
+            .reviews
+            .iter()
+            .filter(|r| r.number == number)
+            .map(|r| (r.id, r.author.clone(), r.state.clone()))
+            .collect()
+    }
+
+    /// Merges pull request `number` as a maintainer would on github.com
+    /// (a fast-forward of its base to its head) and closes it.
+    pub fn merge(&self, number: u64) {
+        let mut st = self.lock();
+        let item = st.items.get_mut(&number).expect("no such pull request");
+        let pull = item.pull.clone().expect("not a pull request");
+        let bare = self.shared.bare.to_string_lossy().into_owned();
+        let (head, base) = (
+            format!("refs/heads/{}", pull.head),
+            format!("refs/heads/{}", pull.base),
+        );
+        git(
+            &self.shared.bare,
+            &[
+                "--git-dir",
+                &bare,
+                "merge-base",
+                "--is-ancestor",
+                &base,
+                &head,
+            ],
+        );
+        git(
+            &self.shared.bare,
+            &["--git-dir", &bare, "update-ref", &base, &head],
+        );
+        item.open = false;
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, ServerState> {
         self.shared.state.lock().unwrap_or_else(|e| e.into_inner())
     }
