@@ -548,6 +548,14 @@ async fn the_whole_story_runs_itself_from_cli_commands_under_kiln_serve() {
         1,
         "{replied}"
     );
+    // A maintainer's /kiln cancel reaches the runner: nothing is active now.
+    as_user("alice", &["issue", "comment", "3", "/kiln cancel"]);
+    wait_for(&mut serve, "the cancel answer", 60, || async move {
+        as_user("alice", &["pr", "show", "3"])
+            .contains("No run is active on #3.")
+            .then_some(())
+    })
+    .await;
     let runs = settled_runs(&mut serve, client, 8, "nothing more").await;
     assert_eq!(
         runs.len(),

@@ -266,6 +266,13 @@ pub struct ForgeSnapshot {
     pub pull_requests: HashMap<u64, PullRequest>,
 }
 
+/// The text of a review that requests changes on a pull request its own
+/// author reviews (Kiln reviewing the pull request it opened): GitHub refuses
+/// that event (422), so both forges post a comment review saying so first.
+pub fn changes_requested_in_text(body: &str) -> String {
+    format!("**Changes requested.**\n\n{body}")
+}
+
 /// A severity tag on a review comment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "UPPERCASE")]

@@ -1291,6 +1291,17 @@ fn repo_route(
                 "COMMENT" => "COMMENTED",
                 _ => return validation_failed(t, "PullRequestReview", "event", "invalid"),
             };
+            // Every API write here is the App's: GitHub refuses to let a pull
+            // request's author approve it or request changes on it.
+            if item.author == BOT_LOGIN && event != "COMMENT" {
+                let mut v = t.validation_failed.clone();
+                v["errors"] = json!([if event == "APPROVE" {
+                    "Can not approve your own pull request"
+                } else {
+                    "Can not request changes on your own pull request"
+                }]);
+                return json_response(422, v);
+            }
             let text = str_field(&body, "body").unwrap_or("");
             if text.is_empty() && event != "APPROVE" {
                 let mut v = t.validation_failed.clone();

@@ -142,6 +142,12 @@ pub struct GitHubForge {
 }
 
 impl GitHubForge {
+    /// True when pull request `number` was opened by the login Kiln acts as.
+    async fn authored_by_self(&self, number: u64) -> Result<bool, ForgeError> {
+        let author = login(self.pull(number).await?.user);
+        Ok(author.eq_ignore_ascii_case(&self.own_login().await?))
+    }
+
     /// Sends `req` with the repository's token. If GitHub refuses a
     /// renewable token (revoked, installation changed), drops it and tries
     /// once more with a fresh one.
@@ -467,14 +473,21 @@ impl Forge for GitHubForge {
         }
         // Never APPROVE: the type has no way to ask for it, and the event is
         // chosen here, not taken from the caller.
-        let event = if review.request_changes {
+        let mut text = review.body;
+        let event = if review.request_changes && !self.authored_by_self(number).await? {
             "REQUEST_CHANGES"
         } else {
+            // GitHub refuses (422) to let a pull request's author request
+            // changes on it, and Kiln reviews the pull requests it opened:
+            // the verdict goes into the text of a comment review instead.
+            if review.request_changes {
+                text = super::changes_requested_in_text(&text);
+            }
             "COMMENT"
         };
         let call = format!("review pull request #{number} in {}", self.repo);
         let path = format!("{}/pulls/{number}/reviews", self.base());
-        let body = json!({"body": review.body, "event": event, "comments": comments});
+        let body = json!({"body": text, "event": event, "comments": comments});
         let created: Identified = self
             .send(&call, Method::POST, path, Some(body))
             .await?

@@ -1088,16 +1088,19 @@ impl Forge for LocalForge {
             )));
         }
         let (key, actor) = (self.key.clone(), self.actor.clone());
+        // As on GitHub, a pull request's author cannot request changes on it:
+        // the verdict goes into the text of a comment review.
+        let own = pr.issue.author == actor;
         self.with_db(move |c| {
             let tx = write_tx(c)?;
-            let state = if review.request_changes {
-                "CHANGES_REQUESTED"
-            } else {
-                "COMMENTED"
+            let (state, body) = match (review.request_changes, own) {
+                (true, false) => ("CHANGES_REQUESTED", review.body.clone()),
+                (true, true) => ("COMMENTED", super::changes_requested_in_text(&review.body)),
+                (false, _) => ("COMMENTED", review.body.clone()),
             };
             tx.execute(
                 "INSERT INTO reviews (repo, number, author, state, body) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![key, number as i64, actor, state, review.body],
+                params![key, number as i64, actor, state, body],
             )?;
             let id = tx.last_insert_rowid();
             for lc in &review.comments {
@@ -1118,7 +1121,7 @@ impl Forge for LocalForge {
                     ],
                 )?;
             }
-            outbox::record_review(&tx, &key, number, id as u64, &actor, state, &review.body)?;
+            outbox::record_review(&tx, &key, number, id as u64, &actor, state, &body)?;
             tx.commit()?;
             Ok(id as u64)
         })
