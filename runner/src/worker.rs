@@ -43,6 +43,20 @@ pub enum RunTrigger {
     Review(u64),
 }
 
+impl std::fmt::Display for RunTrigger {
+    /// As the run's first event says it: `label ready-to-spec`, `command`, …
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RunTrigger::Label(l) => write!(f, "label {l}"),
+            RunTrigger::Command(_) => f.write_str("a maintainer's command"),
+            RunTrigger::PullRequestOpened => f.write_str("pull request ready for review"),
+            RunTrigger::Manual => f.write_str("no label or command"),
+            RunTrigger::Review(0) => f.write_str("/kiln fix"),
+            RunTrigger::Review(id) => write!(f, "changes requested in review {id}"),
+        }
+    }
+}
+
 /// One run to execute.
 #[derive(Debug, Clone)]
 pub struct RunRequest {
@@ -360,7 +374,7 @@ pub async fn execute(
     events.record(
         EventKind::Progress,
         format!(
-            "run {} of role {} on {}#{} ({:?}, trigger {})",
+            "run {} of role {} on {}#{} ({}, trigger {})",
             req.run_id,
             req.role,
             req.repo,

@@ -249,7 +249,7 @@ pub async fn demo(args: RunnerArgs, local: &LocalArgs) -> anyhow::Result<ExitCod
             .context("opening the demo's store")?,
     );
     let budgets = app::budgets(&config);
-    let progress = |p: kiln::sandbox::image::ImageProgress| eprintln!("image: {p:?}");
+    let progress = |p: kiln::sandbox::image::ImageProgress| eprintln!("image {p}");
     let services = app::services(
         AppOptions {
             config: config.clone(),

@@ -183,7 +183,7 @@ pub(super) async fn services(
     model: Arc<dyn ModelProvider>,
 ) -> anyhow::Result<Services> {
     let budgets = app::budgets(&config);
-    let progress = |p: kiln::sandbox::image::ImageProgress| eprintln!("image: {p:?}");
+    let progress = |p: kiln::sandbox::image::ImageProgress| eprintln!("image {p}");
     Ok(app::services(
         AppOptions {
             config,

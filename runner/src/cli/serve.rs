@@ -117,7 +117,7 @@ pub async fn serve(args: ServeArgs, local: &LocalArgs) -> anyhow::Result<ExitCod
     // and never those of a service on another data directory.
     let runner_id = app::serve_runner_id(&data_dir);
     let budgets = app::budgets(&config);
-    let progress = |p: kiln::sandbox::image::ImageProgress| eprintln!("image: {p:?}");
+    let progress = |p: kiln::sandbox::image::ImageProgress| eprintln!("image {p}");
     let services = app::services(
         AppOptions {
             config: config.clone(),

@@ -127,6 +127,21 @@ pub enum ImageProgress {
     },
 }
 
+impl std::fmt::Display for ImageProgress {
+    /// One line for a person: `base: using kiln-base:4d1d…`, `base: built …`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ImageProgress::Cached { name, tag } => write!(f, "{name}: using {tag}"),
+            ImageProgress::Started { name, tag } => write!(f, "{name}: building {tag}"),
+            ImageProgress::Line { name, line } => write!(f, "{name}: {line}"),
+            ImageProgress::Uploaded { name, done, total } => {
+                write!(f, "{name}: sent {done} of {total} bytes to the engine")
+            }
+            ImageProgress::Built { name, tag } => write!(f, "{name}: built {tag}"),
+        }
+    }
+}
+
 /// Builds the recipes in one `sandbox-images/` directory.
 #[derive(Debug, Clone)]
 pub struct ImageBuilder {
