@@ -375,9 +375,42 @@ async fn the_demo_drives_an_issue_to_a_reviewed_draft_pull_request() {
         .list_reviews(implementation.issue.number)
         .await
         .expect("reviews");
-    assert_eq!(reviews.len(), 1, "one review");
-    assert_ne!(reviews[0].state, "APPROVED", "Kiln never approves");
+    // Kiln's review, the maintainer's change request, Kiln's review of the
+    // answer.
+    let states: Vec<(&str, &str)> = reviews
+        .iter()
+        .map(|r| (r.author.as_str(), r.state.as_str()))
+        .collect();
+    assert_eq!(
+        states,
+        vec![
+            ("kiln[bot]", "COMMENTED"),
+            ("operator", "CHANGES_REQUESTED"),
+            ("kiln[bot]", "COMMENTED"),
+        ],
+        "Kiln never approves, nor requests changes on its own PR"
+    );
     assert!(!reviews[0].comments.is_empty(), "line comments on the diff");
+    let maintainers = pr
+        .review_threads
+        .iter()
+        .find(|t| t.comments[0].author == "operator")
+        .expect("the maintainer's thread");
+    assert!(
+        maintainers.comments.iter().any(|c| c.author == "kiln[bot]"),
+        "Kiln answered the maintainer's thread: {maintainers:?}"
+    );
+    let statuses = forge
+        .list_statuses(implementation.issue.number)
+        .await
+        .expect("statuses");
+    assert_eq!(
+        statuses
+            .iter()
+            .map(|s| (s.context.as_str(), s.state.as_str()))
+            .collect::<Vec<_>>(),
+        vec![("kiln/verification", "success")]
+    );
 }
 
 #[tokio::test]
@@ -503,10 +536,25 @@ async fn a_pull_request_from_an_untrusted_trigger_waits_for_approval_and_lands_w
 /// the demo asks for them.
 fn demo_as_anthropic_answers() -> Vec<model_api::Reply> {
     let mut replies = Vec::new();
+    let implementation: serde_json::Value =
+        serde_json::from_str(include_str!("../runner/demo/implementation.json")).expect("script");
+    // The answering run's turns, with the review threads' ids a fresh forge
+    // assigns (Kiln's three line comments, then the maintainer's).
+    let answer = implementation["variants"][0]["turns"]
+        .to_string()
+        .replace("\"${thread}\"", "1")
+        .replace("\"${thread[1]}\"", "2")
+        .replace("\"${thread[2]}\"", "3")
+        .replace("\"${thread[3]}\"", "4");
+    let answer = serde_json::json!({ "turns": serde_json::from_str::<serde_json::Value>(&answer).expect("turns") });
+    // In the order the demo's runs ask (verification finds its checks in
+    // .kiln/verify.toml and asks no model).
     for script in [
         include_str!("../runner/demo/triage.json"),
         include_str!("../runner/demo/spec.json"),
         include_str!("../runner/demo/implementation.json"),
+        include_str!("../runner/demo/review.json"),
+        &answer.to_string(),
         include_str!("../runner/demo/review.json"),
     ] {
         let script: serde_json::Value = serde_json::from_str(script).expect("script");
