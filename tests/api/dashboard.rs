@@ -143,11 +143,16 @@ impl Page {
         r["result"]["value"].clone()
     }
 
-    /// Re-evaluates `expression` until it is true.
+    /// Re-evaluates `expression` until it is true. While a navigation is
+    /// under way the document may have no body yet: an expression that
+    /// throws then counts as "not yet", not as a failure.
     async fn until(&mut self, what: &str, expression: &str) {
+        let guarded = format!(
+            "(() => {{ try {{ return ({expression}) === true; }} catch (e) {{ return false; }} }})()"
+        );
         let check = async {
             loop {
-                if self.eval(expression).await == json!(true) {
+                if self.eval(&guarded).await == json!(true) {
                     return;
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
