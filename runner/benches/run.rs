@@ -8,10 +8,12 @@
 //! ```text
 //! cargo bench -p kiln --bench run            # KILN_BENCH_ITERS=10 by default
 //! ```
+mod common;
+use common::{median, ms};
 use std::collections::HashMap;
 use std::process::Command;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use kiln::app::{self, AppOptions};
 use kiln::config::{KilnConfig, Role};
@@ -24,34 +26,12 @@ use kiln::worker::{LiveRun, RunEnd, RunRequest, RunTrigger, execute};
 
 const SCRIPT: &str = include_str!("../demo/triage.json");
 
-fn median(v: &mut [Duration]) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let quick = !std::env::args().any(|a| a == "--bench");
-    let iters: usize = if quick {
-        1
-    } else {
-        std::env::var("KILN_BENCH_ITERS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(10)
-            .max(1)
-    };
+    let iters = common::iterations(10);
     let dir = tempfile::tempdir()?;
     let src = dir.path().join("sample");
-    let demo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("demo/sample-repo");
-    std::fs::create_dir_all(src.join("tests"))?;
-    for f in ["README.md", "slugify.sh", "tests/run.sh"] {
-        std::fs::copy(demo.join(f), src.join(f))?;
-    }
+    common::sample_repo(&src)?;
     let forge = LocalForge::create(
         &dir.path().join("forge"),
         RepoRef::parse("local/bench")?,

@@ -10,9 +10,11 @@
 //! cargo bench -p kiln --bench sandbox            # KILN_BENCH_ITERS=20 by default
 //! ```
 
+mod common;
+use common::{median, ms};
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use kiln::config::Role;
 use kiln::sandbox::docker::DockerBackend;
@@ -20,29 +22,9 @@ use kiln::sandbox::image::{BASE, ImageBuilder, PROXY};
 use kiln::sandbox::workspace::{RepoMirror, Workspace};
 use kiln::sandbox::{EgressPolicy, SandboxBackend as _, SandboxSpec};
 
-fn median(v: &mut [Duration]) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    // `cargo bench` passes `--bench`; `cargo test --benches` passes nothing
-    // we need, but then one quick iteration is enough to prove it runs.
-    let quick = !std::env::args().any(|a| a == "--bench");
-    let iters: usize = if quick {
-        1
-    } else {
-        std::env::var("KILN_BENCH_ITERS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(20)
-            .max(1)
-    };
+    let iters = common::iterations(20);
     let docker = bollard::Docker::connect_with_local_defaults()?
         .negotiate_version()
         .await?;

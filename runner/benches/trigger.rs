@@ -8,6 +8,8 @@
 //! ```text
 //! cargo bench -p kiln --bench trigger          # KILN_BENCH_ITERS=7 by default
 //! ```
+mod common;
+use common::{median, ms};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -29,15 +31,6 @@ const SCRIPT: &str = include_str!("../demo/triage.json");
 
 /// Only a label starts a run, so opening the benchmark's issues does not.
 const CONFIG: &str = "[[triggers]]\non = \"label\"\nlabel = \"go\"\nrole = \"triage\"\n";
-
-fn median(v: &mut [Duration]) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
 
 fn now_ms() -> i64 {
     SystemTime::now()
@@ -66,23 +59,10 @@ impl EventSink for ReadyAt {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let quick = !std::env::args().any(|a| a == "--bench");
-    let iters: usize = if quick {
-        1
-    } else {
-        std::env::var("KILN_BENCH_ITERS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(7)
-            .max(1)
-    };
+    let iters = common::iterations(7);
     let dir = tempfile::tempdir()?;
     let src = dir.path().join("sample");
-    let demo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("demo/sample-repo");
-    std::fs::create_dir_all(src.join("tests"))?;
-    for f in ["README.md", "slugify.sh", "tests/run.sh"] {
-        std::fs::copy(demo.join(f), src.join(f))?;
-    }
+    common::sample_repo(&src)?;
     let root = dir.path().join("forge");
     let forge =
         LocalForge::create(&root, RepoRef::parse("local/bench")?, "alice", Some(&src)).await?;

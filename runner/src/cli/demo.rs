@@ -104,12 +104,11 @@ impl Watch {
                     follow(self.store.clone(), r);
                 }
             }
-            let last = self.outbox.after(0, usize::MAX >> 1)?.last().map(|e| e.id);
-            let routed = last.is_none_or(|id| {
-                self.outbox
-                    .cursor(&self.consumer)
-                    .is_ok_and(|cursor| cursor >= id)
-            });
+            let last = self.outbox.last_id()?;
+            let routed = self
+                .outbox
+                .cursor(&self.consumer)
+                .is_ok_and(|cursor| cursor >= last);
             let idle = routed && runs.iter().all(|r| r.state.is_terminal());
             match (idle, quiet_since) {
                 (true, Some(t)) if t.elapsed() >= Duration::from_millis(600) => return Ok(runs),
@@ -280,9 +279,7 @@ pub async fn demo(args: RunnerArgs, local: &LocalArgs) -> anyhow::Result<ExitCod
     // Start reading after everything already in the forge's outbox.
     let consumer = format!("demo-{stamp}");
     let outbox = Outbox::open(&root)?;
-    if let Some(last) = outbox.after(0, usize::MAX >> 1)?.last() {
-        outbox.advance(&consumer, last.id)?;
-    }
+    outbox.advance(&consumer, outbox.last_id()?)?;
     kiln::intake::local::start(
         dispatcher,
         PumpOptions {

@@ -373,38 +373,10 @@ impl RunState {
                         None => (String::new(), String::new()),
                     },
                 };
-                let (paths, files) = match &self.forge.publisher {
-                    Some(p) => match p.changes().await {
-                        Ok(changes) => changes,
-                        Err(e) => {
-                            return Decision::Deny {
-                                reason: format!(
-                                    "forge.propose-pull-request: the workspace cannot be read: {e}"
-                                ),
-                                blame: crate::policy::Blame::Host,
-                            };
-                        }
-                    },
-                    None => (Vec::new(), Vec::new()),
+                let paths = match self.commit_paths("forge.propose-pull-request").await {
+                    Ok(paths) => paths,
+                    Err(denied) => return denied,
                 };
-                if let Some(b) = &self.policy
-                    && let Err(e) = b
-                        .gate
-                        .check_commit(files.iter().map(|(p, c)| (p.as_str(), c.as_slice())))
-                {
-                    let d = Decision::Deny {
-                        reason: format!("forge.push: {e}"),
-                        blame: crate::policy::Blame::Guest,
-                    };
-                    self.events.record(
-                        EventKind::Policy {
-                            action: "forge.push".into(),
-                            verdict: "deny".into(),
-                        },
-                        d.reason().to_string(),
-                    );
-                    return d;
-                }
                 let push = self
                     .decide(Effect::Push {
                         branch: head.clone(),
@@ -441,38 +413,10 @@ impl RunState {
                     };
                 };
                 let head = pr.head_branch.clone();
-                let (paths, files) = match &self.forge.publisher {
-                    Some(p) => match p.changes().await {
-                        Ok(changes) => changes,
-                        Err(e) => {
-                            return Decision::Deny {
-                                reason: format!(
-                                    "forge.update-pull-request: the workspace cannot be read: {e}"
-                                ),
-                                blame: crate::policy::Blame::Host,
-                            };
-                        }
-                    },
-                    None => (Vec::new(), Vec::new()),
+                let paths = match self.commit_paths("forge.update-pull-request").await {
+                    Ok(paths) => paths,
+                    Err(denied) => return denied,
                 };
-                if let Some(b) = &self.policy
-                    && let Err(e) = b
-                        .gate
-                        .check_commit(files.iter().map(|(p, c)| (p.as_str(), c.as_slice())))
-                {
-                    let d = Decision::Deny {
-                        reason: format!("forge.push: {e}"),
-                        blame: crate::policy::Blame::Guest,
-                    };
-                    self.events.record(
-                        EventKind::Policy {
-                            action: "forge.push".into(),
-                            verdict: "deny".into(),
-                        },
-                        d.reason().to_string(),
-                    );
-                    return d;
-                }
                 let update = self
                     .decide(Effect::UpdatePullRequest {
                         number: *number,
@@ -561,6 +505,38 @@ impl RunState {
     }
 
     /// Redact every outbound text of a proposal.
+    /// The paths the run's commit would change, after the commit's secret
+    /// scan; `Err` is the decision refusing the proposal (`action` names it
+    /// when the workspace cannot be read).
+    async fn commit_paths(&self, action: &str) -> Result<Vec<String>, Decision> {
+        let (paths, files) = match &self.forge.publisher {
+            Some(p) => p.changes().await.map_err(|e| Decision::Deny {
+                reason: format!("{action}: the workspace cannot be read: {e}"),
+                blame: crate::policy::Blame::Host,
+            })?,
+            None => (Vec::new(), Vec::new()),
+        };
+        if let Some(b) = &self.policy
+            && let Err(e) = b
+                .gate
+                .check_commit(files.iter().map(|(p, c)| (p.as_str(), c.as_slice())))
+        {
+            let d = Decision::Deny {
+                reason: format!("forge.push: {e}"),
+                blame: crate::policy::Blame::Guest,
+            };
+            self.events.record(
+                EventKind::Policy {
+                    action: "forge.push".into(),
+                    verdict: "deny".into(),
+                },
+                d.reason().to_string(),
+            );
+            return Err(d);
+        }
+        Ok(paths)
+    }
+
     fn redact_proposal(&self, proposal: Proposal) -> Proposal {
         match proposal {
             Proposal::Comment { number, body } => Proposal::Comment {

@@ -377,6 +377,16 @@ impl Outbox {
         after(&self.conn, after_id, limit).map_err(super::store_err)
     }
 
+    /// The newest event's id; 0 when there is none.
+    pub fn last_id(&self) -> Result<u64, super::ForgeError> {
+        self.conn
+            .query_row("SELECT COALESCE(MAX(id), 0) FROM events", [], |r| {
+                r.get::<_, i64>(0)
+            })
+            .map(|id| id as u64)
+            .map_err(super::store_err)
+    }
+
     /// The last event `consumer` finished with; 0 before its first.
     pub fn cursor(&self, consumer: &str) -> Result<u64, super::ForgeError> {
         cursor(&self.conn, consumer).map_err(super::store_err)
