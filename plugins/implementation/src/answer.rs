@@ -11,6 +11,8 @@ use kiln_plugin_sdk::forge::{self, Proposed, PullRequest, ReviewThread};
 use kiln_plugin_sdk::{Outcome, RoleError, Task, Trust, session, skills, workspace};
 use serde::{Deserialize, Serialize};
 
+use crate::Status;
+
 const FINISH: &str = "submit_answer";
 const FINISH_SCHEMA: &str = r#"{
   "type": "object",
@@ -36,14 +38,6 @@ const FINISH_SCHEMA: &str = r#"{
 
 /// Most review thread replies one run posts (a thread is answered once).
 const MAX_REPLIES: usize = 50;
-
-/// Whether the model answered the review or stopped for a human.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-enum Status {
-    Done,
-    Blocked,
-}
 
 /// One reply in a review thread: what was changed for it, or why not.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]

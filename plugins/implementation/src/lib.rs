@@ -36,7 +36,8 @@ const APPROVED: &str = "plan-approved";
 /// The label by which a maintainer waives the spec for a small change.
 const NO_SPEC: &str = "ready-to-implement";
 
-/// Whether the model finished the work or stopped for a human.
+/// Whether the model finished the work (or answered the review) or stopped
+/// for a human: both finish tools' `status`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 enum Status {
