@@ -19,9 +19,10 @@ command -v git >/dev/null 2>&1 || missing="$missing git"
 if [ -n "$missing" ]; then
   if [ "$(id -u)" -eq 0 ]; then sudo=""; else sudo="sudo"; fi
   echo "setup-sandbox: installing$missing" >&2
-  $sudo apt-get update -qq
+  # A fresh machine may be running its own apt at boot: wait for the lock.
+  $sudo apt-get -o DPkg::Lock::Timeout=600 update -qq
   # shellcheck disable=SC2086 # word splitting of the package list is intended
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq $missing
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get -o DPkg::Lock::Timeout=600 install -y -qq $missing
 else
   echo "setup-sandbox: mmdebstrap, debian-archive-keyring and git already present" >&2
 fi

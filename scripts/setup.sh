@@ -24,8 +24,8 @@ elif [ -x /usr/bin/cargo ] && dpkg -s rust-web-src >/dev/null 2>&1; then
 else
     echo "setup: rustup could not install wasm32-unknown-unknown; installing Debian's rust-web packages"
     export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq rustc-web cargo-web rust-web-src rust-web-llvm lld-22
+    apt-get -o DPkg::Lock::Timeout=600 update -qq
+    apt-get -o DPkg::Lock::Timeout=600 install -y -qq rustc-web cargo-web rust-web-src rust-web-llvm lld-22
 fi
 
 if [ -x scripts/setup-sandbox.sh ]; then
