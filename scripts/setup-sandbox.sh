@@ -33,5 +33,6 @@ fi
 
 if [ "${1:-}" = "--build-images" ]; then
   cd "$(dirname "$0")/.."
-  cargo run --quiet -p kiln -- image build
+  # Through kiln.sh: the same build of Kiln as the demo's and the tests'.
+  scripts/kiln.sh image build
 fi
