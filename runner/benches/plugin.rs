@@ -6,7 +6,8 @@
 //! calling `session.get-budget` in a loop. The versions' conversions to the
 //! host's domain types must not show: 0.1.0 / 0.2.0 ≤ 1.1×.
 //!
-//! Run with `cargo bench -p kiln --bench plugin`. Targets on the reference
+//! Run with `cargo bench -p kiln --bench plugin` (`-- instantiate` for the
+//! instantiate figures alone, e.g. under a profiler). Targets on the reference
 //! machine (2 cores): instantiate ≤ 10 µs, round trip ≤ 2 µs.
 use std::hint::black_box;
 use std::sync::Arc;
@@ -113,6 +114,18 @@ fn main() {
     let native_instantiate = median_per_call(21, 200_000, || {
         black_box(native_setup(black_box("bench")));
     });
+    // `-- instantiate`: only this part, e.g. under a profiler.
+    if std::env::args().skip(1).any(|a| a == "instantiate") {
+        for ((label, _, _), mut samples) in plugins.iter().zip(instantiate) {
+            samples.sort();
+            println!(
+                "{label}: instantiate {:.2} µs (median), native setup {:.3} µs",
+                samples[samples.len() / 2].as_secs_f64() * 1e6,
+                native_instantiate.as_secs_f64() * 1e6
+            );
+        }
+        return;
+    }
 
     // Round trip: one run making N import calls minus one making none.
     let run_with = |(plugin, prefix): (&kiln::plugin::LoadedPlugin, &str), calls: u64| {
