@@ -7,7 +7,9 @@
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
+use wasmtime::{
+    Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap,
+};
 
 use super::capability::{CapabilitySet, builtin_role_grants};
 use super::inspect::{self, LoadError, PluginInfo};
@@ -134,6 +136,37 @@ impl LoadedPlugin {
 #[error("cannot set up the plugin host: {0}")]
 pub struct HostSetupError(String);
 
+/// The engine's settings: fuel, and a pooling allocator sized for `limits`;
+/// `pagemap` keeps the first pages of each slot resident between runs and
+/// resets them with the kernel's list of dirty pages instead of `madvise`
+/// (plugin bench: instantiate 14.6 µs → 9.8 µs with it).
+fn engine_config(limits: &PluginLimits, pagemap: bool) -> Config {
+    let mut config = Config::new();
+    config.consume_fuel(true);
+    // A component built by wit-component holds a few core instances
+    // (the module plus adapter shims) and tables; size the pool for that.
+    let runs = limits.max_concurrent_runs.max(1);
+    let mut pool = PoolingAllocationConfig::default();
+    pool.total_component_instances(runs)
+        .total_core_instances(runs * 8)
+        .max_core_instances_per_component(8)
+        .total_memories(runs)
+        .max_memories_per_component(1)
+        .total_tables(runs * 4)
+        .max_tables_per_component(4)
+        .total_stacks(runs)
+        .max_memory_size(limits.memory_bytes)
+        .table_elements(limits.table_elements);
+    if pagemap {
+        // A plugin's stack and data sit in its first MiB or two.
+        pool.pagemap_scan(Enabled::Yes)
+            .linear_memory_keep_resident(2 << 20)
+            .table_keep_resident(64 << 10);
+    }
+    config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    config
+}
+
 /// Compiles, checks, caches and runs role plugins.
 pub struct PluginHost {
     engine: Engine,
@@ -148,24 +181,15 @@ impl PluginHost {
     /// A host applying `limits` to every run, with the built-in roles'
     /// grants (triage, spec, implementation, review, verification).
     pub fn new(limits: PluginLimits) -> Result<Self, HostSetupError> {
-        let mut config = Config::new();
-        config.consume_fuel(true);
-        // A component built by wit-component holds a few core instances
-        // (the module plus adapter shims) and tables; size the pool for that.
-        let runs = limits.max_concurrent_runs.max(1);
-        let mut pool = PoolingAllocationConfig::default();
-        pool.total_component_instances(runs)
-            .total_core_instances(runs * 8)
-            .max_core_instances_per_component(8)
-            .total_memories(runs)
-            .max_memories_per_component(1)
-            .total_tables(runs * 4)
-            .max_tables_per_component(4)
-            .total_stacks(runs)
-            .max_memory_size(limits.memory_bytes)
-            .table_elements(limits.table_elements);
-        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
-        let engine = Engine::new(&config).map_err(|e| HostSetupError(format!("{e:#}")))?;
+        // Reset memories by rewriting only their dirty pages where the kernel
+        // can list them (PAGEMAP_SCAN, Linux ≥ 6.7); elsewhere (an error
+        // here) by madvise as before, since without the scan keeping memory
+        // resident means a memset of all of it, which is slower.
+        let engine = match Engine::new(&engine_config(&limits, true)) {
+            Ok(engine) => engine,
+            Err(_) => Engine::new(&engine_config(&limits, false))
+                .map_err(|e| HostSetupError(format!("{e:#}")))?,
+        };
         let linkers = Linkers::new(&engine).map_err(|e| HostSetupError(format!("{e:#}")))?;
         let role_grants = crate::config::Role::ALL
             .into_iter()
