@@ -317,7 +317,8 @@ pub async fn repo(cmd: RepoCommand, args: &LocalArgs) -> anyhow::Result<ExitCode
         }
         RepoCommand::Grant { login, level } => {
             let forge = args.open()?;
-            forge.set_permission(&login, level.into()).await?;
+            let level: Permission = level.into();
+            forge.set_permission(&login, level).await?;
             println!("{login} has {level} permission on {}", forge.repo());
         }
     }
