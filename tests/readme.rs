@@ -40,11 +40,8 @@ fn toml_blocks(markdown: &str) -> Result<Vec<Block>, String> {
     for (i, line) in markdown.lines().enumerate() {
         let fenced = line.trim_start().starts_with("```");
         match open.take() {
-            Some((is_toml, block)) if fenced => {
-                if is_toml {
-                    blocks.push(block);
-                }
-            }
+            Some((true, block)) if fenced => blocks.push(block),
+            Some((false, _)) if fenced => {}
             Some((is_toml, mut block)) => {
                 block.text.push_str(line);
                 block.text.push('\n');
