@@ -420,14 +420,35 @@ pub async fn demo(args: RunnerArgs, local: &LocalArgs) -> anyhow::Result<ExitCod
             r.state.as_str()
         );
     }
+    let next = [
+        (
+            format!("kiln issue show {issue} -R {repo}"),
+            "the issue: labels, Kiln's questions, progress comments".to_string(),
+        ),
+        (
+            format!("kiln pr show {spec_pr} -R {repo}"),
+            format!("the spec pull request (specs/issue-{issue}/)"),
+        ),
+        (
+            format!("kiln pr show {impl_pr} -R {repo}"),
+            "the fix: its body, verification status, review threads".into(),
+        ),
+        (
+            format!("kiln pr diff {impl_pr} -R {repo}"),
+            "the fix's diff".into(),
+        ),
+        (
+            "kiln serve".into(),
+            format!("then http://127.0.0.1:7878/ui/board/{repo}: the board"),
+        ),
+    ];
+    let width = next.iter().map(|(c, _)| c.len()).max().unwrap_or_default();
+    println!("\nOpen next (the local forge keeps all of it):");
+    for (command, what) in &next {
+        println!("  {command:<width$}   {what}");
+    }
     println!(
-        "\nOpen next (the local forge keeps all of it):\n\
-         \x20 kiln issue show {issue} -R {repo}     the issue: labels, Kiln's questions, progress comments\n\
-         \x20 kiln pr show {spec_pr} -R {repo}        the spec pull request (specs/issue-{issue}/)\n\
-         \x20 kiln pr show {impl_pr} -R {repo}        the fix: its body, verification status, review threads\n\
-         \x20 kiln pr diff {impl_pr} -R {repo}        the fix's diff\n\
-         \x20 kiln serve                              then http://127.0.0.1:7878/ui/board/{repo}: the board\n\
-         The runs' sandboxes, workspaces and handback bundles are under {}.",
+        "The runs' sandboxes, workspaces and handback bundles are under {}.",
         demo_dir.display()
     );
     Ok(ExitCode::SUCCESS)

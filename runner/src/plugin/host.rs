@@ -296,7 +296,8 @@ impl PluginHost {
             }),
         };
         let message = match &result {
-            Ok(o) => format!("the plugin returned {}: {}", o.status, o.summary),
+            // The summary is the run's `finished` message; said once, there.
+            Ok(o) => format!("the plugin returned {}", o.status),
             Err(e) => e.to_string(),
         };
         let state = store.into_data();
