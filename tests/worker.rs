@@ -373,6 +373,46 @@ fn assert_demo_reads_as_a_story(stdout: &str, stderr: &str) {
 }
 
 #[tokio::test]
+async fn kiln_run_says_how_the_run_ended_once_and_in_words() {
+    images::images().await;
+    let env = crate::support::serve::Env::new();
+    let demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("demo");
+    env.ok(
+        &["repo", "create", "local/once", "--from"],
+        &[&demo.join("sample-repo")],
+    );
+    env.ok(&["issue", "new", "-R", "local/once", "-t", "Dashes"], &[]);
+    let out = env.ok(
+        &[
+            "run",
+            "--role",
+            "triage",
+            "--issue",
+            "1",
+            "-R",
+            "local/once",
+            "--script",
+        ],
+        &[&demo.join("triage.json")],
+    );
+    let ended: Vec<&str> = out.lines().filter(|l| l.contains("succeeded")).collect();
+    assert_eq!(ended.len(), 1, "the run's end is printed once:\n{out}");
+    assert!(
+        ended[0].contains("finished  succeeded: labels bug, needs-info applied"),
+        "as the finished event, with the summary:\n{out}"
+    );
+    assert!(
+        out.lines()
+            .last()
+            .is_some_and(|l| l.contains("transcript ")),
+        "then where the transcript is:\n{out}"
+    );
+    for debug in ["[\"", "Some(", "OutcomeStatus", "Completed", "ToolUse"] {
+        assert!(!out.contains(debug), "Debug text {debug:?} in:\n{out}");
+    }
+}
+
+#[tokio::test]
 async fn the_demo_drives_an_issue_to_a_reviewed_draft_pull_request() {
     let data = tempfile::tempdir().expect("tempdir");
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
