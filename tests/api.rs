@@ -160,6 +160,7 @@ fn routes(run: RunId) -> Vec<(Method, String, Option<Value>, Option<&'static str
     vec![
         (Method::GET, "/healthz".into(), None, None),
         (Method::GET, "/openapi.json".into(), None, None),
+        (Method::GET, "/metrics".into(), None, Some("viewer")),
         (Method::GET, "/runs".into(), None, Some("viewer")),
         (Method::GET, format!("/runs/{r}"), None, Some("viewer")),
         (

@@ -804,7 +804,7 @@ async fn the_agent_plugin_explores_and_answers_through_the_anthropic_wire_format
         .collect();
     assert_eq!(turns.len(), 3);
     assert!(
-        turns[0].starts_with("claude-test-1 answered: ToolUse"),
+        turns[0].starts_with("claude-test-1 answered: tool_use"),
         "got {turns:?}"
     );
 }
@@ -947,7 +947,7 @@ async fn a_plugin_claiming_success_after_a_budget_refusal_is_reported_out_of_bud
     }
     assert_eq!(report.budget.turns, 2);
     let last = events.snapshot().pop().expect("events");
-    assert_eq!(last.kind, EventKind::Finished);
+    assert_eq!(last.kind, EventKind::Progress);
     assert!(
         last.message.contains("ran out of budget"),
         "the run's last event says why: {}",

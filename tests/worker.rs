@@ -317,6 +317,101 @@ async fn a_prompt_injection_the_model_obeys_gets_no_effect_past_the_gate() {
     }
 }
 
+/// What a person reads of `kiln demo`: each run announced with what
+/// triggered it, its effects with a reference into the repository, its end
+/// said once, no Rust Debug text, and what to open next.
+fn assert_demo_reads_as_a_story(stdout: &str, stderr: &str) {
+    for debug in [
+        "Cached {",
+        "Some(",
+        "OutcomeStatus",
+        "RunState::",
+        "{ name:",
+        "\u{1b}[",
+    ] {
+        assert!(
+            !stdout.contains(debug) && !stderr.contains(debug),
+            "Debug text or escape codes ({debug:?}) in the demo's output:\n{stdout}\n{stderr}"
+        );
+    }
+    // `  issue opened by reporter (untrusted) → triage run r1 on #1`
+    let runs: Vec<(String, String)> = stdout
+        .lines()
+        .filter_map(|l| {
+            let (_, rest) = l.split_once(" → ")?;
+            let mut words = rest.split_whitespace();
+            let role = words.next()?.to_string();
+            (words.next()? == "run").then_some(())?;
+            Some((role, words.next()?.to_string()))
+        })
+        .collect();
+    assert!(runs.len() >= 8, "every run is announced:\n{stdout}");
+    for (role, id) in &runs {
+        let ended = format!("[{role} {id}] run ");
+        assert_eq!(
+            stdout.lines().filter(|l| l.contains(&ended)).count(),
+            1,
+            "{role} run {id}'s end is printed once:\n{stdout}"
+        );
+    }
+    let repo = stdout
+        .lines()
+        .find_map(|l| {
+            l.split_whitespace()
+                .find(|w| w.starts_with("local/slugify-demo-"))
+        })
+        .and_then(|w| w.split('#').next())
+        .expect("the sample repository is named");
+    assert!(
+        stdout.contains("effect: forge.comment on #1") && stdout.contains(&format!(" at {repo}#1")),
+        "effects say where they landed:\n{stdout}"
+    );
+    assert!(
+        stdout.contains("Open next") && stdout.contains(&format!("kiln pr diff 3 -R {repo}")),
+        "the demo ends with what to open next:\n{stdout}"
+    );
+}
+
+#[tokio::test]
+async fn kiln_run_says_how_the_run_ended_once_and_in_words() {
+    images::images().await;
+    let env = crate::support::serve::Env::new();
+    let demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("demo");
+    env.ok(
+        &["repo", "create", "local/once", "--from"],
+        &[&demo.join("sample-repo")],
+    );
+    env.ok(&["issue", "new", "-R", "local/once", "-t", "Dashes"], &[]);
+    let out = env.ok(
+        &[
+            "run",
+            "--role",
+            "triage",
+            "--issue",
+            "1",
+            "-R",
+            "local/once",
+            "--script",
+        ],
+        &[&demo.join("triage.json")],
+    );
+    let ended: Vec<&str> = out.lines().filter(|l| l.contains("succeeded")).collect();
+    assert_eq!(ended.len(), 1, "the run's end is printed once:\n{out}");
+    assert!(
+        ended[0].contains("finished  succeeded: labels bug, needs-info applied"),
+        "as the finished event, with the summary:\n{out}"
+    );
+    assert!(
+        out.lines()
+            .last()
+            .is_some_and(|l| l.contains("transcript ")),
+        "then where the transcript is:\n{out}"
+    );
+    for debug in ["[\"", "Some(", "OutcomeStatus", "Completed", "ToolUse"] {
+        assert!(!out.contains(debug), "Debug text {debug:?} in:\n{out}");
+    }
+}
+
 #[tokio::test]
 async fn the_demo_drives_an_issue_to_a_reviewed_draft_pull_request() {
     let data = tempfile::tempdir().expect("tempdir");
@@ -338,6 +433,7 @@ async fn the_demo_drives_an_issue_to_a_reviewed_draft_pull_request() {
         stdout.contains("SCRIPTED"),
         "the demo says its model is scripted"
     );
+    assert_demo_reads_as_a_story(&stdout, &String::from_utf8_lossy(&out.stderr));
     let root = data.path().join("forge");
     let repos = kiln::forge::local::list_repos(&root).expect("repos");
     let forge = LocalForge::open(&root, repos[0].clone()).expect("open");

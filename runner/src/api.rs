@@ -1,7 +1,7 @@
 //! The runner API (axum): runs and their events (JSON and SSE), operator
 //! actions on live runs (steer, approve or deny held effects, cancel,
 //! attach a shell),
-//! handback, API tokens, the OpenAPI document and the dashboard.
+//! handback, API tokens, the OpenAPI document, the metrics and the dashboard.
 //!
 //! Reads go to the [`RunStore`]; actions that reach a live run go through
 //! [`RunControl`]. Every route but `/healthz`, `/openapi.json` and the
@@ -29,6 +29,7 @@ pub mod error;
 mod events;
 mod frames;
 mod handback;
+mod metrics;
 mod openapi;
 mod params;
 mod runs;
@@ -110,6 +111,7 @@ pub fn router(state: ApiState) -> Router {
     let api = Router::new()
         .route("/healthz", get(runs::healthz))
         .route("/openapi.json", get(openapi::document))
+        .route("/metrics", get(metrics::metrics))
         .route("/runs", get(runs::list))
         .route("/runs/{id}", get(runs::show))
         .route("/runs/{id}/events", get(events::events))

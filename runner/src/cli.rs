@@ -2,10 +2,13 @@
 //! grow (or be added) without touching the others.
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use std::io::IsTerminal as _;
+
+use clap::{Parser, Subcommand, ValueEnum};
 
 mod attach;
 mod demo;
+mod github;
 mod image;
 mod local_forge;
 mod plugin;
@@ -24,6 +27,27 @@ pub struct Cli {
     command: Command,
     #[command(flatten)]
     local: local_forge::LocalArgs,
+    /// How log lines on stderr look: `text` (coloured only on a terminal) or
+    /// `json` (one JSON object per line, for a service's log collector).
+    /// Which lines: KILN_LOG (default `warn`), e.g. KILN_LOG=info.
+    #[arg(
+        long,
+        global = true,
+        env = "KILN_LOG_FORMAT",
+        value_enum,
+        default_value_t
+    )]
+    log_format: LogFormat,
+}
+
+/// The form of log lines.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -53,12 +77,29 @@ enum Command {
     Pr(local_forge::PrCommand),
     #[command(flatten)]
     Remote(remote::RemoteCommand),
+    /// Connect a GitHub App: print its manifest, check its permissions and installations.
+    #[command(subcommand)]
+    Github(github::GitHubCommand),
     /// API tokens in the local store: create, list, revoke.
     #[command(subcommand)]
     Token(token::TokenCommand),
 }
 
 impl Cli {
+    /// Sends log lines to stderr in the chosen format. Colour codes only
+    /// reach a terminal: in a file or a pipe they are noise.
+    pub fn init_logging(&self) {
+        let filter = tracing_subscriber::EnvFilter::try_from_env("KILN_LOG")
+            .unwrap_or_else(|_| "warn".into());
+        let builder = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr);
+        match self.log_format {
+            LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+            LogFormat::Json => builder.json().with_ansi(false).init(),
+        }
+    }
+
     /// Run the chosen command; the exit code says whether it succeeded.
     pub async fn run(self) -> anyhow::Result<ExitCode> {
         match self.command {
@@ -72,6 +113,7 @@ impl Cli {
             Command::Pr(cmd) => local_forge::pr(cmd, &self.local).await,
             Command::Remote(cmd) => remote::run(cmd, &self.local).await,
             Command::Token(cmd) => token::run(cmd, &self.local).await,
+            Command::Github(cmd) => github::run(cmd, &self.local).await,
         }
     }
 }

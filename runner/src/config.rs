@@ -119,40 +119,79 @@ pub enum ConfigError {
     GitHub(#[from] crate::forge::github::GitHubConfigError),
 }
 
-/// `kiln.toml`: the sandbox and secrets sections. Other top-level sections
-/// (triggers, model, plugins, ...) are owned and checked by their modules,
-/// so unknown *sections* pass here; unknown keys *inside* `[sandbox]` and
-/// `[[secrets]]` are errors.
+/// `kiln.toml`, every section of it. Each section's type is owned by its
+/// module; this type names the sections. An unknown section or key is an
+/// error, so a misspelt setting never silently keeps its default (the
+/// README's configuration reference is parsed with this, see
+/// `tests/readme.rs`).
 #[derive(Debug, Clone, Default, Deserialize)]
+#[serde(from = "RawConfig")]
 pub struct KilnConfig {
     /// Sandbox limits and runtime.
-    #[serde(default)]
     pub sandbox: SandboxConfig,
     /// Declared secrets.
-    #[serde(default)]
     pub secrets: Vec<SecretConfig>,
     /// Repository additions to the default policies.
-    #[serde(default)]
     pub policy: crate::policy::config::PolicyConfig,
     /// `[model]`: the model provider, if configured here.
-    #[serde(default)]
     pub model: Option<crate::model::ModelConfig>,
     /// `[budgets.<role>]`: per-role run budgets.
-    #[serde(default)]
     pub budgets: crate::model::BudgetsConfig,
     /// The GitHub forge (`[github]`), if configured.
-    #[serde(default)]
     pub github: Option<crate::forge::github::GitHubConfig>,
     /// `[[roles]]`: custom roles, each played by a plugin the operator ships.
-    #[serde(default)]
     pub roles: Vec<CustomRoleConfig>,
     /// `[intake]` and `[[triggers]]`: webhook limits and routing rules.
-    #[serde(flatten)]
     pub intake: crate::intake::IntakeConfig,
     /// The directory `kiln.toml` was read from: custom roles' `plugin` and
     /// `skill` paths are relative to it (the current directory otherwise).
-    #[serde(skip)]
     pub base_dir: PathBuf,
+}
+
+/// The file as written. serde cannot deny unknown fields next to a
+/// `flatten`, so the intake sections are read here as the top-level tables
+/// they are and put together into [`crate::intake::IntakeConfig`] after.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    sandbox: SandboxConfig,
+    #[serde(default)]
+    secrets: Vec<SecretConfig>,
+    #[serde(default)]
+    policy: crate::policy::config::PolicyConfig,
+    #[serde(default)]
+    model: Option<crate::model::ModelConfig>,
+    #[serde(default)]
+    budgets: crate::model::BudgetsConfig,
+    #[serde(default)]
+    github: Option<crate::forge::github::GitHubConfig>,
+    #[serde(default)]
+    roles: Vec<CustomRoleConfig>,
+    #[serde(default)]
+    intake: crate::intake::IntakeSettings,
+    #[serde(default)]
+    triggers: Option<Vec<crate::intake::TriggerRule>>,
+}
+
+impl From<RawConfig> for KilnConfig {
+    fn from(raw: RawConfig) -> Self {
+        KilnConfig {
+            sandbox: raw.sandbox,
+            secrets: raw.secrets,
+            policy: raw.policy,
+            model: raw.model,
+            budgets: raw.budgets,
+            github: raw.github,
+            roles: raw.roles,
+            intake: crate::intake::IntakeConfig {
+                intake: raw.intake,
+                triggers: raw.triggers,
+                custom_roles: Vec::new(),
+            },
+            base_dir: PathBuf::new(),
+        }
+    }
 }
 
 /// `[[roles]]`: a custom role and the plugin that plays it.
@@ -744,6 +783,15 @@ pub enum Phase {
     Agent,
 }
 
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Phase::Setup => "setup",
+            Phase::Agent => "agent",
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -817,14 +865,32 @@ mod tests {
     }
 
     #[test]
-    fn other_sections_are_left_to_their_owners() {
+    fn other_sections_are_read_by_their_owners() {
         let c = KilnConfig::from_toml(
-            "[model]\nprovider = \"scripted\"\nscript = \"demo.json\"\n[sandbox]\npids = 64\n",
-        );
-        assert!(
-            c.is_ok_and(|c| c.sandbox.pids == 64),
-            "a foreign section should not break parsing"
-        );
+            "[model]\nprovider = \"scripted\"\nscript = \"demo.json\"\n[sandbox]\npids = 64\n\
+             [intake]\nmax_runs_per_target = 3\n[[triggers]]\non = \"label\"\nlabel = \"go\"\nrole = \"spec\"\n",
+        )
+        .expect("valid");
+        assert_eq!(c.sandbox.pids, 64);
+        assert!(c.model.is_some());
+        assert_eq!(c.intake.intake.max_runs_per_target, 3);
+        assert_eq!(c.intake.rules().len(), 1);
+    }
+
+    #[test]
+    fn an_unknown_section_or_key_is_an_error_naming_it() {
+        for (text, name) in [
+            ("[sandboxx]\npids = 64\n", "sandboxx"),
+            ("webhook_secret = \"x\"\n", "webhook_secret"),
+            ("[intake]\nmax_runs = 3\n", "max_runs"),
+            ("[policy]\nlabel = [\"bug\"]\n", "label"),
+        ] {
+            let err = KilnConfig::from_toml(text).expect_err(name);
+            assert!(
+                err.to_string().contains(&format!("unknown field `{name}`")),
+                "{text:?}: error should name `{name}`, got: {err}"
+            );
+        }
     }
 
     #[test]

@@ -512,6 +512,31 @@ pub enum Permission {
     Admin,
 }
 
+impl fmt::Display for Permission {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Permission::None => "no",
+            Permission::Read => "read",
+            Permission::Triage => "triage",
+            Permission::Write => "write",
+            Permission::Maintain => "maintain",
+            Permission::Admin => "admin",
+        })
+    }
+}
+
+/// A label change for people: `+bug +needs-info -question`.
+pub fn describe_labels(add: &[String], remove: &[String]) -> String {
+    let added = add.iter().map(|l| format!("+{l}"));
+    let removed = remove.iter().map(|l| format!("-{l}"));
+    let all: Vec<String> = added.chain(removed).collect();
+    if all.is_empty() {
+        "no change".into()
+    } else {
+        all.join(" ")
+    }
+}
+
 impl Permission {
     /// Whether this level may trigger runs: write, maintain or admin.
     pub fn may_trigger(self) -> bool {

@@ -61,7 +61,7 @@ pub enum SandboxError {
     #[error("invalid sandbox request: {0}")]
     Invalid(String),
     /// The operation is not allowed in the sandbox's current phase.
-    #[error("run {run_id}: {what} is not allowed in the {phase:?} phase")]
+    #[error("run {run_id}: {what} is not allowed in the {phase} phase")]
     WrongPhase {
         /// The run.
         run_id: String,
@@ -272,8 +272,11 @@ impl SandboxSpec {
             || self.limits.nano_cpus < 10_000_000
         {
             return Err(SandboxError::Invalid(format!(
-                "limits too small: {:?}",
-                self.limits
+                "limits too small: {} MiB of memory, {} processes, {} CPUs \
+                 (at least 16 MiB, 8 processes, 0.01 CPUs)",
+                self.limits.memory_bytes >> 20,
+                self.limits.pids,
+                self.limits.nano_cpus as f64 / 1e9
             )));
         }
         Ok(())

@@ -83,7 +83,7 @@ impl Runner {
     ) -> Result<Vec<tokio::task::JoinHandle<()>>, StoreError> {
         for r in self.store.recover_after_restart(recovery).await? {
             tracing::warn!(
-                "run {} was {:?} when the runner stopped; now {:?}",
+                "run {} was {} when the runner stopped; now {}",
                 r.id,
                 r.was,
                 r.now
@@ -144,7 +144,7 @@ impl Runner {
 
     async fn finish(&self, id: RunId, from: RunState, to: RunState, reason: String) {
         if let Err(e) = self.store.transition(id, from, to, Some(reason)).await {
-            tracing::error!("run {id}: {from:?} → {to:?}: {e}");
+            tracing::error!("run {id}: {from} → {to}: {e}");
         }
     }
 
@@ -429,7 +429,7 @@ impl RunControl for Runner {
         let steering = self.live(run).map(|l| l.steering);
         let Some(steering) = steering else {
             return Err(ControlError::Conflict(format!(
-                "run r{run} is {:?}, not running: there is no one to steer",
+                "run r{run} is {}, not running: there is no one to steer",
                 r.state
             )));
         };
@@ -450,7 +450,7 @@ impl RunControl for Runner {
         }
         if r.state.is_terminal() {
             return Err(ControlError::Conflict(format!(
-                "run r{run} already ended ({:?})",
+                "run r{run} already ended ({})",
                 r.state
             )));
         }

@@ -738,6 +738,8 @@ pub trait RunStore: Send + Sync {
     async fn list_runs(&self, filter: RunFilter) -> Result<Vec<Run>, StoreError>;
     /// How many runs of `role` exist for this issue or pull request (the re-run cap).
     async fn count_runs(&self, repo: &RepoRef, number: u64, role: Role) -> Result<u64, StoreError>;
+    /// How many runs there are of each role in each state (`GET /metrics`).
+    async fn run_counts(&self) -> Result<Vec<(Role, RunState, u64)>, StoreError>;
     /// Move a run from `from` to `to`. Fails if the run is not in `from`,
     /// the transition is illegal, or `to` needs a reason and none is given.
     async fn transition(

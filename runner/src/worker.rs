@@ -367,6 +367,7 @@ pub async fn execute(
     // The worker's own events quote plugin summaries and forge errors. The
     // plugin's events get the raw sink: its run state redacts them itself.
     let raw = events;
+    let began = std::time::Instant::now();
     let events: Arc<dyn EventSink> = Arc::new(crate::imports::gate::RedactingEvents::new(
         raw.clone(),
         services.gate.clone(),
@@ -427,6 +428,7 @@ pub async fn execute(
         EventKind::Finished,
         format!("{}: {}", summary.state.as_str(), summary.reason),
     );
+    crate::metrics::global().run_finished(req.role, summary.state.as_str(), began.elapsed());
     summary
 }
 
@@ -637,11 +639,13 @@ async fn run_prepared(
             Err(e) => return Err(PrepareError::Workspace(e.to_string())),
         }
     }
+    let started = std::time::Instant::now();
     let mut sandbox = services
         .sandboxes
         .create(spec)
         .await
         .map_err(|e| PrepareError::Sandbox(e.to_string()))?;
+    crate::metrics::global().sandbox_started(started.elapsed());
     if sandbox.phase == crate::config::Phase::Setup
         && let Err(e) = services.sandboxes.enter_agent_phase(&mut sandbox).await
     {

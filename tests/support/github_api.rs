@@ -49,6 +49,7 @@ struct Templates {
     review_comment: Value,
     repository: Value,
     validation_failed: Value,
+    installation: Value,
 }
 
 impl Templates {
@@ -68,6 +69,10 @@ impl Templates {
                     .clone(),
             repository: fixture("webhooks/issues/opened.payload.json")["repository"].clone(),
             validation_failed: fixture("rest/errors/normalized-fixture.json")[0]["response"]
+                .clone(),
+            // An installation as GitHub sends it (the same object `GET
+            // /app/installations` lists); no REST recording of it exists.
+            installation: fixture("webhooks/installation/created.payload.json")["installation"]
                 .clone(),
         }
     }
@@ -269,6 +274,12 @@ struct ServerState {
     personal_token: Option<String>,
     /// Lifetime of the next installation tokens, in seconds.
     token_lifetime: u64,
+    /// The App's `permissions` and `events` (`GET /app`).
+    app_grants: (Value, Vec<String>),
+    /// The installation's, which lag behind the App's until its owner accepts.
+    installation_grants: (Value, Vec<String>),
+    /// Whether the App is installed on the repository.
+    installed: bool,
     next_id: u64,
 }
 
@@ -330,6 +341,9 @@ impl GitHubApi {
                 tokens: HashMap::new(),
                 personal_token: None,
                 token_lifetime: 3600,
+                app_grants: full_grants(),
+                installation_grants: full_grants(),
+                installed: true,
                 next_id: 5000,
             }),
         });
@@ -383,6 +397,23 @@ impl GitHubApi {
     /// Installation tokens issued from now on live `secs` seconds.
     pub fn set_token_lifetime(&self, secs: u64) {
         self.lock().token_lifetime = secs;
+    }
+
+    /// The App's permissions and webhook events become these (GitHub's
+    /// shape: `{"issues": "write", ...}` and event names).
+    pub fn set_app_grants(&self, permissions: Value, events: &[&str]) {
+        self.lock().app_grants = (permissions, events.iter().map(|e| e.to_string()).collect());
+    }
+
+    /// The installation's permissions and events become these.
+    pub fn set_installation_grants(&self, permissions: Value, events: &[&str]) {
+        self.lock().installation_grants =
+            (permissions, events.iter().map(|e| e.to_string()).collect());
+    }
+
+    /// Removes the App's installation: it is installed nowhere.
+    pub fn uninstall(&self) {
+        self.lock().installed = false;
     }
 
     /// Accept `token` as a fine-grained token.
@@ -771,11 +802,46 @@ fn check_token(shared: &Shared, authorization: Option<&str>) -> Result<(), Respo
     }
 }
 
+/// Everything Kiln's App asks for (README, "Connect GitHub").
+fn full_grants() -> (Value, Vec<String>) {
+    (
+        json!({"checks": "write", "issues": "write", "pull_requests": "write",
+               "contents": "write", "metadata": "read"}),
+        [
+            "issues",
+            "issue_comment",
+            "pull_request",
+            "pull_request_review",
+            "pull_request_review_comment",
+        ]
+        .map(String::from)
+        .to_vec(),
+    )
+}
+
+/// The App's installation on this server's account, from GitHub's
+/// recorded installation object.
+fn installation_json(shared: &Shared, st: &ServerState) -> Value {
+    let mut i = shared.templates.installation.clone();
+    i["id"] = json!(INSTALLATION_ID);
+    i["account"]["login"] = json!(shared.owner);
+    i["app_id"] = json!(shared.app.app_id);
+    i["app_slug"] = json!("kiln-test");
+    i["access_tokens_url"] = json!(format!(
+        "http://{}/app/installations/{INSTALLATION_ID}/access_tokens",
+        shared.addr
+    ));
+    i["permissions"] = st.installation_grants.0.clone();
+    i["events"] = json!(st.installation_grants.1);
+    i
+}
+
 fn app_route(shared: &Shared, method: &Method, path: &str) -> Response {
     let repo_installation = format!("/repos/{}/{}/installation", shared.owner, shared.name);
     let tokens = format!("/app/installations/{INSTALLATION_ID}/access_tokens");
     if *method == Method::GET && path == "/app" {
         // GET /app with the App's JWT: no recorded fixture, GitHub's documented shape.
+        let st = shared.state.lock().unwrap_or_else(|e| e.into_inner());
         return json_response(
             200,
             json!({
@@ -783,26 +849,26 @@ fn app_route(shared: &Shared, method: &Method, path: &str) -> Response {
                 "slug": "kiln-test",
                 "name": "Kiln test",
                 "owner": {"login": shared.owner, "id": 1, "type": "Organization"},
-                "permissions": {"checks": "write", "issues": "write", "pull_requests": "write", "contents": "write"},
-                "events": ["issues", "issue_comment", "pull_request"],
+                "permissions": st.app_grants.0,
+                "events": st.app_grants.1,
             }),
         );
     }
+    if *method == Method::GET && path == "/app/installations" {
+        let st = shared.state.lock().unwrap_or_else(|e| e.into_inner());
+        let list = if st.installed {
+            vec![installation_json(shared, &st)]
+        } else {
+            Vec::new()
+        };
+        return json_response(200, json!(list));
+    }
     if *method == Method::GET && path == repo_installation {
-        // No recorded fixture exists for this endpoint; GitHub's documented shape.
-        return json_response(
-            200,
-            json!({
-                "id": INSTALLATION_ID,
-                "account": {"login": shared.owner, "id": 1, "type": "Organization"},
-                "app_id": shared.app.app_id,
-                "app_slug": "kiln-test",
-                "target_type": "Organization",
-                "repository_selection": "selected",
-                "permissions": {"issues": "write", "pull_requests": "write", "contents": "write"},
-                "events": ["issues", "issue_comment", "pull_request"],
-            }),
-        );
+        let st = shared.state.lock().unwrap_or_else(|e| e.into_inner());
+        if !st.installed {
+            return message(404, "Not Found");
+        }
+        return json_response(200, installation_json(shared, &st));
     }
     if *method == Method::POST && path == tokens {
         let mut st = shared.state.lock().unwrap_or_else(|e| e.into_inner());

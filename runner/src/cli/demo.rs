@@ -16,7 +16,7 @@ use anyhow::Context;
 use futures_util::StreamExt as _;
 use kiln::app::{self, AppOptions};
 use kiln::config::Role;
-use kiln::forge::local::{LocalForge, Outbox};
+use kiln::forge::local::{KILN_LOGIN, LocalForge, Outbox};
 use kiln::forge::{Forge, ForgeResolver, RepoRef};
 use kiln::intake::local::PumpOptions;
 use kiln::intake::{Dispatcher, RunnerHooks};
@@ -101,7 +101,7 @@ impl Watch {
             for r in &runs {
                 if self.seen.insert(r.id.0) {
                     announce(r);
-                    follow(self.store.clone(), r);
+                    follow(self.store.clone(), r, self.repo.clone());
                 }
             }
             let last = self.outbox.last_id()?;
@@ -134,10 +134,10 @@ fn announce(run: &Run) {
         .unwrap_or_default();
     let what = match &run.trigger.kind {
         kiln::store::TriggerKind::Label { label } => format!("label `{label}`"),
-        _ => kind,
+        _ => kind.replace('-', " "),
     };
     println!(
-        "  trigger: {what} by {} ({}) → {} {} on #{}",
+        "  {what} by {} ({}) → {} run {} on #{}",
         run.trigger.actor,
         if run.trigger.actor_trust == kiln::policy::Trust::Trusted {
             "trusted"
@@ -150,21 +150,35 @@ fn announce(run: &Run) {
     );
 }
 
-/// Prints `run`'s events as they are recorded, until it ends.
-fn follow(store: Arc<dyn RunStore>, run: &Run) {
-    let (id, prefix) = (run.id, format!("[{} {}]", run.role, run.id));
+/// The line of the story an event of a run tells, if any: what the run did
+/// to the forge (each effect, and where it landed as `owner/name#N`), what
+/// the gate refused or held, warnings, and how the run ended. Model turns,
+/// tool calls and command output stay in the run's log.
+fn story_line(e: &kiln::store::StoredEvent, repo: &RepoRef) -> Option<String> {
+    let first = e.message.lines().next().unwrap_or_default();
+    // Effects say where they landed as `#N`; the story names the repository.
+    let linked = || first.replace(" at #", &format!(" at {repo}#"));
+    let verdict = e.kind.get("verdict").and_then(|v| v.as_str());
+    match (e.type_name(), verdict) {
+        ("proposal", _) => Some(format!("effect: {}", linked())),
+        ("policy", Some(v @ ("deny" | "hold"))) => Some(format!("gate {v}: {first}")),
+        ("warning", _) => Some(format!("warning: {first}")),
+        ("finished", _) => Some(format!("run {first}")),
+        _ => None,
+    }
+}
+
+/// Prints `run`'s story as its events are recorded, until it ends.
+fn follow(store: Arc<dyn RunStore>, run: &Run, repo: RepoRef) {
+    let (id, prefix) = (run.id, format!("    [{} {}]", run.role, run.id));
     tokio::spawn(async move {
         let Ok(mut events) = store.subscribe(id, 0).await else {
             return;
         };
         while let Some(Ok(e)) = events.next().await {
-            let first = e.message.lines().next().unwrap_or_default();
-            let more = if e.message.lines().nth(1).is_some() {
-                " …"
-            } else {
-                ""
-            };
-            println!("{prefix} {:>14}  {first}{more}", e.type_name());
+            if let Some(line) = story_line(&e, &repo) {
+                println!("{prefix} {line}");
+            }
         }
     });
 }
@@ -248,20 +262,16 @@ pub async fn demo(args: RunnerArgs, local: &LocalArgs) -> anyhow::Result<ExitCod
             .context("opening the demo's store")?,
     );
     let budgets = app::budgets(&config);
-    let progress = |p: kiln::sandbox::image::ImageProgress| eprintln!("image {p}");
-    let services = app::services(
-        AppOptions {
-            config: config.clone(),
-            data_dir: demo_dir.clone(),
-            recipes: app::recipes_dir(),
-            runner_id: app::cli_runner_id(),
-            model,
-            role_models,
-            budgets,
-            history: Some(store.clone()),
-        },
-        &progress,
-    )
+    let services = super::run::with_progress(AppOptions {
+        config: config.clone(),
+        data_dir: demo_dir.clone(),
+        recipes: app::recipes_dir(),
+        runner_id: app::cli_runner_id(),
+        model,
+        role_models,
+        budgets,
+        history: Some(store.clone()),
+    })
     .await?;
     let forges: ForgeResolver = kiln::forge::local::LocalForges::new(&root).resolver();
     let runner = Runner::new(store.clone(), services, forges.clone());
@@ -319,7 +329,7 @@ pub async fn demo(args: RunnerArgs, local: &LocalArgs) -> anyhow::Result<ExitCod
             labels: vec![],
         })
         .await?;
-    println!("{repo}: issue #{issue} \"{}\" by reporter", title.trim());
+    println!("{repo}#{issue} \"{}\" opened by reporter", title.trim());
     ensure_succeeded(&watch.settle().await?)?;
 
     step(
@@ -368,68 +378,78 @@ pub async fn demo(args: RunnerArgs, local: &LocalArgs) -> anyhow::Result<ExitCod
     let runs = watch.settle().await?;
     ensure_succeeded(&runs)?;
 
-    step(
-        5,
-        &format!(
-            "The result: draft PR #{impl_pr}, its reviews, replies, verification and the runs"
-        ),
-    );
+    step(5, "The result");
     let pr = forge.get_pull_request(impl_pr).await?;
     println!(
-        "#{impl_pr} {}{} ({} → {})\n\n{}\n",
-        if pr.draft { "[draft] " } else { "" },
+        "{repo}#{impl_pr} {}\"{}\" ({} → {}), closing {repo}#{issue}",
+        if pr.draft { "draft " } else { "" },
         pr.issue.title,
         pr.head_branch,
         pr.base_branch,
-        pr.issue.body
     );
-    println!("{}", pr.diff);
     for status in forge.list_statuses(impl_pr).await? {
         println!(
-            "status {}: {} {}",
+            "  status {}: {} ({})",
             status.context, status.state, status.description
         );
     }
-    for thread in &pr.review_threads {
-        println!("--- thread {} on {}", thread.id, thread.path);
-        for c in &thread.comments {
-            println!(
-                "  {}: {}",
-                c.author,
-                c.body.lines().next().unwrap_or_default()
-            );
-        }
-    }
-    if let Some(report) = pr
-        .issue
-        .comments
-        .iter()
-        .rev()
-        .find(|c| c.body.contains("kiln:report"))
-    {
-        println!("--- verification report\n{}", report.body);
-    }
     for review in forge.list_reviews(impl_pr).await? {
         println!(
-            "--- review by {} ({})\n{}",
-            review.author, review.state, review.body
+            "  review by {}: {}, {} line comment(s)",
+            review.author,
+            review.state.to_lowercase().replace('_', " "),
+            review.comments.len()
         );
-        for c in review.comments {
-            println!("  {}:{} [{}] {}", c.path, c.line, c.severity, c.body);
-        }
     }
+    let answered = pr
+        .review_threads
+        .iter()
+        .filter(|t| t.comments.iter().skip(1).any(|c| c.author == KILN_LOGIN))
+        .count();
+    println!(
+        "  review threads: {}, {answered} answered by {KILN_LOGIN}",
+        pr.review_threads.len()
+    );
+    println!("  runs:");
     for r in &runs {
         println!(
-            "{} {:<14} #{:<3} {}",
-            r.id,
+            "    {:<4} {:<14} on #{:<3} {}",
+            r.id.to_string(),
             r.role.as_str(),
             r.number,
             r.state.as_str()
         );
     }
+    let next = [
+        (
+            format!("kiln issue show {issue} -R {repo}"),
+            "the issue: labels, Kiln's questions, progress comments".to_string(),
+        ),
+        (
+            format!("kiln pr show {spec_pr} -R {repo}"),
+            format!("the spec pull request (specs/issue-{issue}/)"),
+        ),
+        (
+            format!("kiln pr show {impl_pr} -R {repo}"),
+            "the fix: its body, verification status, review threads".into(),
+        ),
+        (
+            format!("kiln pr diff {impl_pr} -R {repo}"),
+            "the fix's diff".into(),
+        ),
+        (
+            "kiln serve".into(),
+            format!("then http://127.0.0.1:7878/ui/board/{repo}: the board"),
+        ),
+    ];
+    let width = next.iter().map(|(c, _)| c.len()).max().unwrap_or_default();
+    println!("\nOpen next (the local forge keeps all of it):");
+    for (command, what) in &next {
+        println!("  {command:<width$}   {what}");
+    }
     println!(
-        "\nExplore it: kiln issue show {issue} -R {repo}; kiln pr list -R {repo}; \
-         kiln pr diff {impl_pr} -R {repo}"
+        "The runs' sandboxes, workspaces and handback bundles are under {}.",
+        demo_dir.display()
     );
     Ok(ExitCode::SUCCESS)
 }

@@ -317,8 +317,9 @@ pub async fn repo(cmd: RepoCommand, args: &LocalArgs) -> anyhow::Result<ExitCode
         }
         RepoCommand::Grant { login, level } => {
             let forge = args.open()?;
-            forge.set_permission(&login, level.into()).await?;
-            println!("{login} has {level:?} permission on {}", forge.repo());
+            let level: Permission = level.into();
+            forge.set_permission(&login, level).await?;
+            println!("{login} has {level} permission on {}", forge.repo());
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -545,11 +545,8 @@ async fn test(plugin: &Path, script: &Path, issue_file: Option<&Path>) -> anyhow
     for e in effects {
         println!("  {}", describe_effect(e));
     }
-    println!(
-        "\n{} in {:.1} s",
-        summary.state.as_str(),
-        started.elapsed().as_secs_f64()
-    );
+    // How the run ended is its `finished` event, printed above.
+    println!("\ntook {:.1} s", started.elapsed().as_secs_f64());
     Ok(match summary.state {
         kiln::worker::RunEnd::Succeeded | kiln::worker::RunEnd::AwaitingApproval => {
             ExitCode::SUCCESS
@@ -569,7 +566,10 @@ fn describe_effect(e: &kiln::forge::EffectRecord) -> String {
             number,
             add,
             remove,
-        } => format!("forge.set-labels on #{number}: +{add:?} -{remove:?}"),
+        } => format!(
+            "forge.set-labels on #{number}: {}",
+            kiln::forge::describe_labels(add, remove)
+        ),
         Proposal::PullRequest { title, .. } => format!("forge.propose-pull-request: {title}"),
         Proposal::PullRequestUpdate {
             number,

@@ -166,11 +166,11 @@ pub(super) async fn run_one(
         .map(|e: &RunEvent| serde_json::to_string(e).unwrap_or_default())
         .collect();
     std::fs::write(&transcript, lines.join("\n") + "\n")?;
+    // The `finished` event above said how the run ended; this says where
+    // to read it again.
     println!(
-        "[{}] {}: {} (transcript {}, handback bundle {})",
+        "[{}] transcript {}, handback bundle {}",
         role.as_str(),
-        summary.state.as_str(),
-        summary.reason,
         transcript.display(),
         dir.join("handback.bundle").display()
     );
@@ -183,23 +183,29 @@ pub(super) async fn services(
     model: Arc<dyn ModelProvider>,
 ) -> anyhow::Result<Services> {
     let budgets = app::budgets(&config);
-    let progress = |p: kiln::sandbox::image::ImageProgress| eprintln!("image {p}");
-    Ok(app::services(
-        AppOptions {
-            config,
-            data_dir: data_dir.to_path_buf(),
-            recipes: app::recipes_dir(),
-            // Per process: start-up orphan removal is by runner id, and two
-            // `kiln run` / `kiln demo` at once must not remove each other's sandboxes.
-            runner_id: kiln::app::cli_runner_id(),
-            model: Some(model),
-            role_models: Default::default(),
-            budgets,
-            history: None,
-        },
-        &progress,
-    )
-    .await?)
+    with_progress(AppOptions {
+        config,
+        data_dir: data_dir.to_path_buf(),
+        recipes: app::recipes_dir(),
+        // Per process: start-up orphan removal is by runner id, and two
+        // `kiln run` / `kiln demo` at once must not remove each other's sandboxes.
+        runner_id: kiln::app::cli_runner_id(),
+        model: Some(model),
+        role_models: Default::default(),
+        budgets,
+        history: None,
+    })
+    .await
+}
+
+/// [`app::services`], showing its long steps (compiling the role plugins,
+/// building the sandbox image the first time) as they happen.
+pub(super) async fn with_progress(opts: AppOptions) -> anyhow::Result<Services> {
+    let progress = super::image::Progress::new();
+    progress.start("kiln", "compiling the role plugins, connecting to Docker");
+    let services = app::services(opts, &|e| progress.image(e)).await;
+    progress.finish();
+    Ok(services?)
 }
 
 /// `kiln run`: one role on one issue of the local forge.

@@ -117,20 +117,16 @@ pub async fn serve(args: ServeArgs, local: &LocalArgs) -> anyhow::Result<ExitCod
     // and never those of a service on another data directory.
     let runner_id = app::serve_runner_id(&data_dir);
     let budgets = app::budgets(&config);
-    let progress = |p: kiln::sandbox::image::ImageProgress| eprintln!("image {p}");
-    let services = app::services(
-        AppOptions {
-            config: config.clone(),
-            data_dir: data_dir.clone(),
-            recipes: app::recipes_dir(),
-            runner_id: runner_id.clone(),
-            model,
-            role_models,
-            budgets,
-            history: Some(store.clone()),
-        },
-        &progress,
-    )
+    let services = super::run::with_progress(AppOptions {
+        config: config.clone(),
+        data_dir: data_dir.clone(),
+        recipes: app::recipes_dir(),
+        runner_id: runner_id.clone(),
+        model,
+        role_models,
+        budgets,
+        history: Some(store.clone()),
+    })
     .await?;
     let gate = services.gate.clone();
     let github = match &config.github {

@@ -28,6 +28,7 @@ use super::{
 };
 use crate::config::SecretConfig;
 
+pub mod app;
 mod auth;
 mod config;
 mod http;

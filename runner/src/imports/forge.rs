@@ -750,7 +750,10 @@ impl RunState {
                 add,
                 remove,
             } => (
-                format!("forge.set-labels on #{number} (+{add:?} -{remove:?})"),
+                format!(
+                    "forge.set-labels on #{number} ({})",
+                    crate::forge::describe_labels(add, remove)
+                ),
                 Capability::ForgeSetLabels,
                 Vec::new(),
             ),

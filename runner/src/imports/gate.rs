@@ -85,7 +85,7 @@ impl RunState {
         let Some(binding) = &self.policy else {
             let decision = Decision::Deny {
                 reason: format!(
-                    "{}: denied, this run has no policy gate (role {:?} is not one of Kiln's roles)",
+                    "{}: denied, this run has no policy gate (role {} is not one of Kiln's roles)",
                     effect.action(),
                     self.role
                 ),
@@ -114,6 +114,7 @@ impl RunState {
     }
 
     fn record_decision(&self, action: &str, decision: &Decision) {
+        crate::metrics::global().gate_decision(decision.verdict());
         self.events.record(
             EventKind::Policy {
                 action: action.to_string(),

@@ -73,10 +73,15 @@ impl RunState {
         b.cost_micro_usd = b
             .cost_micro_usd
             .saturating_add(completion.usage.cost_micro_usd);
+        crate::metrics::global().model_turn(
+            completion.usage.input_tokens,
+            completion.usage.output_tokens,
+            completion.usage.cost_micro_usd,
+        );
         self.events.record(
             EventKind::ModelTurn,
             format!(
-                "{} answered: {:?}, {} in / {} out tokens",
+                "{} answered: {}, {} in / {} out tokens",
                 completion.model,
                 completion.stop_reason,
                 completion.usage.input_tokens,

@@ -25,7 +25,7 @@ pub enum Untrusted {
     },
     /// The actor's permission is below write.
     #[error(
-        "{login} has {permission:?} permission on {repo}; triggering needs write, maintain or admin"
+        "{login} has {permission} permission on {repo}; triggering needs write, maintain or admin"
     )]
     TooLow {
         /// Who.

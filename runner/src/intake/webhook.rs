@@ -133,8 +133,12 @@ pub(super) async fn receive(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     match accept(&intake, &headers, body).await {
-        Ok(response) => response,
+        Ok((outcome, response)) => {
+            crate::metrics::global().webhook_delivery(outcome);
+            response
+        }
         Err(r) => {
+            crate::metrics::global().webhook_delivery(r.code);
             let delivery = headers
                 .get("x-github-delivery")
                 .and_then(|v| v.to_str().ok())
@@ -152,11 +156,13 @@ pub(super) async fn receive(
     }
 }
 
+/// Checks and takes a delivery; `Ok` names how it went (`accepted`,
+/// `ignored`, `ping`) for the metrics.
 async fn accept(
     intake: &Intake,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Response, Rejection> {
+) -> Result<(&'static str, Response), Rejection> {
     let body = body.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             Rejection::new(
@@ -260,19 +266,25 @@ async fn accept(
             finish(intake, delivery, DeliveryStatus::Ignored, &reason).await;
             tracing::info!(delivery, event = name, "webhook ignored: event not handled");
             (
-                StatusCode::ACCEPTED,
-                Json(json!({ "status": "ignored", "delivery": delivery, "reason": reason })),
+                "ignored",
+                (
+                    StatusCode::ACCEPTED,
+                    Json(json!({ "status": "ignored", "delivery": delivery, "reason": reason })),
+                )
+                    .into_response(),
             )
-                .into_response()
         }
         Parsed::Known(event) => match (*event, permit) {
             (WebhookEvent::Ping(ping), _) => {
                 finish(intake, delivery, DeliveryStatus::Ignored, "ping").await;
                 (
-                    StatusCode::OK,
-                    Json(json!({ "status": "pong", "delivery": delivery, "zen": ping.zen })),
+                    "ping",
+                    (
+                        StatusCode::OK,
+                        Json(json!({ "status": "pong", "delivery": delivery, "zen": ping.zen })),
+                    )
+                        .into_response(),
                 )
-                    .into_response()
             }
             (event, Some(permit)) => {
                 permit.send(Job {
@@ -280,10 +292,13 @@ async fn accept(
                     event,
                 });
                 (
-                    StatusCode::ACCEPTED,
-                    Json(json!({ "status": "accepted", "delivery": delivery })),
+                    "accepted",
+                    (
+                        StatusCode::ACCEPTED,
+                        Json(json!({ "status": "accepted", "delivery": delivery })),
+                    )
+                        .into_response(),
                 )
-                    .into_response()
             }
             (_, None) => {
                 return Err(Rejection::new(

@@ -41,7 +41,10 @@ pub enum RunError {
         message: String,
     },
     /// The run took longer than its wall-clock cap.
-    #[error("plugin {plugin} was stopped after its wall-clock limit of {limit:?}")]
+    #[error(
+        "plugin {plugin} was stopped after its wall-clock limit of {} s",
+        limit.as_secs_f64()
+    )]
     WallClock {
         /// Plugin name.
         plugin: String,
@@ -317,12 +320,16 @@ impl PluginHost {
             }),
         };
         let message = match &result {
-            Ok(o) => format!("{}: {}", o.status, o.summary),
+            // The summary is the run's `finished` message; said once, there.
+            Ok(o) => format!("the plugin returned {}", o.status),
             Err(e) => e.to_string(),
         };
         let state = store.into_data();
         // Through the run's own (redacting) sink: the summary is plugin text.
-        state.events.record(EventKind::Finished, message);
+        // A progress event, not the run's end: the worker records that
+        // (`finished`) once it has applied the plugin's proposals, whose
+        // fate can change how the run ends.
+        state.events.record(EventKind::Progress, message);
         RunReport {
             result,
             proposals: state.forge.proposals,

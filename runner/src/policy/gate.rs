@@ -1526,8 +1526,13 @@ fn describe(req: &EffectRequest) -> String {
             format!("on {}#{number}", run.repo)
         }
         Effect::SetLabels { number, labels } => {
-            let labels: Vec<&str> = labels.iter().take(10).map(|l| clip(l)).collect();
-            format!("{labels:?} on {}#{number}", run.repo)
+            // Each label quoted (escaped: it is guest text), not a Rust list.
+            let labels: Vec<String> = labels
+                .iter()
+                .take(10)
+                .map(|l| format!("{:?}", clip(l)))
+                .collect();
+            format!("{} on {}#{number}", labels.join(", "), run.repo)
         }
         Effect::ProposePullRequest { head, base, .. } => {
             format!("{:?} -> {:?} on {}", clip(head), clip(base), run.repo)

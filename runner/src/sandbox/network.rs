@@ -309,8 +309,11 @@ async fn wait_for_proxy(docker: &Docker, container: &str) -> Result<(), SandboxE
         let state = inspect.state.unwrap_or_default();
         if state.running != Some(true) {
             return Err(SandboxError::Egress(format!(
-                "the proxy exited (status {:?}); is the proxy image built?",
-                state.exit_code
+                "the proxy exited ({}); is the proxy image built?",
+                state
+                    .exit_code
+                    .map(|c| format!("exit status {c}"))
+                    .unwrap_or_else(|| "no exit status".into())
             )));
         }
         let logs = tail_logs(docker, container).await;

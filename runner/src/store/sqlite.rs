@@ -775,6 +775,30 @@ impl RunStore for SqliteStore {
             .await
     }
 
+    async fn run_counts(&self) -> Result<Vec<(Role, RunState, u64)>, StoreError> {
+        self.read(|conn| {
+            let mut stmt =
+                conn.prepare_cached("SELECT role, state, COUNT(*) FROM runs GROUP BY role, state")?;
+            let rows = stmt.query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, i64>(2)?,
+                ))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (role, state, n) = row?;
+                let role = codec::role::parse(&role).ok_or_else(|| {
+                    StoreError::Invalid(format!("stored role {role:?} is unknown"))
+                })?;
+                out.push((role, state.parse()?, to_u64("count", n)?));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     async fn transition(
         &self,
         id: RunId,

@@ -280,7 +280,8 @@ pub(crate) fn git_basic(token: &SecretString) -> String {
     )
 }
 
-fn jwt(app_id: u64, key: &EncodingKey) -> Result<SecretString, ForgeError> {
+/// A JWT signed with the App's key, good for the App's own endpoints (`/app/...`).
+pub(crate) fn jwt(app_id: u64, key: &EncodingKey) -> Result<SecretString, ForgeError> {
     octocrab::auth::create_jwt(AppId(app_id), key)
         .map(SecretString::from)
         .map_err(|e| ForgeError::Invalid(format!("signing the GitHub App {app_id} JWT: {e}")))
