@@ -321,16 +321,21 @@ impl Runner {
                 let bundle = self.runs_dir.join(run.id.to_string()).join(HANDBACK);
                 clone = tempfile::tempdir().map_err(|e| e.to_string())?;
                 let dir = clone.path().join("held.git");
-                let ok = crate::publish::host_git(None, None)
+                // Output captured: git's warnings belong in the error, not
+                // in the service's log.
+                let out = crate::publish::host_git(None, None)
                     .args(["clone", "--quiet", "--bare", "--template="])
                     .arg(&bundle)
                     .arg(&dir)
-                    .status()
+                    .output()
                     .await
-                    .map_err(|e| e.to_string())?
-                    .success();
-                if !ok {
-                    return Err(format!("cannot read the run's bundle {}", bundle.display()));
+                    .map_err(|e| e.to_string())?;
+                if !out.status.success() {
+                    return Err(format!(
+                        "cannot read the run's bundle {}: {}",
+                        bundle.display(),
+                        String::from_utf8_lossy(&out.stderr).trim()
+                    ));
                 }
                 return apply(
                     &target,
