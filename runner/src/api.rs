@@ -32,6 +32,7 @@ mod handback;
 mod openapi;
 mod params;
 mod runs;
+pub mod session;
 pub mod tokens;
 
 use std::sync::Arc;
@@ -68,6 +69,8 @@ pub struct ApiState {
     frames: Arc<frames::FrameCache>,
     /// The boards being watched, one poller each.
     boards: Arc<board::Hub>,
+    /// Dashboard login links and sessions.
+    sessions: Arc<session::Sessions>,
 }
 
 impl ApiState {
@@ -85,6 +88,7 @@ impl ApiState {
             board: None,
             frames: Arc::default(),
             boards: Arc::default(),
+            sessions: Arc::default(),
         }
     }
 
@@ -110,7 +114,7 @@ pub fn router(state: ApiState) -> Router {
     let api = Router::new()
         .route("/healthz", get(runs::healthz))
         .route("/openapi.json", get(openapi::document))
-        .route("/runs", get(runs::list))
+        .route("/runs", get(runs::list).post(runs::queue))
         .route("/runs/{id}", get(runs::show))
         .route("/runs/{id}/events", get(events::events))
         .route("/runs/{id}/messages", post(runs::steer))

@@ -15,7 +15,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::control::{Attached, ControlError, EffectDecision, Handback, Resume, RunControl};
+use crate::control::{
+    Attached, ControlError, EffectDecision, Handback, QueueRun, Resume, RunControl,
+};
 pub use crate::forge::ForgeResolver;
 use crate::forge::{EffectRecord, EffectState, Proposal};
 use crate::imports::forge::{CommitSource, ForgeTarget, apply};
@@ -167,6 +169,7 @@ impl Runner {
             return;
         }
         let req = RunRequest {
+            script: run.script.clone(),
             run_id: id.to_string(),
             repo: run.repo.clone(),
             role: run.role,
@@ -426,6 +429,53 @@ async fn check_resume_bundle(handback: &Path, bytes: &[u8], to: &Path) -> Result
 
 #[async_trait::async_trait]
 impl RunControl for Runner {
+    async fn queue(&self, q: QueueRun) -> Result<u64, ControlError> {
+        use crate::forge::ForgeError;
+        if !self.services.plugins.contains_key(&q.role) {
+            return Err(ControlError::Invalid(format!(
+                "no plugin plays role {} on this runner",
+                q.role
+            )));
+        }
+        if let Some(text) = &q.script {
+            crate::model::ScriptedProvider::from_json("script", text)
+                .map_err(|e| ControlError::Invalid(format!("the model script: {e}")))?;
+        }
+        let forge = (self.forges)(&q.repo).ok_or_else(|| {
+            ControlError::NotFound(format!(
+                "repository {}: no forge of this runner has it",
+                q.repo
+            ))
+        })?;
+        crate::forge::check_run_target(forge.as_ref(), q.role, q.number)
+            .await
+            .map_err(|e| match e {
+                ForgeError::NotFound(m) => ControlError::NotFound(m),
+                ForgeError::Invalid(m) => ControlError::Invalid(m),
+                other => ControlError::Internal(format!("reading {}: {other}", q.repo)),
+            })?;
+        let id = self
+            .store
+            .enqueue_run(crate::store::NewRun {
+                repo: q.repo,
+                role: q.role,
+                number: q.number,
+                // The operator holding the token asked for it.
+                trigger: crate::store::Trigger {
+                    kind: TriggerKind::Manual,
+                    actor: q.by,
+                    actor_trust: crate::policy::Trust::Trusted,
+                    delivery: None,
+                    instructions: None,
+                },
+                script: q.script,
+            })
+            .await
+            .map_err(|e| ControlError::Internal(e.to_string()))?;
+        self.notify_queued();
+        Ok(id.0)
+    }
+
     async fn steer(&self, run: u64, message: String) -> Result<(), ControlError> {
         if message.trim().is_empty() {
             return Err(ControlError::Invalid("the message is empty".into()));
@@ -535,13 +585,29 @@ impl RunControl for Runner {
             .await
             .map_err(|e| ControlError::Internal(e.to_string()))?;
         if pending.is_empty() && r.state == RunState::AwaitingApproval {
+            // The final line says what the humans decided, then what the
+            // run itself did (its reason when it stopped to wait).
+            let all = self
+                .store
+                .held_effects(r.id)
+                .await
+                .map_err(|e| ControlError::Internal(e.to_string()))?;
+            let approved = all
+                .iter()
+                .filter(|a| a.state == ApprovalState::Approved)
+                .count();
+            let reason = format!(
+                "{}; held effects decided: {approved} approved, {} denied",
+                r.reason.as_deref().unwrap_or("the run finished"),
+                all.len() - approved,
+            );
             let _ = self
                 .store
                 .transition(
                     r.id,
                     RunState::AwaitingApproval,
                     RunState::Succeeded,
-                    Some("every held effect was decided".into()),
+                    Some(reason),
                 )
                 .await;
         }
