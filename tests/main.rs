@@ -26,6 +26,7 @@ mod factory;
 mod forge;
 mod intake;
 mod model_providers;
+mod operating;
 mod operator;
 mod plugin_cli;
 mod plugin_host;
