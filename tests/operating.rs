@@ -22,12 +22,14 @@ const REPO: &str = "octo/widgets";
 /// The reporter: no permission at all.
 const STRANGER: &str = "drive-by";
 
-/// The implementation role's script: fix the README, open a pull request.
-const FIX: &str = r##"{
-  "description": "operating test: fix the README the stranger reported",
+/// The spec role's script: write the spec, propose it as a pull request.
+const SPEC: &str = r##"{
+  "description": "operating test: specify the README fix the stranger asked for",
   "turns": [
-    { "tool_calls": [ { "name": "write_file", "arguments": { "path": "README.md", "contents": "# Widgets\n\nWidgets, spelled right.\n" } } ] },
-    { "tool_calls": [ { "name": "submit_implementation", "arguments": { "status": "done", "title": "Fix the README's spelling", "summary": "Fixed the spelling the reporter found.", "commit_message": "Fix the README's spelling" } } ] }
+    { "tool_calls": [
+      { "name": "write_file", "arguments": { "path": "specs/issue-1/PRODUCT.md", "contents": "# Spell Widgets right (issue #1)\n\nThe README says Widgtes; it should say Widgets.\n" } },
+      { "name": "write_file", "arguments": { "path": "specs/issue-1/TECH.md", "contents": "# Technical notes\n\nOne word in README.md changes.\n" } } ] },
+    { "tool_calls": [ { "name": "submit_spec", "arguments": { "title": "Spec: spell Widgets right (#1)", "body": "Specifies the one-word README fix the reporter asked for.", "commit_message": "Spec for #1: spell Widgets right" } } ] }
   ]
 }"##;
 
@@ -98,20 +100,11 @@ impl Shell {
         self.run(args).await
     }
 
-    /// `kiln run --queue` of the implementation role on `number` with `script`.
+    /// `kiln run --queue` of the spec role on `number` with `script`.
     async fn queue(&self, number: u64, script: &str) -> Output {
         let number = number.to_string();
         self.run(&[
-            "run",
-            "--queue",
-            "--role",
-            "implementation",
-            "--issue",
-            &number,
-            "-R",
-            REPO,
-            "--script",
-            script,
+            "run", "--queue", "--role", "spec", "--issue", &number, "-R", REPO, "--script", script,
         ])
         .await
     }
@@ -198,7 +191,7 @@ async fn setup(name: &str) -> Setup {
         .to_owned();
     let dir = env.root.join("second-shell");
     std::fs::create_dir_all(&dir).expect("mkdir");
-    std::fs::write(dir.join("fix.json"), FIX).expect("write the script");
+    std::fs::write(dir.join("spec.json"), SPEC).expect("write the script");
     let shell = Shell {
         dir,
         url: serve.url.clone(),
@@ -241,13 +234,13 @@ async fn the_operating_section_queues_watches_approves_and_denies_from_a_second_
             "run",
             "--queue",
             "--role",
-            "implementation",
+            "spec",
             "--issue",
             "1",
             "-R",
             REPO,
             "--script",
-            "fix.json",
+            "spec.json",
         ])
         .await;
     let (stdout, stderr) = text(&out);
@@ -266,7 +259,7 @@ async fn the_operating_section_queues_watches_approves_and_denies_from_a_second_
         stdout.contains("run r1 is awaiting approval")
             && stdout.contains("pull request")
             && stdout.contains("repo.hold-untrusted-words")
-            && stdout.contains("Fix the README's spelling")
+            && stdout.contains("Spec: spell Widgets right (#1)")
             && stdout.contains("kiln approve r1 e1"),
         "watch shows what is held and the command to decide it: {stdout}"
     );
@@ -301,7 +294,7 @@ async fn the_operating_section_queues_watches_approves_and_denies_from_a_second_
         "a table, not JSON: {stdout}"
     );
     assert!(
-        stdout.contains("e1") && stdout.contains("| Fix the README's spelling"),
+        stdout.contains("e1") && stdout.contains("| Spec: spell Widgets right (#1)"),
         "{stdout}"
     );
     assert!(!stdout.contains("{\""), "no raw JSON: {stdout}");
@@ -310,7 +303,7 @@ async fn the_operating_section_queues_watches_approves_and_denies_from_a_second_
     assert!(out.status.success(), "{stdout}{stderr}");
     let pulls = s.api.pulls();
     assert_eq!(pulls.len(), 1, "the pull request appears once: {pulls:?}");
-    assert_eq!(pulls[0].1, "kiln/implement-issue-1");
+    assert_eq!(pulls[0].1, "kiln/spec-issue-1");
 
     // The run's final line counts what happened.
     let out = s.shell.readme(&["watch", "r1"]).await;
@@ -334,7 +327,7 @@ async fn the_operating_section_queues_watches_approves_and_denies_from_a_second_
     );
 
     // A second run on the same issue; this time the operator denies it.
-    let out = s.shell.queue(1, "fix.json").await;
+    let out = s.shell.queue(1, "spec.json").await;
     assert!(out.status.success(), "{:?}", text(&out));
     let out = s.shell.run(&["watch", "r2"]).await;
     assert_eq!(out.status.code(), Some(3), "{:?}", text(&out));
@@ -387,15 +380,15 @@ async fn queuing_refuses_a_missing_issue_a_pull_request_for_an_issue_role_and_an
             "the error says nothing was queued and {needle:?}: {stderr}"
         );
     };
-    let out = s.shell.queue(99, "fix.json").await;
+    let out = s.shell.queue(99, "spec.json").await;
     refused(
         &out,
         "#99 in octo/widgets: no issue or pull request has that number",
     );
-    let out = s.shell.queue(pr, "fix.json").await;
+    let out = s.shell.queue(pr, "spec.json").await;
     refused(
         &out,
-        &format!("#{pr} in octo/widgets is a pull request; role implementation runs on an issue"),
+        &format!("#{pr} in octo/widgets is a pull request; role spec runs on an issue"),
     );
     let out = s.shell.queue(issue, "missing.json").await;
     refused(&out, "cannot read the model script missing.json");
