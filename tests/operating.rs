@@ -396,5 +396,32 @@ async fn queuing_refuses_a_missing_issue_a_pull_request_for_an_issue_role_and_an
     let out = s.shell.queue(issue, "broken.json").await;
     refused(&out, "the model script");
 
+    // Without KILN_URL the run would go into the local store, and kiln says
+    // so; a repository the local forge does not have queues nothing there.
+    let out = s
+        .env
+        .kiln()
+        .current_dir(&s.shell.dir)
+        .args([
+            "run",
+            "--queue",
+            "--role",
+            "spec",
+            "--issue",
+            "1",
+            "-R",
+            "local/none",
+            "--script",
+            "spec.json",
+        ])
+        .env_remove("KILN_URL")
+        .output()
+        .expect("kiln run --queue");
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stdout}{stderr}");
+    assert!(
+        stderr.contains("KILN_URL is not set: queuing into the local store"),
+        "{stderr}"
+    );
     assert!(runs(&s).await.is_empty(), "nothing was queued");
 }
