@@ -304,6 +304,11 @@ async fn a_prompt_injection_the_model_obeys_gets_no_effect_past_the_gate() {
         reason.contains("labels: denied") && reason.contains("ready-to-implement"),
         "the plugin was told the labels were denied and why: {reason}"
     );
+    // The final line counts the denial beside the comment that went through.
+    assert!(
+        reason.ends_with("(effects: 1 applied, 1 denied, 0 held)"),
+        "{reason}"
+    );
     let log = events
         .snapshot()
         .iter()
