@@ -703,6 +703,54 @@ mod tests {
         assert!(shown.contains("\\u{1b}") && shown.contains("\nnext"));
     }
 
+    // What a person reads before deciding: a table with the gate's reason,
+    // a short preview (model text, escapes shown not obeyed), the commands.
+    #[test]
+    fn held_effects_are_a_readable_table_with_a_short_preview() {
+        let body: String = (1..=10).map(|i| format!("line {i}\n")).collect();
+        let record = serde_json::json!({
+            "effect_id": "e1",
+            "proposal": { "kind": "pull-request", "title": "Fix it\u{1b}[2J", "body": body, "commit_message": "c" },
+            "state": { "state": "held", "reason": "repo.hold-untrusted-words (a stranger's words)" }
+        });
+        let held = kiln::store::Approval {
+            run: RunId(4),
+            effect_id: "e1".into(),
+            proposal: record,
+            state: kiln::store::ApprovalState::Pending,
+            decided_by: None,
+            reason: None,
+            created_ms: 0,
+            decided_ms: None,
+        };
+        let table = held_table(4, &[held], Some("kiln/spec-issue-1"));
+        let lines: Vec<&str> = table.lines().collect();
+        assert!(
+            lines[0].starts_with("EFFECT") && lines[0].ends_with("REASON"),
+            "{table}"
+        );
+        assert!(
+            lines[1].starts_with("e1")
+                && lines[1].contains("pull request")
+                && lines[1].contains("kiln/spec-issue-1 (draft)")
+                && lines[1].contains("repo.hold-untrusted-words"),
+            "{table}"
+        );
+        assert!(
+            !table.contains('\x1b') && table.contains("| Fix it\\u{1b}[2J"),
+            "{table}"
+        );
+        assert!(
+            table.contains("| line 5") && !table.contains("| line 6"),
+            "{table}"
+        );
+        assert!(table.contains("… 5 more line(s)"), "{table}");
+        assert!(
+            table.ends_with("decide: kiln approve r4 e1   or   kiln deny r4 e1 --reason TEXT\n"),
+            "{table}"
+        );
+    }
+
     #[test]
     fn branch_names_from_the_server_must_be_plain() {
         assert!(safe_branch("kiln/issue-12").is_ok());
