@@ -317,6 +317,16 @@ async fn the_operating_section_queues_watches_approves_and_denies_from_a_second_
         "{last}"
     );
 
+    // The issue's progress comment says how the run ended, not that it waits.
+    let comments = s.api.comments(issue);
+    assert!(
+        comments.iter().any(
+            |(_, body)| body.contains("`r1` (spec) ended: **succeeded**")
+                && body.contains("held effects decided: 1 approved, 0 denied")
+        ),
+        "{comments:?}"
+    );
+
     // Nothing is held any more: approving says so, as an error.
     let out = s.shell.run(&["approve", "r1"]).await;
     let (stdout, stderr) = text(&out);

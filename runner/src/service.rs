@@ -256,6 +256,25 @@ impl Runner {
     /// the run's own log (never looked up on the forge, where anyone can
     /// write a comment carrying the marker).
     async fn close_progress_comment(&self, id: RunId, now: RunState) -> Result<(), String> {
+        let (state, reason) = match now {
+            RunState::Queued => (
+                "interrupted",
+                "the runner restarted while it ran; it is queued to run again",
+            ),
+            other => (other.as_str(), "the runner restarted while it ran"),
+        };
+        self.edit_progress_comment(id, state, reason).await
+    }
+
+    /// Edit run `id`'s progress comment to say it ended `state` because
+    /// `reason`. The comment's id is in a host-only event of the run's own
+    /// log (never looked up on the forge).
+    async fn edit_progress_comment(
+        &self,
+        id: RunId,
+        state: &str,
+        reason: &str,
+    ) -> Result<(), String> {
         // The last attempt's comment: each claim of the run posts its own.
         let mut comment = None;
         let mut after = 0;
@@ -279,14 +298,8 @@ impl Runner {
         };
         let run = self.store.get_run(id).await.map_err(|e| e.to_string())?;
         let forge = (self.forges)(&run.repo).ok_or("no forge is configured")?;
-        let (state, reason) = match now {
-            RunState::Queued => (
-                "interrupted",
-                "the runner restarted while it ran; it is queued to run again",
-            ),
-            other => (other.as_str(), "the runner restarted while it ran"),
-        };
-        let body = crate::worker::progress_ended(&id.to_string(), run.role, state, reason);
+        let reason = self.services.gate.redactor().redact(reason).into_owned();
+        let body = crate::worker::progress_ended(&id.to_string(), run.role, state, &reason);
         forge
             .edit_comment(comment, &body)
             .await
@@ -601,15 +614,24 @@ impl RunControl for Runner {
                 r.reason.as_deref().unwrap_or("the run finished"),
                 all.len() - approved,
             );
-            let _ = self
+            let ended = self
                 .store
                 .transition(
                     r.id,
                     RunState::AwaitingApproval,
                     RunState::Succeeded,
-                    Some(reason),
+                    Some(reason.clone()),
                 )
                 .await;
+            // The progress comment said "awaiting-approval"; now it
+            // says how the run ended.
+            if ended.is_ok()
+                && let Err(e) = self
+                    .edit_progress_comment(r.id, RunState::Succeeded.as_str(), &reason)
+                    .await
+            {
+                tracing::warn!("run {}: progress comment: {e}", r.id);
+            }
         }
         Ok(())
     }
