@@ -89,6 +89,7 @@ async fn pull_request(forge: &LocalForge, root: &Path, head: &str) -> u64 {
 async fn queue_answer(store: &dyn RunStore, forge: &LocalForge, pr: u64, review: u64) -> RunId {
     store
         .enqueue_run(NewRun {
+            script: None,
             repo: forge.repo().clone(),
             role: Role::Implementation,
             number: pr,
@@ -339,6 +340,7 @@ async fn after_a_crash_the_progress_comment_says_how_the_run_ended() {
     let store: Arc<dyn RunStore> = service::store(root.path()).await;
     let id = store
         .enqueue_run(NewRun {
+            script: None,
             repo: forge.repo().clone(),
             role: Role::Triage,
             number: issue,

@@ -324,7 +324,7 @@ async fn cookie_actions_need_the_csrf_header() {
     let run = server.run_in(4, RunState::Running).await;
     let http = reqwest::Client::new();
     let url = format!("{}/runs/{}/messages", server.url, run.0);
-    let cookie = format!("{COOKIE}={}", server.operator);
+    let (cookie, _) = server.session_cookie(&server.operator).await;
     // A cross-site form post carries the cookie but cannot add the header.
     let r = http
         .post(&url)
@@ -928,14 +928,15 @@ async fn cli_watch_steer_approve_and_handback_work_over_the_api() {
         Some(Call::Decide(_, e, d)) if e == "e7" && d.approve && d.reason.as_deref() == Some("fine")
     ));
 
-    // watch follows live events (one with a terminal escape) until the run ends.
+    // watch --follow follows live events (one with a terminal escape) past
+    // the wait for approval, until the run ends.
     let watcher = {
         let url = server.url.clone();
         let token = server.viewer.clone();
         let id = id.clone();
         tokio::spawn(async move {
             tokio::process::Command::new(kiln)
-                .args(["watch", &id])
+                .args(["watch", &id, "--follow"])
                 .env("KILN_URL", url)
                 .env("KILN_TOKEN", token)
                 .output()
@@ -1221,12 +1222,10 @@ async fn a_shell_is_never_opened_by_the_dashboard_cookie() {
         run.0
     );
     let mut request = url.into_client_request().expect("request");
-    request.headers_mut().insert(
-        "cookie",
-        format!("{COOKIE}={}", server.operator)
-            .parse()
-            .expect("header"),
-    );
+    let (cookie, _) = server.session_cookie(&server.operator).await;
+    request
+        .headers_mut()
+        .insert("cookie", cookie.parse().expect("header"));
     match tokio_tungstenite::connect_async(request).await {
         Err(tungstenite::Error::Http(response)) => {
             assert_eq!(response.status().as_u16(), 403);
@@ -1243,5 +1242,121 @@ async fn a_shell_is_never_opened_by_the_dashboard_cookie() {
             .iter()
             .any(|c| matches!(c, Call::Attach(..))),
         "nothing reached the control"
+    );
+}
+
+// The dashboard's cookie is a session id: never a token, HttpOnly,
+// SameSite=Strict, expiring; its login link works once; revoking the token
+// ends the session; a session cannot mint more sessions.
+#[tokio::test]
+async fn the_dashboard_cookie_is_an_opaque_session_from_a_one_time_link() {
+    let server = Server::start().await;
+    let run = server.run_in(5, RunState::Running).await;
+    let tokens = [&server.viewer, &server.operator, &server.admin];
+    let page = format!("/ui/runs/{}", run.0);
+    let (link, ttl) = server
+        .client(&server.viewer)
+        .login_link(Some(&page))
+        .await
+        .expect("a login link");
+    assert!(ttl > 0, "the link expires");
+    assert!(tokens.iter().all(|t| !link.contains(t.as_str())), "{link}");
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+
+    let r = http.get(&link).send().await.expect("open the link");
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    assert_eq!(
+        r.headers().get("location").and_then(|v| v.to_str().ok()),
+        Some(page.as_str()),
+        "the link leads to the run's page"
+    );
+    let set: Vec<String> = r
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok().map(str::to_owned))
+        .collect();
+    assert_eq!(set.len(), 1, "{set:?}");
+    let cookie = &set[0];
+    for t in tokens {
+        assert!(
+            !cookie.contains(t.as_str()),
+            "no token in the cookie: {cookie}"
+        );
+    }
+    assert!(cookie.starts_with(&format!("{COOKIE}=ks_")), "{cookie}");
+    for flag in ["HttpOnly", "SameSite=Strict", "Path=/", "Max-Age="] {
+        assert!(cookie.contains(flag), "{flag} in {cookie}");
+    }
+    let pair = cookie.split(';').next().unwrap_or_default().to_owned();
+    let r = http
+        .get(format!("{}/runs/{}", server.url, run.0))
+        .header("cookie", &pair)
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(r.status(), StatusCode::OK, "the session reads");
+
+    // Used once: the second time it is refused and sets nothing.
+    let r = http.get(&link).send().await.expect("open again");
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert!(r.headers().get("set-cookie").is_none());
+    assert!(r.text().await.unwrap_or_default().contains("already used"));
+
+    // The login form starts a session too, never storing the token.
+    let r = http
+        .post(format!("{}/ui/login", server.url))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("token={}", server.operator))
+        .send()
+        .await
+        .expect("log in");
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    let form_cookie = r
+        .headers()
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        form_cookie.starts_with(&format!("{COOKIE}=ks_"))
+            && !form_cookie.contains(server.operator.as_str()),
+        "{form_cookie}"
+    );
+
+    // A session cannot make login links.
+    let r = http
+        .post(format!("{}/ui/login-links", server.url))
+        .header("cookie", &pair)
+        .header(CSRF_HEADER, "1")
+        .json(&json!({}))
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+
+    // Revoking the token ends its sessions at once.
+    let admin = server.client(&server.admin);
+    let viewer = admin
+        .tokens()
+        .await
+        .expect("tokens")
+        .into_iter()
+        .find(|t| t.name == "vera-viewer")
+        .expect("the viewer token");
+    admin.revoke_token(viewer.id).await.expect("revoke");
+    let r = http
+        .get(format!("{}/runs/{}", server.url, run.0))
+        .header("cookie", &pair)
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(
+        r.status(),
+        StatusCode::UNAUTHORIZED,
+        "revoked with the token"
     );
 }

@@ -222,6 +222,7 @@ async fn an_event_is_processed_once_across_a_crash_mid_processing_and_a_lost_cur
     let first = f
         .store
         .enqueue_run(NewRun {
+            script: None,
             repo: RepoRef::parse(REPO).expect("repo"),
             role: Role::Spec,
             number: issue,

@@ -29,6 +29,7 @@ mod intake;
 mod logs;
 mod metrics;
 mod model_providers;
+mod operating;
 mod operator;
 mod plugin_cli;
 mod plugin_host;

@@ -71,6 +71,7 @@ async fn crash_once(sync: &str) {
         let store = SqliteStore::open(&db, options(sync)).await.expect("open");
         let run = store
             .enqueue_run(NewRun {
+                script: None,
                 repo: RepoRef::parse("octo/widgets").expect("repo"),
                 role: Role::Implementation,
                 number: 1,

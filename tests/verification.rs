@@ -115,6 +115,7 @@ async fn open_pull_request(
 
 async fn verify(services: &Services, forge: &Arc<dyn Forge>, run_id: &str, pr: u64) -> RunSummary {
     let req = RunRequest {
+        script: None,
         run_id: run_id.into(),
         repo: forge.repo().clone(),
         role: Role::Verification,

@@ -265,20 +265,13 @@ async fn the_chain_runs_itself_from_github_webhooks_under_kiln_serve() {
 
     // Host-only secrets, from files outside the data directory.
     let secrets = env.root.join("secrets");
-    std::fs::create_dir_all(&secrets).expect("mkdir");
-    let key_file = secrets.join("app.pem");
-    std::fs::write(&key_file, &api.app().private_pem).expect("write key");
+    let github = api.kiln_toml(&secrets);
     let webhook_secret = format!("whsec-{}", rand::random::<u64>());
     let secret_file = secrets.join("webhook");
     std::fs::write(&secret_file, &webhook_secret).expect("write secret");
     let toml = format!(
-        "[github]\napi_url = {api_url:?}\napp_id = {app_id}\nprivate_key_secret = \"github-app\"\n\n\
-         [intake]\nwebhook_secret = \"github-webhook\"\nkiln_logins = [{BOT_LOGIN:?}]\n\n\
-         [[secrets]]\nname = \"github-app\"\nkind = \"github-app-key\"\nsource = {{ file = {key:?} }}\n\n\
+        "{github}\n[intake]\nwebhook_secret = \"github-webhook\"\nkiln_logins = [{BOT_LOGIN:?}]\n\n\
          [[secrets]]\nname = \"github-webhook\"\nsource = {{ file = {hook:?} }}\n",
-        api_url = api.url(),
-        app_id = api.app().app_id,
-        key = key_file.display().to_string(),
         hook = secret_file.display().to_string(),
     );
     std::fs::write(env.root.join("kiln.toml"), toml).expect("kiln.toml");

@@ -53,6 +53,7 @@ async fn triage(
     events: &MemoryEvents,
 ) -> kiln::worker::RunSummary {
     let req = RunRequest {
+        script: None,
         run_id: run_id.into(),
         repo: forge.repo().clone(),
         role: Role::Triage,
@@ -223,6 +224,7 @@ async fn a_run_on_a_missing_issue_fails_with_the_reason_and_leaves_no_sandbox() 
     let forge = sample_forge(root.path()).await;
     let services = services(root.path(), "test-worker-missing", vec![]).await;
     let req = RunRequest {
+        script: None,
         run_id: "r-missing".into(),
         repo: forge.repo().clone(),
         role: Role::Triage,
@@ -301,6 +303,11 @@ async fn a_prompt_injection_the_model_obeys_gets_no_effect_past_the_gate() {
     assert!(
         reason.contains("labels: denied") && reason.contains("ready-to-implement"),
         "the plugin was told the labels were denied and why: {reason}"
+    );
+    // The final line counts the denial beside the comment that went through.
+    assert!(
+        reason.ends_with("(effects: 1 applied, 1 denied, 0 held)"),
+        "{reason}"
     );
     let log = events
         .snapshot()
@@ -538,6 +545,7 @@ async fn a_pull_request_from_an_untrusted_trigger_waits_for_approval_and_lands_w
     let runner = service::runner(store.clone(), services, forge.clone());
     let id = store
         .enqueue_run(NewRun {
+            script: None,
             repo: forge.repo().clone(),
             role: Role::Spec,
             number,

@@ -73,6 +73,7 @@ async fn kiln_fanout(n: u64) -> (Duration, Duration) {
         .plaintext;
     let run = store
         .enqueue_run(NewRun {
+            script: None,
             repo: RepoRef {
                 owner: "local".into(),
                 name: "bench".into(),

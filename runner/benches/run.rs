@@ -69,6 +69,7 @@ async fn main() -> anyhow::Result<()> {
             SCRIPT,
         )?));
         let req = RunRequest {
+            script: None,
             run_id: format!("bench-{i}"),
             repo: forge.repo().clone(),
             role: Role::Triage,

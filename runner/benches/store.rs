@@ -50,6 +50,7 @@ async fn store_run(sync: Synchronous) -> Res<(f64, f64)> {
     .await?;
     let run = store
         .enqueue_run(NewRun {
+            script: None,
             repo: RepoRef::parse("octo/bench")?,
             role: Role::Implementation,
             number: 1,

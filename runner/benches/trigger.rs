@@ -157,6 +157,7 @@ async fn main() -> anyhow::Result<()> {
         let number = new_issue().await?;
         let sink = Arc::new(ReadyAt(Mutex::new(None)));
         let req = RunRequest {
+            script: None,
             run_id: format!("bench-direct-{i}"),
             repo: shared.repo().clone(),
             role: Role::Triage,

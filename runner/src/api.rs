@@ -33,6 +33,7 @@ mod metrics;
 mod openapi;
 mod params;
 mod runs;
+pub mod session;
 pub mod tokens;
 
 use std::sync::Arc;
@@ -69,6 +70,8 @@ pub struct ApiState {
     frames: Arc<frames::FrameCache>,
     /// The boards being watched, one poller each.
     boards: Arc<board::Hub>,
+    /// Dashboard login links and sessions.
+    sessions: Arc<session::Sessions>,
 }
 
 impl ApiState {
@@ -86,6 +89,7 @@ impl ApiState {
             board: None,
             frames: Arc::default(),
             boards: Arc::default(),
+            sessions: Arc::default(),
         }
     }
 
@@ -112,7 +116,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/healthz", get(runs::healthz))
         .route("/openapi.json", get(openapi::document))
         .route("/metrics", get(metrics::metrics))
-        .route("/runs", get(runs::list))
+        .route("/runs", get(runs::list).post(runs::queue))
         .route("/runs/{id}", get(runs::show))
         .route("/runs/{id}/events", get(events::events))
         .route("/runs/{id}/messages", post(runs::steer))

@@ -65,6 +65,21 @@ pub struct Attached {
     pub session: Box<dyn Send + Sync>,
 }
 
+/// A run an operator queues through the API (`kiln run --queue`).
+#[derive(Debug, Clone)]
+pub struct QueueRun {
+    /// The repository.
+    pub repo: crate::forge::RepoRef,
+    /// The role to run.
+    pub role: crate::config::Role,
+    /// The issue (or, for a role that reads pull requests, the pull request).
+    pub number: u64,
+    /// Who queued it (the API token's name).
+    pub by: String,
+    /// A model script (JSON) replayed for this run instead of the runner's model.
+    pub script: Option<String>,
+}
+
 /// Actions on live runs. Run ids are the store's (`r12` displayed).
 #[async_trait::async_trait]
 pub trait RunControl: Send + Sync {
@@ -94,4 +109,13 @@ pub trait RunControl: Send + Sync {
     async fn resume(&self, run: u64, resume: Resume) -> Result<(), ControlError>;
     /// The run's work as a git bundle (written when the run ended).
     async fn handback(&self, run: u64) -> Result<Handback, ControlError>;
+    /// Queue a run after checking its target exists and is of the kind its
+    /// role works on, and its script parses; nothing is queued otherwise.
+    /// Returns the run's id.
+    async fn queue(&self, run: QueueRun) -> Result<u64, ControlError> {
+        Err(ControlError::Conflict(format!(
+            "this runner does not queue runs (asked for {} on {}#{})",
+            run.role, run.repo, run.number
+        )))
+    }
 }

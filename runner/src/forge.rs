@@ -266,6 +266,86 @@ pub struct ForgeSnapshot {
     pub pull_requests: HashMap<u64, PullRequest>,
 }
 
+/// Check that `number` on `forge` is what a run of `role` works on: a pull
+/// request for a role that reads one (review, verification), else an issue.
+/// The error says which it is instead, or that it does not exist.
+pub async fn check_run_target(
+    forge: &dyn Forge,
+    role: crate::config::Role,
+    number: u64,
+) -> Result<(), ForgeError> {
+    let wants_pr = role.reads_pull_request();
+    let found = if wants_pr {
+        forge.get_pull_request(number).await.map(drop)
+    } else {
+        forge.get_issue(number).await.map(drop)
+    };
+    match found {
+        Err(ForgeError::NotFound(_)) => {}
+        other => return other,
+    }
+    // Not the kind asked for: say whether it is the other kind or nothing.
+    let other = if wants_pr {
+        forge.get_issue(number).await.map(drop)
+    } else {
+        forge.get_pull_request(number).await.map(drop)
+    };
+    let (want, is) = if wants_pr {
+        ("a pull request", "an issue")
+    } else {
+        ("an issue", "a pull request")
+    };
+    match other {
+        Ok(()) => Err(ForgeError::Invalid(format!(
+            "#{number} in {} is {is}; role {role} runs on {want}",
+            forge.repo()
+        ))),
+        Err(ForgeError::NotFound(_)) => Err(ForgeError::NotFound(format!(
+            "#{number} in {}: no issue or pull request has that number",
+            forge.repo()
+        ))),
+        Err(e) => Err(e),
+    }
+}
+
+impl ForgeSnapshot {
+    /// The untrusted authors whose words the run reads (an issue's or pull
+    /// request's title and body, a comment, a review-thread comment), sorted
+    /// and without repeats. Call after the authors' trust is looked up. Kiln's
+    /// own pull requests (a `kiln/*` branch of the repository itself) and
+    /// what their author (Kiln's login) wrote on them are Kiln's gated
+    /// output, not a stranger's words; a fork's pull request is not Kiln's.
+    pub fn untrusted_authors(&self) -> Vec<String> {
+        let mut out = std::collections::BTreeSet::new();
+        let mut issue_words = |issue: &Issue, kiln: Option<&str>| {
+            if !issue.trusted && Some(issue.author.as_str()) != kiln {
+                out.insert(issue.author.clone());
+            }
+            for c in &issue.comments {
+                if !c.trusted && Some(c.author.as_str()) != kiln {
+                    out.insert(c.author.clone());
+                }
+            }
+        };
+        for issue in self.issues.values() {
+            issue_words(issue, None);
+        }
+        let mut thread_authors = Vec::new();
+        for pr in self.pull_requests.values() {
+            let own = !pr.head_from_fork && check_kiln_branch(&pr.head_branch).is_ok();
+            let kiln = own.then_some(pr.issue.author.as_str());
+            issue_words(&pr.issue, kiln);
+            for c in pr.review_threads.iter().flat_map(|t| &t.comments) {
+                if !c.trusted && Some(c.author.as_str()) != kiln {
+                    thread_authors.push(c.author.clone());
+                }
+            }
+        }
+        out.extend(thread_authors);
+        out.into_iter().collect()
+    }
+}
+
 /// The text of a review that requests changes on a pull request its own
 /// author reviews (Kiln reviewing the pull request it opened): GitHub refuses
 /// that event (422), so both forges post a comment review saying so first.

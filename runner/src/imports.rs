@@ -152,6 +152,7 @@ impl RunState {
                 snapshot: ctx.forge,
                 proposals: Vec::new(),
                 effects: Vec::new(),
+                denied: 0,
                 target: ctx.forge_target,
                 publisher: ctx.publisher,
             },

@@ -239,6 +239,12 @@ pub(crate) fn host_git(
         "core.quotePath=false",
         "-c",
         "commit.gpgSign=false",
+        // Hints ("Using 'master' as the name for the initial branch…") are
+        // for people at a terminal; in the service they are log noise.
+        "-c",
+        "init.defaultBranch=main",
+        "-c",
+        "advice.defaultBranchName=false",
     ])
     .env("GIT_CONFIG_NOSYSTEM", "1")
     .env("GIT_CONFIG_GLOBAL", "/dev/null")

@@ -15,7 +15,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::control::{Attached, ControlError, EffectDecision, Handback, Resume, RunControl};
+use crate::control::{
+    Attached, ControlError, EffectDecision, Handback, QueueRun, Resume, RunControl,
+};
 pub use crate::forge::ForgeResolver;
 use crate::forge::{EffectRecord, EffectState, Proposal};
 use crate::imports::forge::{CommitSource, ForgeTarget, apply};
@@ -167,6 +169,7 @@ impl Runner {
             return;
         }
         let req = RunRequest {
+            script: run.script.clone(),
             run_id: id.to_string(),
             repo: run.repo.clone(),
             role: run.role,
@@ -253,6 +256,25 @@ impl Runner {
     /// the run's own log (never looked up on the forge, where anyone can
     /// write a comment carrying the marker).
     async fn close_progress_comment(&self, id: RunId, now: RunState) -> Result<(), String> {
+        let (state, reason) = match now {
+            RunState::Queued => (
+                "interrupted",
+                "the runner restarted while it ran; it is queued to run again",
+            ),
+            other => (other.as_str(), "the runner restarted while it ran"),
+        };
+        self.edit_progress_comment(id, state, reason).await
+    }
+
+    /// Edit run `id`'s progress comment to say it ended `state` because
+    /// `reason`. The comment's id is in a host-only event of the run's own
+    /// log (never looked up on the forge).
+    async fn edit_progress_comment(
+        &self,
+        id: RunId,
+        state: &str,
+        reason: &str,
+    ) -> Result<(), String> {
         // The last attempt's comment: each claim of the run posts its own.
         let mut comment = None;
         let mut after = 0;
@@ -276,14 +298,8 @@ impl Runner {
         };
         let run = self.store.get_run(id).await.map_err(|e| e.to_string())?;
         let forge = (self.forges)(&run.repo).ok_or("no forge is configured")?;
-        let (state, reason) = match now {
-            RunState::Queued => (
-                "interrupted",
-                "the runner restarted while it ran; it is queued to run again",
-            ),
-            other => (other.as_str(), "the runner restarted while it ran"),
-        };
-        let body = crate::worker::progress_ended(&id.to_string(), run.role, state, reason);
+        let reason = self.services.gate.redactor().redact(reason).into_owned();
+        let body = crate::worker::progress_ended(&id.to_string(), run.role, state, &reason);
         forge
             .edit_comment(comment, &body)
             .await
@@ -321,16 +337,21 @@ impl Runner {
                 let bundle = self.runs_dir.join(run.id.to_string()).join(HANDBACK);
                 clone = tempfile::tempdir().map_err(|e| e.to_string())?;
                 let dir = clone.path().join("held.git");
-                let ok = crate::publish::host_git(None, None)
+                // Output captured: git's warnings belong in the error, not
+                // in the service's log.
+                let out = crate::publish::host_git(None, None)
                     .args(["clone", "--quiet", "--bare", "--template="])
                     .arg(&bundle)
                     .arg(&dir)
-                    .status()
+                    .output()
                     .await
-                    .map_err(|e| e.to_string())?
-                    .success();
-                if !ok {
-                    return Err(format!("cannot read the run's bundle {}", bundle.display()));
+                    .map_err(|e| e.to_string())?;
+                if !out.status.success() {
+                    return Err(format!(
+                        "cannot read the run's bundle {}: {}",
+                        bundle.display(),
+                        String::from_utf8_lossy(&out.stderr).trim()
+                    ));
                 }
                 return apply(
                     &target,
@@ -421,6 +442,53 @@ async fn check_resume_bundle(handback: &Path, bytes: &[u8], to: &Path) -> Result
 
 #[async_trait::async_trait]
 impl RunControl for Runner {
+    async fn queue(&self, q: QueueRun) -> Result<u64, ControlError> {
+        use crate::forge::ForgeError;
+        if !self.services.plugins.contains_key(&q.role) {
+            return Err(ControlError::Invalid(format!(
+                "no plugin plays role {} on this runner",
+                q.role
+            )));
+        }
+        if let Some(text) = &q.script {
+            crate::model::ScriptedProvider::from_json("script", text)
+                .map_err(|e| ControlError::Invalid(format!("the model script: {e}")))?;
+        }
+        let forge = (self.forges)(&q.repo).ok_or_else(|| {
+            ControlError::NotFound(format!(
+                "repository {}: no forge of this runner has it",
+                q.repo
+            ))
+        })?;
+        crate::forge::check_run_target(forge.as_ref(), q.role, q.number)
+            .await
+            .map_err(|e| match e {
+                ForgeError::NotFound(m) => ControlError::NotFound(m),
+                ForgeError::Invalid(m) => ControlError::Invalid(m),
+                other => ControlError::Internal(format!("reading {}: {other}", q.repo)),
+            })?;
+        let id = self
+            .store
+            .enqueue_run(crate::store::NewRun {
+                repo: q.repo,
+                role: q.role,
+                number: q.number,
+                // The operator holding the token asked for it.
+                trigger: crate::store::Trigger {
+                    kind: TriggerKind::Manual,
+                    actor: q.by,
+                    actor_trust: crate::policy::Trust::Trusted,
+                    delivery: None,
+                    instructions: None,
+                },
+                script: q.script,
+            })
+            .await
+            .map_err(|e| ControlError::Internal(e.to_string()))?;
+        self.notify_queued();
+        Ok(id.0)
+    }
+
     async fn steer(&self, run: u64, message: String) -> Result<(), ControlError> {
         if message.trim().is_empty() {
             return Err(ControlError::Invalid("the message is empty".into()));
@@ -530,15 +598,40 @@ impl RunControl for Runner {
             .await
             .map_err(|e| ControlError::Internal(e.to_string()))?;
         if pending.is_empty() && r.state == RunState::AwaitingApproval {
-            let _ = self
+            // The final line says what the humans decided, then what the
+            // run itself did (its reason when it stopped to wait).
+            let all = self
+                .store
+                .held_effects(r.id)
+                .await
+                .map_err(|e| ControlError::Internal(e.to_string()))?;
+            let approved = all
+                .iter()
+                .filter(|a| a.state == ApprovalState::Approved)
+                .count();
+            let reason = format!(
+                "{}; held effects decided: {approved} approved, {} denied",
+                r.reason.as_deref().unwrap_or("the run finished"),
+                all.len() - approved,
+            );
+            let ended = self
                 .store
                 .transition(
                     r.id,
                     RunState::AwaitingApproval,
                     RunState::Succeeded,
-                    Some("every held effect was decided".into()),
+                    Some(reason.clone()),
                 )
                 .await;
+            // The progress comment said "awaiting-approval"; now it
+            // says how the run ended.
+            if ended.is_ok()
+                && let Err(e) = self
+                    .edit_progress_comment(r.id, RunState::Succeeded.as_str(), &reason)
+                    .await
+            {
+                tracing::warn!("run {}: progress comment: {e}", r.id);
+            }
         }
         Ok(())
     }

@@ -138,6 +138,7 @@ mod tests {
 
     fn new_run(repo: &RepoRef, role: Role, number: u64) -> NewRun {
         NewRun {
+            script: None,
             repo: repo.clone(),
             role,
             number,

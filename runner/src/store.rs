@@ -267,6 +267,9 @@ pub struct NewRun {
     pub number: u64,
     /// What started it.
     pub trigger: Trigger,
+    /// A model script (JSON, as `--script` reads it) replayed for this run
+    /// instead of the runner's model; `None`: the runner's model.
+    pub script: Option<String>,
 }
 
 /// What [`RunStore::enqueue_run_capped`] did.
@@ -309,6 +312,10 @@ pub struct Run {
     pub container_id: Option<String>,
     /// The run's `kiln/*` branch, once chosen.
     pub branch: Option<String>,
+    /// The model script it was queued with ([`NewRun::script`]). Not
+    /// served: only the worker replays it.
+    #[serde(skip)]
+    pub script: Option<String>,
 }
 
 /// Which runs [`RunStore::list_runs`] returns, newest first.
@@ -830,6 +837,8 @@ pub trait RunStore: Send + Sync {
     async fn get_effect(&self, run: RunId, effect_id: &str) -> Result<Approval, StoreError>;
     /// The run's effects still waiting for a decision, oldest first.
     async fn pending_effects(&self, run: RunId) -> Result<Vec<Approval>, StoreError>;
+    /// Every effect of the run that was held, decided or not, oldest first.
+    async fn held_effects(&self, run: RunId) -> Result<Vec<Approval>, StoreError>;
     /// Wait until the effect is decided; returns the decided approval.
     async fn wait_for_decision(&self, run: RunId, effect_id: &str) -> Result<Approval, StoreError>;
 

@@ -79,6 +79,9 @@ pub struct RunRequest {
     /// operator's commits from `kiln resume`), fetched in order; the run
     /// continues from the last one's branch instead of starting afresh.
     pub continue_from: Vec<PathBuf>,
+    /// A model script (JSON) queued with the run, replayed instead of the
+    /// runner's model for this run alone.
+    pub script: Option<String>,
 }
 
 impl RunRequest {
@@ -289,6 +292,9 @@ pub enum PrepareError {
     /// The sandbox could not be started.
     #[error("starting the sandbox: {0}")]
     Sandbox(String),
+    /// The model script queued with the run does not parse.
+    #[error("the run's model script: {0}")]
+    Script(String),
     /// The pull request cannot be answered on its own branch (closed, from
     /// a fork, or its head is not a `kiln/*` branch); nothing was pushed.
     #[error("cannot answer the review on pull request #{number}: {why}")]
@@ -512,6 +518,15 @@ async fn run_prepared(
         .get(&req.role)
         .cloned()
         .ok_or(PrepareError::NoPlugin(req.role))?;
+    // The run's own script (checked when it was queued): a bad one fails the
+    // run with its parse error rather than falling back to another model.
+    let script_model = match &req.script {
+        Some(text) => Some(Arc::new(
+            crate::model::ScriptedProvider::from_json(&format!("{}.json", req.run_id), text)
+                .map_err(|e| PrepareError::Script(e.to_string()))?,
+        ) as Arc<dyn ModelProvider>),
+        None => None,
+    };
     let snap = snapshot(forge.as_ref(), req, events.as_ref()).await?;
     let mut base_branch = forge.default_branch().await?;
     // An answering run works on the pull request's own branch, from its
@@ -697,27 +712,43 @@ async fn run_prepared(
     ctx.steering = live.steering.clone();
     ctx.pause = live.pause.clone();
     ctx.budget = services.budgets.get(&req.role).cloned().unwrap_or_default();
-    ctx.model = services
-        .role_models
-        .get(&req.role)
-        .or(services.model.as_ref())
-        .cloned();
+    ctx.model = script_model.or_else(|| {
+        services
+            .role_models
+            .get(&req.role)
+            .or(services.model.as_ref())
+            .cloned()
+    });
     ctx.custom_skills = services.host.custom_skills();
     ctx.signals = services.history.clone().map(|store| {
         Arc::new(crate::signals::StoreSignals::new(store, req.repo.clone()))
             as Arc<dyn crate::imports::signals::SignalSource>
     });
     ctx.workspace = Some(mount);
+    let strangers = snap.untrusted_authors();
+    if !strangers.is_empty() {
+        // Said once, so a hold that follows is explained in the log.
+        events.record(
+            EventKind::Progress,
+            format!(
+                "the task holds words of untrusted authors ({}): policies see read_untrusted",
+                strangers.join(", ")
+            ),
+        );
+    }
     ctx.forge = snap;
     ctx.policy = Some(PolicyBinding {
         gate: services.gate.clone(),
-        run: Arc::new(crate::policy::RunContext::new(
-            req.run_id.clone(),
-            req.role,
-            req.repo.to_string(),
-            req.trust,
-            branch.clone(),
-        )),
+        run: Arc::new(
+            crate::policy::RunContext::new(
+                req.run_id.clone(),
+                req.role,
+                req.repo.to_string(),
+                req.trust,
+                branch.clone(),
+            )
+            .with_read_untrusted(!strangers.is_empty()),
+        ),
     });
     let handle = SandboxHandle {
         backend: services.sandboxes.clone(),
@@ -793,17 +824,34 @@ async fn run_prepared(
         .iter()
         .filter(|e| matches!(e.state, crate::forge::EffectState::Held { .. }))
         .count();
+    // Every final line counts the effects, so a run whose only effect was
+    // denied never reads as a plain success.
+    let counts = EffectCounts {
+        applied: report.effects.len() - held,
+        denied: report.denied,
+        held,
+    };
+    // A blocked or failed run's reason is what matters; counts are added
+    // there only when the run did touch the forge.
+    let some = if counts == EffectCounts::default() {
+        String::new()
+    } else {
+        format!(" ({counts})")
+    };
     let (state, reason) = match &report.result {
         Ok(o) if held > 0 => (
             RunEnd::AwaitingApproval,
-            format!("{held} effect(s) wait for approval; {}", o.summary),
+            format!("{} ({counts} for approval)", o.summary),
         ),
         Ok(o) => match o.status {
-            OutcomeStatus::Completed => (RunEnd::Succeeded, o.summary.clone()),
-            OutcomeStatus::Blocked => (RunEnd::Blocked, o.summary.clone()),
-            OutcomeStatus::Skipped => (RunEnd::Succeeded, format!("skipped: {}", o.summary)),
+            OutcomeStatus::Completed => (RunEnd::Succeeded, format!("{} ({counts})", o.summary)),
+            OutcomeStatus::Blocked => (RunEnd::Blocked, format!("{}{some}", o.summary)),
+            OutcomeStatus::Skipped => (
+                RunEnd::Succeeded,
+                format!("skipped: {} ({counts})", o.summary),
+            ),
         },
-        Err(e) => (RunEnd::Failed, e.to_string()),
+        Err(e) => (RunEnd::Failed, format!("{e}{some}")),
     };
     Ok(RunSummary {
         state,
@@ -811,6 +859,27 @@ async fn run_prepared(
         report: Some(report),
         branch: Some(branch),
     })
+}
+
+/// What became of a run's forge proposals, as its final line says it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EffectCounts {
+    /// Applied to the forge (or recorded, with no forge attached).
+    pub applied: usize,
+    /// Refused by the gate.
+    pub denied: usize,
+    /// Held for a human's decision.
+    pub held: usize,
+}
+
+impl std::fmt::Display for EffectCounts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "effects: {} applied, {} denied, {} held",
+            self.applied, self.denied, self.held
+        )
+    }
 }
 
 /// Why Kiln may not push to pull request `pr`'s head, if it may not: it is
@@ -882,6 +951,7 @@ mod tests {
 
     fn request(role: Role, trigger: RunTrigger) -> RunRequest {
         RunRequest {
+            script: None,
             run_id: "r1".into(),
             repo: RepoRef::parse("local/x").expect("repo"),
             role,

@@ -35,13 +35,18 @@ impl Drop for Browser {
     }
 }
 
-fn launch() -> Browser {
+/// Installs chromium when missing (scripts/setup-browser.sh).
+fn ensure_chromium() {
     let setup = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/setup-browser.sh");
     let status = Command::new(setup).status().expect("setup-browser.sh runs");
     assert!(
         status.success(),
         "scripts/setup-browser.sh should install chromium"
     );
+}
+
+fn launch() -> Browser {
+    ensure_chromium();
     let profile = tempfile::tempdir().expect("profile dir");
     let mut child = Command::new("chromium")
         .args([
@@ -289,6 +294,13 @@ async fn dashboard_shows_live_events_as_text_and_approves_in_a_real_browser() {
         "document.body.dataset.ended === 'true' && document.getElementById('state').textContent === 'succeeded'",
     )
     .await;
+    // A finished run offers nothing to cancel or steer, and nothing is held.
+    page.until(
+        "the controls gone and the held-effects section hidden",
+        "!document.getElementById('cancel') && !document.getElementById('steer') && \
+         document.getElementById('held').hidden",
+    )
+    .await;
 }
 
 /// Logs `page` in through the form with `token`; ends on the runs list.
@@ -434,4 +446,86 @@ async fn the_board_moves_cards_live_and_shows_titles_as_text_in_a_real_browser()
         "the card moved without a reload"
     );
     assert_eq!(page.eval(harmless).await, json!(0));
+}
+
+/// `kiln dashboard RUN --open` with `BROWSER` set to a headless Chromium
+/// command: one command, and the browser is logged in on the run's page.
+fn open_in_headless_chromium(server: &Server, run: u64, action: &str) -> std::process::Output {
+    let profile = tempfile::tempdir().expect("profile dir");
+    let browser = format!(
+        "chromium --headless --no-sandbox --disable-gpu --disable-dev-shm-usage --no-first-run \
+         --window-size=1200,900 --user-data-dir={} {action}",
+        profile.path().display()
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["dashboard", &format!("r{run}"), "--open"])
+        .env("KILN_URL", &server.url)
+        .env("KILN_TOKEN", &server.viewer)
+        .env("BROWSER", browser)
+        .stdin(Stdio::null())
+        .output()
+        .expect("kiln dashboard");
+    assert!(
+        out.status.success(),
+        "kiln dashboard --open: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kiln_dashboard_opens_a_run_page_in_headless_chromium_in_one_command() {
+    ensure_chromium();
+    let server = Server::start().await;
+    let run = server.run_in(12, RunState::Running).await;
+    server
+        .event(run, EventKind::Note, "the agent is reading the issue")
+        .await;
+    server.finish(run, RunState::Succeeded).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let png = dir.path().join("run.png");
+
+    let out = open_in_headless_chromium(&server, run.0, &format!("--screenshot={}", png.display()));
+    let printed = String::from_utf8_lossy(&out.stdout);
+    let link = printed
+        .lines()
+        .find(|l| l.contains("/ui/login/"))
+        .unwrap_or_else(|| panic!("kiln dashboard prints the link: {printed}"))
+        .trim()
+        .to_owned();
+    let image = std::fs::read(&png).expect("the screenshot was written");
+    assert!(
+        image.starts_with(b"\x89PNG\r\n\x1a\n") && image.len() > 1000,
+        "a PNG of the page ({} bytes)",
+        image.len()
+    );
+    // The browser used the link: it works only once.
+    let again = reqwest::get(&link).await.expect("open the link again");
+    assert_eq!(
+        again.status().as_u16(),
+        401,
+        "a second use of the link fails"
+    );
+
+    // The same one command with --dump-dom shows what the browser saw: the
+    // run's page, logged in, with its transcript and no controls on a
+    // finished run and no empty held-effects heading.
+    let out = open_in_headless_chromium(&server, run.0, "--dump-dom");
+    let dom = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        dom.contains(&format!("Run r{}", run.0))
+            && dom.contains("the agent is reading the issue")
+            && dom.contains("signed in as <b>vera-viewer</b>"),
+        "the run's page, logged in: {dom}"
+    );
+    assert!(
+        !dom.contains("id=\"cancel\"") && !dom.contains("id=\"steer\""),
+        "a finished run offers no Cancel or Steer: {dom}"
+    );
+    assert!(
+        dom.contains("<section id=\"held\" hidden=\"\"")
+            || dom.contains("<section id=\"held\" hidden>"),
+        "no visible Held effects heading when nothing is held: {dom}"
+    );
 }

@@ -281,6 +281,33 @@ impl Server {
         }
     }
 
+    /// A dashboard session for `token`, as a `Cookie` header value: a
+    /// one-time login link, opened. Also returns the `Set-Cookie` header.
+    pub async fn session_cookie(&self, token: &str) -> (String, String) {
+        let (link, _) = self
+            .client(token)
+            .login_link(None)
+            .await
+            .expect("login link");
+        let r = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .expect("client")
+            .get(&link)
+            .send()
+            .await
+            .expect("open the link");
+        assert_eq!(r.status().as_u16(), 303, "the link logs in");
+        let set = r
+            .headers()
+            .get("set-cookie")
+            .and_then(|v| v.to_str().ok())
+            .expect("a session cookie")
+            .to_owned();
+        let pair = set.split(';').next().unwrap_or_default().trim().to_owned();
+        (pair, set)
+    }
+
     /// A client with `token`.
     pub fn client(&self, token: &str) -> api::client::Client {
         api::client::Client::new(&self.url, Some(token.to_owned())).expect("client")
@@ -301,6 +328,7 @@ impl Server {
         let id = self
             .store
             .enqueue_run(NewRun {
+                script: None,
                 repo: repo.clone(),
                 role,
                 number,

@@ -502,6 +502,37 @@ impl GitHubApi {
         number
     }
 
+    /// The `kiln.toml` lines that make Kiln use this server as GitHub with
+    /// its App: `[github]` and the key's `[[secrets]]` entry (name
+    /// `github-app`), the key written to `dir/app.pem`.
+    pub fn kiln_toml(&self, dir: &Path) -> String {
+        std::fs::create_dir_all(dir).expect("mkdir");
+        let key = dir.join("app.pem");
+        std::fs::write(&key, &self.app().private_pem).expect("write the App key");
+        format!(
+            "[github]\napi_url = {api_url:?}\napp_id = {app_id}\nprivate_key_secret = \"github-app\"\n\n\
+             [[secrets]]\nname = \"github-app\"\nkind = \"github-app-key\"\nsource = {{ file = {key:?} }}\n",
+            api_url = self.url(),
+            app_id = self.app().app_id,
+            key = key.display().to_string(),
+        )
+    }
+
+    /// Opens a pull request from `head` (a branch already in the bare
+    /// repository) into `main` as `author` would on github.com; its number.
+    pub fn open_pull(&self, author: &str, title: &str, head: &str) -> u64 {
+        let number = self.open_issue(author, title, "");
+        let mut st = self.lock();
+        if let Some(item) = st.items.get_mut(&number) {
+            item.pull = Some(Pull {
+                head: head.into(),
+                base: "main".into(),
+                draft: false,
+            });
+        }
+        number
+    }
+
     /// Adds `label` to issue or pull request `number`, as a person would on github.com.
     pub fn add_label(&self, number: u64, label: &str) {
         let mut st = self.lock();

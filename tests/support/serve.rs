@@ -86,6 +86,11 @@ impl Serve {
         .await;
     }
 
+    /// What the service has printed so far (stdout and stderr).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
     /// SIGKILL: no destructor, no flush, no graceful shutdown.
     pub fn kill_9(&mut self) {
         self.child.kill().expect("kill -9 kiln serve");

@@ -169,6 +169,7 @@ pub async fn queue_implementation(
 ) -> RunId {
     let id = store
         .enqueue_run(NewRun {
+            script: None,
             repo: repo.clone(),
             role: Role::Implementation,
             number,

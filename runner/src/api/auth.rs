@@ -4,8 +4,9 @@
 //! - No credentials, a malformed header, an unknown or a revoked token:
 //!   401, with a body saying which.
 //! - A live token whose scope is below the route's: 403, naming both scopes.
-//! - The dashboard keeps the token in an `HttpOnly`, `SameSite=Strict`
-//!   cookie set by its login form, so a token never appears in a URL. A
+//! - The dashboard's `HttpOnly`, `SameSite=Strict` cookie holds an opaque
+//!   session id (see [`super::session`]), never the token; each request
+//!   looks the session's token up again, so a revoked token's sessions end. A
 //!   state-changing request authenticated by that cookie must also carry
 //!   the [`CSRF_HEADER`] header: a cross-site form cannot set a custom
 //!   header, and a cross-site script cannot without a CORS preflight the
@@ -18,8 +19,8 @@ use super::ApiState;
 use super::error::ApiError;
 use crate::store::{TokenScope, token_hash};
 
-/// The dashboard's cookie holding the token.
-pub const COOKIE: &str = "kiln_token";
+/// The dashboard's cookie holding the session id.
+pub const COOKIE: &str = "kiln_session";
 
 /// Header a cookie-authenticated state-changing request must carry (any value).
 pub const CSRF_HEADER: &str = "x-kiln-csrf";
@@ -39,8 +40,10 @@ pub struct Caller {
     pub name: String,
     /// What the token may do.
     pub scope: TokenScope,
-    /// Whether the token came from the dashboard cookie.
+    /// Whether the caller came through a dashboard session cookie.
     pub via_cookie: bool,
+    /// The token's SHA-256 (what a dashboard session stands for).
+    pub token_sha256: String,
 }
 
 impl Caller {
@@ -108,11 +111,18 @@ pub async fn authenticate(
     method: &Method,
     headers: &HeaderMap,
 ) -> Result<Caller, ApiError> {
-    let (token, via_cookie) = match credential(headers)? {
-        Credential::Bearer(t) => (t, false),
-        Credential::Cookie(t) => (t, true),
+    let (caller, via_cookie) = match credential(headers)? {
+        Credential::Bearer(t) => (lookup(state, t, false).await?, false),
+        Credential::Cookie(session) => {
+            let sha = state.sessions.token_of(session).ok_or_else(|| {
+                ApiError::Unauthorized(
+                    "the dashboard session has ended: log in again (`kiln dashboard` prints a link)"
+                        .into(),
+                )
+            })?;
+            (lookup_hash(state, &sha, true).await?, true)
+        }
     };
-    let caller = lookup(state, token, via_cookie).await?;
     let safe = matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS);
     if via_cookie && !safe && !headers.contains_key(CSRF_HEADER) {
         return Err(ApiError::Forbidden(format!(
@@ -129,9 +139,14 @@ pub async fn lookup(state: &ApiState, token: &str, via_cookie: bool) -> Result<C
             "not a Kiln API token (they start with {TOKEN_PREFIX:?})"
         )));
     }
+    lookup_hash(state, &token_hash(token), via_cookie).await
+}
+
+/// The live token with this SHA-256.
+async fn lookup_hash(state: &ApiState, sha256: &str, via_cookie: bool) -> Result<Caller, ApiError> {
     let record = state
         .store
-        .token_by_hash(&token_hash(token))
+        .token_by_hash(sha256)
         .await?
         .ok_or_else(|| ApiError::Unauthorized("unknown API token".into()))?;
     if record.revoked_ms.is_some() {
@@ -145,6 +160,7 @@ pub async fn lookup(state: &ApiState, token: &str, via_cookie: bool) -> Result<C
         name: record.name,
         scope: record.scope,
         via_cookie,
+        token_sha256: record.sha256,
     })
 }
 
@@ -195,14 +211,14 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(
             header::COOKIE,
-            HeaderValue::from_static("a=1; kiln_token=kiln_abc; b=2"),
+            HeaderValue::from_static("a=1; kiln_session=ks_abc; b=2"),
         );
-        assert_eq!(cookie(&h, COOKIE), Some("kiln_abc"));
-        h.insert(header::COOKIE, HeaderValue::from_static("kiln_token="));
+        assert_eq!(cookie(&h, COOKIE), Some("ks_abc"));
+        h.insert(header::COOKIE, HeaderValue::from_static("kiln_session="));
         assert_eq!(cookie(&h, COOKIE), None, "an empty cookie is no credential");
         h.insert(
             header::COOKIE,
-            HeaderValue::from_static("xkiln_token=kiln_a"),
+            HeaderValue::from_static("xkiln_session=ks_a"),
         );
         assert_eq!(
             cookie(&h, COOKIE),
@@ -218,6 +234,7 @@ mod tests {
             name: "t".into(),
             scope,
             via_cookie: false,
+            token_sha256: String::new(),
         };
         assert!(
             caller(TokenScope::Admin)

@@ -326,6 +326,39 @@ impl Client {
         self.json(rb, path).await
     }
 
+    /// `POST /runs`: queue `role` on `number` of `repo` (`owner/name`),
+    /// with a model script replayed instead of the runner's model.
+    pub async fn queue(
+        &self,
+        repo: &str,
+        role: &str,
+        number: u64,
+        script: Option<&str>,
+    ) -> Result<Run, ClientError> {
+        let v = self
+            .post(
+                "/runs",
+                Some(json!({ "repo": repo, "role": role, "number": number, "script": script })),
+            )
+            .await?;
+        serde_json::from_value(v).map_err(|e| ClientError::Protocol(format!("/runs: {e}")))
+    }
+
+    /// `POST /ui/login-links`: a one-time dashboard login URL (absolute)
+    /// leading to `next` (a `/ui/...` page), and its lifetime in seconds.
+    pub async fn login_link(&self, next: Option<&str>) -> Result<(String, u64), ClientError> {
+        let v = self
+            .post("/ui/login-links", Some(json!({ "next": next })))
+            .await?;
+        let path = v["path"]
+            .as_str()
+            .ok_or_else(|| ClientError::Protocol("/ui/login-links: no path".into()))?;
+        Ok((
+            format!("{}{path}", self.base),
+            v["expires_in"].as_u64().unwrap_or_default(),
+        ))
+    }
+
     /// `POST /runs/{id}/resume`: continue a finished run with `note` and a
     /// git bundle of commits on top of its branch.
     pub async fn resume(

@@ -10,9 +10,12 @@
 //! runs only the page's own script (a per-response nonce), so markup that
 //! slipped through could still not execute.
 //!
-//! The token lives in an `HttpOnly`, `SameSite=Strict` cookie set by the
-//! login form (never in a URL); the page's `fetch` calls carry the CSRF
-//! header that cookie-authenticated actions need (see [`super::auth`]).
+//! Logging in: `kiln dashboard` asks `POST /ui/login-links` (bearer token)
+//! for a one-time link `/ui/login/{code}`; opening it (or posting a token
+//! to the login form) starts a session. The `HttpOnly`, `SameSite=Strict`,
+//! expiring cookie holds the session id, never the token (see
+//! [`super::session`]); the page's `fetch` calls carry the CSRF header that
+//! cookie-authenticated actions need (see [`super::auth`]).
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -33,6 +36,8 @@ pub fn routes() -> Router<ApiState> {
     Router::new()
         .route("/", get(|| async { Redirect::to("/ui/runs") }))
         .route("/ui/login", get(login_form).post(login))
+        .route("/ui/login/{code}", get(login_link))
+        .route("/ui/login-links", post(create_login_link))
         .route("/ui/logout", post(logout))
         .route("/ui/runs", get(runs_page))
         .route("/ui/runs/{id}", get(run_page))
@@ -182,19 +187,9 @@ async fn login(State(state): State<ApiState>, body: Result<Bytes, BytesRejection
         );
     };
     match auth::lookup(&state, &token, true).await {
-        Ok(_) => {
-            let cookie = format!("{COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/");
-            match HeaderValue::from_str(&cookie) {
-                Ok(v) => {
-                    let mut r = Redirect::to("/ui/runs").into_response();
-                    r.headers_mut().insert(header::SET_COOKIE, v);
-                    r
-                }
-                Err(_) => with_status(
-                    StatusCode::UNAUTHORIZED,
-                    login_page(Some("not a Kiln API token")),
-                ),
-            }
+        Ok(caller) => {
+            let session = state.sessions.start(&caller.token_sha256);
+            session_response(&session, "/ui/runs")
         }
         Err(ApiError::Unauthorized(m)) => {
             with_status(StatusCode::UNAUTHORIZED, login_page(Some(&m)))
@@ -203,11 +198,100 @@ async fn login(State(state): State<ApiState>, body: Result<Bytes, BytesRejection
     }
 }
 
-async fn logout() -> Response {
+/// A redirect to `next` that sets the session cookie: opaque id, not
+/// readable by scripts, never sent cross-site, gone when the session is.
+fn session_response(session: &str, next: &str) -> Response {
+    let cookie = format!(
+        "{COOKIE}={session}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}",
+        super::session::SESSION_TTL.as_secs()
+    );
+    let mut r = Redirect::to(next).into_response();
+    match HeaderValue::from_str(&cookie) {
+        Ok(v) => {
+            r.headers_mut().insert(header::SET_COOKIE, v);
+            r
+        }
+        Err(_) => error_page(ApiError::Internal("session cookie is not a header".into())),
+    }
+}
+
+/// Body of `POST /ui/login-links`.
+#[derive(Debug, Default, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoginLinkBody {
+    /// The dashboard page the link opens (`/ui/...`); default `/ui/runs`.
+    #[serde(default)]
+    pub next: Option<String>,
+}
+
+/// `POST /ui/login-links`: a one-time link that logs a browser in as the
+/// calling token. Bearer only: a session cannot mint more sessions.
+async fn create_login_link(
+    State(state): State<ApiState>,
+    auth::Viewer(caller): auth::Viewer,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    if caller.via_cookie {
+        return Err(ApiError::Forbidden(
+            "a login link is made with an API token (Authorization: Bearer), not a dashboard session"
+                .into(),
+        ));
+    }
+    let LoginLinkBody { next } = match body {
+        Ok(b) if b.is_empty() => LoginLinkBody::default(),
+        other => params::json_body(other)?,
+    };
+    let next = next.unwrap_or_else(|| "/ui/runs".into());
+    // Only a dashboard page: the link must not redirect anywhere else.
+    if !next.starts_with("/ui/")
+        || next.contains("//")
+        || next.contains('\\')
+        || next.chars().any(|c| c.is_control())
+    {
+        return Err(ApiError::BadRequest(format!(
+            "next {next:?} is not a dashboard path (/ui/...)"
+        )));
+    }
+    let code = state.sessions.create_link(&caller.token_sha256, &next);
+    tracing::info!(by = %caller.name, "dashboard login link");
+    Ok(axum::Json(serde_json::json!({
+        "path": format!("/ui/login/{code}"),
+        "expires_in": super::session::LINK_TTL.as_secs(),
+    })))
+}
+
+/// `GET /ui/login/{code}`: use a login link (once) and go where it leads.
+async fn login_link(State(state): State<ApiState>, Path(code): Path<String>) -> Response {
+    let used = || {
+        with_status(
+            StatusCode::UNAUTHORIZED,
+            login_page(Some(
+                "this login link was already used or has expired: run `kiln dashboard` for a new one",
+            )),
+        )
+    };
+    let Some((session, token, next)) = state.sessions.redeem(&code) else {
+        return used();
+    };
+    // The token may have been revoked since the link was made.
+    match state.store.token_by_hash(&token).await {
+        Ok(Some(t)) if t.revoked_ms.is_none() => session_response(&session, &next),
+        Ok(_) => {
+            state.sessions.end(&session);
+            used()
+        }
+        Err(e) => error_page(e.into()),
+    }
+}
+
+async fn logout(State(state): State<ApiState>, headers: HeaderMap) -> Response {
+    if let Some(session) = auth::cookie(&headers, COOKIE) {
+        state.sessions.end(session);
+    }
     let mut r = Redirect::to("/ui/login").into_response();
     r.headers_mut().insert(
         header::SET_COOKIE,
-        HeaderValue::from_static("kiln_token=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0"),
+        HeaderValue::from_static("kiln_session=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0"),
     );
     r
 }
@@ -321,8 +405,59 @@ fn event_item(e: &StoredEvent) -> String {
     )
 }
 
+/// A held effect as a person reads it: kind, target and the gate's reason
+/// above the proposed text (title and body, comment, labels).
+fn approval_text(a: &Approval) -> String {
+    use crate::forge::{EffectRecord, EffectState, Proposal};
+    let Ok(record) = serde_json::from_value::<EffectRecord>(a.proposal.clone()) else {
+        return serde_json::to_string_pretty(&a.proposal).unwrap_or_default();
+    };
+    let reason = match &record.state {
+        EffectState::Held { reason, .. } => reason.as_str(),
+        _ => "",
+    };
+    let (what, text) = match &record.proposal {
+        Proposal::PullRequest { title, body, .. } => (
+            "draft pull request".to_owned(),
+            format!("{title}\n\n{body}"),
+        ),
+        Proposal::PullRequestUpdate {
+            number,
+            commit_message,
+            ..
+        } => (
+            format!("push to pull request #{number}"),
+            commit_message.clone(),
+        ),
+        Proposal::Comment { number, body } => (format!("comment on #{number}"), body.clone()),
+        Proposal::Reply { number, body, .. } => (format!("reply on #{number}"), body.clone()),
+        Proposal::Review {
+            number, summary, ..
+        } => (format!("review of #{number}"), summary.clone()),
+        Proposal::Report { number, body, .. } => (format!("report on #{number}"), body.clone()),
+        Proposal::Labels {
+            number,
+            add,
+            remove,
+        } => (
+            format!("labels on #{number}"),
+            format!("add {add:?}, remove {remove:?}"),
+        ),
+        Proposal::Status {
+            number,
+            context,
+            description,
+            ..
+        } => (
+            format!("status {context} on #{number}"),
+            description.clone(),
+        ),
+    };
+    format!("{what}: held because {reason}\n\n{text}")
+}
+
 fn approval_item(a: &Approval) -> String {
-    let proposal = serde_json::to_string_pretty(&a.proposal).unwrap_or_default();
+    let proposal = approval_text(a);
     format!(
         "<li class=\"approval\" data-effect=\"{id}\"><code>{id}</code><pre class=\"proposal\">{p}</pre>\
          <input class=\"reason\" placeholder=\"reason (optional)\"> \
@@ -362,12 +497,21 @@ function renderEvent(ev) {
   li.appendChild(el('pre', 'msg', String(ev.message)));
   events.appendChild(li);
 }
+function describe(ap) {
+  const p = (ap.proposal && ap.proposal.proposal) || {};
+  const st = (ap.proposal && ap.proposal.state) || {};
+  const n = p.number !== undefined ? ' #' + p.number : '';
+  const text = p.kind === 'pull-request' ? (p.title + '\n\n' + p.body)
+    : (p.body || p.summary || p.commit_message || p.description || JSON.stringify(p, null, 2));
+  return String(p.kind || 'effect') + n + ': held because ' + String(st.reason || '') + '\n\n' + String(text);
+}
 function renderApprovals(list) {
+  document.getElementById('held').hidden = list.length === 0;
   approvals.replaceChildren(...list.map(ap => {
     const li = el('li', 'approval');
     li.dataset.effect = ap.effect_id;
     li.appendChild(el('code', null, ap.effect_id));
-    li.appendChild(el('pre', 'proposal', JSON.stringify(ap.proposal, null, 2)));
+    li.appendChild(el('pre', 'proposal', describe(ap)));
     const reason = el('input', 'reason'); reason.placeholder = 'reason (optional)';
     li.appendChild(reason);
     const ok = el('button', 'approve', 'Approve'); ok.dataset.approve = 'true'; li.appendChild(ok);
@@ -410,10 +554,13 @@ approvals.addEventListener('click', (ev) => {
   act('/runs/' + RUN + '/approvals/' + encodeURIComponent(effect),
       { approve, reason: reason || null }, (approve ? 'approved ' : 'denied ') + effect);
 });
-document.getElementById('cancel').addEventListener('click', () => {
+// A finished run's page has no controls.
+const cancelButton = document.getElementById('cancel');
+if (cancelButton) cancelButton.addEventListener('click', () => {
   if (confirm('Cancel this run?')) act('/runs/' + RUN + '/cancel', undefined, 'cancelling');
 });
-document.getElementById('steer').addEventListener('submit', (ev) => {
+const steerForm = document.getElementById('steer');
+if (steerForm) steerForm.addEventListener('submit', (ev) => {
   ev.preventDefault();
   const box = document.getElementById('message');
   const message = box.value;
@@ -433,6 +580,8 @@ source.addEventListener('end', (m) => {
   const d = JSON.parse(m.data);
   setState(d.state, d.reason);
   source.close();
+  const controls = document.getElementById('controls');
+  if (controls) controls.remove();
   document.body.dataset.ended = 'true';
   refresh();
 });
@@ -475,15 +624,24 @@ async fn run_page(
     let last = events.last().map(|e| e.seq).unwrap_or(0);
     let items: String = events.iter().map(event_item).collect();
     let held: String = pending.iter().map(approval_item).collect();
+    // A finished run can be neither cancelled nor steered: no controls.
+    // The held-effects section shows only while something is held.
+    let controls = if run.state.is_terminal() {
+        String::new()
+    } else {
+        "<div id=\"controls\"><p><button id=\"cancel\">Cancel run</button></p>\
+         <h2>Steer</h2><form id=\"steer\"><textarea id=\"message\" rows=\"3\" \
+         placeholder=\"a message the agent reads before its next model turn\"></textarea>\
+         <button type=\"submit\">Send</button></form></div>"
+            .to_owned()
+    };
+    let hidden = if pending.is_empty() { " hidden" } else { "" };
     let body = format!(
         "<body data-run=\"{rid}\" data-last=\"{last}\"><h1>Run r{rid}</h1>{nav}\
          <p>{repo}#{number} · {role} · state <span id=\"state\" class=\"state\">{st}</span> \
-         <span id=\"reason\">{reason}</span></p>\
-         <p><button id=\"cancel\">Cancel run</button> <span id=\"status\" role=\"status\"></span></p>\
-         <h2>Held effects</h2><ul id=\"approvals\">{held}</ul>\
-         <h2>Steer</h2><form id=\"steer\"><textarea id=\"message\" rows=\"3\" \
-         placeholder=\"a message the agent reads before its next model turn\"></textarea>\
-         <button type=\"submit\">Send</button></form>\
+         <span id=\"reason\">{reason}</span></p><p id=\"status\" role=\"status\"></p>\
+         <section id=\"held\"{hidden}><h2>Held effects: waiting for your decision</h2>\
+         <ul id=\"approvals\">{held}</ul></section>{controls}\
          <h2>Transcript</h2><ol id=\"events\">{items}</ol></body>",
         rid = run.id.0,
         nav = nav(&caller),

@@ -138,6 +138,67 @@ pub(super) async fn live_run(state: &ApiState, id: RunId, action: &str) -> Resul
     Ok(run)
 }
 
+/// Largest model script accepted with a queued run.
+pub const MAX_SCRIPT_BYTES: usize = 200 * 1024;
+
+/// Body of `POST /runs`.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueBody {
+    /// `owner/name`.
+    pub repo: String,
+    /// The role to run.
+    pub role: String,
+    /// The issue (or, for review and verification, the pull request).
+    pub number: u64,
+    /// A model script (JSON text) replayed for this run instead of the runner's model.
+    #[serde(default)]
+    pub script: Option<String>,
+}
+
+/// `POST /runs`: queue a run, as the operator holding the token. The target
+/// must exist and be the kind the role works on; nothing is queued otherwise.
+pub async fn queue(
+    State(state): State<ApiState>,
+    Operator(caller): Operator,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    let QueueBody {
+        repo,
+        role,
+        number,
+        script,
+    } = params::json_body(body)?;
+    let repo =
+        RepoRef::parse(&repo).map_err(|e| ApiError::BadRequest(format!("repo {repo:?}: {e}")))?;
+    let role = role
+        .parse::<Role>()
+        .map_err(|e| ApiError::BadRequest(format!("role: {e}")))?;
+    if number == 0 || number > i64::MAX as u64 {
+        return Err(ApiError::BadRequest(format!(
+            "number {number} is not an issue or pull request number"
+        )));
+    }
+    if script.as_ref().is_some_and(|s| s.len() > MAX_SCRIPT_BYTES) {
+        return Err(ApiError::BadRequest(format!(
+            "script is longer than {MAX_SCRIPT_BYTES} bytes"
+        )));
+    }
+    tracing::info!(%repo, %role, number, by = %caller.name, "queue");
+    let id = state
+        .control
+        .queue(crate::control::QueueRun {
+            repo,
+            role,
+            number,
+            by: caller.name,
+            script,
+        })
+        .await?;
+    let run = state.store.get_run(RunId(id)).await?;
+    Ok((StatusCode::CREATED, Json(run_json(&state, &run)?)))
+}
+
 /// Body of `POST /runs/{id}/messages`.
 #[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]

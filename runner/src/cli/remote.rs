@@ -47,13 +47,19 @@ pub enum RemoteCommand {
         #[command(flatten)]
         api: ApiArgs,
     },
-    /// Follow a run's events live until it ends (exit 0 if it succeeded, 1 otherwise).
+    /// Follow a run's events live until it ends (exit 0 if it succeeded, 1
+    /// otherwise). A run that stops to wait for approval is shown with its
+    /// held effects and the commands to decide them, then watch exits 3
+    /// (with --follow it keeps following until the run ends).
     Watch {
         /// The run (r12 or 12).
         run: String,
         /// Start after this event seq (default: from the first event).
         #[arg(long, default_value_t = 0)]
         after: u64,
+        /// Keep following a run that waits for approval, until it ends.
+        #[arg(long)]
+        follow: bool,
         #[command(flatten)]
         api: ApiArgs,
     },
@@ -96,6 +102,18 @@ pub enum RemoteCommand {
         #[command(flatten)]
         api: ApiArgs,
     },
+    /// Print a one-time link that logs a browser into the dashboard (on a
+    /// run's page when RUN is given); --open opens it with $BROWSER (or
+    /// xdg-open) and waits for that command to return.
+    Dashboard {
+        /// Open this run's page (r12 or 12) instead of the runs list.
+        run: Option<String>,
+        /// Open the link: `$BROWSER URL` (BROWSER may carry arguments), else `xdg-open URL`.
+        #[arg(long)]
+        open: bool,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
     /// Fetch a run's work into this git checkout as branch kiln/run-<id>, and
     /// its transcript to .kiln/runs/<id>.md.
     Handback {
@@ -133,7 +151,12 @@ pub async fn run(cmd: RemoteCommand, local: &LocalArgs) -> anyhow::Result<ExitCo
             limit,
             api,
         } => runs(&api, local, &state, role.as_deref(), limit).await,
-        RemoteCommand::Watch { run, after, api } => watch(&api, run_id(&run)?, after).await,
+        RemoteCommand::Watch {
+            run,
+            after,
+            follow,
+            api,
+        } => watch(&api, run_id(&run)?, after, follow).await,
         RemoteCommand::Steer { run, message, api } => {
             let id = run_id(&run)?;
             api.client()?.steer(id, &message).await?;
@@ -149,6 +172,14 @@ pub async fn run(cmd: RemoteCommand, local: &LocalArgs) -> anyhow::Result<ExitCo
             Ok(ExitCode::SUCCESS)
         }
         RemoteCommand::Handback { run, api } => handback(&api, run_id(&run)?).await,
+        RemoteCommand::Dashboard { run, open, api } => {
+            let next = run
+                .as_deref()
+                .map(run_id)
+                .transpose()?
+                .map(|id| format!("/ui/runs/{id}"));
+            dashboard(&api, next.as_deref(), open).await
+        }
         RemoteCommand::Resume { run, message, api } => {
             resume(&api, run_id(&run)?, message.as_deref()).await
         }
@@ -238,10 +269,37 @@ pub fn render_event(e: &StoredEvent) -> String {
 /// How often `kiln watch` reconnects in a row before giving up.
 const MAX_RECONNECTS: u32 = 30;
 
-async fn watch(api: &ApiArgs, id: u64, after: u64) -> anyhow::Result<ExitCode> {
+/// `kiln watch`'s exit code when the run waits for a human's decision
+/// (and `--follow` was not given).
+pub const EXIT_AWAITING_APPROVAL: u8 = 3;
+
+/// How often `kiln watch` looks at the run's state: the event stream ends
+/// only with the run, and a run awaiting approval has not ended.
+const STATE_POLL: Duration = Duration::from_secs(1);
+
+/// Print the events after `last` that the stream has not delivered yet;
+/// returns the new last seq.
+async fn print_rest(client: &Client, id: u64, mut last: u64) -> anyhow::Result<u64> {
+    loop {
+        let (events, _) = client.events_page(id, last).await?;
+        let Some(end) = events.last().map(|e| e.seq) else {
+            return Ok(last);
+        };
+        for e in &events {
+            println!("{}", render_event(e));
+        }
+        last = end;
+    }
+}
+
+async fn watch(api: &ApiArgs, id: u64, after: u64, follow: bool) -> anyhow::Result<ExitCode> {
     let client = api.client()?;
     let mut last = after;
     let mut failures = 0u32;
+    let mut tick = tokio::time::interval(STATE_POLL);
+    // Said once per wait: a run that goes back to running and waits again
+    // is announced again.
+    let mut announced = false;
     loop {
         let mut feed = match client.feed(id, Some(last)).await {
             Ok(f) => f,
@@ -256,8 +314,38 @@ async fn watch(api: &ApiArgs, id: u64, after: u64) -> anyhow::Result<ExitCode> {
                 continue;
             }
         };
-        while let Some(item) = feed.next().await {
+        loop {
+            let item = tokio::select! {
+                item = feed.next() => item,
+                _ = tick.tick() => {
+                    // A failed look is retried at the next tick.
+                    let Ok(run) = client.run(id).await else { continue };
+                    if run.state != RunState::AwaitingApproval {
+                        announced = false;
+                        continue;
+                    }
+                    if announced {
+                        continue;
+                    }
+                    announced = true;
+                    last = print_rest(&client, id, last).await?;
+                    let pending = client.approvals(id).await?;
+                    println!(
+                        "run r{id} is awaiting approval: {}",
+                        terminal_safe(run.reason.as_deref().unwrap_or(""))
+                    );
+                    print!("{}", held_table(id, &pending, run.branch.as_deref()));
+                    if !follow {
+                        return Ok(ExitCode::from(EXIT_AWAITING_APPROVAL));
+                    }
+                    continue;
+                }
+            };
+            let Some(item) = item else { break };
             match item {
+                // Already printed from the JSON page when the run stopped
+                // to wait (with --follow the stream then catches up).
+                Ok(FeedItem::Event(e)) if e.seq <= last => {}
                 Ok(FeedItem::Event(e)) => {
                     failures = 0;
                     last = e.seq;
@@ -301,15 +389,19 @@ async fn decide(args: DecideArgs, approve: bool) -> anyhow::Result<ExitCode> {
     let Some(effect) = args.effect else {
         let pending = client.approvals(id).await?;
         if pending.is_empty() {
-            println!("r{id} has no held effects");
-        }
-        for a in pending {
-            println!(
-                "{}  {}",
-                terminal_safe(&a.effect_id),
-                terminal_safe(&a.proposal.to_string())
+            let run = client.run(id).await?;
+            bail!(
+                "run r{id} has no effect waiting for a decision (it is {}){}",
+                run.state,
+                if run.state == RunState::AwaitingApproval {
+                    ""
+                } else {
+                    ": only a run awaiting approval has held effects"
+                }
             );
         }
+        let run = client.run(id).await?;
+        print!("{}", held_table(id, &pending, run.branch.as_deref()));
         return Ok(ExitCode::SUCCESS);
     };
     client
@@ -320,6 +412,148 @@ async fn decide(args: DecideArgs, approve: bool) -> anyhow::Result<ExitCode> {
         if approve { "approved" } else { "denied" }
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// `kiln dashboard`: a one-time login link, printed and maybe opened.
+async fn dashboard(api: &ApiArgs, next: Option<&str>, open: bool) -> anyhow::Result<ExitCode> {
+    let (url, ttl) = api.client()?.login_link(next).await?;
+    println!("{url}");
+    eprintln!(
+        "a one-time login link: it works once, within {} minute(s); the browser then holds a session, not your token",
+        ttl.div_ceil(60)
+    );
+    if !open {
+        return Ok(ExitCode::SUCCESS);
+    }
+    // $BROWSER may be a command with arguments ("chromium --headless ...").
+    let browser = std::env::var("BROWSER")
+        .ok()
+        .filter(|b| !b.trim().is_empty());
+    let mut words: Vec<String> = match &browser {
+        Some(b) => b.split_whitespace().map(str::to_owned).collect(),
+        None => vec!["xdg-open".to_owned()],
+    };
+    let program = words.remove(0);
+    let status = std::process::Command::new(&program)
+        .args(&words)
+        .arg(&url)
+        .stdin(std::process::Stdio::null())
+        .status()
+        .with_context(|| {
+            format!("cannot start {program} to open the link (set BROWSER, or open it yourself)")
+        })?;
+    if !status.success() {
+        bail!("{program} could not open the link ({status}); open it yourself");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Most lines of a held effect's text shown under it.
+const PREVIEW_LINES: usize = 6;
+
+/// Held effects as a table a person reads before deciding: id, kind,
+/// target and the gate's reason, then a short preview of the text, and the
+/// commands that decide them. `branch`: the run's branch (a pull request's head).
+pub fn held_table(run: u64, held: &[kiln::store::Approval], branch: Option<&str>) -> String {
+    use kiln::forge::{EffectRecord, EffectState, Proposal};
+    let mut rows = Vec::new();
+    for a in held {
+        let record = serde_json::from_value::<EffectRecord>(a.proposal.clone()).ok();
+        let (kind, target, text) = match record.as_ref().map(|r| &r.proposal) {
+            Some(Proposal::PullRequest { title, body, .. }) => (
+                "pull request",
+                format!("{} (draft)", branch.unwrap_or("the run's branch")),
+                format!("{title}\n{body}"),
+            ),
+            Some(Proposal::PullRequestUpdate {
+                number,
+                commit_message,
+                ..
+            }) => (
+                "push to pull request",
+                format!("#{number}"),
+                commit_message.clone(),
+            ),
+            Some(Proposal::Comment { number, body }) => {
+                ("comment", format!("#{number}"), body.clone())
+            }
+            Some(Proposal::Labels {
+                number,
+                add,
+                remove,
+            }) => (
+                "labels",
+                format!("#{number}"),
+                format!("+{} -{}", add.join(","), remove.join(",")),
+            ),
+            Some(Proposal::Review {
+                number, summary, ..
+            }) => ("review", format!("#{number}"), summary.clone()),
+            Some(Proposal::Reply {
+                number,
+                comment_id,
+                body,
+            }) => (
+                "reply",
+                format!("#{number} thread {comment_id}"),
+                body.clone(),
+            ),
+            Some(Proposal::Status {
+                number,
+                context,
+                description,
+                ..
+            }) => (
+                "status",
+                format!("#{number} {context}"),
+                description.clone(),
+            ),
+            Some(Proposal::Report { number, body, .. }) => {
+                ("report", format!("#{number}"), body.clone())
+            }
+            None => ("effect", String::new(), a.proposal.to_string()),
+        };
+        let reason = match record.map(|r| r.state) {
+            Some(EffectState::Held { reason, .. }) => reason,
+            _ => String::new(),
+        };
+        rows.push((a.effect_id.clone(), kind, target, reason, text));
+    }
+    let w_id = rows.iter().map(|r| r.0.chars().count()).fold(6, usize::max);
+    let w_kind = rows.iter().map(|r| r.1.len()).fold(4, usize::max);
+    let w_target = rows.iter().map(|r| r.2.chars().count()).fold(6, usize::max);
+    let mut out = format!(
+        "{:<w_id$}  {:<w_kind$}  {:<w_target$}  REASON\n",
+        "EFFECT", "KIND", "TARGET"
+    );
+    for (id, kind, target, reason, text) in &rows {
+        out.push_str(&format!(
+            "{:<w_id$}  {:<w_kind$}  {:<w_target$}  {}\n",
+            terminal_safe(id),
+            kind,
+            terminal_safe(target),
+            terminal_safe(reason).replace('\n', " ")
+        ));
+        let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+        for line in lines.iter().take(PREVIEW_LINES) {
+            let line: String = line.chars().take(100).collect();
+            out.push_str(&format!("{:w_id$}  | {}\n", "", terminal_safe(&line)));
+        }
+        if lines.len() > PREVIEW_LINES {
+            out.push_str(&format!(
+                "{:w_id$}  | … {} more line(s)\n",
+                "",
+                lines.len() - PREVIEW_LINES
+            ));
+        }
+    }
+    if let Some((id, ..)) = rows.first() {
+        let id = terminal_safe(id);
+        out.push_str(&format!(
+            "decide: kiln approve r{run} {id}   or   kiln deny r{run} {id} --reason TEXT\n"
+        ));
+    }
+    out
 }
 
 fn git(dir: &Path, args: &[&str]) -> anyhow::Result<String> {
@@ -467,6 +701,54 @@ mod tests {
             "escape and bell should be neutralised, got {shown:?}"
         );
         assert!(shown.contains("\\u{1b}") && shown.contains("\nnext"));
+    }
+
+    // What a person reads before deciding: a table with the gate's reason,
+    // a short preview (model text, escapes shown not obeyed), the commands.
+    #[test]
+    fn held_effects_are_a_readable_table_with_a_short_preview() {
+        let body: String = (1..=10).map(|i| format!("line {i}\n")).collect();
+        let record = serde_json::json!({
+            "effect_id": "e1",
+            "proposal": { "kind": "pull-request", "title": "Fix it\u{1b}[2J", "body": body, "commit_message": "c" },
+            "state": { "state": "held", "reason": "repo.hold-untrusted-words (a stranger's words)" }
+        });
+        let held = kiln::store::Approval {
+            run: RunId(4),
+            effect_id: "e1".into(),
+            proposal: record,
+            state: kiln::store::ApprovalState::Pending,
+            decided_by: None,
+            reason: None,
+            created_ms: 0,
+            decided_ms: None,
+        };
+        let table = held_table(4, &[held], Some("kiln/spec-issue-1"));
+        let lines: Vec<&str> = table.lines().collect();
+        assert!(
+            lines[0].starts_with("EFFECT") && lines[0].ends_with("REASON"),
+            "{table}"
+        );
+        assert!(
+            lines[1].starts_with("e1")
+                && lines[1].contains("pull request")
+                && lines[1].contains("kiln/spec-issue-1 (draft)")
+                && lines[1].contains("repo.hold-untrusted-words"),
+            "{table}"
+        );
+        assert!(
+            !table.contains('\x1b') && table.contains("| Fix it\\u{1b}[2J"),
+            "{table}"
+        );
+        assert!(
+            table.contains("| line 5") && !table.contains("| line 6"),
+            "{table}"
+        );
+        assert!(table.contains("… 5 more line(s)"), "{table}");
+        assert!(
+            table.ends_with("decide: kiln approve r4 e1   or   kiln deny r4 e1 --reason TEXT\n"),
+            "{table}"
+        );
     }
 
     #[test]

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use anyhow::bail;
+use anyhow::{Context as _, bail};
 use clap::Args;
 use kiln::app::{self, AppOptions};
 use kiln::config::{KilnConfig, Role};
@@ -37,10 +37,17 @@ pub struct RunArgs {
     /// The issue (or, for review, the pull request) number.
     #[arg(long, alias = "pr")]
     pub issue: u64,
-    /// Queue the run in the store for `kiln serve` to execute (watch it with
-    /// `kiln watch <run>` or on the dashboard) instead of running it here.
+    /// Queue the run for `kiln serve` to execute (watch it with `kiln watch
+    /// <run>` or on the dashboard) instead of running it here: through the
+    /// runner API when KILN_URL is set, else into the local data dir's store.
     #[arg(long)]
     pub queue: bool,
+    /// The runner API to queue through (with --queue); unset: the local store.
+    #[arg(long, env = "KILN_URL")]
+    pub url: Option<String>,
+    /// An operator token for the runner API (kiln_…).
+    #[arg(long, env = "KILN_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
     #[command(flatten)]
     pub runner: RunnerArgs,
 }
@@ -139,6 +146,7 @@ pub(super) async fn run_one(
 ) -> anyhow::Result<RunSummary> {
     let id = run_id(role, number);
     let req = RunRequest {
+        script: None,
         run_id: id.clone(),
         repo: forge.repo().clone(),
         role,
@@ -211,14 +219,37 @@ pub(super) async fn with_progress(opts: AppOptions) -> anyhow::Result<Services> 
 /// `kiln run`: one role on one issue of the local forge.
 pub async fn run(args: RunArgs, local: &LocalArgs) -> anyhow::Result<ExitCode> {
     let role = args.role;
+    if args.queue {
+        // Read first: an unreadable script queues nothing.
+        let script = match &args.runner.script {
+            Some(f) => Some(std::fs::read_to_string(f).with_context(|| {
+                format!(
+                    "nothing was queued: cannot read the model script {}",
+                    f.display()
+                )
+            })?),
+            None => None,
+        };
+        if let Some(url) = &args.url {
+            return queue_remote(url, args.token.clone(), role, args.issue, script, local).await;
+        }
+        eprintln!(
+            "KILN_URL is not set: queuing into the local store at {} (a `kiln serve` on this data dir runs it)",
+            local.data_dir()?.display()
+        );
+        let config = load_config(args.runner.config.as_deref())?;
+        if !config.known_roles().contains(&role) {
+            anyhow::bail!(
+                "role `{role}` is neither built in (triage, spec, implementation, review) nor configured with [[roles]] in kiln.toml"
+            );
+        }
+        return queue(role, args.issue, script, local).await;
+    }
     let mut config = load_config(args.runner.config.as_deref())?;
     if !config.known_roles().contains(&role) {
         anyhow::bail!(
             "role `{role}` is neither built in (triage, spec, implementation, review) nor configured with [[roles]] in kiln.toml"
         );
-    }
-    if args.queue {
-        return queue(role, args.issue, local).await;
     }
     let model = model(&mut config, args.runner.script.as_deref(), None)?;
     let data_dir = local.data_dir()?;
@@ -239,10 +270,51 @@ pub async fn run(args: RunArgs, local: &LocalArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// Put a run in the store's queue, as the operator at the keyboard.
-async fn queue(role: Role, number: u64, local: &LocalArgs) -> anyhow::Result<ExitCode> {
+/// Queue a run through the runner API at `url`, which checks the target
+/// and the script before it queues anything.
+async fn queue_remote(
+    url: &str,
+    token: Option<String>,
+    role: Role,
+    number: u64,
+    script: Option<String>,
+    local: &LocalArgs,
+) -> anyhow::Result<ExitCode> {
+    let Some(repo) = &local.repo else {
+        anyhow::bail!(
+            "queuing through the runner API at {url} needs the repository: pass -R OWNER/NAME (or set KILN_REPO)"
+        );
+    };
+    eprintln!("queuing through the runner API at {url}");
+    let client = kiln::api::client::Client::new(url, token)?;
+    let run = client
+        .queue(repo, role.as_str(), number, script.as_deref())
+        .await
+        .with_context(|| format!("nothing was queued: {role} on {repo}#{number}"))?;
+    println!(
+        "queued run {} ({role} on {}#{number}); follow it with `kiln watch {}`",
+        run.id, run.repo, run.id
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Put a run in the local store's queue, as the operator at the keyboard,
+/// once its target is checked.
+async fn queue(
+    role: Role,
+    number: u64,
+    script: Option<String>,
+    local: &LocalArgs,
+) -> anyhow::Result<ExitCode> {
     use kiln::store::{NewRun, RunStore, SqliteOptions, SqliteStore, Trigger, TriggerKind};
+    if let Some(text) = &script {
+        ScriptedProvider::from_json("script", text)
+            .context("nothing was queued: the model script")?;
+    }
     let forge = local.open()?;
+    kiln::forge::check_run_target(&forge, role, number)
+        .await
+        .context("nothing was queued")?;
     let data_dir = local.data_dir()?;
     std::fs::create_dir_all(&data_dir)?;
     let store = SqliteStore::open(
@@ -252,6 +324,7 @@ async fn queue(role: Role, number: u64, local: &LocalArgs) -> anyhow::Result<Exi
     .await?;
     let id = store
         .enqueue_run(NewRun {
+            script,
             repo: forge.repo().clone(),
             role,
             number,
@@ -265,7 +338,7 @@ async fn queue(role: Role, number: u64, local: &LocalArgs) -> anyhow::Result<Exi
         })
         .await?;
     println!(
-        "queued run {id} ({role} on {}#{number}); `kiln serve` executes it",
+        "queued run {id} ({role} on {}#{number}); `kiln serve` executes it, `kiln watch {id}` follows it",
         forge.repo()
     );
     Ok(ExitCode::SUCCESS)

@@ -52,6 +52,9 @@ pub struct ForgeCtx {
     pub proposals: Vec<Proposal>,
     /// The same proposals with their effect ids and states.
     pub effects: Vec<EffectRecord>,
+    /// How many proposals the gate denied (they are in no list above; the
+    /// run's final line counts them).
+    pub denied: usize,
     /// Where allowed proposals are applied; `None` records them only.
     pub target: Option<ForgeTarget>,
     /// Commits the workspace for a pull request.
@@ -626,6 +629,7 @@ impl RunState {
         }
         let decision = self.decide_proposal(&proposal).await;
         if let Decision::Deny { reason, .. } = decision {
+            self.forge.denied += 1;
             return Err(RoleError::Denied(reason));
         }
         let proposal = self.redact_proposal(proposal);

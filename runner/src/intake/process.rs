@@ -200,6 +200,7 @@ impl Processor {
     async fn enqueue(&self, delivery: &str, d: Dispatch, trust: Trust) -> Result<RunId, Declined> {
         let (repo, role, number) = (d.repo.clone(), d.role, d.number);
         let run = NewRun {
+            script: None,
             repo: d.repo,
             role: d.role,
             number: d.number,

@@ -114,6 +114,8 @@ pub struct RunReport {
     /// The same, with effect ids and what became of each (applied,
     /// recorded, held for approval).
     pub effects: Vec<crate::forge::EffectRecord>,
+    /// How many forge proposals the gate denied.
+    pub denied: usize,
     /// The budget as spent.
     pub budget: Budget,
 }
@@ -334,6 +336,7 @@ impl PluginHost {
             result,
             proposals: state.forge.proposals,
             effects: state.forge.effects,
+            denied: state.forge.denied,
             budget: state.model.budget,
         }
     }

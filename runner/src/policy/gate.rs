@@ -104,6 +104,9 @@ pub struct RunContext {
     repo: String,
     trust: Trust,
     branch: String,
+    /// Whether the run's task holds text from untrusted authors (Cedar's
+    /// `context.read_untrusted`).
+    read_untrusted: bool,
     /// The principal and repo entities; an error is kept and turned into a
     /// fail-closed denial by the gate.
     cedar: Result<RunEntities, String>,
@@ -142,9 +145,23 @@ impl RunContext {
             repo,
             trust,
             branch,
+            read_untrusted: false,
             cedar,
             resource_cache: Mutex::new(Vec::new()),
         }
+    }
+
+    /// The same run, saying whether its task holds text from untrusted
+    /// authors (issue body, comments, review threads): a trusted trigger
+    /// does not make a stranger's words trusted, so policies see both.
+    pub fn with_read_untrusted(mut self, read_untrusted: bool) -> Self {
+        self.read_untrusted = read_untrusted;
+        self
+    }
+
+    /// Whether the run's task holds text from untrusted authors.
+    pub fn read_untrusted(&self) -> bool {
+        self.read_untrusted
     }
 
     /// The run's entity store with `resource` added, from the cache when its
@@ -216,6 +233,7 @@ impl fmt::Debug for RunContext {
             .field("repo", &self.repo)
             .field("trust", &self.trust)
             .field("branch", &self.branch)
+            .field("read_untrusted", &self.read_untrusted)
             .finish()
     }
 }
@@ -228,12 +246,14 @@ impl PartialEq for RunContext {
             &self.repo,
             self.trust,
             &self.branch,
+            self.read_untrusted,
         ) == (
             &other.run_id,
             other.role,
             &other.repo,
             other.trust,
             &other.branch,
+            other.read_untrusted,
         )
     }
 }
@@ -1159,11 +1179,17 @@ impl Gate {
         let queries = self.resources(req)?;
         let mut allowed_by: Vec<String> = Vec::new();
         let mut held: Vec<String> = Vec::new();
-        for (resource, context) in queries {
+        for (resource, mut context) in queries {
             let (resource_uid, entities) = match resource {
                 Some(r) => (r.uid.clone(), run.entities_with(cached, r)?),
                 None => (repo_uid.clone(), cached.base.clone()),
             };
+            // Every action sees it: a policy may hold anything a run does
+            // after reading a stranger's words, not only its pull request.
+            context.push((
+                "read_untrusted".to_owned(),
+                RestrictedExpression::new_bool(run.read_untrusted),
+            ));
             let context = Context::from_pairs(context).map_err(|e| e.to_string())?;
             // Checking each request against the schema costs more than the
             // decision itself; the tests check every request shape the host
@@ -2233,6 +2259,39 @@ mod tests {
                 }
             }
         }
+    }
+
+    // The README's policy (docs/policies/) holds what a trusted trigger
+    // leads a run to propose after reading a stranger's words, and nothing
+    // else; the default holds only on an untrusted trigger.
+    #[test]
+    fn the_documented_policy_holds_pull_requests_of_runs_that_read_untrusted_words() {
+        let documented = include_str!("../../../docs/policies/hold-untrusted-words.cedar");
+        let trusted_read = |read| EffectRequest {
+            run: Arc::new(
+                RunContext::new(
+                    "run-1",
+                    Role::Implementation,
+                    "acme/widgets",
+                    Trust::Trusted,
+                    "kiln/12-fix-typo",
+                )
+                .with_read_untrusted(read),
+            ),
+            effect: pr("kiln/12-fix-typo", true),
+        };
+        let d = gate_with(Some(documented)).decide(&trusted_read(true));
+        assert!(
+            d.is_hold() && d.reason().contains("repo.hold-untrusted-words"),
+            "{d:?}"
+        );
+        let d = gate_with(Some(documented)).decide(&trusted_read(false));
+        assert!(d.is_allow(), "only words of untrusted authors hold: {d:?}");
+        let d = gate_with(None).decide(&trusted_read(true));
+        assert!(
+            d.is_allow(),
+            "the default does not hold on read_untrusted alone: {d:?}"
+        );
     }
 
     #[test]

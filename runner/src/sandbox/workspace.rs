@@ -106,6 +106,11 @@ where
         "core.hooksPath=/dev/null",
         "-c",
         "protocol.ext.allow=never",
+        // No hints ("Using 'master' as the name…") in the service's log.
+        "-c",
+        "init.defaultBranch=main",
+        "-c",
+        "advice.defaultBranchName=false",
     ])
     .args(&args)
     .env("GIT_TERMINAL_PROMPT", "0")

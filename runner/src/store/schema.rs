@@ -71,6 +71,9 @@ const MIGRATIONS: &[&str] = &[
         created_ms INTEGER NOT NULL,
         revoked_ms INTEGER
      );",
+    // 6: the model script a run was queued with (`kiln run --queue --script`),
+    // replayed instead of the runner's model.
+    "ALTER TABLE runs ADD COLUMN script TEXT;",
 ];
 
 /// The schema version this binary writes.

@@ -72,7 +72,7 @@ impl Default for SqliteOptions {
 }
 
 const RUN_COLUMNS: &str = "id, repo_owner, repo_name, role, number, trigger, state, reason, \
-                           attempts, created_ms, updated_ms, container_id, branch";
+                           attempts, created_ms, updated_ms, container_id, branch, script";
 const APPROVAL_COLUMNS: &str =
     "run_id, effect_id, proposal, state, decided_by, reason, created_ms, decided_ms";
 const TOKEN_COLUMNS: &str = "id, name, scope, sha256, created_ms, revoked_ms";
@@ -332,6 +332,7 @@ fn run_from_row(row: &Row<'_>) -> Result<Run, StoreError> {
         updated_ms: row.get(10)?,
         container_id: row.get(11)?,
         branch: row.get(12)?,
+        script: row.get(13)?,
     })
 }
 
@@ -676,8 +677,8 @@ impl RunStore for SqliteStore {
             let id: i64 = conn
                 .prepare_cached(
                     "INSERT INTO runs (repo_owner, repo_name, role, number, trigger, state, \
-                     attempts, created_ms, updated_ms) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, 'queued', 0, ?6, ?6) RETURNING id",
+                     attempts, created_ms, updated_ms, script) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, 'queued', 0, ?6, ?6, ?7) RETURNING id",
                 )?
                 .query_row(
                     params![
@@ -686,7 +687,8 @@ impl RunStore for SqliteStore {
                         run.role.as_str(),
                         number,
                         trigger,
-                        now
+                        now,
+                        run.script
                     ],
                     |r| r.get(0),
                 )?;
@@ -1194,6 +1196,21 @@ impl RunStore for SqliteStore {
                 &format!(
                     "SELECT {APPROVAL_COLUMNS} FROM approvals \
                      WHERE run_id = ?1 AND state = 'pending' ORDER BY created_ms, effect_id"
+                ),
+                [to_i64("run id", run.0)?],
+                approval_from_row,
+            )
+        })
+        .await
+    }
+
+    async fn held_effects(&self, run: RunId) -> Result<Vec<Approval>, StoreError> {
+        self.read(move |conn| {
+            query_all(
+                conn,
+                &format!(
+                    "SELECT {APPROVAL_COLUMNS} FROM approvals \
+                     WHERE run_id = ?1 ORDER BY created_ms, effect_id"
                 ),
                 [to_i64("run id", run.0)?],
                 approval_from_row,

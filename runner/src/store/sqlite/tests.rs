@@ -25,6 +25,7 @@ fn new_run(number: u64, role: Role) -> NewRun {
     static DELIVERY: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
     let delivery = DELIVERY.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     NewRun {
+        script: None,
         repo: repo(),
         role,
         number,
@@ -56,6 +57,7 @@ async fn a_delivery_queues_a_role_on_a_target_once_however_often_it_is_processed
     assert_eq!(store.count_runs(&repo(), 7, Role::Spec).await, Ok(1));
     // The same delivery may ask for another role, or the same role elsewhere.
     let review = NewRun {
+        script: None,
         role: Role::Review,
         ..run.clone()
     };
@@ -63,6 +65,7 @@ async fn a_delivery_queues_a_role_on_a_target_once_however_often_it_is_processed
     assert_ne!(other, first);
     // A run without a delivery (queued by hand) is never merged with another.
     let manual = NewRun {
+        script: None,
         trigger: Trigger {
             delivery: None,
             ..run.trigger.clone()
