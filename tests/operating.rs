@@ -316,6 +316,11 @@ async fn the_operating_section_queues_watches_approves_and_denies_from_a_second_
             && last.contains("held effects decided: 1 approved, 0 denied"),
         "{last}"
     );
+    assert_eq!(
+        stdout.matches("(effects: ").count(),
+        1,
+        "the run's result is printed once: {stdout}"
+    );
 
     // The issue's progress comment says how the run ended, not that it waits.
     let comments = s.api.comments(issue);

@@ -349,7 +349,11 @@ async fn watch(api: &ApiArgs, id: u64, after: u64, follow: bool) -> anyhow::Resu
                 Ok(FeedItem::Event(e)) => {
                     failures = 0;
                     last = e.seq;
-                    println!("{}", render_event(&e));
+                    // The `end` line below says it, with decisions made since:
+                    // the run's result is printed once.
+                    if e.type_name() != "finished" {
+                        println!("{}", render_event(&e));
+                    }
                 }
                 Ok(FeedItem::End(v)) => {
                     let state = v["state"].as_str().unwrap_or("unknown");
