@@ -70,6 +70,22 @@ fn prune<T>(map: &mut HashMap<String, T>, expires: impl Fn(&T) -> Instant, now: 
     }
 }
 
+impl Inner {
+    /// Store a new session for the token with hash `token_sha256`; its id.
+    fn new_session(&mut self, token_sha256: &str, now: Instant) -> String {
+        let id = secret("ks_");
+        prune(&mut self.sessions, |s| s.expires, now);
+        self.sessions.insert(
+            token_hash(&id),
+            Entry {
+                token_sha256: token_sha256.to_owned(),
+                expires: now + SESSION_TTL,
+            },
+        );
+        id
+    }
+}
+
 impl Sessions {
     /// A one-time link code logging in as the token with hash
     /// `token_sha256`, leading to `next` (a dashboard path).
@@ -99,33 +115,17 @@ impl Sessions {
         if link.expires <= now {
             return None;
         }
-        let id = secret("ks_");
-        prune(&mut inner.sessions, |s| s.expires, now);
-        inner.sessions.insert(
-            token_hash(&id),
-            Entry {
-                token_sha256: link.token_sha256.clone(),
-                expires: now + SESSION_TTL,
-            },
-        );
+        let id = inner.new_session(&link.token_sha256, now);
         Some((id, link.token_sha256, link.next))
     }
 
     /// A session for the token with hash `token_sha256` (the login form).
     pub fn start(&self, token_sha256: &str) -> String {
-        let id = secret("ks_");
-        let now = Instant::now();
-        if let Ok(mut inner) = self.inner.lock() {
-            prune(&mut inner.sessions, |s| s.expires, now);
-            inner.sessions.insert(
-                token_hash(&id),
-                Entry {
-                    token_sha256: token_sha256.to_owned(),
-                    expires: now + SESSION_TTL,
-                },
-            );
+        match self.inner.lock() {
+            Ok(mut inner) => inner.new_session(token_sha256, Instant::now()),
+            // An id that was never stored: the session simply does not work.
+            Err(_) => secret("ks_"),
         }
-        id
     }
 
     /// The hash of the token session `id` stands for, while it lasts.
