@@ -220,7 +220,12 @@ async fn an_operator_attaches_to_a_live_run_then_resumes_it_with_their_commit() 
         ))
         .await
         .expect("type");
-    read_until(&mut socket, "30 100").await;
+    let seen = read_until(&mut socket, "30 100").await;
+    // bash prompts before it reads the command, so the prompt is already here.
+    assert!(
+        seen.contains("kiln:/"),
+        "the terminal shell shows Kiln's prompt, not bash's default one: {seen:?}"
+    );
     socket
         .send(Message::Text(r#"{"resize":[120,40]}"#.into()))
         .await
@@ -264,6 +269,10 @@ async fn an_operator_attaches_to_a_live_run_then_resumes_it_with_their_commit() 
         out.status.code(),
         Some(3),
         "kiln attach exits with the shell's code; stdout {stdout} stderr {stderr}"
+    );
+    assert!(
+        !stdout.contains("job control") && !stdout.contains("bash-"),
+        "a shell on pipes prints no prompt or terminal warning between outputs: {stdout}"
     );
     assert!(
         stdout.lines().any(|l| l.trim() == "1000"),

@@ -674,28 +674,36 @@ impl DockerBackend {
             format!("KILN_PIDFILE={pidfile}"),
             format!("TERM={term}"),
             "HOME=/home/agent".into(),
-            "PS1=kiln:\\w\\$ ".into(),
         ];
         let tty = spec.tty.is_some();
+        // The wrapper's own non-interactive bash unsets PS1, so the prompt
+        // goes in through `env` on the inner shell. Without a terminal the
+        // shell reads a script from a pipe: no prompt or job-control warning
+        // to interleave with the commands' output.
+        let mut cmd: Vec<String> = ["bash", "-c", EXEC_WRAPPER, "kiln-shell"]
+            .map(String::from)
+            .to_vec();
+        if tty {
+            cmd.extend(
+                [
+                    "env",
+                    "PS1=kiln:\\w\\$ ",
+                    "bash",
+                    "--noprofile",
+                    "--norc",
+                    "-i",
+                ]
+                .map(String::from),
+            );
+        } else {
+            cmd.extend(["bash", "--noprofile", "--norc"].map(String::from));
+        }
         let exec = self
             .docker
             .create_exec(
                 &sandbox.id,
                 CreateExecOptions {
-                    cmd: Some(
-                        [
-                            "bash",
-                            "-c",
-                            EXEC_WRAPPER,
-                            "kiln-shell",
-                            "bash",
-                            "--noprofile",
-                            "--norc",
-                            "-i",
-                        ]
-                        .map(String::from)
-                        .to_vec(),
-                    ),
+                    cmd: Some(cmd),
                     env: Some(env),
                     user: Some(SANDBOX_USER.to_string()),
                     working_dir: Some(WORKSPACE_MOUNT.into()),
