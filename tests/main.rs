@@ -22,6 +22,7 @@ mod support;
 
 mod answer;
 mod api;
+mod build_guard;
 mod factory;
 mod forge;
 mod github_app;

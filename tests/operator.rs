@@ -52,6 +52,10 @@ struct Setup {
 }
 
 async fn setup(runner_id: &str, script: &str) -> Setup {
+    setup_with(runner_id, script, kiln::config::SandboxConfig::default()).await
+}
+
+async fn setup_with(runner_id: &str, script: &str, sandbox: kiln::config::SandboxConfig) -> Setup {
     let root = tempfile::tempdir().expect("tempdir");
     let forge = service::sample_repo(
         root.path(),
@@ -70,12 +74,13 @@ async fn setup(runner_id: &str, script: &str) -> Setup {
     assert_eq!(number, 1);
     let store = service::store(root.path()).await;
     let (image, _) = images::images().await;
-    let services = service::role_services(
+    let mut services = service::role_services(
         root.path(),
         service::sandboxes(images::docker().await, runner_id).await,
         image,
         service::scripted("operator.json", script),
     );
+    services.sandbox_config = sandbox;
     let gate = services.gate.clone();
     let forge: Arc<dyn Forge> = Arc::new(forge);
     let runner = service::runner(store.clone(), services, forge.clone());
@@ -438,6 +443,57 @@ async fn containers_of(runner: &str, id: RunId) -> usize {
     service::containers(&images::docker().await, runner, Some(id))
         .await
         .len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_attach_is_closed_with_its_jobs_and_the_agent_resumes() {
+    // The agent waits for the human, then looks for what the human's
+    // shell left running in the background.
+    let script = r#"{ "description": "wait for a human, then look for their background job",
+      "turns": [
+        { "tool_calls": [ { "name": "run_command", "arguments": { "argv": ["bash", "-c", "until [ -e /tmp/attached ]; do sleep 0.1; done; echo operator-arrived"] } } ] },
+        { "tool_calls": [ { "name": "run_command", "arguments": { "argv": ["bash", "-c", "n=0; for f in /proc/[0-9]*/cmdline; do [ \"$(tr '\\0' ' ' < $f 2>/dev/null)\" = 'sleep 400 ' ] && n=$((n+1)); done; echo leftover-sleeps=$n"] } } ] },
+        { "tool_calls": [ { "name": "submit_implementation", "arguments": { "status": "blocked", "title": "t", "summary": "s", "commit_message": "c", "blocked_reason": "done for the test" } } ] }
+      ] }"#;
+    let sandbox = kiln::config::SandboxConfig {
+        attach_idle_secs: 3,
+        ..Default::default()
+    };
+    let s = setup_with("test-operator-idle", script, sandbox).await;
+    let id = queue_implementation(&s).await;
+    wait_for_event(&*s.store, id, "started").await;
+    // The first command returns once the file exists, which the shell
+    // creates: the agent is paused by then.
+    let client = kiln::api::client::Client::new(&s.url, Some(s.token.clone())).expect("client");
+    let mut socket = client
+        .attach(id.0, Some((100, 30)), Some("xterm"))
+        .await
+        .expect("attach with a terminal");
+    socket
+        .send(Message::Binary(
+            b"sleep 400 & touch /tmp/attached; echo job-started\n"
+                .to_vec()
+                .into(),
+        ))
+        .await
+        .expect("type");
+    read_until(&mut socket, "job-started").await;
+    // Then nothing: the session closes itself and says why.
+    let closing = read_until(&mut socket, "no input for 3 s").await;
+    assert!(closing.contains("the agent resumes"), "{closing}");
+    let events = wait_for_event(&*s.store, id, "leftover-sleeps=").await;
+    let idle = seq_of(&events, "attach: the shell had no input for 3 s");
+    let detached = seq_of(&events, "detached; the agent resumes");
+    assert!(idle < detached, "the reason comes before the detach");
+    assert!(
+        events
+            .iter()
+            .any(|e| e.message.contains("leftover-sleeps=0")),
+        "the job the shell left in the background ended with it: {:?}",
+        events.iter().map(|e| &e.message).collect::<Vec<_>>()
+    );
+    let run = service::wait_for(&*s.store, id, RunState::is_terminal).await;
+    assert_eq!(run.state, RunState::Blocked, "{:?}", run.reason);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -421,6 +421,30 @@ async fn fork_bomb_and_memory_hog_are_stopped_and_reported() {
         "the sandbox should be usable after the fork bomb: {alive:?}"
     );
 
+    // A command that leaves a fork bomb behind and exits: what it started
+    // ends with it, and the next command has processes to run on. The
+    // builtin-only busy wait lets the bomb fill the pids limit first.
+    let left = sh(
+        &backend,
+        &sandbox,
+        "(:(){ :|:& };:) >/dev/null 2>&1 & SECONDS=0; while [ $SECONDS -lt 2 ]; do :; done; echo left-it",
+    )
+    .await;
+    assert_eq!(left.stdout_text().trim(), "left-it", "{left:?}");
+    let after = sh(
+        &backend,
+        &sandbox,
+        "n=0; for d in /proc/[0-9]*; do read -r st < $d/stat 2>/dev/null || continue; \
+         set -- ${st##*) }; [ \"$4\" = \"$(cut -d' ' -f6 /proc/self/stat)\" ] || n=$((n+1)); done; echo others=$n",
+    )
+    .await;
+    // PID 1 and its idle `sleep` are the only processes outside this command.
+    assert_eq!(
+        after.stdout_text().trim(),
+        "others=2",
+        "nothing of the bomb outlived its command: {after:?}"
+    );
+
     let hog = ExecRequest::shell("x=a; while :; do x=$x$x; done").timeout(Duration::from_secs(60));
     let out = backend
         .exec(&sandbox, hog, None)

@@ -384,8 +384,8 @@ fn is_env_name(s: &str) -> bool {
 ///
 /// Defaults: image `base`, Docker's default OCI runtime, 2048 MiB memory
 /// (no swap), 512 processes, 2 CPUs, 10-minute command timeout, 1 MiB of
-/// captured output per stream, and an empty egress allowlist (the setup
-/// phase can reach nothing).
+/// captured output per stream, an empty egress allowlist (the setup phase
+/// can reach nothing), and attached shells closed after 15 idle minutes.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SandboxConfig {
@@ -405,6 +405,9 @@ pub struct SandboxConfig {
     pub output_cap_bytes: usize,
     /// Host names the setup phase may reach through the egress proxy.
     pub egress_allow: Vec<String>,
+    /// Seconds an operator's attached shell may go without input before it
+    /// is closed and the paused agent resumes.
+    pub attach_idle_secs: u64,
 }
 
 impl Default for SandboxConfig {
@@ -418,6 +421,7 @@ impl Default for SandboxConfig {
             exec_timeout_secs: 600,
             output_cap_bytes: 1 << 20,
             egress_allow: Vec::new(),
+            attach_idle_secs: 15 * 60,
         }
     }
 }
@@ -449,6 +453,13 @@ impl SandboxConfig {
         if self.exec_timeout_secs == 0 {
             return Err(ConfigError::BadLimit {
                 key: "exec_timeout_secs",
+                value: "0".into(),
+                expected: ">= 1",
+            });
+        }
+        if self.attach_idle_secs == 0 {
+            return Err(ConfigError::BadLimit {
+                key: "attach_idle_secs",
                 value: "0".into(),
                 expected: ">= 1",
             });

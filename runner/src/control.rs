@@ -63,6 +63,11 @@ pub struct Attached {
     pub shell: crate::sandbox::Shell,
     /// Released (and the detach recorded) when this is dropped.
     pub session: Box<dyn Send + Sync>,
+    /// The run's event log, for what happens to the session.
+    pub events: std::sync::Arc<dyn crate::session::EventSink>,
+    /// How long the shell may go without input before it is closed and the
+    /// agent resumes (`[sandbox] attach_idle_secs`).
+    pub idle_after: std::time::Duration,
 }
 
 /// A run an operator queues through the API (`kiln run --queue`).

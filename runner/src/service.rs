@@ -673,9 +673,13 @@ impl RunControl for Runner {
             shell,
             session: Box::new(AttachSession {
                 by,
-                events,
+                events: events.clone(),
                 _guard: guard,
             }),
+            events,
+            idle_after: std::time::Duration::from_secs(
+                self.services.sandbox_config.attach_idle_secs,
+            ),
         })
     }
 

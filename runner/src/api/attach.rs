@@ -30,6 +30,7 @@ use super::error::ApiError;
 use super::params::{self, Query};
 use crate::control::Attached;
 use crate::sandbox::ShellSpec;
+use crate::session::EventKind;
 
 /// How long output may sit in the redactor's hold-back before it is
 /// released anyway: a prompt must show up while the human waits. A secret
@@ -105,6 +106,8 @@ enum End {
     Broken,
     /// The client closed the socket or went away.
     Left,
+    /// No input for the session's idle limit.
+    Idle,
 }
 
 /// Moves bytes between the socket and the shell until either side ends.
@@ -113,7 +116,12 @@ async fn pump(
     attached: Attached,
     redactor: std::sync::Arc<crate::policy::Redactor>,
 ) {
-    let Attached { shell, session } = attached;
+    let Attached {
+        shell,
+        session,
+        events,
+        idle_after,
+    } = attached;
     let crate::sandbox::Shell {
         mut input,
         mut output,
@@ -122,8 +130,10 @@ async fn pump(
     let (mut tx, mut rx) = socket.split();
     let mut redact = redactor.stream();
     let mut held = false;
+    let mut last_input = tokio::time::Instant::now();
     let exit = loop {
         tokio::select! {
+            () = tokio::time::sleep_until(last_input + idle_after) => break End::Idle,
             chunk = output.next() => match chunk {
                 Some(Ok(bytes)) => {
                     let out = redact.push(&bytes);
@@ -147,12 +157,14 @@ async fn pump(
             }
             msg = rx.next() => match msg {
                 Some(Ok(Message::Binary(keys))) => {
+                    last_input = tokio::time::Instant::now();
                     if input.write_all(&keys).await.is_err() || input.flush().await.is_err() {
                         break End::Broken;
                     }
                 }
                 Some(Ok(Message::Text(text))) => match serde_json::from_str::<Control>(&text) {
                     Ok(c) => {
+                        last_input = tokio::time::Instant::now();
                         if let Some((cols, rows)) = c.resize
                             && let Err(e) = control.resize(cols, rows).await
                         {
@@ -184,6 +196,23 @@ async fn pump(
                 ))
                 .await;
             let _ = tx.send(Message::Close(None)).await;
+            // Jobs the shell left in the background end with it.
+            control.end().await;
+        }
+        End::Idle => {
+            let why = format!(
+                "the shell had no input for {}: it is closed and the agent resumes",
+                spoken(idle_after)
+            );
+            events.record(EventKind::Note, format!("attach: {why}"));
+            let _ = tx
+                .send(Message::Text(
+                    serde_json::json!({ "error": why }).to_string().into(),
+                ))
+                .await;
+            let _ = tx.send(Message::Close(None)).await;
+            let _ = input.shutdown().await;
+            control.end().await;
         }
         // The human went away (or the stream broke): end the shell so
         // nothing of theirs keeps running beside the agent.
@@ -193,4 +222,14 @@ async fn pump(
         }
     }
     drop(session);
+}
+
+/// A whole number of minutes in minutes, anything else in seconds.
+fn spoken(d: Duration) -> String {
+    let secs = d.as_secs();
+    if secs >= 60 && secs.is_multiple_of(60) {
+        format!("{} min", secs / 60)
+    } else {
+        format!("{secs} s")
+    }
 }

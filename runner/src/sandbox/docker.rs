@@ -39,9 +39,26 @@ use super::{
 const PID1: &str =
     "trap 'exit 0' TERM; trap 'kill -KILL -1' USR1; while :; do sleep 3600 & wait $!; done";
 
-/// Wraps every command so its process-group id (= its pid: `docker exec`
-/// starts each command as a group leader) is known for a timeout kill.
-const EXEC_WRAPPER: &str =
+/// Wraps every agent command: the command runs in a process group of its
+/// own (`set -m`), whose id goes to the pidfile for a timeout or cancel
+/// kill, and when the command ends, however it ends, everything left in
+/// that group is killed, so a daemonised child or a fork bomb cannot outlive
+/// it and starve the run's next commands of processes. The wrapper's own
+/// stderr goes to /dev/null (job-control notices such as `Done` or `Killed`
+/// are not the command's output); the command keeps the real one on fd 2.
+/// Only builtins run after the command ends: the pids limit may leave no
+/// room to fork.
+const EXEC_WRAPPER: &str = concat!(
+    "f=$KILN_PIDFILE; unset KILN_PIDFILE; exec 3>&2 2>/dev/null; set -m; ",
+    "\"$@\" 2>&3 3>&- & c=$!; exec 3>&-; echo $c > \"$f\"; wait $c; s=$?; ",
+    "n=0; while [ $n -lt 100 ] && kill -KILL -- -$c; do n=$((n+1)); done; exit $s"
+);
+
+/// Wraps an operator's shell: it stays the exec's own process (its stdin is
+/// the human's keyboard), a session leader like every `docker exec`; the
+/// session id goes to the pidfile so ending the shell ends its jobs too,
+/// which an interactive bash puts in process groups of their own.
+const SHELL_WRAPPER: &str =
     "echo $$ > \"$KILN_PIDFILE\" 2>/dev/null; unset KILN_PIDFILE; exec \"$@\"";
 
 /// How long a killed command's output stream may take to close before the
@@ -357,6 +374,30 @@ impl DockerBackend {
         .await;
         if !matches!(killed, Ok(Ok((0, _)))) {
             tracing::warn!(container, "process-group kill failed; emptying the sandbox");
+            if let Err(e) = self.kill_all(container).await {
+                tracing::warn!(container, error = %e, "cannot empty the sandbox");
+            }
+        }
+    }
+
+    /// Kills every process of the session whose leader's pid is in
+    /// `pidfile` (an operator's shell and the jobs it started); falls back to
+    /// emptying the whole sandbox if even that helper cannot start.
+    async fn kill_session(&self, container: &str, pidfile: &str) {
+        // Builtins only. The fields after the last `) ` of /proc/PID/stat are
+        // state, ppid, pgrp, session: a process name cannot shift them.
+        let script = format!(
+            "read -r p < '{pidfile}' && [[ $p =~ ^[0-9]+$ ]] && [ \"$p\" -gt 1 ] || exit 1; \
+             for d in /proc/[0-9]*; do read -r st < \"$d/stat\" 2>/dev/null || continue; \
+             set -- ${{st##*) }}; [ \"$4\" = \"$p\" ] && kill -KILL \"${{d#/proc/}}\" 2>/dev/null; done; true"
+        );
+        let killed = tokio::time::timeout(
+            Duration::from_secs(5),
+            self.run_internal(container, vec!["bash".into(), "-c".into(), script], vec![]),
+        )
+        .await;
+        if !matches!(killed, Ok(Ok((0, _)))) {
+            tracing::warn!(container, "session kill failed; emptying the sandbox");
             if let Err(e) = self.kill_all(container).await {
                 tracing::warn!(container, error = %e, "cannot empty the sandbox");
             }
@@ -680,7 +721,7 @@ impl DockerBackend {
         // goes in through `env` on the inner shell. Without a terminal the
         // shell reads a script from a pipe: no prompt or job-control warning
         // to interleave with the commands' output.
-        let mut cmd: Vec<String> = ["bash", "-c", EXEC_WRAPPER, "kiln-shell"]
+        let mut cmd: Vec<String> = ["bash", "-c", SHELL_WRAPPER, "kiln-shell"]
             .map(String::from)
             .to_vec();
         if tty {
@@ -900,7 +941,7 @@ impl ShellControl for DockerShell {
     }
 
     fn end(&self) -> BoxFuture<'_, ()> {
-        Box::pin(self.backend.kill_command(&self.container, &self.pidfile))
+        Box::pin(self.backend.kill_session(&self.container, &self.pidfile))
     }
 }
 
