@@ -936,6 +936,105 @@ async fn server_errors_are_retried_with_back_off_then_reported() {
 }
 
 #[tokio::test]
+async fn a_write_answered_502_after_it_landed_is_not_sent_twice() {
+    let env = GitHubEnv::start().await;
+    let forge = env.app_forge();
+    let main = git(env.work.path(), &["rev-parse", "main"]);
+    let c = commit_on(env.work.path(), &main, "a.txt", "a\n", "a");
+    forge
+        .push(env.work.path(), &c, "kiln/once")
+        .await
+        .expect("push");
+
+    // A pull request whose creation GitHub applied but answered 502.
+    let pulls = env.repo_path("/pulls");
+    env.api
+        .inject(Fault::new(Method::POST, &pulls, 502).after_applying());
+    let pr = forge
+        .create_draft_pull_request(NewPullRequest {
+            title: "Once".into(),
+            body: String::new(),
+            head: "kiln/once".into(),
+            base: "main".into(),
+        })
+        .await
+        .expect("the landed pull request is found, not opened again");
+    assert_eq!(env.api.requests_to(Method::POST, &pulls).len(), 1);
+    let opened: Vec<u64> = env.api.pulls().iter().map(|p| p.0).collect();
+    assert_eq!(opened, vec![pr], "one pull request, the one reported");
+
+    // A comment, a review and a reply, each applied and answered 502.
+    let comments = env.repo_path(&format!("/issues/{pr}/comments"));
+    env.api
+        .inject(Fault::new(Method::POST, &comments, 502).after_applying());
+    let id = forge.comment(pr, "Posted once.").await.expect("comment");
+    assert_eq!(env.api.requests_to(Method::POST, &comments).len(), 1);
+    let posted = env.api.comments(pr);
+    assert_eq!(posted.len(), 1, "{posted:?}");
+    let got = forge.get_pull_request(pr).await.expect("pull request");
+    assert_eq!(got.issue.comments.last().map(|c| c.id), Some(id));
+
+    let reviews = env.repo_path(&format!("/pulls/{pr}/reviews"));
+    env.api
+        .inject(Fault::new(Method::POST, &reviews, 502).after_applying());
+    let line = LineComment {
+        path: "a.txt".into(),
+        line: 1,
+        new_side: true,
+        severity: Severity::Suggestion,
+        body: "one line".into(),
+    };
+    let review = forge
+        .create_review(
+            pr,
+            NewReview {
+                request_changes: false,
+                body: "Reviewed once.".into(),
+                comments: vec![line],
+            },
+        )
+        .await
+        .expect("review");
+    assert_eq!(env.api.requests_to(Method::POST, &reviews).len(), 1);
+    let listed = forge.list_reviews(pr).await.expect("reviews");
+    assert_eq!(
+        listed.iter().map(|r| r.id).collect::<Vec<_>>(),
+        vec![review]
+    );
+    let thread = forge
+        .get_pull_request(pr)
+        .await
+        .expect("pull request")
+        .review_threads[0]
+        .id;
+    let replies = env.repo_path(&format!("/pulls/{pr}/comments/{thread}/replies"));
+    env.api
+        .inject(Fault::new(Method::POST, &replies, 502).after_applying());
+    let reply = forge
+        .reply_to_review_comment(pr, thread, "Answered once.")
+        .await
+        .expect("reply");
+    assert_eq!(env.api.requests_to(Method::POST, &replies).len(), 1);
+    let threads = forge
+        .get_pull_request(pr)
+        .await
+        .expect("pull request")
+        .review_threads;
+    let bodies: Vec<(u64, &str)> = threads[0]
+        .comments
+        .iter()
+        .map(|c| (c.id, c.body.as_str()))
+        .collect();
+    assert_eq!(bodies[1..], [(reply, "Answered once.")]);
+
+    // A 502 that did not apply: looked for, not found, sent again, once.
+    env.api.inject(Fault::new(Method::POST, &comments, 502));
+    forge.comment(pr, "Second.").await.expect("comment");
+    assert_eq!(env.api.requests_to(Method::POST, &comments).len(), 1 + 2);
+    assert_eq!(env.api.comments(pr).len(), 2);
+}
+
+#[tokio::test]
 async fn connection_errors_are_retried_then_reported() {
     // A listener that accepts and hangs up at once: a connection error on
     // every attempt, counted here.

@@ -575,23 +575,33 @@ async fn a_pull_request_from_an_untrusted_trigger_waits_for_approval_and_lands_w
     let pending = store.pending_effects(id).await.expect("pending");
     assert_eq!(pending.len(), 1, "the pull request is held");
 
-    runner
-        .decide(
+    // Two operators approve at the same moment: one decision applies it.
+    let approve = |by: &str| {
+        runner.decide(
             id.0,
             &pending[0].effect_id,
             EffectDecision {
                 approve: true,
-                by: "alice".into(),
+                by: by.into(),
                 reason: None,
             },
         )
-        .await
-        .expect("approve");
+    };
+    let (alice, bob) = tokio::join!(approve("alice"), approve("bob"));
+    assert!(
+        alice.is_ok() != bob.is_ok(),
+        "exactly one approval wins: {alice:?} {bob:?}"
+    );
+    let lost = alice.err().or(bob.err()).expect("one lost");
+    assert!(
+        lost.to_string().contains("already"),
+        "the second approval is told it was decided: {lost}"
+    );
     let prs = forge
         .list_pull_requests(kiln::forge::StateFilter::All)
         .await
         .expect("prs");
-    assert_eq!(prs.len(), 1, "the approved pull request is opened");
+    assert_eq!(prs.len(), 1, "the approved pull request is opened once");
     assert!(prs[0].draft && prs[0].head_branch == "kiln/spec-issue-1");
     let pr = forge
         .get_pull_request(prs[0].issue.number)

@@ -142,6 +142,9 @@ pub struct Fault {
     body: Value,
     /// `None` = forever.
     remaining: Option<usize>,
+    /// The request is applied first and only its answer replaced (a
+    /// gateway that timed out after the backend did the work).
+    after_applying: bool,
 }
 
 impl Fault {
@@ -154,7 +157,14 @@ impl Fault {
             headers: Vec::new(),
             body: json!({"message": "injected fault"}),
             remaining: Some(1),
+            after_applying: false,
         }
+    }
+    /// Applies the request, then answers with the fault instead of its
+    /// real answer.
+    pub fn after_applying(mut self) -> Self {
+        self.after_applying = true;
+        self
     }
     /// Adds a response header.
     pub fn header(mut self, name: &str, value: &str) -> Self {
@@ -721,6 +731,7 @@ async fn handle(
             Err(_) => return message(400, "Problems parsing JSON"),
         }
     };
+    let mut replaced = None;
     {
         let mut st = shared.state.lock().unwrap_or_else(|e| e.into_inner());
         st.requests.push(Recorded {
@@ -756,19 +767,48 @@ async fn handle(
                     r.headers_mut().insert(k, v);
                 }
             }
-            return r;
+            if !fault.after_applying {
+                return r;
+            }
+            replaced = Some(r);
         }
     }
-    if is_git {
-        return git_http(&shared, &method, &path, &query, &headers, body).await;
+    let answer = route(
+        &shared,
+        method,
+        &path,
+        &query,
+        &headers,
+        authorization,
+        body,
+        json_body,
+    )
+    .await;
+    replaced.unwrap_or(answer)
+}
+
+/// The real answer to a request (after faults were considered).
+#[allow(clippy::too_many_arguments, reason = "the parts of one request")]
+async fn route(
+    shared: &Arc<Shared>,
+    method: Method,
+    path: &str,
+    query: &str,
+    headers: &HeaderMap,
+    authorization: Option<String>,
+    body: Bytes,
+    json_body: Option<Value>,
+) -> Response {
+    if path.starts_with("/git/") {
+        return git_http(shared, &method, path, query, headers, body).await;
     }
     if path == "/app" || path.starts_with("/app/") || path.ends_with("/installation") {
-        if let Err(r) = check_jwt(&shared, authorization.as_deref()) {
+        if let Err(r) = check_jwt(shared, authorization.as_deref()) {
             return r;
         }
-        return app_route(&shared, &method, &path);
+        return app_route(shared, &method, path);
     }
-    if let Err(r) = check_token(&shared, authorization.as_deref()) {
+    if let Err(r) = check_token(shared, authorization.as_deref()) {
         return r;
     }
     if method == Method::GET && path == "/user" {
@@ -777,9 +817,7 @@ async fn handle(
         return json_response(200, user(&shared.templates.issue["user"], BOT_LOGIN));
     }
     let mut st = shared.state.lock().unwrap_or_else(|e| e.into_inner());
-    repo_route(
-        &shared, &mut st, &method, &path, &query, &headers, json_body,
-    )
+    repo_route(shared, &mut st, &method, path, query, headers, json_body)
 }
 
 #[allow(

@@ -39,7 +39,7 @@ pub use config::{DEFAULT_API_URL, GitHubConfig, GitHubConfigError};
 pub use http::RetryPolicy;
 pub use push::{BRANCH_PREFIX, check_branch};
 
-use http::{ACCEPT_DIFF, ACCEPT_JSON, Api, Request};
+use http::{ACCEPT_DIFF, ACCEPT_JSON, Api, Request, Unsure};
 
 /// Tuning for a [`GitHub`] client; `Default` is production's.
 #[derive(Debug, Clone)]
@@ -153,14 +153,88 @@ impl GitHubForge {
     /// renewable token (revoked, installation changed), drops it and tries
     /// once more with a fresh one.
     async fn send_req(&self, req: &Request<'_>) -> Result<http::Reply, ForgeError> {
+        self.send_req_with(req, Unsure::Retry).await
+    }
+
+    async fn send_req_with(
+        &self,
+        req: &Request<'_>,
+        unsure: Unsure,
+    ) -> Result<http::Reply, ForgeError> {
         let token = self.installation_token().await?;
-        match self.github.api.send(req, &auth::bearer(&token)).await {
+        let api = &self.github.api;
+        match api.send_with(req, &auth::bearer(&token), unsure).await {
             Err(e) if self.renewed(&e).await => {
                 let token = self.installation_token().await?;
-                self.github.api.send(req, &auth::bearer(&token)).await
+                api.send_with(req, &auth::bearer(&token), unsure).await
             }
             other => other,
         }
+    }
+
+    /// POSTs `body` to `path` to create one thing, at most once. A 5xx or a
+    /// dropped connection leaves open whether GitHub created it; sending the
+    /// request again blindly could post it twice, so `landed` first looks
+    /// for it (its id, when found) and only if it is not there is the
+    /// request sent again. `id` reads the created thing's id from the answer.
+    async fn create_once<L, Fut>(
+        &self,
+        call: &str,
+        path: String,
+        body: serde_json::Value,
+        id: fn(&http::Reply, &str) -> Result<u64, ForgeError>,
+        landed: L,
+    ) -> Result<u64, ForgeError>
+    where
+        L: Fn() -> Fut,
+        Fut: Future<Output = Result<Option<u64>, ForgeError>>,
+    {
+        let req = Request {
+            call,
+            method: Method::POST,
+            target: path,
+            body: Some(body),
+            accept: ACCEPT_JSON,
+        };
+        let attempts = self.github.api.policy().max_attempts.max(1);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let reason = match self.send_req_with(&req, Unsure::Return).await {
+                Ok(reply) => return id(&reply, call),
+                Err(ForgeError::Unavailable(reason)) => reason,
+                Err(e) => return Err(e),
+            };
+            // The lookup is a read, retried like any read.
+            if let Some(found) = landed().await? {
+                tracing::info!(
+                    call,
+                    id = found,
+                    "the unanswered attempt had landed; not sent again"
+                );
+                return Ok(found);
+            }
+            if attempt >= attempts {
+                return Err(ForgeError::Unavailable(format!(
+                    "{reason}; gave up after {attempt} attempts (none landed)"
+                )));
+            }
+            tracing::warn!(call, attempt, "not applied; sending again");
+            tokio::time::sleep(self.github.api.backoff(attempt)).await;
+        }
+    }
+
+    /// The id of the newest comment on `number` that is Kiln's own and says
+    /// exactly `body`, if that is the newest of Kiln's comments there.
+    async fn own_newest_comment(&self, number: u64, body: &str) -> Result<Option<u64>, ForgeError> {
+        let me = self.own_login().await?;
+        let comments = self.comments(number).await?;
+        Ok(comments
+            .iter()
+            .rev()
+            .find(|c| c.author.eq_ignore_ascii_case(&me))
+            .filter(|c| c.body == body)
+            .map(|c| c.id))
     }
 
     async fn send(
@@ -356,11 +430,10 @@ impl Forge for GitHubForge {
     async fn comment(&self, number: u64, body: &str) -> Result<u64, ForgeError> {
         let call = format!("comment on #{number} in {}", self.repo);
         let path = format!("{}/issues/{number}/comments", self.base());
-        let created: Identified = self
-            .send(&call, Method::POST, path, Some(json!({"body": body})))
-            .await?
-            .json(&call)?;
-        Ok(created.id)
+        self.create_once(&call, path, json!({"body": body}), identified, || {
+            self.own_newest_comment(number, body)
+        })
+        .await
     }
 
     async fn edit_comment(&self, comment_id: u64, body: &str) -> Result<(), ForgeError> {
@@ -449,11 +522,16 @@ impl Forge for GitHubForge {
             "title": pr.title, "body": pr.body, "head": pr.head, "base": pr.base, "draft": true,
         });
         let path = format!("{}/pulls", self.base());
-        let created: Numbered = self
-            .send(&call, Method::POST, path, Some(body))
-            .await?
-            .json(&call)?;
-        Ok(created.number)
+        // GitHub keeps one open pull request per head and base: if it is
+        // there, the unanswered attempt opened it.
+        self.create_once(&call, path, body, numbered, || async {
+            let open = self.list_pull_requests(StateFilter::Open).await?;
+            Ok(open
+                .iter()
+                .find(|p| p.head_branch == pr.head && p.base_branch == pr.base)
+                .map(|p| p.issue.number))
+        })
+        .await
     }
 
     async fn create_review(&self, number: u64, review: NewReview) -> Result<u64, ForgeError> {
@@ -489,11 +567,19 @@ impl Forge for GitHubForge {
         let call = format!("review pull request #{number} in {}", self.repo);
         let path = format!("{}/pulls/{number}/reviews", self.base());
         let body = json!({"body": text, "event": event, "comments": comments});
-        let created: Identified = self
-            .send(&call, Method::POST, path, Some(body))
-            .await?
-            .json(&call)?;
-        Ok(created.id)
+        self.create_once(&call, path, body, identified, || async {
+            let me = self.own_login().await?;
+            let list = format!("list reviews on #{number} in {}", self.repo);
+            let path = format!("{}/pulls/{number}/reviews?per_page=100", self.base());
+            let reviews: Vec<WireReview> = self.get_all(&list, path).await?;
+            Ok(reviews
+                .into_iter()
+                .rev()
+                .find(|r| is_login(&r.user, &me))
+                .filter(|r| r.body.as_deref().unwrap_or_default() == text)
+                .map(|r| r.id))
+        })
+        .await
     }
 
     async fn list_reviews(&self, number: u64) -> Result<Vec<Review>, ForgeError> {
@@ -536,11 +622,19 @@ impl Forge for GitHubForge {
             "{}/pulls/{number}/comments/{comment_id}/replies",
             self.base()
         );
-        let created: Identified = self
-            .send(&call, Method::POST, path, Some(json!({"body": body})))
-            .await?
-            .json(&call)?;
-        Ok(created.id)
+        self.create_once(&call, path, json!({"body": body}), identified, || async {
+            let me = self.own_login().await?;
+            Ok(self
+                .review_comments(number)
+                .await?
+                .into_iter()
+                .rev()
+                .filter(|c| c.in_reply_to_id == Some(comment_id))
+                .find(|c| is_login(&c.user, &me))
+                .filter(|c| c.body == body)
+                .map(|c| c.id))
+        })
+        .await
     }
 
     async fn set_status(&self, number: u64, status: &CommitStatus) -> Result<(), ForgeError> {
@@ -684,6 +778,12 @@ struct User {
     login: String,
 }
 
+/// True when `user` is `login` (GitHub logins are case-insensitive).
+fn is_login(user: &Option<User>, login: &str) -> bool {
+    user.as_ref()
+        .is_some_and(|u| u.login.eq_ignore_ascii_case(login))
+}
+
 fn login(user: Option<User>) -> String {
     // GitHub reports deleted accounts as `ghost` (or null in some payloads).
     user.map(|u| u.login).unwrap_or_else(|| "ghost".into())
@@ -702,6 +802,16 @@ struct Numbered {
 #[derive(Deserialize)]
 struct Identified {
     id: u64,
+}
+
+/// The `id` of what a POST created.
+fn identified(reply: &http::Reply, call: &str) -> Result<u64, ForgeError> {
+    Ok(reply.json::<Identified>(call)?.id)
+}
+
+/// The `number` of the issue or pull request a POST created.
+fn numbered(reply: &http::Reply, call: &str) -> Result<u64, ForgeError> {
+    Ok(reply.json::<Numbered>(call)?.number)
 }
 
 #[derive(Deserialize)]

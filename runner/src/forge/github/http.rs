@@ -81,6 +81,17 @@ pub(crate) struct Request<'a> {
     pub accept: &'static str,
 }
 
+/// What [`Api::send_with`] does after an answer that leaves open whether
+/// the request was applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unsure {
+    /// Send it again (reads, and writes that are idempotent).
+    Retry,
+    /// Return [`ForgeError::Unavailable`] at once, so the caller can look
+    /// for what the request would have created before sending it again.
+    Return,
+}
+
 /// The REST API at one base URL.
 pub(crate) struct Api {
     octo: Octocrab,
@@ -124,6 +135,23 @@ impl Api {
     /// Sends `req` with `authorization`, retrying as the policy says; `Ok`
     /// only for a 2xx answer.
     pub async fn send(&self, req: &Request<'_>, authorization: &str) -> Result<Reply, ForgeError> {
+        self.send_with(req, authorization, Unsure::Retry).await
+    }
+
+    /// The retry policy's attempts and back-off, for callers that retry
+    /// themselves ([`Unsure::Return`]).
+    pub fn policy(&self) -> &RetryPolicy {
+        &self.policy
+    }
+
+    /// [`Api::send`], choosing what happens after an answer that leaves open
+    /// whether GitHub applied the request (a 5xx, a dropped connection).
+    pub async fn send_with(
+        &self,
+        req: &Request<'_>,
+        authorization: &str,
+        unsure: Unsure,
+    ) -> Result<Reply, ForgeError> {
         let url = self.url(req)?;
         let mut auth = HeaderValue::from_str(authorization).map_err(|_| {
             ForgeError::Invalid(format!(
@@ -150,7 +178,7 @@ impl Api {
                 Ok(r) => r,
                 Err(e) => {
                     let reason = format!("{}: cannot reach GitHub: {e}", req.call);
-                    if last {
+                    if last || unsure == Unsure::Return {
                         return Err(ForgeError::Unavailable(reason));
                     }
                     tracing::warn!(call = req.call, attempt, "GitHub unreachable, retrying");
@@ -166,7 +194,7 @@ impl Api {
                 Ok(b) => b,
                 Err(e) => {
                     let reason = format!("{}: reading GitHub's answer: {e}", req.call);
-                    if last {
+                    if last || unsure == Unsure::Return {
                         return Err(ForgeError::Unavailable(reason));
                     }
                     tokio::time::sleep(self.backoff(attempt)).await;
@@ -206,6 +234,9 @@ impl Api {
                 continue;
             }
             if status.is_server_error() {
+                if unsure == Unsure::Return {
+                    return Err(ForgeError::Unavailable(reason));
+                }
                 if last {
                     return Err(ForgeError::Unavailable(format!(
                         "{reason}; gave up after {attempt} attempts"
@@ -279,7 +310,8 @@ impl Api {
         }
     }
 
-    fn backoff(&self, attempt: u32) -> Duration {
+    /// How long to wait before attempt `attempt + 1`.
+    pub fn backoff(&self, attempt: u32) -> Duration {
         let base = self
             .policy
             .backoff
