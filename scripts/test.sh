@@ -29,3 +29,7 @@ if grep -q '"fresh":false' <<<"$demo_build"; then
         "compare 'cargo tree -e features' of both" >&2
     exit 1
 fi
+
+# Each fuzz target runs briefly from its seed corpus (docs/fuzzing.md); a
+# crash fails the suite with the input to replay it.
+scripts/fuzz.sh all 20

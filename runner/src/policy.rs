@@ -23,7 +23,7 @@ pub use gate::{
     ReviewComment, ReviewEvent, Role, RunContext, Trust,
 };
 pub use redact::{
-    RedactingWriter, Redactor, RedactorError, SecretFinding, SecretInCommit, SecretValue,
-    StreamRedactor,
+    MIN_SECRET_LEN, RedactingWriter, Redactor, RedactorError, SecretFinding, SecretInCommit,
+    SecretValue, StreamRedactor,
 };
 pub use sanitize::{Sanitized, TaggedText, sanitize};
