@@ -19,6 +19,7 @@ pub mod control;
 pub mod forge;
 pub mod imports;
 pub mod intake;
+pub mod ledger;
 pub mod metrics;
 pub mod model;
 pub mod plugin;

@@ -709,6 +709,9 @@ pub enum StoreError {
     /// SQLite failed (I/O, corruption, constraint).
     #[error("database: {0}")]
     Database(String),
+    /// The ledger's host key could not be loaded or made.
+    #[error("{0}")]
+    HostKey(String),
     /// The store was closed (its writer is gone).
     #[error("the store is closed")]
     Closed,
@@ -797,6 +800,9 @@ pub trait RunStore: Send + Sync {
     async fn subscribe(&self, run: RunId, after_seq: u64) -> Result<EventStream, StoreError>;
     /// A non-blocking [`crate::session::EventSink`] writing to this run's log.
     fn event_sink(&self, run: RunId) -> StoreEvents;
+    /// The run's events with their hash chain and its signed head, for
+    /// `kiln runs verify` and `kiln runs export` ([`crate::ledger`]).
+    async fn transcript(&self, run: RunId) -> Result<crate::ledger::Transcript, StoreError>;
     /// Wait until everything handed to the store before this call is committed.
     async fn flush(&self) -> Result<(), StoreError>;
 
