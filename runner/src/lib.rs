@@ -14,6 +14,7 @@
 pub mod api;
 pub mod app;
 pub mod board;
+pub mod caps;
 pub mod config;
 pub mod control;
 pub mod forge;

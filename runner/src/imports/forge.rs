@@ -55,6 +55,10 @@ pub struct ForgeCtx {
     /// How many proposals the gate denied (they are in no list above; the
     /// run's final line counts them).
     pub denied: usize,
+    /// The role's caps on effects per run (`[budgets.<role>]`).
+    pub caps: crate::caps::EffectCaps,
+    /// What the run has used of them: proposals the gate let through.
+    pub used: crate::caps::EffectUse,
     /// Where allowed proposals are applied; `None` records them only.
     pub target: Option<ForgeTarget>,
     /// Commits the workspace for a pull request.
@@ -627,11 +631,29 @@ impl RunState {
                 )));
             }
         }
+        // Counted here, in the host: the plugin cannot reset or skip it.
+        if let Some(why) = self
+            .forge
+            .used
+            .check(&self.forge.caps, &self.role, &proposal)
+        {
+            let reason = format!("{what}: denied: {why}");
+            self.events.record(
+                EventKind::Policy {
+                    action: what.split_whitespace().next().unwrap_or(what).to_string(),
+                    verdict: "deny".into(),
+                },
+                reason.clone(),
+            );
+            self.forge.denied += 1;
+            return Err(RoleError::Denied(reason));
+        }
         let decision = self.decide_proposal(&proposal).await;
         if let Decision::Deny { reason, .. } = decision {
             self.forge.denied += 1;
             return Err(RoleError::Denied(reason));
         }
+        self.forge.used.charge(&proposal);
         let proposal = self.redact_proposal(proposal);
         let effect_id = format!("e{}", self.forge.effects.len() + 1);
         let (state, held, url) = match decision {
