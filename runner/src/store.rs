@@ -282,6 +282,24 @@ pub enum Enqueued {
         /// Runs of the role that already exist for the target.
         existing: u64,
     },
+    /// The actor's runs in the window reached [`ActorLimit::max`]; nothing was queued.
+    ActorLimited {
+        /// The actor's runs on the repository within the window.
+        runs: u64,
+        /// When the oldest of them leaves the window (a run may be queued
+        /// again), milliseconds since the Unix epoch.
+        retry_at_ms: i64,
+    },
+}
+
+/// A limit on runs one actor triggers on one repository within a window
+/// (`[intake] runs_per_actor_per_hour`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ActorLimit {
+    /// Most runs in the window.
+    pub max: u64,
+    /// The window, in milliseconds.
+    pub window_ms: i64,
 }
 
 /// A run as stored.
@@ -738,6 +756,17 @@ pub trait RunStore: Send + Sync {
         &self,
         run: NewRun,
         max_per_target: u64,
+    ) -> Result<Enqueued, StoreError> {
+        self.enqueue_run_limited(run, max_per_target, None).await
+    }
+    /// [`RunStore::enqueue_run_capped`], and also not past `per_actor`: the
+    /// runs the trigger's actor started on the repository within the window
+    /// are counted in the same atomic step as the insert.
+    async fn enqueue_run_limited(
+        &self,
+        run: NewRun,
+        max_per_target: u64,
+        per_actor: Option<ActorLimit>,
     ) -> Result<Enqueued, StoreError>;
     /// Atomically take the oldest queued run (it becomes `preparing`, its
     /// `attempts` grows by one). Two workers never get the same run.

@@ -30,9 +30,9 @@ use super::fanout::{self, Backlog, Hub, Pages};
 use super::schema;
 use super::sink::{EventQueue, StoreEvents};
 use super::{
-    ApiToken, Approval, ApprovalState, Delivery, DeliveryRecord, DeliveryStatus, Enqueued,
-    EventStream, NewRun, NewToken, Recovered, RecoveryPolicy, RepoRef, Role, Run, RunFilter, RunId,
-    RunState, RunStore, StoreError, StoredEvent, TokenScope, Trigger, Verdict,
+    ActorLimit, ApiToken, Approval, ApprovalState, Delivery, DeliveryRecord, DeliveryStatus,
+    Enqueued, EventStream, NewRun, NewToken, Recovered, RecoveryPolicy, RepoRef, Role, Run,
+    RunFilter, RunId, RunState, RunStore, StoreError, StoredEvent, TokenScope, Trigger, Verdict,
 };
 use crate::ledger::transcript::{self, RunHeader, Seal, Transcript, TranscriptEvent};
 use crate::ledger::{HostKey, chain};
@@ -806,13 +806,18 @@ impl RunStore for SqliteStore {
             Enqueued::CapReached { existing } => Err(StoreError::Invalid(format!(
                 "{existing} runs exist for this target already"
             ))),
+            // No actor limit was asked for.
+            Enqueued::ActorLimited { runs, .. } => Err(StoreError::Invalid(format!(
+                "{runs} runs of this actor in the window already"
+            ))),
         }
     }
 
-    async fn enqueue_run_capped(
+    async fn enqueue_run_limited(
         &self,
         run: NewRun,
         max_per_target: u64,
+        per_actor: Option<ActorLimit>,
     ) -> Result<Enqueued, StoreError> {
         if run.number == 0 {
             return Err(StoreError::Invalid("issue or pull request number 0".into()));
@@ -855,6 +860,30 @@ impl RunStore for SqliteStore {
                 }
             }
             let now = now_ms();
+            if let Some(limit) = per_actor {
+                let (runs, oldest): (i64, Option<i64>) = conn
+                    .prepare_cached(
+                        "SELECT COUNT(*), MIN(created_ms) FROM runs \
+                         WHERE repo_owner = ?1 AND repo_name = ?2 AND created_ms > ?3 \
+                         AND json_extract(trigger, '$.actor') = ?4",
+                    )?
+                    .query_row(
+                        params![
+                            run.repo.owner,
+                            run.repo.name,
+                            now.saturating_sub(limit.window_ms),
+                            run.trigger.actor
+                        ],
+                        |r| Ok((r.get(0)?, r.get(1)?)),
+                    )?;
+                let runs = to_u64("count", runs)?;
+                if runs >= limit.max {
+                    return Ok(Enqueued::ActorLimited {
+                        runs,
+                        retry_at_ms: oldest.unwrap_or(now).saturating_add(limit.window_ms),
+                    });
+                }
+            }
             let id: i64 = conn
                 .prepare_cached(
                     "INSERT INTO runs (repo_owner, repo_name, role, number, trigger, state, \

@@ -860,6 +860,7 @@ async fn the_rerun_cap_holds_under_concurrent_enqueues() {
         match t.await.expect("task").expect("enqueue") {
             Enqueued::Queued(_) => queued += 1,
             Enqueued::CapReached { existing } => assert_eq!(existing, 5),
+            other => panic!("no actor limit was asked for: {other:?}"),
         }
     }
     assert_eq!(queued, 5, "exactly the cap should be queued");
@@ -1086,4 +1087,42 @@ async fn the_ledger_migration_chains_old_events_and_leaves_them_unsigned() {
         .verify(&key);
     assert_eq!(live.events, 4, "{live}");
     assert!(live.ok(), "{live}");
+}
+
+#[tokio::test]
+async fn the_actor_limit_counts_the_actors_runs_on_the_repository_atomically() {
+    let (_dir, store) = store().await;
+    let limit = Some(crate::store::ActorLimit {
+        max: 3,
+        window_ms: 3_600_000,
+    });
+    let mut tasks = Vec::new();
+    for n in 1..=8 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            store
+                .enqueue_run_limited(new_run(n, Role::Triage), 5, limit)
+                .await
+        }));
+    }
+    let (mut queued, mut limited) = (0, 0);
+    for t in tasks {
+        match t.await.expect("task").expect("enqueue") {
+            Enqueued::Queued(_) => queued += 1,
+            Enqueued::ActorLimited { runs, retry_at_ms } => {
+                assert_eq!(runs, 3);
+                assert!(retry_at_ms > now_ms() + 3_500_000, "about an hour from now");
+                limited += 1;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!((queued, limited), (3, 5), "exactly the limit is queued");
+    // Another actor is counted apart.
+    let mut bob = new_run(9, Role::Triage);
+    bob.trigger.actor = "bob".into();
+    assert!(matches!(
+        store.enqueue_run_limited(bob, 5, limit).await,
+        Ok(Enqueued::Queued(_))
+    ));
 }
