@@ -1229,7 +1229,15 @@ impl RunStore for SqliteStore {
         // Through the writer, so what is read is everything queued before
         // the call (a read connection could trail the last batch).
         self.flush().await?;
-        self.read(move |conn| read_transcript(conn, run)).await
+        self.read(move |conn| {
+            // One read transaction: the run, its events and its seal from
+            // one snapshot, even while the writer commits a batch.
+            conn.execute_batch("BEGIN")?;
+            let t = read_transcript(conn, run);
+            conn.execute_batch("COMMIT")?;
+            t
+        })
+        .await
     }
 
     async fn subscribe(&self, run: RunId, after_seq: u64) -> Result<EventStream, StoreError> {
