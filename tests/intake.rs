@@ -881,3 +881,73 @@ async fn a_failing_permission_lookup_fails_closed() {
     assert_eq!(h.runs().await, 0);
     drop(h.intake);
 }
+
+fn opened_issue(number: u64, author: &str) -> Value {
+    let mut v = fixture("issues/opened.payload.json");
+    v["issue"]["number"] = json!(number);
+    v["issue"]["user"]["login"] = json!(author);
+    v["sender"]["login"] = json!(author);
+    v
+}
+
+// A stranger opening issue after issue starts at most the limit's worth of
+// runs; every event past it is recorded as refused with when to retry, and
+// the stranger is answered once, not once per issue. A maintainer is not
+// held to the limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_per_actor_are_limited_per_hour_with_one_answer() {
+    let mut h = Harness::start("[intake]\nruns_per_actor_per_hour = 2\n").await;
+    let mut issues = Vec::new();
+    for i in 0..5 {
+        let n = h
+            .forge
+            .create_issue(kiln::forge::NewIssue {
+                title: format!("spam {i}"),
+                body: "please run".into(),
+                labels: vec![],
+            })
+            .await
+            .expect("issue");
+        issues.push(n);
+    }
+    let mut refused = Vec::new();
+    for (i, n) in issues.iter().enumerate() {
+        let o = h.deliver("issues", &opened_issue(*n, "mallory")).await;
+        if i < 2 {
+            assert_eq!(o.status, DeliveryStatus::Queued, "issue {n}: {o:?}");
+        } else {
+            assert_eq!(o.status, DeliveryStatus::Refused, "issue {n}: {o:?}");
+            let why = o.reason.clone().unwrap_or_default();
+            assert!(
+                why.contains("rate limit") && why.contains("runs_per_actor_per_hour = 2"),
+                "the refusal names the limit: {why}"
+            );
+            assert!(why.contains("try again after"), "{why}");
+            let recorded = h.store.get_delivery(&o.delivery).await.expect("delivery");
+            assert_eq!(recorded.status, DeliveryStatus::Refused);
+            refused.push(*n);
+        }
+    }
+    assert_eq!(h.runs().await, 2, "only the limit's worth of runs");
+    let mut answers = Vec::new();
+    for n in &issues {
+        for c in h.forge.get_issue(*n).await.expect("issue").comments {
+            if c.body.contains("can be tried again") {
+                answers.push((*n, c.body));
+            }
+        }
+    }
+    assert_eq!(
+        answers.len(),
+        1,
+        "one answer, not one per event: {answers:?}"
+    );
+    assert_eq!(answers[0].0, refused[0], "on the first refused issue");
+    assert!(answers[0].1.contains("mallory") && answers[0].1.contains("2 per hour"));
+
+    // The owner (write access and more) is exempt by default.
+    for n in &issues {
+        let o = h.deliver("issues", &opened_issue(*n, "Codertocat")).await;
+        assert_eq!(o.status, DeliveryStatus::Queued, "a maintainer: {o:?}");
+    }
+}

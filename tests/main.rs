@@ -27,6 +27,7 @@ mod factory;
 mod forge;
 mod github_app;
 mod intake;
+mod ledger;
 mod logs;
 mod metrics;
 mod model_providers;

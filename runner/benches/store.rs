@@ -38,6 +38,21 @@ fn memory_baseline() -> f64 {
     EVENTS as f64 / start.elapsed().as_secs_f64()
 }
 
+/// The ledger's share of an append: canonical JSON of the kind and the
+/// SHA-256 link, what the writer adds to each event (issue 19).
+fn chain_only() -> f64 {
+    use kiln::ledger::chain;
+    let kind = serde_json::to_value(EventKind::Progress).unwrap_or_default();
+    let mut prev = chain::GENESIS;
+    let start = Instant::now();
+    for i in 0..EVENTS {
+        let text = chain::canonical_json(&kind);
+        prev = chain::event_hash(1, i + 1, 0, &text, &message(i), &prev);
+    }
+    std::hint::black_box(prev);
+    EVENTS as f64 / start.elapsed().as_secs_f64()
+}
+
 async fn store_run(sync: Synchronous) -> Res<(f64, f64)> {
     let dir = tempfile::tempdir()?;
     let store = SqliteStore::open(
@@ -112,10 +127,15 @@ fn main() -> Res<()> {
     println!("store events: {EVENTS} events of ~75 bytes, {WATCHERS} live watchers");
     for round in 1..=2 {
         let memory = memory_baseline();
+        let chain = chain_only();
         let (full_p, full_f) = rt.block_on(store_run(Synchronous::Full))?;
         let (norm_p, norm_f) = rt.block_on(store_run(Synchronous::Normal))?;
         println!("round {round}");
         println!("  baseline MemoryEvents::record        {memory:>10.0} events/s");
+        println!(
+            "  ledger chain hash alone              {chain:>10.0} events/s ({:.1}% of a FULL append's time)",
+            100.0 * full_p / chain
+        );
         println!(
             "  store, synchronous=FULL:   persisted {full_p:>10.0} events/s, fanned out to all {full_f:>10.0} events/s ({:.1}% of baseline)",
             100.0 * full_f / memory

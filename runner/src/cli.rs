@@ -10,6 +10,7 @@ mod attach;
 mod demo;
 mod github;
 mod image;
+mod ledger;
 mod local_forge;
 mod plugin;
 mod remote;

@@ -128,6 +128,7 @@ impl RunState {
             Some(b) => Arc::new(gate::RedactingEvents::new(ctx.events, b.gate.clone())),
             None => ctx.events,
         };
+        let effect_caps = ctx.budget.effects;
         RunState {
             plugin: plugin.to_string(),
             role: role.to_string(),
@@ -153,6 +154,8 @@ impl RunState {
                 proposals: Vec::new(),
                 effects: Vec::new(),
                 denied: 0,
+                caps: effect_caps,
+                used: crate::caps::EffectUse::default(),
                 target: ctx.forge_target,
                 publisher: ctx.publisher,
             },

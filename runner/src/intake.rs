@@ -13,6 +13,7 @@ pub mod config;
 pub mod event;
 pub mod local;
 mod process;
+mod ratelimit;
 pub mod route;
 pub mod trust;
 pub mod webhook;
@@ -79,6 +80,10 @@ impl Dispatcher {
             kiln_logins: settings.kiln_logins.clone(),
             custom_roles: config.custom_roles.clone(),
             max_runs_per_target: settings.max_runs_per_target,
+            actor_limit: ratelimit::ActorLimiter::new(
+                settings.runs_per_actor_per_hour,
+                settings.exempt_maintainers,
+            ),
             outcomes,
             hooks,
         });

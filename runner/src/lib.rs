@@ -14,11 +14,13 @@
 pub mod api;
 pub mod app;
 pub mod board;
+pub mod caps;
 pub mod config;
 pub mod control;
 pub mod forge;
 pub mod imports;
 pub mod intake;
+pub mod ledger;
 pub mod metrics;
 pub mod model;
 pub mod plugin;

@@ -221,6 +221,8 @@ pub struct Budget {
     pub tokens: u64,
     /// Cost so far.
     pub cost_micro_usd: u64,
+    /// Caps on the run's effects (comments, labels, pull requests, …).
+    pub effects: crate::caps::EffectCaps,
 }
 
 impl Budget {

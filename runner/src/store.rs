@@ -282,6 +282,24 @@ pub enum Enqueued {
         /// Runs of the role that already exist for the target.
         existing: u64,
     },
+    /// The actor's runs in the window reached [`ActorLimit::max`]; nothing was queued.
+    ActorLimited {
+        /// The actor's runs on the repository within the window.
+        runs: u64,
+        /// When the oldest of them leaves the window (a run may be queued
+        /// again), milliseconds since the Unix epoch.
+        retry_at_ms: i64,
+    },
+}
+
+/// A limit on runs one actor triggers on one repository within a window
+/// (`[intake] runs_per_actor_per_hour`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ActorLimit {
+    /// Most runs in the window.
+    pub max: u64,
+    /// The window, in milliseconds.
+    pub window_ms: i64,
 }
 
 /// A run as stored.
@@ -709,6 +727,9 @@ pub enum StoreError {
     /// SQLite failed (I/O, corruption, constraint).
     #[error("database: {0}")]
     Database(String),
+    /// The ledger's host key could not be loaded or made.
+    #[error("{0}")]
+    HostKey(String),
     /// The store was closed (its writer is gone).
     #[error("the store is closed")]
     Closed,
@@ -735,6 +756,17 @@ pub trait RunStore: Send + Sync {
         &self,
         run: NewRun,
         max_per_target: u64,
+    ) -> Result<Enqueued, StoreError> {
+        self.enqueue_run_limited(run, max_per_target, None).await
+    }
+    /// [`RunStore::enqueue_run_capped`], and also not past `per_actor`: the
+    /// runs the trigger's actor started on the repository within the window
+    /// are counted in the same atomic step as the insert.
+    async fn enqueue_run_limited(
+        &self,
+        run: NewRun,
+        max_per_target: u64,
+        per_actor: Option<ActorLimit>,
     ) -> Result<Enqueued, StoreError>;
     /// Atomically take the oldest queued run (it becomes `preparing`, its
     /// `attempts` grows by one). Two workers never get the same run.
@@ -797,6 +829,9 @@ pub trait RunStore: Send + Sync {
     async fn subscribe(&self, run: RunId, after_seq: u64) -> Result<EventStream, StoreError>;
     /// A non-blocking [`crate::session::EventSink`] writing to this run's log.
     fn event_sink(&self, run: RunId) -> StoreEvents;
+    /// The run's events with their hash chain and its signed head, for
+    /// `kiln runs verify` and `kiln runs export` ([`crate::ledger`]).
+    async fn transcript(&self, run: RunId) -> Result<crate::ledger::Transcript, StoreError>;
     /// Wait until everything handed to the store before this call is committed.
     async fn flush(&self) -> Result<(), StoreError>;
 

@@ -125,6 +125,7 @@ impl From<StoreError> for ApiError {
             StoreError::Invalid(_)
             | StoreError::Database(_)
             | StoreError::Closed
+            | StoreError::HostKey(_)
             | StoreError::SchemaTooNew { .. } => ApiError::Internal(e.to_string()),
         }
     }

@@ -33,8 +33,13 @@ impl ApiArgs {
 /// Commands that talk to a runner's API.
 #[derive(Debug, Subcommand)]
 pub enum RemoteCommand {
-    /// List runs, newest first (filter with --repo, --state, --role).
+    /// List runs, newest first (filter with --repo, --state, --role); or
+    /// check and export their ledger (`kiln runs verify|export|pubkey`).
+    #[command(args_conflicts_with_subcommands = true)]
     Runs {
+        /// The ledger of the local store (no API needed).
+        #[command(subcommand)]
+        ledger: Option<super::ledger::LedgerCommand>,
         /// Only runs in these states (queued, running, awaiting-approval, …).
         #[arg(long, value_delimiter = ',')]
         state: Vec<String>,
@@ -146,6 +151,10 @@ fn run_id(raw: &str) -> anyhow::Result<u64> {
 pub async fn run(cmd: RemoteCommand, local: &LocalArgs) -> anyhow::Result<ExitCode> {
     match cmd {
         RemoteCommand::Runs {
+            ledger: Some(cmd), ..
+        } => super::ledger::run(cmd, local).await,
+        RemoteCommand::Runs {
+            ledger: None,
             state,
             role,
             limit,

@@ -55,6 +55,10 @@ pub struct ForgeCtx {
     /// How many proposals the gate denied (they are in no list above; the
     /// run's final line counts them).
     pub denied: usize,
+    /// The role's caps on effects per run (`[budgets.<role>]`).
+    pub caps: crate::caps::EffectCaps,
+    /// What the run has used of them: proposals the gate let through.
+    pub used: crate::caps::EffectUse,
     /// Where allowed proposals are applied; `None` records them only.
     pub target: Option<ForgeTarget>,
     /// Commits the workspace for a pull request.
@@ -627,11 +631,29 @@ impl RunState {
                 )));
             }
         }
+        // Counted here, in the host: the plugin cannot reset or skip it.
+        if let Some(why) = self
+            .forge
+            .used
+            .check(&self.forge.caps, &self.role, &proposal)
+        {
+            let reason = format!("{what}: denied: {why}");
+            self.events.record(
+                EventKind::Policy {
+                    action: what.split_whitespace().next().unwrap_or(what).to_string(),
+                    verdict: "deny".into(),
+                },
+                reason.clone(),
+            );
+            self.forge.denied += 1;
+            return Err(RoleError::Denied(reason));
+        }
         let decision = self.decide_proposal(&proposal).await;
         if let Decision::Deny { reason, .. } = decision {
             self.forge.denied += 1;
             return Err(RoleError::Denied(reason));
         }
+        self.forge.used.charge(&proposal);
         let proposal = self.redact_proposal(proposal);
         let effect_id = format!("e{}", self.forge.effects.len() + 1);
         let (state, held, url) = match decision {
@@ -951,5 +973,83 @@ mod tests {
             .await
             .expect("prs");
         assert_eq!(prs.len(), 1, "no new pull request");
+    }
+
+    // A turned model posting comment after comment gets its cap's worth on
+    // the forge, then denials naming the cap; the count lives in the host.
+    #[tokio::test]
+    async fn past_the_comment_cap_a_comment_is_denied_naming_the_cap() {
+        use crate::config::Role;
+        use crate::imports::{RunContext, gate::PolicyBinding, gate::default_gate};
+        use crate::plugin::capability::builtin_role_grants;
+        use crate::plugin::limits::PluginLimits;
+        use crate::policy::Trust;
+        use crate::session::MemoryEvents;
+
+        let root = tempfile::tempdir().expect("tempdir");
+        let forge = LocalForge::create(
+            &root.path().join("forge"),
+            RepoRef::parse("local/caps").expect("repo"),
+            "alice",
+            None,
+        )
+        .await
+        .expect("create");
+        let issue = forge
+            .create_issue(domain::NewIssue {
+                title: "t".into(),
+                body: "b".into(),
+                labels: vec![],
+            })
+            .await
+            .expect("issue");
+        let events = MemoryEvents::new();
+        let mut ctx = RunContext::new(Arc::new(events.clone()));
+        ctx.budget.effects.comments = Some(2);
+        ctx.policy = Some(PolicyBinding {
+            gate: default_gate().expect("gate"),
+            run: Arc::new(crate::policy::RunContext::new(
+                "r1",
+                Role::Triage,
+                "local/caps",
+                Trust::Trusted,
+                "kiln/run",
+            )),
+        });
+        ctx.forge_target = Some(ForgeTarget {
+            forge: Arc::new(forge.clone()),
+            head_branch: "kiln/run".into(),
+            base_branch: "main".into(),
+        });
+        let grants = builtin_role_grants("triage").expect("role");
+        let mut state = RunState::new("test", "triage", grants, PluginLimits::default(), ctx);
+        let comment = |i: u32| Proposal::Comment {
+            number: issue,
+            body: format!("spam {i}"),
+        };
+        for i in 0..2 {
+            let receipt = state
+                .propose_effect(comment(i))
+                .await
+                .expect("under the cap");
+            assert!(!receipt.held, "comment {i} should be applied");
+        }
+        for i in 2..5 {
+            match state.propose_effect(comment(i)).await {
+                Err(RoleError::Denied(why)) => assert!(
+                    why.contains("2 of its 2 comments") && why.contains("max_comments"),
+                    "the reason names the cap: {why}"
+                ),
+                other => panic!("comment {i} should be denied past the cap, got {other:?}"),
+            }
+        }
+        let posted = forge.get_issue(issue).await.expect("issue").comments;
+        assert_eq!(posted.len(), 2, "only the cap's worth reached the forge");
+        let denials = events
+            .snapshot()
+            .into_iter()
+            .filter(|e| e.message.contains("effect cap reached"))
+            .count();
+        assert_eq!(denials, 3, "each denial is a run event");
     }
 }

@@ -125,6 +125,12 @@ pub struct IntakeSettings {
     /// Logins Kiln itself acts as (its pull requests on `kiln/*` branches
     /// trigger without a permission lookup; no other bot triggers anything).
     pub kiln_logins: Vec<String>,
+    /// Most runs one actor may trigger on one repository per hour (0: no
+    /// limit); past it the event is recorded, refused, and answered once.
+    pub runs_per_actor_per_hour: u32,
+    /// Actors with write access (maintainers) are not held to
+    /// `runs_per_actor_per_hour`.
+    pub exempt_maintainers: bool,
 }
 
 impl Default for IntakeSettings {
@@ -135,6 +141,8 @@ impl Default for IntakeSettings {
             max_runs_per_target: 5,
             queue_capacity: 1024,
             kiln_logins: vec![crate::forge::local::KILN_LOGIN.to_string()],
+            runs_per_actor_per_hour: 10,
+            exempt_maintainers: true,
         }
     }
 }
@@ -147,6 +155,8 @@ struct RawSettings {
     max_runs_per_target: Option<u32>,
     queue_capacity: Option<usize>,
     kiln_logins: Option<Vec<String>>,
+    runs_per_actor_per_hour: Option<u32>,
+    exempt_maintainers: Option<bool>,
 }
 
 impl TryFrom<RawSettings> for IntakeSettings {
@@ -160,6 +170,10 @@ impl TryFrom<RawSettings> for IntakeSettings {
             max_runs_per_target: raw.max_runs_per_target.unwrap_or(d.max_runs_per_target),
             queue_capacity: raw.queue_capacity.unwrap_or(d.queue_capacity),
             kiln_logins: raw.kiln_logins.unwrap_or(d.kiln_logins),
+            runs_per_actor_per_hour: raw
+                .runs_per_actor_per_hour
+                .unwrap_or(d.runs_per_actor_per_hour),
+            exempt_maintainers: raw.exempt_maintainers.unwrap_or(d.exempt_maintainers),
         };
         if !(1024..=64 * 1024 * 1024).contains(&s.body_limit_bytes) {
             return Err(format!(

@@ -72,6 +72,8 @@ pub(super) struct Processor {
     /// The custom roles `/kiln <role>` may name (`[[roles]]`).
     pub(super) custom_roles: Vec<Role>,
     pub(super) max_runs_per_target: u32,
+    /// `[intake] runs_per_actor_per_hour`, and who was told already.
+    pub(super) actor_limit: super::ratelimit::ActorLimiter,
     pub(super) outcomes: broadcast::Sender<Outcome>,
     pub(super) hooks: RunnerHooks,
 }
@@ -199,6 +201,13 @@ impl Processor {
     /// Queues the run unless the cap is reached.
     async fn enqueue(&self, delivery: &str, d: Dispatch, trust: Trust) -> Result<RunId, Declined> {
         let (repo, role, number) = (d.repo.clone(), d.role, d.number);
+        let actor = d.actor.login.clone();
+        // Kiln's own events (its pull requests) are never held to the limit.
+        let per_actor = if self.kiln_logins.contains(&actor) {
+            None
+        } else {
+            self.actor_limit.limit_for(trust)
+        };
         let run = NewRun {
             script: None,
             repo: d.repo,
@@ -214,10 +223,25 @@ impl Processor {
         };
         match self
             .store
-            .enqueue_run_capped(run, u64::from(self.max_runs_per_target))
+            .enqueue_run_limited(run, u64::from(self.max_runs_per_target), per_actor)
             .await
         {
             Ok(Enqueued::Queued(id)) => Ok(id),
+            Ok(Enqueued::ActorLimited { runs, retry_at_ms }) => {
+                let why = self.actor_limit.refusal(&actor, runs, retry_at_ms);
+                // One answer per actor and window, however many events follow.
+                if self.actor_limit.first_refusal(&repo, &actor, retry_at_ms)
+                    && let Some(forge) = (self.forges)(&repo)
+                {
+                    let text = self.actor_limit.reply(&actor, runs, retry_at_ms);
+                    if let Err(e) = forge.comment(number, &text).await {
+                        tracing::warn!(%repo, number, error = %e, "cannot answer a rate-limited actor");
+                    }
+                }
+                Err(Declined::Refused(format!(
+                    "{role} on {repo}#{number}: {why}"
+                )))
+            }
             Ok(Enqueued::CapReached { existing }) => Err(Declined::Refused(format!(
                 "{role} on {repo}#{number}: re-run cap reached ({existing} of {} runs)",
                 self.max_runs_per_target

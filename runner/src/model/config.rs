@@ -370,6 +370,16 @@ pub struct BudgetConfig {
     pub max_tokens: Option<u64>,
     /// Cost per run in US dollars (needs `[model.prices]` to bind).
     pub max_cost_usd: Option<f64>,
+    /// Comments per run (issue and pull request comments, the report).
+    pub max_comments: Option<u32>,
+    /// Labels added or removed per run.
+    pub max_labels: Option<u32>,
+    /// Review line comments and replies per run.
+    pub max_review_comments: Option<u32>,
+    /// Pull requests opened per run.
+    pub max_pull_requests: Option<u32>,
+    /// Pushes to the run's branch per run.
+    pub max_pushes: Option<u32>,
 }
 
 /// Every `[budgets.<role>]` table, keyed by role name.
@@ -386,10 +396,16 @@ impl BudgetsConfig {
             "implementation" => (100, 4_000_000, 10.0),
             _ => (40, 1_000_000, 3.0),
         };
+        let caps = crate::caps::EffectCaps::DEFAULT;
         BudgetConfig {
             max_turns: Some(turns),
             max_tokens: Some(tokens),
             max_cost_usd: Some(usd),
+            max_comments: caps.comments,
+            max_labels: caps.labels,
+            max_review_comments: caps.review_comments,
+            max_pull_requests: caps.pull_requests,
+            max_pushes: caps.pushes,
         }
     }
 
@@ -404,6 +420,15 @@ impl BudgetsConfig {
             max_tokens: configured.max_tokens.or(default.max_tokens),
             // Validated finite and non-negative; `as` saturates anyway.
             max_cost_micro_usd: usd.map(|d| (d * 1e6).round() as u64),
+            effects: crate::caps::EffectCaps {
+                comments: configured.max_comments.or(default.max_comments),
+                labels: configured.max_labels.or(default.max_labels),
+                review_comments: configured
+                    .max_review_comments
+                    .or(default.max_review_comments),
+                pull_requests: configured.max_pull_requests.or(default.max_pull_requests),
+                pushes: configured.max_pushes.or(default.max_pushes),
+            },
             ..Budget::default()
         }
     }

@@ -74,7 +74,23 @@ const MIGRATIONS: &[&str] = &[
     // 6: the model script a run was queued with (`kiln run --queue --script`),
     // replayed instead of the runner's model.
     "ALTER TABLE runs ADD COLUMN script TEXT;",
+    // 7: the ledger (see `crate::ledger`); its rows are backfilled by `backfill`.
+    LEDGER,
 ];
+
+/// The ledger's migration: each event's chain hash, and each finished run's
+/// signed head. Found by content, not number, so renumbering at a merge
+/// keeps its backfill.
+const LEDGER: &str = "ALTER TABLE events ADD COLUMN hash BLOB;
+     CREATE TABLE run_seals (
+        run_id     INTEGER PRIMARY KEY REFERENCES runs (id),
+        seq        INTEGER NOT NULL,
+        hash       BLOB    NOT NULL,
+        state      TEXT    NOT NULL,
+        signature  BLOB    NOT NULL,
+        public_key TEXT    NOT NULL,
+        signed_ms  INTEGER NOT NULL
+     );";
 
 /// The schema version this binary writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -113,9 +129,59 @@ pub(super) fn migrate_to(conn: &mut Connection, path: &str, target: i64) -> Resu
                 "{path}: migration to schema version {version} failed: {e}"
             ))
         })?;
+        backfill(&tx, sql).map_err(|e| {
+            StoreError::Database(format!(
+                "{path}: migration to schema version {version} failed: {e}"
+            ))
+        })?;
         tx.pragma_update(None, "user_version", version)?;
         tx.commit()?;
         tracing::info!(path, version, "store schema migrated");
+    }
+    Ok(())
+}
+
+/// The data a migration's SQL cannot compute, in the same transaction.
+fn backfill(conn: &Connection, sql: &str) -> Result<(), StoreError> {
+    if sql == LEDGER {
+        chain_existing_events(conn)?;
+    }
+    Ok(())
+}
+
+/// Chains the events written before the ledger existed, run by run, as
+/// the writer would have. They get no seal: no key signed them when they
+/// were written, and signing now would vouch for whatever the file held at
+/// upgrade time. `kiln runs verify` says so for a finished run that has none.
+fn chain_existing_events(conn: &Connection) -> Result<(), StoreError> {
+    use crate::ledger::chain;
+    // Run by run, each read whole before it is written: no update under an open scan.
+    let runs: Vec<i64> = conn
+        .prepare("SELECT DISTINCT run_id FROM events ORDER BY run_id")?
+        .query_map([], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    let mut read = conn
+        .prepare("SELECT seq, at_ms, kind, message FROM events WHERE run_id = ?1 ORDER BY seq")?;
+    let mut update = conn.prepare("UPDATE events SET hash = ?1 WHERE run_id = ?2 AND seq = ?3")?;
+    for run in runs {
+        let events: Vec<(i64, i64, String, String)> = read
+            .query_map([run], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+            .collect::<Result<_, _>>()?;
+        let mut prev = chain::GENESIS;
+        for (seq, at_ms, kind, message) in events {
+            let kind: serde_json::Value = serde_json::from_str(&kind).map_err(|e| {
+                StoreError::Invalid(format!("stored event r{run}#{seq} kind is malformed: {e}"))
+            })?;
+            prev = chain::event_hash(
+                u64::try_from(run).unwrap_or_default(),
+                u64::try_from(seq).unwrap_or_default(),
+                at_ms,
+                &chain::canonical_json(&kind),
+                &message,
+                &prev,
+            );
+            update.execute(rusqlite::params![&prev[..], run, seq])?;
+        }
     }
     Ok(())
 }

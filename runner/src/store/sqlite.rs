@@ -14,7 +14,7 @@
 //!   not just a crash of the process. Group commit pays one fsync per batch,
 //!   not per call. [`Synchronous::Normal`] trades that for latency.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
@@ -30,10 +30,12 @@ use super::fanout::{self, Backlog, Hub, Pages};
 use super::schema;
 use super::sink::{EventQueue, StoreEvents};
 use super::{
-    ApiToken, Approval, ApprovalState, Delivery, DeliveryRecord, DeliveryStatus, Enqueued,
-    EventStream, NewRun, NewToken, Recovered, RecoveryPolicy, RepoRef, Role, Run, RunFilter, RunId,
-    RunState, RunStore, StoreError, StoredEvent, TokenScope, Trigger, Verdict,
+    ActorLimit, ApiToken, Approval, ApprovalState, Delivery, DeliveryRecord, DeliveryStatus,
+    Enqueued, EventStream, NewRun, NewToken, Recovered, RecoveryPolicy, RepoRef, Role, Run,
+    RunFilter, RunId, RunState, RunStore, StoreError, StoredEvent, TokenScope, Trigger, Verdict,
 };
+use crate::ledger::transcript::{self, RunHeader, Seal, Transcript, TranscriptEvent};
+use crate::ledger::{HostKey, chain};
 use crate::session::EventKind;
 
 /// How hard SQLite works to make a commit durable.
@@ -78,13 +80,27 @@ const APPROVAL_COLUMNS: &str =
 const TOKEN_COLUMNS: &str = "id, name, scope, sha256, created_ms, revoked_ms";
 const DELIVERY_COLUMNS: &str = "id, event, body_sha256, status, reason, received_ms, finished_ms";
 
+/// The end of a run's chain as the writer last wrote it.
+#[derive(Debug, Clone, Copy)]
+struct Head {
+    /// The `seq` the next event gets.
+    next_seq: u64,
+    /// The hash of the last event ([`chain::GENESIS`] before the first).
+    hash: chain::EventHash,
+}
+
 /// What the writer thread keeps between jobs.
-#[derive(Default)]
 struct WriterState {
-    /// Next `seq` per run, so appends need no `MAX(seq)` query.
-    next_seq: HashMap<RunId, u64>,
+    /// Each run's chain head, so an append needs no read: loaded once per
+    /// run (after a start, or after a rollback forgot it).
+    heads: HashMap<RunId, Head>,
     /// Events appended in the open transaction, published after commit.
     appended: Vec<StoredEvent>,
+    /// Runs whose log or state changed in the open transaction: a finished
+    /// one is (re)signed before the commit.
+    touched: HashSet<RunId>,
+    /// Signs finished runs' heads.
+    key: Arc<HostKey>,
 }
 
 /// What a job is given: the open transaction, or the reason there is none.
@@ -203,8 +219,19 @@ fn open_writer(path: &Path, options: &SqliteOptions) -> Result<Connection, Store
     Ok(conn)
 }
 
-fn writer_loop(conn: Connection, jobs: mpsc::Receiver<Job>, hub: Arc<Hub>, max_batch: usize) {
-    let mut state = WriterState::default();
+fn writer_loop(
+    conn: Connection,
+    jobs: mpsc::Receiver<Job>,
+    hub: Arc<Hub>,
+    max_batch: usize,
+    key: Arc<HostKey>,
+) {
+    let mut state = WriterState {
+        heads: HashMap::new(),
+        appended: Vec::new(),
+        touched: HashSet::new(),
+        key,
+    };
     while let Ok(first) = jobs.recv() {
         let mut batch = vec![first];
         while batch.len() < max_batch {
@@ -227,11 +254,12 @@ fn writer_loop(conn: Connection, jobs: mpsc::Receiver<Job>, hub: Arc<Hub>, max_b
             .into_iter()
             .filter_map(|job| job(Ctx::Ready(&conn, &mut state)))
             .collect();
+        seal_finished(&conn, &mut state);
         let commit = conn.execute_batch("COMMIT").map_err(StoreError::from).err();
         if let Some(e) = &commit {
             tracing::error!(error = %e, "store: commit failed; the batch is rolled back");
             let _ = conn.execute_batch("ROLLBACK");
-            state.next_seq.clear();
+            state.heads.clear();
             state.appended.clear();
         }
         hub.publish(state.appended.drain(..));
@@ -254,7 +282,7 @@ fn in_savepoint<T>(
     if result.is_err() {
         conn.execute_batch("ROLLBACK TO job")?;
         for undone in st.appended.drain(mark..) {
-            st.next_seq.remove(&undone.run);
+            st.heads.remove(&undone.run);
         }
     }
     conn.execute_batch("RELEASE job")?;
@@ -269,26 +297,24 @@ fn append(
     kind: &serde_json::Value,
     message: String,
 ) -> Result<u64, StoreError> {
-    let seq = match st.next_seq.get(&run) {
-        Some(seq) => *seq,
-        None => {
-            let max: i64 = conn
-                .prepare_cached("SELECT COALESCE(MAX(seq), 0) FROM events WHERE run_id = ?1")?
-                .query_row([to_i64("run id", run.0)?], |r| r.get(0))?;
-            to_u64("seq", max)? + 1
-        }
-    };
+    let head = head(conn, st, run)?;
+    let seq = head.next_seq;
     let at_ms = now_ms();
+    // Stored exactly as hashed: the canonical text.
+    let kind_text = chain::canonical_json(kind);
+    let hash = chain::event_hash(run.0, seq, at_ms, &kind_text, &message, &head.hash);
     let inserted = conn
         .prepare_cached(
-            "INSERT INTO events (run_id, seq, at_ms, kind, message) VALUES (?1, ?2, ?3, ?4, ?5)",
+            "INSERT INTO events (run_id, seq, at_ms, kind, message, hash) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         )?
         .execute(params![
             to_i64("run id", run.0)?,
             to_i64("seq", seq)?,
             at_ms,
-            kind.to_string(),
-            message
+            kind_text,
+            message,
+            &hash[..]
         ]);
     match inserted {
         Ok(_) => {}
@@ -299,7 +325,14 @@ fn append(
         }
         Err(e) => return Err(e.into()),
     }
-    st.next_seq.insert(run, seq + 1);
+    st.heads.insert(
+        run,
+        Head {
+            next_seq: seq + 1,
+            hash,
+        },
+    );
+    st.touched.insert(run);
     st.appended.push(StoredEvent {
         run,
         seq,
@@ -308,6 +341,148 @@ fn append(
         message,
     });
     Ok(seq)
+}
+
+/// The run's chain head: from memory, else from its last stored event.
+fn head(conn: &Connection, st: &mut WriterState, run: RunId) -> Result<Head, StoreError> {
+    if let Some(h) = st.heads.get(&run) {
+        return Ok(*h);
+    }
+    let last: Option<(i64, Option<Vec<u8>>)> = conn
+        .prepare_cached("SELECT seq, hash FROM events WHERE run_id = ?1 ORDER BY seq DESC LIMIT 1")?
+        .query_row([to_i64("run id", run.0)?], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    let head = match last {
+        None => Head {
+            next_seq: 1,
+            hash: chain::GENESIS,
+        },
+        Some((seq, hash)) => Head {
+            next_seq: to_u64("seq", seq)? + 1,
+            hash: hash.and_then(|h| h.try_into().ok()).ok_or_else(|| {
+                StoreError::Invalid(format!("stored event {run}#{seq} has no chain hash"))
+            })?,
+        },
+    };
+    st.heads.insert(run, head);
+    Ok(head)
+}
+
+/// Signs the head of every run touched in the open transaction that is
+/// now finished, so a run's seal always covers its last event. A failure
+/// is logged and leaves the old seal (verify then reports the unsigned
+/// tail); it never fails the batch.
+fn seal_finished(conn: &Connection, st: &mut WriterState) {
+    let touched: Vec<RunId> = st.touched.drain().collect();
+    for run in touched {
+        if let Err(e) = seal(conn, st, run) {
+            tracing::error!(%run, error = %e, "ledger: cannot sign the run's head");
+        }
+    }
+}
+
+fn seal(conn: &Connection, st: &mut WriterState, run: RunId) -> Result<(), StoreError> {
+    let Some((owner, name, role, number, state)): Option<(String, String, String, i64, String)> =
+        conn.prepare_cached(
+            "SELECT repo_owner, repo_name, role, number, state FROM runs WHERE id = ?1",
+        )?
+        .query_row([to_i64("run id", run.0)?], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+        })
+        .optional()?
+    else {
+        return Ok(());
+    };
+    if !state.parse::<RunState>()?.is_terminal() {
+        return Ok(());
+    }
+    let head = head(conn, st, run)?;
+    let seq = head.next_seq - 1;
+    let message = transcript::seal_message(
+        run.0,
+        &format!("{owner}/{name}"),
+        &role,
+        to_u64("number", number)?,
+        &state,
+        seq,
+        &head.hash,
+    );
+    let signature = st.key.sign(&message);
+    conn.prepare_cached(
+        "INSERT INTO run_seals (run_id, seq, hash, state, signature, public_key, signed_ms) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (run_id) DO UPDATE SET \
+         seq = excluded.seq, hash = excluded.hash, state = excluded.state, \
+         signature = excluded.signature, public_key = excluded.public_key, \
+         signed_ms = excluded.signed_ms",
+    )?
+    .execute(params![
+        to_i64("run id", run.0)?,
+        to_i64("seq", seq)?,
+        &head.hash[..],
+        state,
+        &signature[..],
+        st.key.public().to_string(),
+        now_ms()
+    ])?;
+    Ok(())
+}
+
+/// A run's events with their chain, and its seal.
+fn read_transcript(conn: &Connection, run: RunId) -> Result<Transcript, StoreError> {
+    let r = get_run(conn, run)?;
+    let events = query_all(
+        conn,
+        "SELECT seq, at_ms, kind, message, hash FROM events WHERE run_id = ?1 ORDER BY seq",
+        [to_i64("run id", run.0)?],
+        |row| {
+            let kind: String = row.get(2)?;
+            let hash: Option<Vec<u8>> = row.get(4)?;
+            Ok(TranscriptEvent {
+                seq: to_u64("seq", row.get(0)?)?,
+                at_ms: row.get(1)?,
+                // A kind edited into something that is not JSON is kept as
+                // its text, so verification names the event instead of failing.
+                kind: serde_json::from_str(&kind).unwrap_or(serde_json::Value::String(kind)),
+                message: row.get(3)?,
+                prev: String::new(),
+                hash: hash.map(hex::encode).unwrap_or_default(),
+            })
+        },
+    )?;
+    let mut events = events;
+    let mut prev = hex::encode(chain::GENESIS);
+    for e in &mut events {
+        e.prev = std::mem::replace(&mut prev, e.hash.clone());
+    }
+    let seal = query_one(
+        conn,
+        "SELECT seq, hash, state, signature, public_key, signed_ms FROM run_seals \
+         WHERE run_id = ?1",
+        [to_i64("run id", run.0)?],
+        |row| {
+            Ok(Seal {
+                seq: to_u64("seq", row.get(0)?)?,
+                hash: hex::encode(row.get::<_, Vec<u8>>(1)?),
+                state: row.get(2)?,
+                signature: hex::encode(row.get::<_, Vec<u8>>(3)?),
+                public_key: row.get(4)?,
+                signed_ms: row.get(5)?,
+            })
+        },
+    )?;
+    Ok(Transcript {
+        format: transcript::FORMAT.into(),
+        run: RunHeader {
+            id: r.id.0,
+            repo: r.repo.to_string(),
+            role: r.role.as_str().to_string(),
+            number: r.number,
+            state: r.state.as_str().to_string(),
+            finished: r.state.is_terminal(),
+        },
+        events,
+        seal,
+    })
 }
 
 fn run_from_row(row: &Row<'_>) -> Result<Run, StoreError> {
@@ -503,6 +678,12 @@ impl SqliteStore {
 
     /// [`SqliteStore::open`] for callers outside an async runtime (blocks).
     pub fn open_blocking(path: &Path, options: SqliteOptions) -> Result<Self, StoreError> {
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        let key =
+            Arc::new(HostKey::load_or_create(dir).map_err(|e| StoreError::HostKey(e.to_string()))?);
         let conn = open_writer(path, &options)?;
         let hub = Arc::new(Hub::default());
         let (tx, rx) = mpsc::channel::<Job>();
@@ -510,7 +691,7 @@ impl SqliteStore {
         let max_batch = options.max_batch.max(1);
         std::thread::Builder::new()
             .name("kiln-store-writer".into())
-            .spawn(move || writer_loop(conn, rx, writer_hub, max_batch))
+            .spawn(move || writer_loop(conn, rx, writer_hub, max_batch, key))
             .map_err(|e| StoreError::Database(format!("cannot start the writer thread: {e}")))?;
         Ok(SqliteStore {
             inner: Arc::new(Inner {
@@ -625,13 +806,18 @@ impl RunStore for SqliteStore {
             Enqueued::CapReached { existing } => Err(StoreError::Invalid(format!(
                 "{existing} runs exist for this target already"
             ))),
+            // No actor limit was asked for.
+            Enqueued::ActorLimited { runs, .. } => Err(StoreError::Invalid(format!(
+                "{runs} runs of this actor in the window already"
+            ))),
         }
     }
 
-    async fn enqueue_run_capped(
+    async fn enqueue_run_limited(
         &self,
         run: NewRun,
         max_per_target: u64,
+        per_actor: Option<ActorLimit>,
     ) -> Result<Enqueued, StoreError> {
         if run.number == 0 {
             return Err(StoreError::Invalid("issue or pull request number 0".into()));
@@ -674,6 +860,30 @@ impl RunStore for SqliteStore {
                 }
             }
             let now = now_ms();
+            if let Some(limit) = per_actor {
+                let (runs, oldest): (i64, Option<i64>) = conn
+                    .prepare_cached(
+                        "SELECT COUNT(*), MIN(created_ms) FROM runs \
+                         WHERE repo_owner = ?1 AND repo_name = ?2 AND created_ms > ?3 \
+                         AND json_extract(trigger, '$.actor') = ?4",
+                    )?
+                    .query_row(
+                        params![
+                            run.repo.owner,
+                            run.repo.name,
+                            now.saturating_sub(limit.window_ms),
+                            run.trigger.actor
+                        ],
+                        |r| Ok((r.get(0)?, r.get(1)?)),
+                    )?;
+                let runs = to_u64("count", runs)?;
+                if runs >= limit.max {
+                    return Ok(Enqueued::ActorLimited {
+                        runs,
+                        retry_at_ms: oldest.unwrap_or(now).saturating_add(limit.window_ms),
+                    });
+                }
+            }
             let id: i64 = conn
                 .prepare_cached(
                     "INSERT INTO runs (repo_owner, repo_name, role, number, trigger, state, \
@@ -817,7 +1027,8 @@ impl RunStore for SqliteStore {
                 why: "the state machine does not allow it".into(),
             });
         }
-        self.write(move |conn, _| {
+        self.write(move |conn, st| {
+            st.touched.insert(id);
             let run = get_run(conn, id)?;
             if run.state != from {
                 return Err(StoreError::IllegalTransition {
@@ -1012,6 +1223,21 @@ impl RunStore for SqliteStore {
     ) -> Result<Vec<StoredEvent>, StoreError> {
         self.read(move |conn| events_after(conn, run, after_seq, limit))
             .await
+    }
+
+    async fn transcript(&self, run: RunId) -> Result<Transcript, StoreError> {
+        // Through the writer, so what is read is everything queued before
+        // the call (a read connection could trail the last batch).
+        self.flush().await?;
+        self.read(move |conn| {
+            // One read transaction: the run, its events and its seal from
+            // one snapshot, even while the writer commits a batch.
+            conn.execute_batch("BEGIN")?;
+            let t = read_transcript(conn, run);
+            conn.execute_batch("COMMIT")?;
+            t
+        })
+        .await
     }
 
     async fn subscribe(&self, run: RunId, after_seq: u64) -> Result<EventStream, StoreError> {

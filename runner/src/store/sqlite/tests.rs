@@ -860,6 +860,7 @@ async fn the_rerun_cap_holds_under_concurrent_enqueues() {
         match t.await.expect("task").expect("enqueue") {
             Enqueued::Queued(_) => queued += 1,
             Enqueued::CapReached { existing } => assert_eq!(existing, 5),
+            other => panic!("no actor limit was asked for: {other:?}"),
         }
     }
     assert_eq!(queued, 5, "exactly the cap should be queued");
@@ -921,4 +922,207 @@ async fn only_a_finished_run_can_be_resumed_and_the_note_becomes_its_instruction
                 && e.message.contains("use the new helper")),
         "the resume is in the run's log: {events:?}"
     );
+}
+
+/// Takes a run through to `succeeded` with `n` notes on the way.
+async fn finished_run(store: &SqliteStore, n: u64) -> RunId {
+    let id = store
+        .enqueue_run(new_run(9, Role::Triage))
+        .await
+        .expect("enqueue");
+    store.claim_next_run().await.expect("claim");
+    store
+        .transition(id, RunState::Preparing, RunState::Running, None)
+        .await
+        .expect("running");
+    for i in 0..n {
+        store
+            .append_event(id, &EventKind::Note, &format!("note {i}"))
+            .await
+            .expect("append");
+    }
+    store
+        .transition(id, RunState::Running, RunState::Succeeded, None)
+        .await
+        .expect("succeeded");
+    id
+}
+
+fn host_key(dir: &tempfile::TempDir) -> crate::ledger::PublicKey {
+    crate::ledger::HostKey::load_or_create(dir.path())
+        .expect("key")
+        .public()
+}
+
+#[tokio::test]
+async fn a_finished_run_is_chained_and_signed_and_an_edit_names_its_event() {
+    use crate::ledger::Verdict;
+    let (dir, store) = store().await;
+    let id = finished_run(&store, 5).await;
+    let key = host_key(&dir);
+    let v = store.transcript(id).await.expect("transcript").verify(&key);
+    assert_eq!(v.verdict, Verdict::Signed { seq: 5 }, "{v}");
+
+    // An UPDATE behind the store's back, as someone with the file would.
+    let conn = Connection::open(store.path()).expect("raw open");
+    conn.execute(
+        "UPDATE events SET message = 'nothing to see' WHERE run_id = ?1 AND seq = 3",
+        [id.0 as i64],
+    )
+    .expect("tamper");
+    let v = store.transcript(id).await.expect("transcript").verify(&key);
+    assert!(
+        matches!(v.verdict, Verdict::Broken { seq: 3, .. }),
+        "the edited event should be named: {v}"
+    );
+    // Deleting the seal of a finished run is noticed too.
+    conn.execute(
+        "UPDATE events SET message = 'note 2' WHERE run_id = ?1 AND seq = 3",
+        [id.0 as i64],
+    )
+    .expect("undo");
+    conn.execute("DELETE FROM run_seals", []).expect("unseal");
+    let v = store.transcript(id).await.expect("transcript").verify(&key);
+    assert!(matches!(v.verdict, Verdict::BadSeal { .. }), "{v}");
+}
+
+#[tokio::test]
+async fn a_run_in_progress_verifies_so_far_and_a_resumed_run_keeps_its_old_seal() {
+    use crate::ledger::Verdict;
+    let (dir, store) = store().await;
+    let key = host_key(&dir);
+    let id = finished_run(&store, 2).await;
+    store.resume(id, "alice", None).await.expect("resume");
+    store
+        .append_event(id, &EventKind::Note, "more")
+        .await
+        .expect("append");
+    let v = store.transcript(id).await.expect("transcript").verify(&key);
+    assert_eq!(
+        v.verdict,
+        Verdict::InProgress {
+            signed_through: Some(2)
+        },
+        "{v}"
+    );
+    // Events through the sink (the hot path) chain the same way, and a
+    // store opened again picks the chain up where it was.
+    let sink = store.event_sink(id);
+    sink.record(EventKind::Note, "through the sink".into());
+    store.flush().await.expect("flush");
+    let path = store.path().to_path_buf();
+    drop(sink);
+    drop(store);
+    let store = SqliteStore::open(&path, SqliteOptions::default())
+        .await
+        .expect("reopen");
+    store.claim_next_run().await.expect("claim");
+    store
+        .transition(id, RunState::Preparing, RunState::Running, None)
+        .await
+        .expect("running");
+    store
+        .append_event(id, &EventKind::Note, "after a restart")
+        .await
+        .expect("append");
+    store
+        .transition(id, RunState::Running, RunState::Failed, Some("boom".into()))
+        .await
+        .expect("failed");
+    let t = store.transcript(id).await.expect("transcript");
+    let v = t.verify(&key);
+    assert_eq!(v.verdict, Verdict::Signed { seq: 6 }, "{v}");
+    assert_eq!(t.seal.expect("sealed").state, "failed");
+}
+
+#[tokio::test]
+async fn the_ledger_migration_chains_old_events_and_leaves_them_unsigned() {
+    use crate::ledger::Verdict;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("kiln.db");
+    let mut conn = Connection::open(&path).expect("raw open");
+    schema::migrate_to(&mut conn, "test", 6).expect("version 6");
+    for (id, state) in [(1, "succeeded"), (2, "running")] {
+        conn.execute(
+            "INSERT INTO runs (id, repo_owner, repo_name, role, number, trigger, state, \
+             created_ms, updated_ms) VALUES (?1, 'octo', 'widgets', 'triage', 7, ?2, ?3, 1, 1)",
+            params![
+                id,
+                serde_json::to_string(&new_run(7, Role::Triage).trigger).expect("json"),
+                state
+            ],
+        )
+        .expect("run");
+        for seq in 1..=3 {
+            conn.execute(
+                "INSERT INTO events (run_id, seq, at_ms, kind, message) VALUES (?1, ?2, 5, ?3, 'm')",
+                params![id, seq, r#"{"type":"note","z":1,"a":2}"#],
+            )
+            .expect("event");
+        }
+    }
+    drop(conn);
+    let store = SqliteStore::open(&path, SqliteOptions::default())
+        .await
+        .expect("upgrade");
+    let key = host_key(&dir);
+    let old = store
+        .transcript(RunId(1))
+        .await
+        .expect("transcript")
+        .verify(&key);
+    assert_eq!(old.events, 3, "{old}");
+    assert!(
+        matches!(old.verdict, Verdict::BadSeal { ref why } if why.contains("before the ledger")),
+        "a finished run from before the ledger is chained but unsigned: {old}"
+    );
+    store
+        .append_event(RunId(2), &EventKind::Note, "new")
+        .await
+        .expect("append continues the backfilled chain");
+    let live = store
+        .transcript(RunId(2))
+        .await
+        .expect("transcript")
+        .verify(&key);
+    assert_eq!(live.events, 4, "{live}");
+    assert!(live.ok(), "{live}");
+}
+
+#[tokio::test]
+async fn the_actor_limit_counts_the_actors_runs_on_the_repository_atomically() {
+    let (_dir, store) = store().await;
+    let limit = Some(crate::store::ActorLimit {
+        max: 3,
+        window_ms: 3_600_000,
+    });
+    let mut tasks = Vec::new();
+    for n in 1..=8 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            store
+                .enqueue_run_limited(new_run(n, Role::Triage), 5, limit)
+                .await
+        }));
+    }
+    let (mut queued, mut limited) = (0, 0);
+    for t in tasks {
+        match t.await.expect("task").expect("enqueue") {
+            Enqueued::Queued(_) => queued += 1,
+            Enqueued::ActorLimited { runs, retry_at_ms } => {
+                assert_eq!(runs, 3);
+                assert!(retry_at_ms > now_ms() + 3_500_000, "about an hour from now");
+                limited += 1;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!((queued, limited), (3, 5), "exactly the limit is queued");
+    // Another actor is counted apart.
+    let mut bob = new_run(9, Role::Triage);
+    bob.trigger.actor = "bob".into();
+    assert!(matches!(
+        store.enqueue_run_limited(bob, 5, limit).await,
+        Ok(Enqueued::Queued(_))
+    ));
 }
