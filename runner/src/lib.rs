@@ -25,6 +25,7 @@ pub mod plugin;
 pub mod policy;
 pub mod publish;
 pub mod sandbox;
+pub mod schedule;
 pub mod service;
 pub mod session;
 pub mod signals;

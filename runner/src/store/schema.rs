@@ -74,6 +74,14 @@ const MIGRATIONS: &[&str] = &[
     // 6: the model script a run was queued with (`kiln run --queue --script`),
     // replayed instead of the runner's model.
     "ALTER TABLE runs ADD COLUMN script TEXT;",
+    // 7: `[[schedules]]`: when each was first seen and the due time it last
+    // fired for, so a restart never fires a due time twice.
+    "CREATE TABLE schedules (
+        name          TEXT    PRIMARY KEY,
+        since_ms      INTEGER NOT NULL,
+        last_due_ms   INTEGER,
+        last_fired_ms INTEGER
+     );",
 ];
 
 /// The schema version this binary writes.
