@@ -750,8 +750,9 @@ async fn run_prepared(
     });
     ctx.custom_skills = services.host.custom_skills();
     ctx.signals = services.history.clone().map(|store| {
-        Arc::new(crate::signals::StoreSignals::new(store, req.repo.clone()))
-            as Arc<dyn crate::imports::signals::SignalSource>
+        Arc::new(
+            crate::signals::StoreSignals::new(store, req.repo.clone()).with_forge(forge.clone()),
+        ) as Arc<dyn crate::imports::signals::SignalSource>
     });
     ctx.workspace = Some(mount);
     let strangers = snap.untrusted_authors();
