@@ -1265,6 +1265,7 @@ impl Forge for LocalForge {
     }
 
     async fn label_events(&self, number: u64) -> Result<Vec<LabelEvent>, ForgeError> {
+        self.require_item(number).await?;
         let key = self.key.clone();
         // The outbox is the forge's history: every label change is there,
         // as the webhook payload it delivers.

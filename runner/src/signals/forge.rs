@@ -78,12 +78,11 @@ impl ForgeSignals {
                 .iter()
                 .filter(|e| e.actor == own && e.added && e.at_ms <= run.updated_ms)
                 .collect();
-            // Changes by anyone but Kiln after the run ended, per person.
+            // Changes by anyone but Kiln after the run ended, per person
+            // (GitHub gives event times to the second).
+            let ended = run.updated_ms - run.updated_ms.rem_euclid(1000);
             let mut by_actor: BTreeMap<&str, Vec<&LabelEvent>> = BTreeMap::new();
-            for e in events
-                .iter()
-                .filter(|e| e.actor != own && e.at_ms >= run.updated_ms)
-            {
+            for e in events.iter().filter(|e| e.actor != own && e.at_ms >= ended) {
                 by_actor.entry(e.actor.as_str()).or_default().push(e);
             }
             if by_actor.is_empty() {
