@@ -648,3 +648,51 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod config_tests {
+    use crate::config::{ConfigError, KilnConfig};
+
+    #[test]
+    fn kiln_toml_refuses_a_bad_schedule_at_start_up_naming_it_and_the_field() {
+        let ok = KilnConfig::from_toml(
+            "[[schedules]]\nname = \"improve-triage\"\ncron = \"30 3 * * 1\"\nrole = \"improve\"\nrepo = \"*\"\nargs = { target = \"triage\", since = \"7d\" }\n",
+        )
+        .expect("valid");
+        assert_eq!(ok.schedules.len(), 1);
+        let err = KilnConfig::from_toml(
+            "[[schedules]]\nname = \"nightly\"\ncron = \"0 25 * * *\"\nrole = \"improve\"\nrepo = \"*\"\nargs = { target = \"triage\" }\n",
+        )
+        .unwrap_err();
+        assert!(matches!(err, ConfigError::Schedule(_)), "{err:?}");
+        assert!(
+            err.to_string().starts_with(
+                "[[schedules]] \"nightly\": `cron` field 2 (hour) \"25\" is not valid"
+            ),
+            "{err}"
+        );
+        let err = KilnConfig::from_toml(
+            "[[schedules]]\nname = \"weekly\"\ncron = \"0 3 * * 1\"\nrole = \"deployer\"\nrepo = \"*\"\n",
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("[[schedules]] \"weekly\" names role `deployer`"),
+            "{err}"
+        );
+        let twice = "[[schedules]]\nname = \"a\"\ncron = \"0 3 * * 1\"\nrole = \"triage\"\nrepo = \"local/app\"\n";
+        let err = KilnConfig::from_toml(&format!("{twice}{twice}")).unwrap_err();
+        assert!(
+            err.to_string().contains("is used by two schedules"),
+            "{err}"
+        );
+        let err = KilnConfig::from_toml(
+            "[[schedules]]\nname = \"a\"\ncron = \"0 3 * * 1\"\nrole = \"triage\"\nrepo = \"*\"\nevery = 3\n",
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("every"),
+            "an unknown key is named: {err}"
+        );
+    }
+}
