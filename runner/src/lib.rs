@@ -18,6 +18,7 @@ pub mod config;
 pub mod control;
 pub mod forge;
 pub mod imports;
+pub mod improve;
 pub mod intake;
 pub mod metrics;
 pub mod model;

@@ -137,7 +137,8 @@ fn improve_surface(role: crate::config::Role, path: &str) -> Result<(), Violatio
     }
 }
 
-pub(super) fn is_human_only_label(label: &str) -> bool {
+/// Whether `label` is one only humans apply (`ready-*`, `plan-approved`).
+pub fn is_human_only_label(label: &str) -> bool {
     let l = label.trim().to_lowercase();
     l.starts_with("ready-") || l == "plan-approved"
 }
