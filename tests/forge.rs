@@ -182,6 +182,29 @@ pub async fn contract(forge: &dyn Forge, env: &dyn ContractEnv) {
         forge.get_issue(first).await.expect("get").labels,
         vec!["triaged".to_string()]
     );
+    // The label history (the outer loop's evidence): who changed which
+    // label, oldest first; a label already there or already gone is no event.
+    let history: Vec<(String, bool, String)> = forge
+        .label_events(first)
+        .await
+        .expect("label events")
+        .into_iter()
+        .map(|e| (e.label, e.added, e.actor))
+        .collect();
+    assert!(
+        history.ends_with(&[
+            ("triaged".into(), true, own.clone()),
+            ("bug".into(), false, own.clone()),
+        ]),
+        "{history:?}"
+    );
+    assert!(
+        matches!(
+            forge.label_events(999_999).await,
+            Err(ForgeError::NotFound(_))
+        ),
+        "the history of a missing issue is NotFound"
+    );
 
     // Missing things are NotFound.
     for (what, result) in [
@@ -1480,5 +1503,115 @@ async fn with_a_token_statuses_are_classic_commit_statuses() {
         app.own_login().await.expect("GET /app"),
         "kiln-test[bot]",
         "an App writes as <slug>[bot]"
+    );
+}
+
+/// The outer loop's triage evidence read from GitHub: a maintainer who
+/// relabelled an issue after Kiln's triage is a signal naming the run, the
+/// issue, the maintainer, their trust and what changed; a stranger's
+/// relabelling is a signal too, marked untrusted.
+#[tokio::test]
+async fn relabelling_after_triage_on_github_is_a_signal_with_its_evidence() {
+    use kiln::config::Role;
+    use kiln::plugin::types::SignalKind;
+    use kiln::policy::Trust;
+    use kiln::store::{
+        NewRun, RunState, RunStore, SqliteOptions, SqliteStore, Trigger, TriggerKind,
+    };
+
+    let env = GitHubEnv::start().await;
+    env.api.grant("maintainer", "write");
+    let forge = env.app_forge();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store: Arc<dyn RunStore> = Arc::new(
+        SqliteStore::open(dir.path().join("kiln.db"), SqliteOptions::default())
+            .await
+            .expect("store"),
+    );
+    let repo = RepoRef::parse(&format!("{OWNER}/{NAME}")).expect("repo");
+    let number = env
+        .api
+        .open_issue("reporter", "Crash on start", "it crashes");
+    let run = store
+        .enqueue_run(NewRun {
+            script: None,
+            repo: repo.clone(),
+            role: Role::Triage,
+            number,
+            trigger: Trigger {
+                kind: TriggerKind::IssueOpened,
+                actor: "reporter".into(),
+                actor_trust: Trust::Untrusted,
+                delivery: None,
+                instructions: None,
+            },
+        })
+        .await
+        .expect("enqueue");
+    for (from, to) in [
+        (RunState::Queued, RunState::Preparing),
+        (RunState::Preparing, RunState::Running),
+    ] {
+        store.transition(run, from, to, None).await.expect("state");
+    }
+    forge
+        .add_labels(number, &["question".into()])
+        .await
+        .expect("kiln labels");
+    store
+        .transition(run, RunState::Running, RunState::Succeeded, None)
+        .await
+        .expect("done");
+    env.api
+        .relabel("maintainer", number, &["bug"], &["question"]);
+    env.api.relabel("reporter", number, &["urgent"], &[]);
+
+    let signals = kiln::signals::forge::ForgeSignals::new(store, Arc::new(forge), repo)
+        .signals(Role::Triage, 0)
+        .await
+        .expect("signals");
+    let mut found: Vec<_> = signals
+        .iter()
+        .map(|s| {
+            (
+                s.kind,
+                s.number,
+                s.author.as_str(),
+                s.trusted,
+                s.run_id.clone(),
+            )
+        })
+        .collect();
+    found.sort_by_key(|f| f.2.to_string());
+    assert_eq!(
+        found,
+        vec![
+            (
+                SignalKind::LabelCorrected,
+                Some(number),
+                "maintainer",
+                true,
+                Some(run.to_string())
+            ),
+            (
+                SignalKind::LabelCorrected,
+                Some(number),
+                "reporter",
+                false,
+                Some(run.to_string())
+            ),
+        ],
+        "{signals:#?}"
+    );
+    let evidence = &signals
+        .iter()
+        .find(|s| s.author == "maintainer")
+        .expect("maintainer")
+        .evidence;
+    assert!(
+        evidence.ends_with(&format!(
+            "labelled #{number} `question`; afterwards maintainer added `bug` and removed `question`"
+        )),
+        "{evidence}"
     );
 }

@@ -33,6 +33,7 @@ mod metrics;
 mod model_providers;
 mod operating;
 mod operator;
+mod outer_loop;
 mod plugin_cli;
 mod plugin_host;
 mod readme;

@@ -15,6 +15,7 @@ mod local_forge;
 mod plugin;
 mod remote;
 mod run;
+mod schedule;
 mod serve;
 mod token;
 
@@ -67,6 +68,11 @@ enum Command {
     Demo(run::RunnerArgs),
     /// Run the service: store, worker pool, webhook intake, runner API and dashboard.
     Serve(serve::ServeArgs),
+    /// The `[[schedules]]` of kiln.toml, each with its next and last firing.
+    Schedules(schedule::SchedulesArgs),
+    /// Queue the outer loop for a role now: read its runs and the
+    /// maintainers' corrections, and propose a change to its skill override.
+    Improve(schedule::ImproveArgs),
     /// Repositories on the local forge (create one from a directory).
     #[command(subcommand)]
     Repo(local_forge::RepoCommand),
@@ -108,6 +114,8 @@ impl Cli {
             Command::Image(cmd) => cmd.run().await.map(|()| ExitCode::SUCCESS),
             Command::Run(args) => run::run(args, &self.local).await,
             Command::Serve(args) => serve::serve(args, &self.local).await,
+            Command::Schedules(args) => schedule::schedules(args, &self.local).await,
+            Command::Improve(args) => schedule::improve(args, &self.local).await,
             Command::Demo(args) => demo::demo(args, &self.local).await,
             Command::Repo(cmd) => local_forge::repo(cmd, &self.local).await,
             Command::Issue(cmd) => local_forge::issue(cmd, &self.local).await,

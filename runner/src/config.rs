@@ -103,7 +103,7 @@ pub enum ConfigError {
     /// A trigger, secret scope or budget names a role that is neither built
     /// in nor configured with `[[roles]]`.
     #[error(
-        "{place} names role `{role}`, which is neither built in (triage, spec, implementation, review, verification) nor configured with [[roles]]"
+        "{place} names role `{role}`, which is neither built in (triage, spec, implementation, review, verification, improve) nor configured with [[roles]]"
     )]
     UnknownRole {
         /// Where the name appears.
@@ -117,6 +117,9 @@ pub enum ConfigError {
     /// The `[github]` section cannot work.
     #[error(transparent)]
     GitHub(#[from] crate::forge::github::GitHubConfigError),
+    /// A `[[schedules]]` entry is invalid (its cron expression, name, repo).
+    #[error(transparent)]
+    Schedule(#[from] crate::schedule::ScheduleError),
 }
 
 /// `kiln.toml`, every section of it. Each section's type is owned by its
@@ -143,6 +146,8 @@ pub struct KilnConfig {
     pub roles: Vec<CustomRoleConfig>,
     /// `[intake]` and `[[triggers]]`: webhook limits and routing rules.
     pub intake: crate::intake::IntakeConfig,
+    /// `[[schedules]]`: roles queued on a cron schedule (the outer loop).
+    pub schedules: Vec<crate::schedule::ScheduleConfig>,
     /// The directory `kiln.toml` was read from: custom roles' `plugin` and
     /// `skill` paths are relative to it (the current directory otherwise).
     pub base_dir: PathBuf,
@@ -172,6 +177,8 @@ struct RawConfig {
     intake: crate::intake::IntakeSettings,
     #[serde(default)]
     triggers: Option<Vec<crate::intake::TriggerRule>>,
+    #[serde(default)]
+    schedules: Vec<crate::schedule::ScheduleConfig>,
 }
 
 impl From<RawConfig> for KilnConfig {
@@ -189,6 +196,7 @@ impl From<RawConfig> for KilnConfig {
                 triggers: raw.triggers,
                 custom_roles: Vec::new(),
             },
+            schedules: raw.schedules,
             base_dir: PathBuf::new(),
         }
     }
@@ -321,6 +329,24 @@ impl KilnConfig {
                 return Err(ConfigError::UnknownRole {
                     place,
                     role: role.to_string(),
+                });
+            }
+        }
+        let mut schedule_names = BTreeSet::new();
+        for s in &self.schedules {
+            s.validate()?;
+            if !schedule_names.insert(s.name.as_str()) {
+                return Err(crate::schedule::ScheduleError {
+                    name: s.name.clone(),
+                    field: "`name`".into(),
+                    reason: "is used by two schedules".into(),
+                }
+                .into());
+            }
+            if !known(s.role) {
+                return Err(ConfigError::UnknownRole {
+                    place: format!("[[schedules]] {:?}", s.name),
+                    role: s.role.to_string(),
                 });
             }
         }
@@ -654,6 +680,9 @@ pub enum Role {
     Review,
     /// Runs a pull request's checks in the sandbox and reports them.
     Verification,
+    /// The outer loop: reads how another role did (its signals) and
+    /// proposes changes to the repository's skill overrides.
+    Improve,
     /// A role of the repository's own, played by a configured plugin.
     Custom(RoleName),
 }
@@ -704,19 +733,20 @@ pub fn is_role_name(name: &str) -> bool {
 
 impl Role {
     /// Every built-in role, for tests and tooling.
-    pub const ALL: [Role; 5] = [
+    pub const ALL: [Role; 6] = [
         Role::Triage,
         Role::Spec,
         Role::Implementation,
         Role::Review,
         Role::Verification,
+        Role::Improve,
     ];
 
     /// True if the role may change the workspace (mounted read-write).
     /// Custom roles write only if their grant has `workspace.write`; the
     /// worker asks the grant, this says what the built-in roles do.
     pub fn writes_workspace(self) -> bool {
-        matches!(self, Role::Spec | Role::Implementation)
+        matches!(self, Role::Spec | Role::Implementation | Role::Improve)
     }
 
     /// True if the role works on a pull request (its number is a pull
@@ -733,6 +763,7 @@ impl Role {
             Role::Implementation => "implementation",
             Role::Review => "review",
             Role::Verification => "verification",
+            Role::Improve => "improve",
             Role::Custom(name) => name.as_str(),
         }
     }

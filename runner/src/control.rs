@@ -83,6 +83,8 @@ pub struct QueueRun {
     pub by: String,
     /// A model script (JSON) replayed for this run instead of the runner's model.
     pub script: Option<String>,
+    /// Named arguments (an `improve` run's `target` and `since`).
+    pub args: Vec<(String, String)>,
 }
 
 /// Actions on live runs. Run ids are the store's (`r12` displayed).

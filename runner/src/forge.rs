@@ -536,6 +536,19 @@ pub struct EffectRecord {
 pub type ForgeResolver =
     std::sync::Arc<dyn Fn(&RepoRef) -> Option<std::sync::Arc<dyn Forge>> + Send + Sync>;
 
+/// A label added to or removed from an issue or pull request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LabelEvent {
+    /// The label.
+    pub label: String,
+    /// Added (true) or removed (false).
+    pub added: bool,
+    /// Who did it.
+    pub actor: String,
+    /// When, in milliseconds since the epoch.
+    pub at_ms: i64,
+}
+
 /// A repository on a forge, `owner/name`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct RepoRef {
@@ -776,6 +789,10 @@ pub trait Forge: Send + Sync {
     /// The latest status of each context on the pull request's head
     /// commit, sorted by context.
     async fn list_statuses(&self, number: u64) -> Result<Vec<CommitStatus>, ForgeError>;
+    /// Who added and removed which labels on issue or pull request
+    /// `number`, oldest first: the outer loop's evidence of maintainers
+    /// correcting a triage.
+    async fn label_events(&self, number: u64) -> Result<Vec<LabelEvent>, ForgeError>;
 
     /// The login Kiln's own comments are written as (the App's bot, the
     /// token's user, the local forge's actor): how the host recognises its

@@ -193,6 +193,10 @@ impl Runner {
                     }
                 }
                 TriggerKind::IssueOpened | TriggerKind::Manual => RunTrigger::Manual,
+                TriggerKind::Schedule { name, args } => RunTrigger::Schedule {
+                    name: name.clone(),
+                    args: args.clone(),
+                },
             },
             trust: run.trigger.actor_trust,
             instructions: run.trigger.instructions.clone(),
@@ -460,13 +464,18 @@ impl RunControl for Runner {
                 q.repo
             ))
         })?;
-        crate::forge::check_run_target(forge.as_ref(), q.role, q.number)
-            .await
-            .map_err(|e| match e {
-                ForgeError::NotFound(m) => ControlError::NotFound(m),
-                ForgeError::Invalid(m) => ControlError::Invalid(m),
-                other => ControlError::Internal(format!("reading {}: {other}", q.repo)),
-            })?;
+        let improve = q.role == crate::config::Role::Improve;
+        if improve {
+            crate::schedule::check_improve_args(&q.args).map_err(ControlError::Invalid)?;
+        } else {
+            crate::forge::check_run_target(forge.as_ref(), q.role, q.number)
+                .await
+                .map_err(|e| match e {
+                    ForgeError::NotFound(m) => ControlError::NotFound(m),
+                    ForgeError::Invalid(m) => ControlError::Invalid(m),
+                    other => ControlError::Internal(format!("reading {}: {other}", q.repo)),
+                })?;
+        }
         let id = self
             .store
             .enqueue_run(crate::store::NewRun {
@@ -475,7 +484,15 @@ impl RunControl for Runner {
                 number: q.number,
                 // The operator holding the token asked for it.
                 trigger: crate::store::Trigger {
-                    kind: TriggerKind::Manual,
+                    // `kiln improve`: the run a schedule would queue.
+                    kind: if improve {
+                        TriggerKind::Schedule {
+                            name: crate::schedule::ON_DEMAND.into(),
+                            args: q.args,
+                        }
+                    } else {
+                        TriggerKind::Manual
+                    },
                     actor: q.by,
                     actor_trust: crate::policy::Trust::Trusted,
                     delivery: None,

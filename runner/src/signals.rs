@@ -1,10 +1,11 @@
 //! Collecting a repository's history for the `signals` interface: its
 //! earlier runs from the store, and the signals the store's event logs hold
 //! (effects the gate denied or held, runs that ended blocked or out of
-//! budget). Forge-side corrections (labels changed after triage, pull
-//! requests closed unmerged, replies to review comments) are collected from
-//! the forge by the outer loop's scheduler, which feeds the same interface.
+//! budget), and, when the run has its forge, the corrections people made
+//! there ([`forge`]: labels changed after triage, `needs-info` bypassed).
 use std::sync::Arc;
+
+pub mod forge;
 
 use crate::config::Role;
 use crate::forge::RepoRef;
@@ -12,8 +13,9 @@ use crate::imports::signals::SignalSource;
 use crate::plugin::types::{RunRecord, Signal, SignalKind, SignalQuery};
 use crate::store::{RunFilter, RunState, RunStore};
 
-/// Most runs whose event logs one `signals.list-signals` call reads.
-const MAX_RUNS_READ: usize = 200;
+/// Most runs whose event logs one `signals.list-signals` call reads (all
+/// that one `list_runs` gives).
+const MAX_RUNS_READ: usize = 1000;
 /// Most events read from one run's log.
 const MAX_EVENTS_PER_RUN: usize = 5_000;
 
@@ -21,12 +23,27 @@ const MAX_EVENTS_PER_RUN: usize = 5_000;
 pub struct StoreSignals {
     store: Arc<dyn RunStore>,
     repo: RepoRef,
+    forge: Option<forge::ForgeSignals>,
 }
 
 impl StoreSignals {
     /// The history of `repo` in `store`.
     pub fn new(store: Arc<dyn RunStore>, repo: RepoRef) -> Self {
-        StoreSignals { store, repo }
+        StoreSignals {
+            store,
+            repo,
+            forge: None,
+        }
+    }
+
+    /// Also the corrections people made on `forge` (the repository's own).
+    pub fn with_forge(mut self, forge: Arc<dyn crate::forge::Forge>) -> Self {
+        self.forge = Some(forge::ForgeSignals::new(
+            self.store.clone(),
+            forge,
+            self.repo.clone(),
+        ));
+        self
     }
 
     async fn runs(
@@ -120,6 +137,18 @@ impl SignalSource for StoreSignals {
                     _ => continue,
                 };
                 out.push(signal(kind, e.message.clone(), e.at_ms));
+            }
+        }
+        if let Some(forge) = &self.forge {
+            let role: Role = query.role.parse()?;
+            let since = now_ms() - i64::from(query.since_hours) * 3_600_000;
+            match forge.signals(role, since).await {
+                Ok(found) => out.extend(found),
+                // The store's half still stands; the run's log says why the
+                // forge's is missing.
+                Err(e) => {
+                    tracing::warn!(repo = %self.repo, error = %e, "signals: cannot read the forge")
+                }
             }
         }
         out.reverse();

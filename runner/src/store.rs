@@ -219,6 +219,14 @@ pub enum TriggerKind {
         /// The reply's forge id.
         comment_id: u64,
     },
+    /// A `[[schedules]]` entry of `kiln.toml` fired.
+    Schedule {
+        /// The schedule's name.
+        name: String,
+        /// Its `args`, handed to the run as `task.args`.
+        #[serde(default)]
+        args: Vec<(String, String)>,
+    },
     /// `/kiln retry`: the last run of the target, again.
     Retry {
         /// The run retried.
@@ -885,6 +893,41 @@ pub trait RunStore: Send + Sync {
     async fn list_tokens(&self) -> Result<Vec<ApiToken>, StoreError>;
     /// Revoke a token; revoking twice is not an error.
     async fn revoke_token(&self, id: u64) -> Result<ApiToken, StoreError>;
+
+    /// The schedule's record, created (counting from `now_ms`) the first
+    /// time the schedule is seen.
+    async fn watch_schedule(&self, name: &str, now_ms: i64) -> Result<ScheduleRecord, StoreError>;
+    /// Record that the schedule fires for `due_ms`, unless it already
+    /// covered that due time: true if this call claimed it. The check and
+    /// the write are one step, so a due time is claimed once.
+    async fn claim_schedule(
+        &self,
+        name: &str,
+        due_ms: i64,
+        now_ms: i64,
+    ) -> Result<bool, StoreError>;
+    /// Every schedule's record.
+    async fn schedule_records(&self) -> Result<Vec<ScheduleRecord>, StoreError>;
+}
+
+/// What the store keeps of a `[[schedules]]` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScheduleRecord {
+    /// The schedule's name.
+    pub name: String,
+    /// When the runner first saw it: due times before are not its to fire.
+    pub since_ms: i64,
+    /// The due time it last fired for.
+    pub last_due_ms: Option<i64>,
+    /// When it fired for it.
+    pub last_fired_ms: Option<i64>,
+}
+
+impl ScheduleRecord {
+    /// Due times up to this one are done (fired, or before it existed).
+    pub fn covered_ms(&self) -> i64 {
+        self.last_due_ms.unwrap_or(self.since_ms).max(self.since_ms)
+    }
 }
 
 /// The SHA-256 of a token's plaintext, hex: what [`RunStore::token_by_hash`] takes.

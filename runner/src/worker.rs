@@ -41,6 +41,14 @@ pub enum RunTrigger {
     /// Answer a review on the pull request's own branch: the review's id
     /// when a maintainer requested changes, 0 for `/kiln fix`.
     Review(u64),
+    /// A `[[schedules]]` entry fired (or `kiln improve` asked for the same
+    /// run); the schedule's name and its `args`.
+    Schedule {
+        /// The schedule's name.
+        name: String,
+        /// Its `args`, handed to the plugin as `task.args`.
+        args: Vec<(String, String)>,
+    },
 }
 
 impl std::fmt::Display for RunTrigger {
@@ -53,6 +61,7 @@ impl std::fmt::Display for RunTrigger {
             RunTrigger::Manual => f.write_str("no label or command"),
             RunTrigger::Review(0) => f.write_str("/kiln fix"),
             RunTrigger::Review(id) => write!(f, "changes requested in review {id}"),
+            RunTrigger::Schedule { name, .. } => write!(f, "schedule {name}"),
         }
     }
 }
@@ -85,6 +94,16 @@ pub struct RunRequest {
 }
 
 impl RunRequest {
+    /// The trigger's argument `key` (a schedule's `args`), if given.
+    pub fn arg(&self, key: &str) -> Option<&str> {
+        match &self.trigger {
+            RunTrigger::Schedule { args, .. } => {
+                args.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+            }
+            _ => None,
+        }
+    }
+
     /// Whether the run answers a review on pull request `number`'s own
     /// branch (an implementation run started by a maintainer's request for
     /// changes or `/kiln fix`) instead of starting a branch of its own.
@@ -102,6 +121,16 @@ impl RunRequest {
             return None;
         }
         Some(match self.role {
+            // One improvement branch per target role and day.
+            Role::Improve => format!(
+                "kiln/improve-{}-{}",
+                self.arg("target").unwrap_or("all"),
+                crate::signals::rfc3339(crate::schedule::Clock::now_ms(
+                    &crate::schedule::SystemClock
+                ))
+                .get(..10)
+                .unwrap_or("today")
+            ),
             Role::Review => format!("kiln/review-pr-{}", self.number),
             Role::Verification => format!("kiln/verification-pr-{}", self.number),
             Role::Implementation => format!("kiln/implement-issue-{}", self.number),
@@ -721,8 +750,9 @@ async fn run_prepared(
     });
     ctx.custom_skills = services.host.custom_skills();
     ctx.signals = services.history.clone().map(|store| {
-        Arc::new(crate::signals::StoreSignals::new(store, req.repo.clone()))
-            as Arc<dyn crate::imports::signals::SignalSource>
+        Arc::new(
+            crate::signals::StoreSignals::new(store, req.repo.clone()).with_forge(forge.clone()),
+        ) as Arc<dyn crate::imports::signals::SignalSource>
     });
     ctx.workspace = Some(mount);
     let strangers = snap.untrusted_authors();
@@ -776,9 +806,15 @@ async fn run_prepared(
             RunTrigger::PullRequestOpened => Trigger::PullRequestOpened,
             RunTrigger::Manual => Trigger::Manual,
             RunTrigger::Review(id) => Trigger::Review(*id),
+            RunTrigger::Schedule { name, .. } => Trigger::Schedule(name.clone()),
         },
         instructions: req.instructions.clone(),
-        args,
+        args: match &req.trigger {
+            RunTrigger::Schedule { args: given, .. } => {
+                args.into_iter().chain(given.iter().cloned()).collect()
+            }
+            _ => args,
+        },
     };
     let report = tokio::select! {
         report = services.host.run(&plugin, task, ctx) => Some(report),

@@ -33,6 +33,13 @@ pub const BOT_LOGIN: &str = "kiln-test[bot]";
 /// The repository id used in `Link` URLs (`/repositories/{id}/...`), as GitHub does.
 const REPO_ID: u64 = 1000;
 
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
 fn fixture(path: &str) -> Value {
     let full = format!("{FIXTURES}/{path}");
     let text = std::fs::read_to_string(&full).unwrap_or_else(|e| panic!("fixture {full}: {e}"));
@@ -272,6 +279,8 @@ struct ServerState {
     check_runs: Vec<StoredCheckRun>,
     faults: Vec<Fault>,
     items: BTreeMap<u64, Item>,
+    /// Label changes, oldest first: (number, actor, added, label, Unix ms).
+    label_events: Vec<(u64, String, bool, String, i64)>,
     comments: Vec<StoredComment>,
     reviews: Vec<StoredReview>,
     review_comments: Vec<StoredReviewComment>,
@@ -343,6 +352,7 @@ impl GitHubApi {
                 check_runs: Vec::new(),
                 faults: Vec::new(),
                 items: BTreeMap::new(),
+                label_events: Vec::new(),
                 comments: Vec::new(),
                 reviews: Vec::new(),
                 review_comments: Vec::new(),
@@ -549,6 +559,30 @@ impl GitHubApi {
         let item = st.items.get_mut(&number).expect("no such issue");
         if !item.labels.iter().any(|l| l == label) {
             item.labels.push(label.into());
+        }
+    }
+
+    /// `actor` adds and removes labels on issue or pull request `number`,
+    /// as a person would on github.com (the issue's events record it).
+    pub fn relabel(&self, actor: &str, number: u64, add: &[&str], remove: &[&str]) {
+        let mut st = self.lock();
+        let item = st.items.get_mut(&number).expect("no such issue");
+        let mut changed = Vec::new();
+        for l in add {
+            if !item.labels.iter().any(|x| x == l) {
+                item.labels.push(l.to_string());
+                changed.push((true, l.to_string()));
+            }
+        }
+        for l in remove {
+            if item.labels.iter().any(|x| x == l) {
+                item.labels.retain(|x| x != l);
+                changed.push((false, l.to_string()));
+            }
+        }
+        for (added, label) in changed {
+            st.label_events
+                .push((number, actor.into(), added, label, now_ms()));
         }
     }
 
@@ -1199,6 +1233,10 @@ fn repo_route(
                 })
                 .unwrap_or_default();
             let number = st.items.keys().last().copied().unwrap_or(0) + 1;
+            for l in &labels {
+                st.label_events
+                    .push((number, BOT_LOGIN.into(), true, l.clone(), now_ms()));
+            }
             let item = Item {
                 number,
                 title: title.to_string(),
@@ -1216,6 +1254,30 @@ fn repo_route(
             Some(item) => json_response(200, issue_json(t, item)),
             None => message(404, "Not Found"),
         },
+        // The issue's events (only label changes are kept here), in the
+        // shape GitHub documents for `GET /repos/{o}/{r}/issues/{n}/events`.
+        ("GET", ["issues", n, "events"]) => {
+            let Some(n) = num(n).filter(|n| st.items.contains_key(n)) else {
+                return message(404, "Not Found");
+            };
+            let items = st
+                .label_events
+                .iter()
+                .enumerate()
+                .filter(|(_, e)| e.0 == n)
+                .map(|(i, (_, actor, added, label, at))| {
+                    json!({
+                        "id": 9_000_000 + i as u64,
+                        "event": if *added { "labeled" } else { "unlabeled" },
+                        "actor": { "login": actor, "type": "User" },
+                        "label": { "name": label, "color": "ededed" },
+                        "commit_id": null,
+                        "created_at": kiln::signals::rfc3339(*at),
+                    })
+                })
+                .collect();
+            paginate(shared, &format!("issues/{n}/events"), query, items)
+        }
         ("GET", ["issues", n, "comments"]) => {
             let Some(n) = num(n).filter(|n| st.items.contains_key(n)) else {
                 return message(404, "Not Found");
@@ -1269,12 +1331,18 @@ fn repo_route(
             else {
                 return message(422, "Invalid request.\n\n\"labels\" wasn't supplied.");
             };
+            let mut added = Vec::new();
             for l in labels.iter().filter_map(Value::as_str) {
                 if !item.labels.iter().any(|x| x == l) {
                     item.labels.push(l.to_string());
+                    added.push(l.to_string());
                 }
             }
             let item = item.clone();
+            for l in added {
+                st.label_events
+                    .push((item.number, BOT_LOGIN.into(), true, l, now_ms()));
+            }
             json_response(200, issue_json(t, &item)["labels"].clone())
         }
         ("DELETE", ["issues", n, "labels", name]) => {
@@ -1288,6 +1356,13 @@ fn repo_route(
                 return message(404, "Label does not exist");
             }
             let item = item.clone();
+            st.label_events.push((
+                item.number,
+                BOT_LOGIN.into(),
+                false,
+                name.to_string(),
+                now_ms(),
+            ));
             json_response(200, issue_json(t, &item)["labels"].clone())
         }
         ("PATCH", ["pulls", n]) => {

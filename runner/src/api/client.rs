@@ -344,6 +344,26 @@ impl Client {
         serde_json::from_value(v).map_err(|e| ClientError::Protocol(format!("/runs: {e}")))
     }
 
+    /// `POST /runs` for an `improve` run (`kiln improve`): on the
+    /// repository as a whole, with its `target` and `since` arguments.
+    pub async fn queue_improve(
+        &self,
+        repo: &str,
+        args: &[(String, String)],
+    ) -> Result<Run, ClientError> {
+        let args: serde_json::Map<String, serde_json::Value> = args
+            .iter()
+            .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+            .collect();
+        let v = self
+            .post(
+                "/runs",
+                Some(json!({ "repo": repo, "role": "improve", "number": 0, "args": args })),
+            )
+            .await?;
+        serde_json::from_value(v).map_err(|e| ClientError::Protocol(format!("/runs: {e}")))
+    }
+
     /// `POST /ui/login-links`: a one-time dashboard login URL (absolute)
     /// leading to `next` (a `/ui/...` page), and its lifetime in seconds.
     pub async fn login_link(&self, next: Option<&str>) -> Result<(String, u64), ClientError> {

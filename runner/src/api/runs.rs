@@ -154,6 +154,9 @@ pub struct QueueBody {
     /// A model script (JSON text) replayed for this run instead of the runner's model.
     #[serde(default)]
     pub script: Option<String>,
+    /// Named arguments of an `improve` run (`target`, `since`).
+    #[serde(default)]
+    pub args: std::collections::BTreeMap<String, String>,
 }
 
 /// `POST /runs`: queue a run, as the operator holding the token. The target
@@ -168,13 +171,26 @@ pub async fn queue(
         role,
         number,
         script,
+        args,
     } = params::json_body(body)?;
     let repo =
         RepoRef::parse(&repo).map_err(|e| ApiError::BadRequest(format!("repo {repo:?}: {e}")))?;
     let role = role
         .parse::<Role>()
         .map_err(|e| ApiError::BadRequest(format!("role: {e}")))?;
-    if number == 0 || number > i64::MAX as u64 {
+    // The outer loop works on the repository as a whole (number 0).
+    let on_repo = role == Role::Improve;
+    if on_repo && number != 0 {
+        return Err(ApiError::BadRequest(format!(
+            "number {number}: improve works on the repository as a whole; pass 0"
+        )));
+    }
+    if !on_repo && !args.is_empty() {
+        return Err(ApiError::BadRequest(format!(
+            "args are for improve runs, not {role}"
+        )));
+    }
+    if (!on_repo && number == 0) || number > i64::MAX as u64 {
         return Err(ApiError::BadRequest(format!(
             "number {number} is not an issue or pull request number"
         )));
@@ -193,6 +209,7 @@ pub async fn queue(
             number,
             by: caller.name,
             script,
+            args: args.into_iter().collect(),
         })
         .await?;
     let run = state.store.get_run(RunId(id)).await?;

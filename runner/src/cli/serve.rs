@@ -168,6 +168,20 @@ pub async fn serve(args: ServeArgs, local: &LocalArgs) -> anyhow::Result<ExitCod
             },
         )
         .await?;
+    // `[[schedules]]`: fired by the same store, so a restart never fires a
+    // due time twice.
+    if !config.schedules.is_empty() {
+        let schedules = kiln::schedule::Scheduler::parse(&config.schedules)?;
+        let root = forge_root.clone();
+        let wake = runner.clone();
+        kiln::schedule::Scheduler::new(
+            schedules,
+            store.clone(),
+            Arc::new(move || kiln::forge::local::list_repos(&root).unwrap_or_default()),
+            Arc::new(kiln::schedule::SystemClock),
+        )
+        .spawn(Arc::new(move || wake.notify_queued()));
+    }
     // One dispatcher for every forge: the local forge's events and GitHub's
     // webhooks go through the same router, trust check and run cap.
     let wake_runner = runner.clone();

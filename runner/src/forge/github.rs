@@ -22,7 +22,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{
-    Comment, CommitStatus, Forge, ForgeError, GitRemote, Issue, LineComment, NewIssue,
+    Comment, CommitStatus, Forge, ForgeError, GitRemote, Issue, LabelEvent, LineComment, NewIssue,
     NewPullRequest, NewReview, Permission, PullRequest, RepoRef, Review, ReviewThread, Severity,
     StateFilter, StatusState, status_description,
 };
@@ -685,6 +685,30 @@ impl Forge for GitHubForge {
         Ok(latest_statuses(wire))
     }
 
+    async fn label_events(&self, number: u64) -> Result<Vec<LabelEvent>, ForgeError> {
+        let call = format!("list the events of #{number} in {}", self.repo);
+        let path = format!("{}/issues/{number}/events?per_page=100", self.base());
+        let wire: Vec<IssueEvent> = self.get_all(&call, path).await?;
+        Ok(wire
+            .into_iter()
+            .filter_map(|e| {
+                let added = match e.event.as_str() {
+                    "labeled" => true,
+                    "unlabeled" => false,
+                    _ => return None,
+                };
+                Some(LabelEvent {
+                    label: e.label?.name,
+                    added,
+                    actor: login(e.actor),
+                    at_ms: chrono::DateTime::parse_from_rfc3339(&e.created_at)
+                        .map(|t| t.timestamp_millis())
+                        .unwrap_or(0),
+                })
+            })
+            .collect())
+    }
+
     async fn own_login(&self) -> Result<String, ForgeError> {
         self.github.auth.own_login(&self.github.api).await
     }
@@ -792,6 +816,15 @@ fn login(user: Option<User>) -> String {
 #[derive(Deserialize)]
 struct Label {
     name: String,
+}
+
+/// One entry of an issue's timeline of events (`GET .../issues/N/events`).
+#[derive(Deserialize)]
+struct IssueEvent {
+    event: String,
+    actor: Option<User>,
+    label: Option<Label>,
+    created_at: String,
 }
 
 #[derive(Deserialize)]

@@ -18,7 +18,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use super::diff::CommentableLines;
 use super::{
-    Comment, CommitStatus, Forge, ForgeError, GitRemote, Issue, LineComment, NewIssue,
+    Comment, CommitStatus, Forge, ForgeError, GitRemote, Issue, LabelEvent, LineComment, NewIssue,
     NewPullRequest, NewReview, Permission, PullRequest, RepoRef, Review, ReviewThread, Severity,
     StateFilter, StatusState, check_kiln_branch, status_description,
 };
@@ -1262,6 +1262,37 @@ impl Forge for LocalForge {
 
     async fn own_login(&self) -> Result<String, ForgeError> {
         Ok(self.actor.clone())
+    }
+
+    async fn label_events(&self, number: u64) -> Result<Vec<LabelEvent>, ForgeError> {
+        self.require_item(number).await?;
+        let key = self.key.clone();
+        // The outbox is the forge's history: every label change is there,
+        // as the webhook payload it delivers.
+        self.with_db(move |c| {
+            let mut stmt = c.prepare(
+                "SELECT json_extract(payload, '$.action'), json_extract(payload, '$.label.name'),
+                        json_extract(payload, '$.sender.login'), created_ms
+                 FROM events
+                 WHERE repo = ?1 AND name IN ('issues', 'pull_request')
+                   AND json_extract(payload, '$.action') IN ('labeled', 'unlabeled')
+                   AND COALESCE(json_extract(payload, '$.issue.number'),
+                                json_extract(payload, '$.pull_request.number')) = ?2
+                 ORDER BY id",
+            )?;
+            let rows = stmt
+                .query_map(params![key, number as i64], |r| {
+                    Ok(LabelEvent {
+                        added: r.get::<_, String>(0)? == "labeled",
+                        label: r.get(1)?,
+                        actor: r.get(2)?,
+                        at_ms: r.get(3)?,
+                    })
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(rows)
+        })
+        .await
     }
 
     async fn list_statuses(&self, number: u64) -> Result<Vec<CommitStatus>, ForgeError> {

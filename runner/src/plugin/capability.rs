@@ -223,6 +223,16 @@ pub fn builtin_role_grants(role: &str) -> Option<CapabilitySet> {
             ForgeReport,
             ForgeStatus,
         ],
+        // The outer loop: reads the history, writes only `.kiln/skills/**`
+        // (a gate invariant) and proposes it as a draft pull request.
+        "improve" => &[
+            ModelComplete,
+            WorkspaceRead,
+            WorkspaceWrite,
+            ForgeRead,
+            ForgeProposePullRequest,
+            SignalsRead,
+        ],
         _ => return None,
     };
     Some(caps.iter().copied().collect())

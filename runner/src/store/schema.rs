@@ -76,6 +76,14 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE runs ADD COLUMN script TEXT;",
     // 7: the ledger (see `crate::ledger`); its rows are backfilled by `backfill`.
     LEDGER,
+    // 8: `[[schedules]]`: when each was first seen and the due time it last
+    // fired for, so a restart never fires a due time twice.
+    "CREATE TABLE schedules (
+        name          TEXT    PRIMARY KEY,
+        since_ms      INTEGER NOT NULL,
+        last_due_ms   INTEGER,
+        last_fired_ms INTEGER
+     );",
 ];
 
 /// The ledger's migration: each event's chain hash, and each finished run's

@@ -32,7 +32,8 @@ use super::sink::{EventQueue, StoreEvents};
 use super::{
     ActorLimit, ApiToken, Approval, ApprovalState, Delivery, DeliveryRecord, DeliveryStatus,
     Enqueued, EventStream, NewRun, NewToken, Recovered, RecoveryPolicy, RepoRef, Role, Run,
-    RunFilter, RunId, RunState, RunStore, StoreError, StoredEvent, TokenScope, Trigger, Verdict,
+    RunFilter, RunId, RunState, RunStore, ScheduleRecord, StoreError, StoredEvent, TokenScope,
+    Trigger, Verdict,
 };
 use crate::ledger::transcript::{self, RunHeader, Seal, Transcript, TranscriptEvent};
 use crate::ledger::{HostKey, chain};
@@ -798,6 +799,17 @@ fn require_reason(to: RunState, reason: &Option<String>) -> Result<(), StoreErro
     Ok(())
 }
 
+const SCHEDULE_SELECT: &str = "SELECT name, since_ms, last_due_ms, last_fired_ms FROM schedules";
+
+fn schedule_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ScheduleRecord> {
+    Ok(ScheduleRecord {
+        name: r.get(0)?,
+        since_ms: r.get(1)?,
+        last_due_ms: r.get(2)?,
+        last_fired_ms: r.get(3)?,
+    })
+}
+
 #[async_trait::async_trait]
 impl RunStore for SqliteStore {
     async fn enqueue_run(&self, run: NewRun) -> Result<RunId, StoreError> {
@@ -819,7 +831,8 @@ impl RunStore for SqliteStore {
         max_per_target: u64,
         per_actor: Option<ActorLimit>,
     ) -> Result<Enqueued, StoreError> {
-        if run.number == 0 {
+        // Number 0 is the repository as a whole: only the outer loop works there.
+        if run.number == 0 && run.role != Role::Improve {
             return Err(StoreError::Invalid("issue or pull request number 0".into()));
         }
         let number = to_i64("number", run.number)?;
@@ -1532,6 +1545,48 @@ impl RunStore for SqliteStore {
                 token_from_row,
             )?
             .ok_or_else(|| StoreError::NotFound(format!("token {id}")))
+        })
+        .await
+    }
+
+    async fn watch_schedule(&self, name: &str, now_ms: i64) -> Result<ScheduleRecord, StoreError> {
+        let name = name.to_string();
+        self.write(move |conn, _| {
+            conn.prepare_cached(
+                "INSERT OR IGNORE INTO schedules (name, since_ms) VALUES (?1, ?2)",
+            )?
+            .execute(params![name, now_ms])?;
+            Ok(conn
+                .prepare_cached(&format!("{SCHEDULE_SELECT} WHERE name = ?1"))?
+                .query_row(params![name], schedule_from_row)?)
+        })
+        .await
+    }
+
+    async fn claim_schedule(
+        &self,
+        name: &str,
+        due_ms: i64,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let name = name.to_string();
+        self.write(move |conn, _| {
+            let n = conn
+                .prepare_cached(
+                    "UPDATE schedules SET last_due_ms = ?2, last_fired_ms = ?3 \
+                     WHERE name = ?1 AND MAX(COALESCE(last_due_ms, since_ms), since_ms) < ?2",
+                )?
+                .execute(params![name, due_ms, now_ms])?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn schedule_records(&self) -> Result<Vec<ScheduleRecord>, StoreError> {
+        self.read(|conn| {
+            query_all(conn, &format!("{SCHEDULE_SELECT} ORDER BY name"), [], |r| {
+                Ok(schedule_from_row(r)?)
+            })
         })
         .await
     }

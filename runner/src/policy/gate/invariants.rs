@@ -49,11 +49,15 @@ impl Gate {
                 for p in paths {
                     self.writable_path(p)?;
                 }
+                for p in paths {
+                    improve_surface(req.run.role, p)?;
+                }
                 Ok(())
             }
             Effect::WorkspaceWrite { path, .. } => {
                 kiln_branch(&req.run.branch)?;
-                self.writable_path(path)
+                self.writable_path(path)?;
+                improve_surface(req.run.role, path)
             }
             Effect::SetLabels { labels, .. } => {
                 for label in labels {
@@ -107,7 +111,34 @@ impl Gate {
     }
 }
 
-pub(super) fn is_human_only_label(label: &str) -> bool {
+/// The outer loop's write surface: an `improve` run writes, and pushes,
+/// skill overrides under `.kiln/skills/` and nothing else, whatever a policy
+/// permits. Checked on each written path and on the real changed paths of a
+/// push, like workflow files. Exact components only: `.kiln/skills/../x`,
+/// `./.kiln/skills/x` or a case variant is outside.
+fn improve_surface(role: crate::config::Role, path: &str) -> Result<(), Violation> {
+    if role != crate::config::Role::Improve {
+        return Ok(());
+    }
+    let inside = path.strip_prefix(".kiln/skills/").is_some_and(|rest| {
+        rest.split('/')
+            .all(|c| !c.is_empty() && c != "." && c != "..")
+    });
+    if inside {
+        Ok(())
+    } else {
+        Err(Violation::new(
+            "improve-writes-skills-only",
+            format!(
+                "{:?} is outside .kiln/skills/: an improve run changes skill overrides only",
+                clip(path)
+            ),
+        ))
+    }
+}
+
+/// Whether `label` is one only humans apply (`ready-*`, `plan-approved`).
+pub fn is_human_only_label(label: &str) -> bool {
     let l = label.trim().to_lowercase();
     l.starts_with("ready-") || l == "plan-approved"
 }
@@ -257,8 +288,12 @@ mod tests {
         for role in Role::ALL {
             for (what, effect, invariant) in &attempts {
                 let d = gate.decide(&req(role, effect.clone()));
+                // An improve run is refused anything outside `.kiln/skills/`
+                // first (the secret check comes after the invariants).
+                let outside_surface =
+                    role == Role::Improve && d.reason().contains("improve-writes-skills-only");
                 assert!(
-                    d.is_deny() && d.reason().contains(invariant),
+                    d.is_deny() && (d.reason().contains(invariant) || outside_surface),
                     "{what} should be denied by invariant {invariant} for role {role}, got: {d:?}"
                 );
                 assert_eq!(
@@ -281,6 +316,54 @@ mod tests {
             d.is_deny() && d.reason().contains("kiln-branches-only"),
             "writing a workspace checked out on main should be denied, got: {d:?}"
         );
+    }
+
+    // The improve role's write surface holds against a permit-all policy
+    // and the workflow grant: writes and pushes outside `.kiln/skills/` are
+    // refused, with the reason; inside it they pass. Other roles are not
+    // confined by it.
+    #[test]
+    fn an_improve_run_writes_and_pushes_skill_overrides_only() {
+        let config = GateConfig {
+            repo_policies: Some(PERMIT_ALL.into()),
+            allow_workflow_changes: true,
+            ..GateConfig::default()
+        };
+        let gate = Gate::new(&config).unwrap_or_else(|e| panic!("gate should build: {e}"));
+        let push = |paths: &[&str]| Effect::Push {
+            branch: "kiln/improve-triage-2026-12-07".into(),
+            paths: paths.iter().map(|p| (*p).to_string()).collect(),
+        };
+        for ok in [
+            write(".kiln/skills/triage.md"),
+            push(&[".kiln/skills/triage.md", ".kiln/skills/review.md"]),
+        ] {
+            let d = gate.decide(&req(Role::Improve, ok.clone()));
+            assert!(d.is_allow(), "{ok:?} is the improve surface: {d:?}");
+        }
+        for bad in [
+            write("src/lib.rs"),
+            write(".kiln/verify.toml"),
+            write(".kiln/skills"),
+            write(".Kiln/Skills/triage.md"),
+            write(".kiln/skillsx/triage.md"),
+            write(".github/workflows/ci.yml"),
+            write("skills/triage/SKILL.md"),
+            push(&[".kiln/skills/triage.md", "src/lib.rs"]),
+        ] {
+            let d = gate.decide(&req(Role::Improve, bad.clone()));
+            assert!(
+                d.is_deny() && d.reason().contains("improve-writes-skills-only"),
+                "{bad:?} must be refused for improve, got: {d:?}"
+            );
+        }
+        // Paths that are not normalised never get this far.
+        for bad in [write(".kiln/skills/"), push(&[".kiln/skills/./triage.md"])] {
+            let d = gate.decide(&req(Role::Improve, bad.clone()));
+            assert!(d.is_deny(), "{bad:?} must be refused, got: {d:?}");
+        }
+        let d = gate.decide(&req(Role::Implementation, write("src/lib.rs")));
+        assert!(d.is_allow(), "other roles are not confined: {d:?}");
     }
 
     #[test]

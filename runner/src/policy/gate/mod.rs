@@ -49,7 +49,7 @@ use std::fmt;
 use cedar_policy::{Authorizer, Schema};
 
 use super::redact::{Redactor, RedactorError, SecretValue};
-use invariants::is_human_only_label;
+pub use invariants::is_human_only_label;
 
 pub use cedar::{DEFAULT_POLICIES, PolicyDiagnostic, SCHEMA};
 pub use effect::{Blame, Decision, Effect, EffectRequest, ReviewComment, ReviewEvent, Trust};
