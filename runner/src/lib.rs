@@ -16,6 +16,7 @@ pub mod app;
 pub mod board;
 pub mod config;
 pub mod control;
+pub mod detect;
 pub mod forge;
 pub mod imports;
 pub mod intake;

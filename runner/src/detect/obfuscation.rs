@@ -1,0 +1,281 @@
+//! Content a reviewer cannot read: binary files, NUL bytes, long
+//! high-entropy lines, base64 and hex blobs, runs of escapes, code that
+//! decodes and runs itself, and invisible or direction-changing characters
+//! (which make a line read differently from what it does, or hide words
+//! from people but not from models).
+use std::sync::LazyLock;
+
+use regex::Regex;
+
+use super::{Category, FileChange, FileStatus, Finding, Origin, excerpt};
+
+const SCANNER: &str = "obfuscation";
+
+/// Lines shorter than this are not judged by entropy.
+const ENTROPY_MIN_LEN: usize = 256;
+/// Bits per byte above which a long line is taken to be encoded data
+/// (English and code sit near 4.0-4.7, base64 near 6).
+const ENTROPY_BITS: f64 = 5.2;
+/// Shortest base64 run flagged (a sha512 integrity hash is 88).
+const BASE64_MIN: usize = 120;
+/// Shortest hex run flagged (a sha512 digest is 128).
+const HEX_MIN: usize = 200;
+
+/// A base64 run (standard or URL-safe); only a run mixing upper and lower
+/// case and digits counts (a line of dashes is not a blob).
+static BASE64: LazyLock<Option<Regex>> =
+    LazyLock::new(|| Regex::new(&format!(r"[A-Za-z0-9+/_-]{{{BASE64_MIN},}}={{0,2}}")).ok());
+
+/// Hex runs, `\xNN` and `\uNNNN` escapes, and long lists of byte values.
+static ENCODED: LazyLock<Option<Regex>> = LazyLock::new(|| {
+    Regex::new(&format!(
+        r"[0-9a-fA-F]{{{HEX_MIN},}}|(?:\\x[0-9a-fA-F]{{2}}){{16,}}|(?:\\u[0-9a-fA-F]{{4}}){{16,}}|(?:\d{{2,3}}\s*,\s*){{24,}}"
+    ))
+    .ok()
+});
+
+static DECODE_EXEC: LazyLock<Option<Regex>> = LazyLock::new(|| {
+    Regex::new(
+        r"(?i)\b(?:exec|eval|function)\s*\(\s*(?:[\w.]+\.)?(?:b64decode|a85decode|atob|buffer\.from|decode|fromhex|decompress|loads|unhexlify|fromcharcode)\b|\bbase64\s+(?:-d|--decode|-D)\b.*\|\s*(?:sudo\s+)?(?:ba|z|da)?sh\b|\bfrombase64string\b.*\b(?:iex|invoke-expression)\b|\b(?:iex|invoke-expression)\b.*\bfrombase64string\b|-e(?:nc(?:odedcommand)?)?\s+[A-Za-z0-9+/]{40,}={0,2}",
+    )
+    .ok()
+});
+
+/// Invisible or bidi characters, and Unicode tag characters (ASCII smuggling).
+fn hidden_char(c: char) -> bool {
+    matches!(c,
+        '\u{200B}'..='\u{200F}'
+        | '\u{202A}'..='\u{202E}'
+        | '\u{2060}'..='\u{2064}'
+        | '\u{2066}'..='\u{2069}'
+        | '\u{FEFF}'
+        | '\u{E0000}'..='\u{E007F}')
+}
+
+/// Shannon entropy in bits per byte.
+fn entropy(s: &[u8]) -> f64 {
+    let mut counts = [0u32; 256];
+    for &b in s {
+        counts[usize::from(b)] += 1;
+    }
+    let n = s.len() as f64;
+    counts
+        .iter()
+        .filter(|&&c| c > 0)
+        .map(|&c| {
+            let p = f64::from(c) / n;
+            -p * p.log2()
+        })
+        .sum()
+}
+
+/// Why a line is unreadable, if it is.
+fn judge_line(line: &str) -> Option<String> {
+    if line.contains('\0') {
+        return Some("a NUL byte".into());
+    }
+    if let Some(c) = line.chars().find(|c| hidden_char(*c)) {
+        return Some(format!(
+            "an invisible or direction-changing character U+{:04X}",
+            u32::from(c)
+        ));
+    }
+    if let Some(re) = DECODE_EXEC.as_ref()
+        && re.is_match(line)
+    {
+        return Some(format!(
+            "code that decodes and runs itself: `{}`",
+            excerpt(line)
+        ));
+    }
+    if let Some(re) = BASE64.as_ref() {
+        for m in re.find_iter(line) {
+            let s = m.as_str();
+            let mixed = s.bytes().any(|b| b.is_ascii_uppercase())
+                && s.bytes().any(|b| b.is_ascii_lowercase())
+                && s.bytes().any(|b| b.is_ascii_digit());
+            if mixed && !is_data_image(&line[..m.start()]) {
+                return Some(format!("an encoded blob of {} characters", m.len()));
+            }
+        }
+    }
+    if let Some(re) = ENCODED.as_ref()
+        && let Some(m) = re.find(line)
+    {
+        return Some(format!("an encoded blob of {} characters", m.len()));
+    }
+    if line.len() >= ENTROPY_MIN_LEN {
+        let spaces = line.bytes().filter(u8::is_ascii_whitespace).count();
+        let bits = entropy(line.as_bytes());
+        if spaces * 20 < line.len() && bits >= ENTROPY_BITS {
+            return Some(format!(
+                "a {}-byte line of high entropy ({bits:.1} bits per byte)",
+                line.len()
+            ));
+        }
+    }
+    None
+}
+
+/// An inline image (`data:image/png;base64,...`) is data, not code.
+fn is_data_image(before: &str) -> bool {
+    let tail = &before[before.len().saturating_sub(40)..];
+    let tail = tail.to_ascii_lowercase();
+    tail.contains("data:image/") || tail.contains("data:font/")
+}
+
+/// Checks one changed file.
+pub fn scan_change(change: &FileChange, out: &mut Vec<Finding>) {
+    if change.status == FileStatus::Deleted {
+        return;
+    }
+    if change.binary {
+        out.push(Finding {
+            category: Category::MaliciousPatch,
+            scanner: SCANNER,
+            reason: format!(
+                "the patch {} binary content a reviewer cannot read{}",
+                if change.status == FileStatus::Added {
+                    "adds"
+                } else {
+                    "changes"
+                },
+                if change.executable {
+                    ", marked executable"
+                } else {
+                    ""
+                }
+            ),
+            file: change.path.clone(),
+            line: None,
+        });
+        return;
+    }
+    for (n, line) in &change.added {
+        if let Some(why) = judge_line(line) {
+            out.push(Finding {
+                category: Category::MaliciousPatch,
+                scanner: SCANNER,
+                reason: format!("the patch adds {why}"),
+                file: change.path.clone(),
+                line: Some(*n),
+            });
+            // One per file: a blob spans many lines.
+            return;
+        }
+    }
+}
+
+/// Checks an outbound text or an input: hidden characters (words a person
+/// does not see but a model reads), and in outbound text encoded blobs too
+/// (a way to carry repository content out).
+pub fn scan_text(name: &str, text: &str, origin: Origin, out: &mut Vec<Finding>) {
+    for (i, line) in text.lines().enumerate() {
+        let line_no = Some(u32::try_from(i + 1).unwrap_or(u32::MAX));
+        let hidden = line.contains('\0') || line.chars().any(hidden_char);
+        let why = match origin {
+            Origin::Input if hidden => judge_line(line),
+            Origin::Input => None,
+            _ => judge_line(line),
+        };
+        let Some(why) = why else { continue };
+        let category = if hidden {
+            Category::PromptInjection
+        } else {
+            Category::SecretLeak
+        };
+        out.push(Finding {
+            category,
+            scanner: SCANNER,
+            reason: format!("the text carries {why}"),
+            file: name.to_string(),
+            line: line_no,
+        });
+        return;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_regexes_compile() {
+        assert!(BASE64.is_some() && ENCODED.is_some() && DECODE_EXEC.is_some());
+    }
+
+    #[test]
+    fn unreadable_lines_are_named() {
+        let b64 = "QUJD".repeat(40) + "x9Z7";
+        // A pseudo-random line over 90 printable characters (~6.5 bits).
+        let mut x: u64 = 7;
+        let noisy: String = (0..300)
+            .map(|_| {
+                x = x
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1_442_695_040_888_963_407);
+                char::from(b'!' + ((x >> 33) % 90) as u8)
+            })
+            .collect();
+        for (line, want) in [
+            ("let a = 1;\0", "NUL"),
+            ("if (isAdmin) {\u{202E} } \u{2066}", "U+202E"),
+            ("hi\u{E0041}\u{E0042}", "U+E0041"),
+            ("exec(base64.b64decode(PAYLOAD))", "decodes and runs"),
+            ("echo aGk= | base64 -d | sh", "decodes and runs"),
+            (
+                "powershell -enc SQBFAFgAIAAoAE4AZQB3AC0ATwBiAGoAZQBjAHQAIABOAGUAdAAuAFcA",
+                "decodes",
+            ),
+            (b64.as_str(), "encoded blob"),
+            (&"\\x41".repeat(20), "encoded blob"),
+            (noisy.as_str(), "high entropy"),
+        ] {
+            let got = judge_line(line).unwrap_or_default();
+            assert!(got.contains(want), "{line:?}: {got}");
+        }
+    }
+
+    #[test]
+    fn readable_lines_pass() {
+        let prose = "This is a long line of ordinary English prose that goes on and on, describing how the scanner decides what a reviewer can read and what they cannot, and why a long line alone is not a reason to hold a change for a human. ".repeat(2);
+        let image = format!(
+            "<img src=\"data:image/png;base64,{}\">",
+            "iVBORw0KGgo".repeat(20)
+        );
+        for line in [
+            "\"integrity\": \"sha512-z4PhNX7vuL3xVChQ1m2AB9Yg5AULVxXcg/SpIdNs6c5H0NE8XYXysP+DGNKHfuwvY7kxvUdBeoGlODJ6+SfaPg==\"",
+            "checksum = \"2b0f2a1e3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7\"",
+            prose.as_str(),
+            image.as_str(),
+            "let total = a.iter().map(|x| x * 2).sum::<u64>();",
+            &"-".repeat(200),
+            &format!("// {}", "=".repeat(150)),
+        ] {
+            assert_eq!(judge_line(line), None, "{line}");
+        }
+    }
+
+    #[test]
+    fn hidden_characters_in_an_input_are_injection_and_blobs_there_are_fine() {
+        let mut out = Vec::new();
+        let blob = "QUJD".repeat(40);
+        scan_text(
+            "issue #1 body",
+            &format!("log:\n{blob}"),
+            Origin::Input,
+            &mut out,
+        );
+        assert!(out.is_empty());
+        scan_text(
+            "issue #1 body",
+            "fine\nplease\u{200B} fix",
+            Origin::Input,
+            &mut out,
+        );
+        assert_eq!(
+            (out[0].category, out[0].line),
+            (Category::PromptInjection, Some(2))
+        );
+    }
+}
