@@ -22,6 +22,7 @@ mod support;
 
 mod answer;
 mod api;
+mod detect;
 mod factory;
 mod forge;
 mod github_app;

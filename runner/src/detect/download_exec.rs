@@ -36,17 +36,17 @@ static PATTERNS: LazyLock<Vec<(Regex, &'static str)>> = LazyLock::new(|| {
         (
             r"(?i)\b(?:iwr|irm|invoke-webrequest|invoke-restmethod|downloadstring|downloadfile|net\.webclient|start-bitstransfer)\b.*\b(?:iex|invoke-expression|start-process)\b|\b(?:iex|invoke-expression)\b.*\b(?:iwr|irm|invoke-webrequest|invoke-restmethod|downloadstring|net\.webclient)\b"
                 .to_string(),
-            "PowerShell downloads and invokes code",
+            "downloads and invokes code with PowerShell",
         ),
         (
             r"\b(?:exec|eval|compile)\s*\(.*\b(?:urlopen|urllib|requests\.get|httpx\.get|urlretrieve)\b|\b(?:urlopen|urllib\.request|requests\.get|httpx\.get)\b.*\b(?:exec|eval)\s*\("
                 .to_string(),
-            "Python executes fetched code",
+            "executes fetched code with Python",
         ),
         (
             r"\b(?:eval|Function|execSync|exec|spawnSync|vm\.runInThisContext)\s*\(.*\b(?:fetch|https?\.get|axios|XMLHttpRequest)\b|\b(?:fetch|https?\.get|axios)\s*\(.*\b(?:eval|new\s+Function|vm\.runIn\w+)\s*\("
                 .to_string(),
-            "JavaScript executes fetched code",
+            "executes fetched code with JavaScript",
         ),
         (
             r"(?i)\b(?:curl|wget)\b.*(?:&&|;|\|\|)\s*(?:sudo\s+)?(?:chmod\s+(?:[ugoa]*\+[rw]*x|[0-7]*[1357][0-7]*)\b|(?:ba|z)?sh\s+\S|\./\S|/tmp/\S)"

@@ -52,6 +52,23 @@ fn hidden_char(c: char) -> bool {
         | '\u{E0000}'..='\u{E007F}')
 }
 
+/// The first hidden character of a line. A zero-width joiner between two
+/// pictographs is how emoji sequences are written, not a hiding place.
+fn first_hidden(line: &str) -> Option<char> {
+    let mut prev = None;
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        let joins_emoji = c == '\u{200D}'
+            && prev.is_some_and(|p: char| u32::from(p) >= 0x2600)
+            && chars.peek().is_some_and(|n| u32::from(*n) >= 0x2600);
+        if hidden_char(c) && !joins_emoji {
+            return Some(c);
+        }
+        prev = Some(c);
+    }
+    None
+}
+
 /// Shannon entropy in bits per byte.
 fn entropy(s: &[u8]) -> f64 {
     let mut counts = [0u32; 256];
@@ -74,7 +91,7 @@ fn judge_line(line: &str) -> Option<String> {
     if line.contains('\0') {
         return Some("a NUL byte".into());
     }
-    if let Some(c) = line.chars().find(|c| hidden_char(*c)) {
+    if let Some(c) = first_hidden(line) {
         return Some(format!(
             "an invisible or direction-changing character U+{:04X}",
             u32::from(c)
@@ -172,7 +189,7 @@ pub fn scan_change(change: &FileChange, out: &mut Vec<Finding>) {
 pub fn scan_text(name: &str, text: &str, origin: Origin, out: &mut Vec<Finding>) {
     for (i, line) in text.lines().enumerate() {
         let line_no = Some(u32::try_from(i + 1).unwrap_or(u32::MAX));
-        let hidden = line.contains('\0') || line.chars().any(hidden_char);
+        let hidden = line.contains('\0') || first_hidden(line).is_some();
         let why = match origin {
             Origin::Input if hidden => judge_line(line),
             Origin::Input => None,
@@ -221,6 +238,7 @@ mod tests {
             ("let a = 1;\0", "NUL"),
             ("if (isAdmin) {\u{202E} } \u{2066}", "U+202E"),
             ("hi\u{E0041}\u{E0042}", "U+E0041"),
+            ("a\u{200D}b", "U+200D"),
             ("exec(base64.b64decode(PAYLOAD))", "decodes and runs"),
             ("echo aGk= | base64 -d | sh", "decodes and runs"),
             (
@@ -250,6 +268,7 @@ mod tests {
             image.as_str(),
             "let total = a.iter().map(|x| x * 2).sum::<u64>();",
             &"-".repeat(200),
+            "la famille \u{1F468}\u{200D}\u{1F469}\u{200D}\u{1F467}",
             &format!("// {}", "=".repeat(150)),
         ] {
             assert_eq!(judge_line(line), None, "{line}");
