@@ -29,10 +29,12 @@
 pub mod download_exec;
 pub mod hooks;
 pub mod injection;
+pub mod model;
 pub mod obfuscation;
 pub mod patch;
 pub mod secrets;
 pub mod steering;
+pub mod step;
 
 use std::collections::BTreeSet;
 use std::fmt;

@@ -107,6 +107,9 @@ pub struct RunContext {
     /// Whether the run's task holds text from untrusted authors (Cedar's
     /// `context.read_untrusted`).
     read_untrusted: bool,
+    /// The detection step's verdict on the run's work, once it ran
+    /// (Cedar context of the effects it covers).
+    detection: Option<super::detection::DetectionContext>,
     /// The principal and repo entities; an error is kept and turned into a
     /// fail-closed denial by the gate.
     cedar: Result<RunEntities, String>,
@@ -146,6 +149,7 @@ impl RunContext {
             trust,
             branch,
             read_untrusted: false,
+            detection: None,
             cedar,
             resource_cache: Mutex::new(Vec::new()),
         }
@@ -162,6 +166,21 @@ impl RunContext {
     /// Whether the run's task holds text from untrusted authors.
     pub fn read_untrusted(&self) -> bool {
         self.read_untrusted
+    }
+
+    /// The same run with the detection step's verdict, for deciding the
+    /// effects it covers (a new context: the shared one stays as it was).
+    pub fn with_detection(&self, detection: super::detection::DetectionContext) -> Self {
+        let mut run = Self::new(
+            self.run_id.clone(),
+            self.role,
+            self.repo.clone(),
+            self.trust,
+            self.branch.clone(),
+        )
+        .with_read_untrusted(self.read_untrusted);
+        run.detection = Some(detection);
+        run
     }
 
     /// The run's entity store with `resource` added, from the cache when its
@@ -234,6 +253,7 @@ impl fmt::Debug for RunContext {
             .field("trust", &self.trust)
             .field("branch", &self.branch)
             .field("read_untrusted", &self.read_untrusted)
+            .field("detection", &self.detection)
             .finish()
     }
 }
@@ -247,6 +267,7 @@ impl PartialEq for RunContext {
             self.trust,
             &self.branch,
             self.read_untrusted,
+            &self.detection,
         ) == (
             &other.run_id,
             other.role,
@@ -254,6 +275,7 @@ impl PartialEq for RunContext {
             other.trust,
             &other.branch,
             other.read_untrusted,
+            &other.detection,
         )
     }
 }
@@ -1189,6 +1211,10 @@ impl Gate {
             context.push((
                 "read_untrusted".to_owned(),
                 RestrictedExpression::new_bool(run.read_untrusted),
+            ));
+            context.extend(super::detection::cedar_pairs(
+                run.detection.as_ref(),
+                req.effect.action(),
             ));
             let context = Context::from_pairs(context).map_err(|e| e.to_string())?;
             // Checking each request against the schema costs more than the
