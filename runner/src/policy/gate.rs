@@ -122,6 +122,7 @@ pub struct RunContext {
 /// How many resource entity stores a run keeps.
 const RESOURCE_CACHE: usize = 16;
 
+#[derive(Clone)]
 struct RunEntities {
     principal: EntityUid,
     repo: EntityUid,
@@ -171,16 +172,19 @@ impl RunContext {
     /// The same run with the detection step's verdict, for deciding the
     /// effects it covers (a new context: the shared one stays as it was).
     pub fn with_detection(&self, detection: super::detection::DetectionContext) -> Self {
-        let mut run = Self::new(
-            self.run_id.clone(),
-            self.role,
-            self.repo.clone(),
-            self.trust,
-            self.branch.clone(),
-        )
-        .with_read_untrusted(self.read_untrusted);
-        run.detection = Some(detection);
-        run
+        // The entities are cloned, not rebuilt: building them runs Cedar,
+        // which needs a stack it can measure (not a wasmtime fiber's).
+        Self {
+            run_id: self.run_id.clone(),
+            role: self.role,
+            repo: self.repo.clone(),
+            trust: self.trust,
+            branch: self.branch.clone(),
+            read_untrusted: self.read_untrusted,
+            detection: Some(detection),
+            cedar: self.cedar.clone(),
+            resource_cache: Mutex::new(Vec::new()),
+        }
     }
 
     /// The run's entity store with `resource` added, from the cache when its
