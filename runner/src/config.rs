@@ -143,6 +143,8 @@ pub struct KilnConfig {
     pub roles: Vec<CustomRoleConfig>,
     /// `[intake]` and `[[triggers]]`: webhook limits and routing rules.
     pub intake: crate::intake::IntakeConfig,
+    /// `[detection]`: the detection step before a run's work leaves.
+    pub detection: crate::detect::config::DetectionConfig,
     /// The directory `kiln.toml` was read from: custom roles' `plugin` and
     /// `skill` paths are relative to it (the current directory otherwise).
     pub base_dir: PathBuf,
@@ -172,6 +174,8 @@ struct RawConfig {
     intake: crate::intake::IntakeSettings,
     #[serde(default)]
     triggers: Option<Vec<crate::intake::TriggerRule>>,
+    #[serde(default)]
+    detection: crate::detect::config::DetectionConfig,
 }
 
 impl From<RawConfig> for KilnConfig {
@@ -189,6 +193,7 @@ impl From<RawConfig> for KilnConfig {
                 triggers: raw.triggers,
                 custom_roles: Vec::new(),
             },
+            detection: raw.detection,
             base_dir: PathBuf::new(),
         }
     }

@@ -26,6 +26,7 @@
 //! Every [`Finding`] has a [`Category`], a reason, and the file (or text) and
 //! line it is in. The [`Verdict`] is a run event and Cedar context for the
 //! effects it covers; by default any finding holds them for a human.
+pub mod config;
 pub mod download_exec;
 pub mod hooks;
 pub mod injection;
