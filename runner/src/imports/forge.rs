@@ -929,6 +929,49 @@ mod tests {
     use crate::forge::local::LocalForge;
     use crate::forge::{NewPullRequest, RepoRef};
 
+    #[test]
+    fn a_hold_carries_the_findings_and_a_failed_detector_holds_what_was_allowed() {
+        let finding = crate::detect::Finding {
+            category: crate::detect::Category::MaliciousPatch,
+            scanner: "hooks",
+            reason: "the patch adds a postinstall script".into(),
+            file: "package.json".into(),
+            line: Some(7),
+        };
+        let flagged = Verdict {
+            findings: vec![finding],
+            errors: vec![],
+        };
+        let held = with_findings(
+            Decision::Hold {
+                reason: "held by default.hold-detection-findings".into(),
+            },
+            &flagged,
+        );
+        assert!(
+            held.is_hold()
+                && held
+                    .reason()
+                    .contains("malicious_patch at package.json:7: the patch adds a postinstall"),
+            "{held:?}"
+        );
+        let failed = Verdict {
+            findings: vec![],
+            errors: vec!["the patch could not be read".into()],
+        };
+        let allow = Decision::Allow {
+            reason: "allowed".into(),
+        };
+        let d = with_findings(allow.clone(), &failed);
+        assert!(d.is_hold() && d.reason().contains("failing closed"), "{d:?}");
+        assert_eq!(with_findings(allow.clone(), &Verdict::default()), allow);
+        let deny = Decision::Deny {
+            reason: "no".into(),
+            blame: crate::policy::Blame::Policy,
+        };
+        assert_eq!(with_findings(deny.clone(), &failed), deny);
+    }
+
     fn git(dir: &std::path::Path, args: &[&str]) -> String {
         let out = std::process::Command::new("git")
             .arg("-C")
