@@ -30,6 +30,7 @@ pub mod config;
 pub mod download_exec;
 pub mod hooks;
 pub mod injection;
+pub mod keywords;
 pub mod model;
 pub mod obfuscation;
 pub mod patch;
@@ -208,20 +209,46 @@ impl Verdict {
 /// panics on input: what it cannot read it reports as a finding.
 pub fn scan(artifacts: &Artifacts, redactor: &Redactor) -> Verdict {
     let mut findings = Vec::new();
-    for change in &artifacts.patch.files {
+    let files = &artifacts.patch.files;
+    for change in files {
         steering::scan_change(change, &mut findings);
         hooks::scan_change(change, &mut findings);
         obfuscation::scan_change(change, &mut findings);
-        secrets::scan_change(change, redactor, &mut findings);
+    }
+    // The line scanners read all added lines as one text: the redactor
+    // scans it once, and one word search picks the lines worth a pattern.
+    let mut joined = String::new();
+    let mut starts = Vec::new();
+    let mut at = Vec::new();
+    for (f, change) in files.iter().enumerate() {
         for (line, text) in &change.added {
-            let at = Place {
-                file: &change.path,
-                line: Some(*line),
-                origin: Origin::Patch,
-            };
-            download_exec::scan_line(text, &at, &mut findings);
-            injection::scan_line(text, &at, &mut findings);
+            starts.push(joined.len());
+            at.push((f, *line));
+            joined.push_str(text);
+            joined.push('\n');
         }
+    }
+    secrets::scan_joined(
+        &joined,
+        &starts,
+        |i| at.get(i).map(|(f, l)| (files[*f].path.as_str(), *l)),
+        redactor,
+        &mut findings,
+    );
+    let candidates = keywords::candidate_lines(&joined, &starts);
+    for (i, (f, line)) in at.iter().enumerate() {
+        if !candidates.get(i).copied().unwrap_or(true) {
+            continue;
+        }
+        let (change, text) = (&files[*f], line_text(&joined, &starts, i));
+        let place = Place {
+            file: &change.path,
+            line: Some(*line),
+            origin: Origin::Patch,
+        };
+        download_exec::scan_line(text, &place, &mut findings);
+        injection::scan_line(text, &place, &mut findings);
+        obfuscation::scan_decode_exec(text, &place, &mut findings);
     }
     for (texts, origin) in [
         (&artifacts.outbound, Origin::Outbound),
@@ -235,6 +262,17 @@ pub fn scan(artifacts: &Artifacts, redactor: &Redactor) -> Verdict {
         findings,
         errors: Vec::new(),
     }
+}
+
+/// Line `i` of a joined text, without its newline.
+fn line_text<'a>(joined: &'a str, starts: &[usize], i: usize) -> &'a str {
+    let start = starts.get(i).copied().unwrap_or(joined.len());
+    let end = starts
+        .get(i + 1)
+        .map_or(joined.len(), |e| *e)
+        .saturating_sub(1)
+        .max(start);
+    joined.get(start..end).unwrap_or_default()
 }
 
 fn scan_text(t: &Text, origin: Origin, redactor: &Redactor, out: &mut Vec<Finding>) {

@@ -7,7 +7,7 @@ use std::sync::LazyLock;
 
 use regex::Regex;
 
-use super::{Category, FileChange, FileStatus, Finding, Origin, excerpt};
+use super::{Category, FileChange, FileStatus, Finding, Origin, Place, excerpt};
 
 const SCANNER: &str = "obfuscation";
 
@@ -21,18 +21,10 @@ const BASE64_MIN: usize = 120;
 /// Shortest hex run flagged (a sha512 digest is 128).
 const HEX_MIN: usize = 200;
 
-/// A base64 run (standard or URL-safe); only a run mixing upper and lower
-/// case and digits counts (a line of dashes is not a blob).
-static BASE64: LazyLock<Option<Regex>> =
-    LazyLock::new(|| Regex::new(&format!(r"[A-Za-z0-9+/_-]{{{BASE64_MIN},}}={{0,2}}")).ok());
-
-/// Hex runs, `\xNN` and `\uNNNN` escapes, and long lists of byte values.
-static ENCODED: LazyLock<Option<Regex>> = LazyLock::new(|| {
-    Regex::new(&format!(
-        r"[0-9a-fA-F]{{{HEX_MIN},}}|(?:\\x[0-9a-fA-F]{{2}}){{16,}}|(?:\\u[0-9a-fA-F]{{4}}){{16,}}|(?:\d{{2,3}}\s*,\s*){{24,}}"
-    ))
-    .ok()
-});
+/// A long list of byte values (`104, 105, ...`); the other encodings are
+/// found by [`blob`] in one pass over the bytes.
+static NUMBERS: LazyLock<Option<Regex>> =
+    LazyLock::new(|| Regex::new(r"(?:\d{2,3}\s*,\s*){24,}").ok());
 
 static DECODE_EXEC: LazyLock<Option<Regex>> = LazyLock::new(|| {
     Regex::new(
@@ -86,40 +78,97 @@ fn entropy(s: &[u8]) -> f64 {
         .sum()
 }
 
-/// Why a line is unreadable, if it is.
-fn judge_line(line: &str) -> Option<String> {
-    if line.contains('\0') {
+/// Shortest line that can hold an encoded blob (16 `\\xNN` escapes).
+const BLOB_MIN_LINE: usize = 64;
+
+/// The length of the first encoded blob in a line: a base64 run mixing
+/// upper and lower case and digits (not inside an inline image), a hex run,
+/// or a run of `\\xNN` / `\\uNNNN` escapes. One pass over the bytes: it
+/// runs on every long added line.
+fn blob(line: &str) -> Option<usize> {
+    let bytes = line.as_bytes();
+    let (mut run, mut upper, mut lower, mut digit, mut exempt) = (0, false, false, false, false);
+    let mut hex = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'_' | b'-') {
+            run += 1;
+            upper |= b.is_ascii_uppercase();
+            lower |= b.is_ascii_lowercase();
+            digit |= b.is_ascii_digit();
+            if run == BASE64_MIN {
+                exempt = is_data_image(&bytes[..i + 1 - run]);
+            }
+            if run >= BASE64_MIN && upper && lower && digit && !exempt {
+                return Some(base64_len(&bytes[i + 1 - run..]));
+            }
+        } else {
+            (run, upper, lower, digit) = (0, false, false, false);
+        }
+        if b.is_ascii_hexdigit() {
+            hex += 1;
+            if hex >= HEX_MIN {
+                return Some(hex);
+            }
+        } else {
+            hex = 0;
+        }
+    }
+    if memchr::memchr(b'\\', bytes).is_some() {
+        let mut escapes = 0;
+        let mut i = 0;
+        while i < bytes.len() {
+            let width = match (bytes[i], bytes.get(i + 1)) {
+                (b'\\', Some(b'x')) => 2,
+                (b'\\', Some(b'u')) => 4,
+                _ => 0,
+            };
+            let digits = bytes.get(i + 2..i + 2 + width);
+            if width > 0 && digits.is_some_and(|d| d.iter().all(u8::is_ascii_hexdigit)) {
+                escapes += 1;
+                if escapes >= 16 {
+                    return Some(escapes * (width + 2));
+                }
+                i += 2 + width;
+            } else {
+                escapes = 0;
+                i += 1;
+            }
+        }
+    }
+    if bytes.iter().filter(|b| **b == b',').count() >= 24
+        && let Some(m) = NUMBERS.as_ref().and_then(|re| re.find(line))
+    {
+        return Some(m.len());
+    }
+    None
+}
+
+/// How long the base64 run at the start of `bytes` is.
+fn base64_len(bytes: &[u8]) -> usize {
+    bytes
+        .iter()
+        .take_while(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'_' | b'-'))
+        .count()
+}
+
+/// Why a line is unreadable, if it is, short of decode-and-run (which
+/// [`decode_exec`] checks on the lines that hold one of its words).
+fn judge_line_fast(line: &str) -> Option<String> {
+    if memchr::memchr(0, line.as_bytes()).is_some() {
         return Some("a NUL byte".into());
     }
-    if let Some(c) = first_hidden(line) {
+    if !line.is_ascii()
+        && let Some(c) = first_hidden(line)
+    {
         return Some(format!(
             "an invisible or direction-changing character U+{:04X}",
             u32::from(c)
         ));
     }
-    if let Some(re) = DECODE_EXEC.as_ref()
-        && re.is_match(line)
+    if line.len() >= BLOB_MIN_LINE
+        && let Some(len) = blob(line)
     {
-        return Some(format!(
-            "code that decodes and runs itself: `{}`",
-            excerpt(line)
-        ));
-    }
-    if let Some(re) = BASE64.as_ref() {
-        for m in re.find_iter(line) {
-            let s = m.as_str();
-            let mixed = s.bytes().any(|b| b.is_ascii_uppercase())
-                && s.bytes().any(|b| b.is_ascii_lowercase())
-                && s.bytes().any(|b| b.is_ascii_digit());
-            if mixed && !is_data_image(&line[..m.start()]) {
-                return Some(format!("an encoded blob of {} characters", m.len()));
-            }
-        }
-    }
-    if let Some(re) = ENCODED.as_ref()
-        && let Some(m) = re.find(line)
-    {
-        return Some(format!("an encoded blob of {} characters", m.len()));
+        return Some(format!("an encoded blob of {len} characters"));
     }
     if line.len() >= ENTROPY_MIN_LEN {
         let spaces = line.bytes().filter(u8::is_ascii_whitespace).count();
@@ -134,11 +183,39 @@ fn judge_line(line: &str) -> Option<String> {
     None
 }
 
-/// An inline image (`data:image/png;base64,...`) is data, not code.
-fn is_data_image(before: &str) -> bool {
+/// Code that decodes and runs itself, if the line holds some.
+fn decode_exec(line: &str) -> Option<String> {
+    DECODE_EXEC
+        .as_ref()
+        .filter(|re| re.is_match(line))
+        .map(|_| format!("code that decodes and runs itself: `{}`", excerpt(line)))
+}
+
+/// Why a line is unreadable, if it is: every check.
+fn judge_line(line: &str) -> Option<String> {
+    judge_line_fast(line).or_else(|| decode_exec(line))
+}
+
+/// Decode-and-run on one added line of the patch.
+pub fn scan_decode_exec(line: &str, at: &Place<'_>, out: &mut Vec<Finding>) {
+    if let Some(why) = decode_exec(line) {
+        out.push(at.finding(
+            Category::MaliciousPatch,
+            SCANNER,
+            format!("the patch adds {why}"),
+        ));
+    }
+}
+
+/// An inline image (`data:image/png;base64,...`) is data, not code:
+/// whether the bytes before a run end in such a prefix.
+fn is_data_image(before: &[u8]) -> bool {
     let tail = &before[before.len().saturating_sub(40)..];
-    let tail = tail.to_ascii_lowercase();
-    tail.contains("data:image/") || tail.contains("data:font/")
+    let has = |needle: &[u8]| {
+        tail.windows(needle.len())
+            .any(|w| w.eq_ignore_ascii_case(needle))
+    };
+    has(b"data:image/") || has(b"data:font/")
 }
 
 /// Checks one changed file.
@@ -169,7 +246,7 @@ pub fn scan_change(change: &FileChange, out: &mut Vec<Finding>) {
         return;
     }
     for (n, line) in &change.added {
-        if let Some(why) = judge_line(line) {
+        if let Some(why) = judge_line_fast(line) {
             out.push(Finding {
                 category: Category::MaliciousPatch,
                 scanner: SCANNER,
@@ -218,7 +295,7 @@ mod tests {
 
     #[test]
     fn the_regexes_compile() {
-        assert!(BASE64.is_some() && ENCODED.is_some() && DECODE_EXEC.is_some());
+        assert!(NUMBERS.is_some() && DECODE_EXEC.is_some());
     }
 
     #[test]

@@ -2,33 +2,34 @@
 //! [`Redactor`] (configured secret values in their encodings, and token
 //! shapes): one definition of "a secret" for redaction, commits and
 //! detection. A reason names the kind, never the value.
-use super::{Category, FileChange, Finding};
+use super::{Category, Finding};
 use crate::policy::Redactor;
 
 const SCANNER: &str = "secrets";
 
-/// Secrets on the added lines of one file.
-pub fn scan_change(change: &FileChange, redactor: &Redactor, out: &mut Vec<Finding>) {
-    if change.added.is_empty() {
-        return;
-    }
-    // One pass over the file's added text; offsets map back to lines.
-    let mut text = String::new();
-    let mut starts = Vec::with_capacity(change.added.len());
-    for (n, line) in &change.added {
-        starts.push((text.len(), *n));
-        text.push_str(line);
-        text.push('\n');
-    }
-    for s in redactor.scan(text.as_bytes()) {
-        let i = starts.partition_point(|(off, _)| *off <= s.start);
-        let line = starts.get(i.saturating_sub(1)).map(|(_, n)| *n);
+/// Secrets on the added lines of the patch, joined as one text (`starts[i]`
+/// is where line `i` begins, `place(i)` its file and line number): one
+/// redactor pass for the whole patch.
+pub fn scan_joined<'a>(
+    joined: &str,
+    starts: &[usize],
+    place: impl Fn(usize) -> Option<(&'a str, u32)>,
+    redactor: &Redactor,
+    out: &mut Vec<Finding>,
+) {
+    for s in redactor.scan(joined.as_bytes()) {
+        let i = starts
+            .partition_point(|off| *off <= s.start)
+            .saturating_sub(1);
+        let Some((file, line)) = place(i) else {
+            continue;
+        };
         out.push(Finding {
             category: Category::SecretLeak,
             scanner: SCANNER,
             reason: format!("the patch adds a secret ({})", s.kind),
-            file: change.path.clone(),
-            line,
+            file: file.to_string(),
+            line: Some(line),
         });
     }
 }
@@ -67,7 +68,14 @@ mod tests {
             "diff --git a/c.env b/c.env\n--- a/c.env\n+++ b/c.env\n@@ -4,0 +5,3 @@\n+A=1\n+KEY=hunter2-but-longer\n+T=ghp_0123456789abcdefghijABCDEFGHIJ0123456789\n",
         );
         let mut out = Vec::new();
-        scan_change(&p.files[0], &r, &mut out);
+        let v = crate::detect::scan(
+            &crate::detect::Artifacts {
+                patch: p,
+                ..Default::default()
+            },
+            &r,
+        );
+        out.extend(v.findings);
         let got: Vec<_> = out.iter().map(|f| (f.line, f.reason.as_str())).collect();
         assert_eq!(
             got,

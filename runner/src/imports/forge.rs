@@ -963,7 +963,10 @@ mod tests {
             reason: "allowed".into(),
         };
         let d = with_findings(allow.clone(), &failed);
-        assert!(d.is_hold() && d.reason().contains("failing closed"), "{d:?}");
+        assert!(
+            d.is_hold() && d.reason().contains("failing closed"),
+            "{d:?}"
+        );
         assert_eq!(with_findings(allow.clone(), &Verdict::default()), allow);
         let deny = Decision::Deny {
             reason: "no".into(),
