@@ -23,6 +23,7 @@ mod support;
 mod answer;
 mod api;
 mod build_guard;
+mod detect;
 mod factory;
 mod forge;
 mod github_app;

@@ -120,6 +120,7 @@ async fn services_with(
         budgets: HashMap::new(),
         history: None,
         mirrors: root.join("mirrors"),
+        detection: Default::default(),
         runs_dir: Some(root.join("runs")),
     }
 }

@@ -264,5 +264,117 @@ when { context.program == "curl" };"#
         verdict(percentile(&round_p99, 0.5)),
         verdict(c.p99.saturating_sub(u.p99))
     );
+    detection(&gate);
     Ok(())
+}
+
+/// A unified diff adding `lines` lines over 50 files: Rust, markdown, JSON,
+/// shell and TOML, the mix a run's patch has (no findings in it).
+fn patch_text(lines: usize) -> String {
+    let samples = [
+        (
+            "src/module{}.rs",
+            [
+                "    let total = items.iter().map(|x| x.weight * 2).sum::<u64>();",
+                "    if total > limit { return Err(Error::TooHeavy { total, limit }); }",
+                "/// Returns the slug of a title: lowercase words joined by single dashes.",
+                "pub fn slugify(title: &str) -> String { title.to_lowercase() }",
+            ],
+        ),
+        (
+            "docs/page{}.md",
+            [
+                "The command reads `kiln.toml` from the working directory and prints the result.",
+                "| option | default | meaning |",
+                "See the [README](../README.md) for the configuration reference.",
+                "- `curl -fsSL https://example.invalid/data.json -o data.json` fetches the data.",
+            ],
+        ),
+        (
+            "config/settings{}.json",
+            [
+                "  \"name\": \"widget\", \"version\": \"1.4.0\",",
+                "  \"integrity\": \"sha512-z4PhNX7vuL3xVChQ1m2AB9Yg5AULVxXcg/SpIdNs6c5H0NE8XYXysP+DGNKHfuwvY7kxvUdBeoGlODJ6+SfaPg==\",",
+                "  \"timeout_ms\": 2500,",
+                "  \"retries\": [100, 200, 400, 800],",
+            ],
+        ),
+        (
+            "scripts/task{}.sh",
+            [
+                "set -euo pipefail",
+                "for f in \"$@\"; do printf '%s\\n' \"$f\" | tr 'A-Z' 'a-z'; done",
+                "curl -fsSL \"$API/items\" | jq -r '.items[].name'",
+                "echo \"done in ${SECONDS}s\"",
+            ],
+        ),
+    ];
+    let files = 50;
+    let per_file = lines / files;
+    let mut out = String::new();
+    for f in 0..files {
+        let (pattern, body) = samples[f % samples.len()];
+        let path = pattern.replace("{}", &f.to_string());
+        out.push_str(&format!(
+            "diff --git a/{path} b/{path}\nindex 1111111..2222222 100644\n--- a/{path}\n+++ b/{path}\n@@ -1,2 +1,{} @@\n context line\n",
+            per_file + 2
+        ));
+        for i in 0..per_file {
+            out.push('+');
+            out.push_str(body[i % body.len()]);
+            out.push('\n');
+        }
+        out.push_str(" context line\n");
+    }
+    out
+}
+
+/// The detection step's scanners (parse + scan, no model) on a 5,000-line
+/// patch, next to the redactor over the same diff text, interleaved.
+fn detection(gate: &Gate) {
+    use kiln::detect::{Artifacts, Patch, Text, scan};
+    const SAMPLES: usize = 200;
+    let diff = patch_text(5_000);
+    let lines = Patch::parse(&diff).added_lines();
+    let artifacts = || Artifacts {
+        patch: Patch::parse(black_box(&diff)),
+        outbound: vec![Text::new("pull request body", "Fixes the slug.")],
+        inputs: Vec::new(),
+    };
+    assert!(
+        scan(&artifacts(), gate.redactor()).findings.is_empty(),
+        "the bench patch is clean"
+    );
+    let (mut scanners, mut redactor) = (Vec::new(), Vec::new());
+    for _ in 0..10 {
+        black_box(scan(&artifacts(), gate.redactor()));
+        black_box(gate.redactor().redact(black_box(&diff)));
+    }
+    for _ in 0..SAMPLES {
+        let t = Instant::now();
+        black_box(scan(&artifacts(), gate.redactor()));
+        scanners.push(t.elapsed().as_nanos() as u64);
+        let t = Instant::now();
+        black_box(gate.redactor().redact(black_box(&diff)));
+        redactor.push(t.elapsed().as_nanos() as u64);
+    }
+    let (s, r) = (stats(scanners), stats(redactor));
+    println!();
+    println!(
+        "detection: scanners (parse + scan, no model) on a {lines}-line patch ({} KiB), {SAMPLES} samples each",
+        diff.len() / 1024
+    );
+    println!("{:<34} {:>10} {:>10}", "", "p50", "p99");
+    println!("{:<34} {:>10} {:>10}", "scanners", us(s.p50), us(s.p99));
+    println!(
+        "{:<34} {:>10} {:>10}",
+        "redactor (same diff text)",
+        us(r.p50),
+        us(r.p99)
+    );
+    let ratio = s.p50 as f64 / r.p50.max(1) as f64;
+    println!(
+        "ratio scanners/redactor: p50 {ratio:.2}x (target <= 2x: {})",
+        if ratio <= 2.0 { "met" } else { "NOT met" }
+    );
 }

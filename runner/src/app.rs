@@ -209,6 +209,7 @@ pub async fn services(
         role_models: opts.role_models,
         budgets: opts.budgets,
         history: opts.history,
+        detection: opts.config.detection.clone(),
         mirrors: opts.data_dir.join("mirrors"),
         runs_dir: Some(opts.data_dir.join("runs")),
     })

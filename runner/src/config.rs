@@ -148,6 +148,8 @@ pub struct KilnConfig {
     pub intake: crate::intake::IntakeConfig,
     /// `[[schedules]]`: roles queued on a cron schedule (the outer loop).
     pub schedules: Vec<crate::schedule::ScheduleConfig>,
+    /// `[detection]`: the detection step before a run's work leaves.
+    pub detection: crate::detect::config::DetectionConfig,
     /// The directory `kiln.toml` was read from: custom roles' `plugin` and
     /// `skill` paths are relative to it (the current directory otherwise).
     pub base_dir: PathBuf,
@@ -179,6 +181,7 @@ struct RawConfig {
     triggers: Option<Vec<crate::intake::TriggerRule>>,
     #[serde(default)]
     schedules: Vec<crate::schedule::ScheduleConfig>,
+    detection: crate::detect::config::DetectionConfig,
 }
 
 impl From<RawConfig> for KilnConfig {
@@ -197,6 +200,7 @@ impl From<RawConfig> for KilnConfig {
                 custom_roles: Vec::new(),
             },
             schedules: raw.schedules,
+            detection: raw.detection,
             base_dir: PathBuf::new(),
         }
     }

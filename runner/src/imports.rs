@@ -65,6 +65,9 @@ pub struct RunContext {
     pub custom_skills: Arc<Vec<(String, Arc<str>)>>,
     /// The repository's history, for plugins granted `signals.read`.
     pub signals: Option<Arc<dyn signals::SignalSource>>,
+    /// The detection step run before a pull request's push: the optional
+    /// model detector and the step's budget (scanners always run).
+    pub detection: crate::detect::step::Settings,
 }
 
 impl RunContext {
@@ -85,6 +88,7 @@ impl RunContext {
             forge_target: None,
             custom_skills: Arc::default(),
             signals: None,
+            detection: crate::detect::step::Settings::default(),
         }
     }
 }
@@ -158,6 +162,7 @@ impl RunState {
                 used: crate::caps::EffectUse::default(),
                 target: ctx.forge_target,
                 publisher: ctx.publisher,
+                detection: ctx.detection,
             },
             session: session::SessionCtx {
                 steering: ctx.steering,

@@ -17,6 +17,7 @@ pub mod board;
 pub mod caps;
 pub mod config;
 pub mod control;
+pub mod detect;
 pub mod forge;
 pub mod imports;
 pub mod improve;

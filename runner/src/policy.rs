@@ -14,10 +14,12 @@
 //! generated types into them.
 
 pub mod config;
+pub mod detection;
 pub mod gate;
 pub mod redact;
 pub mod sanitize;
 
+pub use detection::DetectionContext;
 pub use gate::{
     Blame, Decision, Effect, EffectRequest, Gate, GateConfig, GateError, PolicyDiagnostic,
     ReviewComment, ReviewEvent, Role, RunContext, Trust,

@@ -44,6 +44,14 @@ pub enum EventKind {
     },
     /// A command ran in the sandbox; the message has its output.
     Exec,
+    /// The detection step judged the run's work before it left the host;
+    /// the message lists the findings. Host-only.
+    Detection {
+        /// `clean`, `flagged` or `failed`.
+        verdict: String,
+        /// How many findings.
+        findings: usize,
+    },
     /// The run started: its progress comment was posted (the message names
     /// the comment), then its plugin started. Host-only: plugins cannot emit it.
     Started,

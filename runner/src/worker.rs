@@ -164,6 +164,8 @@ pub struct Services {
     /// The run store, whose history the `signals` interface reads; `None`
     /// answers `unavailable` to plugins granted `signals.read`.
     pub history: Option<Arc<dyn crate::store::RunStore>>,
+    /// The detection step's settings (`[detection]`).
+    pub detection: crate::detect::config::DetectionConfig,
     /// Where repository mirrors are kept.
     pub mirrors: PathBuf,
     /// Where each run's handback bundle is written (`<dir>/<run>/handback.bundle`),
@@ -787,6 +789,7 @@ async fn run_prepared(
     live.set_sandbox(Some(handle.clone()));
     ctx.sandbox = Some(handle);
     ctx.publisher = Some(publisher.clone());
+    ctx.detection = services.detection.settings();
     ctx.forge_target = Some(ForgeTarget {
         forge,
         head_branch: branch.clone(),

@@ -122,6 +122,7 @@ pub fn role_services(
         budgets: HashMap::new(),
         history: None,
         mirrors: root.join("mirrors"),
+        detection: Default::default(),
         runs_dir: Some(root.join("runs")),
     }
 }

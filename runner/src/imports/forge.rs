@@ -22,6 +22,7 @@
 use std::sync::Arc;
 
 use super::RunState;
+use crate::detect::{Text, Verdict, step};
 use crate::forge::diff::CommentableLines;
 use crate::forge::{
     self as domain, EffectRecord, EffectState, Forge, ForgeSnapshot, NewPullRequest, NewReview,
@@ -63,6 +64,8 @@ pub struct ForgeCtx {
     pub target: Option<ForgeTarget>,
     /// Commits the workspace for a pull request.
     pub publisher: Option<Arc<Publisher>>,
+    /// The detection step's settings.
+    pub detection: crate::detect::step::Settings,
 }
 
 /// The stricter of two decisions: deny over hold over allow.
@@ -72,6 +75,25 @@ fn stricter(a: Decision, b: Decision) -> Decision {
         (_, Decision::Deny { .. }) => b,
         (Decision::Hold { .. }, _) => a,
         _ => b,
+    }
+}
+
+/// A decision on effects the detection step covered, with its verdict: a
+/// hold carries the findings in its reason (what the person approving
+/// reads next to the diff), and a detector that failed holds what would
+/// have been allowed (failing closed, whatever the policies say).
+fn with_findings(decision: Decision, verdict: &Verdict) -> Decision {
+    match decision {
+        Decision::Hold { reason } if verdict.holds() => Decision::Hold {
+            reason: format!("{reason}; {}", verdict.summary()),
+        },
+        Decision::Allow { reason } if !verdict.errors.is_empty() => Decision::Hold {
+            reason: format!(
+                "{reason}, but held: a detector failed (failing closed); {}",
+                verdict.summary()
+            ),
+        },
+        d => d,
     }
 }
 
@@ -372,7 +394,11 @@ impl RunState {
                 })
                 .0
             }
-            Proposal::PullRequest { title, body, .. } => {
+            Proposal::PullRequest {
+                title,
+                body,
+                commit_message,
+            } => {
                 let (head, base) = match &self.forge.target {
                     Some(t) => (t.head_branch.clone(), t.base_branch.clone()),
                     None => match &self.policy {
@@ -384,30 +410,44 @@ impl RunState {
                     Ok(paths) => paths,
                     Err(denied) => return denied,
                 };
+                let verdict = self
+                    .detection(vec![
+                        Text::new("pull request title", title.clone()),
+                        Text::new("pull request body", body.clone()),
+                        Text::new("commit message", commit_message.clone()),
+                    ])
+                    .await;
+                let run = self.detected_run(&verdict);
                 let push = self
-                    .decide(Effect::Push {
-                        branch: head.clone(),
-                        paths,
-                    })
+                    .decide_as(
+                        run.as_ref(),
+                        Effect::Push {
+                            branch: head.clone(),
+                            paths,
+                        },
+                    )
                     .0;
                 if push.is_deny() {
                     return push;
                 }
                 let pr = self
-                    .decide(Effect::ProposePullRequest {
-                        head,
-                        base,
-                        title: title.clone(),
-                        body: body.clone(),
-                        draft: true,
-                    })
+                    .decide_as(
+                        run.as_ref(),
+                        Effect::ProposePullRequest {
+                            head,
+                            base,
+                            title: title.clone(),
+                            body: body.clone(),
+                            draft: true,
+                        },
+                    )
                     .0;
-                stricter(push, pr)
+                with_findings(stricter(push, pr), &verdict)
             }
             Proposal::PullRequestUpdate {
                 number,
                 verification,
-                ..
+                commit_message,
             } => {
                 // The pull request must be the one the run read: its head
                 // is what the commits go to.
@@ -424,23 +464,35 @@ impl RunState {
                     Ok(paths) => paths,
                     Err(denied) => return denied,
                 };
+                let mut texts = vec![Text::new("commit message", commit_message.clone())];
+                if let Some(v) = verification {
+                    texts.push(Text::new("pull request Verification section", v.clone()));
+                }
+                let verdict = self.detection(texts).await;
+                let run = self.detected_run(&verdict);
                 let update = self
-                    .decide(Effect::UpdatePullRequest {
-                        number: *number,
-                        head: head.clone(),
-                        verification: verification.clone(),
-                    })
+                    .decide_as(
+                        run.as_ref(),
+                        Effect::UpdatePullRequest {
+                            number: *number,
+                            head: head.clone(),
+                            verification: verification.clone(),
+                        },
+                    )
                     .0;
                 if update.is_deny() || paths.is_empty() {
-                    return update;
+                    return with_findings(update, &verdict);
                 }
                 let push = self
-                    .decide(Effect::Push {
-                        branch: head,
-                        paths,
-                    })
+                    .decide_as(
+                        run.as_ref(),
+                        Effect::Push {
+                            branch: head,
+                            paths,
+                        },
+                    )
                     .0;
-                stricter(push, update)
+                with_findings(stricter(push, update), &verdict)
             }
             Proposal::Review {
                 number,
@@ -509,6 +561,42 @@ impl RunState {
                 .0
             }
         }
+    }
+
+    /// The detection step over the run's work before it leaves: the
+    /// workspace's patch, `outbound` (the proposal's texts) and the run's
+    /// untrusted inputs. The verdict is a run event.
+    async fn detection(&self, outbound: Vec<Text>) -> Verdict {
+        let Some(binding) = &self.policy else {
+            // No gate: every effect is denied anyway.
+            return Verdict::default();
+        };
+        let settings = &self.forge.detection;
+        let verdict = step::run(
+            self.forge.publisher.as_deref(),
+            outbound,
+            step::untrusted_inputs(&self.forge.snapshot),
+            binding.gate.redactor(),
+            settings.model.as_deref(),
+            settings.budget,
+        )
+        .await;
+        self.events.record(
+            EventKind::Detection {
+                verdict: verdict.label().to_string(),
+                findings: verdict.findings.len(),
+            },
+            step::event_message(&verdict),
+        );
+        verdict
+    }
+
+    /// The run as the principal of the effects a verdict covers: the same
+    /// run with the verdict in its Cedar context.
+    fn detected_run(&self, verdict: &Verdict) -> Option<Arc<crate::policy::RunContext>> {
+        self.policy
+            .as_ref()
+            .map(|b| Arc::new(b.run.with_detection(step::policy_context(verdict))))
     }
 
     /// Redact every outbound text of a proposal.
@@ -862,6 +950,52 @@ mod tests {
     use super::*;
     use crate::forge::local::LocalForge;
     use crate::forge::{NewPullRequest, RepoRef};
+
+    #[test]
+    fn a_hold_carries_the_findings_and_a_failed_detector_holds_what_was_allowed() {
+        let finding = crate::detect::Finding {
+            category: crate::detect::Category::MaliciousPatch,
+            scanner: "hooks",
+            reason: "the patch adds a postinstall script".into(),
+            file: "package.json".into(),
+            line: Some(7),
+        };
+        let flagged = Verdict {
+            findings: vec![finding],
+            errors: vec![],
+        };
+        let held = with_findings(
+            Decision::Hold {
+                reason: "held by default.hold-detection-findings".into(),
+            },
+            &flagged,
+        );
+        assert!(
+            held.is_hold()
+                && held
+                    .reason()
+                    .contains("malicious_patch at package.json:7: the patch adds a postinstall"),
+            "{held:?}"
+        );
+        let failed = Verdict {
+            findings: vec![],
+            errors: vec!["the patch could not be read".into()],
+        };
+        let allow = Decision::Allow {
+            reason: "allowed".into(),
+        };
+        let d = with_findings(allow.clone(), &failed);
+        assert!(
+            d.is_hold() && d.reason().contains("failing closed"),
+            "{d:?}"
+        );
+        assert_eq!(with_findings(allow.clone(), &Verdict::default()), allow);
+        let deny = Decision::Deny {
+            reason: "no".into(),
+            blame: crate::policy::Blame::Policy,
+        };
+        assert_eq!(with_findings(deny.clone(), &failed), deny);
+    }
 
     fn git(dir: &std::path::Path, args: &[&str]) -> String {
         let out = std::process::Command::new("git")

@@ -82,6 +82,16 @@ impl RunState {
     /// Decide `effect` for this run and write the decision to the event log.
     /// Unless denied, the effect comes back with its outbound texts redacted.
     pub(crate) fn decide(&self, effect: Effect) -> (Decision, Effect) {
+        self.decide_as(None, effect)
+    }
+
+    /// [`Self::decide`] with `run` as the principal instead of the binding's
+    /// (the same run with more context, e.g. the detection verdict).
+    pub(crate) fn decide_as(
+        &self,
+        run: Option<&Arc<crate::policy::RunContext>>,
+        effect: Effect,
+    ) -> (Decision, Effect) {
         let Some(binding) = &self.policy else {
             let decision = Decision::Deny {
                 reason: format!(
@@ -95,7 +105,7 @@ impl RunState {
             return (decision, effect);
         };
         let (decision, req) = binding.gate.admit(EffectRequest {
-            run: binding.run.clone(),
+            run: run.unwrap_or(&binding.run).clone(),
             effect,
         });
         self.record_decision(req.effect.action(), &decision);

@@ -296,6 +296,10 @@ impl Gate {
                 "read_untrusted".to_owned(),
                 RestrictedExpression::new_bool(run.read_untrusted),
             ));
+            context.extend(crate::policy::detection::cedar_pairs(
+                run.detection.as_ref(),
+                req.effect.action(),
+            ));
             let context = Context::from_pairs(context).map_err(|e| e.to_string())?;
             // Checking each request against the schema costs more than the
             // decision itself; the tests check every request shape the host

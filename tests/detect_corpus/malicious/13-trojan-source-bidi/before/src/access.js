@@ -1,0 +1,3 @@
+export function canEdit(user) {
+  return user.role === 'admin';
+}
