@@ -31,6 +31,7 @@ mod metrics;
 mod model_providers;
 mod operating;
 mod operator;
+mod outputs;
 mod plugin_cli;
 mod plugin_host;
 mod readme;

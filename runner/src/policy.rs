@@ -19,8 +19,9 @@ pub mod redact;
 pub mod sanitize;
 
 pub use gate::{
-    Blame, Decision, Effect, EffectRequest, Gate, GateConfig, GateError, PolicyDiagnostic,
-    ReviewComment, ReviewEvent, Role, RunContext, Trust,
+    Audience, Blame, Decision, Effect, EffectRequest, Gate, GateConfig, GateError, LinkHosts,
+    Neutralised, PolicyDiagnostic, ProtectedChange, ProtectedPattern, Protection, ReviewComment,
+    ReviewEvent, Role, RunContext, TextKind, Trust, make_inert,
 };
 pub use redact::{
     RedactingWriter, Redactor, RedactorError, SecretFinding, SecretInCommit, SecretValue,

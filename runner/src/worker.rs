@@ -736,6 +736,21 @@ async fn run_prepared(
             ),
         );
     }
+    // Outbound texts may ping the people the run answers, and an
+    // implementation's pull request body may close its own issue; the gate's
+    // text hygiene neutralises every other mention and closing keyword.
+    let mut mentions: Vec<String> = [Some(req.number), issue]
+        .into_iter()
+        .flatten()
+        .filter_map(|n| {
+            snap.issues
+                .get(&n)
+                .or(snap.pull_requests.get(&n).map(|p| &p.issue))
+                .map(|i| i.author.clone())
+        })
+        .collect();
+    mentions.dedup();
+    let closes = issue.filter(|_| req.role == Role::Implementation);
     ctx.forge = snap;
     ctx.policy = Some(PolicyBinding {
         gate: services.gate.clone(),
@@ -747,7 +762,8 @@ async fn run_prepared(
                 req.trust,
                 branch.clone(),
             )
-            .with_read_untrusted(!strangers.is_empty()),
+            .with_read_untrusted(!strangers.is_empty())
+            .with_audience(mentions, closes),
         ),
     });
     let handle = SandboxHandle {

@@ -24,6 +24,11 @@ pub struct RunContext {
     /// Whether the run's task holds text from untrusted authors (Cedar's
     /// `context.read_untrusted`).
     pub(super) read_untrusted: bool,
+    /// Logins its outbound texts may mention (the author it answers, the
+    /// actor who started it).
+    pub(super) mentions: Vec<String>,
+    /// The issue its pull request body may close (an implementation run's).
+    pub(super) closes: Option<u64>,
     /// The principal and repo entities; an error is kept and turned into a
     /// fail-closed denial by the gate.
     pub(super) cedar: Result<RunEntities, String>,
@@ -63,6 +68,8 @@ impl RunContext {
             trust,
             branch,
             read_untrusted: false,
+            mentions: Vec::new(),
+            closes: None,
             cedar,
             resource_cache: Mutex::new(Vec::new()),
         }
@@ -73,6 +80,15 @@ impl RunContext {
     /// does not make a stranger's words trusted, so policies see both.
     pub fn with_read_untrusted(mut self, read_untrusted: bool) -> Self {
         self.read_untrusted = read_untrusted;
+        self
+    }
+
+    /// The same run, saying whom its outbound texts may mention and which
+    /// issue its pull request body may close; everyone else's mention and
+    /// every other closing keyword is neutralised.
+    pub fn with_audience(mut self, mentions: Vec<String>, closes: Option<u64>) -> Self {
+        self.mentions = mentions;
+        self.closes = closes;
         self
     }
 
@@ -155,6 +171,8 @@ impl fmt::Debug for RunContext {
             .field("trust", &self.trust)
             .field("branch", &self.branch)
             .field("read_untrusted", &self.read_untrusted)
+            .field("mentions", &self.mentions)
+            .field("closes", &self.closes)
             .finish()
     }
 }
