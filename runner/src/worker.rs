@@ -420,11 +420,22 @@ pub async fn execute(
             },
         };
     if let Some(id) = progress_comment {
-        let text = services
+        // The reason quotes the plugin's summary: outbound text like any other.
+        let (text, notes) = services
             .gate
-            .redactor()
-            .redact(&summary.reason)
-            .into_owned();
+            .report_text(&req.repo.to_string(), &summary.reason);
+        for n in notes {
+            events.record(
+                EventKind::Policy {
+                    action: "text-hygiene".into(),
+                    verdict: "neutralised".into(),
+                },
+                format!(
+                    "{} in the progress comment: neutralised {:?}: {}",
+                    n.what, n.detail, n.why
+                ),
+            );
+        }
         let body = progress_ended(&req.run_id, req.role, summary.state.as_str(), &text);
         if let Err(e) = forge.edit_comment(id, &body).await {
             events.record(EventKind::Warning, format!("progress comment: {e}"));

@@ -278,6 +278,18 @@ impl Gate {
         (redacted, notes)
     }
 
+    /// A status report the host posts for a run of `repo` that quotes what
+    /// the run said (the progress comment's last line): made inert with no
+    /// one to mention and nothing to close, then redacted.
+    pub fn report_text(&self, repo: &str, text: &str) -> (String, Vec<Neutralised>) {
+        let audience = Audience {
+            repo: repo.to_owned(),
+            ..Audience::default()
+        };
+        let (inert, notes) = make_inert(text, TextKind::Comment, &self.link_hosts, &audience);
+        (self.redactor.redact(&inert).into_owned(), notes)
+    }
+
     /// The protected paths among `paths` changed by a run of `role`, with
     /// hold or deny and why: what the host shows next to a held effect's
     /// diff.
