@@ -169,13 +169,13 @@ static MENTION: LazyLock<Regex> = LazyLock::new(|| {
 
 static CLOSING: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(
-        r"(?i)\b(close[sd]?|fix(?:e[sd])?|resolve[sd]?)(:?[ \t\r\n]+|:)((?:([A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+))?#(\d+)|https?://[^\s/]+/([A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+)/(?:issues|pull)/(\d+))",
+        r"(?i)(?-u:\b)(close[sd]?|fix(?:e[sd])?|resolve[sd]?)(:?[ \t\r\n]+|:)((?:([A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+))?#(\d+)|https?://[^\s/]+/([A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+)/(?:issues|pull)/(\d+))",
     )
     .unwrap_or_else(|e| unreachable!("closing regex: {e}"))
 });
 
 static BARE_URL: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"(?i)\b(?:https?://|www\.)[^\s<>`]+")
+    Regex::new(r"(?i)(?-u:\b)(?:https?://|www\.)[^\s<>`]+")
         .unwrap_or_else(|e| unreachable!("url regex: {e}"))
 });
 
