@@ -35,6 +35,7 @@ mod model_providers;
 mod operating;
 mod operator;
 mod outer_loop;
+mod outputs;
 mod plugin_cli;
 mod plugin_host;
 mod readme;

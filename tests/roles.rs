@@ -223,13 +223,21 @@ async fn run_role(
         .expect("a built-in role");
     ctx.policy = Some(PolicyBinding {
         gate: Arc::new(gate),
-        run: Arc::new(kiln::policy::RunContext::new(
-            task.run_id.clone(),
-            role_name,
-            task.repo.clone(),
-            Trust::Trusted,
-            task.branch.clone(),
-        )),
+        run: Arc::new(
+            kiln::policy::RunContext::new(
+                task.run_id.clone(),
+                role_name,
+                task.repo.clone(),
+                Trust::Trusted,
+                task.branch.clone(),
+            )
+            // As the worker does: an implementation's pull request may close
+            // its own issue.
+            .with_audience(
+                Vec::new(),
+                task.issue.filter(|_| role_name == KilnRole::Implementation),
+            ),
+        ),
     });
     ctx.model = Some(model);
     ctx.workspace = Some(WorkspaceMount::open(workspace, writable).expect("workspace"));

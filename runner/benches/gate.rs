@@ -6,13 +6,17 @@
 //! to an in-memory forge. Both run interleaved in the same process so machine
 //! noise hits both. A run keeps entity stores for the resources it touched,
 //! so the same comment on the run's issue is the warm path; comments on ever
-//! new issues are measured too (cold path). Run with `cargo bench --bench gate`.
+//! new issues are measured too (cold path). Then text hygiene (issue 19) on a
+//! 64 KiB Markdown body next to the redactor on the same body (target: at
+//! most 2x). Run with `cargo bench --bench gate`.
 
 use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Instant;
 
-use kiln::policy::{Effect, EffectRequest, Gate, GateConfig, Role, RunContext, SecretValue, Trust};
+use kiln::policy::{
+    Effect, EffectRequest, Gate, GateConfig, Role, RunContext, SecretValue, TextKind, Trust,
+};
 
 const WARMUP: usize = 5_000;
 const ROUNDS: usize = 20;
@@ -83,6 +87,7 @@ when { context.program == "curl" };"#
                 value: "setup-token-abcdef012345".into(),
             },
         ],
+        ..GateConfig::default()
     };
     let gate = Arc::new(Gate::new(&config)?);
     let run = Arc::new(RunContext::new(
@@ -265,6 +270,72 @@ when { context.program == "curl" };"#
         verdict(c.p99.saturating_sub(u.p99))
     );
     detection(&gate);
+    hygiene(&gate, &run)
+}
+
+/// Text hygiene against the redactor, both on the same 64 KiB body: a
+/// review-sized Markdown text with code, links, mentions and keywords.
+fn hygiene(gate: &Gate, run: &RunContext) -> anyhow::Result<()> {
+    const SAMPLES: usize = 400;
+    let chunk = "## Findings\n\nThe parser drops the last line (see [the docs](https://github.com/acme/widgets/blob/main/README.md) \
+        and ![shot](https://user-images.githubusercontent.com/1/2.png)). Thanks @alice; cc @acme/team and \
+        https://example.com/x. Fixes #17.\n\n```rust\nfn main() { println!(\"@x Fixes #1\"); }\n```\n\n\
+        - item with `code` and **bold** and <details><summary>log</summary>ok</details>\n\n";
+    let mut body = String::new();
+    while body.len() + chunk.len() <= 64 * 1024 {
+        body.push_str(chunk);
+    }
+    let (_, notes) = gate.outbound_text(run, TextKind::Comment, &body);
+    anyhow::ensure!(
+        !notes.is_empty(),
+        "the bench body should be neutralised somewhere"
+    );
+    let mut inert = Vec::with_capacity(SAMPLES);
+    let mut redact = Vec::with_capacity(SAMPLES);
+    for _ in 0..SAMPLES / 10 {
+        black_box(kiln::policy::make_inert(
+            black_box(&body),
+            TextKind::Comment,
+            &kiln::policy::LinkHosts::new(&["github.com".into()]),
+            &kiln::policy::Audience::default(),
+        ));
+    }
+    let hosts =
+        kiln::policy::LinkHosts::new(&["github.com".into(), "*.githubusercontent.com".into()]);
+    let audience = kiln::policy::Audience {
+        repo: "acme/widgets".into(),
+        mentions: vec!["alice".into()],
+        closes: None,
+    };
+    for _ in 0..SAMPLES {
+        let t = Instant::now();
+        black_box(kiln::policy::make_inert(
+            black_box(&body),
+            TextKind::Comment,
+            &hosts,
+            &audience,
+        ));
+        inert.push(t.elapsed().as_nanos() as u64);
+        let t = Instant::now();
+        black_box(gate.redactor().redact(black_box(&body)));
+        redact.push(t.elapsed().as_nanos() as u64);
+    }
+    let h = stats(inert);
+    let r = stats(redact);
+    let ratio = h.p50 as f64 / r.p50.max(1) as f64;
+    println!();
+    println!(
+        "text hygiene: {} KiB Markdown body, {SAMPLES} samples each",
+        body.len() / 1024
+    );
+    println!("{:<34} {:>10} {:>10}", "", "p50", "p99");
+    println!("{:<34} {:>10} {:>10}", "redactor", us(r.p50), us(r.p99));
+    println!("{:<34} {:>10} {:>10}", "text hygiene", us(h.p50), us(h.p99));
+    println!(
+        "ratio hygiene/redactor: p50 {ratio:.2}x, p99 {:.2}x; target <= 2x: {}",
+        h.p99 as f64 / r.p99.max(1) as f64,
+        if ratio <= 2.0 { "met" } else { "NOT met" }
+    );
     Ok(())
 }
 

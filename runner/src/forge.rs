@@ -516,7 +516,26 @@ pub enum EffectState {
         /// the human approves exactly what was proposed.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         commit: Option<String>,
+        /// What the human should look at before approving: each concern
+        /// with the diff of the files it is about.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        concerns: Vec<HoldConcern>,
     },
+}
+
+/// One reason a held effect needs a human's eyes, with the diff of the files
+/// concerned (a protected path, a detector's finding).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HoldConcern {
+    /// What raised it (`protected-paths`, a detector's name).
+    pub source: String,
+    /// Why, for people.
+    pub reason: String,
+    /// The files concerned.
+    pub paths: Vec<String>,
+    /// Their diff against the run's base commit.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub diff: String,
 }
 
 /// One proposal of a run that the gate let through (applied, recorded or

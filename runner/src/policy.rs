@@ -21,8 +21,9 @@ pub mod sanitize;
 
 pub use detection::DetectionContext;
 pub use gate::{
-    Blame, Decision, Effect, EffectRequest, Gate, GateConfig, GateError, PolicyDiagnostic,
-    ReviewComment, ReviewEvent, Role, RunContext, Trust,
+    Audience, Blame, Decision, Effect, EffectRequest, Gate, GateConfig, GateError, LinkHosts,
+    Neutralised, PolicyDiagnostic, ProtectedChange, ProtectedPattern, Protection, ReviewComment,
+    ReviewEvent, Role, RunContext, TextKind, Trust, make_inert,
 };
 pub use redact::{
     MIN_SECRET_LEN, RedactingWriter, Redactor, RedactorError, SecretFinding, SecretInCommit,

@@ -187,6 +187,34 @@ impl Publisher {
         .await
     }
 
+    /// The unified diff of `paths` (taken literally, never as pathspec
+    /// magic) against the base commit: what a held effect shows.
+    pub async fn diff_paths(&self, paths: &[String]) -> Result<String, PublishError> {
+        self.stage().await?;
+        let out = host_git(Some(&self.git_dir), Some(&self.work_tree))
+            .env("GIT_LITERAL_PATHSPECS", "1")
+            .args([
+                "diff",
+                "--cached",
+                "--no-color",
+                "--no-ext-diff",
+                "--no-textconv",
+                self.base_commit.as_str(),
+                "--",
+            ])
+            .args(paths)
+            .output()
+            .await
+            .map_err(|e| PublishError::Io(format!("cannot run git: {e}")))?;
+        if !out.status.success() {
+            return Err(PublishError::Git {
+                command: "diff".into(),
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            });
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
     /// Commit the workspace on the run's branch; returns the commit id.
     pub async fn commit(&self, message: &str) -> Result<String, PublishError> {
         if self.changed_since("HEAD").await?.is_empty() {

@@ -302,7 +302,10 @@ impl Runner {
         };
         let run = self.store.get_run(id).await.map_err(|e| e.to_string())?;
         let forge = (self.forges)(&run.repo).ok_or("no forge is configured")?;
-        let reason = self.services.gate.redactor().redact(reason).into_owned();
+        let (reason, _) = self
+            .services
+            .gate
+            .report_text(&run.repo.to_string(), reason);
         let body = crate::worker::progress_ended(&id.to_string(), run.role, state, &reason);
         forge
             .edit_comment(comment, &body)

@@ -451,11 +451,22 @@ pub async fn execute(
             },
         };
     if let Some(id) = progress_comment {
-        let text = services
+        // The reason quotes the plugin's summary: outbound text like any other.
+        let (text, notes) = services
             .gate
-            .redactor()
-            .redact(&summary.reason)
-            .into_owned();
+            .report_text(&req.repo.to_string(), &summary.reason);
+        for n in notes {
+            events.record(
+                EventKind::Policy {
+                    action: "text-hygiene".into(),
+                    verdict: "neutralised".into(),
+                },
+                format!(
+                    "{} in the progress comment: neutralised {:?}: {}",
+                    n.what, n.detail, n.why
+                ),
+            );
+        }
         let body = progress_ended(&req.run_id, req.role, summary.state.as_str(), &text);
         if let Err(e) = forge.edit_comment(id, &body).await {
             events.record(EventKind::Warning, format!("progress comment: {e}"));
@@ -768,6 +779,21 @@ async fn run_prepared(
             ),
         );
     }
+    // Outbound texts may ping the people the run answers, and an
+    // implementation's pull request body may close its own issue; the gate's
+    // text hygiene neutralises every other mention and closing keyword.
+    let mut mentions: Vec<String> = [Some(req.number), issue]
+        .into_iter()
+        .flatten()
+        .filter_map(|n| {
+            snap.issues
+                .get(&n)
+                .or(snap.pull_requests.get(&n).map(|p| &p.issue))
+                .map(|i| i.author.clone())
+        })
+        .collect();
+    mentions.dedup();
+    let closes = issue.filter(|_| req.role == Role::Implementation);
     ctx.forge = snap;
     ctx.policy = Some(PolicyBinding {
         gate: services.gate.clone(),
@@ -779,7 +805,8 @@ async fn run_prepared(
                 req.trust,
                 branch.clone(),
             )
-            .with_read_untrusted(!strangers.is_empty()),
+            .with_read_untrusted(!strangers.is_empty())
+            .with_audience(mentions, closes),
         ),
     });
     let handle = SandboxHandle {

@@ -412,10 +412,18 @@ fn approval_text(a: &Approval) -> String {
     let Ok(record) = serde_json::from_value::<EffectRecord>(a.proposal.clone()) else {
         return serde_json::to_string_pretty(&a.proposal).unwrap_or_default();
     };
-    let reason = match &record.state {
-        EffectState::Held { reason, .. } => reason.as_str(),
-        _ => "",
+    let (reason, concerns) = match &record.state {
+        EffectState::Held {
+            reason, concerns, ..
+        } => (reason.as_str(), concerns.as_slice()),
+        _ => ("", &[][..]),
     };
+    // Each concern (a protected path, a finding) with its files' diff, so
+    // the reasons sit next to exactly what would be approved.
+    let concerns: String = concerns
+        .iter()
+        .map(|c| format!("\n\n{}: {}\n{}", c.source, c.reason, c.diff))
+        .collect();
     let (what, text) = match &record.proposal {
         Proposal::PullRequest { title, body, .. } => (
             "draft pull request".to_owned(),
@@ -453,7 +461,7 @@ fn approval_text(a: &Approval) -> String {
             description.clone(),
         ),
     };
-    format!("{what}: held because {reason}\n\n{text}")
+    format!("{what}: held because {reason}\n\n{text}{concerns}")
 }
 
 fn approval_item(a: &Approval) -> String {

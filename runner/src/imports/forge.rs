@@ -30,7 +30,7 @@ use crate::forge::{
 };
 use crate::plugin::capability::Capability;
 use crate::plugin::types::{Receipt, RoleError};
-use crate::policy::{Decision, Effect, Gate, ReviewComment, ReviewEvent};
+use crate::policy::{Decision, Effect, Gate, ReviewComment, ReviewEvent, TextKind};
 use crate::publish::Publisher;
 use crate::session::EventKind;
 
@@ -632,11 +632,12 @@ impl RunState {
         Ok(paths)
     }
 
+    /// Every outbound text of a proposal made inert and redacted.
     fn redact_proposal(&self, proposal: Proposal) -> Proposal {
         match proposal {
             Proposal::Comment { number, body } => Proposal::Comment {
                 number,
-                body: self.redact(body),
+                body: self.outbound(TextKind::Comment, body),
             },
             Proposal::Labels { .. } => proposal,
             Proposal::PullRequest {
@@ -644,9 +645,9 @@ impl RunState {
                 body,
                 commit_message,
             } => Proposal::PullRequest {
-                title: self.redact(title),
-                body: self.redact(body),
-                commit_message: self.redact(commit_message),
+                title: self.outbound(TextKind::PullRequestTitle, title),
+                body: self.outbound(TextKind::PullRequestBody, body),
+                commit_message: self.outbound(TextKind::CommitMessage, commit_message),
             },
             Proposal::PullRequestUpdate {
                 number,
@@ -654,8 +655,8 @@ impl RunState {
                 verification,
             } => Proposal::PullRequestUpdate {
                 number,
-                commit_message: self.redact(commit_message),
-                verification: verification.map(|v| self.redact(v)),
+                commit_message: self.outbound(TextKind::CommitMessage, commit_message),
+                verification: verification.map(|v| self.outbound(TextKind::PullRequestBody, v)),
             },
             Proposal::Review {
                 number,
@@ -665,11 +666,11 @@ impl RunState {
             } => Proposal::Review {
                 number,
                 request_changes,
-                summary: self.redact(summary),
+                summary: self.outbound(TextKind::Review, summary),
                 comments: comments
                     .into_iter()
                     .map(|c| domain::LineComment {
-                        body: self.redact(c.body),
+                        body: self.outbound(TextKind::Review, c.body),
                         ..c
                     })
                     .collect(),
@@ -681,7 +682,7 @@ impl RunState {
             } => Proposal::Reply {
                 number,
                 comment_id,
-                body: self.redact(body),
+                body: self.outbound(TextKind::Comment, body),
             },
             Proposal::Status {
                 number,
@@ -692,14 +693,52 @@ impl RunState {
                 number,
                 context,
                 state,
-                description: self.redact(description),
+                description: self.outbound(TextKind::Status, description),
             },
             Proposal::Report { number, role, body } => Proposal::Report {
                 number,
                 role,
-                body: self.redact(body),
+                body: self.outbound(TextKind::Comment, body),
             },
         }
+    }
+
+    /// What a human should see next to a held pull request: each protected
+    /// path it changes, with that file's diff.
+    async fn hold_concerns(&self, proposal: &Proposal) -> Vec<domain::HoldConcern> {
+        let (Some(publisher), Some(binding)) = (&self.forge.publisher, &self.policy) else {
+            return Vec::new();
+        };
+        if !matches!(
+            proposal,
+            Proposal::PullRequest { .. } | Proposal::PullRequestUpdate { .. }
+        ) {
+            return Vec::new();
+        }
+        let paths = match publisher.changed_paths().await {
+            Ok(p) => p,
+            Err(e) => {
+                self.events.record(
+                    EventKind::Warning,
+                    format!("held effect: no diff to show: {e}"),
+                );
+                return Vec::new();
+            }
+        };
+        let mut concerns = Vec::new();
+        for change in binding.gate.protected_changes(binding.run.role(), &paths) {
+            let diff = publisher
+                .diff_paths(std::slice::from_ref(&change.path))
+                .await
+                .unwrap_or_else(|e| format!("(the diff cannot be shown: {e})"));
+            concerns.push(domain::HoldConcern {
+                source: "protected-paths".into(),
+                reason: format!("{} is protected ({})", change.path, change.why),
+                paths: vec![change.path],
+                diff: self.redact(diff),
+            });
+        }
+        concerns
     }
 
     async fn propose(
@@ -767,7 +806,16 @@ impl RunState {
                     },
                     _ => None,
                 };
-                (EffectState::Held { reason, commit }, true, None)
+                let concerns = self.hold_concerns(&proposal).await;
+                (
+                    EffectState::Held {
+                        reason,
+                        commit,
+                        concerns,
+                    },
+                    true,
+                    None,
+                )
             }
             _ => match (&self.forge.target, &self.policy) {
                 (Some(target), Some(binding)) => {

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use crate::config::Role;
 use crate::plugin::types::RoleError;
-use crate::policy::{Decision, Effect, EffectRequest, Gate, GateConfig, Trust};
+use crate::policy::{Decision, Effect, EffectRequest, Gate, GateConfig, TextKind, Trust};
 use crate::session::{EventKind, EventSink};
 
 use super::RunState;
@@ -132,6 +132,33 @@ impl RunState {
             },
             decision.reason().to_string(),
         );
+    }
+
+    /// An outbound text (towards the forge) made inert by the gate's text
+    /// hygiene, then redacted; each thing neutralised is a run event saying
+    /// what and why.
+    pub(crate) fn outbound(&self, kind: TextKind, text: String) -> String {
+        let Some(b) = &self.policy else {
+            return text;
+        };
+        let (clean, notes) = b.gate.outbound_text(&b.run, kind, &text);
+        for n in notes {
+            let message = format!(
+                "{} in the {}: neutralised {:?}: {}",
+                n.what,
+                kind.as_str(),
+                n.detail,
+                n.why
+            );
+            self.events.record(
+                EventKind::Policy {
+                    action: "text-hygiene".into(),
+                    verdict: "neutralised".into(),
+                },
+                b.gate.redactor().redact(&message).into_owned(),
+            );
+        }
+        clean
     }
 
     /// Redact a text leaving the host towards a model or a plugin.

@@ -1,11 +1,11 @@
 //! `[policy]` in `kiln.toml`: the repository's additions to Kiln's default
-//! policies — extra Cedar rules, the labels agents may apply, and the
-//! explicit grant for workflow changes.
+//! policies — extra Cedar rules, the labels agents may apply, the explicit
+//! grant for workflow changes, and paths added to the protected list.
 use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use super::{GateConfig, SecretValue};
+use super::{GateConfig, ProtectedPattern, SecretValue};
 
 /// Labels agents may apply when `[policy] labels` is not set: the usual
 /// type labels plus the two triage outcomes. Never `ready-*` or
@@ -19,6 +19,10 @@ pub const DEFAULT_LABELS: &[&str] = &[
     "duplicate",
 ];
 
+/// Hosts outbound links and images may point at when `[policy] link_hosts`
+/// is not set: the forge's own (GitHub and the hosts it serves uploads from).
+pub const DEFAULT_LINK_HOSTS: &[&str] = &["github.com", "*.github.com", "*.githubusercontent.com"];
+
 /// `[policy]`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -31,6 +35,12 @@ pub struct PolicyConfig {
     pub policies: Option<String>,
     /// Extra Cedar policies, from a file (relative to the working directory).
     pub policies_file: Option<PathBuf>,
+    /// Paths added to the built-in protected list, each held (default) or
+    /// denied; the built-in list itself cannot be narrowed.
+    pub protected: Vec<ProtectedPattern>,
+    /// Hosts outbound links and images may point at (`*.domain` for its
+    /// subdomains); replaces [`DEFAULT_LINK_HOSTS`].
+    pub link_hosts: Vec<String>,
 }
 
 impl Default for PolicyConfig {
@@ -40,6 +50,8 @@ impl Default for PolicyConfig {
             allow_workflow_changes: false,
             policies: None,
             policies_file: None,
+            protected: Vec::new(),
+            link_hosts: DEFAULT_LINK_HOSTS.iter().map(|s| s.to_string()).collect(),
         }
     }
 }
@@ -60,6 +72,8 @@ impl PolicyConfig {
             label_allowlist: self.labels.clone(),
             allow_workflow_changes: self.allow_workflow_changes,
             secrets,
+            protected: self.protected.clone(),
+            link_hosts: self.link_hosts.clone(),
         })
     }
 }

@@ -29,8 +29,9 @@ pub struct Sanitized {
     pub invisible_chars: usize,
 }
 
-/// Whether `c` hides or reorders text (and is removed).
-fn is_invisible(c: char) -> bool {
+/// Whether `c` hides or reorders text (and is removed), inbound here and
+/// outbound by the gate's text hygiene.
+pub(crate) fn is_invisible(c: char) -> bool {
     matches!(c,
         // C0 and C1 controls, except tab and newlines.
         '\u{0}'..='\u{8}' | '\u{b}' | '\u{c}' | '\u{e}'..='\u{1f}' | '\u{7f}'..='\u{9f}'

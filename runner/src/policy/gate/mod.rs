@@ -20,6 +20,10 @@
 //!    write (or a status context) carrying a secret is refused with the path
 //!    and kind of secret.
 //!
+//! Beside them, **protected paths** (checked after the invariants, module
+//! `protected`): a push changing a protected path is held for a human
+//! even when Cedar allows it, or refused for a denying pattern.
+//!
 //! **Hold for approval** is written in Cedar as a `permit` policy annotated
 //! `@hold("why")`. Such policies are split into their own set at start-up and
 //! never grant anything: an effect that the other policies allow is held if a
@@ -30,14 +34,16 @@
 //! blame host.
 //!
 //! One module per step, so each can be read on its own: `shape`,
-//! `invariants`, `cedar` and `content` (which also redacts outbound text);
+//! `invariants`, `protected`, `cedar` and `content` (which also redacts outbound text);
 //! `effect` holds what is decided and the answer, `run` the run's Cedar
 //! entities.
 
 mod cedar;
 mod content;
 mod effect;
+mod hygiene;
 mod invariants;
+mod protected;
 mod run;
 mod shape;
 #[cfg(test)]
@@ -53,6 +59,10 @@ pub use invariants::is_human_only_label;
 
 pub use cedar::{DEFAULT_POLICIES, PolicyDiagnostic, SCHEMA};
 pub use effect::{Blame, Decision, Effect, EffectRequest, ReviewComment, ReviewEvent, Trust};
+pub use hygiene::{Audience, LinkHosts, Neutralised, TextKind, make_inert};
+pub use protected::{
+    BUILTIN_PROTECTED, ProtectedChange, ProtectedPattern, ProtectedPatternError, Protection,
+};
 pub use run::RunContext;
 pub use shape::{
     MAX_ARGS, MAX_BODY_CHARS, MAX_LABEL_CHARS, MAX_LABELS, MAX_PATH_BYTES,
@@ -83,6 +93,11 @@ pub struct GateConfig {
     pub allow_workflow_changes: bool,
     /// Every configured secret, to be redacted from outbound text.
     pub secrets: Vec<SecretValue>,
+    /// Paths the repo adds to the built-in protected list.
+    pub protected: Vec<ProtectedPattern>,
+    /// Hosts outbound links and images may point at (`*.domain` for its
+    /// subdomains); links elsewhere lose their target.
+    pub link_hosts: Vec<String>,
 }
 
 fn list(diags: &[PolicyDiagnostic]) -> String {
@@ -116,6 +131,9 @@ pub enum GateError {
         "label allowlist entry {0:?} is human-only: ready-* and plan-approved are never applied by an agent"
     )]
     HumanOnlyLabel(String),
+    /// A `[policy] protected` pattern is not a valid glob.
+    #[error(transparent)]
+    Protected(#[from] ProtectedPatternError),
     /// The secrets could not be turned into a redactor.
     #[error("secret redaction: {0}")]
     Redactor(#[from] RedactorError),
@@ -134,6 +152,8 @@ pub struct Gate {
     allowlist: HashSet<String>,
     allow_workflow_changes: bool,
     redactor: Redactor,
+    protected: protected::ProtectedPaths,
+    link_hosts: LinkHosts,
 }
 
 impl fmt::Debug for Gate {
@@ -167,6 +187,8 @@ impl Gate {
             allowlist,
             allow_workflow_changes: config.allow_workflow_changes,
             redactor: Redactor::new(&config.secrets)?,
+            protected: protected::ProtectedPaths::new(&config.protected)?,
+            link_hosts: LinkHosts::new(&config.link_hosts),
         })
     }
 
@@ -201,6 +223,10 @@ impl Gate {
         if let Err(v) = self.check_invariants(req) {
             return v.deny(req);
         }
+        let protected = match self.protected.step(req) {
+            Ok(changes) => changes,
+            Err(v) => return v.deny(req),
+        };
         let decision = match self.cedar(req) {
             Ok(d) => d,
             Err(e) => {
@@ -219,7 +245,57 @@ impl Gate {
         if let Err(v) = self.check_content(req) {
             return v.deny(req);
         }
-        decision
+        if protected.is_empty() {
+            return decision;
+        }
+        let why = protected::hold_reason(&protected);
+        match decision {
+            Decision::Hold { reason } => Decision::Hold {
+                reason: format!("{reason}; {why}"),
+            },
+            _ => Decision::Hold {
+                reason: format!("{}: held for human approval: {why}", describe(req)),
+            },
+        }
+    }
+
+    /// An outbound text of `run`, made inert (text hygiene) and then
+    /// redacted: what every text Kiln sends to a forge passes. Returns the
+    /// text and what hygiene neutralised, for the run's events.
+    pub fn outbound_text(
+        &self,
+        run: &RunContext,
+        kind: TextKind,
+        text: &str,
+    ) -> (String, Vec<Neutralised>) {
+        let audience = Audience {
+            repo: run.repo.clone(),
+            mentions: run.mentions.clone(),
+            closes: run.closes,
+        };
+        let (inert, notes) = make_inert(text, kind, &self.link_hosts, &audience);
+        let redacted = self.redactor.redact(&inert).into_owned();
+        (redacted, notes)
+    }
+
+    /// A status report the host posts for a run of `repo` that quotes what
+    /// the run said (the progress comment's last line): made inert with no
+    /// one to mention and nothing to close, then redacted.
+    pub fn report_text(&self, repo: &str, text: &str) -> (String, Vec<Neutralised>) {
+        let audience = Audience {
+            repo: repo.to_owned(),
+            ..Audience::default()
+        };
+        let (inert, notes) = make_inert(text, TextKind::Comment, &self.link_hosts, &audience);
+        (self.redactor.redact(&inert).into_owned(), notes)
+    }
+
+    /// The protected paths among `paths` changed by a run of `role`, with
+    /// hold or deny and why: what the host shows next to a held effect's
+    /// diff.
+    pub fn protected_changes(&self, role: Role, paths: &[String]) -> Vec<ProtectedChange> {
+        self.protected
+            .changes(role, paths.iter().map(String::as_str))
     }
 
     /// Decides an effect and, unless it is denied, redacts its outbound

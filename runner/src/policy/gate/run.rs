@@ -27,6 +27,11 @@ pub struct RunContext {
     /// The detection step's verdict on the run's work, once it ran
     /// (Cedar context of the effects it covers).
     pub(super) detection: Option<crate::policy::detection::DetectionContext>,
+    /// Logins its outbound texts may mention (the author it answers, the
+    /// actor who started it).
+    pub(super) mentions: Vec<String>,
+    /// The issue its pull request body may close (an implementation run's).
+    pub(super) closes: Option<u64>,
     /// The principal and repo entities; an error is kept and turned into a
     /// fail-closed denial by the gate.
     pub(super) cedar: Result<RunEntities, String>,
@@ -68,6 +73,8 @@ impl RunContext {
             branch,
             read_untrusted: false,
             detection: None,
+            mentions: Vec::new(),
+            closes: None,
             cedar,
             resource_cache: Mutex::new(Vec::new()),
         }
@@ -78,6 +85,15 @@ impl RunContext {
     /// does not make a stranger's words trusted, so policies see both.
     pub fn with_read_untrusted(mut self, read_untrusted: bool) -> Self {
         self.read_untrusted = read_untrusted;
+        self
+    }
+
+    /// The same run, saying whom its outbound texts may mention and which
+    /// issue its pull request body may close; everyone else's mention and
+    /// every other closing keyword is neutralised.
+    pub fn with_audience(mut self, mentions: Vec<String>, closes: Option<u64>) -> Self {
+        self.mentions = mentions;
+        self.closes = closes;
         self
     }
 
@@ -179,6 +195,8 @@ impl fmt::Debug for RunContext {
             .field("branch", &self.branch)
             .field("read_untrusted", &self.read_untrusted)
             .field("detection", &self.detection)
+            .field("mentions", &self.mentions)
+            .field("closes", &self.closes)
             .finish()
     }
 }

@@ -16,6 +16,7 @@ pub(super) fn gate_with(repo_policies: Option<&str>) -> Gate {
             name: "CANARY".into(),
             value: "kiln-canary-0b5e7d2a".into(),
         }],
+        ..GateConfig::default()
     };
     Gate::new(&config).unwrap_or_else(|e| panic!("test gate should build: {e}"))
 }
