@@ -181,6 +181,7 @@ struct RawConfig {
     triggers: Option<Vec<crate::intake::TriggerRule>>,
     #[serde(default)]
     schedules: Vec<crate::schedule::ScheduleConfig>,
+    #[serde(default)]
     detection: crate::detect::config::DetectionConfig,
 }
 

@@ -469,7 +469,11 @@ pub fn check_improve_args(args: &[(String, String)]) -> Result<(), String> {
 
 /// Parses a `--since` window (`7d`, `36h`) into hours.
 pub fn parse_since(text: &str) -> Result<u32, String> {
-    let (n, unit) = text.split_at(text.len().saturating_sub(1));
+    // The unit is the last character, whatever its width: splitting at a
+    // byte offset panicked on a multi-byte one (found by the `config` fuzz
+    // target).
+    let unit_at = text.char_indices().last().map_or(0, |(i, _)| i);
+    let (n, unit) = text.split_at(unit_at);
     let n: u32 = n
         .parse()
         .map_err(|_| format!("{text:?}: a window is a number and a unit, like 7d or 36h"))?;
@@ -488,6 +492,14 @@ pub fn parse_since(text: &str) -> Result<u32, String> {
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::{AtomicI64, Ordering};
+
+    #[test]
+    fn a_window_ending_in_a_multibyte_character_is_an_error_not_a_panic() {
+        for text in ["ȥ", "7ȥ", "7日", "日d"] {
+            let err = parse_since(text).expect_err(text);
+            assert!(err.contains("window"), "{text:?}: {err}");
+        }
+    }
 
     use super::*;
     use crate::store::{RunFilter, SqliteOptions, SqliteStore};

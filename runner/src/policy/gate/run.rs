@@ -115,6 +115,8 @@ impl RunContext {
             branch: self.branch.clone(),
             read_untrusted: self.read_untrusted,
             detection: Some(detection),
+            mentions: self.mentions.clone(),
+            closes: self.closes,
             cedar: self.cedar.clone(),
             resource_cache: Mutex::new(Vec::new()),
         }
