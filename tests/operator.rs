@@ -548,6 +548,30 @@ async fn secrets_in_command_output_and_a_pull_request_never_leave_the_run() {
     );
     let s = setup("test-operator-canary", &script).await;
     let id = queue_implementation(&s).await;
+    // The detection step sees the secrets in the pull request's text and
+    // holds it for a human; approved, it is opened redacted.
+    let run = service::wait_for(&*s.store, id, |st| {
+        st.is_terminal() || st == RunState::AwaitingApproval
+    })
+    .await;
+    assert_eq!(run.state, RunState::AwaitingApproval, "{:?}", run.reason);
+    let pending = s.store.pending_effects(id).await.expect("pending");
+    assert_eq!(pending.len(), 1, "the pull request is held");
+    {
+        use kiln::control::{EffectDecision, RunControl as _};
+        s.runner
+            .decide(
+                id.0,
+                &pending[0].effect_id,
+                EffectDecision {
+                    approve: true,
+                    by: "ops".into(),
+                    reason: None,
+                },
+            )
+            .await
+            .expect("approve");
+    }
     let run = service::wait_for(&*s.store, id, RunState::is_terminal).await;
     assert_eq!(run.state, RunState::Succeeded, "{:?}", run.reason);
     let leaked = |what: &str, text: &str| {
