@@ -171,6 +171,15 @@ async fn read_until(socket: &mut kiln::api::client::AttachSocket, needle: &str) 
     seen
 }
 
+/// A 100x30 `xterm` attached to run `id` over the API's WebSocket.
+async fn attach_terminal(s: &Setup, id: RunId) -> kiln::api::client::AttachSocket {
+    let client = kiln::api::client::Client::new(&s.url, Some(s.token.clone())).expect("client");
+    client
+        .attach(id.0, Some((100, 30)), Some("xterm"))
+        .await
+        .expect("attach with a terminal")
+}
+
 /// The `kiln` binary talking to the test's API.
 fn kiln(s: &Setup, dir: &Path) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_kiln"));
@@ -214,11 +223,7 @@ async fn an_operator_attaches_to_a_live_run_then_resumes_it_with_their_commit() 
     wait_for_event(&*s.store, id, "started").await;
 
     // --- attach with a terminal, over the API's WebSocket directly ---
-    let client = kiln::api::client::Client::new(&s.url, Some(s.token.clone())).expect("client");
-    let mut socket = client
-        .attach(id.0, Some((100, 30)), Some("xterm"))
-        .await
-        .expect("attach with a terminal");
+    let mut socket = attach_terminal(&s, id).await;
     socket
         .send(Message::Binary(
             b"stty size; echo \"$TERM\"\n".to_vec().into(),
@@ -464,11 +469,7 @@ async fn an_idle_attach_is_closed_with_its_jobs_and_the_agent_resumes() {
     wait_for_event(&*s.store, id, "started").await;
     // The first command returns once the file exists, which the shell
     // creates: the agent is paused by then.
-    let client = kiln::api::client::Client::new(&s.url, Some(s.token.clone())).expect("client");
-    let mut socket = client
-        .attach(id.0, Some((100, 30)), Some("xterm"))
-        .await
-        .expect("attach with a terminal");
+    let mut socket = attach_terminal(&s, id).await;
     socket
         .send(Message::Binary(
             b"sleep 400 & touch /tmp/attached; echo job-started\n"

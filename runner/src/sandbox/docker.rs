@@ -361,19 +361,25 @@ impl DockerBackend {
             .map_err(SandboxError::engine("signal sandbox init"))
     }
 
-    /// Kills the process group of one wrapped command; falls back to
-    /// emptying the whole sandbox if even that helper cannot start.
+    /// Kills the process group of one wrapped command.
     async fn kill_command(&self, container: &str, pidfile: &str) {
         let script = format!(
             "read -r p < '{pidfile}' && [[ $p =~ ^[0-9]+$ ]] && [ \"$p\" -gt 1 ] && kill -KILL -- -\"$p\""
         );
+        self.kill_or_empty(container, script, "process-group kill")
+            .await;
+    }
+
+    /// Runs the kill `script` in the sandbox; if even that helper cannot
+    /// start or fails, empties the whole sandbox instead.
+    async fn kill_or_empty(&self, container: &str, script: String, what: &str) {
         let killed = tokio::time::timeout(
             Duration::from_secs(5),
             self.run_internal(container, vec!["bash".into(), "-c".into(), script], vec![]),
         )
         .await;
         if !matches!(killed, Ok(Ok((0, _)))) {
-            tracing::warn!(container, "process-group kill failed; emptying the sandbox");
+            tracing::warn!(container, "{what} failed; emptying the sandbox");
             if let Err(e) = self.kill_all(container).await {
                 tracing::warn!(container, error = %e, "cannot empty the sandbox");
             }
@@ -381,8 +387,7 @@ impl DockerBackend {
     }
 
     /// Kills every process of the session whose leader's pid is in
-    /// `pidfile` (an operator's shell and the jobs it started); falls back to
-    /// emptying the whole sandbox if even that helper cannot start.
+    /// `pidfile` (an operator's shell and the jobs it started).
     async fn kill_session(&self, container: &str, pidfile: &str) {
         // Builtins only. The fields after the last `) ` of /proc/PID/stat are
         // state, ppid, pgrp, session: a process name cannot shift them.
@@ -391,17 +396,7 @@ impl DockerBackend {
              for d in /proc/[0-9]*; do read -r st < \"$d/stat\" 2>/dev/null || continue; \
              set -- ${{st##*) }}; [ \"$4\" = \"$p\" ] && kill -KILL \"${{d#/proc/}}\" 2>/dev/null; done; true"
         );
-        let killed = tokio::time::timeout(
-            Duration::from_secs(5),
-            self.run_internal(container, vec!["bash".into(), "-c".into(), script], vec![]),
-        )
-        .await;
-        if !matches!(killed, Ok(Ok((0, _)))) {
-            tracing::warn!(container, "session kill failed; emptying the sandbox");
-            if let Err(e) = self.kill_all(container).await {
-                tracing::warn!(container, error = %e, "cannot empty the sandbox");
-            }
-        }
+        self.kill_or_empty(container, script, "session kill").await;
     }
 
     fn exec_env(&self, sandbox: &Sandbox, request: &ExecRequest, pidfile: &str) -> Vec<String> {
