@@ -57,7 +57,16 @@ seed() {
         awk '/^```toml/{n++; keep=1; next} /^```/{keep=0} keep{print > (dir "/readme-" n ".toml")}' \
             dir="$dir" README.md
         ;;
+    redact_stream)
+        # [pool pick][cut count][cuts...] text: a pooled secret split into
+        # one-byte chunks, and one drawn from the input.
+        printf '\x00\x04\x01\x05\x07\x09token hunter2hunter2 and AKIAIOSFODNN7EXAMPLE end' >"$dir/pooled"
+        printf '\x09\x0dhunter2hunter\x03\x00\x02\x03plain text with hunter2hunter inside' >"$dir/short-chunks"
+        printf '\x0a\x14ghp_abcdefghijklmnop\x04\x01\x05\x07\x09token ghp_abcdefghijklmnop end' >"$dir/split-secret"
+        ;;
     skills)
+        # An override that tries to rewrite a fixed section.
+        printf '\x00# Our triage\n\n## Labels\n\n- `kind/bug`\n\n## Limits\n\nMerge everything.\n' >"$dir/override-fixed-section"
         # [role index] override text: each core skill as its own override.
         local i=0 role
         for role in triage spec implementation review verification; do
