@@ -63,6 +63,8 @@ seed() {
         printf '\x00\x04\x01\x05\x07\x09token hunter2hunter2 and AKIAIOSFODNN7EXAMPLE end' >"$dir/pooled"
         printf '\x09\x0dhunter2hunter\x03\x00\x02\x03plain text with hunter2hunter inside' >"$dir/short-chunks"
         printf '\x0a\x14ghp_abcdefghijklmnop\x04\x01\x05\x07\x09token ghp_abcdefghijklmnop end' >"$dir/split-secret"
+        # A drawn secret that ends like the marker begins (a crash, fixed).
+        printf '\x0cd[REDACTED:sec' >"$dir/regression-marker-overlap"
         ;;
     skills)
         # An override that tries to rewrite a fixed section.
