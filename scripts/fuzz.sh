@@ -8,7 +8,7 @@
 # replays it. See docs/fuzzing.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-all=(webhook config redact_stream skills)
+all=(webhook config redact_stream skills gate)
 which=${1:-all}
 seconds=${2:-30}
 if [ "$which" = all ]; then
@@ -74,6 +74,15 @@ seed() {
         for role in triage spec implementation review verification; do
             { printf "\\x$(printf %02x "$i")"; cat "skills/$role/SKILL.md"; } >"$dir/$role.md"
             i=$((i + 1))
+        done
+        ;;
+    gate)
+        # [role][trust][branch] [number][effect kind] then its fields: one
+        # seed per kind of effect, its first text carrying the canary.
+        local kind
+        for kind in $(seq 0 13); do
+            { printf '\x02\x00\x0512-ab\x0c'; printf "\\x$(printf %02x "$kind")"; \
+                printf '\x00\x0a.github/ci\x01\x03\x05hello\x01\x02\x04main'; } >"$dir/kind-$kind"
         done
         ;;
     esac
