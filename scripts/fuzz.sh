@@ -8,7 +8,7 @@
 # replays it. See docs/fuzzing.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-all=(webhook config redact_stream skills gate)
+all=(webhook config redact_stream skills gate sse)
 which=${1:-all}
 seconds=${2:-30}
 if [ "$which" = all ]; then
@@ -84,6 +84,11 @@ seed() {
             { printf '\x02\x00\x0512-ab\x0c'; printf "\\x$(printf %02x "$kind")"; \
                 printf '\x00\x0a.github/ci\x01\x03\x05hello\x01\x02\x04main'; } >"$dir/kind-$kind"
         done
+        ;;
+    sse)
+        # [cut count][cuts...] a stream as the runner API sends it.
+        printf '\x03\x05\x01\x11id: 1\nevent: event\ndata: {"seq":1,"message":"started"}\n\n: keep-alive\n\n' >"$dir/events"
+        printf '\x02\x07\x02id: 2\r\ndata: one\r\ndata: two\r\n\r\nevent: end\ndata: {"state":"succeeded"}\n\n' >"$dir/crlf-multiline"
         ;;
     esac
 }
