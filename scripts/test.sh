@@ -44,5 +44,5 @@ fi
 # Each fuzz target runs briefly from its seed corpus (docs/fuzzing.md); a
 # crash fails the suite with the input to replay it.
 phase "demo build check"
-scripts/fuzz.sh all 20
+scripts/fuzz.sh all 15
 phase fuzz
