@@ -491,7 +491,7 @@ mod improve {
             .find(|l| l.contains(STRANGER_LABEL))
             .unwrap_or_else(|| panic!("the stranger's signal on #{first} is cited: {body}"));
         assert!(
-            stranger.contains("(untrusted) ") && stranger.contains("quoted as evidence"),
+            stranger.contains("(untrusted)") && stranger.contains("quoted as evidence"),
             "{stranger}"
         );
         assert!(!pr.diff.contains("ready-to-implement"), "{}", pr.diff);

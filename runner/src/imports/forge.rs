@@ -579,7 +579,7 @@ impl RunState {
             return Verdict::default();
         };
         let settings = &self.forge.detection;
-        let verdict = step::run(
+        let mut verdict = step::run(
             self.forge.publisher.as_deref(),
             outbound,
             step::untrusted_inputs(&self.forge.snapshot),
@@ -588,6 +588,28 @@ impl RunState {
             settings.budget,
         )
         .await;
+        // An improve run's override is a steering file by design: the host
+        // checked it (overridable sections only, evidence cited) before this
+        // step, and a maintainer reviews the draft pull request before any
+        // run reads it. Only that one finding goes; every other scanner's
+        // findings in it stay.
+        if binding.run.role() == crate::config::Role::Improve
+            && let Some(target) = &self.forge.improve_target
+        {
+            let own = crate::improve::override_path(target);
+            let before = verdict.findings.len();
+            verdict
+                .findings
+                .retain(|f| !(f.scanner == "steering" && f.file == own));
+            if verdict.findings.len() < before {
+                self.events.record(
+                    EventKind::Note,
+                    format!(
+                        "detection: {own} is this improve run's own override, checked by the host and reviewed in its pull request: not held as a steering file"
+                    ),
+                );
+            }
+        }
         self.events.record(
             EventKind::Detection {
                 verdict: verdict.label().to_string(),
