@@ -509,7 +509,7 @@ impl RunControl for Runner {
         Ok(id.0)
     }
 
-    async fn steer(&self, run: u64, message: String) -> Result<(), ControlError> {
+    async fn steer(&self, run: u64, message: String, by: String) -> Result<(), ControlError> {
         if message.trim().is_empty() {
             return Err(ControlError::Invalid("the message is empty".into()));
         }
@@ -522,7 +522,13 @@ impl RunControl for Runner {
             )));
         };
         self.store
-            .append_event(r.id, &EventKind::Note, &format!("operator: {message}"))
+            .append_event(
+                r.id,
+                &EventKind::Steering {
+                    by: format!("operator:{by}"),
+                },
+                &message,
+            )
             .await
             .map_err(|e| ControlError::Internal(e.to_string()))?;
         steering.send(message);
