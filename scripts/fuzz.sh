@@ -8,7 +8,7 @@
 # replays it. See docs/fuzzing.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-all=(webhook config redact_stream skills gate sse)
+all=(webhook config redact_stream skills gate sse verify)
 which=${1:-all}
 seconds=${2:-30}
 if [ "$which" = all ]; then
@@ -89,6 +89,12 @@ seed() {
         # [cut count][cuts...] a stream as the runner API sends it.
         printf '\x03\x05\x01\x11id: 1\nevent: event\ndata: {"seq":1,"message":"started"}\n\n: keep-alive\n\n' >"$dir/events"
         printf '\x02\x07\x02id: 2\r\ndata: one\r\ndata: two\r\n\r\nevent: end\ndata: {"state":"succeeded"}\n\n' >"$dir/crlf-multiline"
+        ;;
+    verify)
+        # The demo repository's file, and the README's examples.
+        cp runner/demo/sample-repo/.kiln/verify.toml "$dir/demo.toml"
+        printf '[[check]]\nname = "unit tests"\nrun = ["cargo", "test", "--locked"]\ntimeout_secs = 900\n' >"$dir/cargo.toml"
+        printf '[[check]]\nname = "lint"\nrun = ["npm", "run", "lint"]\n\n[[check]]\nname = "x"\nrun = []\n' >"$dir/empty-run.toml"
         ;;
     esac
 }
