@@ -18,6 +18,7 @@ pub mod caps;
 pub mod config;
 pub mod control;
 pub mod detect;
+pub mod effects;
 pub mod forge;
 pub mod imports;
 pub mod improve;

@@ -20,7 +20,7 @@ use crate::control::{
 };
 pub use crate::forge::ForgeResolver;
 use crate::forge::{EffectRecord, EffectState, Proposal};
-use crate::imports::forge::{CommitSource, ForgeTarget, apply};
+use crate::imports::forge::{CommitSource, ForgeTarget, apply_once};
 use crate::session::{EventKind, EventSink, PauseGuard};
 use crate::store::{
     ApprovalState, RecoveryPolicy, Run, RunId, RunState, RunStore, StoreError, TriggerKind, Verdict,
@@ -110,12 +110,147 @@ impl Runner {
                 Err(_) => tracing::warn!("run {}: progress comment not updated: timed out", r.id),
             }
         }
+        self.resolve_writes_in_doubt().await;
         Ok((0..workers.max(1))
             .map(|_| {
                 let me = self.clone();
                 tokio::spawn(async move { me.work().await })
             })
             .collect())
+    }
+
+    /// Forge writes a dead runner left in doubt (sent, or about to be, and
+    /// not recorded) are looked for on the forge and recorded as applied or
+    /// not ([`crate::effects::resolve_in_doubt`]). Then every run waiting
+    /// for approval is brought up to date with its decisions: an approved
+    /// effect that never reached the forge (the runner died while applying
+    /// it, or before) is applied now — the human's approval stands, and the
+    /// journal keeps it to once — and a run whose effects are all decided
+    /// ends, as it would have had the runner lived.
+    async fn resolve_writes_in_doubt(&self) {
+        for r in crate::effects::resolve_in_doubt(&self.store, &self.forges).await {
+            let e = &r.entry;
+            match r.now {
+                Some(now) => tracing::warn!(
+                    "run {}: write {} ({}) was in doubt after a restart; the forge says: {now}",
+                    e.run,
+                    e.effect_id,
+                    e.key
+                ),
+                None => tracing::warn!(
+                    "run {}: write {} ({}) stays in doubt: its forge could not be asked",
+                    e.run,
+                    e.effect_id,
+                    e.key
+                ),
+            }
+        }
+        let waiting = self
+            .store
+            .list_runs(crate::store::RunFilter {
+                states: vec![RunState::AwaitingApproval],
+                limit: Some(1000),
+                ..Default::default()
+            })
+            .await;
+        match waiting {
+            Ok(runs) => {
+                for run in runs {
+                    if let Err(e) = self.complete_approved(&run).await {
+                        tracing::error!("run {}: its approved effects: {e}", run.id);
+                    }
+                }
+            }
+            Err(e) => tracing::error!("cannot list the runs awaiting approval: {e}"),
+        }
+    }
+
+    /// Applies each approved effect of `run` that the effect log does not
+    /// show on the forge (never begun, or found not applied), with an event
+    /// saying so; then ends the run if nothing is left to decide.
+    async fn complete_approved(&self, run: &Run) -> Result<(), StoreError> {
+        use crate::store::EffectLogState;
+        let log = self.store.effect_log(run.id).await?;
+        for held in self.store.held_effects(run.id).await? {
+            if held.state != ApprovalState::Approved {
+                continue;
+            }
+            let record: EffectRecord = match serde_json::from_value(held.proposal) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!("run {}: held effect {}: {e}", run.id, held.effect_id);
+                    continue;
+                }
+            };
+            let key = crate::effects::effect_key(run.id, &record.effect_id, &record.proposal);
+            let state = log.iter().find(|e| e.key == key).map(|e| e.state);
+            // Applied or refused: settled; in doubt: looked for again before any resend.
+            if !matches!(state, None | Some(EffectLogState::NotApplied)) {
+                continue;
+            }
+            let note = match self.apply_held(run, &record).await {
+                Ok(at) => format!(
+                    "{}: approved before the runner stopped, and not on the forge: applied now{}",
+                    record.effect_id,
+                    at.map(|u| format!(" at {u}")).unwrap_or_default()
+                ),
+                Err(e) => format!(
+                    "{}: approved before the runner stopped, and not on the forge: applying it now failed: {e}",
+                    record.effect_id
+                ),
+            };
+            self.store
+                .append_event(
+                    run.id,
+                    &EventKind::Proposal {
+                        effect: record.effect_id.clone(),
+                    },
+                    &note,
+                )
+                .await?;
+        }
+        self.end_if_all_decided(run).await
+    }
+
+    /// Ends a run awaiting approval once none of its effects is pending:
+    /// succeeded, its reason saying what the humans decided, and its
+    /// progress comment edited to say so.
+    async fn end_if_all_decided(&self, r: &Run) -> Result<(), StoreError> {
+        let pending = self.store.pending_effects(r.id).await?;
+        if !pending.is_empty() || r.state != RunState::AwaitingApproval {
+            return Ok(());
+        }
+        // The final line says what the humans decided, then what the
+        // run itself did (its reason when it stopped to wait).
+        let all = self.store.held_effects(r.id).await?;
+        let approved = all
+            .iter()
+            .filter(|a| a.state == ApprovalState::Approved)
+            .count();
+        let reason = format!(
+            "{}; held effects decided: {approved} approved, {} denied",
+            r.reason.as_deref().unwrap_or("the run finished"),
+            all.len() - approved,
+        );
+        let ended = self
+            .store
+            .transition(
+                r.id,
+                RunState::AwaitingApproval,
+                RunState::Succeeded,
+                Some(reason.clone()),
+            )
+            .await;
+        // The progress comment said "awaiting-approval"; now it
+        // says how the run ended.
+        if ended.is_ok()
+            && let Err(e) = self
+                .edit_progress_comment(r.id, RunState::Succeeded.as_str(), &reason)
+                .await
+        {
+            tracing::warn!("run {}: progress comment: {e}", r.id);
+        }
+        Ok(())
     }
 
     /// Tell idle workers a run was queued.
@@ -331,6 +466,10 @@ impl Runner {
             forge: forge.clone(),
             head_branch: run.branch.clone().unwrap_or_default(),
             base_branch: forge.default_branch().await.map_err(|e| e.to_string())?,
+            journal: Some(crate::effects::EffectJournal {
+                store: self.store.clone(),
+                run: run.id,
+            }),
         };
         let clone;
         let source = match (&record.proposal, &record.state) {
@@ -360,20 +499,30 @@ impl Runner {
                         String::from_utf8_lossy(&out.stderr).trim()
                     ));
                 }
-                return apply(
+                return apply_once(
                     &target,
+                    &record.effect_id,
                     CommitSource::Frozen {
                         git_dir: &dir,
                         commit: c,
                     },
                     &self.services.gate,
                     &record.proposal,
+                    None,
                 )
                 .await;
             }
             _ => CommitSource::None,
         };
-        apply(&target, source, &self.services.gate, &record.proposal).await
+        apply_once(
+            &target,
+            &record.effect_id,
+            source,
+            &self.services.gate,
+            &record.proposal,
+            None,
+        )
+        .await
     }
 }
 
@@ -618,47 +767,9 @@ impl RunControl for Runner {
             )
             .await
             .map_err(|e| ControlError::Internal(e.to_string()))?;
-        let pending = self
-            .store
-            .pending_effects(r.id)
+        self.end_if_all_decided(&r)
             .await
             .map_err(|e| ControlError::Internal(e.to_string()))?;
-        if pending.is_empty() && r.state == RunState::AwaitingApproval {
-            // The final line says what the humans decided, then what the
-            // run itself did (its reason when it stopped to wait).
-            let all = self
-                .store
-                .held_effects(r.id)
-                .await
-                .map_err(|e| ControlError::Internal(e.to_string()))?;
-            let approved = all
-                .iter()
-                .filter(|a| a.state == ApprovalState::Approved)
-                .count();
-            let reason = format!(
-                "{}; held effects decided: {approved} approved, {} denied",
-                r.reason.as_deref().unwrap_or("the run finished"),
-                all.len() - approved,
-            );
-            let ended = self
-                .store
-                .transition(
-                    r.id,
-                    RunState::AwaitingApproval,
-                    RunState::Succeeded,
-                    Some(reason.clone()),
-                )
-                .await;
-            // The progress comment said "awaiting-approval"; now it
-            // says how the run ended.
-            if ended.is_ok()
-                && let Err(e) = self
-                    .edit_progress_comment(r.id, RunState::Succeeded.as_str(), &reason)
-                    .await
-            {
-                tracing::warn!("run {}: progress comment: {e}", r.id);
-            }
-        }
         Ok(())
     }
 

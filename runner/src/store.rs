@@ -547,6 +547,98 @@ pub struct DeliveryClaim {
     pub lease_ms: i64,
 }
 
+/// Where a forge write stands in the effect log ([`crate::effects`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EffectLogState {
+    /// Its intent is committed and it is being (or was being) sent: in
+    /// doubt until the forge's answer, or a look at the forge, settles it.
+    Sending,
+    /// The forge has it (the outcome says where).
+    Applied,
+    /// It never reached the forge (the outcome says why): safe to send again.
+    NotApplied,
+    /// The forge refused it (the outcome is the error).
+    Failed,
+}
+
+impl EffectLogState {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EffectLogState::Sending => "sending",
+            EffectLogState::Applied => "applied",
+            EffectLogState::NotApplied => "not-applied",
+            EffectLogState::Failed => "failed",
+        }
+    }
+}
+
+impl FromStr for EffectLogState {
+    type Err = StoreError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        [
+            EffectLogState::Sending,
+            EffectLogState::Applied,
+            EffectLogState::NotApplied,
+            EffectLogState::Failed,
+        ]
+        .into_iter()
+        .find(|st| st.as_str() == s)
+        .ok_or_else(|| StoreError::Invalid(format!("unknown effect log state {s:?}")))
+    }
+}
+
+impl fmt::Display for EffectLogState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One forge write in the effect log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EffectLogEntry {
+    /// Its idempotency key (`r12.e3.<digest>`).
+    pub key: String,
+    /// The run that made it.
+    pub run: RunId,
+    /// The run's effect id.
+    pub effect_id: String,
+    /// What is sent and where ([`crate::effects::Intent`], as JSON).
+    pub intent: serde_json::Value,
+    /// Where it stands.
+    pub state: EffectLogState,
+    /// Where it landed (applied), why not (not applied), or the error (failed).
+    pub outcome: Option<String>,
+    /// How many times it was armed for sending.
+    pub attempts: u32,
+    /// When its intent was first committed, milliseconds since the Unix epoch.
+    pub created_ms: i64,
+    /// Its last change.
+    pub updated_ms: i64,
+}
+
+/// How a forge write ended ([`RunStore::finish_effect`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EffectOutcome {
+    /// The forge has it.
+    Applied {
+        /// Where (`#12 comment 5012`), when known.
+        at: Option<String>,
+    },
+    /// It never reached the forge.
+    NotApplied {
+        /// Why.
+        why: String,
+    },
+    /// The forge refused it.
+    Failed {
+        /// The error.
+        error: String,
+    },
+}
+
 /// The state of a held effect.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -909,6 +1001,32 @@ pub trait RunStore: Send + Sync {
     ) -> Result<(), StoreError>;
     /// One delivery.
     async fn get_delivery(&self, id: &str) -> Result<Delivery, StoreError>;
+
+    /// Commit a forge write's intent under its idempotency key before it
+    /// is sent. `None`: the key is new and the write is now `sending`.
+    /// `Some(earlier)`: the key was seen (a re-run proposing the same
+    /// write): if `earlier` was applied, nothing changes and the write must
+    /// not be sent again; if it is `sending`, it is in doubt and must be
+    /// looked for on the forge first; if it was not applied or failed, it
+    /// is armed again (`sending`, one more attempt) and may be sent.
+    async fn begin_effect(
+        &self,
+        run: RunId,
+        effect_id: &str,
+        key: &str,
+        intent: serde_json::Value,
+    ) -> Result<Option<EffectLogEntry>, StoreError>;
+    /// Record how the write under `key` ended; returns its record.
+    async fn finish_effect(
+        &self,
+        key: &str,
+        outcome: EffectOutcome,
+    ) -> Result<EffectLogEntry, StoreError>;
+    /// Every write still `sending`, oldest first: what restart recovery
+    /// looks for on the forge.
+    async fn effects_in_doubt(&self) -> Result<Vec<EffectLogEntry>, StoreError>;
+    /// The run's forge writes, oldest first.
+    async fn effect_log(&self, run: RunId) -> Result<Vec<EffectLogEntry>, StoreError>;
 
     /// Hold an effect for a human's decision.
     async fn hold_effect(

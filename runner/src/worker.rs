@@ -168,7 +168,8 @@ pub struct Services {
     pub role_models: HashMap<Role, Arc<dyn ModelProvider>>,
     /// Budget per role.
     pub budgets: HashMap<Role, Budget>,
-    /// The run store, whose history the `signals` interface reads; `None`
+    /// The run store, whose history the `signals` interface reads and in
+    /// which each forge write is journaled before it is sent; `None`
     /// answers `unavailable` to plugins granted `signals.read`.
     pub history: Option<Arc<dyn crate::store::RunStore>>,
     /// The detection step's settings (`[detection]`).
@@ -853,6 +854,11 @@ async fn run_prepared(
         forge,
         head_branch: branch.clone(),
         base_branch: base_branch.clone(),
+        // The run store journals every write (exactly once across a crash).
+        journal: services.history.clone().and_then(|store| {
+            let run = req.run_id.parse().ok()?;
+            Some(crate::effects::EffectJournal { store, run })
+        }),
     });
     let task = Task {
         run_id: req.run_id.clone(),

@@ -152,6 +152,10 @@ pub struct Fault {
     /// The request is applied first and only its answer replaced (a
     /// gateway that timed out after the backend did the work).
     after_applying: bool,
+    /// Never answer: the request hangs until the client goes away.
+    hang: bool,
+    /// Only requests whose JSON body contains this text.
+    body_contains: Option<String>,
 }
 
 impl Fault {
@@ -165,7 +169,20 @@ impl Fault {
             body: json!({"message": "injected fault"}),
             remaining: Some(1),
             after_applying: false,
+            hang: false,
+            body_contains: None,
         }
+    }
+    /// Never answers (after applying the request, with
+    /// [`Fault::after_applying`]): the client waits until it gives up or dies.
+    pub fn hang(mut self) -> Self {
+        self.hang = true;
+        self
+    }
+    /// Only for requests whose JSON body contains `text`.
+    pub fn when_body_contains(mut self, text: &str) -> Self {
+        self.body_contains = Some(text.to_string());
+        self
     }
     /// Applies the request, then answers with the fault instead of its
     /// real answer.
@@ -766,6 +783,7 @@ async fn handle(
         }
     };
     let mut replaced = None;
+    let mut hang = Hang::No;
     {
         let mut st = shared.state.lock().unwrap_or_else(|e| e.into_inner());
         st.requests.push(Recorded {
@@ -779,11 +797,14 @@ async fn handle(
             accept: header_str(header::ACCEPT),
             body: json_body.clone(),
         });
-        if let Some(i) = st
-            .faults
-            .iter()
-            .position(|f| f.method == method && f.path == path)
-        {
+        let body_text = json_body.as_ref().map(Value::to_string).unwrap_or_default();
+        if let Some(i) = st.faults.iter().position(|f| {
+            f.method == method
+                && f.path == path
+                && f.body_contains
+                    .as_deref()
+                    .is_none_or(|t| body_text.contains(t))
+        }) {
             let fault = st.faults[i].clone();
             match st.faults[i].remaining {
                 Some(1) => {
@@ -801,11 +822,20 @@ async fn handle(
                     r.headers_mut().insert(k, v);
                 }
             }
-            if !fault.after_applying {
+            if fault.hang && !fault.after_applying {
+                hang = Hang::Before;
+            } else if !fault.after_applying {
                 return r;
+            } else {
+                if fault.hang {
+                    hang = Hang::After;
+                }
+                replaced = Some(r);
             }
-            replaced = Some(r);
         }
+    }
+    if hang == Hang::Before {
+        std::future::pending::<()>().await;
     }
     let answer = route(
         &shared,
@@ -818,7 +848,20 @@ async fn handle(
         json_body,
     )
     .await;
+    if hang == Hang::After {
+        std::future::pending::<()>().await;
+    }
     replaced.unwrap_or(answer)
+}
+
+/// Whether a faulted request is left unanswered, and when.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Hang {
+    No,
+    /// Without applying it.
+    Before,
+    /// After applying it.
+    After,
 }
 
 /// The real answer to a request (after faults were considered).

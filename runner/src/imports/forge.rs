@@ -43,6 +43,10 @@ pub struct ForgeTarget {
     pub head_branch: String,
     /// The branch its pull request targets.
     pub base_branch: String,
+    /// Where each write is journaled before it is sent, so it happens
+    /// once across a crash ([`crate::effects`]); `None` (a one-shot `kiln
+    /// run` without a store): written without a journal.
+    pub journal: Option<crate::effects::EffectJournal>,
 }
 
 /// Per-run state of the forge interface.
@@ -353,6 +357,90 @@ pub async fn apply(
             }
         }
     }
+}
+
+/// [`apply`], exactly once across a crash when the target has a journal
+/// ([`crate::effects`]): the write's intent is committed under its
+/// idempotency key before anything is sent, and its texts carry the key's
+/// hidden marker. A write an earlier attempt of the run applied (the same
+/// effect id and content) is not sent again: its recorded place is
+/// returned. One left in doubt by a crash is looked for on the forge first.
+/// The outcome is recorded. `read_head`: for a pull request update, the
+/// head commit the run read. Returns where the write landed.
+pub async fn apply_once(
+    target: &ForgeTarget,
+    effect_id: &str,
+    source: CommitSource<'_>,
+    gate: &Gate,
+    proposal: &Proposal,
+    read_head: Option<String>,
+) -> Result<Option<String>, String> {
+    use crate::effects::{self, Intent};
+    use crate::store::{EffectLogState, EffectOutcome};
+    let Some(journal) = &target.journal else {
+        return apply(target, source, gate, proposal).await;
+    };
+    let key = effects::effect_key(journal.run, effect_id, proposal);
+    let sent = effects::with_marker(proposal, &key);
+    let intent = Intent {
+        proposal: sent.clone(),
+        head_branch: target.head_branch.clone(),
+        base_branch: target.base_branch.clone(),
+        read_head,
+    };
+    let intent_json = serde_json::to_value(&intent)
+        .map_err(|e| format!("its intent cannot be written down ({e}), so it was not sent"))?;
+    let earlier = journal
+        .store
+        .begin_effect(journal.run, effect_id, &key, intent_json)
+        .await
+        .map_err(|e| format!("its intent could not be recorded ({e}), so it was not sent"))?;
+    let record = |outcome: EffectOutcome| {
+        let (store, key) = (journal.store.clone(), key.clone());
+        async move {
+            if let Err(e) = store.finish_effect(&key, outcome).await {
+                tracing::error!(%key, error = %e, "a forge write's outcome is not recorded; a restart looks for it on the forge");
+            }
+        }
+    };
+    match earlier.as_ref().map(|e| e.state) {
+        Some(EffectLogState::Applied) => {
+            let at = earlier
+                .and_then(|e| e.outcome)
+                .unwrap_or_else(|| key.clone());
+            return Ok(Some(format!(
+                "{at} (by an earlier attempt of this run; not sent again)"
+            )));
+        }
+        Some(EffectLogState::Sending) => {
+            match effects::find_on_forge(target.forge.as_ref(), &intent, &key).await {
+                Ok(Some(at)) => {
+                    record(EffectOutcome::Applied {
+                        at: Some(at.clone()),
+                    })
+                    .await;
+                    return Ok(Some(format!(
+                        "{at} (an interrupted attempt had applied it; not sent again)"
+                    )));
+                }
+                // Not there: the interrupted attempt never landed; send it now.
+                Ok(None) => {}
+                Err(e) => {
+                    return Err(format!(
+                        "an interrupted attempt may have applied it and the forge cannot be asked ({e}); not sent, so it is not doubled"
+                    ));
+                }
+            }
+        }
+        _ => {}
+    }
+    let result = apply(target, source, gate, &sent).await;
+    record(match &result {
+        Ok(at) => EffectOutcome::Applied { at: at.clone() },
+        Err(e) => EffectOutcome::Failed { error: e.clone() },
+    })
+    .await;
+    result
 }
 
 /// Refuses to update a pull request that is closed, comes from a fork, or
@@ -895,7 +983,25 @@ impl RunState {
                         Some(p) => CommitSource::Workspace(p),
                         None => CommitSource::None,
                     };
-                    match apply(target, source, &binding.gate, &proposal).await {
+                    let read_head = match &proposal {
+                        Proposal::PullRequestUpdate { number, .. } => self
+                            .forge
+                            .snapshot
+                            .pull_requests
+                            .get(number)
+                            .map(|p| p.head_sha.clone()),
+                        _ => None,
+                    };
+                    match apply_once(
+                        target,
+                        &effect_id,
+                        source,
+                        &binding.gate,
+                        &proposal,
+                        read_head,
+                    )
+                    .await
+                    {
                         Ok(url) => (EffectState::Applied { url: url.clone() }, false, url),
                         Err(e) => {
                             let msg = format!("{what}: allowed, but the forge refused it: {e}");
@@ -1182,6 +1288,7 @@ mod tests {
             forge: Arc::new(forge.clone()),
             head_branch: "kiln/x".into(),
             base_branch: "main".into(),
+            journal: None,
         };
         let gate = Gate::new(&crate::policy::GateConfig::default()).expect("gate");
         let update = Proposal::PullRequestUpdate {
@@ -1274,6 +1381,7 @@ mod tests {
             forge: Arc::new(forge.clone()),
             head_branch: "kiln/run".into(),
             base_branch: "main".into(),
+            journal: None,
         });
         let grants = builtin_role_grants("triage").expect("role");
         let mut state = RunState::new("test", "triage", grants, PluginLimits::default(), ctx);

@@ -91,6 +91,21 @@ const MIGRATIONS: &[&str] = &[
      ALTER TABLE deliveries ADD COLUMN claimed_by TEXT;
      ALTER TABLE deliveries ADD COLUMN claimed_ms INTEGER;
      CREATE INDEX deliveries_pending ON deliveries (received_ms, id) WHERE status = 'received';",
+    // 10: the effect log: each forge write's idempotency key and intent,
+    // committed before the write is sent, and its outcome once known.
+    "CREATE TABLE effect_log (
+        key        TEXT    PRIMARY KEY,
+        run_id     INTEGER NOT NULL REFERENCES runs (id),
+        effect_id  TEXT    NOT NULL,
+        intent     TEXT    NOT NULL,
+        state      TEXT    NOT NULL CHECK (state IN ('sending', 'applied', 'not-applied', 'failed')),
+        outcome    TEXT,
+        attempts   INTEGER NOT NULL,
+        created_ms INTEGER NOT NULL,
+        updated_ms INTEGER NOT NULL
+     );
+     CREATE INDEX effect_log_by_run ON effect_log (run_id, created_ms);
+     CREATE INDEX effect_log_in_doubt ON effect_log (run_id) WHERE state = 'sending';",
 ];
 
 /// The ledger's migration: each event's chain hash, and each finished run's

@@ -31,9 +31,9 @@ use super::schema;
 use super::sink::{EventQueue, StoreEvents};
 use super::{
     AcceptedDelivery, ActorLimit, ApiToken, Approval, ApprovalState, Delivery, DeliveryClaim,
-    DeliveryRecord, DeliveryStatus, Enqueued, EventStream, NewRun, NewToken, Recovered,
-    RecoveryPolicy, RepoRef, Role, Run, RunFilter, RunId, RunState, RunStore, ScheduleRecord,
-    StoreError, StoredEvent, TokenScope, Trigger, Verdict,
+    DeliveryRecord, DeliveryStatus, EffectLogEntry, EffectLogState, EffectOutcome, Enqueued,
+    EventStream, NewRun, NewToken, Recovered, RecoveryPolicy, RepoRef, Role, Run, RunFilter, RunId,
+    RunState, RunStore, ScheduleRecord, StoreError, StoredEvent, TokenScope, Trigger, Verdict,
 };
 use crate::ledger::transcript::{self, RunHeader, Seal, Transcript, TranscriptEvent};
 use crate::ledger::{HostKey, chain};
@@ -80,6 +80,8 @@ const APPROVAL_COLUMNS: &str =
     "run_id, effect_id, proposal, state, decided_by, reason, created_ms, decided_ms";
 const TOKEN_COLUMNS: &str = "id, name, scope, sha256, created_ms, revoked_ms";
 const DELIVERY_COLUMNS: &str = "id, event, body_sha256, status, reason, received_ms, finished_ms";
+const EFFECT_LOG_COLUMNS: &str =
+    "key, run_id, effect_id, intent, state, outcome, attempts, created_ms, updated_ms";
 
 /// The end of a run's chain as the writer last wrote it.
 #[derive(Debug, Clone, Copy)]
@@ -550,6 +552,31 @@ fn delivery_from_row(row: &Row<'_>) -> Result<Delivery, StoreError> {
         received_ms: row.get(5)?,
         finished_ms: row.get(6)?,
     })
+}
+
+fn effect_log_from_row(row: &Row<'_>) -> Result<EffectLogEntry, StoreError> {
+    let intent: String = row.get(3)?;
+    let state: String = row.get(4)?;
+    Ok(EffectLogEntry {
+        key: row.get(0)?,
+        run: RunId(to_u64("run id", row.get(1)?)?),
+        effect_id: row.get(2)?,
+        intent: json("effect intent", &intent)?,
+        state: state.parse()?,
+        outcome: row.get(5)?,
+        attempts: u32::try_from(row.get::<_, i64>(6)?).unwrap_or(u32::MAX),
+        created_ms: row.get(7)?,
+        updated_ms: row.get(8)?,
+    })
+}
+
+fn get_effect_log(conn: &Connection, key: &str) -> Result<Option<EffectLogEntry>, StoreError> {
+    query_one(
+        conn,
+        &format!("SELECT {EFFECT_LOG_COLUMNS} FROM effect_log WHERE key = ?1"),
+        [key],
+        effect_log_from_row,
+    )
 }
 
 /// Collects every row of `sql` through `f`.
@@ -1407,6 +1434,116 @@ impl RunStore for SqliteStore {
                 delivery_from_row,
             )?
             .ok_or_else(|| StoreError::NotFound(format!("delivery {id}")))
+        })
+        .await
+    }
+
+    async fn begin_effect(
+        &self,
+        run: RunId,
+        effect_id: &str,
+        key: &str,
+        intent: serde_json::Value,
+    ) -> Result<Option<EffectLogEntry>, StoreError> {
+        if key.is_empty() || key.len() > 200 || effect_id.is_empty() || effect_id.len() > 200 {
+            return Err(StoreError::Invalid(
+                "an effect's key and id must be 1-200 bytes".into(),
+            ));
+        }
+        let (effect, key, intent) = (effect_id.to_string(), key.to_string(), intent.to_string());
+        self.write(move |conn, _| {
+            get_run(conn, run)?;
+            let earlier = get_effect_log(conn, &key)?;
+            let now = now_ms();
+            match &earlier {
+                None => {
+                    conn.prepare_cached(
+                        "INSERT INTO effect_log (key, run_id, effect_id, intent, state, attempts, \
+                         created_ms, updated_ms) VALUES (?1, ?2, ?3, ?4, 'sending', 1, ?5, ?5)",
+                    )?
+                    .execute(params![
+                        key,
+                        to_i64("run id", run.0)?,
+                        effect,
+                        intent,
+                        now
+                    ])?;
+                }
+                Some(e) if e.run != run => {
+                    return Err(StoreError::Invalid(format!(
+                        "effect key {key} belongs to run {}, not {run}",
+                        e.run
+                    )));
+                }
+                Some(e)
+                    if matches!(e.state, EffectLogState::NotApplied | EffectLogState::Failed) =>
+                {
+                    conn.prepare_cached(
+                        "UPDATE effect_log SET state = 'sending', intent = ?1, \
+                         attempts = attempts + 1, updated_ms = ?2 WHERE key = ?3",
+                    )?
+                    .execute(params![intent, now, key])?;
+                }
+                // Applied: never again. Sending: in doubt, the caller looks first.
+                Some(_) => {}
+            }
+            Ok(earlier)
+        })
+        .await
+    }
+
+    async fn finish_effect(
+        &self,
+        key: &str,
+        outcome: EffectOutcome,
+    ) -> Result<EffectLogEntry, StoreError> {
+        let key = key.to_string();
+        let (state, text) = match outcome {
+            EffectOutcome::Applied { at } => (EffectLogState::Applied, at),
+            EffectOutcome::NotApplied { why } => (EffectLogState::NotApplied, Some(why)),
+            EffectOutcome::Failed { error } => (EffectLogState::Failed, Some(error)),
+        };
+        self.write(move |conn, _| {
+            let n = conn
+                .prepare_cached(
+                    "UPDATE effect_log SET state = ?1, outcome = ?2, updated_ms = ?3 WHERE key = ?4",
+                )?
+                .execute(params![state.as_str(), text, now_ms(), key])?;
+            if n == 0 {
+                return Err(StoreError::NotFound(format!("effect {key}")));
+            }
+            get_effect_log(conn, &key)?
+                .ok_or_else(|| StoreError::NotFound(format!("effect {key}")))
+        })
+        .await
+    }
+
+    async fn effects_in_doubt(&self) -> Result<Vec<EffectLogEntry>, StoreError> {
+        self.read(|conn| {
+            query_all(
+                conn,
+                &format!(
+                    "SELECT {EFFECT_LOG_COLUMNS} FROM effect_log WHERE state = 'sending' \
+                     ORDER BY created_ms, key"
+                ),
+                [],
+                effect_log_from_row,
+            )
+        })
+        .await
+    }
+
+    async fn effect_log(&self, run: RunId) -> Result<Vec<EffectLogEntry>, StoreError> {
+        self.read(move |conn| {
+            query_all(
+                conn,
+                &format!(
+                    "SELECT {EFFECT_LOG_COLUMNS} FROM effect_log WHERE run_id = ?1 \
+                     ORDER BY created_ms, key"
+                ),
+                [to_i64("run id", run.0)?],
+                effect_log_from_row,
+            )
         })
         .await
     }

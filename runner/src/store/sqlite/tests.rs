@@ -690,6 +690,129 @@ async fn runners_sharing_a_store_each_get_different_deliveries() {
     );
 }
 
+#[tokio::test]
+async fn a_write_is_armed_once_and_an_applied_one_never_again() {
+    let (_dir, store) = store().await;
+    let run = store
+        .enqueue_run(new_run(1, Role::Triage))
+        .await
+        .expect("enqueue");
+    let intent = serde_json::json!({"proposal": {"kind": "comment"}});
+    // Fresh: armed for sending, nothing earlier.
+    assert_eq!(
+        store
+            .begin_effect(run, "e1", "r1.e1.aa", intent.clone())
+            .await,
+        Ok(None)
+    );
+    let in_doubt = store.effects_in_doubt().await.expect("in doubt");
+    assert_eq!(
+        in_doubt.iter().map(|e| e.key.as_str()).collect::<Vec<_>>(),
+        ["r1.e1.aa"]
+    );
+    assert_eq!(in_doubt[0].state, EffectLogState::Sending);
+    // The same key again while it is in doubt: unchanged, the caller looks first.
+    let again = store
+        .begin_effect(run, "e1", "r1.e1.aa", intent.clone())
+        .await
+        .expect("again")
+        .expect("earlier");
+    assert_eq!((again.state, again.attempts), (EffectLogState::Sending, 1));
+    // Not applied: armed again, one more attempt.
+    store
+        .finish_effect(
+            "r1.e1.aa",
+            EffectOutcome::NotApplied {
+                why: "the runner stopped".into(),
+            },
+        )
+        .await
+        .expect("finish");
+    assert!(store.effects_in_doubt().await.expect("none").is_empty());
+    let earlier = store
+        .begin_effect(run, "e1", "r1.e1.aa", intent.clone())
+        .await
+        .expect("re-arm")
+        .expect("earlier");
+    assert_eq!(earlier.state, EffectLogState::NotApplied);
+    // Applied: never armed again.
+    let done = store
+        .finish_effect(
+            "r1.e1.aa",
+            EffectOutcome::Applied {
+                at: Some("#1 comment 7".into()),
+            },
+        )
+        .await
+        .expect("applied");
+    assert_eq!(
+        (done.state, done.attempts, done.outcome.as_deref()),
+        (EffectLogState::Applied, 2, Some("#1 comment 7"))
+    );
+    let applied = store
+        .begin_effect(run, "e1", "r1.e1.aa", intent.clone())
+        .await
+        .expect("begin")
+        .expect("earlier");
+    assert_eq!(applied.state, EffectLogState::Applied);
+    assert_eq!(
+        store.effect_log(run).await.expect("log")[0].state,
+        EffectLogState::Applied,
+        "an applied write stays applied"
+    );
+    // A failure is recorded with its error, and may be tried again.
+    store
+        .begin_effect(run, "e2", "r1.e2.bb", intent.clone())
+        .await
+        .expect("e2");
+    let failed = store
+        .finish_effect(
+            "r1.e2.bb",
+            EffectOutcome::Failed {
+                error: "422 Validation Failed".into(),
+            },
+        )
+        .await
+        .expect("failed");
+    assert_eq!(failed.outcome.as_deref(), Some("422 Validation Failed"));
+    assert_eq!(
+        store
+            .effect_log(run)
+            .await
+            .expect("log")
+            .iter()
+            .map(|e| (e.effect_id.as_str(), e.state))
+            .collect::<Vec<_>>(),
+        [
+            ("e1", EffectLogState::Applied),
+            ("e2", EffectLogState::Failed)
+        ]
+    );
+    // Keys belong to one run; unknown runs and keys are refused.
+    let other = store
+        .enqueue_run(new_run(2, Role::Triage))
+        .await
+        .expect("enqueue");
+    assert!(matches!(
+        store
+            .begin_effect(other, "e1", "r1.e1.aa", intent.clone())
+            .await,
+        Err(StoreError::Invalid(_))
+    ));
+    assert_eq!(
+        store
+            .begin_effect(RunId(99), "e1", "r99.e1", intent.clone())
+            .await,
+        Err(StoreError::NoSuchRun(RunId(99)))
+    );
+    assert!(matches!(
+        store
+            .finish_effect("nope", EffectOutcome::Applied { at: None })
+            .await,
+        Err(StoreError::NotFound(_))
+    ));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn held_effects_are_decided_once_and_wake_the_run() {
     let (_dir, store) = store().await;
