@@ -22,6 +22,8 @@ use kiln::session::{EventKind, MemoryEvents};
 /// `every_test_plugin_has_a_test`.
 const COVERED: &[&str] = &[
     "agent",
+    // tests/outer_loop.rs: an improve role skipping every rule is refused by the host.
+    "careless-improve",
     "frozen-0-1-0",
     "huge-string",
     "loop",
@@ -1003,10 +1005,10 @@ fn custom_roles_that_cannot_be_trusted_are_refused_with_the_reason() {
             },
         }
     };
-    // The honest entry loads, beside the five built-in roles.
+    // The honest entry loads, beside the six built-in roles.
     assert_eq!(
         load(entry("answer", "answer.wasm", &sha256(&reply), all_caps)),
-        "loaded 6 plugins"
+        "loaded 7 plugins"
     );
     let cases = [
         (
