@@ -109,7 +109,11 @@ pub async fn serve(args: ServeArgs, local: &LocalArgs) -> anyhow::Result<ExitCod
     // and never those of a service on another data directory; a Postgres
     // store names it in the leases of the runs this runner claims.
     let runner_id = app::serve_runner_id(&data_dir);
-    let store: Arc<dyn RunStore> = kiln::store::open(&config, &data_dir, &runner_id)
+    // Runner hosts sharing a Postgres store may use the same data path:
+    // the host name keeps their lease names apart.
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let lease_name = format!("{runner_id}@{}", host.trim());
+    let store: Arc<dyn RunStore> = kiln::store::open(&config, &data_dir, &lease_name)
         .await
         .context("opening the store")?;
     let budgets = app::budgets(&config);

@@ -31,7 +31,7 @@ pub(crate) enum Backend {
     /// A SQLite file.
     Sqlite(PathBuf),
     /// A PostgreSQL database.
-    Postgres(tokio_postgres::Config),
+    Postgres(Box<tokio_postgres::Config>),
 }
 
 impl Fixture {
@@ -62,7 +62,7 @@ impl Fixture {
         Fixture {
             store: Arc::new(store),
             key_dir: dir.path().to_path_buf(),
-            backend: Backend::Postgres(config),
+            backend: Backend::Postgres(Box::new(config)),
             _dir: dir,
         }
     }
@@ -88,7 +88,7 @@ impl Fixture {
                     .expect("open store"),
             ),
             Backend::Postgres(config) => Arc::new(
-                PgStore::open(config.clone(), &self.key_dir, PgOptions::new(runner))
+                PgStore::open((**config).clone(), &self.key_dir, PgOptions::new(runner))
                     .await
                     .expect("open store"),
             ),
@@ -418,7 +418,7 @@ pub(crate) async fn concurrent_appenders_get_gapless_ordered_seqs(f: Fixture) {
         page.iter().map(|e| e.seq).collect::<Vec<_>>(),
         vec![11, 12, 13, 14, 15]
     );
-    for e in &events_of(&store, a).await {
+    for e in &events_of(&*store, a).await {
         let note = e
             .message
             .split_once(':')
@@ -1005,7 +1005,7 @@ pub(crate) async fn a_finished_run_is_chained_and_signed_and_an_edit_names_its_e
 ) {
     use crate::ledger::Verdict;
     let store = f.store.clone();
-    let id = finished_run(&store, 5).await;
+    let id = finished_run(&*store, 5).await;
     let key = f.key();
     let v = store.transcript(id).await.expect("transcript").verify(&key);
     assert_eq!(v.verdict, Verdict::Signed { seq: 5 }, "{v}");
@@ -1039,7 +1039,7 @@ pub(crate) async fn a_run_in_progress_verifies_so_far_and_a_resumed_run_keeps_it
     use crate::ledger::Verdict;
     let store = f.store.clone();
     let key = f.key();
-    let id = finished_run(&store, 2).await;
+    let id = finished_run(&*store, 2).await;
     store.resume(id, "alice", None).await.expect("resume");
     store
         .append_event(id, &EventKind::Note, "more")

@@ -3,9 +3,8 @@
 //! migrations from older files).
 
 use super::*;
-use crate::policy::Trust;
+use crate::store::SCHEMA_VERSION;
 use crate::store::contract::{contract_tests, new_run};
-use crate::store::{SCHEMA_VERSION, TriggerKind};
 
 contract_tests!(sqlite);
 
