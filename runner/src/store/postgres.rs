@@ -1029,6 +1029,8 @@ impl PgStore {
                             &[&now.as_str(), &reason, &now_ms(), &to_i64("run id", id.0)?],
                         )
                         .await?;
+                        // This store's own claim ends here: its note is not a stale write.
+                        sh.held().remove(&id);
                         append_one(tx, sh, id, &warning, &message).await?;
                         if now.is_terminal() {
                             seal(tx, sh, id).await?;
@@ -1040,10 +1042,6 @@ impl PgStore {
                 .boxed()
             })
             .await?;
-        let mut held = self.inner.shared.held();
-        for r in &recovered {
-            held.remove(&r.id);
-        }
         Ok(recovered)
     }
 
