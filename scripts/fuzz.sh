@@ -8,7 +8,7 @@
 # replays it. See docs/fuzzing.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-all=(webhook config redact_stream skills)
+all=(webhook config redact_stream skills gate sse)
 which=${1:-all}
 seconds=${2:-30}
 if [ "$which" = all ]; then
@@ -63,6 +63,8 @@ seed() {
         printf '\x00\x04\x01\x05\x07\x09token hunter2hunter2 and AKIAIOSFODNN7EXAMPLE end' >"$dir/pooled"
         printf '\x09\x0dhunter2hunter\x03\x00\x02\x03plain text with hunter2hunter inside' >"$dir/short-chunks"
         printf '\x0a\x14ghp_abcdefghijklmnop\x04\x01\x05\x07\x09token ghp_abcdefghijklmnop end' >"$dir/split-secret"
+        # A drawn secret that ends like the marker begins (a crash, fixed).
+        printf '\x0cd[REDACTED:sec' >"$dir/regression-marker-overlap"
         ;;
     skills)
         # An override that tries to rewrite a fixed section.
@@ -73,6 +75,20 @@ seed() {
             { printf "\\x$(printf %02x "$i")"; cat "skills/$role/SKILL.md"; } >"$dir/$role.md"
             i=$((i + 1))
         done
+        ;;
+    gate)
+        # [role][trust][branch] [number][effect kind] then its fields: one
+        # seed per kind of effect, its first text carrying the canary.
+        local kind
+        for kind in $(seq 0 13); do
+            { printf '\x02\x00\x0512-ab\x0c'; printf "\\x$(printf %02x "$kind")"; \
+                printf '\x00\x0a.github/ci\x01\x03\x05hello\x01\x02\x04main'; } >"$dir/kind-$kind"
+        done
+        ;;
+    sse)
+        # [cut count][cuts...] a stream as the runner API sends it.
+        printf '\x03\x05\x01\x11id: 1\nevent: event\ndata: {"seq":1,"message":"started"}\n\n: keep-alive\n\n' >"$dir/events"
+        printf '\x02\x07\x02id: 2\r\ndata: one\r\ndata: two\r\n\r\nevent: end\ndata: {"state":"succeeded"}\n\n' >"$dir/crlf-multiline"
         ;;
     esac
 }

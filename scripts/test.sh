@@ -3,7 +3,16 @@
 # every test (plugins are built to components by the runner's build script).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+# Each phase's wall time, so a slow CI run says where the time went.
+phase_start=$SECONDS
+phase() {
+    echo "test.sh: ${1} took $((SECONDS - phase_start)) s (total ${SECONDS} s)" >&2
+    phase_start=$SECONDS
+}
+
 scripts/setup.sh
+phase setup
 cargo fmt --all --check
 
 # One compile lints and builds every target (lib, bins, tests, benches):
@@ -16,7 +25,9 @@ if [ -z "${RUSTC_WORKSPACE_WRAPPER:-}" ]; then
     exit 1
 fi
 cargo test --workspace --all-targets --locked --no-run
+phase build
 cargo test --workspace --locked
+phase tests
 
 # The demo (scripts/kiln.sh: `cargo build -p kiln`) must find its binary
 # already built by the tests, not rebuild the crate graph. A dependency whose
@@ -32,4 +43,6 @@ fi
 
 # Each fuzz target runs briefly from its seed corpus (docs/fuzzing.md); a
 # crash fails the suite with the input to replay it.
-scripts/fuzz.sh all 20
+phase "demo build check"
+scripts/fuzz.sh all 15
+phase fuzz

@@ -24,6 +24,7 @@ mod answer;
 mod api;
 mod build_guard;
 mod detect;
+mod durable;
 mod factory;
 mod forge;
 mod github_app;

@@ -8,20 +8,18 @@
 
 use std::path::Path;
 
-use hmac::{Hmac, Mac};
 use kiln::config::Role;
 use kiln::policy::Trust;
 use kiln::store::{Run, RunState};
 use serde_json::{Value, json};
-use sha2::Sha256;
 
 use crate::support::github_api::{BOT_LOGIN, GitHubApi, git};
 use crate::support::images;
 use crate::support::serve::{Containers, Env, Serve, wait_for};
+use crate::support::webhooks::{
+    NAME, OWNER, REPO, at_repo, deliver, fixture, issues_event, person,
+};
 
-const OWNER: &str = "octo";
-const NAME: &str = "widgets";
-const REPO: &str = "octo/widgets";
 /// The maintainer: write permission on the loopback server.
 const MAINTAINER: &str = "maya";
 /// The reporter: no permission at all.
@@ -45,73 +43,6 @@ exit $found
 """]
 timeout_secs = 60
 "#;
-
-/// GitHub's recorded payload `webhooks/{path}`.
-fn fixture(path: &str) -> Value {
-    let full = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/fixtures/github/webhooks")
-        .join(path);
-    let text = std::fs::read(&full).unwrap_or_else(|e| panic!("{}: {e}", full.display()));
-    serde_json::from_slice(&text).expect("fixture json")
-}
-
-/// Points a payload's repository (and a pull request's ends) at `octo/widgets`.
-fn at_repo(v: &mut Value) {
-    v["repository"]["name"] = json!(NAME);
-    v["repository"]["full_name"] = json!(REPO);
-    v["repository"]["owner"]["login"] = json!(OWNER);
-    if v.get("pull_request").is_some() {
-        for side in ["head", "base"] {
-            v["pull_request"][side]["repo"]["name"] = json!(NAME);
-            v["pull_request"][side]["repo"]["full_name"] = json!(REPO);
-            v["pull_request"][side]["repo"]["owner"]["login"] = json!(OWNER);
-        }
-    }
-}
-
-/// A GitHub user object for `login` (`Bot` for logins ending in `[bot]`).
-fn person(template: &Value, login: &str) -> Value {
-    let mut u = template.clone();
-    u["login"] = json!(login);
-    u["type"] = json!(if login.ends_with("[bot]") {
-        "Bot"
-    } else {
-        "User"
-    });
-    u
-}
-
-/// `issues.{action}` on issue `number` by `sender`, with its current labels.
-fn issues_event(
-    action: &str,
-    number: u64,
-    author: &str,
-    sender: &str,
-    labels: &[String],
-    label: Option<&str>,
-) -> Value {
-    let mut v = fixture(if action == "opened" {
-        "issues/opened.payload.json"
-    } else {
-        "issues/labeled.payload.json"
-    });
-    at_repo(&mut v);
-    v["action"] = json!(action);
-    v["issue"]["number"] = json!(number);
-    v["issue"]["user"] = person(&v["issue"]["user"], author);
-    let label_template = fixture("issues/labeled.payload.json")["label"].clone();
-    let named = |name: &str| {
-        let mut l = label_template.clone();
-        l["name"] = json!(name);
-        l
-    };
-    v["issue"]["labels"] = labels.iter().map(|l| named(l)).collect();
-    if let Some(l) = label {
-        v["label"] = named(l);
-    }
-    v["sender"] = person(&v["sender"], sender);
-    v
-}
 
 /// `pull_request.opened` for pull request `number` from `head`, opened by `sender`.
 fn pull_request_opened(number: u64, head: &str, head_sha: &str, sender: &str) -> Value {
@@ -140,36 +71,6 @@ fn review_submitted(number: u64, head: &str, id: u64, state: &str, by: &str) -> 
     v["review"]["user"] = person(&v["review"]["user"], by);
     v["sender"] = person(&v["sender"], by);
     v
-}
-
-/// Posts one delivery signed with `secret` to `kiln serve`'s webhook
-/// endpoint, as GitHub does; the endpoint must accept it.
-async fn deliver(url: &str, secret: &str, n: &mut u64, event: &str, body: &Value) {
-    *n += 1;
-    let bytes = serde_json::to_vec(body).expect("json");
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("key");
-    mac.update(&bytes);
-    let signature = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
-    let resp = reqwest::Client::new()
-        .post(format!("{url}{}", kiln::intake::WEBHOOK_PATH))
-        .header("content-type", "application/json")
-        .header("user-agent", "GitHub-Hookshot/test")
-        .header("x-github-event", event)
-        .header(
-            "x-github-delivery",
-            format!("00000000-0000-4000-8000-{n:012}"),
-        )
-        .header("x-hub-signature-256", signature)
-        .body(bytes)
-        .send()
-        .await
-        .expect("kiln serve should answer");
-    let status = resp.status().as_u16();
-    let text = resp.text().await.unwrap_or_default();
-    assert_eq!(
-        status, 202,
-        "{event} delivery {n} should be accepted: {text}"
-    );
 }
 
 /// Waits until `kiln serve` has `n` runs and all have ended (or one failed).

@@ -34,7 +34,7 @@ struct ReadOnly;
 
 #[async_trait::async_trait]
 impl RunControl for ReadOnly {
-    async fn steer(&self, _: u64, _: String) -> Result<(), ControlError> {
+    async fn steer(&self, _: u64, _: String, _: String) -> Result<(), ControlError> {
         Err(ControlError::Conflict("benchmark: read only".into()))
     }
     async fn cancel(&self, _: u64, _: String) -> Result<(), ControlError> {

@@ -90,9 +90,10 @@ pub struct QueueRun {
 /// Actions on live runs. Run ids are the store's (`r12` displayed).
 #[async_trait::async_trait]
 pub trait RunControl: Send + Sync {
-    /// Queue a steering message; the plugin receives it through
-    /// `session.next-instruction` before its next model turn.
-    async fn steer(&self, run: u64, message: String) -> Result<(), ControlError>;
+    /// Queue a steering message from `by` (the API token's name); the
+    /// plugin receives it through `session.next-instruction` before its
+    /// next model turn.
+    async fn steer(&self, run: u64, message: String, by: String) -> Result<(), ControlError>;
     /// Stop a run: trap the plugin, kill its container, state `cancelled`.
     async fn cancel(&self, run: u64, by: String) -> Result<(), ControlError>;
     /// Approve or deny a held effect; an approved effect is applied to the

@@ -568,6 +568,42 @@ pub struct LabelEvent {
     pub at_ms: i64,
 }
 
+/// How an issue's or pull request's state changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StateChange {
+    /// Closed (a merged pull request is closed too; GitHub says both).
+    Closed,
+    /// A pull request was merged.
+    Merged,
+    /// Opened again after being closed.
+    Reopened,
+}
+
+/// An issue or pull request closed, merged or reopened.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateEvent {
+    /// What happened.
+    pub change: StateChange,
+    /// Who did it.
+    pub actor: String,
+    /// When, in milliseconds since the epoch.
+    pub at_ms: i64,
+}
+
+/// Whether `events` (oldest first) end with the item closed without a
+/// merge: a close after the last reopening, and no merge ever.
+pub fn closed_unmerged(events: &[StateEvent]) -> Option<&StateEvent> {
+    if events.iter().any(|e| e.change == StateChange::Merged) {
+        return None;
+    }
+    events
+        .iter()
+        .rev()
+        .find(|e| e.change != StateChange::Merged)
+        .filter(|e| e.change == StateChange::Closed)
+}
+
 /// A repository on a forge, `owner/name`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct RepoRef {
@@ -812,6 +848,10 @@ pub trait Forge: Send + Sync {
     /// `number`, oldest first: the outer loop's evidence of maintainers
     /// correcting a triage.
     async fn label_events(&self, number: u64) -> Result<Vec<LabelEvent>, ForgeError>;
+    /// Who closed, merged or reopened issue or pull request `number`, and
+    /// when, oldest first: the outer loop's evidence of Kiln's pull
+    /// requests closed without a merge.
+    async fn state_events(&self, number: u64) -> Result<Vec<StateEvent>, ForgeError>;
 
     /// The login Kiln's own comments are written as (the App's bot, the
     /// token's user, the local forge's actor): how the host recognises its

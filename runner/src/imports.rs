@@ -65,6 +65,9 @@ pub struct RunContext {
     pub custom_skills: Arc<Vec<(String, Arc<str>)>>,
     /// The repository's history, for plugins granted `signals.read`.
     pub signals: Option<Arc<dyn signals::SignalSource>>,
+    /// For an `improve` run: the role whose skill override it may change
+    /// (its `target` argument). Its pull request is checked against it.
+    pub improve_target: Option<String>,
     /// The detection step run before a pull request's push: the optional
     /// model detector and the step's budget (scanners always run).
     pub detection: crate::detect::step::Settings,
@@ -88,6 +91,7 @@ impl RunContext {
             forge_target: None,
             custom_skills: Arc::default(),
             signals: None,
+            improve_target: None,
             detection: crate::detect::step::Settings::default(),
         }
     }
@@ -163,6 +167,7 @@ impl RunState {
                 target: ctx.forge_target,
                 publisher: ctx.publisher,
                 detection: ctx.detection,
+                improve_target: ctx.improve_target,
             },
             session: session::SessionCtx {
                 steering: ctx.steering,
@@ -174,6 +179,7 @@ impl RunState {
             },
             signals: signals::SignalsCtx {
                 source: ctx.signals,
+                served: Vec::new(),
             },
         }
     }

@@ -1,9 +1,11 @@
 //! Intake: forge events in (GitHub webhooks, the local forge's outbox), runs out.
 //!
 //! [`router`] serves `POST /webhooks/github` ([`webhook`]): signature,
-//! size limit, replay protection, then 202. The local forge's events come
-//! from its outbox ([`local`]). Both reach one [`Dispatcher`]: processing
-//! happens off the request path, the [`route`]r reads `[[triggers]]`
+//! size limit, replay protection, the delivery committed to the store, then
+//! 202: a runner that dies after answering loses nothing, and the next one
+//! processes what was accepted and not processed. The local forge's events
+//! come from its outbox ([`local`]). Both reach one [`Dispatcher`]:
+//! processing happens off the request path, the [`route`]r reads `[[triggers]]`
 //! ([`config`]), every dispatch passes the fail-closed [`trust`] check and
 //! the re-run cap, and runs are queued in the store (or `/kiln` commands
 //! carried out). Every delivery ends recorded as queued, ignored, refused
@@ -29,7 +31,7 @@ use crate::store::RunStore;
 
 pub use config::{IntakeConfig, IntakeSettings, TriggerRule, default_rules, read_webhook_secret};
 pub use event::WebhookEvent;
-pub use process::{Outcome, RunnerHooks};
+pub use process::{CLAIM_LEASE, DeliveryOptions, Outcome, POLL, PROCESSING_LIMIT, RunnerHooks};
 pub use trust::ForgeResolver;
 
 /// The path GitHub posts to.
@@ -50,7 +52,7 @@ pub enum IntakeError {
 #[derive(Clone)]
 pub struct Dispatcher {
     processor: Arc<process::Processor>,
-    jobs: mpsc::Sender<process::Job>,
+    nudges: mpsc::Sender<process::Nudge>,
 }
 
 impl std::fmt::Debug for Dispatcher {
@@ -62,16 +64,29 @@ impl std::fmt::Debug for Dispatcher {
 }
 
 impl Dispatcher {
-    /// Starts the background processor for queued deliveries (on the
-    /// current tokio runtime); it stops when every clone is dropped.
+    /// Starts the background processor for stored deliveries (on the
+    /// current tokio runtime), claiming them in this process's name; it
+    /// stops when every clone is dropped.
     pub fn start(
         store: Arc<dyn RunStore>,
         forges: ForgeResolver,
         config: &IntakeConfig,
         hooks: RunnerHooks,
     ) -> Dispatcher {
+        Dispatcher::start_with(store, forges, config, hooks, DeliveryOptions::default())
+    }
+
+    /// [`Dispatcher::start`], claiming stored deliveries as `options` say
+    /// (`kiln serve`: its runner id, and `--hold-deliveries`).
+    pub fn start_with(
+        store: Arc<dyn RunStore>,
+        forges: ForgeResolver,
+        config: &IntakeConfig,
+        hooks: RunnerHooks,
+        options: DeliveryOptions,
+    ) -> Dispatcher {
         let settings = &config.intake;
-        let (jobs, inbox) = mpsc::channel(settings.queue_capacity);
+        let (nudges, inbox) = mpsc::channel(settings.queue_capacity);
         let (outcomes, _) = broadcast::channel(1024);
         let processor = Arc::new(process::Processor {
             store,
@@ -86,13 +101,23 @@ impl Dispatcher {
             ),
             outcomes,
             hooks,
+            claim: crate::store::DeliveryClaim {
+                runner: options.runner,
+                since_ms: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+                    .unwrap_or(0),
+                lease_ms: i64::try_from(CLAIM_LEASE.as_millis()).unwrap_or(i64::MAX),
+            },
+            hold: options.hold,
         });
         tokio::spawn(processor.clone().run(inbox));
-        Dispatcher { processor, jobs }
+        Dispatcher { processor, nudges }
     }
 
     /// Processes one event now and returns its outcome (the delivery must
-    /// already be recorded with [`RunStore::record_delivery`]).
+    /// already be recorded with [`RunStore::record_delivery`]): the local
+    /// forge's events, whose outbox keeps them until this returns.
     pub async fn process(&self, delivery: String, event: WebhookEvent) -> Outcome {
         self.processor
             .process(process::Job { delivery, event })
@@ -115,7 +140,7 @@ pub struct Intake {
     secret: Vec<u8>,
     body_limit: usize,
     store: Arc<dyn RunStore>,
-    jobs: mpsc::Sender<process::Job>,
+    nudges: mpsc::Sender<process::Nudge>,
     dispatcher: Dispatcher,
 }
 
@@ -157,7 +182,7 @@ impl Intake {
             secret,
             body_limit: config.intake.body_limit_bytes,
             store: dispatcher.store().clone(),
-            jobs: dispatcher.jobs.clone(),
+            nudges: dispatcher.nudges.clone(),
             dispatcher,
         }))
     }

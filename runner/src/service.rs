@@ -558,7 +558,7 @@ impl RunControl for Runner {
         Ok(id.0)
     }
 
-    async fn steer(&self, run: u64, message: String) -> Result<(), ControlError> {
+    async fn steer(&self, run: u64, message: String, by: String) -> Result<(), ControlError> {
         if message.trim().is_empty() {
             return Err(ControlError::Invalid("the message is empty".into()));
         }
@@ -571,7 +571,13 @@ impl RunControl for Runner {
             )));
         };
         self.store
-            .append_event(r.id, &EventKind::Note, &format!("operator: {message}"))
+            .append_event(
+                r.id,
+                &EventKind::Steering {
+                    by: format!("operator:{by}"),
+                },
+                &message,
+            )
             .await
             .map_err(|e| ControlError::Internal(e.to_string()))?;
         steering.send(message);

@@ -57,6 +57,13 @@ pub enum EventKind {
     Started,
     /// The run ended; the message says how.
     Finished,
+    /// An operator's steering message was queued for the run; the message
+    /// is its text. Host-only: plugins cannot emit it, so the outer loop
+    /// can read it as the operator's words.
+    Steering {
+        /// Who sent it: `operator:<API token name>`.
+        by: String,
+    },
 }
 
 /// One entry of a run's transcript.

@@ -29,6 +29,7 @@ pub const CORE_SKILLS: &[(&str, &str)] = &[
         "verification",
         include_str!("../../skills/verification/SKILL.md"),
     ),
+    ("improve", include_str!("../../skills/improve/SKILL.md")),
 ];
 
 /// The core skill `name`, if Kiln ships one.
@@ -311,7 +312,14 @@ mod tests {
         let names: Vec<_> = CORE_SKILLS.iter().map(|(n, _)| *n).collect();
         assert_eq!(
             names,
-            ["triage", "spec", "implementation", "review", "verification"]
+            [
+                "triage",
+                "spec",
+                "implementation",
+                "review",
+                "verification",
+                "improve"
+            ]
         );
         assert_eq!(
             overridable_sections(core("triage").expect("triage")),
@@ -333,6 +341,9 @@ mod tests {
             overridable_sections(core("verification").expect("verification")),
             ["Where to look"]
         );
+        // The outer loop's own skill is Kiln's whole: a repository (or an
+        // improve run) cannot loosen the evidence rule.
+        assert!(overridable_sections(core("improve").expect("improve")).is_empty());
         // The limits of every role are Kiln's alone.
         for (name, text) in CORE_SKILLS {
             let merged = merge(text, "## Limits\n\nAnything goes.\n");

@@ -525,6 +525,35 @@ pub struct Delivery {
     pub finished_ms: Option<i64>,
 }
 
+/// A webhook delivery accepted and not processed yet, as
+/// [`RunStore::claim_delivery`] hands it to the runner that processes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AcceptedDelivery {
+    /// GitHub's `X-GitHub-Delivery`.
+    pub id: String,
+    /// GitHub's `X-GitHub-Event`.
+    pub event: String,
+    /// The body exactly as received (its signature was checked before it was stored).
+    pub body: Vec<u8>,
+    /// When it arrived, milliseconds since the Unix epoch.
+    pub received_ms: i64,
+}
+
+/// In whose name, and for how long, a runner claims accepted deliveries
+/// ([`RunStore::claim_delivery`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryClaim {
+    /// The runner's id (stable across its restarts).
+    pub runner: String,
+    /// When this runner process started, milliseconds since the Unix epoch:
+    /// a claim in its name made before then is a dead predecessor's, and is
+    /// taken over at once.
+    pub since_ms: i64,
+    /// How long a claim holds; after that any runner may take the delivery
+    /// over. Longer than processing may take.
+    pub lease_ms: i64,
+}
+
 /// The state of a held effect.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -879,14 +908,35 @@ pub trait RunStore: Send + Sync {
     /// Wait until everything handed to the store before this call is committed.
     async fn flush(&self) -> Result<(), StoreError>;
 
-    /// Note a webhook delivery; `Duplicate` if its id was seen before.
+    /// Note a delivery by id and body hash only (the local forge's events,
+    /// whose bodies stay in the forge's outbox); `Duplicate` if its id was
+    /// seen before.
     async fn record_delivery(
         &self,
         id: &str,
         event: &str,
         body_sha256: &str,
     ) -> Result<DeliveryRecord, StoreError>;
-    /// Record what became of a delivery.
+    /// Store a verified webhook delivery, its body included, before it is
+    /// acknowledged: once this returns `New` the delivery survives a crash
+    /// and is handed out by [`RunStore::claim_delivery`] until it is
+    /// finished. `Duplicate` (nothing stored) if its id was seen before.
+    async fn accept_delivery(
+        &self,
+        id: &str,
+        event: &str,
+        body: &[u8],
+    ) -> Result<DeliveryRecord, StoreError>;
+    /// Atomically claim the oldest accepted delivery that is neither
+    /// finished nor claimed under a live lease (see [`DeliveryClaim`]), for
+    /// `claim.runner` to process. Two claimants never get the same delivery
+    /// while its lease holds. Deliveries recorded without a body
+    /// ([`RunStore::record_delivery`]) are never handed out.
+    async fn claim_delivery(
+        &self,
+        claim: &DeliveryClaim,
+    ) -> Result<Option<AcceptedDelivery>, StoreError>;
+    /// Record what became of a delivery; its stored body is dropped.
     async fn finish_delivery(
         &self,
         id: &str,

@@ -104,6 +104,13 @@ impl RunRequest {
         }
     }
 
+    /// Whether the run is about the repository as a whole rather than one
+    /// issue or pull request (an `improve` run; its number is 0): there is
+    /// no item to read, and no progress comment.
+    pub fn on_repository(&self) -> bool {
+        self.role == Role::Improve
+    }
+
     /// Whether the run answers a review on pull request `number`'s own
     /// branch (an implementation run started by a maintainer's request for
     /// changes or `/kiln fix`) instead of starting a branch of its own.
@@ -421,19 +428,23 @@ pub async fn execute(
             req.trust.as_str()
         ),
     );
-    let progress_comment = forge
-        .comment(
-            req.number,
-            &format!(
-                "Kiln run `{}` ({}) started. This comment is updated when it ends.\n{}",
-                req.run_id,
-                req.role,
-                crate::forge::progress_marker(&req.run_id)
-            ),
-        )
-        .await
-        .map_err(|e| events.record(EventKind::Warning, format!("progress comment: {e}")))
-        .ok();
+    let progress_comment = if req.on_repository() {
+        None
+    } else {
+        forge
+            .comment(
+                req.number,
+                &format!(
+                    "Kiln run `{}` ({}) started. This comment is updated when it ends.\n{}",
+                    req.run_id,
+                    req.role,
+                    crate::forge::progress_marker(&req.run_id)
+                ),
+            )
+            .await
+            .map_err(|e| events.record(EventKind::Warning, format!("progress comment: {e}")))
+            .ok()
+    };
     if let Some(id) = progress_comment {
         // Restart recovery finds the comment by this event: host-only
         // (a plugin cannot emit `started`), from the run's own log, so
@@ -518,7 +529,9 @@ async fn snapshot(
 ) -> Result<ForgeSnapshot, ForgeError> {
     let mut cache = HashMap::new();
     let mut snap = ForgeSnapshot::default();
-    if on_pull_request(req) {
+    if req.on_repository() {
+        // The repository's history reaches the run through `signals`.
+    } else if on_pull_request(req) {
         let mut pr = forge.get_pull_request(req.number).await?;
         // The issues the pull request closes are what it is measured
         // against: the review and the answering run read them.
@@ -746,8 +759,22 @@ async fn run_prepared(
             Some(req.number),
             specs,
         )
+    } else if req.on_repository() {
+        (None, None, Vec::new())
     } else {
         (Some(req.number), None, Vec::new())
+    };
+    // The skills the run reads are the base commit's overrides, copied out
+    // before the plugin starts: nothing it writes changes them.
+    let overrides = match base_skill_overrides(workspace.dir(), scratch.as_deref()) {
+        Ok(o) => o,
+        Err(e) => {
+            events.record(
+                EventKind::Warning,
+                format!("{e}; the core skills are used unchanged"),
+            );
+            None
+        }
     };
     let publisher = Arc::new(publisher);
     let mut ctx = RunContext::new(plugin_events);
@@ -768,6 +795,11 @@ async fn run_prepared(
         ) as Arc<dyn crate::imports::signals::SignalSource>
     });
     ctx.workspace = Some(mount);
+    ctx.skill_overrides = overrides.as_ref().map(|(_, dir)| dir.clone());
+    ctx.improve_target = req
+        .arg("target")
+        .filter(|_| req.role == Role::Improve)
+        .map(str::to_string);
     let strangers = snap.untrusted_authors();
     if !strangers.is_empty() {
         // Said once, so a hold that follows is explained in the log.
@@ -925,6 +957,55 @@ async fn run_prepared(
         report: Some(report),
         branch: Some(branch),
     })
+}
+
+/// The repository's skill overrides as the run's checkout has them: each
+/// regular `.kiln/skills/*.md` file copied (at most one byte over the
+/// override limit, so the skills import still says it is too large) into a
+/// new directory under `scratch` (the system temp dir if `None`), opened
+/// for the skills import. `None` when the repository has no overrides; the
+/// directory lives as long as the returned guard.
+fn base_skill_overrides(
+    checkout: &cap_std::fs::Dir,
+    scratch: Option<&Path>,
+) -> Result<Option<(tempfile::TempDir, Arc<cap_std::fs::Dir>)>, String> {
+    use std::io::Read as _;
+    let skills = match checkout.open_dir(".kiln/skills") {
+        Ok(d) => d,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!(".kiln/skills cannot be read ({e})")),
+    };
+    let copy = match scratch {
+        Some(dir) => tempfile::Builder::new().prefix("skills-").tempdir_in(dir),
+        None => tempfile::Builder::new().prefix("kiln-skills-").tempdir(),
+    }
+    .map_err(|e| format!("no directory for the skill overrides ({e})"))?;
+    let entries = skills
+        .entries()
+        .map_err(|e| format!(".kiln/skills cannot be listed ({e})"))?;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str().filter(|n| n.ends_with(".md")) else {
+            continue;
+        };
+        // Not a symlink or a directory: only what the commit holds as a file.
+        if !entry.file_type().is_ok_and(|t| t.is_file()) {
+            continue;
+        }
+        let mut bytes = Vec::new();
+        skills
+            .open(name)
+            .and_then(|f| {
+                f.take(crate::skills::MAX_OVERRIDE_BYTES as u64 + 1)
+                    .read_to_end(&mut bytes)
+            })
+            .map_err(|e| format!(".kiln/skills/{name} cannot be read ({e})"))?;
+        std::fs::write(copy.path().join(name), bytes)
+            .map_err(|e| format!(".kiln/skills/{name} cannot be copied ({e})"))?;
+    }
+    let dir = cap_std::fs::Dir::open_ambient_dir(copy.path(), cap_std::ambient_authority())
+        .map_err(|e| format!("the skill overrides cannot be opened ({e})"))?;
+    Ok(Some((copy, Arc::new(dir))))
 }
 
 /// What became of a run's forge proposals, as its final line says it.

@@ -80,7 +80,7 @@ fn control_err(e: kiln::store::StoreError) -> ControlError {
 
 #[async_trait::async_trait]
 impl RunControl for TestControl {
-    async fn steer(&self, run: u64, message: String) -> Result<(), ControlError> {
+    async fn steer(&self, run: u64, message: String, _by: String) -> Result<(), ControlError> {
         self.store
             .append_event(
                 RunId(run),

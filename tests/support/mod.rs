@@ -1,6 +1,6 @@
 //! Harness code shared by the integration tests: fake HTTP servers for the
-//! GitHub and model APIs, the runner API under test, sandbox images, and the
-//! runner-service harness.
+//! GitHub and model APIs, the runner API under test, sandbox images, the
+//! runner-service harness, and signed webhook deliveries.
 
 pub mod api;
 pub mod github_api;
@@ -8,6 +8,7 @@ pub mod images;
 pub mod model_api;
 pub mod serve;
 pub mod service;
+pub mod webhooks;
 
 /// The libtest name of test `name` in the module whose `module_path!()` is
 /// `module`, for a test that runs its own binary again with

@@ -244,7 +244,7 @@ pub async fn steer(
     }
     live_run(&state, id, "steer").await?;
     tracing::info!(run = %id, by = %caller.name, "steering message");
-    state.control.steer(id.0, message).await?;
+    state.control.steer(id.0, message, caller.name).await?;
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({ "run": id.0, "queued": true })),

@@ -216,6 +216,18 @@ pub(super) async fn with_progress(opts: AppOptions) -> anyhow::Result<Services> 
     Ok(services?)
 }
 
+/// Refuses a role that is neither built in nor configured, naming both lists.
+fn known_role(config: &KilnConfig, role: Role) -> anyhow::Result<()> {
+    if config.known_roles().contains(&role) {
+        return Ok(());
+    }
+    let builtin: Vec<String> = Role::ALL.iter().map(ToString::to_string).collect();
+    anyhow::bail!(
+        "role `{role}` is neither built in ({}) nor configured with [[roles]] in kiln.toml",
+        builtin.join(", ")
+    )
+}
+
 /// `kiln run`: one role on one issue of the local forge.
 pub async fn run(args: RunArgs, local: &LocalArgs) -> anyhow::Result<ExitCode> {
     let role = args.role;
@@ -238,19 +250,11 @@ pub async fn run(args: RunArgs, local: &LocalArgs) -> anyhow::Result<ExitCode> {
             local.data_dir()?.display()
         );
         let config = load_config(args.runner.config.as_deref())?;
-        if !config.known_roles().contains(&role) {
-            anyhow::bail!(
-                "role `{role}` is neither built in (triage, spec, implementation, review) nor configured with [[roles]] in kiln.toml"
-            );
-        }
+        known_role(&config, role)?;
         return queue(role, args.issue, script, local).await;
     }
     let mut config = load_config(args.runner.config.as_deref())?;
-    if !config.known_roles().contains(&role) {
-        anyhow::bail!(
-            "role `{role}` is neither built in (triage, spec, implementation, review) nor configured with [[roles]] in kiln.toml"
-        );
-    }
+    known_role(&config, role)?;
     let model = model(&mut config, args.runner.script.as_deref(), None)?;
     let data_dir = local.data_dir()?;
     let forge: Arc<dyn Forge> = Arc::new(local.open()?);

@@ -42,6 +42,12 @@ pub struct ServeArgs {
     /// use --script or the configured model): for demos and tests.
     #[arg(long, value_name = "DIR")]
     pub scripts: Option<PathBuf>,
+    /// Accept and store webhook deliveries (answering 202 as usual) but
+    /// process none of them: GitHub's deliveries are kept while runs must
+    /// not start (maintenance, a broken model key). A `kiln serve` without
+    /// the flag on the same store processes them, each once.
+    #[arg(long)]
+    pub hold_deliveries: bool,
 }
 
 /// One scripted provider per `<role>.json` in `dir`, each replayed from its
@@ -185,13 +191,19 @@ pub async fn serve(args: ServeArgs, local: &LocalArgs) -> anyhow::Result<ExitCod
     // One dispatcher for every forge: the local forge's events and GitHub's
     // webhooks go through the same router, trust check and run cap.
     let wake_runner = runner.clone();
-    let dispatcher = kiln::intake::Dispatcher::start(
+    // Webhook deliveries are claimed from the store in the runner's name:
+    // what a dead predecessor accepted and did not process is taken at once.
+    let dispatcher = kiln::intake::Dispatcher::start_with(
         store.clone(),
         forges,
         &config.intake,
         kiln::intake::RunnerHooks {
             control: Some(runner.clone() as Arc<dyn kiln::control::RunControl>),
             wake: Some(Arc::new(move || wake_runner.notify_queued())),
+        },
+        kiln::intake::DeliveryOptions {
+            runner: runner_id.clone(),
+            hold: args.hold_deliveries,
         },
     );
     kiln::intake::local::start(
@@ -203,6 +215,12 @@ pub async fn serve(args: ServeArgs, local: &LocalArgs) -> anyhow::Result<ExitCod
             only_repo: None,
         },
     )?;
+    if args.hold_deliveries && config.intake.intake.webhook_secret.is_none() {
+        anyhow::bail!(
+            "--hold-deliveries: this runner takes no webhooks ([intake] webhook_secret is not set), \
+             so there is nothing to hold"
+        );
+    }
     let mut extra = axum::Router::new();
     if let Some(name) = &config.intake.intake.webhook_secret {
         let secret = config

@@ -24,7 +24,7 @@ use serde_json::json;
 use super::{
     Comment, CommitStatus, Forge, ForgeError, GitRemote, Issue, LabelEvent, LineComment, NewIssue,
     NewPullRequest, NewReview, Permission, PullRequest, RepoRef, Review, ReviewThread, Severity,
-    StateFilter, StatusState, status_description,
+    StateChange, StateEvent, StateFilter, StatusState, status_description,
 };
 use crate::config::SecretConfig;
 
@@ -252,6 +252,13 @@ impl GitHubForge {
             accept: ACCEPT_JSON,
         })
         .await
+    }
+
+    /// Every event of issue or pull request `number`, oldest first.
+    async fn issue_events(&self, number: u64) -> Result<Vec<IssueEvent>, ForgeError> {
+        let call = format!("list the events of #{number} in {}", self.repo);
+        let path = format!("{}/issues/{number}/events?per_page=100", self.base());
+        self.get_all(&call, path).await
     }
 
     async fn get_all<T: serde::de::DeserializeOwned>(
@@ -686,10 +693,9 @@ impl Forge for GitHubForge {
     }
 
     async fn label_events(&self, number: u64) -> Result<Vec<LabelEvent>, ForgeError> {
-        let call = format!("list the events of #{number} in {}", self.repo);
-        let path = format!("{}/issues/{number}/events?per_page=100", self.base());
-        let wire: Vec<IssueEvent> = self.get_all(&call, path).await?;
-        Ok(wire
+        Ok(self
+            .issue_events(number)
+            .await?
             .into_iter()
             .filter_map(|e| {
                 let added = match e.event.as_str() {
@@ -701,12 +707,14 @@ impl Forge for GitHubForge {
                     label: e.label?.name,
                     added,
                     actor: login(e.actor),
-                    at_ms: chrono::DateTime::parse_from_rfc3339(&e.created_at)
-                        .map(|t| t.timestamp_millis())
-                        .unwrap_or(0),
+                    at_ms: event_ms(&e.created_at),
                 })
             })
             .collect())
+    }
+
+    async fn state_events(&self, number: u64) -> Result<Vec<StateEvent>, ForgeError> {
+        Ok(state_events(self.issue_events(number).await?))
     }
 
     async fn own_login(&self) -> Result<String, ForgeError> {
@@ -825,6 +833,34 @@ struct IssueEvent {
     actor: Option<User>,
     label: Option<Label>,
     created_at: String,
+}
+
+/// An issue event's `created_at` in milliseconds since the epoch (0 if
+/// GitHub sent something else).
+fn event_ms(created_at: &str) -> i64 {
+    chrono::DateTime::parse_from_rfc3339(created_at)
+        .map(|t| t.timestamp_millis())
+        .unwrap_or(0)
+}
+
+/// The closes, merges and reopenings among an issue's events (GitHub
+/// records a merge as `merged` and `closed` at once).
+fn state_events(wire: Vec<IssueEvent>) -> Vec<StateEvent> {
+    wire.into_iter()
+        .filter_map(|e| {
+            let change = match e.event.as_str() {
+                "closed" => StateChange::Closed,
+                "merged" => StateChange::Merged,
+                "reopened" => StateChange::Reopened,
+                _ => return None,
+            };
+            Some(StateEvent {
+                change,
+                actor: login(e.actor),
+                at_ms: event_ms(&e.created_at),
+            })
+        })
+        .collect()
 }
 
 #[derive(Deserialize)]
@@ -1176,6 +1212,49 @@ mod tests {
         assert!(!pull(json!({"full_name": "Acme/Widgets"})).head_from_fork);
         assert!(pull(json!({"full_name": "mallory/widgets"})).head_from_fork);
         assert!(pull(serde_json::Value::Null).head_from_fork);
+    }
+
+    // GitHub's documented issue events: a merge is `merged` then `closed`;
+    // labels and other events are not state changes.
+    #[test]
+    fn closes_merges_and_reopenings_are_read_from_the_issue_events() {
+        let wire: Vec<IssueEvent> = serde_json::from_value(json!([
+            {"event": "labeled", "actor": {"login": "kiln[bot]"}, "label": {"name": "bug"}, "created_at": "2026-01-02T03:04:05Z"},
+            {"event": "closed", "actor": {"login": "alice"}, "created_at": "2026-01-02T03:05:00Z"},
+            {"event": "reopened", "actor": {"login": "bob"}, "created_at": "2026-01-02T03:06:00Z"},
+            {"event": "merged", "actor": {"login": "carol"}, "created_at": "2026-01-02T03:07:00Z"},
+            {"event": "closed", "actor": {"login": "carol"}, "created_at": "2026-01-02T03:07:00Z"}
+        ]))
+        .expect("events");
+        let events = state_events(wire);
+        let changes: Vec<_> = events
+            .iter()
+            .map(|e| (e.change, e.actor.as_str()))
+            .collect();
+        assert_eq!(
+            changes,
+            [
+                (StateChange::Closed, "alice"),
+                (StateChange::Reopened, "bob"),
+                (StateChange::Merged, "carol"),
+                (StateChange::Closed, "carol"),
+            ]
+        );
+        assert_eq!(events[0].at_ms, 1_767_323_100_000);
+        assert_eq!(
+            crate::forge::closed_unmerged(&events),
+            None,
+            "it was merged"
+        );
+        assert_eq!(
+            crate::forge::closed_unmerged(&events[..1]).map(|e| e.actor.as_str()),
+            Some("alice")
+        );
+        assert_eq!(
+            crate::forge::closed_unmerged(&events[..2]),
+            None,
+            "reopened"
+        );
     }
 
     #[test]

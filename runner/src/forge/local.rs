@@ -20,7 +20,7 @@ use super::diff::CommentableLines;
 use super::{
     Comment, CommitStatus, Forge, ForgeError, GitRemote, Issue, LabelEvent, LineComment, NewIssue,
     NewPullRequest, NewReview, Permission, PullRequest, RepoRef, Review, ReviewThread, Severity,
-    StateFilter, StatusState, check_kiln_branch, status_description,
+    StateChange, StateEvent, StateFilter, StatusState, check_kiln_branch, status_description,
 };
 
 mod outbox;
@@ -1285,6 +1285,43 @@ impl Forge for LocalForge {
                     Ok(LabelEvent {
                         added: r.get::<_, String>(0)? == "labeled",
                         label: r.get(1)?,
+                        actor: r.get(2)?,
+                        at_ms: r.get(3)?,
+                    })
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    async fn state_events(&self, number: u64) -> Result<Vec<StateEvent>, ForgeError> {
+        self.require_item(number).await?;
+        let key = self.key.clone();
+        // As for labels, the outbox is the history: a merge is recorded as
+        // the pull request's `closed` event with `merged` set.
+        self.with_db(move |c| {
+            let mut stmt = c.prepare(
+                "SELECT json_extract(payload, '$.action'),
+                        COALESCE(json_extract(payload, '$.pull_request.merged'), 0),
+                        json_extract(payload, '$.sender.login'), created_ms
+                 FROM events
+                 WHERE repo = ?1 AND name IN ('issues', 'pull_request')
+                   AND json_extract(payload, '$.action') IN ('closed', 'reopened')
+                   AND COALESCE(json_extract(payload, '$.issue.number'),
+                                json_extract(payload, '$.pull_request.number')) = ?2
+                 ORDER BY id",
+            )?;
+            let rows = stmt
+                .query_map(params![key, number as i64], |r| {
+                    let action: String = r.get(0)?;
+                    let merged: bool = r.get(1)?;
+                    Ok(StateEvent {
+                        change: match (action.as_str(), merged) {
+                            ("reopened", _) => StateChange::Reopened,
+                            (_, true) => StateChange::Merged,
+                            _ => StateChange::Closed,
+                        },
                         actor: r.get(2)?,
                         at_ms: r.get(3)?,
                     })

@@ -66,6 +66,10 @@ pub struct ForgeCtx {
     pub publisher: Option<Arc<Publisher>>,
     /// The detection step's settings.
     pub detection: crate::detect::step::Settings,
+    /// For an `improve` run: the role whose override its pull request may
+    /// change (`None` for an improve run without one refuses every pull
+    /// request).
+    pub improve_target: Option<String>,
 }
 
 /// The stricter of two decisions: deny over hold over allow.
@@ -406,10 +410,13 @@ impl RunState {
                         None => (String::new(), String::new()),
                     },
                 };
-                let paths = match self.commit_paths("forge.propose-pull-request").await {
-                    Ok(paths) => paths,
+                let (paths, files) = match self.commit_paths("forge.propose-pull-request").await {
+                    Ok(changes) => changes,
                     Err(denied) => return denied,
                 };
+                if let Some(denied) = self.improvement_refused(body, &paths, &files) {
+                    return denied;
+                }
                 let verdict = self
                     .detection(vec![
                         Text::new("pull request title", title.clone()),
@@ -461,7 +468,7 @@ impl RunState {
                 };
                 let head = pr.head_branch.clone();
                 let paths = match self.commit_paths("forge.update-pull-request").await {
-                    Ok(paths) => paths,
+                    Ok((paths, _)) => paths,
                     Err(denied) => return denied,
                 };
                 let mut texts = vec![Text::new("commit message", commit_message.clone())];
@@ -572,7 +579,7 @@ impl RunState {
             return Verdict::default();
         };
         let settings = &self.forge.detection;
-        let verdict = step::run(
+        let mut verdict = step::run(
             self.forge.publisher.as_deref(),
             outbound,
             step::untrusted_inputs(&self.forge.snapshot),
@@ -581,6 +588,28 @@ impl RunState {
             settings.budget,
         )
         .await;
+        // An improve run's override is a steering file by design: the host
+        // checked it (overridable sections only, evidence cited) before this
+        // step, and a maintainer reviews the draft pull request before any
+        // run reads it. Only that one finding goes; every other scanner's
+        // findings in it stay.
+        if binding.run.role() == crate::config::Role::Improve
+            && let Some(target) = &self.forge.improve_target
+        {
+            let own = crate::improve::override_path(target);
+            let before = verdict.findings.len();
+            verdict
+                .findings
+                .retain(|f| !(f.scanner == "steering" && f.file == own));
+            if verdict.findings.len() < before {
+                self.events.record(
+                    EventKind::Note,
+                    format!(
+                        "detection: {own} is this improve run's own override, checked by the host and reviewed in its pull request: not held as a steering file"
+                    ),
+                );
+            }
+        }
         self.events.record(
             EventKind::Detection {
                 verdict: verdict.label().to_string(),
@@ -599,11 +628,54 @@ impl RunState {
             .map(|b| Arc::new(b.run.with_detection(step::policy_context(verdict))))
     }
 
-    /// Redact every outbound text of a proposal.
-    /// The paths the run's commit would change, after the commit's secret
-    /// scan; `Err` is the decision refusing the proposal (`action` names it
-    /// when the workspace cannot be read).
-    async fn commit_paths(&self, action: &str) -> Result<Vec<String>, Decision> {
+    /// For an `improve` run, the host's check of its pull request
+    /// ([`crate::improve::check_pull_request`]: the target's override only,
+    /// two independent cited signals, overridable sections only), whatever
+    /// the plugin checked: the denial, recorded as a policy event, if it fails.
+    fn improvement_refused(
+        &self,
+        body: &str,
+        paths: &[String],
+        files: &[(String, Vec<u8>)],
+    ) -> Option<Decision> {
+        let binding = self.policy.as_ref()?;
+        if binding.run.role() != crate::config::Role::Improve {
+            return None;
+        }
+        let checked = match &self.forge.improve_target {
+            Some(target) => {
+                crate::improve::check_pull_request(target, body, paths, files, &self.signals.served)
+                    .map_err(|e| e.to_string())
+            }
+            None => Err("the run has no target role (argument `target`)".to_string()),
+        };
+        let why = checked.err()?;
+        let reason = format!("forge.propose-pull-request: improve: {why}");
+        self.events.record(
+            EventKind::Policy {
+                action: "forge.propose-pull-request".into(),
+                verdict: "deny".into(),
+            },
+            reason.clone(),
+        );
+        Some(Decision::Deny {
+            reason,
+            blame: crate::policy::Blame::Guest,
+        })
+    }
+
+    /// The paths the run's commit would change and the contents of those
+    /// that still exist, after the commit's secret scan; `Err` is the
+    /// decision refusing the proposal (`action` names it when the workspace
+    /// cannot be read).
+    #[allow(
+        clippy::type_complexity,
+        reason = "the pair Publisher::changes returns, passed through"
+    )]
+    async fn commit_paths(
+        &self,
+        action: &str,
+    ) -> Result<(Vec<String>, Vec<(String, Vec<u8>)>), Decision> {
         let (paths, files) = match &self.forge.publisher {
             Some(p) => p.changes().await.map_err(|e| Decision::Deny {
                 reason: format!("{action}: the workspace cannot be read: {e}"),
@@ -629,7 +701,7 @@ impl RunState {
             );
             return Err(d);
         }
-        Ok(paths)
+        Ok((paths, files))
     }
 
     /// Every outbound text of a proposal made inert and redacted.

@@ -30,6 +30,9 @@ pub trait SignalSource: Send + Sync {
 pub struct SignalsCtx {
     /// The run's source of signals; `None` answers `unavailable`.
     pub source: Option<Arc<dyn SignalSource>>,
+    /// Every signal handed to the plugin so far: what an improve run's
+    /// pull request may cite ([`crate::improve::check_pull_request`]).
+    pub served: Vec<Signal>,
 }
 
 impl RunState {
@@ -83,6 +86,7 @@ impl RunState {
         for s in &mut signals {
             s.evidence = self.redact(std::mem::take(&mut s.evidence));
         }
+        self.signals.served.extend(signals.iter().cloned());
         Ok(signals)
     }
 }

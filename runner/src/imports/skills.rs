@@ -161,7 +161,7 @@ mod tests {
         assert_eq!(
             err,
             RoleError::NotFound(
-                "skill deploy: Kiln has no core skill of that name (it has triage, spec, implementation, review, verification)".into()
+                "skill deploy: Kiln has no core skill of that name (it has triage, spec, implementation, review, verification, improve)".into()
             )
         );
         let err = s.get_skill("../etc".into()).unwrap_err();

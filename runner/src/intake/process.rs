@@ -2,8 +2,17 @@
 //! trust, apply the re-run cap, queue runs or carry out `/kiln` commands,
 //! and record what became of the delivery. Webhook deliveries and the local
 //! forge's events both come through here.
+//!
+//! Webhook deliveries are read from the store, never from memory: the
+//! handler commits each one (body included) before its 202 and only nudges
+//! the processor, which claims the oldest unprocessed delivery
+//! ([`RunStore::claim_delivery`]), processes it and records its outcome.
+//! The processor also looks for unclaimed deliveries when it starts and
+//! every [`POLL`], so what a dead runner accepted (or another runner sharing
+//! the store accepted and could not process) is processed once, here.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::{Semaphore, broadcast, mpsc};
 
@@ -11,11 +20,12 @@ use crate::config::Role;
 use crate::control::RunControl;
 use crate::policy::Trust;
 use crate::store::{
-    DeliveryStatus, Enqueued, NewRun, RunFilter, RunId, RunStore, Trigger, TriggerKind,
+    AcceptedDelivery, DeliveryClaim, DeliveryStatus, Enqueued, NewRun, RunFilter, RunId, RunStore,
+    Trigger, TriggerKind,
 };
 
 use super::config::TriggerRule;
-use super::event::WebhookEvent;
+use super::event::{Parsed, WebhookEvent, parse};
 use super::route::{
     COMMANDS, Command, CommandRequest, Dispatch, KILN_BRANCH_PREFIX, MAX_COMMAND_BYTES, Route,
     route,
@@ -25,10 +35,48 @@ use super::trust::{ForgeResolver, Untrusted, Vouched, check};
 /// Deliveries processed at once (trust lookups may wait on the forge).
 const CONCURRENCY: usize = 16;
 
-/// An accepted delivery waiting to be processed.
+/// How often the processor looks in the store for accepted deliveries that
+/// no nudge announced (accepted before a restart, or by another runner).
+pub const POLL: Duration = Duration::from_secs(2);
+
+/// How long a runner's claim on a delivery holds before another runner may
+/// take it over ([`DeliveryClaim::lease_ms`]).
+pub const CLAIM_LEASE: Duration = Duration::from_secs(300);
+
+/// The longest one delivery's processing may take; then it is recorded as
+/// failed. Shorter than [`CLAIM_LEASE`], so a claim is never taken over
+/// while its holder may still be working on it.
+pub const PROCESSING_LIMIT: Duration = Duration::from_secs(240);
+
+/// An event to process now (the local forge's), with its delivery id.
 pub(super) struct Job {
     pub(super) delivery: String,
     pub(super) event: WebhookEvent,
+}
+
+/// A webhook delivery was committed to the store: a hint to claim one
+/// (its id is only for logs; the claim takes the oldest waiting).
+pub(super) struct Nudge(pub(super) String);
+
+/// How the processor takes webhook deliveries from the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryOptions {
+    /// The runner id claims are made under (`kiln serve`'s runner id).
+    pub runner: String,
+    /// Accept and store deliveries but process none (`kiln serve
+    /// --hold-deliveries`): a runner sharing the store, or this one
+    /// restarted without the flag, processes them.
+    pub hold: bool,
+}
+
+impl Default for DeliveryOptions {
+    /// Claims in the name of this process (`kiln-pid-<pid>`), processing.
+    fn default() -> Self {
+        DeliveryOptions {
+            runner: format!("kiln-pid-{}", std::process::id()),
+            hold: false,
+        }
+    }
 }
 
 /// What became of a delivery, for tests, logs and the API.
@@ -76,6 +124,10 @@ pub(super) struct Processor {
     pub(super) actor_limit: super::ratelimit::ActorLimiter,
     pub(super) outcomes: broadcast::Sender<Outcome>,
     pub(super) hooks: RunnerHooks,
+    /// Who claims stored deliveries, since when, and whether at all.
+    pub(super) claim: DeliveryClaim,
+    /// `--hold-deliveries`: claim nothing.
+    pub(super) hold: bool,
 }
 
 /// A refusal or failure while carrying something out: the reason, and
@@ -86,24 +138,126 @@ enum Declined {
 }
 
 impl Processor {
-    /// Processes jobs until every sender is gone.
-    pub(super) async fn run(self: Arc<Self>, mut jobs: mpsc::Receiver<Job>) {
+    /// Processes stored deliveries until every sender of nudges is gone:
+    /// at once what is waiting (a restart's backlog), then one per nudge,
+    /// and every [`POLL`] whatever no nudge announced.
+    pub(super) async fn run(self: Arc<Self>, mut nudges: mpsc::Receiver<Nudge>) {
         let limit = Arc::new(Semaphore::new(CONCURRENCY));
-        while let Some(job) = jobs.recv().await {
+        // The first tick is immediate: the backlog goes first.
+        let mut poll = tokio::time::interval(POLL);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        if self.hold {
+            tracing::warn!(
+                "webhook deliveries are accepted and stored but not processed (--hold-deliveries)"
+            );
+        }
+        loop {
+            tokio::select! {
+                nudge = nudges.recv() => {
+                    let Some(Nudge(id)) = nudge else { break };
+                    if self.hold {
+                        tracing::info!(delivery = %id, "delivery stored and held");
+                        continue;
+                    }
+                    let Ok(permit) = limit.clone().acquire_owned().await else { break };
+                    let this = self.clone();
+                    tokio::spawn(async move {
+                        this.claim_and_process().await;
+                        drop(permit);
+                    });
+                }
+                _ = poll.tick() => {
+                    if !self.hold {
+                        self.drain(&limit).await;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Claims and processes stored deliveries until none is waiting.
+    async fn drain(self: &Arc<Self>, limit: &Arc<Semaphore>) {
+        loop {
             let Ok(permit) = limit.clone().acquire_owned().await else {
-                break;
+                return;
+            };
+            let claimed = match self.store.claim_delivery(&self.claim).await {
+                Ok(Some(d)) => d,
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot claim a stored delivery; trying again later");
+                    return;
+                }
             };
             let this = self.clone();
             tokio::spawn(async move {
-                this.process(job).await;
+                this.process_stored(claimed).await;
                 drop(permit);
             });
+        }
+    }
+
+    /// Claims one stored delivery, if one is waiting, and processes it.
+    async fn claim_and_process(&self) {
+        match self.store.claim_delivery(&self.claim).await {
+            Ok(Some(d)) => {
+                self.process_stored(d).await;
+            }
+            // Another task (or runner) took it; the poll retries a failure.
+            Ok(None) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "cannot claim a stored delivery; trying again later")
+            }
+        }
+    }
+
+    /// Processes a claimed delivery from its stored body, within
+    /// [`PROCESSING_LIMIT`].
+    async fn process_stored(&self, d: AcceptedDelivery) -> Outcome {
+        let delivery = d.id.clone();
+        let work = async {
+            match parse(&d.event, &d.body) {
+                Ok(Parsed::Known(event)) => {
+                    self.process(Job {
+                        delivery: d.id.clone(),
+                        event: *event,
+                    })
+                    .await
+                }
+                Ok(Parsed::Unknown(name)) => {
+                    let why = format!("event {name:?} is not handled by Kiln");
+                    self.record(outcome_of(&d.id, DeliveryStatus::Ignored, why))
+                        .await
+                }
+                Err(why) => {
+                    let why = format!("the stored body does not parse: {why}");
+                    self.record(outcome_of(&d.id, DeliveryStatus::Failed, why))
+                        .await
+                }
+            }
+        };
+        match tokio::time::timeout(PROCESSING_LIMIT, work).await {
+            Ok(outcome) => outcome,
+            Err(_) => {
+                let why = format!(
+                    "processing did not finish within {} s and was abandoned",
+                    PROCESSING_LIMIT.as_secs()
+                );
+                self.record(outcome_of(&delivery, DeliveryStatus::Failed, why))
+                    .await
+            }
         }
     }
 
     /// Decides what `job` asks for, carries it out, and records the outcome.
     pub(super) async fn process(&self, job: Job) -> Outcome {
         let outcome = self.decide(&job).await;
+        self.record(outcome).await
+    }
+
+    /// Logs and stores a delivery's outcome, wakes the workers if runs were
+    /// queued, and tells the outcome's subscribers.
+    async fn record(&self, outcome: Outcome) -> Outcome {
         match outcome.status {
             DeliveryStatus::Queued => tracing::info!(
                 delivery = %outcome.delivery, runs = ?outcome.runs, reason = ?outcome.reason,
@@ -492,6 +646,16 @@ impl Processor {
             text.push_str(&format!(" Not cancelled: {}.", failed.join("; ")));
         }
         Ok((vec![], reply(text).await))
+    }
+}
+
+/// An outcome that queued nothing.
+fn outcome_of(delivery: &str, status: DeliveryStatus, reason: String) -> Outcome {
+    Outcome {
+        delivery: delivery.to_string(),
+        status,
+        reason: Some(reason),
+        runs: Vec::new(),
     }
 }
 

@@ -1,6 +1,9 @@
 //! `POST /webhooks/github`: the request path. It only verifies, parses,
-//! deduplicates and hands the event to the processor; it answers 202
-//! before anything slow (forge lookups, run queueing) happens.
+//! deduplicates, commits the delivery (its event name and body) to the
+//! store and nudges the processor; it answers 202 once the delivery is
+//! durable and before anything slow (forge lookups, run queueing) happens.
+//! The processor reads the delivery back from the store, so a runner that
+//! dies after the 202 loses nothing: the next one processes it.
 //!
 //! | check (in order)                         | status | error code           |
 //! |------------------------------------------|--------|----------------------|
@@ -12,6 +15,10 @@
 //! | body is not the event's JSON             | 400    | `bad-payload`        |
 //! | delivery id seen before (a replay)       | 409    | `duplicate-delivery` |
 //! | processing queue full / store failing    | 503    | `overloaded`, `store-unavailable` |
+//!
+//! A 202 means the delivery is committed (fsynced under the default
+//! `synchronous = FULL`); a 503 means nothing was kept, so GitHub's
+//! redelivery is processed normally.
 //!
 //! The signature is checked before the delivery id is recorded, so
 //! unsigned requests cannot fill the dedup table or burn real ids.
@@ -33,7 +40,7 @@ use crate::store::{DeliveryRecord, DeliveryStatus};
 
 use super::Intake;
 use super::event::{Parsed, WebhookEvent, parse};
-use super::process::Job;
+use super::process::Nudge;
 
 /// A refused webhook: status, a stable code, and a reason for people.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -221,7 +228,7 @@ async fn accept(
     let permit = match &parsed {
         Parsed::Known(e) if matches!(e.as_ref(), WebhookEvent::Ping(_)) => None,
         Parsed::Unknown(_) => None,
-        Parsed::Known(_) => Some(intake.jobs.try_reserve().map_err(|_| {
+        Parsed::Known(_) => Some(intake.nudges.try_reserve().map_err(|_| {
             Rejection::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "overloaded",
@@ -238,12 +245,15 @@ async fn accept(
             "the run store is unavailable; redeliver later",
         )
     };
-    match intake
-        .store
-        .record_delivery(delivery, event, &sha)
-        .await
-        .map_err(unavailable)?
-    {
+    // What will be processed is stored with its body, and committed, before
+    // the answer; a ping or an event Kiln ignores is finished at once and
+    // needs only its id and hash.
+    let recorded = if permit.is_some() {
+        intake.store.accept_delivery(delivery, event, &body).await
+    } else {
+        intake.store.record_delivery(delivery, event, &sha).await
+    };
+    match recorded.map_err(unavailable)? {
         DeliveryRecord::New => {}
         DeliveryRecord::Duplicate {
             first_seen_ms,
@@ -286,11 +296,8 @@ async fn accept(
                         .into_response(),
                 )
             }
-            (event, Some(permit)) => {
-                permit.send(Job {
-                    delivery: delivery.to_string(),
-                    event,
-                });
+            (_, Some(permit)) => {
+                permit.send(Nudge(delivery.to_string()));
                 (
                     "accepted",
                     (

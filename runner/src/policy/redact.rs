@@ -73,6 +73,16 @@ pub enum RedactorError {
         /// The secret's name.
         name: String,
     },
+    /// Every marker shape could spell the value out next to ordinary text.
+    #[error(
+        "secret {name}: its value overlaps every redaction marker (it is part of one, \
+         or begins or ends like one), so a redacted copy could still spell it out; \
+         configure a longer value"
+    )]
+    OverlapsMarker {
+        /// The secret's name.
+        name: String,
+    },
     /// Names are written into markers and logs, so they must be plain.
     #[error("secret name {name:?} must be non-empty and use only A-Z a-z 0-9 _ . -")]
     BadName {
@@ -151,6 +161,8 @@ struct Inner {
     any: Regex,
     /// Kind names: token shapes first, then one per configured secret.
     kinds: Vec<String>,
+    /// The marker written in place of each kind, e.g. `[REDACTED:github-token]`.
+    markers: Vec<Vec<u8>>,
     shapes: Vec<TokenShape>,
     aws_anchor: Regex,
     literals: Option<Regex>,
@@ -332,6 +344,55 @@ fn valid_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
 }
 
+/// The shapes a marker may take, in order of preference. The first is the
+/// one users see; the others exist for secret values that overlap it.
+const MARKER_SHAPES: [(&str, &str); 4] = [
+    ("[REDACTED:", "]"),
+    ("{REDACTED:", "}"),
+    ("<REDACTED:", ">"),
+    ("(REDACTED:", ")"),
+];
+
+/// Whether text around a copy of `marker` could contain `value`: the value
+/// is inside the marker, holds it, or one's end is the other's beginning.
+/// A value that overlaps no marker can only reappear in redacted output where
+/// it was left unredacted, so this check makes the replacement itself safe.
+fn overlaps(value: &[u8], marker: &[u8]) -> bool {
+    let contains = |hay: &[u8], needle: &[u8]| hay.windows(needle.len()).any(|w| w == needle);
+    let shorter = value.len().min(marker.len());
+    contains(marker, value)
+        || contains(value, marker)
+        || (1..shorter).any(|k| {
+            value[..k] == marker[marker.len() - k..] || value[value.len() - k..] == marker[..k]
+        })
+}
+
+/// The markers for these kinds, in the first shape no secret variant overlaps.
+fn choose_markers(
+    kinds: &[String],
+    secrets: &[(String, Vec<Vec<u8>>)],
+) -> Result<Vec<Vec<u8>>, RedactorError> {
+    let mut blocker = None;
+    for (open, close) in MARKER_SHAPES {
+        let markers: Vec<Vec<u8>> = kinds
+            .iter()
+            .map(|k| [open.as_bytes(), k.as_bytes(), close.as_bytes()].concat())
+            .collect();
+        let clash = secrets.iter().find(|(_, variants)| {
+            variants
+                .iter()
+                .any(|v| markers.iter().any(|m| overlaps(v, m)))
+        });
+        match clash {
+            None => return Ok(markers),
+            Some((name, _)) => blocker = Some(name.clone()),
+        }
+    }
+    Err(RedactorError::OverlapsMarker {
+        name: blocker.unwrap_or_default(),
+    })
+}
+
 impl Redactor {
     /// Builds a redactor for these secrets plus the built-in token shapes.
     pub fn new(secrets: &[SecretValue]) -> Result<Self, RedactorError> {
@@ -339,6 +400,7 @@ impl Redactor {
         let mut kinds: Vec<String> = shapes.iter().map(|s| s.kind.to_owned()).collect();
         let mut literal_kind: HashMap<Vec<u8>, usize> = HashMap::new();
         let mut short = Vec::new();
+        let mut secret_variants = Vec::with_capacity(secrets.len());
         for secret in secrets {
             if !valid_name(&secret.name) {
                 return Err(RedactorError::BadName {
@@ -355,10 +417,13 @@ impl Redactor {
             }
             let kind = kinds.len();
             kinds.push(format!("secret:{}", secret.name));
-            for v in variants(&secret.value) {
-                literal_kind.entry(v).or_insert(kind);
+            let variants = variants(&secret.value);
+            for v in &variants {
+                literal_kind.entry(v.clone()).or_insert(kind);
             }
+            secret_variants.push((secret.name.clone(), variants));
         }
+        let markers = choose_markers(&kinds, &secret_variants)?;
         let mut lits: Vec<&Vec<u8>> = literal_kind.keys().collect();
         // Longest first, so a variant that contains another wins the alternation.
         lits.sort_by(|a, b| b.len().cmp(&a.len()).then(a.cmp(b)));
@@ -410,6 +475,7 @@ impl Redactor {
             inner: Arc::new(Inner {
                 any,
                 kinds,
+                markers,
                 shapes,
                 aws_anchor,
                 literals,
@@ -534,14 +600,19 @@ impl Redactor {
         self.inner.kinds.get(kind).map_or("secret", String::as_str)
     }
 
+    fn marker(&self, kind: usize) -> &[u8] {
+        self.inner
+            .markers
+            .get(kind)
+            .map_or(b"[REDACTED:secret]", Vec::as_slice)
+    }
+
     fn apply(&self, data: &[u8], spans: &[Span]) -> Vec<u8> {
         let mut out = Vec::with_capacity(data.len());
         let mut at = 0;
         for s in spans {
             out.extend_from_slice(data.get(at..s.start).unwrap_or_default());
-            out.extend_from_slice(b"[REDACTED:");
-            out.extend_from_slice(self.kind(s.kind).as_bytes());
-            out.push(b']');
+            out.extend_from_slice(self.marker(s.kind));
             at = s.end;
         }
         out.extend_from_slice(data.get(at..).unwrap_or_default());
@@ -656,9 +727,7 @@ impl StreamRedactor {
             // drop the rest of the block as it arrives.
             let block = *block;
             out = self.release(cut, &spans);
-            out.extend_from_slice(b"[REDACTED:");
-            out.extend_from_slice(self.redactor.kind(block.kind).as_bytes());
-            out.push(b']');
+            out.extend_from_slice(self.redactor.marker(block.kind));
             self.suppressing = true;
             self.keep_pem_tail();
             return out;
@@ -819,6 +888,54 @@ mod tests {
             _ => {}
         }
         out
+    }
+
+    // A value that begins or ends like the marker would be spelled out again
+    // by the marker and the text beside it (found by the redact_stream fuzz
+    // target: `d[REDACTED:sec` next to a `d`); such values get another marker
+    // shape, in one-shot and in streamed redaction alike.
+    #[test]
+    fn a_secret_that_overlaps_the_marker_is_not_spelled_out_by_it() {
+        for (value, text) in [
+            ("d[REDACTED:sec", "dd[REDACTED:sec and more"),
+            ("pass]word-1234", "[x pass]word-1234"),
+            ("password-1234[", "password-1234[REDACTED:secret:OVER]"),
+            ("ACTED:secret:OVER]abc", "ACTED:secret:OVER]abcabc"),
+        ] {
+            let r = Redactor::new(&[SecretValue {
+                name: "OVER".into(),
+                value: value.into(),
+            }])
+            .unwrap_or_else(|e| panic!("{value}: {e}"));
+            let once = r.redact(text);
+            assert!(!once.contains(value), "{value} in {once}");
+            let mut stream = r.stream();
+            let mut out = Vec::new();
+            for b in text.as_bytes() {
+                out.extend(stream.push(std::slice::from_ref(b)));
+            }
+            out.extend(stream.finish());
+            let streamed = String::from_utf8_lossy(&out);
+            assert!(!streamed.contains(value), "{value} in {streamed}");
+        }
+        // An ordinary value keeps the usual marker.
+        assert_eq!(redactor().redact(CANARY), "[REDACTED:secret:CANARY]");
+    }
+
+    // A value inside every marker shape cannot be hidden by any of them.
+    #[test]
+    fn a_secret_inside_the_marker_is_refused_with_its_name() {
+        let err = Redactor::new(&[SecretValue {
+            name: "WEAK".into(),
+            value: "REDACTED:secret:WEAK".into(),
+        }])
+        .map(|_| ())
+        .expect_err("a value inside its own marker cannot be redacted");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("WEAK") && msg.contains("overlaps every redaction marker"),
+            "{msg}"
+        );
     }
 
     // Every encoding of a secret that can reach a comment, log or event is

@@ -1,7 +1,9 @@
 //! Signals read from the forge: what people did after a role's runs. For
 //! triage, the labels a maintainer added or removed on an issue after Kiln
 //! triaged it, and `needs-info` issues a maintainer moved on without the
-//! reporter answering. Each signal names the run, the issue, who acted and
+//! reporter answering; for spec and implementation, Kiln's pull requests
+//! someone closed without merging. Each signal names the run, the issue or
+//! pull request, who acted and
 //! whether they are trusted; what they wrote is quoted as evidence (the
 //! plugin's model sees it inside the same untrusted-text envelopes as any
 //! forge text), never followed.
@@ -9,7 +11,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::config::Role;
-use crate::forge::{Forge, LabelEvent, RepoRef};
+use crate::forge::{Forge, LabelEvent, RepoRef, StateFilter};
 use crate::plugin::types::{Signal, SignalKind};
 use crate::store::{Run, RunFilter, RunState, RunStore};
 
@@ -37,8 +39,103 @@ impl ForgeSignals {
     pub async fn signals(&self, role: Role, since_ms: i64) -> Result<Vec<Signal>, String> {
         match role {
             Role::Triage => self.triage(since_ms).await,
+            Role::Spec | Role::Implementation => self.closed_unmerged(role, since_ms).await,
             _ => Ok(Vec::new()),
         }
+    }
+
+    /// Whether `login` may act on the repository (write or more), asked once.
+    async fn trusted(&self, login: &str, cache: &mut BTreeMap<String, bool>) -> bool {
+        if let Some(t) = cache.get(login) {
+            return *t;
+        }
+        let t = !login.ends_with("[bot]")
+            && self
+                .forge
+                .permission(login)
+                .await
+                .map(|p| p.may_trigger())
+                .unwrap_or(false);
+        cache.insert(login.to_string(), t);
+        t
+    }
+
+    /// Pull requests of `role`'s runs (found by the run's branch) that
+    /// someone closed without merging, with the closer's last comment.
+    async fn closed_unmerged(&self, role: Role, since_ms: i64) -> Result<Vec<Signal>, String> {
+        let runs = self
+            .store
+            .list_runs(RunFilter {
+                repo: Some(self.repo.clone()),
+                role: Some(role),
+                limit: Some(1000),
+                ..RunFilter::default()
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        // The latest run of each branch (runs come newest first).
+        let mut by_branch: BTreeMap<String, Run> = BTreeMap::new();
+        for run in runs.into_iter().filter(|r| r.created_ms >= since_ms) {
+            if let Some(branch) = run.branch.clone() {
+                by_branch.entry(branch).or_insert(run);
+            }
+        }
+        if by_branch.is_empty() {
+            return Ok(Vec::new());
+        }
+        let closed = self
+            .forge
+            .list_pull_requests(StateFilter::Closed)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut trust = BTreeMap::new();
+        let mut out = Vec::new();
+        for pr in closed
+            .iter()
+            .filter(|p| by_branch.contains_key(&p.head_branch))
+            .take(MAX_ISSUES)
+        {
+            let number = pr.issue.number;
+            let events = self
+                .forge
+                .state_events(number)
+                .await
+                .map_err(|e| format!("#{number}: {e}"))?;
+            let Some(closing) = crate::forge::closed_unmerged(&events) else {
+                continue;
+            };
+            let Some(run) = by_branch.get(&pr.head_branch) else {
+                continue;
+            };
+            let trusted = self.trusted(&closing.actor, &mut trust).await;
+            let full = self
+                .forge
+                .get_pull_request(number)
+                .await
+                .map_err(|e| format!("#{number}: {e}"))?;
+            let said = full
+                .issue
+                .comments
+                .iter()
+                .rev()
+                .find(|c| c.author == closing.actor && !crate::forge::is_bookkeeping(&c.body))
+                .map(|c| format!("; their last comment: {}", c.body.trim()))
+                .unwrap_or_default();
+            out.push(Signal {
+                kind: SignalKind::PullRequestClosedUnmerged,
+                run_id: Some(run.id.to_string()),
+                number: Some(number),
+                author: closing.actor.clone(),
+                trusted,
+                evidence: format!(
+                    "Kiln's {role} pull request #{number} {:?} (run {}, branch {}, for #{}) was closed without being merged by {}{said}",
+                    pr.issue.title, run.id, pr.head_branch, run.number, closing.actor
+                ),
+                at: super::rfc3339(closing.at_ms),
+            });
+        }
+        out.sort_by(|a, b| b.at.cmp(&a.at));
+        Ok(out)
     }
 
     /// Label corrections and bypassed `needs-info` on triaged issues.
@@ -94,19 +191,7 @@ impl ForgeSignals {
                 .await
                 .map_err(|e| format!("#{number}: {e}"))?;
             for (actor, changes) in by_actor {
-                let trusted = match trust.get(actor) {
-                    Some(t) => *t,
-                    None => {
-                        let t = self
-                            .forge
-                            .permission(actor)
-                            .await
-                            .map(|p| p.may_trigger())
-                            .unwrap_or(false);
-                        trust.insert(actor.to_string(), t);
-                        t
-                    }
-                };
+                let trusted = self.trusted(actor, &mut trust).await;
                 let at_ms = changes.iter().map(|e| e.at_ms).max().unwrap_or_default();
                 let signal = |kind, evidence: String| Signal {
                     kind,
@@ -335,5 +420,95 @@ mod tests {
         .await
         .expect("signals");
         assert!(none.is_empty());
+    }
+
+    #[tokio::test]
+    async fn kilns_pull_requests_closed_without_a_merge_are_signals_with_the_closers_words() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let src = dir.path().join("src");
+        std::fs::create_dir_all(&src).expect("mkdir");
+        std::fs::write(src.join("README.md"), "# app\n").expect("write");
+        let repo = RepoRef::parse("local/app").expect("repo");
+        let kiln = LocalForge::create(&dir.path().join("forge"), repo.clone(), "alice", Some(&src))
+            .await
+            .expect("forge");
+        let alice = kiln.acting_as("alice");
+        let store: Arc<dyn RunStore> = Arc::new(
+            SqliteStore::open(dir.path().join("kiln.db"), SqliteOptions::default())
+                .await
+                .expect("store"),
+        );
+        let remote = kiln.git_remote().await.expect("remote");
+        // Three implementation runs, each with its branch and pull request:
+        // one closed unmerged (with a word from the maintainer), one merged,
+        // one closed and reopened.
+        let mut prs = Vec::new();
+        for issue in [1u64, 2, 3] {
+            let branch = format!("kiln/implement-issue-{issue}");
+            let out = std::process::Command::new("git")
+                .args(["--git-dir", &remote.url, "branch", &branch, "main"])
+                .output()
+                .expect("git");
+            assert!(out.status.success(), "{out:?}");
+            let id = store
+                .enqueue_run(NewRun {
+                    script: None,
+                    repo: repo.clone(),
+                    role: Role::Implementation,
+                    number: issue,
+                    trigger: Trigger {
+                        kind: TriggerKind::Manual,
+                        actor: "alice".into(),
+                        actor_trust: Trust::Trusted,
+                        delivery: None,
+                        instructions: None,
+                    },
+                })
+                .await
+                .expect("enqueue");
+            store.set_branch(id, branch.clone()).await.expect("branch");
+            let pr = kiln
+                .create_draft_pull_request(crate::forge::NewPullRequest {
+                    title: format!("Fix #{issue}"),
+                    body: String::new(),
+                    head: branch,
+                    base: "main".into(),
+                })
+                .await
+                .expect("pull request");
+            prs.push((id, pr));
+        }
+        alice
+            .comment(prs[0].1, "Wrong approach: this belongs in the parser.")
+            .await
+            .expect("comment");
+        alice.close(prs[0].1).await.expect("close");
+        alice.merge(prs[1].1).await.expect("merge");
+        alice.close(prs[2].1).await.expect("close");
+        alice.reopen(prs[2].1).await.expect("reopen");
+
+        let signals = ForgeSignals::new(store, Arc::new(kiln), repo)
+            .signals(Role::Implementation, 0)
+            .await
+            .expect("signals");
+        assert_eq!(signals.len(), 1, "{signals:#?}");
+        let s = &signals[0];
+        assert_eq!(
+            (s.kind, s.number, s.author.as_str(), s.trusted),
+            (
+                SignalKind::PullRequestClosedUnmerged,
+                Some(prs[0].1),
+                "alice",
+                true
+            )
+        );
+        assert_eq!(s.run_id, Some(prs[0].0.to_string()));
+        assert_eq!(
+            s.evidence,
+            format!(
+                "Kiln's implementation pull request #{} \"Fix #1\" (run {}, branch kiln/implement-issue-1, for #1) was closed without being merged by alice; their last comment: Wrong approach: this belongs in the parser.",
+                prs[0].1, prs[0].0
+            )
+        );
     }
 }

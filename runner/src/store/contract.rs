@@ -1120,6 +1120,165 @@ pub(crate) async fn the_actor_limit_counts_the_actors_runs_on_the_repository_ato
     ));
 }
 
+fn claim(runner: &str, since_ms: i64, lease_ms: i64) -> DeliveryClaim {
+    DeliveryClaim {
+        runner: runner.into(),
+        since_ms,
+        lease_ms,
+    }
+}
+
+/// Contract: `accepted_deliveries_survive_a_reopen_and_are_claimed_once_until_finished`.
+pub(crate) async fn accepted_deliveries_survive_a_reopen_and_are_claimed_once_until_finished(
+    mut f: Fixture,
+) {
+    let store = f.store.clone();
+    let hour = 3_600_000;
+    let a = claim("runner-a", 0, hour);
+    assert_eq!(
+        store.claim_delivery(&a).await,
+        Ok(None),
+        "nothing accepted yet"
+    );
+    // A local-forge style record (no body) is never handed out.
+    store
+        .record_delivery("local-1", "issues", "ab")
+        .await
+        .expect("record");
+    for (id, body) in [("d-1", b"{\"n\":1}".as_slice()), ("d-2", b"{\"n\":2}")] {
+        assert_eq!(
+            store.accept_delivery(id, "issues", body).await,
+            Ok(DeliveryRecord::New)
+        );
+    }
+    // A redelivery is a duplicate and changes nothing.
+    assert!(matches!(
+        store.accept_delivery("d-1", "push", b"other").await,
+        Ok(DeliveryRecord::Duplicate {
+            status: DeliveryStatus::Received,
+            ..
+        })
+    ));
+    let sha = store.get_delivery("d-1").await.expect("d-1").body_sha256;
+    assert_eq!(
+        sha,
+        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(b"{\"n\":1}"))
+    );
+
+    // The process dies: what was accepted is still there after a reopen.
+    drop(store);
+    let store = f.reopen().await;
+    let first = store.claim_delivery(&a).await.expect("claim").expect("d-1");
+    assert_eq!(
+        (
+            first.id.as_str(),
+            first.event.as_str(),
+            first.body.as_slice()
+        ),
+        ("d-1", "issues", b"{\"n\":1}".as_slice()),
+        "oldest first, body as received"
+    );
+    let second = store.claim_delivery(&a).await.expect("claim").expect("d-2");
+    assert_eq!(second.id, "d-2");
+    assert_eq!(store.claim_delivery(&a).await, Ok(None), "both are claimed");
+    // Another runner cannot take them while the lease holds.
+    let b = claim("runner-b", 0, hour);
+    assert_eq!(store.claim_delivery(&b).await, Ok(None));
+    // A restarted runner-a (claims made before it started are its dead
+    // predecessor's) takes them over at once.
+    let restarted = claim("runner-a", i64::MAX, hour);
+    let again = store.claim_delivery(&restarted).await.expect("claim");
+    assert_eq!(again.map(|d| d.id).as_deref(), Some("d-1"));
+    // Once processed, a delivery is never handed out again and its body is gone.
+    store
+        .finish_delivery("d-1", DeliveryStatus::Queued, None)
+        .await
+        .expect("finish");
+    store
+        .finish_delivery("d-2", DeliveryStatus::Ignored, Some("no trigger".into()))
+        .await
+        .expect("finish");
+    assert_eq!(store.claim_delivery(&restarted).await, Ok(None));
+    let stale = claim("runner-b", 0, 1);
+    assert_eq!(store.claim_delivery(&stale).await, Ok(None));
+    assert_eq!(
+        store.get_delivery("d-1").await.expect("d-1").status,
+        DeliveryStatus::Queued
+    );
+    assert!(matches!(
+        store.claim_delivery(&claim("", 0, hour)).await,
+        Err(StoreError::Invalid(_))
+    ));
+    assert!(matches!(
+        store.claim_delivery(&claim("x", 0, 0)).await,
+        Err(StoreError::Invalid(_))
+    ));
+}
+
+/// Contract: `an_expired_claim_is_taken_over_by_another_runner`.
+pub(crate) async fn an_expired_claim_is_taken_over_by_another_runner(f: Fixture) {
+    let store = f.store.clone();
+    store
+        .accept_delivery("d-1", "issues", b"{}")
+        .await
+        .expect("accept");
+    let short = claim("runner-a", 0, 1);
+    assert!(store.claim_delivery(&short).await.expect("claim").is_some());
+    // Wait until the 1 ms lease has certainly passed (a precondition, not
+    // a measurement).
+    let claimed_at = now_ms();
+    while now_ms() <= claimed_at + 1 {
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    let other = claim("runner-b", 0, 1);
+    let taken = store.claim_delivery(&other).await.expect("claim");
+    assert_eq!(taken.map(|d| d.id).as_deref(), Some("d-1"));
+}
+
+/// Contract: `runners_sharing_a_store_each_get_different_deliveries`.
+pub(crate) async fn runners_sharing_a_store_each_get_different_deliveries(f: Fixture) {
+    let one = f.store.clone();
+    // A second runner process: its own store handle (writer, readers) on the same file.
+    let two = f.open("runner-b").await;
+    const DELIVERIES: usize = 200;
+    for n in 0..DELIVERIES {
+        one.accept_delivery(&format!("d-{n}"), "issues", b"{}")
+            .await
+            .expect("accept");
+    }
+    let mut claimers = Vec::new();
+    for (i, store) in [one.clone(), two.clone()]
+        .into_iter()
+        .cycle()
+        .take(8)
+        .enumerate()
+    {
+        claimers.push(tokio::spawn(async move {
+            let me = claim(&format!("runner-{}", i % 2), 0, 3_600_000);
+            let mut mine = Vec::new();
+            while let Some(d) = store.claim_delivery(&me).await.expect("claim") {
+                store
+                    .finish_delivery(&d.id, DeliveryStatus::Ignored, Some("test".into()))
+                    .await
+                    .expect("finish");
+                mine.push(d.id);
+            }
+            mine
+        }));
+    }
+    let mut seen = HashSet::new();
+    for c in claimers {
+        for id in c.await.expect("claimer") {
+            assert!(seen.insert(id.clone()), "delivery {id} was processed twice");
+        }
+    }
+    assert_eq!(
+        seen.len(),
+        DELIVERIES,
+        "every delivery should be processed once"
+    );
+}
+
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -1209,6 +1368,20 @@ macro_rules! contract_tests {
         #[tokio::test]
         async fn the_actor_limit_counts_the_actors_runs_on_the_repository_atomically() {
             $crate::store::contract::the_actor_limit_counts_the_actors_runs_on_the_repository_atomically($crate::store::contract::Fixture::$backend().await).await
+        }
+        #[tokio::test]
+        async fn accepted_deliveries_survive_a_reopen_and_are_claimed_once_until_finished() {
+            $crate::store::contract::accepted_deliveries_survive_a_reopen_and_are_claimed_once_until_finished($crate::store::contract::Fixture::$backend().await).await
+        }
+
+        #[tokio::test]
+        async fn an_expired_claim_is_taken_over_by_another_runner() {
+            $crate::store::contract::an_expired_claim_is_taken_over_by_another_runner($crate::store::contract::Fixture::$backend().await).await
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn runners_sharing_a_store_each_get_different_deliveries() {
+            $crate::store::contract::runners_sharing_a_store_each_get_different_deliveries($crate::store::contract::Fixture::$backend().await).await
         }
     };
 }

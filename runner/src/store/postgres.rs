@@ -40,10 +40,10 @@ use super::codec;
 use super::fanout::{self, Backlog, Hub, Pages};
 use super::sink::{EventQueue, StoreEvents};
 use super::{
-    ActorLimit, ApiToken, Approval, ApprovalState, Delivery, DeliveryRecord, DeliveryStatus,
-    Enqueued, EventStream, Lease, NewRun, NewToken, Recovered, RecoveryPolicy, RepoRef, Role, Run,
-    RunFilter, RunId, RunState, RunStore, ScheduleRecord, StoreError, StoredEvent, TokenScope,
-    Trigger, Verdict,
+    AcceptedDelivery, ActorLimit, ApiToken, Approval, ApprovalState, Delivery, DeliveryClaim,
+    DeliveryRecord, DeliveryStatus, Enqueued, EventStream, Lease, NewRun, NewToken, Recovered,
+    RecoveryPolicy, RepoRef, Role, Run, RunFilter, RunId, RunState, RunStore, ScheduleRecord,
+    StoreError, StoredEvent, TokenScope, Trigger, Verdict,
 };
 use crate::ledger::transcript::{self, RunHeader, Seal, Transcript, TranscriptEvent};
 use crate::ledger::{HostKey, chain};
@@ -808,6 +808,38 @@ async fn count_runs<C: GenericClient + Sync>(
     .await?
     .ok_or_else(|| StoreError::Database("COUNT returned no row".into()))?;
     to_u64("count", get(&row, 0)?)
+}
+
+/// Inserts a delivery (`received`) unless its id was seen: `New`, or what
+/// the first one became.
+async fn insert_delivery<C: GenericClient + Sync>(
+    c: &C,
+    id: &str,
+    event: &str,
+    sha: &str,
+    body: Option<&[u8]>,
+) -> Result<DeliveryRecord, StoreError> {
+    let inserted = execute(
+        c,
+        "INSERT INTO deliveries (id, event, body_sha256, status, received_ms, body) \
+         VALUES ($1, $2, $3, 'received', $4, $5) ON CONFLICT (id) DO NOTHING",
+        &[&id, &event, &sha, &now_ms(), &body],
+    )
+    .await?;
+    if inserted == 1 {
+        return Ok(DeliveryRecord::New);
+    }
+    let row = query_opt(
+        c,
+        "SELECT received_ms, status FROM deliveries WHERE id = $1",
+        &[&id],
+    )
+    .await?
+    .ok_or_else(|| StoreError::NotFound(format!("delivery {id}")))?;
+    Ok(DeliveryRecord::Duplicate {
+        first_seen_ms: get(&row, 0)?,
+        status: get::<String>(&row, 1)?.parse()?,
+    })
 }
 
 /// A delivery id as GitHub sends them (a GUID); anything else is refused.
@@ -1664,27 +1696,61 @@ impl RunStore for PgStore {
     ) -> Result<DeliveryRecord, StoreError> {
         check_delivery_id(id)?;
         let client = self.client().await?;
-        let inserted = execute(
-            &client,
-            "INSERT INTO deliveries (id, event, body_sha256, status, received_ms) \
-             VALUES ($1, $2, $3, 'received', $4) ON CONFLICT (id) DO NOTHING",
-            &[&id, &event, &body_sha256, &now_ms()],
-        )
-        .await?;
-        if inserted == 1 {
-            return Ok(DeliveryRecord::New);
+        insert_delivery(&client, id, event, body_sha256, None).await
+    }
+
+    async fn accept_delivery(
+        &self,
+        id: &str,
+        event: &str,
+        body: &[u8],
+    ) -> Result<DeliveryRecord, StoreError> {
+        use sha2::Digest;
+        check_delivery_id(id)?;
+        let sha = hex::encode(sha2::Sha256::digest(body));
+        let client = self.client().await?;
+        insert_delivery(&client, id, event, &sha, Some(body)).await
+    }
+
+    async fn claim_delivery(
+        &self,
+        claim: &DeliveryClaim,
+    ) -> Result<Option<AcceptedDelivery>, StoreError> {
+        if claim.runner.is_empty() || claim.lease_ms <= 0 {
+            return Err(StoreError::Invalid(
+                "a delivery claim needs a runner id and a positive lease".into(),
+            ));
         }
+        let client = self.client().await?;
+        let now = now_ms();
+        // One statement: the pick (skipping rows another claimant holds)
+        // and the claim.
         let row = query_opt(
             &client,
-            "SELECT received_ms, status FROM deliveries WHERE id = $1",
-            &[&id],
+            "UPDATE deliveries SET claimed_by = $1, claimed_ms = $2 \
+             WHERE id = (SELECT id FROM deliveries \
+                 WHERE status = 'received' AND body IS NOT NULL \
+                 AND (claimed_by IS NULL OR claimed_ms <= $3 \
+                      OR (claimed_by = $1 AND claimed_ms < $4)) \
+                 ORDER BY received_ms, id LIMIT 1 FOR UPDATE SKIP LOCKED) \
+             RETURNING id, event, body, received_ms",
+            &[
+                &claim.runner,
+                &now,
+                &now.saturating_sub(claim.lease_ms),
+                &claim.since_ms,
+            ],
         )
-        .await?
-        .ok_or_else(|| StoreError::NotFound(format!("delivery {id}")))?;
-        Ok(DeliveryRecord::Duplicate {
-            first_seen_ms: get(&row, 0)?,
-            status: get::<String>(&row, 1)?.parse()?,
+        .await?;
+        row.map(|row| {
+            Ok(AcceptedDelivery {
+                id: get(&row, 0)?,
+                event: get(&row, 1)?,
+                body: get(&row, 2)?,
+                received_ms: get(&row, 3)?,
+            })
         })
+        .transpose()
     }
 
     async fn finish_delivery(
@@ -1697,7 +1763,8 @@ impl RunStore for PgStore {
         let client = self.client().await?;
         let n = execute(
             &client,
-            "UPDATE deliveries SET status = $1, reason = $2, finished_ms = $3 WHERE id = $4",
+            "UPDATE deliveries SET status = $1, reason = $2, finished_ms = $3, body = NULL \
+             WHERE id = $4",
             &[&status.as_str(), &reason, &now_ms(), &id],
         )
         .await?;

@@ -84,6 +84,13 @@ const MIGRATIONS: &[&str] = &[
         last_due_ms   INTEGER,
         last_fired_ms INTEGER
      );",
+    // 9: durable intake: a webhook delivery's body is committed before it is
+    // acknowledged and kept until it is processed; a runner claims it for
+    // processing (one claim at a time, taken over once its lease expired).
+    "ALTER TABLE deliveries ADD COLUMN body BLOB;
+     ALTER TABLE deliveries ADD COLUMN claimed_by TEXT;
+     ALTER TABLE deliveries ADD COLUMN claimed_ms INTEGER;
+     CREATE INDEX deliveries_pending ON deliveries (received_ms, id) WHERE status = 'received';",
 ];
 
 /// The ledger's migration: each event's chain hash, and each finished run's

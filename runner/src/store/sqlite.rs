@@ -30,10 +30,10 @@ use super::fanout::{self, Backlog, Hub, Pages};
 use super::schema;
 use super::sink::{EventQueue, StoreEvents};
 use super::{
-    ActorLimit, ApiToken, Approval, ApprovalState, Delivery, DeliveryRecord, DeliveryStatus,
-    Enqueued, EventStream, NewRun, NewToken, Recovered, RecoveryPolicy, RepoRef, Role, Run,
-    RunFilter, RunId, RunState, RunStore, ScheduleRecord, StoreError, StoredEvent, TokenScope,
-    Trigger, Verdict,
+    AcceptedDelivery, ActorLimit, ApiToken, Approval, ApprovalState, Delivery, DeliveryClaim,
+    DeliveryRecord, DeliveryStatus, Enqueued, EventStream, NewRun, NewToken, Recovered,
+    RecoveryPolicy, RepoRef, Role, Run, RunFilter, RunId, RunState, RunStore, ScheduleRecord,
+    StoreError, StoredEvent, TokenScope, Trigger, Verdict,
 };
 use crate::ledger::transcript::{self, RunHeader, Seal, Transcript, TranscriptEvent};
 use crate::ledger::{HostKey, chain};
@@ -648,6 +648,33 @@ fn events_after(
             })
         },
     )
+}
+
+/// Inserts a delivery (`received`) unless its id was seen: `New`, or what
+/// the first one became.
+fn insert_delivery(
+    conn: &Connection,
+    id: &str,
+    event: &str,
+    sha: &str,
+    body: Option<&[u8]>,
+) -> Result<DeliveryRecord, StoreError> {
+    let inserted = conn
+        .prepare_cached(
+            "INSERT INTO deliveries (id, event, body_sha256, status, received_ms, body) \
+             VALUES (?1, ?2, ?3, 'received', ?4, ?5) ON CONFLICT (id) DO NOTHING",
+        )?
+        .execute(params![id, event, sha, now_ms(), body])?;
+    if inserted == 1 {
+        return Ok(DeliveryRecord::New);
+    }
+    let (first_seen_ms, status): (i64, String) = conn
+        .prepare_cached("SELECT received_ms, status FROM deliveries WHERE id = ?1")?
+        .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    Ok(DeliveryRecord::Duplicate {
+        first_seen_ms,
+        status: status.parse()?,
+    })
 }
 
 /// A delivery id as GitHub sends them (a GUID); anything else is refused
@@ -1286,24 +1313,62 @@ impl RunStore for SqliteStore {
     ) -> Result<DeliveryRecord, StoreError> {
         check_delivery_id(id)?;
         let (id, event, sha) = (id.to_string(), event.to_string(), body_sha256.to_string());
+        self.write(move |conn, _| insert_delivery(conn, &id, &event, &sha, None))
+            .await
+    }
+
+    async fn accept_delivery(
+        &self,
+        id: &str,
+        event: &str,
+        body: &[u8],
+    ) -> Result<DeliveryRecord, StoreError> {
+        use sha2::Digest;
+        check_delivery_id(id)?;
+        let sha = hex::encode(sha2::Sha256::digest(body));
+        let (id, event, body) = (id.to_string(), event.to_string(), body.to_vec());
+        self.write(move |conn, _| insert_delivery(conn, &id, &event, &sha, Some(&body)))
+            .await
+    }
+
+    async fn claim_delivery(
+        &self,
+        claim: &DeliveryClaim,
+    ) -> Result<Option<AcceptedDelivery>, StoreError> {
+        let claim = claim.clone();
+        if claim.runner.is_empty() || claim.lease_ms <= 0 {
+            return Err(StoreError::Invalid(
+                "a delivery claim needs a runner id and a positive lease".into(),
+            ));
+        }
         self.write(move |conn, _| {
             let now = now_ms();
-            let inserted = conn
-                .prepare_cached(
-                    "INSERT INTO deliveries (id, event, body_sha256, status, received_ms) \
-                     VALUES (?1, ?2, ?3, 'received', ?4) ON CONFLICT (id) DO NOTHING",
-                )?
-                .execute(params![id, event, sha, now])?;
-            if inserted == 1 {
-                return Ok(DeliveryRecord::New);
-            }
-            let (first_seen_ms, status): (i64, String) = conn
-                .prepare_cached("SELECT received_ms, status FROM deliveries WHERE id = ?1")?
-                .query_row([&id], |r| Ok((r.get(0)?, r.get(1)?)))?;
-            Ok(DeliveryRecord::Duplicate {
-                first_seen_ms,
-                status: status.parse()?,
-            })
+            // One statement: the pick and the claim cannot be split by
+            // another writer, even one in another process.
+            query_one(
+                conn,
+                "UPDATE deliveries SET claimed_by = ?1, claimed_ms = ?2 \
+                 WHERE id = (SELECT id FROM deliveries \
+                     WHERE status = 'received' AND body IS NOT NULL \
+                     AND (claimed_by IS NULL OR claimed_ms <= ?3 \
+                          OR (claimed_by = ?1 AND claimed_ms < ?4)) \
+                     ORDER BY received_ms, id LIMIT 1) \
+                 RETURNING id, event, body, received_ms",
+                params![
+                    claim.runner,
+                    now,
+                    now.saturating_sub(claim.lease_ms),
+                    claim.since_ms
+                ],
+                |row| {
+                    Ok(AcceptedDelivery {
+                        id: row.get(0)?,
+                        event: row.get(1)?,
+                        body: row.get(2)?,
+                        received_ms: row.get(3)?,
+                    })
+                },
+            )
         })
         .await
     }
@@ -1319,7 +1384,8 @@ impl RunStore for SqliteStore {
         self.write(move |conn, _| {
             let n = conn
                 .prepare_cached(
-                    "UPDATE deliveries SET status = ?1, reason = ?2, finished_ms = ?3 WHERE id = ?4",
+                    "UPDATE deliveries SET status = ?1, reason = ?2, finished_ms = ?3, body = NULL \
+                     WHERE id = ?4",
                 )?
                 .execute(params![status.as_str(), reason, now_ms(), id])?;
             if n == 0 {

@@ -96,6 +96,13 @@ const MIGRATIONS: &[&str] = &[
         last_due_ms   BIGINT,
         last_fired_ms BIGINT
      );",
+    // 2: durable intake (SQLite's 9): a webhook delivery's body is committed
+    // before it is acknowledged and kept until it is processed; a runner
+    // claims it for processing, taken over once its lease expired.
+    "ALTER TABLE deliveries ADD COLUMN body BYTEA;
+     ALTER TABLE deliveries ADD COLUMN claimed_by TEXT;
+     ALTER TABLE deliveries ADD COLUMN claimed_ms BIGINT;
+     CREATE INDEX deliveries_pending ON deliveries (received_ms, id) WHERE status = 'received';",
 ];
 
 /// The schema version this binary writes.
