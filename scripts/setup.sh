@@ -5,6 +5,8 @@
 #     built for it): `rustup target add`, or, where rustup cannot reach its
 #     server, Debian's rust-web packages (the plugin build then uses them with
 #     -Zbuild-std; see plugins/build);
+#   - PostgreSQL's server binaries (Debian's `postgresql`): the store's
+#     contract suite runs against a throwaway cluster the tests start;
 #   - the sandbox's needs (scripts/setup-sandbox.sh, if present).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,6 +28,21 @@ else
     export DEBIAN_FRONTEND=noninteractive
     apt-get -o DPkg::Lock::Timeout=600 update -qq
     apt-get -o DPkg::Lock::Timeout=600 install -y -qq rustc-web cargo-web rust-web-src rust-web-llvm lld-22
+fi
+
+if compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null; then
+    echo "setup: PostgreSQL server present"
+else
+    echo "setup: installing Debian's postgresql (the store's tests start a throwaway cluster)"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get -o DPkg::Lock::Timeout=600 update -qq
+    apt-get -o DPkg::Lock::Timeout=600 install -y -qq postgresql
+    # The package starts a system cluster; the tests never use it.
+    if command -v pg_ctlcluster >/dev/null; then
+        for c in /etc/postgresql/*/main; do
+            [ -d "$c" ] && pg_ctlcluster "$(basename "$(dirname "$c")")" main stop 2>/dev/null || true
+        done
+    fi
 fi
 
 if [ -x scripts/setup-sandbox.sh ]; then

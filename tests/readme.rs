@@ -128,6 +128,7 @@ fn the_readme_documents_every_section_the_loader_accepts() {
         "[policy]",
         "[[roles]]",
         "[[check]]",
+        "[store]",
     ] {
         assert!(
             text.contains(section),

@@ -120,6 +120,9 @@ pub enum ConfigError {
     /// A `[[schedules]]` entry is invalid (its cron expression, name, repo).
     #[error(transparent)]
     Schedule(#[from] crate::schedule::ScheduleError),
+    /// The `[store]` section cannot work.
+    #[error(transparent)]
+    Store(#[from] crate::store::config::StoreConfigError),
 }
 
 /// `kiln.toml`, every section of it. Each section's type is owned by its
@@ -150,6 +153,9 @@ pub struct KilnConfig {
     pub schedules: Vec<crate::schedule::ScheduleConfig>,
     /// `[detection]`: the detection step before a run's work leaves.
     pub detection: crate::detect::config::DetectionConfig,
+    /// `[store]`: a PostgreSQL store shared by several runners; `None`:
+    /// the embedded SQLite file in the data directory.
+    pub store: Option<crate::store::config::StoreConfig>,
     /// The directory `kiln.toml` was read from: custom roles' `plugin` and
     /// `skill` paths are relative to it (the current directory otherwise).
     pub base_dir: PathBuf,
@@ -183,6 +189,8 @@ struct RawConfig {
     schedules: Vec<crate::schedule::ScheduleConfig>,
     #[serde(default)]
     detection: crate::detect::config::DetectionConfig,
+    #[serde(default)]
+    store: Option<crate::store::config::StoreConfig>,
 }
 
 impl From<RawConfig> for KilnConfig {
@@ -202,6 +210,7 @@ impl From<RawConfig> for KilnConfig {
             },
             schedules: raw.schedules,
             detection: raw.detection,
+            store: raw.store,
             base_dir: PathBuf::new(),
         }
     }
@@ -367,6 +376,9 @@ impl KilnConfig {
         }
         if let Some(github) = &self.github {
             github.validate(&self.secrets)?;
+        }
+        if let Some(store) = &self.store {
+            store.validate(&self.secrets)?;
         }
         let mut names = BTreeSet::new();
         let mut vars = BTreeSet::new();
@@ -625,6 +637,8 @@ pub enum SecretKind {
     GithubAppKey,
     /// A GitHub token (fine-grained): host-only.
     GithubToken,
+    /// The PostgreSQL store's password (`[store] password_secret`): host-only.
+    DatabasePassword,
 }
 
 impl SecretKind {
@@ -641,6 +655,7 @@ impl fmt::Display for SecretKind {
             SecretKind::ModelApiKey => "model API key",
             SecretKind::GithubAppKey => "GitHub App key",
             SecretKind::GithubToken => "GitHub token",
+            SecretKind::DatabasePassword => "database password",
         })
     }
 }

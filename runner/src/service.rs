@@ -253,6 +253,55 @@ impl Runner {
         Ok(())
     }
 
+    /// The heartbeat of a runner sharing its store with others: every
+    /// `every`, renew the leases of the runs this runner holds (a run whose
+    /// lease another runner took over is cancelled here: its worker stops
+    /// and its sandbox goes, and the store already refuses its writes), and
+    /// recover the runs of runners whose leases expired.
+    pub fn spawn_heartbeat(
+        self: &Arc<Self>,
+        every: Duration,
+        recovery: RecoveryPolicy,
+    ) -> tokio::task::JoinHandle<()> {
+        let me = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                match me.store.renew_leases().await {
+                    Ok(lost) => {
+                        for id in lost {
+                            tracing::warn!(
+                                "run {id}: this runner's lease was taken over; stopping its worker"
+                            );
+                            if let Some(live) = me.live(id.0) {
+                                live.cancel.cancel("lease lost".to_string());
+                            }
+                        }
+                    }
+                    Err(StoreError::Closed) => return,
+                    Err(e) => tracing::error!("renewing leases: {e}"),
+                }
+                match me.store.recover_expired(recovery).await {
+                    Ok(recovered) => {
+                        for r in &recovered {
+                            tracing::warn!(
+                                "run {} of a lost runner was {}; now {}",
+                                r.id,
+                                r.was,
+                                r.now
+                            );
+                        }
+                        if recovered.iter().any(|r| r.now == RunState::Queued) {
+                            me.notify_queued();
+                        }
+                    }
+                    Err(StoreError::Closed) => return,
+                    Err(e) => tracing::error!("recovering expired leases: {e}"),
+                }
+            }
+        })
+    }
+
     /// Tell idle workers a run was queued.
     pub fn notify_queued(&self) {
         self.wake.notify_waiters();

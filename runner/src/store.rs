@@ -21,10 +21,16 @@
 //! queue.
 
 mod codec;
+pub mod config;
+#[cfg(test)]
+mod contract;
 mod fanout;
+mod postgres;
 mod schema;
 mod sink;
 mod sqlite;
+#[doc(hidden)]
+pub mod testing;
 
 use std::fmt;
 use std::str::FromStr;
@@ -38,6 +44,7 @@ use crate::forge::RepoRef;
 use crate::policy::Trust;
 use crate::session::EventKind;
 
+pub use postgres::{PG_SCHEMA_VERSION, PgOptions, PgStore};
 pub use schema::SCHEMA_VERSION;
 pub use sink::StoreEvents;
 pub use sqlite::{SqliteOptions, SqliteStore, Synchronous};
@@ -862,6 +869,35 @@ pub enum StoreError {
     /// The store was closed (its writer is gone).
     #[error("the store is closed")]
     Closed,
+    /// This runner's lease on the run was taken over (it expired and
+    /// another runner recovered the run): its writes are refused.
+    #[error(
+        "run {run}: runner {runner} lost its lease (epoch {held}, the run is now at epoch \
+         {now}); its write is refused"
+    )]
+    LeaseLost {
+        /// The run.
+        run: RunId,
+        /// The runner whose lease is stale.
+        runner: String,
+        /// The lease epoch it held.
+        held: u64,
+        /// The run's lease epoch now.
+        now: u64,
+    },
+}
+
+/// Who holds an active run: the runner that claimed it, until when, and
+/// the claim's epoch (bumped by every claim and recovery, so a stale
+/// holder's writes can be told apart).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    /// The runner id.
+    pub runner: String,
+    /// The claim's epoch.
+    pub epoch: u64,
+    /// When it expires unless renewed, milliseconds since the Unix epoch.
+    pub expires_ms: i64,
 }
 
 impl From<rusqlite::Error> for StoreError {
@@ -1076,6 +1112,25 @@ pub trait RunStore: Send + Sync {
     ) -> Result<bool, StoreError>;
     /// Every schedule's record.
     async fn schedule_records(&self) -> Result<Vec<ScheduleRecord>, StoreError>;
+
+    /// The heartbeat: renew the lease of every run this store claimed and
+    /// still holds; returns the runs whose lease another runner took over
+    /// (their workers must stop: the store refuses their writes). A store
+    /// only one runner uses (SQLite) has no leases to renew.
+    async fn renew_leases(&self) -> Result<Vec<RunId>, StoreError> {
+        Ok(Vec::new())
+    }
+    /// Recover the active runs of other runners whose lease expired, as
+    /// [`RunStore::recover_after_restart`] does ("runner lost"): failed, or
+    /// re-queued if `policy` says so. A single-runner store has none.
+    async fn recover_expired(&self, policy: RecoveryPolicy) -> Result<Vec<Recovered>, StoreError> {
+        let _ = policy;
+        Ok(Vec::new())
+    }
+    /// The run's lease, while a runner holds it (a single-runner store keeps none).
+    async fn lease(&self, run: RunId) -> Result<Option<Lease>, StoreError> {
+        self.get_run(run).await.map(|_| None)
+    }
 }
 
 /// What the store keeps of a `[[schedules]]` entry.
@@ -1097,6 +1152,35 @@ impl ScheduleRecord {
         self.last_due_ms.unwrap_or(self.since_ms).max(self.since_ms)
     }
 }
+
+/// The store `config` selects: PostgreSQL if it has a `[store]` section
+/// (this runner named `runner_id` in leases), else the SQLite file
+/// [`STORE_FILE`] in `data_dir`. The ledger's host key lives in `data_dir`.
+pub async fn open(
+    config: &crate::config::KilnConfig,
+    data_dir: &std::path::Path,
+    runner_id: &str,
+) -> Result<Arc<dyn RunStore>, StoreError> {
+    match &config.store {
+        None => Ok(Arc::new(
+            SqliteStore::open(data_dir.join(STORE_FILE), SqliteOptions::default()).await?,
+        )),
+        Some(pg) => {
+            let connect = pg
+                .pg_config(&config.secrets)
+                .map_err(|e| StoreError::Invalid(e.to_string()))?;
+            let options = PgOptions {
+                pool_size: pg.pool_size,
+                lease: pg.lease(),
+                ..PgOptions::new(runner_id)
+            };
+            Ok(Arc::new(PgStore::open(connect, data_dir, options).await?))
+        }
+    }
+}
+
+/// The SQLite store's file name in the data directory.
+pub const STORE_FILE: &str = "kiln.db";
 
 /// The SHA-256 of a token's plaintext, hex: what [`RunStore::token_by_hash`] takes.
 pub fn token_hash(plaintext: &str) -> String {

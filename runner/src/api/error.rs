@@ -119,7 +119,9 @@ impl From<StoreError> for ApiError {
             | StoreError::NotFound(_) => ApiError::NotFound(e.to_string()),
             StoreError::IllegalTransition { .. }
             | StoreError::AlreadyDecided { .. }
-            | StoreError::EffectAlreadyHeld { .. } => ApiError::Conflict(e.to_string()),
+            | StoreError::EffectAlreadyHeld { .. }
+            // Another runner took the run over: it, not this one, acts on it now.
+            | StoreError::LeaseLost { .. } => ApiError::Conflict(e.to_string()),
             // An invalid argument reaching the store is a request the API
             // should have refused; a malformed stored value is ours.
             StoreError::Invalid(_)

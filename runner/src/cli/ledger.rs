@@ -9,7 +9,7 @@ use anyhow::{Context, bail};
 use clap::Subcommand;
 use kiln::ledger::transcript::FORMAT;
 use kiln::ledger::{HostKey, PublicKey, Transcript};
-use kiln::store::{RunId, RunStore, SqliteOptions, SqliteStore};
+use kiln::store::RunId;
 
 use super::local_forge::LocalArgs;
 
@@ -49,12 +49,7 @@ fn key(local: &LocalArgs) -> anyhow::Result<HostKey> {
 
 async fn transcript(local: &LocalArgs, run: &str) -> anyhow::Result<Transcript> {
     let id: RunId = run.parse()?;
-    let dir = local.data_dir()?;
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let path = dir.join(super::token::STORE_FILE);
-    let store = SqliteStore::open(&path, SqliteOptions::default())
-        .await
-        .with_context(|| format!("cannot open the store {}", path.display()))?;
+    let store = super::token::open_store(local).await?;
     Ok(store.transcript(id).await?)
 }
 

@@ -310,7 +310,7 @@ async fn queue(
     script: Option<String>,
     local: &LocalArgs,
 ) -> anyhow::Result<ExitCode> {
-    use kiln::store::{NewRun, RunStore, SqliteOptions, SqliteStore, Trigger, TriggerKind};
+    use kiln::store::{NewRun, Trigger, TriggerKind};
     if let Some(text) = &script {
         ScriptedProvider::from_json("script", text)
             .context("nothing was queued: the model script")?;
@@ -319,13 +319,7 @@ async fn queue(
     kiln::forge::check_run_target(&forge, role, number)
         .await
         .context("nothing was queued")?;
-    let data_dir = local.data_dir()?;
-    std::fs::create_dir_all(&data_dir)?;
-    let store = SqliteStore::open(
-        data_dir.join(super::token::STORE_FILE),
-        SqliteOptions::default(),
-    )
-    .await?;
+    let store = super::token::open_store(local).await?;
     let id = store
         .enqueue_run(NewRun {
             script,

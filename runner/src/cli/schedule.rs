@@ -11,7 +11,7 @@ use kiln::forge::Forge as _;
 use kiln::policy::Trust;
 use kiln::schedule::{ON_DEMAND, Scheduler, SystemClock, check_improve_args, parse_since};
 use kiln::signals::rfc3339;
-use kiln::store::{NewRun, RunStore, SqliteOptions, SqliteStore, Trigger, TriggerKind};
+use kiln::store::{NewRun, RunStore, Trigger, TriggerKind};
 
 use super::local_forge::{LocalArgs, local_user};
 use super::run::load_config;
@@ -41,18 +41,6 @@ pub struct ImproveArgs {
     pub token: Option<String>,
 }
 
-async fn open_store(local: &LocalArgs) -> anyhow::Result<SqliteStore> {
-    let data_dir = local.data_dir()?;
-    std::fs::create_dir_all(&data_dir)
-        .with_context(|| format!("cannot create {}", data_dir.display()))?;
-    SqliteStore::open(
-        data_dir.join(super::token::STORE_FILE),
-        SqliteOptions::default(),
-    )
-    .await
-    .context("opening the store")
-}
-
 /// Prints each schedule with its next and last firing.
 pub async fn schedules(args: SchedulesArgs, local: &LocalArgs) -> anyhow::Result<ExitCode> {
     let config = load_config(args.config.as_deref())?;
@@ -60,7 +48,7 @@ pub async fn schedules(args: SchedulesArgs, local: &LocalArgs) -> anyhow::Result
         println!("no [[schedules]] in the config");
         return Ok(ExitCode::SUCCESS);
     }
-    let store: Arc<dyn RunStore> = Arc::new(open_store(local).await?);
+    let store: Arc<dyn RunStore> = super::token::open_store(local).await?;
     let scheduler = Scheduler::new(
         Scheduler::parse(&config.schedules)?,
         store,
@@ -114,7 +102,7 @@ pub async fn improve(args: ImproveArgs, local: &LocalArgs) -> anyhow::Result<Exi
         return Ok(ExitCode::SUCCESS);
     }
     let forge = local.open()?;
-    let store = open_store(local).await?;
+    let store = super::token::open_store(local).await?;
     let id = store
         .enqueue_run(NewRun {
             script: None,

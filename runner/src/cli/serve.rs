@@ -14,7 +14,7 @@ use kiln::forge::github::GitHub;
 use kiln::forge::{Forge, ForgeResolver, RepoRef};
 use kiln::model::{ModelConfig, ScriptedProvider, build_provider};
 use kiln::service::Runner;
-use kiln::store::{RecoveryPolicy, RunStore, SqliteOptions, SqliteStore};
+use kiln::store::{RecoveryPolicy, RunStore};
 
 use super::local_forge::LocalArgs;
 use super::run::load_config;
@@ -111,17 +111,17 @@ pub async fn serve(args: ServeArgs, local: &LocalArgs) -> anyhow::Result<ExitCod
             }
         },
     };
-    let store: Arc<dyn RunStore> = Arc::new(
-        SqliteStore::open(
-            data_dir.join(super::token::STORE_FILE),
-            SqliteOptions::default(),
-        )
-        .await
-        .context("opening the store")?,
-    );
     // Stable per data directory: a restarted service removes its own orphans
-    // and never those of a service on another data directory.
+    // and never those of a service on another data directory; a Postgres
+    // store names it in the leases of the runs this runner claims.
     let runner_id = app::serve_runner_id(&data_dir);
+    // Runner hosts sharing a Postgres store may use the same data path:
+    // the host name keeps their lease names apart.
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let lease_name = format!("{runner_id}@{}", host.trim());
+    let store: Arc<dyn RunStore> = kiln::store::open(&config, &data_dir, &lease_name)
+        .await
+        .context("opening the store")?;
     let budgets = app::budgets(&config);
     let services = super::run::with_progress(AppOptions {
         config: config.clone(),
@@ -165,15 +165,15 @@ pub async fn serve(args: ServeArgs, local: &LocalArgs) -> anyhow::Result<ExitCod
         .as_ref()
         .map(|g| kiln::api::board::github_web_url(&g.api_url));
     let runner = Runner::new(store.clone(), services, forges.clone());
-    runner
-        .start(
-            args.workers,
-            RecoveryPolicy {
-                requeue: args.requeue,
-                ..RecoveryPolicy::default()
-            },
-        )
-        .await?;
+    let recovery = RecoveryPolicy {
+        requeue: args.requeue,
+        ..RecoveryPolicy::default()
+    };
+    runner.start(args.workers, recovery).await?;
+    // Several runners on one Postgres store: leases and their recovery.
+    if let Some(shared) = &config.store {
+        runner.spawn_heartbeat(shared.heartbeat(), recovery);
+    }
     // `[[schedules]]`: fired by the same store, so a restart never fires a
     // due time twice.
     if !config.schedules.is_empty() {

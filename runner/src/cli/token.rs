@@ -4,10 +4,11 @@
 //! the network the same is `POST/GET/DELETE /tokens` with an admin token.
 use std::io::Write as _;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Subcommand;
-use kiln::store::{RunStore, SqliteOptions, SqliteStore, TokenScope};
+use kiln::store::{RunStore, TokenScope};
 
 use super::local_forge::LocalArgs;
 
@@ -31,21 +32,21 @@ pub enum TokenCommand {
     },
 }
 
-/// The store file in the data directory.
-pub const STORE_FILE: &str = "kiln.db";
-
-async fn open(local: &LocalArgs) -> anyhow::Result<SqliteStore> {
+/// The store the runner on this data directory uses: `[store]` of the
+/// config (`KILN_CONFIG`, else `./kiln.toml`), else the SQLite file.
+pub async fn open_store(local: &LocalArgs) -> anyhow::Result<Arc<dyn RunStore>> {
     let dir = local.data_dir()?;
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let path = dir.join(STORE_FILE);
-    SqliteStore::open(&path, SqliteOptions::default())
+    let config_path = std::env::var_os("KILN_CONFIG").map(std::path::PathBuf::from);
+    let config = super::run::load_config(config_path.as_deref())?;
+    kiln::store::open(&config, &dir, "kiln-cli")
         .await
-        .with_context(|| format!("cannot open the store {}", path.display()))
+        .with_context(|| format!("cannot open the store of {}", dir.display()))
 }
 
 /// Runs a token command.
 pub async fn run(cmd: TokenCommand, local: &LocalArgs) -> anyhow::Result<ExitCode> {
-    let store = open(local).await?;
+    let store = open_store(local).await?;
     match cmd {
         TokenCommand::Create { name, scope } => {
             let scope: TokenScope = scope.parse()?;

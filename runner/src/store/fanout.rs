@@ -52,6 +52,13 @@ impl Hub {
             .subscribe()
     }
 
+    /// True while the run has watchers (a store reading committed events
+    /// from elsewhere need only fetch those of watched runs).
+    pub(super) fn is_watched(&self, run: RunId) -> bool {
+        let runs = self.runs.lock().unwrap_or_else(|p| p.into_inner());
+        runs.get(&run).is_some_and(|tx| tx.receiver_count() > 0)
+    }
+
     /// Hands committed events to the watchers of their runs.
     pub(super) fn publish(&self, events: impl IntoIterator<Item = StoredEvent>) {
         let mut runs = self.runs.lock().unwrap_or_else(|p| p.into_inner());
