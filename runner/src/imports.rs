@@ -163,6 +163,7 @@ impl RunState {
                 target: ctx.forge_target,
                 publisher: ctx.publisher,
                 detection: ctx.detection,
+                verdict: std::sync::Mutex::default(),
             },
             session: session::SessionCtx {
                 steering: ctx.steering,
