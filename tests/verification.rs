@@ -122,6 +122,7 @@ async fn verify(services: &Services, forge: &Arc<dyn Forge>, run_id: &str, pr: u
         number: pr,
         trigger: RunTrigger::Command("/kiln verify".into()),
         trust: Trust::Trusted,
+        actor: None,
         instructions: None,
         continue_from: Vec::new(),
     };

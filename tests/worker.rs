@@ -60,6 +60,7 @@ async fn triage(
         number,
         trigger: RunTrigger::Manual,
         trust,
+        actor: None,
         instructions: None,
         continue_from: Vec::new(),
     };
@@ -232,6 +233,7 @@ async fn a_run_on_a_missing_issue_fails_with_the_reason_and_leaves_no_sandbox() 
         number: 42,
         trigger: RunTrigger::Manual,
         trust: Trust::Trusted,
+        actor: None,
         instructions: None,
         continue_from: Vec::new(),
     };

@@ -14,7 +14,8 @@
 //! One submodule per concern: [`auth`] (tokens, scopes, the dashboard
 //! cookie), [`error`] (one error type, one JSON shape), `runs` (run reads and
 //! actions), `events` (the JSON and SSE event feeds), `handback`, `tokens`,
-//! `openapi`, `dashboard`, [`board`] (each open issue in the column of its
+//! `openapi`, `dashboard`, [`ledger`] (a run's hash-chained, signed
+//! transcript and its check), [`board`] (each open issue in the column of its
 //! stage, as JSON and over SSE) and `board_page`, `frames` (SSE frames
 //! rendered once for all watchers), and [`client`] (a typed client the CLI,
 //! tests and benchmarks share).
@@ -29,6 +30,7 @@ pub mod error;
 mod events;
 mod frames;
 mod handback;
+pub mod ledger;
 mod metrics;
 mod openapi;
 mod params;
@@ -66,6 +68,10 @@ pub struct ApiState {
     pub extra: Router,
     /// Where the boards read repositories from; `None`: no boards.
     pub board: Option<board::BoardSource>,
+    /// The public half of the host key that signs the ledger, which
+    /// `GET /runs/{id}/ledger/verify` checks seals with; `None`: that
+    /// route answers an internal error.
+    pub ledger_key: Option<crate::ledger::PublicKey>,
     /// SSE frames rendered once for every watcher.
     frames: Arc<frames::FrameCache>,
     /// The boards being watched, one poller each.
@@ -87,6 +93,7 @@ impl ApiState {
             redactor,
             extra: Router::new(),
             board: None,
+            ledger_key: None,
             frames: Arc::default(),
             boards: Arc::default(),
             sessions: Arc::default(),
@@ -97,6 +104,13 @@ impl ApiState {
     /// `source` lists, read through its forges.
     pub fn with_board(mut self, source: board::BoardSource) -> Self {
         self.board = Some(source);
+        self
+    }
+
+    /// Check ledger seals with `key` (the host key's public half, `kiln
+    /// runs pubkey`).
+    pub fn with_ledger_key(mut self, key: crate::ledger::PublicKey) -> Self {
+        self.ledger_key = Some(key);
         self
     }
 
@@ -134,6 +148,8 @@ pub fn router(state: ApiState) -> Router {
             get(handback::transcript_jsonl),
         )
         .route("/runs/{id}/transcript.md", get(handback::transcript_md))
+        .route("/runs/{id}/ledger", get(ledger::export))
+        .route("/runs/{id}/ledger/verify", get(ledger::verify))
         .route("/tokens", get(tokens::list).post(tokens::create))
         .route("/tokens/{id}", axum::routing::delete(tokens::revoke))
         .route("/repos", get(board::list))

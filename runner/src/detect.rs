@@ -43,7 +43,7 @@ use std::fmt;
 
 use crate::policy::Redactor;
 
-pub use patch::{FileChange, FileStatus, Patch};
+pub use patch::{AddedLine, FileChange, FileStatus, Patch};
 
 /// What a finding says the run's work would do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
@@ -207,48 +207,68 @@ impl Verdict {
 
 /// Runs every deterministic scanner over the artifacts. Never fails and never
 /// panics on input: what it cannot read it reports as a finding.
+///
+/// Clean text costs a few passes over the patch's added text, not a
+/// pattern per line: the redactor once, one search for the line patterns'
+/// anchor words ([`keywords`]) and the byte searches that mark lines
+/// possibly unreadable ([`obfuscation::mark`]). Only the lines they pick are
+/// read closely, by the same checks as before.
 pub fn scan(artifacts: &Artifacts, redactor: &Redactor) -> Verdict {
     let mut findings = Vec::new();
-    let files = &artifacts.patch.files;
+    let patch = &artifacts.patch;
+    let files = &patch.files;
+    // Every added line in diff order, with its file.
+    let lines: Vec<(usize, &AddedLine)> = files
+        .iter()
+        .enumerate()
+        .flat_map(|(f, c)| c.added.iter().map(move |l| (f, l)))
+        .collect();
+    let refs: Vec<&AddedLine> = lines.iter().map(|(_, l)| *l).collect();
+    let marks = obfuscation::mark(patch, &refs);
+    let mut first = 0usize;
     for change in files {
         steering::scan_change(change, &mut findings);
-        hooks::scan_change(change, &mut findings);
-        obfuscation::scan_change(change, &mut findings);
+        hooks::scan_change(patch, change, &mut findings);
+        let suspect = marks
+            .suspect
+            .get(first..first + change.added.len())
+            .unwrap_or_default();
+        obfuscation::scan_change(patch, change, suspect, &mut findings);
+        first += change.added.len();
     }
-    // The line scanners read all added lines as one text: the redactor
-    // scans it once, and one word search picks the lines worth a pattern.
-    let mut joined = String::new();
-    let mut starts = Vec::new();
-    let mut at = Vec::new();
-    for (f, change) in files.iter().enumerate() {
-        for (line, text) in &change.added {
-            starts.push(joined.len());
-            at.push((f, *line));
-            joined.push_str(text);
-            joined.push('\n');
-        }
-    }
+    let starts: Vec<usize> = refs.iter().map(|l| l.text.start).collect();
     secrets::scan_joined(
-        &joined,
+        &patch.added_text,
         &starts,
-        |i| at.get(i).map(|(f, l)| (files[*f].path.as_str(), *l)),
+        |i| {
+            lines
+                .get(i)
+                .map(|(f, l)| (files[*f].path.as_str(), l.number))
+        },
         redactor,
         &mut findings,
     );
-    let candidates = keywords::candidate_lines(&joined, &starts);
-    for (i, (f, line)) in at.iter().enumerate() {
-        if !candidates.get(i).copied().unwrap_or(true) {
+    let anchored = keywords::candidate_lines(&patch.added_text, &starts);
+    let all_ascii = patch.added_text.is_ascii();
+    for (i, (f, line)) in lines.iter().enumerate() {
+        let text = patch.text(line);
+        let long_run = marks.long_run.get(i).copied().unwrap_or(true);
+        // A line without an anchor word, a long base64 run or a byte
+        // outside ASCII cannot match a line pattern (see `keywords`).
+        if !anchored.get(i).copied().unwrap_or(true) && !long_run && (all_ascii || text.is_ascii())
+        {
             continue;
         }
-        let (change, text) = (&files[*f], line_text(&joined, &starts, i));
         let place = Place {
-            file: &change.path,
-            line: Some(*line),
+            file: &files[*f].path,
+            line: Some(line.number),
             origin: Origin::Patch,
         };
-        download_exec::scan_line(text, &place, &mut findings);
-        injection::scan_line(text, &place, &mut findings);
-        obfuscation::scan_decode_exec(text, &place, &mut findings);
+        let lower = text.to_ascii_lowercase();
+        let view = keywords::Line::new(text, &lower, long_run);
+        download_exec::scan_line(&view, &place, &mut findings);
+        injection::scan_line(&view, &place, &mut findings);
+        obfuscation::scan_decode_exec(&view, &place, &mut findings);
     }
     for (texts, origin) in [
         (&artifacts.outbound, Origin::Outbound),
@@ -264,17 +284,6 @@ pub fn scan(artifacts: &Artifacts, redactor: &Redactor) -> Verdict {
     }
 }
 
-/// Line `i` of a joined text, without its newline.
-fn line_text<'a>(joined: &'a str, starts: &[usize], i: usize) -> &'a str {
-    let start = starts.get(i).copied().unwrap_or(joined.len());
-    let end = starts
-        .get(i + 1)
-        .map_or(joined.len(), |e| *e)
-        .saturating_sub(1)
-        .max(start);
-    joined.get(start..end).unwrap_or_default()
-}
-
 fn scan_text(t: &Text, origin: Origin, redactor: &Redactor, out: &mut Vec<Finding>) {
     // A stranger's words holding a token shape are not this run's leak.
     if origin == Origin::Outbound {
@@ -287,8 +296,11 @@ fn scan_text(t: &Text, origin: Origin, redactor: &Redactor, out: &mut Vec<Findin
             line: Some(u32::try_from(i + 1).unwrap_or(u32::MAX)),
             origin,
         };
-        download_exec::scan_line(line, &at, out);
-        injection::scan_line(line, &at, out);
+        let lower = line.to_ascii_lowercase();
+        // Decode-and-run in text is obfuscation's (whole-text) check.
+        let view = keywords::Line::new(line, &lower, true);
+        download_exec::scan_line(&view, &at, out);
+        injection::scan_line(&view, &at, out);
     }
     injection::scan_hidden_comments(&t.name, &t.text, origin, out);
 }

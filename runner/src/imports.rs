@@ -168,6 +168,7 @@ impl RunState {
                 publisher: ctx.publisher,
                 detection: ctx.detection,
                 improve_target: ctx.improve_target,
+                verdict: std::sync::Mutex::default(),
             },
             session: session::SessionCtx {
                 steering: ctx.steering,

@@ -383,6 +383,12 @@ impl Runner {
                 },
             },
             trust: run.trigger.actor_trust,
+            // Only a forge login may be mentioned: not a token's name.
+            actor: run
+                .trigger
+                .kind
+                .from_forge()
+                .then(|| run.trigger.actor.clone()),
             instructions: run.trigger.instructions.clone(),
             continue_from: [HANDBACK, RESUME]
                 .iter()

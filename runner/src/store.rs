@@ -244,6 +244,13 @@ pub enum TriggerKind {
 }
 
 impl TriggerKind {
+    /// True when the trigger is something a person did on the forge, so
+    /// the trigger's actor is a forge login; false for a run an operator
+    /// queued (its actor is a token's name) or a schedule fired.
+    pub fn from_forge(&self) -> bool {
+        !matches!(self, TriggerKind::Manual | TriggerKind::Schedule { .. })
+    }
+
     /// True for the triggers whose implementation run answers a review on
     /// the pull request's own branch instead of opening a new one.
     pub fn answers_review(&self) -> bool {

@@ -82,6 +82,10 @@ pub struct RunRequest {
     pub trigger: RunTrigger,
     /// Trust of the actor whose input started it.
     pub trust: Trust,
+    /// The forge login of the person who started it (a label, a command, a
+    /// review); `None` for the operator at the keyboard or a schedule.
+    /// Outbound texts may mention them.
+    pub actor: Option<String>,
     /// Instructions from the trusted triggering comment, if any.
     pub instructions: Option<String>,
     /// Git bundles of earlier work on this run (its last handback, then an
@@ -812,7 +816,8 @@ async fn run_prepared(
             ),
         );
     }
-    // Outbound texts may ping the people the run answers, and an
+    // Outbound texts may ping the people the run answers (the authors of
+    // its issue and pull request, and the actor who started it), and an
     // implementation's pull request body may close its own issue; the gate's
     // text hygiene neutralises every other mention and closing keyword.
     let mut mentions: Vec<String> = [Some(req.number), issue]
@@ -824,8 +829,10 @@ async fn run_prepared(
                 .or(snap.pull_requests.get(&n).map(|p| &p.issue))
                 .map(|i| i.author.clone())
         })
+        .chain(req.actor.clone().filter(|a| !a.is_empty()))
         .collect();
-    mentions.dedup();
+    mentions.sort_by_key(|m| m.to_ascii_lowercase());
+    mentions.dedup_by(|a, b| a.eq_ignore_ascii_case(b));
     let closes = issue.filter(|_| req.role == Role::Implementation);
     ctx.forge = snap;
     ctx.policy = Some(PolicyBinding {
@@ -1111,6 +1118,7 @@ mod tests {
             number: 7,
             trigger,
             trust: Trust::Trusted,
+            actor: None,
             instructions: None,
             continue_from: Vec::new(),
         }

@@ -257,8 +257,13 @@ impl Server {
         });
         let root = forge_root.clone();
         let repos: RepoLister = Arc::new(move || local::list_repos(&root));
+        // The key the store signs with (beside its database).
+        let ledger_key = kiln::ledger::HostKey::load_or_create(dir.path())
+            .expect("host key")
+            .public();
         let state = ApiState::new(store.clone(), control.clone(), redactor)
-            .with_board(BoardSource::new(forges, repos));
+            .with_board(BoardSource::new(forges, repos))
+            .with_ledger_key(ledger_key);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind loopback");

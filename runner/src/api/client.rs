@@ -515,6 +515,20 @@ impl Client {
         Ok((bytes, branch))
     }
 
+    /// `GET /runs/{id}/ledger`: the run's transcript with its hash chain
+    /// and seal, as `kiln runs export` writes it.
+    pub async fn ledger(&self, id: u64) -> Result<crate::ledger::Transcript, ClientError> {
+        let path = format!("/runs/{id}/ledger");
+        self.json(self.request(Method::GET, &path), &path).await
+    }
+
+    /// `GET /runs/{id}/ledger/verify`: the runner's check of the stored chain
+    /// and seal with its own key.
+    pub async fn verify_ledger(&self, id: u64) -> Result<super::ledger::LedgerCheck, ClientError> {
+        let path = format!("/runs/{id}/ledger/verify");
+        self.json(self.request(Method::GET, &path), &path).await
+    }
+
     /// `GET /runs/{id}/transcript.md` or `.jsonl` (`ext` is `md` or `jsonl`).
     pub async fn transcript(&self, id: u64, ext: &str) -> Result<String, ClientError> {
         let path = format!("/runs/{id}/transcript.{ext}");

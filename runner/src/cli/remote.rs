@@ -526,11 +526,13 @@ pub fn held_table(run: u64, held: &[kiln::store::Approval], branch: Option<&str>
             }
             None => ("effect", String::new(), a.proposal.to_string()),
         };
-        let reason = match record.map(|r| r.state) {
-            Some(EffectState::Held { reason, .. }) => reason,
-            _ => String::new(),
+        let (reason, concerns) = match record.map(|r| r.state) {
+            Some(EffectState::Held {
+                reason, concerns, ..
+            }) => (reason, concerns),
+            _ => (String::new(), Vec::new()),
         };
-        rows.push((a.effect_id.clone(), kind, target, reason, text));
+        rows.push((a.effect_id.clone(), kind, target, reason, concerns, text));
     }
     let w_id = rows.iter().map(|r| r.0.chars().count()).fold(6, usize::max);
     let w_kind = rows.iter().map(|r| r.1.len()).fold(4, usize::max);
@@ -539,7 +541,7 @@ pub fn held_table(run: u64, held: &[kiln::store::Approval], branch: Option<&str>
         "{:<w_id$}  {:<w_kind$}  {:<w_target$}  REASON\n",
         "EFFECT", "KIND", "TARGET"
     );
-    for (id, kind, target, reason, text) in &rows {
+    for (id, kind, target, reason, concerns, text) in &rows {
         out.push_str(&format!(
             "{:<w_id$}  {:<w_kind$}  {:<w_target$}  {}\n",
             terminal_safe(id),
@@ -547,6 +549,22 @@ pub fn held_table(run: u64, held: &[kiln::store::Approval], branch: Option<&str>
             terminal_safe(target),
             terminal_safe(reason).replace('\n', " ")
         ));
+        // Each concern on its own line: what raised it, why, and the size
+        // of the diff of the files it is about (the dashboard shows the diff).
+        for c in concerns {
+            let diff = diff_summary(&c.diff);
+            out.push_str(&format!(
+                "{:w_id$}  ! {}: {}{}\n",
+                "",
+                terminal_safe(&c.source),
+                terminal_safe(&c.reason).replace('\n', " "),
+                if diff.is_empty() {
+                    String::new()
+                } else {
+                    format!(" [{}]", terminal_safe(&diff))
+                }
+            ));
+        }
         let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
         for line in lines.iter().take(PREVIEW_LINES) {
             let line: String = line.chars().take(100).collect();
@@ -567,6 +585,33 @@ pub fn held_table(run: u64, held: &[kiln::store::Approval], branch: Option<&str>
         ));
     }
     out
+}
+
+/// A unified diff in one line: each file with its added and removed line
+/// counts (`CODEOWNERS +1 -0, package.json +3 -1`); empty for no diff.
+fn diff_summary(diff: &str) -> String {
+    let mut files: Vec<(String, usize, usize)> = Vec::new();
+    for line in diff.lines() {
+        if let Some(rest) = line.strip_prefix("diff --git ") {
+            // `a/x b/x`: the new path is the second half.
+            let path = rest.rsplit_once(" b/").map_or(rest, |(_, p)| p).to_string();
+            files.push((path, 0, 0));
+        } else if let Some(f) = files.last_mut()
+            && !line.starts_with("+++ ")
+            && !line.starts_with("--- ")
+        {
+            if line.starts_with('+') {
+                f.1 += 1;
+            } else if line.starts_with('-') {
+                f.2 += 1;
+            }
+        }
+    }
+    files
+        .iter()
+        .map(|(p, add, del)| format!("{p} +{add} -{del}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn git(dir: &Path, args: &[&str]) -> anyhow::Result<String> {
@@ -761,6 +806,58 @@ mod tests {
         assert!(
             table.ends_with("decide: kiln approve r4 e1   or   kiln deny r4 e1 --reason TEXT\n"),
             "{table}"
+        );
+    }
+
+    // The concerns of a held pull request (a protected path with its diff,
+    // a detector's finding, a detector's error) are lines under its row,
+    // with the diff's size, not JSON.
+    #[test]
+    fn held_effects_show_each_concern_on_a_line_with_the_diff_size() {
+        let record = serde_json::json!({
+            "effect_id": "e2",
+            "proposal": { "kind": "pull-request", "title": "Tidy", "body": "b", "commit_message": "c" },
+            "state": { "state": "held", "reason": "held", "commit": "abc",
+                "concerns": [
+                    { "source": "protected-paths", "reason": "CODEOWNERS is protected (code owners)",
+                      "paths": ["CODEOWNERS"],
+                      "diff": "diff --git a/CODEOWNERS b/CODEOWNERS\n--- a/CODEOWNERS\n+++ b/CODEOWNERS\n@@ -1 +1,2 @@\n-* @a\n+* @mallory\n+x @b\n" },
+                    { "source": "detection/hooks", "reason": "malicious_patch at package.json:1: the patch adds a package lifecycle script\x1b[2J",
+                      "paths": ["package.json"] },
+                    { "source": "detection", "reason": "a detector failed, so this is held (failing closed): timed out",
+                      "paths": [] }
+                ] }
+        });
+        let held = kiln::store::Approval {
+            run: RunId(5),
+            effect_id: "e2".into(),
+            proposal: record,
+            state: kiln::store::ApprovalState::Pending,
+            decided_by: None,
+            reason: None,
+            created_ms: 0,
+            decided_ms: None,
+        };
+        let table = held_table(5, &[held], None);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(
+            lines[2].trim_start(),
+            "! protected-paths: CODEOWNERS is protected (code owners) [CODEOWNERS +2 -1]",
+            "{table}"
+        );
+        assert!(
+            lines[3].trim_start().starts_with(
+                "! detection/hooks: malicious_patch at package.json:1: the patch adds a package lifecycle script"
+            ) && !lines[3].contains('\x1b'),
+            "{table}"
+        );
+        assert!(
+            lines[4].contains("! detection: a detector failed") && lines[5].contains("| Tidy"),
+            "{table}"
+        );
+        assert!(
+            !table.contains("\"source\"") && !table.contains("\"paths\""),
+            "no JSON: {table}"
         );
     }
 

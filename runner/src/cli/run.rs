@@ -154,6 +154,7 @@ pub(super) async fn run_one(
         trigger,
         // The operator at the keyboard started it.
         trust: Trust::Trusted,
+        actor: None,
         instructions: None,
         continue_from: Vec::new(),
     };

@@ -232,9 +232,14 @@ pub async fn serve(args: ServeArgs, local: &LocalArgs) -> anyhow::Result<ExitCod
         let intake = kiln::intake::Intake::with_dispatcher(dispatcher, &config.intake, secret)?;
         extra = extra.merge(kiln::intake::router(intake));
     }
+    // The key the store signs run ledgers with (made in the data directory).
+    let ledger_key = kiln::ledger::HostKey::load_or_create(&data_dir)
+        .context("the ledger's host key")?
+        .public();
     let state = kiln::api::ApiState::new(store, runner.clone(), Arc::new(gate.redactor().clone()))
         .with_extra(extra)
-        .with_board(board);
+        .with_board(board)
+        .with_ledger_key(ledger_key);
     let app = kiln::api::router(state);
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await

@@ -9,7 +9,7 @@ use std::sync::LazyLock;
 
 use regex::Regex;
 
-use super::{Category, FileChange, FileStatus, Finding, excerpt};
+use super::{Category, FileChange, FileStatus, Finding, Patch, excerpt};
 
 const SCANNER: &str = "hooks";
 
@@ -17,7 +17,13 @@ const SCANNER: &str = "hooks";
 fn hook_file(path: &str) -> Option<&'static str> {
     let lower = path.to_ascii_lowercase();
     let name = lower.rsplit('/').next().unwrap_or(&lower);
-    let under = |dir: &str| lower.starts_with(dir) || lower.contains(&format!("/{dir}"));
+    // `dir` at the start or after a `/` (no string made per check).
+    let under = |dir: &str| {
+        lower.starts_with(dir)
+            || lower
+                .match_indices(dir)
+                .any(|(i, _)| i > 0 && lower.as_bytes()[i - 1] == b'/')
+    };
     if name == "build.rs" {
         Some("a Cargo build script (runs on every build)")
     } else if under(".github/workflows/")
@@ -111,8 +117,8 @@ static MAKE_TARGET: LazyLock<Option<Regex>> = LazyLock::new(|| {
     Regex::new(r"^([A-Za-z0-9_.%/-]+(?:\s+[A-Za-z0-9_.%/-]+)*)\s*::?(?:[^=]|$)").ok()
 });
 
-/// Checks one changed file.
-pub fn scan_change(change: &FileChange, out: &mut Vec<Finding>) {
+/// Checks one changed file of `patch`.
+pub fn scan_change(patch: &Patch, change: &FileChange, out: &mut Vec<Finding>) {
     if change.status == FileStatus::Deleted {
         return;
     }
@@ -128,7 +134,7 @@ pub fn scan_change(change: &FileChange, out: &mut Vec<Finding>) {
             scanner: SCANNER,
             reason: format!("the patch {verb} {why}"),
             file: path.clone(),
-            line: change.added.first().map(|(n, _)| *n),
+            line: change.added.first().map(|l| l.number),
         });
         return;
     }
@@ -137,33 +143,32 @@ pub fn scan_change(change: &FileChange, out: &mut Vec<Finding>) {
         if name != *file {
             continue;
         }
-        if let Some((n, line)) = change.added.iter().find(|(_, l)| re.is_match(l)) {
+        if let Some((n, line)) = patch.added(change).find(|(_, l)| re.is_match(l)) {
             out.push(Finding {
                 category: Category::MaliciousPatch,
                 scanner: SCANNER,
                 reason: format!("the patch adds or changes {why}: `{}`", excerpt(line)),
                 file: path.clone(),
-                line: Some(*n),
+                line: Some(n),
             });
         }
         return;
     }
     if name == "makefile" || name == "gnumakefile" || name.ends_with(".mk") {
-        scan_makefile(change, out);
+        scan_makefile(patch, change, out);
     }
 }
 
 /// A Makefile's `install` target runs with the installer's rights: flag an
 /// added line inside its recipe, or an added `install:` line.
-fn scan_makefile(change: &FileChange, out: &mut Vec<Finding>) {
+fn scan_makefile(patch: &Patch, change: &FileChange, out: &mut Vec<Finding>) {
     let Some(target_re) = MAKE_TARGET.as_ref() else {
         return;
     };
     // Added and context lines in file order, to know each line's target.
-    let mut lines: Vec<(u32, &str, bool)> = change
-        .added
-        .iter()
-        .map(|(n, l)| (*n, l.as_str(), true))
+    let mut lines: Vec<(u32, &str, bool)> = patch
+        .added(change)
+        .map(|(n, l)| (n, l, true))
         .chain(change.context.iter().map(|(n, l)| (*n, l.as_str(), false)))
         .collect();
     lines.sort_by_key(|(n, _, _)| *n);
@@ -216,8 +221,9 @@ mod tests {
 
     fn scan(diff: &str) -> Vec<Finding> {
         let mut out = Vec::new();
-        for c in &Patch::parse(diff).files {
-            scan_change(c, &mut out);
+        let patch = Patch::parse(diff);
+        for c in &patch.files {
+            scan_change(&patch, c, &mut out);
         }
         out
     }

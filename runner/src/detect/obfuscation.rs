@@ -7,7 +7,8 @@ use std::sync::LazyLock;
 
 use regex::Regex;
 
-use super::{Category, FileChange, FileStatus, Finding, Origin, Place, excerpt};
+use super::keywords::{Line, W, Words};
+use super::{AddedLine, Category, FileChange, FileStatus, Finding, Origin, Patch, Place, excerpt};
 
 const SCANNER: &str = "obfuscation";
 
@@ -81,6 +82,25 @@ fn entropy(s: &[u8]) -> f64 {
 /// Shortest line that can hold an encoded blob (16 `\\xNN` escapes).
 const BLOB_MIN_LINE: usize = 64;
 
+/// Shortest run of base64 bytes decode-and-run's encoded command needs.
+const ENCODED_MIN: usize = 40;
+
+/// The bytes a base64 (or hex) run is made of.
+const fn blob_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'_' | b'-')
+}
+
+/// The same as a table, for the search over a whole patch.
+static BLOB_BYTES: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        t[b] = blob_byte(b as u8);
+        b += 1;
+    }
+    t
+};
+
 /// The length of the first encoded blob in a line: a base64 run mixing
 /// upper and lower case and digits (not inside an inline image), a hex run,
 /// or a run of `\\xNN` / `\\uNNNN` escapes. One pass over the bytes: it
@@ -90,7 +110,7 @@ fn blob(line: &str) -> Option<usize> {
     let (mut run, mut upper, mut lower, mut digit, mut exempt) = (0, false, false, false, false);
     let mut hex = 0;
     for (i, &b) in bytes.iter().enumerate() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'_' | b'-') {
+        if blob_byte(b) {
             run += 1;
             upper |= b.is_ascii_uppercase();
             lower |= b.is_ascii_lowercase();
@@ -145,10 +165,7 @@ fn blob(line: &str) -> Option<usize> {
 
 /// How long the base64 run at the start of `bytes` is.
 fn base64_len(bytes: &[u8]) -> usize {
-    bytes
-        .iter()
-        .take_while(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'_' | b'-'))
-        .count()
+    bytes.iter().take_while(|b| blob_byte(**b)).count()
 }
 
 /// Why a line is unreadable, if it is, short of decode-and-run (which
@@ -191,19 +208,143 @@ fn decode_exec(line: &str) -> Option<String> {
         .map(|_| format!("code that decodes and runs itself: `{}`", excerpt(line)))
 }
 
+/// What an ASCII line needs for [`DECODE_EXEC`] to match: the words of one
+/// of its alternatives (the encoded command's needs a long base64 run).
+fn may_decode_exec(w: Words, l: &str, long_run: bool) -> bool {
+    (w.any(&[W::Exec, W::Eval, W::Function])
+        && w.any(&[
+            W::Decode,
+            W::Atob,
+            W::BufferFrom,
+            W::Fromhex,
+            W::Decompress,
+            W::Loads,
+            W::Unhexlify,
+            W::Fromcharcode,
+        ])
+        && l.contains('('))
+        || (w.has(W::Base64) && l.contains('|'))
+        || (w.has(W::Frombase64string) && w.any(&[W::Iex, W::InvokeExpression]))
+        || (w.has(W::DashE) && long_run)
+}
+
 /// Why a line is unreadable, if it is: every check.
 fn judge_line(line: &str) -> Option<String> {
     judge_line_fast(line).or_else(|| decode_exec(line))
 }
 
 /// Decode-and-run on one added line of the patch.
-pub fn scan_decode_exec(line: &str, at: &Place<'_>, out: &mut Vec<Finding>) {
-    if let Some(why) = decode_exec(line) {
+pub fn scan_decode_exec(line: &Line<'_>, at: &Place<'_>, out: &mut Vec<Finding>) {
+    if !line.may(|w, l| may_decode_exec(w, l, line.long_run)) {
+        return;
+    }
+    if let Some(why) = decode_exec(line.text) {
         out.push(at.finding(
             Category::MaliciousPatch,
             SCANNER,
             format!("the patch adds {why}"),
         ));
+    }
+}
+
+/// What one pass over all added lines found (`lines` in diff order, as
+/// [`super::scan`] lists them).
+pub struct Marks {
+    /// Lines the line checks may have something to say about: a NUL, a
+    /// byte outside ASCII, a long line (entropy), or a line long enough for
+    /// a blob holding a base64 run of 120 bytes, a backslash or 24 commas.
+    /// The others are readable by construction.
+    pub suspect: Vec<bool>,
+    /// Lines holding a base64 run of 40 bytes (an encoded command's).
+    pub long_run: Vec<bool>,
+}
+
+/// Marks the lines worth reading closely, in a few passes over the patch's
+/// added text (SIMD byte searches, and a run search that looks at about one
+/// byte in forty of ordinary text).
+pub fn mark(patch: &Patch, lines: &[&AddedLine]) -> Marks {
+    let text = patch.added_text.as_bytes();
+    let n = lines.len();
+    let mut suspect = vec![false; n];
+    let mut long_run = vec![false; n];
+    let starts: Vec<usize> = lines.iter().map(|l| l.text.start).collect();
+    let at = |off: usize| starts.partition_point(|s| *s <= off).saturating_sub(1);
+    let len = |i: usize| lines.get(i).map_or(0, |l| l.text.len());
+    for (i, l) in lines.iter().enumerate() {
+        if l.text.len() >= ENTROPY_MIN_LEN {
+            suspect[i] = true;
+        }
+    }
+    for off in memchr::memchr_iter(0, text) {
+        suspect[at(off)] = true;
+    }
+    if !text.is_ascii() {
+        for (i, l) in lines.iter().enumerate() {
+            if !text.get(l.text.clone()).is_some_and(<[u8]>::is_ascii) {
+                suspect[i] = true;
+            }
+        }
+    }
+    for off in memchr::memchr_iter(b'\\', text) {
+        let i = at(off);
+        suspect[i] |= len(i) >= BLOB_MIN_LINE;
+    }
+    // Commas in order: count them line by line.
+    let (mut line, mut commas) = (0usize, 0usize);
+    for off in memchr::memchr_iter(b',', text) {
+        if line + 1 < n && starts[line + 1] <= off {
+            line = at(off);
+            commas = 0;
+        }
+        commas += 1;
+        if commas >= 24 && len(line) >= BLOB_MIN_LINE {
+            suspect[line] = true;
+        }
+    }
+    runs(text, ENCODED_MIN, |run| {
+        let i = at(run.start);
+        long_run[i] = true;
+        if run.len() >= BASE64_MIN && len(i) >= BLOB_MIN_LINE {
+            suspect[i] = true;
+        }
+    });
+    Marks { suspect, long_run }
+}
+
+/// Calls `found` with every run of at least `min` base64 bytes in `text`
+/// (a newline ends a run). Looks at the last byte of each window of `min`
+/// first: in ordinary text it is rarely a run's, and the window moves on by
+/// `min` bytes.
+fn runs(text: &[u8], min: usize, mut found: impl FnMut(std::ops::Range<usize>)) {
+    let is = |i: usize| text.get(i).is_some_and(|b| BLOB_BYTES[usize::from(*b)]);
+    let mut start = 0usize;
+    // Bytes from `start` up to here are known to be run bytes.
+    let mut known = 0usize;
+    while start + min <= text.len() {
+        let last = start + min - 1;
+        if !is(last) {
+            start = last + 1;
+            known = start;
+            continue;
+        }
+        // Backwards from the window's end to what is known.
+        let mut j = last;
+        while j > known.max(start) && is(j - 1) {
+            j -= 1;
+        }
+        if j > known.max(start) {
+            // Byte j-1 is not a run byte: a run starts at j at the earliest.
+            start = j;
+            known = last + 1;
+            continue;
+        }
+        let mut end = last + 1;
+        while is(end) {
+            end += 1;
+        }
+        found(start..end);
+        start = end + 1;
+        known = start;
     }
 }
 
@@ -218,8 +359,9 @@ fn is_data_image(before: &[u8]) -> bool {
     has(b"data:image/") || has(b"data:font/")
 }
 
-/// Checks one changed file.
-pub fn scan_change(change: &FileChange, out: &mut Vec<Finding>) {
+/// Checks one changed file; `suspect` holds [`Marks::suspect`] for its
+/// added lines.
+pub fn scan_change(patch: &Patch, change: &FileChange, suspect: &[bool], out: &mut Vec<Finding>) {
     if change.status == FileStatus::Deleted {
         return;
     }
@@ -245,14 +387,17 @@ pub fn scan_change(change: &FileChange, out: &mut Vec<Finding>) {
         });
         return;
     }
-    for (n, line) in &change.added {
-        if let Some(why) = judge_line_fast(line) {
+    for (i, line) in change.added.iter().enumerate() {
+        if !suspect.get(i).copied().unwrap_or(true) {
+            continue;
+        }
+        if let Some(why) = judge_line_fast(patch.text(line)) {
             out.push(Finding {
                 category: Category::MaliciousPatch,
                 scanner: SCANNER,
                 reason: format!("the patch adds {why}"),
                 file: change.path.clone(),
-                line: Some(*n),
+                line: Some(line.number),
             });
             // One per file: a blob spans many lines.
             return;
@@ -349,6 +494,67 @@ mod tests {
             &format!("// {}", "=".repeat(150)),
         ] {
             assert_eq!(judge_line(line), None, "{line}");
+        }
+    }
+
+    #[test]
+    fn runs_are_found_whole_wherever_they_are() {
+        let text = format!(
+            "ab\n{} x {}\n{}|{}",
+            "A".repeat(50),
+            "b".repeat(39),
+            "c".repeat(120),
+            "d".repeat(40)
+        );
+        let mut got = Vec::new();
+        runs(text.as_bytes(), 40, |r| got.push(r));
+        let want = [3..53, 96..216, 217..257];
+        assert_eq!(got, want, "{text}");
+        let mut none = Vec::new();
+        runs("short words, only".as_bytes(), 40, |r| none.push(r));
+        assert!(none.is_empty());
+    }
+
+    #[test]
+    fn marks_pick_exactly_the_lines_the_line_checks_could_flag() {
+        let commas = format!("let v = [{}];", "1, ".repeat(30));
+        let b64 = format!("x = \"{}\"", "QUJD".repeat(40));
+        let lines = [
+            "fn main() {}".to_string(),
+            format!("{}\\n", "a".repeat(70)),
+            commas,
+            b64,
+            "nul\0".to_string(),
+            "caf\u{e9}".to_string(),
+            "-e QUJDQUJDQUJDQUJDQUJDQUJDQUJDQUJDQUJDQUJD".to_string(),
+            "x".repeat(300),
+        ];
+        let mut diff = format!(
+            "diff --git a/f b/f\n--- a/f\n+++ b/f\n@@ -0,0 +1,{} @@\n",
+            lines.len()
+        );
+        for l in &lines {
+            diff.push('+');
+            diff.push_str(l);
+            diff.push('\n');
+        }
+        let patch = Patch::parse(&diff);
+        let refs: Vec<&AddedLine> = patch.files[0].added.iter().collect();
+        let m = mark(&patch, &refs);
+        assert_eq!(
+            m.suspect,
+            [false, true, true, true, true, true, false, true],
+            "{lines:?}"
+        );
+        assert_eq!(
+            m.long_run,
+            [false, true, false, true, false, false, true, true]
+        );
+        // Every line judge_line_fast flags is marked.
+        for (i, l) in lines.iter().enumerate() {
+            if judge_line_fast(l).is_some() {
+                assert!(m.suspect[i], "{l}");
+            }
         }
     }
 

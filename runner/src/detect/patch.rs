@@ -1,7 +1,11 @@
 //! The final patch as the scanners read it: parsed from git's unified diff
 //! (`git diff --cached <base>`, no renames), so what is scanned is exactly
 //! what would be pushed. Only added lines are kept: a change is judged by
-//! what it brings, not by what the file already held.
+//! what it brings, not by what the file already held. They are kept in one
+//! text, [`Patch::added_text`], each file holding where its lines are: the
+//! scanners read all of them in one pass, and parsing makes no string per
+//! line.
+use std::ops::Range;
 
 /// What happened to a file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -12,6 +16,16 @@ pub enum FileStatus {
     Modified,
     /// The file is removed.
     Deleted,
+}
+
+/// One added line: its number in the new file and where its text is in
+/// [`Patch::added_text`] (without the newline).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AddedLine {
+    /// Line number in the new file, from 1.
+    pub number: u32,
+    /// Byte range in [`Patch::added_text`].
+    pub text: Range<usize>,
 }
 
 /// One file of the patch.
@@ -25,8 +39,8 @@ pub struct FileChange {
     pub binary: bool,
     /// Whether the file mode becomes executable.
     pub executable: bool,
-    /// Added lines with their line number in the new file.
-    pub added: Vec<(u32, String)>,
+    /// Added lines in order ([`Patch::added`] gives their text).
+    pub added: Vec<AddedLine>,
     /// Lines shown around the added ones (context), with their new line
     /// numbers: some scanners need the target a recipe line belongs to.
     pub context: Vec<(u32, String)>,
@@ -37,6 +51,8 @@ pub struct FileChange {
 pub struct Patch {
     /// Files in diff order.
     pub files: Vec<FileChange>,
+    /// Every added line of every file, in diff order, each followed by `\n`.
+    pub added_text: String,
 }
 
 impl Patch {
@@ -45,9 +61,40 @@ impl Patch {
     /// `diff --git`.
     pub fn parse(diff: &str) -> Self {
         let mut files: Vec<FileChange> = Vec::new();
+        let mut added_text = String::with_capacity(diff.len());
         // The next new-file line number inside a hunk; None outside hunks.
         let mut next: Option<u32> = None;
-        for line in diff.split('\n') {
+        // Lines by a SIMD newline search (`str::split` finds them a word
+        // at a time).
+        let mut from = 0usize;
+        let ends = memchr::memchr_iter(b'\n', diff.as_bytes()).chain(std::iter::once(diff.len()));
+        for end in ends {
+            let line = diff.get(from..end).unwrap_or_default();
+            from = end + 1;
+            if let Some(n) = next
+                && let Some(file) = files.last_mut()
+            {
+                match line.as_bytes().first() {
+                    Some(b'+') => {
+                        let start = added_text.len();
+                        added_text.push_str(&line[1..]);
+                        file.added.push(AddedLine {
+                            number: n,
+                            text: start..added_text.len(),
+                        });
+                        added_text.push('\n');
+                        next = Some(n.saturating_add(1));
+                        continue;
+                    }
+                    Some(b' ') => {
+                        file.context.push((n, line[1..].to_string()));
+                        next = Some(n.saturating_add(1));
+                        continue;
+                    }
+                    Some(b'-') | Some(b'\\') => continue,
+                    _ => next = None,
+                }
+            }
             if let Some(rest) = line.strip_prefix("diff --git ") {
                 files.push(FileChange {
                     path: git_path(rest).unwrap_or_default(),
@@ -63,22 +110,6 @@ impl Patch {
             let Some(file) = files.last_mut() else {
                 continue;
             };
-            if let Some(n) = next {
-                match line.as_bytes().first() {
-                    Some(b'+') => {
-                        file.added.push((n, line[1..].to_string()));
-                        next = Some(n.saturating_add(1));
-                        continue;
-                    }
-                    Some(b' ') => {
-                        file.context.push((n, line[1..].to_string()));
-                        next = Some(n.saturating_add(1));
-                        continue;
-                    }
-                    Some(b'-') | Some(b'\\') => continue,
-                    _ => next = None,
-                }
-            }
             if let Some(range) = line.strip_prefix("@@ ") {
                 next = Some(hunk_start(range).unwrap_or(1));
             } else if let Some(mode) = line.strip_prefix("new file mode ") {
@@ -96,12 +127,22 @@ impl Patch {
                 file.binary = true;
             }
         }
-        Self { files }
+        Self { files, added_text }
     }
 
     /// How many added lines the patch has.
     pub fn added_lines(&self) -> usize {
         self.files.iter().map(|f| f.added.len()).sum()
+    }
+
+    /// The text of an added line.
+    pub fn text(&self, line: &AddedLine) -> &str {
+        self.added_text.get(line.text.clone()).unwrap_or_default()
+    }
+
+    /// A file's added lines: number and text.
+    pub fn added<'a>(&'a self, change: &'a FileChange) -> impl Iterator<Item = (u32, &'a str)> {
+        change.added.iter().map(|l| (l.number, self.text(l)))
     }
 }
 
@@ -188,8 +229,8 @@ Binary files /dev/null and b/blob.bin differ
         assert_eq!(a.path, "a.txt");
         assert_eq!(a.status, FileStatus::Modified);
         assert_eq!(
-            a.added,
-            vec![(11, "new one".to_string()), (12, "new two".to_string())]
+            p.added(a).collect::<Vec<_>>(),
+            [(11, "new one"), (12, "new two")]
         );
         assert_eq!(a.context[0], (10, "keep".to_string()));
         assert_eq!(a.context[1], (13, "tail".to_string()));
@@ -201,6 +242,7 @@ Binary files /dev/null and b/blob.bin differ
         assert!(p.files[2].added.is_empty());
         assert!(p.files[3].binary);
         assert_eq!(p.added_lines(), 3);
+        assert_eq!(p.added_text, "new one\nnew two\necho hi\n");
     }
 
     #[test]

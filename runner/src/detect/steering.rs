@@ -11,7 +11,13 @@ const SCANNER: &str = "steering";
 pub fn steering_file(path: &str) -> Option<&'static str> {
     let lower = path.to_ascii_lowercase();
     let name = lower.rsplit('/').next().unwrap_or(&lower);
-    let has_dir = |dir: &str| lower.starts_with(dir) || lower.contains(&format!("/{dir}"));
+    // `dir` at the start or after a `/` (no string made per check).
+    let has_dir = |dir: &str| {
+        lower.starts_with(dir)
+            || lower
+                .match_indices(dir)
+                .any(|(i, _)| i > 0 && lower.as_bytes()[i - 1] == b'/')
+    };
     if has_dir(".kiln/") {
         Some("Kiln's repository configuration and skills")
     } else if name == "skill.md" || lower.starts_with("skills/") || has_dir(".claude/") {
@@ -56,7 +62,7 @@ pub fn scan_change(change: &FileChange, out: &mut Vec<Finding>) {
         scanner: SCANNER,
         reason: format!("the patch {verb} {what}, which the next agent run will obey"),
         file: change.path.clone(),
-        line: change.added.first().map(|(n, _)| *n),
+        line: change.added.first().map(|l| l.number),
     });
 }
 

@@ -74,6 +74,10 @@ pub struct ForgeCtx {
     /// change (`None` for an improve run without one refuses every pull
     /// request).
     pub improve_target: Option<String>,
+    /// The verdict of the detection step run for the proposal being
+    /// decided (none for proposals it does not cover): a held effect lists
+    /// its findings as concerns.
+    pub verdict: std::sync::Mutex<Option<Verdict>>,
 }
 
 /// The stricter of two decisions: deny over hold over allow.
@@ -705,6 +709,11 @@ impl RunState {
             },
             step::event_message(&verdict),
         );
+        *self
+            .forge
+            .verdict
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(verdict.clone());
         verdict
     }
 
@@ -864,8 +873,14 @@ impl RunState {
     }
 
     /// What a human should see next to a held pull request: each protected
-    /// path it changes, with that file's diff.
-    async fn hold_concerns(&self, proposal: &Proposal) -> Vec<domain::HoldConcern> {
+    /// path it changes, with that file's diff, then each of the detection
+    /// step's findings (with the diff of a file of the patch it names, unless
+    /// a protected path's concern shows it already) and detector errors.
+    async fn hold_concerns(
+        &self,
+        proposal: &Proposal,
+        verdict: Option<&Verdict>,
+    ) -> Vec<domain::HoldConcern> {
         let (Some(publisher), Some(binding)) = (&self.forge.publisher, &self.policy) else {
             return Vec::new();
         };
@@ -882,7 +897,7 @@ impl RunState {
                     EventKind::Warning,
                     format!("held effect: no diff to show: {e}"),
                 );
-                return Vec::new();
+                Vec::new()
             }
         };
         let mut concerns = Vec::new();
@@ -896,6 +911,39 @@ impl RunState {
                 reason: format!("{} is protected ({})", change.path, change.why),
                 paths: vec![change.path],
                 diff: self.redact(diff),
+            });
+        }
+        let Some(verdict) = verdict else {
+            return concerns;
+        };
+        for f in &verdict.findings {
+            let in_patch = paths.contains(&f.file);
+            let shown = concerns.iter().any(|c| c.paths.contains(&f.file));
+            let diff = if in_patch && !shown {
+                publisher
+                    .diff_paths(std::slice::from_ref(&f.file))
+                    .await
+                    .unwrap_or_else(|e| format!("(the diff cannot be shown: {e})"))
+            } else {
+                String::new()
+            };
+            concerns.push(domain::HoldConcern {
+                source: format!("detection/{}", f.scanner),
+                reason: f.to_string(),
+                paths: if in_patch {
+                    vec![f.file.clone()]
+                } else {
+                    Vec::new()
+                },
+                diff: self.redact(diff),
+            });
+        }
+        for e in &verdict.errors {
+            concerns.push(domain::HoldConcern {
+                source: "detection".into(),
+                reason: format!("a detector failed, so this is held (failing closed): {e}"),
+                paths: Vec::new(),
+                diff: String::new(),
             });
         }
         concerns
@@ -935,7 +983,20 @@ impl RunState {
             self.forge.denied += 1;
             return Err(RoleError::Denied(reason));
         }
+        // The detection step (for a pull request or a push) leaves its
+        // verdict here while the proposal is decided.
+        *self
+            .forge
+            .verdict
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
         let decision = self.decide_proposal(&proposal).await;
+        let verdict = self
+            .forge
+            .verdict
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
         if let Decision::Deny { reason, .. } = decision {
             self.forge.denied += 1;
             return Err(RoleError::Denied(reason));
@@ -966,7 +1027,7 @@ impl RunState {
                     },
                     _ => None,
                 };
-                let concerns = self.hold_concerns(&proposal).await;
+                let concerns = self.hold_concerns(&proposal, verdict.as_ref()).await;
                 (
                     EffectState::Held {
                         reason,

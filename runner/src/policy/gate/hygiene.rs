@@ -125,6 +125,16 @@ impl LinkHosts {
         if dest.is_empty() || dest.starts_with('#') {
             return None;
         }
+        if let Some(host) = plain_http_host(dest) {
+            return if self.allows_host(host) {
+                None
+            } else {
+                Some(format!(
+                    "host {} is not on the link allowlist",
+                    host.to_ascii_lowercase()
+                ))
+            };
+        }
         let Ok(url) = base.join(dest) else {
             return Some("it is not a valid address".into());
         };
@@ -138,6 +148,39 @@ impl LinkHosts {
             None => Some("it has no host".into()),
         }
     }
+}
+
+/// The host of an address in the plainest form, `http(s)://` then a host
+/// name of letters, digits, dots and dashes (no empty label) ended by `/`,
+/// `?`, `#` or the end: what nearly every link is. Such an address has
+/// this host for any URL parser (no user, port, escape, backslash or white
+/// space for one to read differently), so `url`'s full parse is skipped.
+/// `None`: anything else, left to `url`.
+fn plain_http_host(dest: &str) -> Option<&str> {
+    let b = dest.as_bytes();
+    let scheme = if b.len() >= 8 && b[..8].eq_ignore_ascii_case(b"https://") {
+        8
+    } else if b.len() >= 7 && b[..7].eq_ignore_ascii_case(b"http://") {
+        7
+    } else {
+        return None;
+    };
+    let rest = &dest[scheme..];
+    let end = rest
+        .bytes()
+        .position(|c| !(c.is_ascii_alphanumeric() || c == b'.' || c == b'-'))
+        .unwrap_or(rest.len());
+    let host = &rest[..end];
+    let ends_well = matches!(rest.as_bytes().get(end), None | Some(b'/' | b'?' | b'#'));
+    let labels_ok =
+        !host.is_empty() && host.trim_end_matches('.').split('.').all(|l| !l.is_empty());
+    // A name ending in a number (`0x7f.1`) is an IPv4 address to a parser.
+    let numeric = host
+        .trim_end_matches('.')
+        .rsplit('.')
+        .next()
+        .is_some_and(|l| l.bytes().next().is_some_and(|c| c.is_ascii_digit()));
+    (ends_well && labels_ok && !numeric).then_some(host)
 }
 
 /// Tags whose element fetches something when rendered (or runs it).
@@ -238,7 +281,23 @@ pub fn make_inert(
     audience: &Audience,
 ) -> (String, Vec<Neutralised>) {
     let mut notes = Vec::new();
-    let removed = text.chars().filter(|&c| is_invisible(c)).count();
+    // ASCII text (most of it) can only hold the C0 controls and DEL: one
+    // byte test, not a char decode per character.
+    let ascii = text.is_ascii();
+    let removed = if ascii {
+        let control = |b: &u8| (*b < 0x20 && !matches!(b, b'\t' | b'\n' | b'\r')) || *b == 0x7f;
+        if text.as_bytes().iter().any(control) {
+            text.as_bytes().iter().filter(|b| control(b)).count()
+        } else {
+            0
+        }
+    } else {
+        text.chars().filter(|&c| is_invisible(c)).count()
+    };
+    if removed == 0 && !has_markup(text) {
+        // Nothing that links, fetches, pings or closes: left as it is.
+        return (text.to_owned(), notes);
+    }
     let clean: String = if removed > 0 {
         notes.push(Neutralised {
             what: "characters",
@@ -275,6 +334,20 @@ pub fn make_inert(
     }
     out.push_str(clean.get(at..).unwrap_or_default());
     (out, notes)
+}
+
+/// Whether `text` may hold anything [`make_inert`] changes besides
+/// invisible characters: a link or image or reference definition (`[`), HTML
+/// or an autolink (`<`), a mention (`@`), a closing keyword's `#` or URL, a
+/// bare URL (`://`, `www.`), or an entity or escape that could spell one
+/// (`&`, `\\`). Without any, the Markdown parse is skipped: clean text
+/// costs a few byte searches.
+fn has_markup(text: &str) -> bool {
+    let b = text.as_bytes();
+    memchr::memchr3(b'[', b'<', b'@', b).is_some()
+        || memchr::memchr3(b'#', b'&', b'\\', b).is_some()
+        || memchr::memmem::find(b, b"://").is_some()
+        || contains_ignore_case(text, "www.")
 }
 
 /// Walks the Markdown: links, images and HTML by their events; mentions,
@@ -502,9 +575,15 @@ fn html_edits(
         } else if closing {
             None
         } else {
-            attr_urls(html.get(start..end).unwrap_or_default())
-                .into_iter()
-                .find_map(|u| hosts.refuse(&u))
+            // An address needs an attribute value: a tag without `=` has none.
+            let tag_text = html.get(start..end).unwrap_or_default();
+            if tag_text.contains('=') {
+                attr_urls(tag_text)
+                    .into_iter()
+                    .find_map(|u| hosts.refuse(&u))
+            } else {
+                None
+            }
         };
         if let Some(why) = why {
             found.push((span, tag, why));
@@ -630,7 +709,21 @@ fn flush(
     if !inline.text.is_empty() {
         words(inline, kind, hosts, audience, edits, notes);
     }
-    *inline = Inline::default();
+    // Emptied, not dropped: the next run reuses the buffers.
+    inline.text.clear();
+    inline.pieces.clear();
+}
+
+/// Whether `text` holds `needle` (ASCII, lowercase) in any case.
+fn contains_ignore_case(text: &str, needle: &str) -> bool {
+    let (t, n) = (text.as_bytes(), needle.as_bytes());
+    let Some(&first) = n.first() else {
+        return true;
+    };
+    memchr::memchr2_iter(first, first.to_ascii_uppercase(), t).any(|i| {
+        t.get(i..i + n.len())
+            .is_some_and(|w| w.eq_ignore_ascii_case(n))
+    })
 }
 
 /// Mentions, closing keywords and bare URLs in decoded text.
@@ -644,7 +737,19 @@ fn words(
 ) {
     let text = &inline.text;
     let mut taken: Vec<Range<usize>> = Vec::new();
-    for m in BARE_URL.find_iter(text) {
+    // Each pattern needs a literal: a URL `://` or `www.`, a closing
+    // keyword `#` or a URL, a mention `@`. Most runs of text hold none, and
+    // a byte search is much cheaper than a regex call.
+    let url = memchr::memmem::find(text.as_bytes(), b"://").is_some();
+    let www = contains_ignore_case(text, "www.");
+    let hash = memchr::memchr(b'#', text.as_bytes()).is_some();
+    let at = memchr::memchr(b'@', text.as_bytes()).is_some();
+    let urls = if url || www {
+        Some(BARE_URL.find_iter(text))
+    } else {
+        None
+    };
+    for m in urls.into_iter().flatten() {
         let url = m
             .as_str()
             .trim_end_matches(['.', ',', ';', ':', '!', '?', ')', '\'', '"', '*', '_']);
@@ -665,7 +770,12 @@ fn words(
         });
         wrap(inline, d, kind, edits);
     }
-    for c in CLOSING.captures_iter(text) {
+    let closings = if hash || url {
+        Some(CLOSING.captures_iter(text))
+    } else {
+        None
+    };
+    for c in closings.into_iter().flatten() {
         let (Some(all), Some(reference)) = (c.get(0), c.get(3)) else {
             continue;
         };
@@ -699,7 +809,12 @@ fn words(
             why: "merging would close an issue this run does not implement".into(),
         });
     }
-    for m in MENTION.find_iter(text) {
+    let mentions = if at {
+        Some(MENTION.find_iter(text))
+    } else {
+        None
+    };
+    for m in mentions.into_iter().flatten() {
         // A mention starts a word: not inside an e-mail address, a path or
         // a longer word.
         let before = text.get(..m.start()).and_then(|s| s.chars().next_back());
