@@ -84,6 +84,8 @@ seed() {
             { printf '\x02\x00\x0512-ab\x0c'; printf "\\x$(printf %02x "$kind")"; \
                 printf '\x00\x0a.github/ci\x01\x03\x05hello\x01\x02\x04main'; } >"$dir/kind-$kind"
         done
+        # A push to another kiln/ branch under a permit-all policy (a crash, fixed).
+        printf '\x02\x00\x05\xc3\x00\x05\xc3"-a1nkiln/\xc3' >"$dir/regression-other-branch"
         ;;
     sse)
         # [cut count][cuts...] a stream as the runner API sends it.

@@ -306,6 +306,7 @@ mod improve {
                     trust: Trust::Trusted,
                     instructions: None,
                     continue_from: Vec::new(),
+                    actor: None,
                 },
                 Arc::new(events.clone()),
                 &LiveRun::new(),

@@ -166,6 +166,7 @@ async fn main() -> anyhow::Result<()> {
             trust: Trust::Trusted,
             instructions: None,
             continue_from: Vec::new(),
+            actor: None,
         };
         let t = Instant::now();
         let s = execute(

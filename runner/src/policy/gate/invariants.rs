@@ -25,7 +25,8 @@ impl Gate {
                         "agents only open draft pull requests".into(),
                     ));
                 }
-                kiln_branch(head)
+                kiln_branch(head)?;
+                own_branch(req, head)
             }
             Effect::UpdatePullRequest { head, .. } => {
                 kiln_branch(head)?;
@@ -46,6 +47,7 @@ impl Gate {
             }
             Effect::Push { branch, paths } => {
                 kiln_branch(branch)?;
+                own_branch(req, branch)?;
                 for p in paths {
                     self.writable_path(p)?;
                 }
@@ -141,6 +143,23 @@ fn improve_surface(role: crate::config::Role, path: &str) -> Result<(), Violatio
 pub fn is_human_only_label(label: &str) -> bool {
     let l = label.trim().to_lowercase();
     l.starts_with("ready-") || l == "plan-approved"
+}
+
+/// A run pushes and proposes from its own branch only: no repository
+/// policy can point it at another run's branch (found by the gate fuzz
+/// target under a permit-everything policy).
+fn own_branch(req: &EffectRequest, branch: &str) -> Result<(), Violation> {
+    if branch == req.run.branch {
+        return Ok(());
+    }
+    Err(Violation::new(
+        "own-branch-only",
+        format!(
+            "branch {:?} is not the run's own branch {:?}",
+            clip(branch),
+            clip(&req.run.branch)
+        ),
+    ))
 }
 
 fn kiln_branch(branch: &str) -> Result<(), Violation> {
@@ -420,9 +439,23 @@ mod tests {
                 "update of {other} should be denied by the invariant, got: {d:?}"
             );
         }
+        // Nor can a repository policy point a push or a pull request at
+        // another run's branch.
+        let gate_all = gate_with(Some(PERMIT_ALL));
+        for other in ["kiln/implement-issue-5", "kiln/spec-issue-4"] {
+            for effect in [push(other), pr(other, true)] {
+                let d = gate_all.decide(&EffectRequest {
+                    run: answering.clone(),
+                    effect,
+                });
+                assert!(
+                    d.is_deny() && d.reason().contains("own-branch-only"),
+                    "{other}: got {d:?}"
+                );
+            }
+        }
         // A run whose branch is outside kiln/* (a fork's, say) gets nothing,
         // whatever a repository policy permits.
-        let gate_all = gate_with(Some(PERMIT_ALL));
         let outside = run_with(Role::Implementation, Trust::Trusted, "feature/x");
         for effect in [update("feature/x", None), push("feature/x")] {
             let d = gate_all.decide(&EffectRequest {
