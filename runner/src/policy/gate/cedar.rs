@@ -774,11 +774,6 @@ mod tests {
                 },
             ),
             (
-                "spec PR from another kiln branch",
-                Role::Spec,
-                pr("kiln/other", true),
-            ),
-            (
                 "review commenting off the diff",
                 Role::Review,
                 review(ReviewEvent::Comment, false),

@@ -349,9 +349,14 @@ mod tests {
             ..GateConfig::default()
         };
         let gate = Gate::new(&config).unwrap_or_else(|e| panic!("gate should build: {e}"));
+        let branch = "kiln/improve-triage-2026-12-07";
         let push = |paths: &[&str]| Effect::Push {
-            branch: "kiln/improve-triage-2026-12-07".into(),
+            branch: branch.into(),
             paths: paths.iter().map(|p| (*p).to_string()).collect(),
+        };
+        let req = |role: Role, effect: Effect| EffectRequest {
+            run: run_with(role, Trust::Trusted, branch),
+            effect,
         };
         for ok in [
             write(".kiln/skills/triage.md"),
