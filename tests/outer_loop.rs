@@ -277,11 +277,30 @@ mod improve {
         async fn run(
             &self,
             services: &Services,
-            run_id: &str,
             role: Role,
             number: u64,
             script: Option<String>,
         ) -> (RunSummary, MemoryEvents) {
+            // The run is in the store, as a queued run would be: its
+            // forge writes are journaled under its id before they are sent.
+            let id = self
+                .store
+                .enqueue_run(NewRun {
+                    script: None,
+                    repo: self.repo.clone(),
+                    role,
+                    number,
+                    trigger: Trigger {
+                        kind: TriggerKind::Manual,
+                        actor: "alice".into(),
+                        actor_trust: Trust::Trusted,
+                        delivery: None,
+                        instructions: None,
+                    },
+                })
+                .await
+                .expect("enqueue");
+            let run_id = id.to_string();
             let trigger = match role {
                 Role::Improve => RunTrigger::Schedule {
                     name: "on-demand".into(),
@@ -298,7 +317,7 @@ mod improve {
                 Arc::new(self.forge.clone()),
                 &RunRequest {
                     script,
-                    run_id: run_id.into(),
+                    run_id,
                     repo: self.repo.clone(),
                     role,
                     number,
@@ -410,7 +429,7 @@ mod improve {
                 ],
             )
             .await;
-        let (summary, events) = world.run(&services, "r101", Role::Improve, 0, None).await;
+        let (summary, events) = world.run(&services, Role::Improve, 0, None).await;
         let log: Vec<String> = events.snapshot().into_iter().map(|e| e.message).collect();
         assert_eq!(
             summary.state,
@@ -514,9 +533,7 @@ mod improve {
             })
             .await
             .expect("issue");
-        let (summary, _) = world
-            .run(&services, "r102", Role::Triage, fourth, None)
-            .await;
+        let (summary, _) = world.run(&services, Role::Triage, fourth, None).await;
         let sent = triage_model.sent();
         assert!(!sent.is_empty(), "the triage ran: {}", summary.reason);
         let system = request_text(&sent[0]);
@@ -542,7 +559,7 @@ mod improve {
             )
             .await;
         // No history at all.
-        let (summary, _) = world.run(&services, "r201", Role::Improve, 0, None).await;
+        let (summary, _) = world.run(&services, Role::Improve, 0, None).await;
         assert_eq!(summary.state, RunEnd::Succeeded);
         assert!(
             summary
@@ -556,7 +573,7 @@ mod improve {
         let second = world.triaged("Crash on save", &["question"]).await;
         world.relabel("alice", first, &["question"], &["bug"]).await;
         world.relabel("bob", second, &["question"], &["bug"]).await;
-        let (summary, _) = world.run(&services, "r202", Role::Improve, 0, None).await;
+        let (summary, _) = world.run(&services, Role::Improve, 0, None).await;
         assert_eq!(summary.state, RunEnd::Succeeded);
         assert!(
             summary
@@ -622,15 +639,7 @@ mod improve {
                 "files": files, "body": body
             }}]}]})
             .to_string();
-            let (summary, events) = world
-                .run(
-                    &services,
-                    &format!("r30{i}"),
-                    Role::Improve,
-                    0,
-                    Some(script),
-                )
-                .await;
+            let (summary, events) = world.run(&services, Role::Improve, 0, Some(script)).await;
             let log = events.snapshot();
             let denied = log
                 .iter()
